@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh Debian 12 machine: Debian packages, npm ci, build, and
+# virtlogd/libvirtd when no systemd runs them. `npm test` and `npm run demo` call it first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { log "not root and no sudo: run as root to install packages"; exit 1; }
+  SUDO=(sudo)
+fi
+
+# Runtime: QEMU, libvirt, NBD tools, guest agent, ClamAV, filesystems.
+# Build: libvirt-dev and pkg-config for @unraid/libvirt; python3/g++/make come with the node image.
+# Test guest: busybox-static, cpio, kmod (depmod); the kernel is downloaded as a .deb, not installed.
+PACKAGES=(
+  qemu-system-x86 qemu-utils qemu-guest-agent qemu-block-extra
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
+  libnbd-bin nbdkit
+  clamav clamav-daemon
+  e2fsprogs xfsprogs dosfstools
+  busybox-static cpio kmod iproute2 gnutls-bin
+  sqlite3 virtnbdbackup
+  python3 make g++
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  "${SUDO[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# npm ci only when the lock file changed since the last install.
+stamp=node_modules/.virtcbt-lock
+if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+  log "npm ci"
+  npm ci --no-audit --no-fund
+  cp package-lock.json "$stamp"
+fi
+
+log "build"
+npx tsc -p tsconfig.json
+
+# Services: on a systemd host the packages started them; elsewhere (containers, CI) start by hand.
+if [ ! -d /run/systemd/system ]; then
+  if ! pgrep -x virtlogd >/dev/null; then
+    log "starting virtlogd"
+    "${SUDO[@]}" virtlogd -d
+  fi
+  if ! pgrep -x libvirtd >/dev/null; then
+    log "starting libvirtd"
+    "${SUDO[@]}" libvirtd -d
+  fi
+  # libvirtd answers a moment after it forks: wait (bounded) for its socket.
+  for _ in $(seq 1 50); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  virsh -c qemu:///system version >/dev/null 2>&1 || { log "libvirtd did not answer"; exit 1; }
+fi
+log "ready"

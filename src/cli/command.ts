@@ -1,0 +1,36 @@
+// The shape of a CLI subcommand. Each lives in src/cli/commands/ and is registered in main.ts.
+import type { VirtcbtConfig } from '../config/index.js';
+
+export interface CliIo {
+  /** Data for scripts and humans: stdout. */
+  out(line: string): void;
+  /** Messages, warnings, progress: stderr. */
+  err(line: string): void;
+  /** True when stderr is a terminal (progress bars only then). */
+  isTty: boolean;
+}
+
+export interface CommandContext {
+  argv: string[];
+  io: CliIo;
+  /** Loaded lazily so `--help` works with a broken config. */
+  config(): VirtcbtConfig;
+}
+
+export interface Command {
+  name: string;
+  summary: string;
+  usage: string;
+  /** Returns the exit code. */
+  run(ctx: CommandContext): Promise<number>;
+}
+
+/** Exit codes, documented in `virtcbt --help`. */
+export const EXIT = {
+  OK: 0,
+  FAILED: 1,
+  USAGE: 2,
+  DAEMON_DOWN: 3,
+  NOT_FOUND: 4,
+  PROTOCOL: 5,
+} as const;

@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+// virtcbt command line: dispatches to one module per subcommand.
+import { loadConfig, type VirtcbtConfig } from '../config/index.js';
+import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { EXIT, type Command, type CliIo } from './command.js';
+import { commands } from './commands/index.js';
+
+const io: CliIo = {
+  out: (l) => process.stdout.write(l + '\n'),
+  err: (l) => process.stderr.write(l + '\n'),
+  isTty: Boolean(process.stderr.isTTY),
+};
+
+function help(): string {
+  const width = Math.max(...commands.map((c) => c.name.length));
+  return [
+    'usage: virtcbt [--config FILE] COMMAND [ARGS]',
+    '',
+    'Changed-block tracking for libvirt/QEMU domains.',
+    '',
+    'Commands:',
+    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    '',
+    'Run `virtcbt COMMAND --help` for a command\'s options.',
+    '',
+    'Exit codes:',
+    '  0  success',
+    '  1  the operation failed (the message says why and what to do)',
+    '  2  bad usage or configuration; nothing was changed',
+    '  3  virtcbtd is not running',
+    '  4  domain, disk, consumer or backup not found',
+    '  5  protocol error from QEMU, NBD server or guest agent',
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const args = [...argv];
+  let configFile: string | undefined;
+  while (args[0]?.startsWith('--')) {
+    const a = args.shift()!;
+    if (a === '--help' || a === '-h') { io.out(help()); return EXIT.OK; }
+    if (a === '--config') configFile = args.shift();
+    else if (a.startsWith('--config=')) configFile = a.slice('--config='.length);
+    else { io.err(`virtcbt: unknown option ${a}\n\n${help()}`); return EXIT.USAGE; }
+  }
+  const name = args.shift();
+  if (!name) { io.err(help()); return EXIT.USAGE; }
+  const cmd: Command | undefined = commands.find((c) => c.name === name);
+  if (!cmd) { io.err(`virtcbt: unknown command '${name}'\n\n${help()}`); return EXIT.USAGE; }
+  if (args.includes('--help') || args.includes('-h')) { io.out(cmd.usage); return EXIT.OK; }
+  let config: VirtcbtConfig | undefined;
+  const json = args.includes('--json');
+  try {
+    return await cmd.run({ argv: args, io, config: () => (config ??= loadConfig({ file: configFile })) });
+  } catch (err) {
+    if (json) io.out(JSON.stringify(err instanceof VirtcbtError ? err.toJSON() : { error: 'Error', message: errorMessage(err) }));
+    io.err(`virtcbt ${name}: ${errorMessage(err)}`);
+    if (err instanceof UsageError) return EXIT.USAGE;
+    return typeof (err as { exitCode?: unknown }).exitCode === 'number' ? (err as { exitCode: number }).exitCode : EXIT.FAILED;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code; },
+  (err) => { io.err(`virtcbt: ${errorMessage(err)}`); process.exitCode = EXIT.FAILED; },
+);
