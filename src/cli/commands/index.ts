@@ -1,4 +1,14 @@
 // The registry of CLI subcommands, in the order `virtcbt --help` lists them.
 import type { Command } from '../command.js';
+import { consumerCommand, passCommand } from './consumer.js';
+import { changesCommand, disableCommand, enableCommand, reconcileCommand, statusCommand } from './tracking.js';
 
-export const commands: Command[] = [];
+export const commands: Command[] = [
+  enableCommand,
+  disableCommand,
+  statusCommand,
+  consumerCommand,
+  changesCommand,
+  passCommand,
+  reconcileCommand,
+];
