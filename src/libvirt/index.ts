@@ -2,3 +2,4 @@
 export * from './domain-xml.js';
 export * from './virsh.js';
 export * from './domains.js';
+export * from './monitor.js';
