@@ -1,0 +1,72 @@
+// Extents: half-open byte ranges {offset, length}, sorted and merged; runs of block status merged by flags.
+
+export interface Extent {
+  offset: number;
+  length: number;
+}
+
+/** One block-status extent: `flags` as the metadata context defines them (base:allocation: hole=1, zero=2). */
+export interface StatusExtent extends Extent {
+  flags: number;
+}
+
+/** Sorts and merges overlapping or touching extents; drops empty ones. */
+export function mergeExtents(extents: Iterable<Extent>): Extent[] {
+  const sorted = [...extents].filter((e) => e.length > 0).sort((a, b) => a.offset - b.offset);
+  const out: Extent[] = [];
+  for (const e of sorted) {
+    const last = out[out.length - 1];
+    if (last && e.offset <= last.offset + last.length) {
+      last.length = Math.max(last.length, e.offset + e.length - last.offset);
+    } else out.push({ offset: e.offset, length: e.length });
+  }
+  return out;
+}
+
+/** Merges adjacent status extents with equal flags (what `nbdinfo --map` prints). */
+export async function* coalesce(it: AsyncIterable<StatusExtent> | Iterable<StatusExtent>): AsyncGenerator<StatusExtent> {
+  let cur: StatusExtent | undefined;
+  for await (const e of it) {
+    if (cur && cur.flags === e.flags && cur.offset + cur.length === e.offset) {
+      cur.length += e.length;
+      continue;
+    }
+    if (cur) yield cur;
+    cur = { offset: e.offset, length: e.length, flags: e.flags };
+  }
+  if (cur) yield cur;
+}
+
+/** The extents whose flags satisfy `pred`, merged: e.g. dirty ranges, or data (non-zero) ranges. */
+export async function selectExtents(
+  it: AsyncIterable<StatusExtent> | Iterable<StatusExtent>,
+  pred: (flags: number) => boolean,
+): Promise<Extent[]> {
+  const out: Extent[] = [];
+  for await (const e of it) {
+    if (!pred(e.flags)) continue;
+    const last = out[out.length - 1];
+    if (last && last.offset + last.length === e.offset) last.length += e.length;
+    else out.push({ offset: e.offset, length: e.length });
+  }
+  return out;
+}
+
+/** Cuts extents into pieces of at most `max` bytes, cut at multiples of `max` from 0 so requests stay aligned. */
+export function* splitExtents(extents: Iterable<Extent>, max: number): Generator<Extent> {
+  for (const e of extents) {
+    let off = e.offset;
+    const end = e.offset + e.length;
+    while (off < end) {
+      const next = Math.min(end, (Math.floor(off / max) + 1) * max);
+      yield { offset: off, length: next - off };
+      off = next;
+    }
+  }
+}
+
+export function totalLength(extents: Iterable<Extent>): number {
+  let n = 0;
+  for (const e of extents) n += e.length;
+  return n;
+}
