@@ -1,6 +1,7 @@
 // The registry of CLI subcommands, in the order `virtcbt --help` lists them.
 import type { Command } from '../command.js';
 import { consumerCommand, passCommand } from './consumer.js';
+import { installCommand } from './install.js';
 import { changesCommand, disableCommand, enableCommand, reconcileCommand, statusCommand } from './tracking.js';
 
 export const commands: Command[] = [
@@ -11,4 +12,5 @@ export const commands: Command[] = [
   changesCommand,
   passCommand,
   reconcileCommand,
+  installCommand,
 ];

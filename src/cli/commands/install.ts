@@ -1,0 +1,82 @@
+// `virtcbt install`: puts the libvirt hook, the systemd units and the command wrappers in place,
+// with this installation's paths filled in. Idempotent; never overwrites an existing config.
+import { chmod, copyFile, mkdir, readFile, writeFile, access } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_CONFIG_FILE } from '../../config/index.js';
+import { parse } from '../args.js';
+import { EXIT, type Command } from '../command.js';
+import { emit } from '../output.js';
+
+/** The repository (or installed package) root: dist/src/cli/commands → four levels up. */
+export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
+
+export interface InstallPlan {
+  root: string;
+  files: { path: string; mode: number; content: string }[];
+}
+
+export async function installPlan(opts: { root: string; stateDir: string; spoolDir: string; configFile: string }): Promise<InstallPlan> {
+  const node = process.execPath;
+  const fill = (s: string) => s
+    .replaceAll('@STATE_DIR@', opts.stateDir)
+    .replaceAll('@SPOOL_DIR@', opts.spoolDir)
+    .replaceAll('@NODE@', node)
+    .replaceAll('@PREFIX@', PACKAGE_ROOT)
+    .replaceAll('@CONFIG@', opts.configFile);
+  const hook = fill(await readFile(join(PACKAGE_ROOT, 'hooks/qemu.d/virtcbt'), 'utf8'));
+  const unit = fill(await readFile(join(PACKAGE_ROOT, 'systemd/virtcbtd.service'), 'utf8'));
+  const wrapper = (entry: string) => `#!/bin/sh\n# Installed by virtcbt install.\nexec ${node} ${join(PACKAGE_ROOT, entry)} "$@"\n`;
+  return {
+    root: opts.root,
+    files: [
+      { path: '/etc/libvirt/hooks/qemu.d/virtcbt', mode: 0o755, content: hook },
+      { path: '/etc/systemd/system/virtcbtd.service', mode: 0o644, content: unit },
+      { path: '/usr/local/sbin/virtcbt', mode: 0o755, content: wrapper('dist/src/cli/main.js') },
+      { path: '/usr/local/sbin/virtcbtd', mode: 0o755, content: wrapper('dist/src/daemon/main.js') },
+    ],
+  };
+}
+
+const exists = (p: string) => access(p).then(() => true, () => false);
+
+export const installCommand: Command = {
+  name: 'install',
+  summary: 'install the libvirt hook, the systemd units and the virtcbt/virtcbtd commands',
+  usage: `usage: virtcbt install [--root DIR] [--dry-run] [--json]
+
+Writes /etc/libvirt/hooks/qemu.d/virtcbt, /etc/systemd/system/virtcbtd.service and wrappers in
+/usr/local/sbin, and a starting /etc/virtcbt/config.json if there is none. libvirtd reads hooks
+when it starts: restart it afterwards (systemctl restart libvirtd).
+  --root DIR   install under DIR instead of / (for packaging and tests)
+  --dry-run    print what would be written`,
+  async run(ctx) {
+    const { values } = parse(ctx.argv, { root: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } }, this.usage);
+    const cfg = ctx.config();
+    const root = values.root ?? '/';
+    const plan = await installPlan({ root, stateDir: cfg.stateDir, spoolDir: cfg.daemon.spoolDir, configFile: DEFAULT_CONFIG_FILE });
+    const written: string[] = [];
+    if (!values['dry-run']) {
+      for (const f of plan.files) {
+        const p = join(root, f.path);
+        await mkdir(dirname(p), { recursive: true });
+        await writeFile(p, f.content);
+        await chmod(p, f.mode);
+        written.push(p);
+      }
+      const conf = join(root, DEFAULT_CONFIG_FILE);
+      if (!(await exists(conf))) {
+        await mkdir(dirname(conf), { recursive: true });
+        await copyFile(join(PACKAGE_ROOT, 'config/example.json'), conf);
+        written.push(conf);
+      }
+      await mkdir(join(root, cfg.daemon.spoolDir), { recursive: true, mode: 0o750 });
+      await mkdir(join(root, cfg.stateDir, 'enabled'), { recursive: true, mode: 0o750 });
+    }
+    emit(ctx.io, Boolean(values.json), { root, files: plan.files.map((f) => f.path), written }, () => [
+      ...plan.files.map((f) => `${values['dry-run'] ? 'would write' : 'wrote'} ${join(root, f.path)}`),
+      'next: restart libvirtd so that it reads the hook, then `systemctl enable --now virtcbtd`',
+    ]);
+    return EXIT.OK;
+  },
+};
