@@ -8,3 +8,4 @@ export {
   CONTEXT_ALLOCATION_DEPTH, CONTEXT_BASE_ALLOCATION, CONTEXT_DIRTY_BITMAP_PREFIX, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO,
 } from './protocol.js';
 export { describeAddress, formatNbdUri, parseNbdUri, NBD_DEFAULT_PORT, type NbdAddress, type NbdTarget } from './uri.js';
+export { describeExtentType, formatMapJson, formatMapLine } from './map.js';
