@@ -723,6 +723,12 @@ export class ChangeLog {
    * The pass's changes per disk: blocks with generation in (since, P], or the whole disk when the consumer never
    * completed a pass or its last generation is below the disk's floor. Refuses while a bitmap of generation <= P is
    * not folded yet: its changes would be missing.
+   *
+   * Blocks with a generation above P are included too. A block keeps only the generation it last changed in, so a
+   * block written in (since, P] and again after P (a bitmap of P + 1 folded while this pass is open) carries P + 1:
+   * leaving it out would lose the first write from this pass. Copying a block that changed only after P costs bytes,
+   * never data. In the reconciler's order (fold P's bitmap, then ask) nothing above P exists yet and this is exactly
+   * (since, P].
    */
   passChanges(passId: number): DiskChanges[] {
     return this.db.transaction(() => {
@@ -732,7 +738,7 @@ export class ChangeLog {
       }
       const d = this.requireDomain(p.domain);
       this.checkAllFolded(d, p.generation, `pass ${passId} of consumer ${p.consumer}`);
-      return this.st.disks.all(d.id).map((disk) => this.diskChanges(disk, p.consumer, p.since, p.generation));
+      return this.st.disks.all(d.id).map((disk) => this.diskChanges(disk, p.consumer, p.since));
     })();
   }
 
@@ -744,7 +750,7 @@ export class ChangeLog {
     return this.db.transaction(() => {
       const d = this.requireDomain(domain);
       const c = this.requireConsumer(d, consumer);
-      return this.st.disks.all(d.id).map((disk) => this.diskChanges(disk, c.name, c.last, d.generation));
+      return this.st.disks.all(d.id).map((disk) => this.diskChanges(disk, c.name, c.last));
     })();
   }
 
@@ -797,7 +803,8 @@ export class ChangeLog {
     }
   }
 
-  private diskChanges(disk: DiskRow, consumer: string, since: number | null, upTo: number): DiskChanges {
+  /** Changes of one disk after generation `since` (null = never passed: full). */
+  private diskChanges(disk: DiskRow, consumer: string, since: number | null): DiskChanges {
     const base = { target: disk.target, blockSize: disk.block_size, sizeBytes: disk.size_bytes };
     const full = (reason: string): DiskChanges => ({ ...base, full: true, reason, extents: disk.size_bytes > 0 ? [[0, disk.size_bytes]] : [] });
     if (since === null) return full(`consumer ${consumer} has no completed pass`);
@@ -806,7 +813,7 @@ export class ChangeLog {
     }
     try {
       const rows = this.st.newerPages.all(disk.id, since).map((r) => ({ pageNo: r.page_no, runs: r.runs }));
-      return { ...base, full: false, extents: collectExtents(rows, since, upTo, disk.block_size, disk.size_bytes) };
+      return { ...base, full: false, extents: collectExtents(rows, since, Infinity, disk.block_size, disk.size_bytes) };
     } catch (err) {
       if (!(err instanceof PageFormatError)) throw err;
       return full(`a page of the change log could not be read (${err.message})`);
