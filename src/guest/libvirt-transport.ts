@@ -1,0 +1,118 @@
+// Guest agent through libvirt (`virsh qemu-agent-command`): libvirt owns the agent channel of its domains.
+import { execa } from 'execa';
+import { TimeoutError } from '../util/errors.js';
+import { abortReason } from '../util/abort.js';
+import { AgentCommandError, AgentError, AgentProtocolError, AgentUnavailableError } from './errors.js';
+import { toReply } from './framing.js';
+import type { AgentCallOptions, AgentTransport } from './transport.js';
+
+export interface LibvirtTransportOptions {
+  /** libvirt connection URI. Default qemu:///system. */
+  uri?: string;
+  /** Default deadline per command. Default 30 s. */
+  commandTimeoutMs?: number;
+  /** The virsh binary. Default `virsh` from PATH. */
+  virsh?: string;
+}
+
+// virsh takes whole seconds; it also needs time to start and connect to libvirtd, so the process
+// itself gets this much longer than the agent deadline before it is killed.
+const VIRSH_GRACE_MS = 10_000;
+
+const AGENT_HINT =
+  'install and start qemu-guest-agent in the guest, and give the domain the agent channel ' +
+  "(<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>)";
+
+export class LibvirtTransport implements AgentTransport {
+  readonly description: string;
+  private readonly uri: string;
+  private readonly commandTimeoutMs: number;
+  private readonly virsh: string;
+
+  constructor(
+    readonly domain: string,
+    opts: LibvirtTransportOptions = {},
+  ) {
+    this.uri = opts.uri ?? 'qemu:///system';
+    this.commandTimeoutMs = opts.commandTimeoutMs ?? 30_000;
+    this.virsh = opts.virsh ?? 'virsh';
+    this.description = `libvirt domain ${domain}`;
+  }
+
+  async execute<T = unknown>(command: string, args?: Record<string, unknown>, opts: AgentCallOptions = {}): Promise<T> {
+    const what = `guest agent ${command}`;
+    if (opts.signal?.aborted) throw abortReason(opts.signal, what);
+    const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
+    const json = JSON.stringify(args === undefined ? { execute: command } : { execute: command, arguments: args });
+    const argv = ['-c', this.uri, 'qemu-agent-command', this.domain, json];
+    if (Number.isFinite(timeoutMs)) argv.push('--timeout', String(Math.max(1, Math.ceil(timeoutMs / 1000))));
+    else argv.push('--block');
+    const r = await execa(this.virsh, argv, {
+      reject: false,
+      stdin: 'ignore',
+      cancelSignal: opts.signal,
+      timeout: Number.isFinite(timeoutMs) ? timeoutMs + VIRSH_GRACE_MS : undefined,
+    });
+    if (r.isCanceled) throw abortReason(opts.signal!, what);
+    if (r.timedOut) {
+      throw new TimeoutError(`${what} on domain ${this.domain}: virsh did not return within ${timeoutMs + VIRSH_GRACE_MS} ms`, {
+        domain: this.domain,
+        hint: 'check that libvirtd is running and responsive',
+      });
+    }
+    if (r.failed) throw this.virshError(command, r.stderr || r.message || '', r.exitCode);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(r.stdout);
+    } catch (err) {
+      throw new AgentProtocolError(`${what}: virsh printed something that is not JSON: ${r.stdout.slice(0, 120)}`, {
+        domain: this.domain,
+        cause: err,
+      });
+    }
+    const reply = toReply(parsed);
+    if (reply.kind === 'error') throw new AgentCommandError(command, reply.error, { domain: this.domain });
+    return reply.value as T;
+  }
+
+  async close(): Promise<void> {
+    // Nothing held: every call is its own virsh process.
+  }
+
+  /** Turns virsh's "error: ..." lines into the error an admin can act on. */
+  private virshError(command: string, stderr: string, exitCode: number | undefined): AgentError | TimeoutError {
+    const text = stderr
+      .split('\n')
+      .map((l) => l.replace(/^error:\s*/, '').trim())
+      .filter(Boolean)
+      .join('; ');
+    const ctx = { domain: this.domain };
+    const m = /unable to execute QEMU agent command '([^']+)': (.*)$/.exec(text);
+    if (m) return new AgentCommandError(m[1] ?? command, { desc: m[2] ?? text }, ctx);
+    if (/not configured/i.test(text)) {
+      return new AgentUnavailableError(`domain ${this.domain} has no guest agent channel: ${text}`, { ...ctx, hint: AGENT_HINT });
+    }
+    if (/agent is not responding|agent is not connected|agent not available/i.test(text)) {
+      return new AgentUnavailableError(`guest agent of domain ${this.domain} is not responding: ${text}`, { ...ctx, hint: AGENT_HINT });
+    }
+    if (/timed? ?out|timeout/i.test(text)) {
+      return new TimeoutError(`guest agent ${command} on domain ${this.domain} timed out: ${text}`, {
+        ...ctx,
+        hint: 'the guest may be busy or hung; the command may still complete in the guest',
+      });
+    }
+    if (/domain is not running/i.test(text)) {
+      return new AgentUnavailableError(`domain ${this.domain} is not running: ${text}`, { ...ctx, hint: 'start the domain first' });
+    }
+    if (/failed to get domain|domain not found|no domain with matching/i.test(text)) {
+      return new AgentUnavailableError(`domain ${this.domain} not found on ${this.uri}: ${text}`, {
+        ...ctx,
+        hint: `check the name with: virsh -c ${this.uri} list --all`,
+      });
+    }
+    if (/failed to connect to the hypervisor|Failed to connect socket/i.test(text)) {
+      return new AgentUnavailableError(`cannot reach libvirt at ${this.uri}: ${text}`, { ...ctx, hint: 'start libvirtd (or check the URI)' });
+    }
+    return new AgentError(`virsh qemu-agent-command ${command} on domain ${this.domain} failed (exit ${exitCode ?? '?'}): ${text}`, ctx);
+  }
+}

@@ -1,0 +1,196 @@
+// withFrozen thaws on every path (return, throw, timeout, abort, failed freeze) and reports a failed thaw with both errors; exec polling.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { TimeoutError } from '../src/util/errors.js';
+import { AgentCommandError, GuestAgent, GuestExecError, SocketTransport, ThawFailedError } from '../src/guest/index.js';
+import { fakeAgent, syncReply, type AgentRequest, type FakeAgent, type FakeAgentContext } from './fakes/fake-agent.js';
+
+let dir: string;
+let n = 0;
+const cleanups: (() => Promise<void>)[] = [];
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'virtcbt-agent-freeze-'));
+});
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+interface Guest {
+  agent: GuestAgent;
+  fake: FakeAgent;
+  state: { frozen: boolean; thawCalls: number };
+}
+
+/** A fake agent that tracks the freeze state; `override` answers a command instead of the default. */
+async function guest(
+  override: (req: AgentRequest, ctx: FakeAgentContext, state: Guest['state']) => boolean | Promise<boolean> = () => false,
+): Promise<Guest> {
+  const state = { frozen: false, thawCalls: 0 };
+  const fake = await fakeAgent(join(dir, `qga-${++n}.sock`), async (req, ctx) => {
+    if (req.execute === 'guest-sync-delimited') return void ctx.sock.write(syncReply(req));
+    if (await override(req, ctx, state)) return;
+    switch (req.execute) {
+      case 'guest-fsfreeze-freeze':
+        state.frozen = true;
+        return ctx.reply(req, 2);
+      case 'guest-fsfreeze-thaw':
+        state.thawCalls++;
+        ctx.reply(req, state.frozen ? 2 : 0);
+        state.frozen = false;
+        return;
+      case 'guest-fsfreeze-status':
+        return ctx.reply(req, state.frozen ? 'frozen' : 'thawed');
+      default:
+        return ctx.error(req, 'CommandNotFound', `The command ${req.execute} has not been found`);
+    }
+  });
+  const agent = new GuestAgent(new SocketTransport(fake.path, { domain: 'vm1', syncTimeoutMs: 1000 }));
+  cleanups.push(() => fake.close(), () => agent.close());
+  return { agent, fake, state };
+}
+
+describe('withFrozen', () => {
+  it('returns the value and leaves the guest thawed', async () => {
+    const g = await guest();
+    const seen: string[] = [];
+    const v = await g.agent.withFrozen(async () => {
+      seen.push(await g.agent.fsfreezeStatus());
+      return 42;
+    });
+    expect(v).toBe(42);
+    expect(seen).toEqual(['frozen']);
+    expect(await g.agent.fsfreezeStatus()).toBe('thawed');
+  });
+
+  it('thaws and rethrows when the step throws', async () => {
+    const g = await guest();
+    const boom = new Error('snapshot step failed');
+    await expect(g.agent.withFrozen(async () => Promise.reject(boom))).rejects.toBe(boom);
+    expect(g.state).toEqual({ frozen: false, thawCalls: 1 });
+  });
+
+  it('thaws at the deadline without waiting for the step, and aborts the step\'s signal', async () => {
+    const g = await guest();
+    let stepSignal: AbortSignal | undefined;
+    const t0 = Date.now();
+    const err = await g.agent
+      .withFrozen(
+        (signal) => {
+          stepSignal = signal;
+          return new Promise(() => {}); // a step that never ends
+        },
+        { timeoutMs: 150 },
+      )
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as Error).message).toMatch(/frozen for 150 ms without the work finishing; thawed them/);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(stepSignal?.aborted).toBe(true);
+    expect(g.state.frozen).toBe(false);
+  });
+
+  it('thaws when the caller aborts', async () => {
+    const g = await guest();
+    const ctl = new AbortController();
+    const p = g.agent.withFrozen(() => new Promise(() => {}), { signal: ctl.signal });
+    setTimeout(() => ctl.abort(new Error('operator cancelled')), 50);
+    await expect(p).rejects.toThrow('operator cancelled');
+    expect(g.state.frozen).toBe(false);
+  });
+
+  it('still thaws when the freeze itself fails part way', async () => {
+    const g = await guest((req, ctx, state) => {
+      if (req.execute !== 'guest-fsfreeze-freeze') return false;
+      state.frozen = true; // froze one filesystem, then failed on the next
+      ctx.error(req, 'GenericError', "failed to freeze /mnt/data: Device or resource busy");
+      return true;
+    });
+    let ran = false;
+    const err = await g.agent.withFrozen(async () => void (ran = true)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AgentCommandError);
+    expect(ran).toBe(false);
+    expect(g.state).toEqual({ frozen: false, thawCalls: 1 });
+  });
+
+  it('still thaws when the freeze times out (the agent answers the thaw after the late freeze)', async () => {
+    const g = await guest(async (req, ctx, state) => {
+      if (req.execute !== 'guest-fsfreeze-freeze') return false;
+      // The agent is busy freezing: the sync and thaw queue up behind it.
+      await new Promise((r) => setTimeout(r, 300));
+      state.frozen = true;
+      ctx.reply(req, 1);
+      return true;
+    });
+    const err = await g.agent.withFrozen(async () => 1, { timeoutMs: 100 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect(g.state.frozen).toBe(false);
+    expect(g.state.thawCalls).toBe(1);
+  });
+
+  it('reports both errors, and says the guest may still be frozen, when the thaw fails too', async () => {
+    const g = await guest((req, ctx) => {
+      if (req.execute !== 'guest-fsfreeze-thaw') return false;
+      ctx.error(req, 'GenericError', 'failed to thaw /mnt/data');
+      return true;
+    });
+    const err = (await g.agent
+      .withFrozen(async () => {
+        throw new Error('copy failed');
+      })
+      .catch((e: unknown) => e)) as ThawFailedError;
+    expect(err).toBeInstanceOf(ThawFailedError);
+    expect(err.message).toBe('copy failed; then thawing the guest filesystems failed: guest agent guest-fsfreeze-thaw failed: failed to thaw /mnt/data (GenericError)');
+    expect((err.original as Error).message).toBe('copy failed');
+    expect(err.thawError).toBeInstanceOf(AgentCommandError);
+    expect(err.hint).toMatch(/virsh domfsthaw vm1/);
+    expect(g.state.frozen).toBe(true);
+  });
+});
+
+describe('exec', () => {
+  it('polls guest-exec-status until the program exits and decodes its output', async () => {
+    let polls = 0;
+    const g = await guest((req, ctx) => {
+      if (req.execute === 'guest-exec') {
+        expect(req.arguments).toEqual({ path: '/bin/cat', arg: ['-'], 'capture-output': true, 'input-data': Buffer.from('héllo\n').toString('base64') });
+        ctx.reply(req, { pid: 99 });
+        return true;
+      }
+      if (req.execute === 'guest-exec-status') {
+        expect(req.arguments).toEqual({ pid: 99 });
+        ctx.reply(
+          req,
+          ++polls < 3
+            ? { exited: false }
+            : { exited: true, exitcode: 3, 'out-data': Buffer.from('héllo\n').toString('base64'), 'err-data': Buffer.from('warn').toString('base64') },
+        );
+        return true;
+      }
+      return false;
+    });
+    const r = await g.agent.exec('/bin/cat', ['-'], { input: 'héllo\n' });
+    expect(r).toMatchObject({ exitCode: 3, stdout: 'héllo\n', stderr: 'warn', truncated: false });
+    expect(r.signal).toBeUndefined();
+    expect(polls).toBe(3);
+    await expect(g.agent.exec('/bin/cat', ['-'], { input: 'héllo\n', reject: true })).rejects.toThrow(GuestExecError);
+  });
+
+  it('gives up at the deadline, naming the guest pid', async () => {
+    const g = await guest((req, ctx) => {
+      if (req.execute === 'guest-exec') ctx.reply(req, { pid: 5 });
+      else if (req.execute === 'guest-exec-status') ctx.reply(req, { exited: false });
+      else return false;
+      return true;
+    });
+    const t0 = Date.now();
+    const err = await g.agent.exec('/bin/sleep', ['1000'], { timeoutMs: 200 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TimeoutError);
+    expect((err as Error).message).toBe('guest-exec /bin/sleep (guest pid 5) did not exit within 200 ms');
+    expect(Date.now() - t0).toBeLessThan(1000);
+  });
+});
