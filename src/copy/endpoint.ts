@@ -1,0 +1,34 @@
+// The Endpoint interface that hides whether a disk is an NBD export, a local file or null: from the copy engine.
+import type { Extent, StatusExtent } from '../nbd/index.js';
+
+export interface EndpointReadResult {
+  /** Ranges known to read as zeroes (already zero in the buffer); the engine need not write them. */
+  holes: readonly Extent[];
+}
+
+export interface Endpoint {
+  /** For messages: a URI or a path. */
+  readonly name: string;
+  readonly size: number;
+  /** Largest single read or write; the engine cuts requests to it. */
+  readonly maxRequest: number;
+  /** Requests should start and end on multiples of this (1 when anything goes). */
+  readonly alignment: number;
+  /** True for a fresh, sparse target that reads as zeroes everywhere: zero ranges need no writes. */
+  readonly zeroInitialized: boolean;
+  read(buf: Uint8Array, offset: number): Promise<EndpointReadResult>;
+  write(buf: Uint8Array, offset: number): Promise<void>;
+  /** Makes [offset, offset+length) read as zeroes. */
+  zero(offset: number, length: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+  /** Block status of the endpoint, when it has any (NBD with a negotiated context). */
+  extents?(context: string, offset?: number, length?: number): AsyncIterable<StatusExtent>;
+  /** Whether extents(context) can answer (the context was negotiated). */
+  hasExtents?(context: string): boolean;
+}
+
+/** An extent to copy; `zero` marks a range the source already knows reads as zeroes (not read at all). */
+export interface CopyExtent extends Extent {
+  zero?: boolean;
+}

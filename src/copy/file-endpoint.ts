@@ -1,0 +1,103 @@
+// A raw local file (or block device) as an Endpoint, through an fs.promises FileHandle.
+import { open, type FileHandle } from 'node:fs/promises';
+import { UsageError } from '../util/errors.js';
+import type { Endpoint, EndpointReadResult } from './endpoint.js';
+
+/** Zeroes are written from this shared buffer (files have no portable "write zeroes" in Node). */
+const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+
+export interface FileEndpointOptions {
+  /** Open for writing. */
+  write?: boolean;
+  /**
+   * Create or truncate the file to `size` bytes: the result is sparse and reads as zeroes, so
+   * the engine skips zero ranges instead of writing them.
+   */
+  create?: { size: number };
+}
+
+export class FileEndpoint implements Endpoint {
+  readonly maxRequest = 64 * 1024 * 1024;
+  readonly alignment = 1;
+
+  private constructor(
+    readonly name: string,
+    private readonly fh: FileHandle,
+    readonly size: number,
+    readonly zeroInitialized: boolean,
+  ) {}
+
+  static async open(path: string, opts: FileEndpointOptions = {}): Promise<FileEndpoint> {
+    if (opts.create) {
+      const fh = await open(path, 'w+');
+      try {
+        await fh.truncate(opts.create.size);
+      } catch (err) {
+        await fh.close();
+        throw err;
+      }
+      return new FileEndpoint(path, fh, opts.create.size, true);
+    }
+    const fh = await open(path, opts.write ? 'r+' : 'r');
+    const st = await fh.stat();
+    let size = st.size;
+    if (st.isBlockDevice()) {
+      // stat() reports 0 for block devices: their end is where a seek lands.
+      size = await blockDeviceSize(fh);
+    } else if (!st.isFile()) {
+      await fh.close();
+      throw new UsageError(`${path} is neither a regular file nor a block device`);
+    }
+    return new FileEndpoint(path, fh, size, false);
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<EndpointReadResult> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, offset + done);
+      if (bytesRead === 0) {
+        // Past the end of a file that shrank: what is not there reads as zeroes.
+        buf.fill(0, done);
+        return { holes: [{ offset: offset + done, length: buf.length - done }] };
+      }
+      done += bytesRead;
+    }
+    return { holes: [] };
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, offset + done);
+      done += bytesWritten;
+    }
+  }
+
+  async zero(offset: number, length: number): Promise<void> {
+    for (let at = 0; at < length; at += ZERO_CHUNK.length) {
+      await this.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, length - at)), offset + at);
+    }
+  }
+
+  async flush(): Promise<void> {
+    await this.fh.sync();
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+async function blockDeviceSize(fh: FileHandle): Promise<number> {
+  // Binary search for the last readable byte: Node exposes no BLKGETSIZE64 or lseek(SEEK_END).
+  const one = Buffer.alloc(1);
+  let lo = 0;
+  let hi = 2 ** 50;
+  while (lo < hi) {
+    const mid = Math.floor((lo + hi + 1) / 2);
+    const { bytesRead } = await fh.read(one, 0, 1, mid - 1);
+    if (bytesRead === 1) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
