@@ -124,7 +124,14 @@ export class JsonConnection {
     this.closedPromise = new Promise((r) => (this.resolveClosed = r));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err: NodeJS.ErrnoException) => {
-      this.failure ??= new QmpConnectionError(`connection to ${where} failed: ${err.code ?? err.message}`, { cause: err });
+      // A peer that dies with our bytes unread resets the connection instead of closing it.
+      const reset = err.code === 'ECONNRESET' || err.code === 'EPIPE';
+      this.failure ??= reset
+        ? new QmpConnectionError(`connection to ${where} closed by the peer (${err.code})`, {
+            cause: err,
+            hint: 'QEMU exited or was killed; check the domain state and the QEMU log',
+          })
+        : new QmpConnectionError(`connection to ${where} failed: ${err.code ?? err.message}`, { cause: err });
     });
     socket.on('close', () => this.finish());
   }
