@@ -5,9 +5,9 @@ import type { TLSSocket } from 'node:tls';
 import { TimeoutError } from '../util/errors.js';
 import { NbdCommandError, NbdProtocolError } from './errors.js';
 import { describe, listExports, negotiate, type ExportInfo, type ExportListing, type HandshakeIo, type ServerDescription } from './handshake.js';
-import { NBD_CMD_DISC, NBD_CMD_WRITE, REQUEST_HEADER_SIZE } from './protocol.js';
+import { NBD_CMD_DISC, NBD_CMD_WRITE, NBD_OPT_ABORT, REQUEST_HEADER_SIZE } from './protocol.js';
 import { ReplyParser, type InflightRequest, type ReplySink } from './reply-parser.js';
-import { writeRequestHeader } from './serializer.js';
+import { optionRequest, writeRequestHeader } from './serializer.js';
 import { upgradeSocket } from './tls.js';
 import { describeAddress, formatNbdUri, type NbdTarget } from './uri.js';
 
@@ -198,7 +198,11 @@ export class NbdConnection implements ReplySink {
       if (this.failure) throw this.failure;
       return result;
     } catch (err) {
-      this.fail(err instanceof Error ? err : new Error(String(err)));
+      const e = err instanceof Error ? err : new Error(String(err));
+      // The server refused something but the link is fine: say goodbye with NBD_OPT_ABORT.
+      const graceful = !this.failure && this.phase === 'handshake' && !this.target.tls;
+      if (graceful) this.socket.write(optionRequest(NBD_OPT_ABORT));
+      this.fail(e, graceful);
       throw this.failure ?? err;
     } finally {
       clearTimeout(timer);
@@ -305,15 +309,18 @@ export class NbdConnection implements ReplySink {
   }
 
   /** Closes disorderly: every pending request and waiter is rejected with `err`. */
-  fail(err: Error): void {
+  fail(err: Error, graceful = false): void {
     if (this.failure) return;
     this.failure = err;
     this.rejectFailed(err);
-    if (this.phase !== 'closed') this.phase = 'closing';
     if (this.watchdog) clearInterval(this.watchdog);
     this.queue.fail(err);
-    this.socket.destroy();
-    this.raw.destroy();
+    if (graceful) this.endSoon();
+    else {
+      this.socket.destroy();
+      this.raw.destroy();
+    }
+    if (this.phase !== 'closed') this.phase = 'closing';
     for (const p of this.table.values()) p.reject(err);
     this.table.clear();
     for (const w of this.waiters.splice(0)) w.reject(err);

@@ -2,6 +2,7 @@
 import type { Command } from '../command.js';
 import { consumerCommand, passCommand } from './consumer.js';
 import { installCommand } from './install.js';
+import { nbdCommand } from './nbd.js';
 import { changesCommand, disableCommand, enableCommand, reconcileCommand, statusCommand } from './tracking.js';
 
 export const commands: Command[] = [
@@ -13,4 +14,5 @@ export const commands: Command[] = [
   passCommand,
   reconcileCommand,
   installCommand,
+  nbdCommand,
 ];
