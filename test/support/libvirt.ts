@@ -1,0 +1,253 @@
+// Starts the test guest as a real libvirt domain (type='qemu', i.e. TCG) with direct kernel boot,
+// a qcow2 data disk, a raw scratch disk, the guest-agent channel and optionally virtcbt's own QMP
+// socket; domains left by crashed runs are swept.
+import { execa } from 'execa';
+import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { AGENT_PORT_NAME, GUEST_APPEND, READY_MARKER } from '../../src/guestimage/index.js';
+import { onCleanup } from './cleanup.js';
+import { guestImages } from './images.js';
+import { copySparse } from './qemu.js';
+import { pidAlive } from './sweep.js';
+
+export const LIBVIRT_URI = 'qemu:///system';
+export const DOMAIN_PREFIX = 'virtcbt-test-';
+/** QEMU runs as libvirt-qemu: images must live where it can reach them. */
+export const IMAGES_BASE = '/var/lib/libvirt/images';
+/** libvirt-qemu may create sockets here (not under /run: permission denied). */
+export const QMP_SOCKET_BASE = '/var/lib/libvirt/qemu';
+export const QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0';
+
+export interface LibvirtGuestOptions {
+  /** Short name part; the domain is virtcbt-test-NAME-PID-RAND. */
+  name?: string;
+  /** Add `<qemu:commandline>` -qmp unix:PATH,server=on,wait=off (PATH under /var/lib/libvirt/qemu). */
+  withQmpSocket?: boolean;
+  /** Define a persistent domain (default) or create a transient one. */
+  persistent?: boolean;
+  memoryMiB?: number;
+  bootTimeoutMs?: number;
+}
+
+export interface LibvirtGuest {
+  name: string;
+  dir: string;
+  qmpSocket?: string;
+  serialLog: string;
+  /** data: qcow2 on vda, scratch: raw on vdb. */
+  disks: { data: string; scratch: string };
+  bootMs: number;
+  persistent: boolean;
+  /** The domain XML it was defined with. */
+  xml: string;
+  /** virsh destroy (no error if already off). */
+  destroy(): Promise<void>;
+  /** destroy, undefine (with checkpoint/snapshot metadata), remove dir and QMP socket. Idempotent. */
+  undefine(): Promise<void>;
+}
+
+export async function virsh(args: string[], opts: { reject?: boolean; timeoutMs?: number } = {}) {
+  return execa('virsh', ['-c', LIBVIRT_URI, ...args], { reject: opts.reject ?? true, timeout: opts.timeoutMs ?? 60_000 });
+}
+
+/**
+ * libvirt decides whether KVM is usable by checking /dev/kvm as libvirt-qemu, while its capability
+ * probe (run before QEMU drops privileges) finds KVM working. When /dev/kvm is root-only (as on
+ * these machines, where udev never set it to root:kvm 0660) the two disagree, libvirt throws its
+ * capability cache away on every lookup and `virsh define` takes about a minute. Give /dev/kvm
+ * Debian's usual ownership; the test domains still run type='qemu' (TCG).
+ */
+export async function fixKvmDevicePermissions(): Promise<void> {
+  let st;
+  try {
+    st = await stat('/dev/kvm');
+  } catch {
+    return; // no KVM at all: libvirt agrees with itself
+  }
+  const kvmGid = Number((await execa('getent', ['group', 'kvm'], { reject: false })).stdout.split(':')[2]);
+  if (!Number.isInteger(kvmGid)) return;
+  if (st.gid === kvmGid && (st.mode & 0o060) === 0o060) return;
+  await execa('chgrp', ['kvm', '/dev/kvm']);
+  await execa('chmod', ['0660', '/dev/kvm']);
+}
+
+/** Starts virtlogd/libvirtd if they are not running (no systemd here), then waits until virsh answers. */
+export async function ensureLibvirtd(): Promise<void> {
+  await fixKvmDevicePermissions();
+  for (const daemon of ['virtlogd', 'libvirtd']) {
+    const running = await execa('pgrep', ['-x', daemon], { reject: false });
+    if (running.exitCode !== 0) await execa(daemon, ['-d']);
+  }
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const r = await virsh(['version'], { reject: false, timeoutMs: 10_000 });
+    if (r.exitCode === 0) return;
+    if (Date.now() > deadline) throw new Error(`libvirtd does not answer on ${LIBVIRT_URI}: ${r.stderr}. Run bash scripts/setup.sh`);
+    await new Promise((res) => setTimeout(res, 200));
+  }
+}
+
+const NAME_RE = new RegExp(`^${DOMAIN_PREFIX}.*-(\\d+)-[0-9a-f]{6}$`);
+
+/** Removes virtcbt-test-* domains (and their directories and sockets) whose test process is gone. */
+export async function sweepStaleDomains(): Promise<string[]> {
+  const list = await virsh(['list', '--all', '--name']);
+  const swept: string[] = [];
+  for (const name of list.stdout.split('\n').map((s) => s.trim())) {
+    const m = NAME_RE.exec(name);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    await removeDomain(name);
+    swept.push(name);
+  }
+  return swept;
+}
+
+async function removeDomain(name: string): Promise<void> {
+  await virsh(['destroy', name], { reject: false });
+  await virsh(['undefine', name, '--checkpoints-metadata', '--snapshots-metadata'], { reject: false });
+  await rm(join(IMAGES_BASE, name), { recursive: true, force: true });
+  await rm(join(QMP_SOCKET_BASE, `${name}.qmp`), { force: true });
+}
+
+let swept: Promise<unknown> | undefined;
+
+export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise<LibvirtGuest> {
+  await ensureLibvirtd();
+  swept ??= sweepStaleDomains();
+  await swept;
+  const images = await guestImages();
+
+  const name = `${DOMAIN_PREFIX}${opts.name ?? 'vm'}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const dir = join(IMAGES_BASE, name);
+  const qmpSocket = opts.withQmpSocket ? join(QMP_SOCKET_BASE, `${name}.qmp`) : undefined;
+  const persistent = opts.persistent ?? true;
+  let removed: Promise<void> | undefined;
+  const destroy = async () => {
+    await virsh(['destroy', name], { reject: false });
+  };
+  const undefine = () => {
+    removed ??= removeDomain(name);
+    return removed;
+  };
+  onCleanup(undefine);
+
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  const disks = { data: join(dir, 'data.qcow2'), scratch: join(dir, 'scratch.raw') };
+  await copySparse(images.dataExt4, disks.data);
+  await copySparse(images.scratchRaw, disks.scratch);
+  // Own copies of kernel and initrd: libvirt relabels (chowns) what a domain uses, and must not touch the cache.
+  const kernel = join(dir, 'vmlinuz');
+  const initrd = join(dir, 'initrd.gz');
+  await copyFile(images.kernel, kernel);
+  await copyFile(images.initrd, initrd);
+  const serialLog = join(dir, 'serial.log');
+  // QEMU (as libvirt-qemu) opens the serial file itself: create it and let that user write the directory.
+  await writeFile(serialLog, '');
+  await execa('chown', ['-R', 'libvirt-qemu:libvirt-qemu', dir]);
+
+  const xml = domainXml({ name, kernel, initrd, disks, serialLog, qmpSocket, memoryMiB: opts.memoryMiB ?? 256 });
+  const xmlFile = join(dir, 'domain.xml');
+  await writeFile(xmlFile, xml);
+  const started = Date.now();
+  if (persistent) {
+    await virsh(['define', xmlFile]);
+    await virsh(['start', name]);
+  } else {
+    await virsh(['create', xmlFile]);
+  }
+
+  // Ready = the guest says so on the serial console AND libvirt's own agent connection answers.
+  const timeoutMs = opts.bootTimeoutMs ?? 120_000;
+  const deadline = started + timeoutMs;
+  let lastErr = '';
+  for (;;) {
+    const serial = await readFile(serialLog, 'utf8').catch(() => '');
+    if (serial.includes(READY_MARKER)) {
+      const r = await virsh(['qemu-agent-command', name, '--timeout', '5', JSON.stringify({ execute: 'guest-ping' })], { reject: false });
+      if (r.exitCode === 0) break;
+      lastErr = r.stderr.trim();
+    }
+    const state = await virsh(['domstate', name], { reject: false });
+    if (state.exitCode !== 0 || !/running/.test(state.stdout)) {
+      throw new Error(`libvirt domain ${name} is not running (${(state.stdout + state.stderr).trim()}).\nserial log tail:\n${lastLines(serial)}\n${await qemuLogTail(name)}`);
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`libvirt domain ${name} not ready within ${timeoutMs} ms (${serial.includes(READY_MARKER) ? `agent: ${lastErr}` : `no ${READY_MARKER} in ${serialLog}`}).\nserial log tail:\n${lastLines(serial)}`);
+    }
+    await new Promise((res) => setTimeout(res, 250));
+  }
+  const bootMs = Date.now() - started;
+  return { name, dir, qmpSocket, serialLog, disks, bootMs, persistent, xml, destroy, undefine };
+}
+
+interface DomainXmlInput {
+  name: string;
+  kernel: string;
+  initrd: string;
+  disks: { data: string; scratch: string };
+  serialLog: string;
+  qmpSocket?: string;
+  memoryMiB: number;
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+}
+
+export function domainXml(d: DomainXmlInput): string {
+  const qmp = d.qmpSocket
+    ? `
+  <qemu:commandline>
+    <qemu:arg value='-qmp'/>
+    <qemu:arg value='unix:${esc(d.qmpSocket)},server=on,wait=off'/>
+  </qemu:commandline>`
+    : '';
+  return `<domain type='qemu' xmlns:qemu='${QEMU_NS}'>
+  <name>${esc(d.name)}</name>
+  <memory unit='MiB'>${d.memoryMiB}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64'>hvm</type>
+    <kernel>${esc(d.kernel)}</kernel>
+    <initrd>${esc(d.initrd)}</initrd>
+    <cmdline>${esc(GUEST_APPEND)}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' discard='unmap'/>
+      <source file='${esc(d.disks.data)}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' discard='unmap'/>
+      <source file='${esc(d.disks.scratch)}'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <serial type='file'>
+      <source path='${esc(d.serialLog)}'/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <target type='virtio' name='${AGENT_PORT_NAME}'/>
+    </channel>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+  </devices>${qmp}
+</domain>
+`;
+}
+
+async function qemuLogTail(name: string): Promise<string> {
+  const log = await readFile(`/var/log/libvirt/qemu/${name}.log`, 'utf8').catch(() => '');
+  return log ? `libvirt QEMU log tail:\n${lastLines(log)}` : '';
+}
+
+function lastLines(text: string, n = 30): string {
+  return text.trimEnd().split('\n').slice(-n).join('\n');
+}
