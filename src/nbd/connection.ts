@@ -28,6 +28,7 @@ const DIRECT_MIN = 16 * 1024;
 export const DEFAULT_TIMEOUT_MS = 60_000;
 export const DEFAULT_INFLIGHT = 16;
 const MAX_COOKIE = 0xffff_ffff;
+const REFUSED_CERT_HINT = 'the server probably refused our client certificate (wrong CA, or not allowed by its tls-authz): check client-cert.pem and the server log';
 
 interface Pending extends InflightRequest {
   resolve(req: InflightRequest): void;
@@ -237,18 +238,18 @@ export class NbdConnection implements ReplySink {
   }
 
   private watch(s: net.Socket): void {
-    s.on('error', (err) => this.fail(new NbdProtocolError(`NBD connection to ${this.what} failed: ${err.message}`, {
+    s.on('error', (err) => this.fail(new NbdProtocolError(`NBD connection to ${this.what} failed${this.afterTls()}: ${err.message}`, {
       cause: err,
-      hint: 'check that the server is running and the address is right',
+      hint: this.afterTls() ? REFUSED_CERT_HINT : 'check that the server is running and the address is right',
     })));
     s.on('close', () => {
       if (this.phase !== 'closing' && this.phase !== 'closed') {
         const pending = this.table.size;
         const midReply = this.parser && !this.parser.idle;
         this.fail(new NbdProtocolError(
-          `NBD server ${this.what} closed the connection${this.phase === 'handshake' || this.phase === 'connecting' ? ' during the handshake' : ''}` +
+          `NBD server ${this.what} closed the connection${this.afterTls() || (this.phase === 'handshake' || this.phase === 'connecting' ? ' during the handshake' : '')}` +
             (midReply ? ' in the middle of a reply' : '') + (pending ? ` with ${pending} requests in flight` : ''),
-          { hint: 'look at the server log; with TLS, the server may have refused our certificate' },
+          { hint: this.afterTls() ? REFUSED_CERT_HINT : 'look at the server log (qemu-nbd, QEMU)' },
         ));
       }
       this.phase = 'closed';
@@ -256,6 +257,14 @@ export class NbdConnection implements ReplySink {
     });
     // A half-close from the server ends the conversation: close our side too.
     s.on('end', () => s.destroy());
+  }
+
+  /**
+   * With TLS 1.3 the server checks our certificate after the client considers the handshake
+   * done, so a refused certificate shows up as a reset on the first option after it.
+   */
+  private afterTls(): string {
+    return this.phase === 'handshake' && this.socket !== this.raw ? ' right after the TLS handshake' : '';
   }
 
   private nextBuffer(): Uint8Array {

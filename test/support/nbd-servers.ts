@@ -51,6 +51,8 @@ export interface QemuNbdOptions {
   objects?: string[];
   tlsCreds?: string;
   tlsAuthz?: string;
+  /** Listen on TCP instead of a unix socket. */
+  tcp?: { host: string; port: number };
   extra?: string[];
 }
 
@@ -58,7 +60,8 @@ export interface QemuNbdOptions {
 export async function startQemuNbd(image: string, dir: string, o: QemuNbdOptions = {}): Promise<RunningServer> {
   const socket = join(dir, `nbd-${Math.random().toString(36).slice(2, 8)}.sock`);
   const pidFile = socket + '.pid';
-  const args = ['--fork', '--pid-file', pidFile, '-k', socket, '-f', o.format ?? 'qcow2', '-t'];
+  const where = o.tcp ? ['-b', o.tcp.host, '-p', String(o.tcp.port)] : ['-k', socket];
+  const args = ['--fork', '--pid-file', pidFile, ...where, '-f', o.format ?? 'qcow2', '-t'];
   if (o.readOnly) args.push('-r');
   for (const b of o.bitmaps ?? []) args.push('-B', b);
   if (o.allocationDepth) args.push('-A');
@@ -70,9 +73,10 @@ export async function startQemuNbd(image: string, dir: string, o: QemuNbdOptions
   args.push(...(o.extra ?? []), image);
   await execa('qemu-nbd', args);
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
-  const scheme = o.tlsCreds ? 'nbds+unix' : 'nbd+unix';
+  const name = encodeURIComponent(o.exportName ?? '');
+  const s = o.tlsCreds ? 'nbds' : 'nbd';
   return {
-    uri: `${scheme}:///${encodeURIComponent(o.exportName ?? '')}?socket=${socket}`,
+    uri: o.tcp ? `${s}://${o.tcp.host}:${o.tcp.port}/${name}` : `${s}+unix:///${name}?socket=${socket}`,
     socket,
     pid,
     stop: () => stopPid(pid),
