@@ -2,7 +2,7 @@
 export { GuestAgent, type ExecOptions, type ExecResult, type FrozenOptions } from './agent.js';
 export type { AgentTransport, AgentCallOptions } from './transport.js';
 export { SocketTransport, type SocketTransportOptions } from './socket-transport.js';
-export { LibvirtTransport, type LibvirtTransportOptions } from './libvirt-transport.js';
+export { LibvirtTransport, virshAgentError, type LibvirtTransportOptions } from './libvirt-transport.js';
 export {
   AgentError,
   AgentCommandError,

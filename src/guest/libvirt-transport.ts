@@ -60,7 +60,7 @@ export class LibvirtTransport implements AgentTransport {
         hint: 'check that libvirtd is running and responsive',
       });
     }
-    if (r.failed) throw this.virshError(command, r.stderr || r.message || '', r.exitCode);
+    if (r.failed) throw virshAgentError(r.stderr || r.message || '', { domain: this.domain, uri: this.uri, command, exitCode: r.exitCode });
     let parsed: unknown;
     try {
       parsed = JSON.parse(r.stdout);
@@ -78,41 +78,50 @@ export class LibvirtTransport implements AgentTransport {
   async close(): Promise<void> {
     // Nothing held: every call is its own virsh process.
   }
+}
 
-  /** Turns virsh's "error: ..." lines into the error an admin can act on. */
-  private virshError(command: string, stderr: string, exitCode: number | undefined): AgentError | TimeoutError {
-    const text = stderr
-      .split('\n')
-      .map((l) => l.replace(/^error:\s*/, '').trim())
-      .filter(Boolean)
-      .join('; ');
-    const ctx = { domain: this.domain };
-    const m = /unable to execute QEMU agent command '([^']+)': (.*)$/.exec(text);
-    if (m) return new AgentCommandError(m[1] ?? command, { desc: m[2] ?? text }, ctx);
-    if (/not configured/i.test(text)) {
-      return new AgentUnavailableError(`domain ${this.domain} has no guest agent channel: ${text}`, { ...ctx, hint: AGENT_HINT });
-    }
-    if (/agent is not responding|agent is not connected|agent not available/i.test(text)) {
-      return new AgentUnavailableError(`guest agent of domain ${this.domain} is not responding: ${text}`, { ...ctx, hint: AGENT_HINT });
-    }
-    if (/timed? ?out|timeout/i.test(text)) {
-      return new TimeoutError(`guest agent ${command} on domain ${this.domain} timed out: ${text}`, {
-        ...ctx,
-        hint: 'the guest may be busy or hung; the command may still complete in the guest',
-      });
-    }
-    if (/domain is not running/i.test(text)) {
-      return new AgentUnavailableError(`domain ${this.domain} is not running: ${text}`, { ...ctx, hint: 'start the domain first' });
-    }
-    if (/failed to get domain|domain not found|no domain with matching/i.test(text)) {
-      return new AgentUnavailableError(`domain ${this.domain} not found on ${this.uri}: ${text}`, {
-        ...ctx,
-        hint: `check the name with: virsh -c ${this.uri} list --all`,
-      });
-    }
-    if (/failed to connect to the hypervisor|Failed to connect socket/i.test(text)) {
-      return new AgentUnavailableError(`cannot reach libvirt at ${this.uri}: ${text}`, { ...ctx, hint: 'start libvirtd (or check the URI)' });
-    }
-    return new AgentError(`virsh qemu-agent-command ${command} on domain ${this.domain} failed (exit ${exitCode ?? '?'}): ${text}`, ctx);
+/**
+ * Turns virsh's "error: ..." lines from qemu-agent-command into the error an admin can act on.
+ * The texts are libvirt's (9.0): "argument unsupported: QEMU guest agent is not configured",
+ * "Guest agent is not responding: QEMU guest agent is not connected", "internal error: unable to
+ * execute QEMU agent command 'X': DESC" (newer: "guest agent command failed: ...").
+ */
+export function virshAgentError(
+  stderr: string,
+  where: { domain: string; uri: string; command: string; exitCode?: number },
+): AgentError | TimeoutError {
+  const { domain, uri, command, exitCode } = where;
+  const text = stderr
+    .split('\n')
+    .map((l) => l.replace(/^error:\s*/, '').trim())
+    .filter(Boolean)
+    .join('; ');
+  const ctx = { domain };
+  const m = /unable to execute QEMU agent command '([^']+)': (.*)$/.exec(text);
+  if (m) return new AgentCommandError(m[1] ?? command, { desc: m[2] ?? text }, ctx);
+  if (/not configured/i.test(text)) {
+    return new AgentUnavailableError(`domain ${domain} has no guest agent channel: ${text}`, { ...ctx, hint: AGENT_HINT });
   }
+  if (/agent is not responding|agent is not connected|agent not available/i.test(text)) {
+    return new AgentUnavailableError(`guest agent of domain ${domain} is not responding: ${text}`, { ...ctx, hint: AGENT_HINT });
+  }
+  if (/timed? ?out|timeout/i.test(text)) {
+    return new TimeoutError(`guest agent ${command} on domain ${domain} timed out: ${text}`, {
+      ...ctx,
+      hint: 'the guest may be busy or hung; the command may still complete in the guest',
+    });
+  }
+  if (/domain is not running/i.test(text)) {
+    return new AgentUnavailableError(`domain ${domain} is not running: ${text}`, { ...ctx, hint: 'start the domain first' });
+  }
+  if (/failed to get domain|domain not found|no domain with matching/i.test(text)) {
+    return new AgentUnavailableError(`domain ${domain} not found on ${uri}: ${text}`, {
+      ...ctx,
+      hint: `check the name with: virsh -c ${uri} list --all`,
+    });
+  }
+  if (/failed to connect to the hypervisor|Failed to connect socket/i.test(text)) {
+    return new AgentUnavailableError(`cannot reach libvirt at ${uri}: ${text}`, { ...ctx, hint: 'start libvirtd (or check the URI)' });
+  }
+  return new AgentError(`virsh qemu-agent-command ${command} on domain ${domain} failed (exit ${exitCode ?? '?'}): ${text}`, ctx);
 }
