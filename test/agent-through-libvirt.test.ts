@@ -1,7 +1,8 @@
-// The same guest-agent calls pass through a libvirt domain (virsh qemu-agent-command), and virsh's errors become clear ones.
+// The same guest-agent calls pass through a libvirt domain (virsh qemu-agent-command), and virsh's errors become clear ones;
+// the domain's extra QMP socket finds its disks by libvirt alias.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { TimeoutError } from '../src/util/errors.js';
-import { useCleanup } from './support/cleanup.js';
+import { onCleanup, useCleanup } from './support/cleanup.js';
 import { LIBVIRT_URI, startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
 import {
   AgentCommandError,
@@ -11,6 +12,7 @@ import {
   LibvirtTransport,
   virshAgentError,
 } from '../src/guest/index.js';
+import { QmpClient, queryBlock, findDisk } from '../src/qmp/index.js';
 
 useCleanup();
 
@@ -59,7 +61,7 @@ describe('guest agent through libvirt', () => {
   let agent: GuestAgent;
 
   beforeAll(async () => {
-    vm = await startLibvirtGuest({ name: 'agent' });
+    vm = await startLibvirtGuest({ name: 'agent', withQmpSocket: true });
     agent = new GuestAgent(new LibvirtTransport(vm.name, { uri: LIBVIRT_URI }));
   });
 
@@ -88,6 +90,17 @@ describe('guest agent through libvirt', () => {
     expect(e).toBeInstanceOf(AgentCommandError);
     expect(e.command).toBe('guest-no-such-command');
     expect(e.domain).toBe(vm.name);
+  });
+
+  it('finds the disks on the domain\'s own QMP socket by libvirt alias, with libvirt\'s node names', async () => {
+    const qmp = await QmpClient.connect(vm.qmpSocket!, { domain: vm.name });
+    onCleanup(() => qmp.close());
+    const blocks = await queryBlock(qmp);
+    const vda = findDisk(blocks, 'virtio-disk0');
+    expect(vda).toMatchObject({ device: '', qdev: '/machine/peripheral/virtio-disk0/virtio-backend', format: 'qcow2' });
+    expect(vda!.node).toMatch(/^libvirt-\d+-format$/);
+    expect(findDisk(blocks, 'virtio-disk1')?.format).toBe('raw');
+    await qmp.close();
   });
 
   it('names a domain that does not exist', async () => {
