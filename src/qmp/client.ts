@@ -170,8 +170,10 @@ export class QmpClient implements QmpExecutor, AsyncDisposable {
   }
 
   /** Calls `listener` for each event named `name` ('*' for all). Returns the unsubscribe function. */
+  on(name: '*', listener: QmpEventListener): () => void;
+  on<E extends string>(name: E, listener: QmpEventListener<E>): () => void;
   on<E extends string>(name: E | '*', listener: QmpEventListener<E>): () => void {
-    return this.events.on(name, listener);
+    return this.events.on(name as E, listener);
   }
 
   /**

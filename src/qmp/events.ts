@@ -58,6 +58,8 @@ export class EventHub {
 
   constructor(private readonly onListenerError: (err: unknown, event: QmpEvent) => void) {}
 
+  on(name: '*', listener: QmpEventListener): () => void;
+  on<E extends string>(name: E, listener: QmpEventListener<E>): () => void;
   on<E extends string>(name: E | '*', listener: QmpEventListener<E>): () => void {
     let set = this.listeners.get(name);
     if (!set) this.listeners.set(name, (set = new Set()));
