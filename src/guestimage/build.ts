@@ -4,7 +4,7 @@
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pollUntil } from '../util/abort.js';
@@ -85,7 +85,9 @@ export async function buildGuestImages(cacheDir: string = defaultGuestCacheDir()
     // Another process may have finished while we waited for the lock.
     const again = await readCached(dir);
     if (again) return again;
-    const work = await mkdtemp(join(cacheDir, `.build-${key}-`));
+    await removeAbandonedBuilds(cacheDir);
+    // The pid in the name lets a later run tell an abandoned build from one in progress.
+    const work = await mkdtemp(join(cacheDir, `${BUILD_PREFIX}${key}-${process.pid}-`));
     try {
       const out = join(work, 'out');
       await mkdir(out);
@@ -127,6 +129,16 @@ export async function buildGuestImages(cacheDir: string = defaultGuestCacheDir()
         });
   } finally {
     await release();
+  }
+}
+
+const BUILD_PREFIX = '.build-';
+
+/** Deletes temp build directories left by builders that were killed (their pid is gone). */
+async function removeAbandonedBuilds(cacheDir: string): Promise<void> {
+  for (const name of await readdir(cacheDir).catch(() => [] as string[])) {
+    const m = /^\.build-[0-9a-f]+-(\d+)-/.exec(name);
+    if (m && !pidAlive(Number(m[1]))) await rm(join(cacheDir, name), { recursive: true, force: true });
   }
 }
 

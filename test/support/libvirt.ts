@@ -2,7 +2,7 @@
 // a qcow2 data disk, a raw scratch disk, the guest-agent channel and optionally virtcbt's own QMP
 // socket; domains left by crashed runs are swept.
 import { execa } from 'execa';
-import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AGENT_PORT_NAME, GUEST_APPEND, READY_MARKER } from '../../src/guestimage/index.js';
@@ -97,6 +97,17 @@ export async function sweepStaleDomains(): Promise<string[]> {
   for (const name of list.stdout.split('\n').map((s) => s.trim())) {
     const m = NAME_RE.exec(name);
     if (!m || pidAlive(Number(m[1]))) continue;
+    await removeDomain(name);
+    swept.push(name);
+  }
+  // Directories (and sockets) of runs that died between creating them and defining the domain.
+  const leftovers = [
+    ...(await readdir(IMAGES_BASE).catch(() => [] as string[])),
+    ...(await readdir(QMP_SOCKET_BASE).catch(() => [] as string[])).map((f) => f.replace(/\.qmp$/, '')),
+  ];
+  for (const name of new Set(leftovers)) {
+    const m = NAME_RE.exec(name);
+    if (!m || pidAlive(Number(m[1])) || swept.includes(name)) continue;
     await removeDomain(name);
     swept.push(name);
   }
