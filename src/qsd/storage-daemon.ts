@@ -21,6 +21,7 @@ export interface QsdSession {
   /** Socket path for `nbd-server-start` in this daemon. */
   nbdSocket: string;
   nodes: { target: string; node: string }[];
+  pid: number;
 }
 
 export const NODE_PREFIX = 'vcbt-';
@@ -58,7 +59,7 @@ export async function withStorageDaemon<T>(runDir: string, domain: string, image
       }
       return QmpClient.connect(qmpSocket, { domain, timeoutMs: 5_000 }).catch(() => undefined);
     }, 'starting qemu-storage-daemon', { timeoutMs: 30_000, intervalMs: 20 });
-    return await fn({ qmp, nbdSocket: join(dir, 'nbd.sock'), nodes });
+    return await fn({ qmp, nbdSocket: join(dir, 'nbd.sock'), nodes, pid: child.pid! });
   } finally {
     if (qmp?.isOpen) {
       await qmp.execute('quit').catch(() => undefined);

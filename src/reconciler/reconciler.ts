@@ -1,0 +1,260 @@
+// The reconciler: rotates each disk's persistent dirty bitmap, reads the frozen one over NBD and
+// folds it into the change log, then removes it. Every step is recorded first, so that after a
+// crash between any two steps `recover` finds out what happened and loses nothing; anything it
+// cannot prove resolves to a raised floor ("everything changed").
+import type { ChangeLog } from '../changelog/index.js';
+import {
+  actions,
+  blockDirtyBitmapAdd,
+  blockDirtyBitmapRemove,
+  QmpCommandError,
+  transaction,
+  type BlockDirtyInfo,
+  type QmpExecutor,
+} from '../qmp/index.js';
+import { VirtcbtError } from '../util/errors.js';
+import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from './nbd-server.js';
+
+/** virtcbt's bitmaps are named `virtcbt-N`; anything else on the disk belongs to someone else. */
+export const BITMAP_PREFIX = 'virtcbt-';
+
+export function bitmapName(seq: number): string {
+  return `${BITMAP_PREFIX}${seq}`;
+}
+
+export function bitmapSeq(name: string): number | undefined {
+  const m = /^virtcbt-(\d+)$/.exec(name);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** A disk as the reconciler sees it in one QEMU process (the VM's, or a storage daemon's). */
+export interface TrackedDisk {
+  target: string;
+  /** The node the bitmap must sit on: the disk's active layer (format node). */
+  node: string;
+  sizeBytes: number;
+  /** QEMU's bitmaps on that node, as query-block reports them. */
+  bitmaps: BlockDirtyInfo[];
+}
+
+/** Reads the dirty extents of a disabled bitmap exported at `uri`. */
+export type DirtyExtentReader = (uri: string, bitmap: string, sizeBytes: number) => Promise<{ offset: number; length: number }[]>;
+
+export interface ReconcilerDeps {
+  log: ChangeLog;
+  qmp: QmpExecutor;
+  domain: string;
+  /** Private unix socket of this QEMU's NBD server. */
+  nbdSocket: string;
+  readDirty: DirtyExtentReader;
+  granularity: number;
+  /** Fault injection for crash tests: called with a step name before the step runs. */
+  beforeStep?: (step: ReconcileStep, target: string) => void | Promise<void>;
+}
+
+export type ReconcileStep = 'rotate' | 'export' | 'fold' | 'remove';
+
+export interface DiskFoldResult {
+  target: string;
+  bitmap?: string;
+  dirtyBytes: number;
+  floorRaised?: string;
+}
+
+export interface RotateOptions {
+  /** Begin a consumer's pass in the same step: the generation moves on with the rotation. */
+  pass?: { consumer: string };
+}
+
+export interface RotateResult {
+  passId?: number;
+  generation?: number;
+  disks: DiskFoldResult[];
+}
+
+export class Reconciler {
+  constructor(private readonly d: ReconcilerDeps) {}
+
+  private get log() { return this.d.log; }
+  private get qmp() { return this.d.qmp; }
+  private get domain() { return this.d.domain; }
+
+  /**
+   * Brings the change log and QEMU into agreement for one disk, after a crash or a restart:
+   * finishes or forgets half-done rotations, folds frozen bitmaps, removes folded ones, and makes
+   * sure exactly one healthy virtcbt bitmap records on the active layer (raising the floor when
+   * the one it had is gone, inconsistent, moved, or the disk changed size).
+   */
+  async recover(disk: TrackedDisk): Promise<DiskFoldResult> {
+    const { log, domain } = this;
+    const result: DiskFoldResult = { target: disk.target, dirtyBytes: 0 };
+    const raise = (reason: string) => {
+      log.raiseFloor(domain, disk.target, reason);
+      result.floorRaised = result.floorRaised ? `${result.floorRaised}; ${reason}` : reason;
+    };
+    const before = log.listDisks(domain).find((k) => k.target === disk.target);
+    log.upsertDisk(domain, disk.target, { blockSize: before?.blockSize ?? this.d.granularity, sizeBytes: disk.sizeBytes });
+    if (before && before.sizeBytes !== disk.sizeBytes) {
+      result.floorRaised = `disk size changed from ${before.sizeBytes} to ${disk.sizeBytes} bytes`;
+    }
+    const inQemu = new Map(disk.bitmaps.filter((b) => b.name && bitmapSeq(b.name) !== undefined).map((b) => [b.name!, b]));
+    let records = log.bitmaps(domain, disk.target);
+
+    // A rotation recorded but maybe not done: the new bitmap in QEMU proves the transaction ran.
+    for (const r of records.filter((b) => b.state === 'creating')) {
+      if (inQemu.has(r.name)) {
+        const prev = records.filter((b) => b.state === 'active');
+        if (prev.length === 1) log.markRotated(domain, [{ target: disk.target, active: r.name, frozen: prev[0].name }]);
+        else log.setBitmapState(domain, disk.target, r.name, 'active');
+      } else {
+        log.forgetBitmap(domain, disk.target, r.name);
+      }
+    }
+    records = log.bitmaps(domain, disk.target);
+
+    for (const r of records.filter((b) => b.state === 'frozen')) {
+      const q = inQemu.get(r.name);
+      if (!q || q.inconsistent) {
+        raise(`bitmap ${r.name} was ${q ? 'inconsistent' : 'lost'} before it was folded`);
+        if (q) await this.removeBitmap(disk, r.name);
+        log.forgetBitmap(domain, disk.target, r.name);
+      } else {
+        result.dirtyBytes += await this.foldFrozen(disk, r.name);
+      }
+    }
+    for (const r of log.bitmaps(domain, disk.target).filter((b) => b.state === 'folded')) {
+      if (inQemu.has(r.name)) await this.removeBitmap(disk, r.name);
+      log.forgetBitmap(domain, disk.target, r.name);
+    }
+
+    const active = log.bitmaps(domain, disk.target).filter((b) => b.state === 'active');
+    const healthy = active.length === 1 ? this.healthProblem(inQemu.get(active[0].name), active[0].name) : `${active.length} active bitmaps recorded`;
+    if (healthy !== undefined) {
+      raise(active.length === 0 ? 'no bitmap was tracking the disk' : healthy);
+      for (const a of active) {
+        if (inQemu.has(a.name)) await this.removeBitmap(disk, a.name);
+        log.forgetBitmap(domain, disk.target, a.name);
+      }
+      await this.createActive(disk);
+    }
+    // virtcbt bitmaps QEMU has and the log does not know (from a log that was reset): drop them.
+    const known = new Set(log.bitmaps(domain, disk.target).map((b) => b.name));
+    for (const name of inQemu.keys()) if (!known.has(name)) await this.removeBitmap(disk, name);
+    return result;
+  }
+
+  /** Why a bitmap cannot be trusted to have recorded every write, or undefined when it can. */
+  private healthProblem(q: BlockDirtyInfo | undefined, name: string): string | undefined {
+    if (!q) return `bitmap ${name} is no longer on the disk's active layer (lost, or moved by a snapshot, commit or copy)`;
+    if (q.inconsistent) return `bitmap ${name} is inconsistent (QEMU stopped without saving it)`;
+    if (!q.recording) return `bitmap ${name} is not recording`;
+    if (!q.persistent) return `bitmap ${name} is not persistent`;
+    return undefined;
+  }
+
+  /** One past the highest virtcbt bitmap number the log or QEMU knows for the disk. */
+  private nextName(disk: TrackedDisk): string {
+    const names = [...this.log.bitmaps(this.domain, disk.target).map((b) => b.name), ...disk.bitmaps.map((b) => b.name ?? '')];
+    return bitmapName(Math.max(0, ...names.map((n) => bitmapSeq(n) ?? 0)) + 1);
+  }
+
+  private async createActive(disk: TrackedDisk): Promise<void> {
+    const name = this.nextName(disk);
+    const gen = this.log.currentGeneration(this.domain);
+    this.log.recordBitmap(this.domain, disk.target, name, gen, 'creating');
+    await blockDirtyBitmapAdd(this.qmp, { node: disk.node, name, persistent: true, granularity: this.blockSize(disk) });
+    this.log.setBitmapState(this.domain, disk.target, name, 'active');
+  }
+
+  private blockSize(disk: TrackedDisk): number {
+    return this.log.listDisks(this.domain).find((k) => k.target === disk.target)?.blockSize ?? this.d.granularity;
+  }
+
+  /**
+   * Rotates every disk's bitmap in one QMP transaction (optionally beginning a pass, so that the
+   * pass's generation and the rotation are the same instant), then folds the frozen bitmaps.
+   * `extra` actions (e.g. fleecing's blockdev-backup) join the same transaction.
+   */
+  async rotateAndFold(disks: TrackedDisk[], opts: RotateOptions & { extra?: Parameters<typeof transaction>[1] } = {}): Promise<RotateResult> {
+    const { log, domain } = this;
+    const results: DiskFoldResult[] = [];
+    for (const disk of disks) results.push(await this.recover(disk));
+    const plan = disks.map((disk) => {
+      const old = log.bitmaps(domain, disk.target).find((b) => b.state === 'active');
+      if (!old) throw new VirtcbtError('no active bitmap after recovery', { domain, disk: disk.target });
+      return { disk, old: old.name, next: this.nextName(disk) };
+    });
+    let passId: number | undefined;
+    let generation: number | undefined;
+    if (opts.pass) {
+      const p = log.beginPass(domain, opts.pass.consumer, { newBitmaps: plan.map((p) => ({ target: p.disk.target, name: p.next })) });
+      passId = p.id;
+      generation = p.generation;
+    } else {
+      const gen = log.currentGeneration(domain);
+      for (const p of plan) log.recordBitmap(domain, p.disk.target, p.next, gen, 'creating');
+    }
+    for (const p of plan) await this.d.beforeStep?.('rotate', p.disk.target);
+    try {
+      await transaction(this.qmp, [
+        ...plan.map((p) => actions.bitmapAdd({ node: p.disk.node, name: p.next, persistent: true, granularity: this.blockSize(p.disk) })),
+        ...plan.map((p) => actions.bitmapDisable({ node: p.disk.node, name: p.old })),
+        ...(opts.extra ?? []),
+      ]);
+    } catch (err) {
+      // Nothing happened in QEMU: forget the plan, and the pass with it.
+      for (const p of plan) log.forgetBitmap(domain, p.disk.target, p.next);
+      if (passId !== undefined) log.abortPass(passId);
+      throw new VirtcbtError(`rotating the dirty bitmaps failed: ${(err as Error).message}`, {
+        domain,
+        hint: 'Run `virtcbt status` for the disks\' state; the change log is unchanged',
+        cause: err,
+      });
+    }
+    log.markRotated(domain, plan.map((p) => ({ target: p.disk.target, active: p.next, frozen: p.old })));
+    for (const [i, p] of plan.entries()) {
+      results[i].bitmap = p.old;
+      results[i].dirtyBytes += await this.foldFrozen(p.disk, p.old);
+    }
+    return { passId, generation, disks: results };
+  }
+
+  /** Export → read → fold → remove for one frozen bitmap. Each step is safe to repeat. */
+  private async foldFrozen(disk: TrackedDisk, name: string): Promise<number> {
+    const { log, domain } = this;
+    const id = `virtcbt-fold-${disk.target}`;
+    await this.d.beforeStep?.('export', disk.target);
+    await ensureNbdServer(this.qmp, this.d.nbdSocket);
+    await addReadOnlyExport(this.qmp, { id, node: disk.node, name: id, bitmaps: [name] });
+    let extents: { offset: number; length: number }[];
+    try {
+      extents = await this.d.readDirty(nbdUnixUri(this.d.nbdSocket, id), name, disk.sizeBytes);
+    } finally {
+      await removeExport(this.qmp, id);
+    }
+    await this.d.beforeStep?.('fold', disk.target);
+    log.fold(domain, disk.target, name, extents);
+    await this.d.beforeStep?.('remove', disk.target);
+    await this.removeBitmap(disk, name);
+    log.forgetBitmap(domain, disk.target, name);
+    return extents.reduce((s, e) => s + e.length, 0);
+  }
+
+  /** For `disable`: removes every virtcbt bitmap from QEMU and the log. */
+  async removeAll(disks: TrackedDisk[]): Promise<void> {
+    for (const disk of disks) {
+      for (const b of disk.bitmaps) {
+        if (b.name && bitmapSeq(b.name) !== undefined) await this.removeBitmap(disk, b.name);
+      }
+    }
+  }
+
+  private async removeBitmap(disk: TrackedDisk, name: string): Promise<void> {
+    try {
+      await blockDirtyBitmapRemove(this.qmp, { node: disk.node, name });
+    } catch (err) {
+      if (err instanceof QmpCommandError && /not found|Dirty bitmap .* not found/i.test(err.desc)) return;
+      throw err;
+    }
+  }
+}
