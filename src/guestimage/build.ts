@@ -11,10 +11,10 @@ import { pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
 import { buildBaseDisks } from './disks.js';
 import { buildInitramfs, QEMU_GA } from './initramfs.js';
-import { downloadKernelDeb, extractKernel, moduleLoadOrder, resolveKernelPackage, WANTED_MODULES } from './kernel.js';
+import { downloadKernelDeb, extractKernel, BASE_MODULES, moduleLoadOrder, resolveKernelPackage, XFS_MODULES } from './kernel.js';
 
 /** Bump when anything in the recipe changes (init script, disk layout, module list): the cache key changes with it. */
-export const RECIPE_VERSION = 4;
+export const RECIPE_VERSION = 5;
 
 /** Kernel command line for the test guest: output on the first serial port only. */
 export const GUEST_APPEND = 'console=ttyS0 quiet';
@@ -94,8 +94,16 @@ export async function buildGuestImages(cacheDir: string = defaultGuestCacheDir()
       const deb = await downloadKernelDeb(kpkg, work);
       const k = await extractKernel(deb, join(work, 'kernel'));
       await copyFile(k.vmlinuz, join(out, 'vmlinuz'));
-      const modules = await moduleLoadOrder(k.modulesDir, WANTED_MODULES);
-      await buildInitramfs({ stage: join(work, 'initramfs'), output: join(out, 'initrd.gz'), release: k.release, modulesDir: k.modulesDir, modules });
+      const baseModules = await moduleLoadOrder(k.modulesDir, BASE_MODULES);
+      const xfsModules = (await moduleLoadOrder(k.modulesDir, XFS_MODULES)).filter((m) => !baseModules.includes(m));
+      await buildInitramfs({
+        stage: join(work, 'initramfs'),
+        output: join(out, 'initrd.gz'),
+        release: k.release,
+        modulesDir: k.modulesDir,
+        baseModules,
+        xfsModules,
+      });
       await buildBaseDisks(out, work);
       const manifest: Manifest = {
         recipe: RECIPE_VERSION,

@@ -26,8 +26,10 @@ export interface InitramfsInput {
   release: string;
   /** lib/modules/RELEASE of the extracted kernel. */
   modulesDir: string;
-  /** Module paths relative to modulesDir, in insmod order. */
-  modules: string[];
+  /** Module paths relative to modulesDir, in insmod order: loaded on every boot. */
+  baseModules: string[];
+  /** Loaded (in this order) only when a disk labelled virtcbt-xfs is attached. */
+  xfsModules: string[];
 }
 
 export async function buildInitramfs(input: InitramfsInput): Promise<void> {
@@ -57,7 +59,7 @@ export async function buildInitramfs(input: InitramfsInput): Promise<void> {
   await writeFile(join(stage, 'bin/shutdown'), '#!/bin/sh\nsync\nexec poweroff -f\n', { mode: 0o755 });
 
   const modDst = join(stage, 'lib/modules', input.release);
-  for (const m of input.modules) {
+  for (const m of [...input.baseModules, ...input.xfsModules]) {
     await mkdir(join(modDst, dirname(m)), { recursive: true });
     await copyFile(join(input.modulesDir, m), join(modDst, m));
   }
@@ -66,7 +68,7 @@ export async function buildInitramfs(input: InitramfsInput): Promise<void> {
   await writeFile(join(stage, 'etc/group'), 'root:x:0:\n');
   await writeFile(join(stage, 'etc/hostname'), 'virtcbt-guest\n');
   await writeFile(join(stage, 'etc/os-release'), 'NAME="virtcbt test guest"\nID=virtcbt-guest\nVERSION_ID=1\nPRETTY_NAME="virtcbt test guest (busybox initramfs)"\n');
-  await writeFile(join(stage, 'init'), initScript(input.release, input.modules), { mode: 0o755 });
+  await writeFile(join(stage, 'init'), initScript(input.release, input.baseModules, input.xfsModules), { mode: 0o755 });
 
   // newc is the only cpio format the kernel unpacks; -R 0:0 so the files belong to root in the guest.
   await execa('find', ['.', '-print0'], { cwd: stage })
@@ -88,8 +90,8 @@ export async function sharedLibraries(bin: string): Promise<string[]> {
 }
 
 /** The guest's PID 1, a busybox shell script. */
-export function initScript(release: string, modules: string[]): string {
-  const insmods = modules.map((m) => `load /lib/modules/${release}/${m}`).join('\n');
+export function initScript(release: string, baseModules: string[], xfsModules: string[]): string {
+  const insmods = (mods: string[], indent = '') => mods.map((m) => `${indent}load /lib/modules/${release}/${m}`).join('\n');
   return `#!/bin/sh
 # virtcbt test guest: bring up the disks and qemu-ga without udev, then idle as PID 1.
 export PATH=/bin
@@ -113,19 +115,28 @@ waitfor() {
   done
 }
 
-${insmods}
+${insmods(baseModules)}
+
+# Wait until every virtio block device (virtio device id 2) has its /sys/block entry, so the
+# label look-ups below see all disks without waiting for ones that are not there.
+nblk=0
+for d in /sys/bus/virtio/devices/*/device; do
+  [ "$(cat "$d" 2>/dev/null)" = 0x0002 ] && nblk=$((nblk+1))
+done
+blkready() { [ "$(ls /sys/block | grep -c '^vd')" -ge "$nblk" ]; }
+waitfor blkready || err "only $(ls /sys/block | grep -c '^vd') of $nblk virtio disks appeared"
 
 # Disks are found by filesystem label, so the order QEMU or libvirt gives them does not matter.
 mountlabel() {
-  if waitfor findfs "LABEL=$1"; then
-    dev=$(findfs "LABEL=$1")
-    mount -t "$2" "$dev" "$3" || err "mount $dev ($1) on $3 failed"
-  else
-    [ "$4" = required ] && err "no disk labelled $1 (expected the data disk on /dev/vda)"
-  fi
+  dev=$(findfs "LABEL=$1" 2>/dev/null) || return 1
+  mkdir -p "$3"
+  mount -t "$2" "$dev" "$3" || err "mount $dev ($1) on $3 failed"
 }
-mountlabel ${DATA_LABEL} ext4 /mnt/data required
-mountlabel ${XFS_LABEL} xfs /mnt/xfs optional
+mountlabel ${DATA_LABEL} ext4 /mnt/data || err "no disk labelled ${DATA_LABEL} (the data disk, normally /dev/vda)"
+if findfs LABEL=${XFS_LABEL} >/dev/null 2>&1; then
+${insmods(xfsModules, '  ')}
+  mountlabel ${XFS_LABEL} xfs /mnt/xfs
+fi
 [ -b /dev/vda ] || err "no /dev/vda"
 
 # No udev: /dev/virtio-ports/NAME does not exist; find the port whose sysfs name matches.

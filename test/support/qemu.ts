@@ -19,6 +19,11 @@ export interface QemuGuestOptions {
   /** Appended to QEMU's command line as given. */
   extraArgs?: string[];
   memoryMiB?: number;
+  /**
+   * Images to copy instead of the pristine base disks (e.g. a restored backup). The copy is the
+   * guest's; the source is not touched. data must still carry the virtcbt-data ext4 label.
+   */
+  images?: { data?: string; scratch?: string; xfs?: string };
   /** How long to wait for the ready marker (default 120 s: TCG on a loaded 2-core machine). */
   bootTimeoutMs?: number;
 }
@@ -114,11 +119,11 @@ export async function startQemuGuest(opts: QemuGuestOptions = {}): Promise<QemuG
   onCleanup(stop);
 
   const disks: QemuGuest['disks'] = { data: join(dir, 'data.qcow2'), scratch: join(dir, 'scratch.raw') };
-  await copySparse(images.dataExt4, disks.data);
-  await copySparse(images.scratchRaw, disks.scratch);
+  await copySparse(opts.images?.data ?? images.dataExt4, disks.data);
+  await copySparse(opts.images?.scratch ?? images.scratchRaw, disks.scratch);
   if (opts.xfs) {
     disks.xfs = join(dir, 'xfs.qcow2');
-    await copySparse(images.dataXfs, disks.xfs);
+    await copySparse(opts.images?.xfs ?? images.dataXfs, disks.xfs);
   }
   const nodes: QemuGuest['nodes'] = { data: 'data', scratch: 'scratch', ...(opts.xfs ? { xfs: 'xfs' as const } : {}) };
 
