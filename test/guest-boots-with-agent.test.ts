@@ -1,5 +1,6 @@
 // The direct-QEMU rig boots the test guest under TCG to a ready guest agent, with the disks as
 // named -blockdev nodes and a dedicated QMP socket.
+import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { useCleanup } from './support/cleanup.js';
 import { startQemuGuest } from './support/qemu.js';
@@ -38,5 +39,12 @@ describe('test guest under QEMU', () => {
 
     await guest.stop();
     expect(await guest.exited).toBe(0);
+    expect(existsSync(guest.dir)).toBe(false);
+  });
+
+  it('fails with QEMU\'s own error when QEMU cannot start', async () => {
+    await expect(startQemuGuest({ extraArgs: ['-device', 'virtcbt-no-such-device'] })).rejects.toThrow(
+      /QEMU exited[\s\S]*virtcbt-no-such-device/,
+    );
   });
 });
