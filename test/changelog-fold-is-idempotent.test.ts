@@ -125,4 +125,33 @@ describe('change-log fold', () => {
     expect(log.changes('vm', 'A').find((d) => d.target === 'empty')!.extents).toEqual([]);
     expect(GiB).toBeGreaterThan(0);
   });
+
+  it('a fold prunes the pages it rewrites of runs that no consumer can ask for any more', () => {
+    const { log } = t;
+    const write = (name: string, ext: [number, number][]) => {
+      log.recordBitmap('vm', 'vda', name, log.currentGeneration('vm'), 'frozen');
+      log.fold('vm', 'vda', name, ext);
+    };
+    log.addConsumer('vm', 'B');
+    log.commitPass(log.beginPass('vm', 'B').id);
+    const scattered: [number, number][] = Array.from({ length: 500 }, (_, k) => [k * 7 * B, B]);
+    write('w1', scattered);
+    const stored = () => log.status('vm').disks[0].storedBytes;
+    const before = stored();
+    expect(before).toBeGreaterThan(500);
+    // A passes w1; B has not and keeps it alive.
+    const pa = log.beginPass('vm', 'A');
+    log.commitPass(pa.id);
+    write('w2', [[B, B]]);
+    expect(log.changes('vm', 'A')[0].extents).toEqual([[B, B]]);
+    // A and B have both passed w1's generation now: the next fold into that page drops w1's runs.
+    expect(stored()).toBeGreaterThan(before - 10);
+    const pb = log.beginPass('vm', 'B');
+    log.commitPass(pb.id);
+    log.commitPass(log.beginPass('vm', 'A').id);
+    write('w3', [[3 * B, B]]);
+    expect(stored()).toBeLessThan(10);
+    expect(log.changes('vm', 'A')[0].extents).toEqual([[3 * B, B]]);
+    expect(log.changes('vm', 'B')[0].extents).toEqual([[3 * B, B]]);
+  });
 });

@@ -141,6 +141,9 @@ describe('change log refuses a damaged file and leaves it as it was', () => {
     const { log } = t;
     log.ensureDomain('vm');
     log.upsertDisk('vm', 'vda', { blockSize: B, sizeBytes: 1024 * GiB });
+    // A consumer that has passed, so that the log keeps what it folds.
+    log.addConsumer('vm', 'c');
+    log.commitPass(log.beginPass('vm', 'c').id);
     // Enough scattered blocks to need many database pages.
     const ext: [number, number][] = [];
     for (let k = 0; k < 200_000; k++) ext.push([k * 83 * B, B]);

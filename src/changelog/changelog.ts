@@ -220,6 +220,14 @@ function prepareStatements(db: Database.Database) {
     diskStorage: db.prepare<[number], { n: number; bytes: number | null }>('SELECT count(*) AS n, sum(length(runs)) AS bytes FROM pages WHERE disk_id = ?'),
 
     page: db.prepare<[number, number], { runs: Buffer }>('SELECT runs FROM pages WHERE disk_id = ? AND page_no = ?'),
+    deletePage: db.prepare('DELETE FROM pages WHERE disk_id = ? AND page_no = ?'),
+    // The oldest generation anyone can still ask about: a consumer's last pass, an open pass's start (or, for a
+    // consumer's first pass, its generation: after the commit the consumer asks from there).
+    horizon: db.prepare<[number, number], { t: number | null }>(`SELECT min(x) AS t FROM (
+        SELECT last AS x FROM consumers WHERE domain_id = ? AND last IS NOT NULL
+        UNION ALL
+        SELECT coalesce(p.since, p.generation) FROM passes p JOIN consumers c ON c.id = p.consumer_id
+          WHERE c.domain_id = ? AND p.state = 'open')`),
     upsertPage: db.prepare(`INSERT INTO pages (disk_id, page_no, max_generation, runs) VALUES (?, ?, ?, ?)
       ON CONFLICT (disk_id, page_no) DO UPDATE SET max_generation = excluded.max_generation, runs = excluded.runs`),
     newerPages: db.prepare<[number, number], { page_no: number; runs: Buffer }>(
@@ -619,6 +627,11 @@ export class ChangeLog {
         });
       }
       const gen = bm.generation;
+      // Every query asks for generations above some consumer's last pass (or is full): runs at or below the oldest
+      // such generation can never be reported again, so the pages a fold rewrites anyway are pruned of them. This
+      // keeps the log the size of the consumers' window, not of the disk's whole history. With no consumer that has
+      // passed, every pass is full and nothing needs keeping.
+      const horizon = this.st.horizon.get(d.id, d.id)?.t ?? d.generation;
       let pages = 0;
       const unreadable: number[] = [];
       forEachPageSlice(intervals, gen, (pageNo, add) => {
@@ -632,10 +645,15 @@ export class ChangeLog {
             unreadable.push(pageNo);
           }
         }
-        const merged = mergeRuns(old, add);
+        let merged = mergeRuns(old, add);
+        if (merged.some((r) => r.generation <= horizon)) merged = mergeRuns([], merged.filter((r) => r.generation > horizon));
+        pages++;
+        if (merged.length === 0) {
+          if (row) this.st.deletePage.run(disk.id, pageNo);
+          return;
+        }
         const blob = encodeRuns(merged);
         this.st.upsertPage.run(disk.id, pageNo, maxGeneration(merged), Buffer.from(blob.buffer, blob.byteOffset, blob.byteLength));
-        pages++;
       });
       const at = this.stamp();
       const blocks = countBlocks(intervals);

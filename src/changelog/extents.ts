@@ -1,6 +1,6 @@
 // Byte extents ⇄ block intervals ⇄ page runs for the change log: rounding outward, splitting at page boundaries, and
 // turning stored runs back into sorted, merged byte extents clipped to the disk's end. Pure: no SQLite here.
-import { forEachRun, PAGE_BLOCKS, type Run } from './page-codec.js';
+import { PAGE_BLOCKS, RunReader, type Run } from './page-codec.js';
 
 /** A byte range [offset, offset + length), as the change log returns it. */
 export type ByteExtent = [offset: number, length: number];
@@ -109,17 +109,28 @@ export function collectExtents(
   sizeBytes: number,
 ): ByteExtent[] {
   const out: ByteExtent[] = [];
-  let last: ByteExtent | undefined;
+  // The extent being built is kept in two numbers and pushed when it ends: one array per extent, no rewrites.
+  let off = -1;
+  let end = -1;
   for (const { pageNo, runs } of pages) {
     const base = pageNo * PAGE_BLOCKS;
-    forEachRun(runs, (start, length, gen) => {
-      if (gen <= since || gen > upto) return;
-      const off = (base + start) * blockSize;
-      const end = Math.min((base + start + length) * blockSize, sizeBytes);
-      if (end <= off) return;
-      if (last && last[0] + last[1] === off) last[1] = end - last[0];
-      else { last = [off, end - off]; out.push(last); }
-    });
+    const r = new RunReader(runs);
+    while (r.next()) {
+      const gen = r.generation;
+      if (gen <= since || gen > upto) continue;
+      const s = (base + r.start) * blockSize;
+      let e = (base + r.start + r.length) * blockSize;
+      if (e > sizeBytes) e = sizeBytes;
+      if (e <= s) continue;
+      if (s === end) {
+        end = e;
+      } else {
+        if (off >= 0) out.push([off, end - off]);
+        off = s;
+        end = e;
+      }
+    }
   }
+  if (off >= 0) out.push([off, end - off]);
   return out;
 }
