@@ -79,7 +79,27 @@ export function trackChild(pid: number): () => void {
   return () => children.delete(pid);
 }
 
-function killChildren(): void {
+const exitHooks = new Set<() => void>();
+
+/**
+ * Registers a synchronous last-resort action for process exit (e.g. `virsh destroy` with
+ * execFileSync). Returns an unregister function; call it once the resource is released normally.
+ */
+export function onExitSync(fn: () => void): () => void {
+  exitHooks.add(fn);
+  installExitHandlers();
+  return () => exitHooks.delete(fn);
+}
+
+function runExitActions(): void {
+  for (const fn of exitHooks) {
+    try {
+      fn();
+    } catch {
+      // best effort: the next run's sweep removes what is left
+    }
+  }
+  exitHooks.clear();
   for (const pid of children) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -94,12 +114,12 @@ let installed = false;
 function installExitHandlers(): void {
   if (installed) return;
   installed = true;
-  process.on('exit', killChildren);
+  process.on('exit', runExitActions);
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     // Only take over a signal nobody else handles, then die of it as we would have anyway.
     if (process.listenerCount(sig) > 0) continue;
     process.once(sig, () => {
-      killChildren();
+      runExitActions();
       process.kill(process.pid, sig);
     });
   }

@@ -2,11 +2,12 @@
 // a qcow2 data disk, a raw scratch disk, the guest-agent channel and optionally virtcbt's own QMP
 // socket; domains left by crashed runs are swept.
 import { execa } from 'execa';
+import { execFileSync } from 'node:child_process';
 import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AGENT_PORT_NAME, GUEST_APPEND, READY_MARKER } from '../../src/guestimage/index.js';
-import { onCleanup } from './cleanup.js';
+import { onCleanup, onExitSync } from './cleanup.js';
 import { guestImages } from './images.js';
 import { copySparse } from './qemu.js';
 import { pidAlive } from './sweep.js';
@@ -137,8 +138,12 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise
   const destroy = async () => {
     await virsh(['destroy', name], { reject: false });
   };
+  // If this process dies without running cleanups, at least stop the guest (the sweep of a later run removes the rest).
+  const dropExitHook = onExitSync(() => {
+    execFileSync('virsh', ['-c', LIBVIRT_URI, 'destroy', name], { stdio: 'ignore', timeout: 10_000 });
+  });
   const undefine = () => {
-    removed ??= removeDomain(name);
+    removed ??= removeDomain(name).finally(dropExitHook);
     return removed;
   };
   onCleanup(undefine);
