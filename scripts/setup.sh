@@ -47,6 +47,13 @@ fi
 log "build"
 npx tsc -p tsconfig.json
 
+# libvirt checks /dev/kvm as libvirt-qemu; when udev never gave it Debian's usual root:kvm 0660
+# (containers, CI), libvirt's capability cache is thrown away on every look-up and each
+# `virsh define` takes about a minute. Virtcbt's own tests run guests under TCG either way.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+  "${SUDO[@]}" chgrp kvm /dev/kvm && "${SUDO[@]}" chmod 0660 /dev/kvm || log "could not fix /dev/kvm permissions (libvirt will be slow)"
+fi
+
 # Services: on a systemd host the packages started them; elsewhere (containers, CI) start by hand.
 if [ ! -d /run/systemd/system ]; then
   if ! pgrep -x virtlogd >/dev/null; then

@@ -29,6 +29,10 @@ export interface LibvirtGuestOptions {
   persistent?: boolean;
   memoryMiB?: number;
   bootTimeoutMs?: number;
+  /** Image format of the scratch disk vdb (default raw; virtcbt tracks only qcow2). */
+  scratchFormat?: 'raw' | 'qcow2';
+  /** Start the domain after defining it (default true); else call start() later. */
+  start?: boolean;
 }
 
 export interface LibvirtGuest {
@@ -44,6 +48,8 @@ export interface LibvirtGuest {
   xml: string;
   /** virsh destroy (no error if already off). */
   destroy(): Promise<void>;
+  /** Starts the (defined, shut off) domain and waits until the guest agent answers; returns ms taken. */
+  start(): Promise<number>;
   /** destroy, undefine (with checkpoint/snapshot metadata), remove dir and QMP socket. Idempotent. */
   undefine(): Promise<void>;
 }
@@ -149,9 +155,11 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise
   onCleanup(undefine);
 
   await mkdir(dir, { recursive: true, mode: 0o755 });
-  const disks = { data: join(dir, 'data.qcow2'), scratch: join(dir, 'scratch.raw') };
+  const scratchFormat = opts.scratchFormat ?? 'raw';
+  const disks = { data: join(dir, 'data.qcow2'), scratch: join(dir, `scratch.${scratchFormat === 'raw' ? 'raw' : 'qcow2'}`) };
   await copySparse(images.dataExt4, disks.data);
-  await copySparse(images.scratchRaw, disks.scratch);
+  if (scratchFormat === 'raw') await copySparse(images.scratchRaw, disks.scratch);
+  else await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', images.scratchRaw, disks.scratch]);
   // Own copies of kernel and initrd: libvirt relabels (chowns) what a domain uses, and must not touch the cache.
   const kernel = join(dir, 'vmlinuz');
   const initrd = join(dir, 'initrd.gz');
@@ -162,19 +170,26 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise
   await writeFile(serialLog, '');
   await execa('chown', ['-R', 'libvirt-qemu:libvirt-qemu', dir]);
 
-  const xml = domainXml({ name, kernel, initrd, disks, serialLog, qmpSocket, memoryMiB: opts.memoryMiB ?? 256 });
+  const xml = domainXml({ name, kernel, initrd, disks, serialLog, qmpSocket, memoryMiB: opts.memoryMiB ?? 256, scratchFormat });
   const xmlFile = join(dir, 'domain.xml');
   await writeFile(xmlFile, xml);
-  const started = Date.now();
-  if (persistent) {
-    await virsh(['define', xmlFile]);
-    await virsh(['start', name]);
-  } else {
-    await virsh(['create', xmlFile]);
-  }
+  if (persistent) await virsh(['define', xmlFile]);
+  const start = async (): Promise<number> => {
+    const started = Date.now();
+    await writeFile(serialLog, '');
+    await execa('chown', ['libvirt-qemu:libvirt-qemu', serialLog]);
+    if (persistent) await virsh(['start', name]);
+    else await virsh(['create', xmlFile]);
+    await waitReady(name, serialLog, started, opts.bootTimeoutMs ?? 120_000);
+    return Date.now() - started;
+  };
+  const bootMs = opts.start === false && persistent ? 0 : await start();
+  return { name, dir, qmpSocket, serialLog, disks, bootMs, persistent, xml, destroy, undefine, start };
+}
 
-  // Ready = the guest says so on the serial console AND libvirt's own agent connection answers.
-  const timeoutMs = opts.bootTimeoutMs ?? 120_000;
+
+/** Ready = the guest says so on the serial console AND libvirt's own agent connection answers. */
+async function waitReady(name: string, serialLog: string, started: number, timeoutMs: number): Promise<void> {
   const deadline = started + timeoutMs;
   let lastErr = '';
   for (;;) {
@@ -193,8 +208,6 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise
     }
     await new Promise((res) => setTimeout(res, 250));
   }
-  const bootMs = Date.now() - started;
-  return { name, dir, qmpSocket, serialLog, disks, bootMs, persistent, xml, destroy, undefine };
 }
 
 interface DomainXmlInput {
@@ -205,6 +218,7 @@ interface DomainXmlInput {
   serialLog: string;
   qmpSocket?: string;
   memoryMiB: number;
+  scratchFormat?: 'raw' | 'qcow2';
 }
 
 function esc(s: string): string {
@@ -241,7 +255,7 @@ export function domainXml(d: DomainXmlInput): string {
       <target dev='vda' bus='virtio'/>
     </disk>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' discard='unmap'/>
+      <driver name='qemu' type='${d.scratchFormat ?? 'raw'}' discard='unmap'/>
       <source file='${esc(d.disks.scratch)}'/>
       <target dev='vdb' bus='virtio'/>
     </disk>

@@ -1,0 +1,129 @@
+// Runs a real virtcbtd for a test: its own state, run and QMP-socket directories, the libvirt hook
+// installed to spool into that state directory, and a CLI runner pointed at the same config.
+import { execa, type ResultPromise } from 'execa';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile, chmod } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { pollUntil } from '../../src/util/abort.js';
+import { onCleanup, trackChild } from './cleanup.js';
+import { ensureLibvirtd } from './libvirt.js';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+/** Fixed test state directory: the installed hook spools into it (libvirtd passes hooks no environment of ours). */
+export const TEST_BASE = '/var/lib/virtcbt-test';
+export const HOOK_PATH = '/etc/libvirt/hooks/qemu.d/virtcbt';
+
+export interface TestDaemon {
+  configFile: string;
+  stateDir: string;
+  spoolDir: string;
+  socket: string;
+  log(): string;
+  /** Runs the CLI with this daemon's config. */
+  cli(args: string[], opts?: { reject?: boolean }): Promise<{ exitCode: number; stdout: string; stderr: string }>;
+  cliJson<T = any>(args: string[]): Promise<T>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  start(env?: Record<string, string>): Promise<void>;
+  stop(): Promise<void>;
+  readonly running: boolean;
+}
+
+/**
+ * Installs the hook (rendered for TEST_BASE) when it differs from what is installed, and restarts
+ * libvirtd so that it reads it: libvirtd reads hooks only when it starts.
+ */
+export async function ensureTestHook(): Promise<void> {
+  const text = (await readFile(join(ROOT, 'hooks/qemu.d/virtcbt'), 'utf8'))
+    .replaceAll('@STATE_DIR@', join(TEST_BASE, 'state'))
+    .replaceAll('@SPOOL_DIR@', join(TEST_BASE, 'state', 'spool'));
+  const current = await readFile(HOOK_PATH, 'utf8').catch(() => '');
+  await ensureLibvirtd();
+  if (current === text) return;
+  await mkdir(join(HOOK_PATH, '..'), { recursive: true });
+  await writeFile(HOOK_PATH, text);
+  await chmod(HOOK_PATH, 0o755);
+  await restartLibvirtd();
+}
+
+export async function restartLibvirtd(): Promise<void> {
+  const pid = (await execa('pgrep', ['-x', 'libvirtd'], { reject: false })).stdout.trim().split('\n')[0];
+  if (pid) {
+    process.kill(Number(pid), 'SIGTERM');
+    await pollUntil(() => (existsSync(`/proc/${pid}`) ? undefined : true), 'libvirtd to stop', { timeoutMs: 30_000 });
+  }
+  await ensureLibvirtd();
+}
+
+export async function startTestDaemon(opts: { env?: Record<string, string>; granularity?: number } = {}): Promise<TestDaemon> {
+  await ensureTestHook();
+  const stateDir = join(TEST_BASE, 'state');
+  const runDir = join(TEST_BASE, `run-${process.pid}`);
+  // Sockets QEMU (as libvirt-qemu) creates must be under a directory it may write.
+  const qmpSocketDir = '/var/lib/libvirt/qemu/virtcbt-test';
+  await rm(stateDir, { recursive: true, force: true });
+  await mkdir(join(stateDir, 'spool'), { recursive: true });
+  await mkdir(runDir, { recursive: true });
+  const configFile = join(TEST_BASE, `config-${process.pid}.json`);
+  const socket = join(runDir, 'virtcbtd.sock');
+  await writeFile(configFile, JSON.stringify({
+    stateDir,
+    runDir,
+    qmpSocketDir,
+    daemon: { socket, spoolDir: join(stateDir, 'spool') },
+    reconcile: { intervalSeconds: 3600, granularity: opts.granularity ?? 65536 },
+    log: { level: 'debug' },
+  }, null, 2));
+  let child: ChildProcess | undefined;
+  let output = '';
+  let exited: Promise<void> = Promise.resolve();
+
+  const d: TestDaemon = {
+    configFile,
+    stateDir,
+    spoolDir: join(stateDir, 'spool'),
+    socket,
+    log: () => output,
+    get running() { return child !== undefined && child.exitCode === null && child.signalCode === null; },
+    async cli(args, o = {}) {
+      const r = await execa('node', [join(ROOT, 'dist/src/cli/main.js'), '--config', configFile, ...args], { reject: false, timeout: 300_000 });
+      if ((o.reject ?? true) && r.exitCode !== 0) {
+        throw new Error(`virtcbt ${args.join(' ')} exited ${r.exitCode}: ${r.stderr}\n--- daemon log ---\n${output.slice(-3000)}`);
+      }
+      return { exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr };
+    },
+    async cliJson(args) {
+      return JSON.parse((await d.cli([...args, '--json'])).stdout);
+    },
+    async start(env = {}) {
+      await rm(socket, { force: true });
+      child = spawn('node', [join(ROOT, 'dist/src/daemon/main.js'), '--config', configFile], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, ...opts.env, ...env },
+      });
+      const c = child;
+      const untrack = trackChild(c.pid!);
+      exited = new Promise((res) => c.once('exit', () => { untrack(); res(); }));
+      c.stdout!.on('data', (b: Buffer) => { output += b.toString(); });
+      c.stderr!.on('data', (b: Buffer) => { output += b.toString(); });
+      await pollUntil(() => {
+        if (c.exitCode !== null || c.signalCode !== null) throw new Error(`virtcbtd exited at start:\n${output}`);
+        return output.includes('virtcbtd ready');
+      }, 'virtcbtd to start', { timeoutMs: 60_000 });
+    },
+    async kill(signal = 'SIGKILL') {
+      child?.kill(signal);
+      await exited;
+    },
+    async stop() {
+      if (d.running) await d.kill('SIGTERM');
+    },
+  };
+  onCleanup(async () => {
+    await d.stop();
+    await rm(runDir, { recursive: true, force: true });
+    await rm(configFile, { force: true });
+  });
+  await d.start();
+  return d;
+}
