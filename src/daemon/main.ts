@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// virtcbtd: owns every QMP connection, folds dirty bitmaps on a schedule and on demand, replays
+// the hook's spool, and serves the control API the CLI talks to.
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ChangeLog } from '../changelog/index.js';
+import { loadConfig } from '../config/index.js';
+import { Libvirt } from '../libvirt/index.js';
+import { readDirtyExtents } from '../reconciler/index.js';
+import { errorMessage } from '../util/errors.js';
+import { createLogger } from '../util/log.js';
+import { ControlServer } from './control-server.js';
+import { registerRoutes } from './routes.js';
+import { Spool } from './spool.js';
+import { Tracker } from './tracker.js';
+import type { ReconcileStep } from '../reconciler/index.js';
+
+const VERSION = '0.1.0';
+
+/** Test-only fault injection: VIRTCBT_FAULT_STEP=fold kills the daemon right before that fold step. */
+function faultInjector(): ((step: ReconcileStep) => void) | undefined {
+  const step = process.env.VIRTCBT_FAULT_STEP;
+  if (!step) return undefined;
+  return (s) => {
+    if (s === step) process.kill(process.pid, 'SIGKILL');
+  };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { config: { type: 'string' } }, allowPositionals: false });
+  const cfg = loadConfig({ file: values.config });
+  const logger = createLogger(cfg.log.level);
+  await mkdir(cfg.stateDir, { recursive: true, mode: 0o750 });
+  await mkdir(cfg.runDir, { recursive: true, mode: 0o755 });
+  const log = ChangeLog.open(join(cfg.stateDir, 'changelog.db'));
+  const libvirt = new Libvirt(cfg.libvirt.uri);
+  const fault = faultInjector();
+  const tracker = new Tracker(cfg, log, libvirt, logger, {
+    readDirty: (uri, bitmap, size) => readDirtyExtents(uri, bitmap, size, { timeoutMs: cfg.nbd.timeoutMs }),
+    beforeStep: fault ? (step) => fault(step) : undefined,
+  });
+  const server = new ControlServer();
+  registerRoutes(server, tracker, { pid: process.pid, startedAt: new Date().toISOString(), version: VERSION });
+  const spool = new Spool(cfg.daemon.spoolDir, (ev) => tracker.onHookEvent(ev), (ev, err) =>
+    logger.error('hook event failed', { domain: ev?.domain, op: ev?.op, error: errorMessage(err) }));
+
+  await tracker.start();
+  await spool.start();
+  await server.listen(cfg.daemon.socket, cfg.daemon.socketGroup || undefined);
+  logger.info('virtcbtd ready', { socket: cfg.daemon.socket, version: VERSION });
+
+  let stopping = false;
+  const shutdown = async (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info('stopping', { signal: sig });
+    spool.stop();
+    await server.close();
+    await tracker.stop();
+    log.close();
+    await libvirt.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((err) => {
+  process.stderr.write(`virtcbtd: ${errorMessage(err)}\n`);
+  process.exit(1);
+});

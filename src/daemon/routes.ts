@@ -1,0 +1,32 @@
+// The control API's routes: each maps one CLI command onto the tracker.
+import { UsageError } from '../util/errors.js';
+import type { EnableRequest, StatusReply } from './api-types.js';
+import type { ControlServer } from './control-server.js';
+import type { Tracker } from './tracker.js';
+
+function str(v: unknown, name: string): string {
+  if (typeof v !== 'string' || v === '') throw new UsageError(`${name} is required`);
+  return v;
+}
+
+function passId(v: string): number {
+  const id = Number(v);
+  if (!Number.isInteger(id) || id <= 0) throw new UsageError(`pass id '${v}' is not a positive integer`);
+  return id;
+}
+
+export function registerRoutes(server: ControlServer, t: Tracker, daemon: StatusReply['daemon']): void {
+  server
+    .route('GET', '/v1/status', async () => ({ daemon, domains: await t.statusAll() }))
+    .route('GET', '/v1/domains/:domain', async (r) => t.status(r.params.domain))
+    .route('POST', '/v1/domains/:domain/enable', async (r) => t.enable(r.params.domain, r.body as EnableRequest))
+    .route('POST', '/v1/domains/:domain/disable', async (r) => t.disable(r.params.domain))
+    .route('POST', '/v1/domains/:domain/reconcile', async (r) => t.reconcile(r.params.domain))
+    .route('GET', '/v1/domains/:domain/consumers', async (r) => t.listConsumers(r.params.domain))
+    .route('POST', '/v1/domains/:domain/consumers', async (r) => t.addConsumer(r.params.domain, str(r.body.name, 'name')))
+    .route('DELETE', '/v1/domains/:domain/consumers/:name', async (r) => t.removeConsumer(r.params.domain, r.params.name))
+    .route('GET', '/v1/domains/:domain/changes', async (r) => t.changes(r.params.domain, str(r.query.get('consumer'), 'consumer')))
+    .route('POST', '/v1/domains/:domain/passes', async (r) => t.beginPass(r.params.domain, str(r.body.consumer, 'consumer')))
+    .route('POST', '/v1/domains/:domain/passes/:id/commit', async (r) => t.commitPass(r.params.domain, passId(r.params.id)))
+    .route('POST', '/v1/domains/:domain/passes/:id/abort', async (r) => t.abortPass(r.params.domain, passId(r.params.id)));
+}

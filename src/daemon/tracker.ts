@@ -1,0 +1,443 @@
+// The daemon's domain manager: which domains are tracked, the QMP session of each running one,
+// and the operations the control API offers (enable, reconcile, changes, passes). Every
+// operation on a domain runs in that domain's serial queue.
+import { existsSync } from 'node:fs';
+import { chown, mkdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import type { ChangeLog } from '../changelog/index.js';
+import type { VirtcbtConfig } from '../config/index.js';
+import {
+  addQmpSocket,
+  DomainNotFoundError,
+  Libvirt,
+  removeQmpSocket,
+  trackableDisks,
+  VirshMonitor,
+  type DomainXmlInfo,
+} from '../libvirt/index.js';
+import { QmpClient, type QmpExecutor } from '../qmp/index.js';
+import { libvirtDisks, storageDaemonDisks, Reconciler, type DirtyExtentReader, type ReconcileStep, type TrackedDisk } from '../reconciler/index.js';
+import { pollUntil } from '../util/abort.js';
+import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import type {
+  ChangesReply,
+  DiskChangesReply,
+  DomainStatusReply,
+  EnableReply,
+  EnableRequest,
+  PassReply,
+  ReconcileReply,
+} from './api-types.js';
+import type { HookEvent } from './spool.js';
+import { DomainQueues } from './queue.js';
+import { withStorageDaemon } from '../qsd/index.js';
+
+interface Session {
+  domain: string;
+  /** Our dedicated QMP connection, or libvirt's monitor through virsh until the next restart. */
+  qmp: QmpExecutor;
+  client?: QmpClient;
+  info: DomainXmlInfo;
+  nbdSocket: string;
+}
+
+export interface TrackerOptions {
+  readDirty: DirtyExtentReader;
+  beforeStep?: (step: ReconcileStep, domain: string, target: string) => void | Promise<void>;
+}
+
+export class Tracker {
+  private sessions = new Map<string, Session>();
+  private lastError = new Map<string, string>();
+  private lastFold = new Map<string, string>();
+  readonly queues = new DomainQueues();
+  private timer?: NodeJS.Timeout;
+
+  constructor(
+    private readonly cfg: VirtcbtConfig,
+    private readonly log: ChangeLog,
+    private readonly libvirt: Libvirt,
+    private readonly logger: Logger,
+    private readonly opts: TrackerOptions,
+  ) {}
+
+  // ---- life cycle ----------------------------------------------------------------------------
+
+  /** Recovers every tracked domain: connects to the running ones and reconciles them. */
+  async start(): Promise<void> {
+    await mkdir(join(this.cfg.stateDir, 'enabled'), { recursive: true });
+    await mkdir(this.cfg.runDir, { recursive: true });
+    for (const d of this.log.listDomains()) {
+      void this.queues.run(d.name, async () => {
+        try {
+          await this.writeMarker(d.name);
+          if (await this.libvirt.isActive(d.name)) await this.connectAndReconcile(d.name);
+        } catch (err) {
+          this.fail(d.name, 'recovery', err);
+        }
+      });
+    }
+    this.timer = setInterval(() => this.periodic(), this.cfg.reconcile.intervalSeconds * 1000);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await this.queues.idle();
+    for (const s of this.sessions.values()) await s.client?.close();
+    this.sessions.clear();
+  }
+
+  private periodic(): void {
+    for (const name of this.sessions.keys()) {
+      void this.queues.run(name, () => this.reconcileNow(name)).catch((err) => this.fail(name, 'periodic reconcile', err));
+    }
+  }
+
+  private fail(domain: string, what: string, err: unknown): void {
+    const msg = errorMessage(err);
+    this.lastError.set(domain, `${what}: ${msg}`);
+    this.logger.error(`${what} failed`, { domain, error: msg });
+  }
+
+  // ---- hook events ---------------------------------------------------------------------------
+
+  async onHookEvent(ev: HookEvent): Promise<void> {
+    if (!this.isTracked(ev.domain)) return;
+    this.logger.info('hook event', { domain: ev.domain, op: ev.op, sub: ev.sub });
+    await this.queues.run(ev.domain, async () => {
+      switch (ev.op) {
+        case 'started':
+        case 'reconnect':
+          await this.connectAndReconcile(ev.domain);
+          break;
+        case 'migrate':
+          // Arriving from another host: this host's log knows nothing of the writes made there.
+          for (const d of this.log.listDisks(ev.domain)) this.log.raiseFloor(ev.domain, d.target, 'domain migrated in from another host');
+          break;
+        case 'stopped':
+        case 'release':
+          await this.closeSession(ev.domain);
+          break;
+        default:
+          break;
+      }
+    });
+  }
+
+  // ---- sessions ------------------------------------------------------------------------------
+
+  qmpSocketPath(uuid: string): string {
+    return join(this.cfg.qmpSocketDir, `${uuid}.qmp`);
+  }
+
+  private nbdSocketPath(uuid: string): string {
+    return join(this.cfg.runDir, `${uuid}.nbd`);
+  }
+
+  private async openSession(domain: string): Promise<Session> {
+    const existing = this.sessions.get(domain);
+    if (existing && (!existing.client || existing.client.isOpen)) return existing;
+    const info = await this.libvirt.info(domain);
+    const path = this.qmpSocketPath(info.uuid);
+    let session: Session;
+    if (info.qmpSockets.includes(path)) {
+      const client = await pollUntil(
+        () => QmpClient.connect(path, { domain, timeoutMs: this.cfg.qmp.timeoutMs, commandTimeoutMs: this.cfg.qmp.timeoutMs }).catch(() => undefined),
+        `connecting to ${path}`,
+        { timeoutMs: 30_000, intervalMs: 200 },
+      );
+      void client.closed.then((reason) => {
+        if (this.sessions.get(domain)?.client === client) this.sessions.delete(domain);
+        if (reason) this.logger.info('QMP connection closed', { domain, reason: reason.message });
+      });
+      session = { domain, qmp: client, client, info, nbdSocket: this.nbdSocketPath(info.uuid) };
+    } else {
+      // Enabled while running: QEMU has no virtcbt socket until it restarts; use libvirt's monitor.
+      session = { domain, qmp: new VirshMonitor(this.libvirt.uri, domain), info, nbdSocket: this.nbdSocketPath(info.uuid) };
+    }
+    this.sessions.set(domain, session);
+    return session;
+  }
+
+  private async closeSession(domain: string): Promise<void> {
+    const s = this.sessions.get(domain);
+    this.sessions.delete(domain);
+    await s?.client?.close();
+  }
+
+  private async connectAndReconcile(domain: string): Promise<ReconcileReply> {
+    await this.openSession(domain);
+    return this.reconcileNow(domain);
+  }
+
+  // ---- reconcile -----------------------------------------------------------------------------
+
+  private reconciler(domain: string, qmp: QmpExecutor, nbdSocket: string): Reconciler {
+    return new Reconciler({
+      log: this.log,
+      qmp,
+      domain,
+      nbdSocket,
+      readDirty: this.opts.readDirty,
+      granularity: this.cfg.reconcile.granularity,
+      beforeStep: this.opts.beforeStep ? (step, target) => this.opts.beforeStep!(step, domain, target) : undefined,
+    });
+  }
+
+  /**
+   * Runs `fn` with a reconciler and the tracked disks: through the live session when the domain
+   * runs, else through a qemu-storage-daemon on its images.
+   */
+  private async withDisks<T>(domain: string, fn: (r: Reconciler, disks: TrackedDisk[]) => Promise<T>): Promise<T> {
+    const targets = this.log.listDisks(domain).map((d) => d.target);
+    if (await this.libvirt.isActive(domain)) {
+      const s = await this.openSession(domain);
+      const disks = await libvirtDisks(s.qmp, s.info, targets);
+      return fn(this.reconciler(domain, s.qmp, s.nbdSocket), disks);
+    }
+    const info = await this.libvirt.info(domain, { inactive: true });
+    const images = targets.map((target) => {
+      const d = info.disks.find((k) => k.target === target);
+      if (!d?.source) throw new VirtcbtError(`disk ${target} has no image file`, { domain, disk: target });
+      return { target, image: d.source };
+    });
+    return withStorageDaemon(this.cfg.runDir, domain, images, async (s) =>
+      fn(this.reconciler(domain, s.qmp, s.nbdSocket), await storageDaemonDisks(s.qmp, s.nodes)));
+  }
+
+  private async reconcileNow(domain: string): Promise<ReconcileReply> {
+    const t0 = Date.now();
+    const r = await this.withDisks(domain, (rec, disks) => rec.rotateAndFold(disks));
+    this.lastFold.set(domain, new Date().toISOString());
+    this.lastError.delete(domain);
+    for (const d of r.disks) {
+      if (d.floorRaised) this.logger.warn('floor raised: next pass is full for every consumer', { domain, disk: d.target, reason: d.floorRaised });
+    }
+    return { domain, disks: r.disks, elapsedMs: Date.now() - t0 };
+  }
+
+  reconcile(domain: string): Promise<ReconcileReply> {
+    this.requireTracked(domain);
+    return this.queues.run(domain, () => this.reconcileNow(domain));
+  }
+
+  // ---- consumers, changes, passes ------------------------------------------------------------
+
+  private isTracked(domain: string): boolean {
+    return this.log.listDomains().some((d) => d.name === domain);
+  }
+
+  private requireTracked(domain: string): void {
+    if (!this.isTracked(domain)) {
+      throw new DomainNotFoundError(`domain ${domain} is not tracked by virtcbt`, { domain, hint: `Run \`virtcbt enable ${domain}\` first` });
+    }
+  }
+
+  private consumer(domain: string, name: string) {
+    const c = this.log.listConsumers(domain).find((k) => k.name === name);
+    if (!c) {
+      throw new DomainNotFoundError(`domain ${domain} has no consumer '${name}'`, {
+        domain, hint: `Add it with \`virtcbt consumer add ${domain} ${name}\` (its first pass is full)`,
+      });
+    }
+    return c;
+  }
+
+  addConsumer(domain: string, name: string) {
+    this.requireTracked(domain);
+    return this.queues.run(domain, async () => this.log.addConsumer(domain, name));
+  }
+
+  removeConsumer(domain: string, name: string) {
+    this.requireTracked(domain);
+    return this.queues.run(domain, async () => this.log.removeConsumer(domain, name));
+  }
+
+  listConsumers(domain: string) {
+    this.requireTracked(domain);
+    return { consumers: this.log.listConsumers(domain) };
+  }
+
+  private toReply(domain: string, consumer: string, disks: ReturnType<ChangeLog['changes']>, since: number | null, upTo: number): ChangesReply {
+    const out: DiskChangesReply[] = disks.map((d) => ({
+      target: d.target,
+      blockSize: d.blockSize,
+      sizeBytes: d.sizeBytes,
+      full: d.full,
+      reason: d.reason,
+      extents: d.extents,
+      changedBytes: d.extents.reduce((s, [, l]) => s + l, 0),
+    }));
+    return { domain, consumer, since, upTo, disks: out };
+  }
+
+  changes(domain: string, consumer: string): Promise<ChangesReply> {
+    this.requireTracked(domain);
+    return this.queues.run(domain, async () => {
+      const c = this.consumer(domain, consumer);
+      await this.reconcileNow(domain);
+      const upTo = this.log.currentGeneration(domain);
+      return this.toReply(domain, consumer, this.log.changes(domain, consumer), c.last, upTo);
+    });
+  }
+
+  beginPass(domain: string, consumer: string): Promise<PassReply> {
+    this.requireTracked(domain);
+    return this.queues.run(domain, async () => {
+      const c = this.consumer(domain, consumer);
+      const r = await this.withDisks(domain, (rec, disks) => rec.rotateAndFold(disks, { pass: { consumer } }));
+      const reply = this.toReply(domain, consumer, this.log.passChanges(r.passId!), c.last, r.generation!);
+      return { ...reply, pass: r.passId!, generation: r.generation! };
+    });
+  }
+
+  commitPass(domain: string, id: number) {
+    this.requireTracked(domain);
+    return this.queues.run(domain, async () => { this.log.commitPass(id); return { pass: id, committed: true }; });
+  }
+
+  abortPass(domain: string, id: number) {
+    this.requireTracked(domain);
+    return this.queues.run(domain, async () => { this.log.abortPass(id); return { pass: id, aborted: true }; });
+  }
+
+  // ---- status --------------------------------------------------------------------------------
+
+  async status(domain: string): Promise<DomainStatusReply> {
+    this.requireTracked(domain);
+    const st = this.log.status(domain);
+    let state = 'unknown';
+    try { state = await this.libvirt.state(domain); } catch (err) { state = `unknown (${errorMessage(err)})`; }
+    const s = this.sessions.get(domain);
+    return {
+      domain,
+      state,
+      connected: Boolean(s?.client && s.client.isOpen),
+      pendingRestart: s ? !s.client : undefined,
+      generation: st.generation,
+      lastFoldAt: this.lastFold.get(domain) ?? st.lastFoldAt ?? null,
+      lastError: this.lastError.get(domain) ?? null,
+      disks: st.disks.map((d) => ({
+        target: d.target,
+        blockSize: d.blockSize,
+        sizeBytes: d.sizeBytes,
+        floor: d.floor,
+        floorReason: d.floorReason ?? null,
+        activeBitmap: st.bitmaps.find((b) => b.target === d.target && b.state === 'active')?.name ?? null,
+        bitmaps: st.bitmaps.filter((b) => b.target === d.target).map((b) => ({ name: b.name, state: b.state, generation: b.generation })),
+      })),
+      consumers: st.consumers,
+      openPasses: st.openPasses,
+    };
+  }
+
+  async statusAll(): Promise<DomainStatusReply[]> {
+    return Promise.all(this.log.listDomains().map((d) => this.status(d.name)));
+  }
+
+  // ---- enable / disable ----------------------------------------------------------------------
+
+  private async writeMarker(domain: string): Promise<void> {
+    await writeFile(join(this.cfg.stateDir, 'enabled', domain), '');
+  }
+
+  enable(domain: string, req: EnableRequest): Promise<EnableReply> {
+    return this.queues.run(domain, () => this.enableNow(domain, req));
+  }
+
+  private async enableNow(domain: string, req: EnableRequest): Promise<EnableReply> {
+    const info = await this.libvirt.info(domain, { inactive: true });
+    if (!(await this.libvirt.isPersistent(domain))) {
+      throw new UsageError('transient domains cannot be tracked: virtcbt adds its QMP socket to the persistent definition', {
+        domain, hint: 'Define the domain persistently (virsh define) and enable it again',
+      });
+    }
+    const exclude = new Set(req.exclude ?? []);
+    const all = trackableDisks(info);
+    for (const x of exclude) {
+      if (!all.some((d) => d.target === x)) throw new UsageError(`--exclude ${x}: the domain has no such disk (it has ${all.map((d) => d.target).join(', ') || 'none'})`, { domain });
+    }
+    const disks = all.filter((d) => !exclude.has(d.target));
+    const notQcow2 = disks.filter((d) => d.format !== 'qcow2');
+    if (notQcow2.length > 0) {
+      throw new UsageError(
+        `${notQcow2.map((d) => `${d.target} is ${d.format ?? 'of unknown format'}`).join(', ')}: persistent dirty bitmaps need qcow2 disks`,
+        { domain, disk: notQcow2[0].target, hint: `Convert with \`qemu-img convert -O qcow2\`, or leave ${notQcow2.length > 1 ? 'them' : 'it'} out with ${notQcow2.map((d) => `--exclude ${d.target}`).join(' ')}` },
+      );
+    }
+    if (disks.length === 0) {
+      throw new UsageError('the domain has no writable qcow2 disk to track', { domain, hint: 'virtcbt tracks qcow2 disks; convert a raw disk with `qemu-img convert -O qcow2`' });
+    }
+    if (!info.hasAgentChannel && !req.noAgent) {
+      throw new UsageError('the domain has no qemu-guest-agent channel: backups could not freeze its filesystems', {
+        domain,
+        hint: "Add <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel> and install qemu-guest-agent in the guest, or pass --no-agent",
+      });
+    }
+    const running = await this.libvirt.isActive(domain);
+    const sizes = await Promise.all(disks.map((d) => this.diskSize(domain, d.target)));
+    const notes: string[] = [];
+
+    // Offline: create the bitmaps in the images now (nothing else may have them open).
+    const qmpPath = this.qmpSocketPath(info.uuid);
+    await mkdir(this.cfg.qmpSocketDir, { recursive: true, mode: 0o750 });
+    await this.chownToQemu(this.cfg.qmpSocketDir);
+    const xml = await this.libvirt.xml(domain, { inactive: true });
+    const newXml = addQmpSocket(xml, qmpPath);
+    if (newXml !== xml) await this.libvirt.define(newXml, domain);
+
+    this.log.ensureDomain(domain);
+    disks.forEach((d, i) => this.log.upsertDisk(domain, d.target, { blockSize: this.cfg.reconcile.granularity, sizeBytes: sizes[i] }));
+    await this.writeMarker(domain);
+    if (running) {
+      notes.push('the domain is running: virtcbt uses libvirt\'s monitor until the next restart, then its own QMP socket (libvirt logs "tainted: custom-monitor" meanwhile)');
+      await this.connectAndReconcile(domain);
+    } else {
+      await this.reconcileNow(domain);
+    }
+    notes.push(`libvirt will log the domain as "tainted: custom-argv" because of virtcbt's QMP socket ${qmpPath}`);
+    return { domain, disks: disks.map((d, i) => ({ target: d.target, source: d.source, sizeBytes: sizes[i] })), qmpSocket: qmpPath, running, notes };
+  }
+
+  private async diskSize(domain: string, target: string): Promise<number> {
+    const out = await execa('virsh', ['-c', this.libvirt.uri, 'domblkinfo', domain, target], { reject: false });
+    const m = /^Capacity:\s+(\d+)/m.exec(out.stdout);
+    if (!m) throw new VirtcbtError(`cannot read the size of disk ${target}: ${out.stderr.trim() || 'virsh domblkinfo failed'}`, { domain, disk: target });
+    return Number(m[1]);
+  }
+
+  private async chownToQemu(dir: string): Promise<void> {
+    const r = await execa('id', ['-u', 'libvirt-qemu'], { reject: false });
+    if (r.exitCode === 0) await chown(dir, Number(r.stdout), 0).catch(() => undefined);
+  }
+
+  disable(domain: string): Promise<{ notes: string[] }> {
+    this.requireTracked(domain);
+    return this.queues.run(domain, async () => {
+      const notes: string[] = [];
+      try {
+        await this.withDisks(domain, (rec, disks) => rec.removeAll(disks));
+      } catch (err) {
+        notes.push(`could not remove virtcbt's bitmaps: ${errorMessage(err)} (they are harmless; remove with qemu-img bitmap --remove)`);
+      }
+      await this.closeSession(domain);
+      try {
+        const info = await this.libvirt.info(domain, { inactive: true });
+        const xml = await this.libvirt.xml(domain, { inactive: true });
+        const out = removeQmpSocket(xml, this.qmpSocketPath(info.uuid));
+        if (out !== xml) await this.libvirt.define(out, domain);
+        if (await this.libvirt.isActive(domain)) notes.push('the QMP socket goes away at the next restart');
+      } catch (err) {
+        if (!(err instanceof DomainNotFoundError)) throw err;
+      }
+      this.log.removeDomain(domain);
+      await rm(join(this.cfg.stateDir, 'enabled', domain), { force: true });
+      return { notes };
+    });
+  }
+}
+
+export const markerExists = (stateDir: string, domain: string) => existsSync(join(stateDir, 'enabled', domain));
