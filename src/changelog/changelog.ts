@@ -154,6 +154,7 @@ export class ChangeLogCorruptError extends VirtcbtError {
   }
 }
 
+const DB_PAGE_SIZE = 1024;
 const CONSUMER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const TARGET_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const STATE_ORDER: Record<BitmapState, number> = { creating: 0, active: 1, frozen: 2, folded: 3 };
@@ -338,6 +339,12 @@ export class ChangeLog {
     if (version === 0) {
       const foreign = tables.filter((t) => !t.startsWith('sqlite_'));
       if (foreign.length > 0) throw new ChangeLogCorruptError(path, `is an SQLite database but not a virtcbt change log (tables: ${foreign.join(', ')})`);
+      // 1 KiB database pages (set before WAL, which fixes the page size): page BLOBs run from a few bytes to tens of
+      // KB, and a BLOB of 1.4–4 KB fits only once in a 4 KiB page, leaving up to half of it empty. With 1 KiB pages
+      // a large BLOB goes to overflow pages that SQLite fills exactly, and the small local parts pack densely.
+      // Measured (bench/changelog-fold.ts): 1% scattered 3.47 → 3.26 bytes per changed block, ten generations of
+      // 0.1% each 6.6 → 4.9; reads and folds touch whole BLOBs, so the deeper overflow chains cost little.
+      if (tables.length === 0) db.pragma(`page_size = ${DB_PAGE_SIZE}`);
       db.pragma('journal_mode = WAL');
       db.transaction(() => {
         db.exec(SCHEMA_SQL);
