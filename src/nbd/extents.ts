@@ -23,18 +23,53 @@ export function mergeExtents(extents: Iterable<Extent>): Extent[] {
   return out;
 }
 
-/** Merges adjacent status extents with equal flags (what `nbdinfo --map` prints). */
-export async function* coalesce(it: AsyncIterable<StatusExtent> | Iterable<StatusExtent>): AsyncGenerator<StatusExtent> {
-  let cur: StatusExtent | undefined;
-  for await (const e of it) {
+/** Merges adjacent status extents with equal flags, fed one at a time (synchronous, for hot loops). */
+export class RunMerger {
+  private cur: StatusExtent | undefined;
+
+  /** Adds `e`; returns the run it closed, if any. */
+  push(e: StatusExtent): StatusExtent | undefined {
+    const cur = this.cur;
     if (cur && cur.flags === e.flags && cur.offset + cur.length === e.offset) {
       cur.length += e.length;
-      continue;
+      return undefined;
     }
-    if (cur) yield cur;
-    cur = { offset: e.offset, length: e.length, flags: e.flags };
+    this.cur = { offset: e.offset, length: e.length, flags: e.flags };
+    return cur;
   }
-  if (cur) yield cur;
+
+  /** The last open run. */
+  end(): StatusExtent | undefined {
+    const cur = this.cur;
+    this.cur = undefined;
+    return cur;
+  }
+}
+
+/** Merges adjacent status extents with equal flags (what `nbdinfo --map` prints). */
+export async function* coalesce(it: AsyncIterable<StatusExtent> | Iterable<StatusExtent>): AsyncGenerator<StatusExtent> {
+  const m = new RunMerger();
+  for await (const e of it) {
+    const done = m.push(e);
+    if (done) yield done;
+  }
+  const last = m.end();
+  if (last) yield last;
+}
+
+/** coalesce() over batches of extents: one await per batch. */
+export async function* coalesceBatches(it: AsyncIterable<StatusExtent[]>): AsyncGenerator<StatusExtent[]> {
+  const m = new RunMerger();
+  for await (const batch of it) {
+    const out: StatusExtent[] = [];
+    for (const e of batch) {
+      const done = m.push(e);
+      if (done) out.push(done);
+    }
+    if (out.length) yield out;
+  }
+  const last = m.end();
+  if (last) yield [last];
 }
 
 /** The extents whose flags satisfy `pred`, merged: e.g. dirty ranges, or data (non-zero) ranges. */

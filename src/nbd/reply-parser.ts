@@ -190,6 +190,12 @@ export class ReplyParser {
         case State.Small:
         case State.BsContext:
         case State.BsDescriptors: {
+          if (this.state === State.BsDescriptors && this.smallHave === 0 && end - pos >= 8) {
+            // Fast path: whole descriptors straight from the input, no copying (bitmaps of a
+            // terabyte disk come as hundreds of thousands of them).
+            pos = this.descriptors(chunk, pos, end);
+            break;
+          }
           const n = Math.min(this.smallNeed - this.smallHave, end - pos);
           this.small.set(chunk.subarray(pos, pos + n), this.smallHave);
           this.smallHave += n;
@@ -201,6 +207,23 @@ export class ReplyParser {
           throw this.failure!;
       }
     }
+  }
+
+  /** Parses whole 8-byte descriptors from chunk[pos..end); returns the new position. */
+  private descriptors(chunk: Uint8Array, pos: number, end: number): number {
+    const req = this.req!;
+    const out = this.keepExtents ? req.extents! : undefined;
+    let n = Math.min(this.remaining, end - pos);
+    n -= n % 8;
+    const stop = pos + n;
+    for (; pos < stop; pos += 8) {
+      const len = ((chunk[pos]! << 24) | (chunk[pos + 1]! << 16) | (chunk[pos + 2]! << 8) | chunk[pos + 3]!) >>> 0;
+      if (len === 0) this.fail(`zero-length extent in block status for ${cmdName(req)} cookie ${req.cookie}`);
+      if (out) out.push(len, ((chunk[pos + 4]! << 24) | (chunk[pos + 5]! << 16) | (chunk[pos + 6]! << 8) | chunk[pos + 7]!) >>> 0);
+    }
+    this.remaining -= n;
+    if (this.remaining === 0) this.endPayload();
+    return pos;
   }
 
   private lookup(cookie: number, kind: string): InflightRequest {

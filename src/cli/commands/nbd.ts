@@ -3,8 +3,7 @@ import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { FileEndpoint, NbdEndpoint, NullEndpoint, copyExtents, wholeDisk, type Endpoint } from '../../copy/index.js';
 import {
-  CONTEXT_BASE_ALLOCATION, NbdClient, coalesce, decodeFlags, formatMapJson, formatMapLine, formatNbdUri, parseNbdUri,
-  type StatusExtent,
+  CONTEXT_BASE_ALLOCATION, MapWriter, NbdClient, decodeFlags, formatNbdUri, parseNbdUri,
 } from '../../nbd/index.js';
 import { UsageError } from '../../util/errors.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
@@ -58,23 +57,6 @@ function positiveInt(v: string | undefined, name: string): number | undefined {
 
 function isUri(s: string): boolean {
   return /^nbds?(\+unix)?:\/\//.test(s);
-}
-
-/** Writes many lines with few system calls, waiting when stdout is full. */
-class LineBatch {
-  private lines: string[] = [];
-  private bytes = 0;
-  constructor(private readonly out: (s: string) => void) {}
-  push(line: string): void {
-    this.lines.push(line);
-    this.bytes += line.length + 1;
-    if (this.bytes >= 64 * 1024) this.flush();
-  }
-  flush(): void {
-    if (this.lines.length) this.out(this.lines.join('\n'));
-    this.lines = [];
-    this.bytes = 0;
-  }
 }
 
 function humanSize(n: number): string {
@@ -151,21 +133,21 @@ async function map(ctx: CommandContext, args: string[]): Promise<number> {
   const context = values.context ?? CONTEXT_BASE_ALLOCATION;
   const client = await NbdClient.connect(positionals[0]!, { metaContexts: [context], timeoutMs: defaults(ctx).timeoutMs });
   try {
-    const out = new LineBatch((s) => ctx.io.out(s));
-    const extents: AsyncIterable<StatusExtent> = coalesce(client.blockStatus(context));
-    if (values.json) {
-      out.push('[');
-      let prev: string | undefined;
-      for await (const e of extents) {
-        if (prev !== undefined) out.push(prev + ',');
-        prev = formatMapJson(context, e);
+    // Map data can be hundreds of thousands of lines: written as bytes, with stdout's backpressure.
+    let drained: Promise<void> | undefined;
+    const w = new MapWriter(context, Boolean(values.json), (block) => {
+      if (!process.stdout.write(block)) drained ??= new Promise((r) => process.stdout.once('drain', () => { drained = undefined; r(); }));
+    });
+    for await (const run of client.blockStatusRuns(context)) {
+      const ex = run.extents;
+      let pos = run.offset;
+      for (let i = 0; i < ex.length; i += 2) {
+        w.extent(pos, ex[i]!, ex[i + 1]!);
+        pos += ex[i]!;
       }
-      if (prev !== undefined) out.push(prev);
-      out.push(']');
-    } else {
-      for await (const e of extents) out.push(formatMapLine(context, e));
+      if (drained) await drained;
     }
-    out.flush();
+    w.end();
   } finally {
     await client.close();
   }
