@@ -134,7 +134,8 @@ export class Tracker {
   }
 
   private nbdSocketPath(uuid: string): string {
-    return join(this.cfg.runDir, `${uuid}.nbd`);
+    // QEMU (as libvirt-qemu) binds this socket: it must live where that user may create files.
+    return join(this.cfg.qmpSocketDir, `${uuid}.nbd`);
   }
 
   private async openSession(domain: string): Promise<Session> {
@@ -217,6 +218,16 @@ export class Tracker {
       if (d.floorRaised) this.logger.warn('floor raised: next pass is full for every consumer', { domain, disk: d.target, reason: d.floorRaised });
     }
     return { domain, disks: r.disks, elapsedMs: Date.now() - t0 };
+  }
+
+  /** Brings log and QEMU into agreement without rotating (enable, connect). */
+  private async recoverNow(domain: string): Promise<void> {
+    await this.withDisks(domain, async (rec, disks) => {
+      for (const d of disks) {
+        const r = await rec.recover(d);
+        if (r.floorRaised) this.logger.info('floor raised', { domain, disk: d.target, reason: r.floorRaised });
+      }
+    });
   }
 
   reconcile(domain: string): Promise<ReconcileReply> {
@@ -394,10 +405,9 @@ export class Tracker {
     await this.writeMarker(domain);
     if (running) {
       notes.push('the domain is running: virtcbt uses libvirt\'s monitor until the next restart, then its own QMP socket (libvirt logs "tainted: custom-monitor" meanwhile)');
-      await this.connectAndReconcile(domain);
-    } else {
-      await this.reconcileNow(domain);
+      await this.openSession(domain);
     }
+    await this.recoverNow(domain);
     notes.push(`libvirt will log the domain as "tainted: custom-argv" because of virtcbt's QMP socket ${qmpPath}`);
     return { domain, disks: disks.map((d, i) => ({ target: d.target, source: d.source, sizeBytes: sizes[i] })), qmpSocket: qmpPath, running, notes };
   }

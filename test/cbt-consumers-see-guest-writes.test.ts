@@ -1,0 +1,117 @@
+// Changed-block tracking end to end on a real libvirt domain: the hook, virtcbtd and the CLI.
+// Writes at known offsets of the scratch disk show up exactly (at bitmap granularity) for each
+// consumer independently; they survive a VM restart; a killed QEMU forces a full pass.
+import { beforeAll, describe, expect, it } from 'vitest';
+import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
+import { pollUntil } from '../src/util/abort.js';
+import { useCleanup } from './support/cleanup.js';
+import { startTestDaemon, type TestDaemon } from './support/daemon.js';
+import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';
+
+useCleanup();
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+let daemon: TestDaemon;
+let guest: LibvirtGuest;
+let agent: GuestAgent;
+
+/** dd of 64 KiB of random data at OFFSET of /dev/vdb inside the guest, bypassing its page cache. */
+async function guestWrite(offsetBytes: number, lengthBytes = 64 * KiB): Promise<void> {
+  const r = await agent.exec('/bin/dd', ['if=/dev/urandom', 'of=/dev/vdb', `bs=${4 * KiB}`, `seek=${offsetBytes / (4 * KiB)}`,
+    `count=${lengthBytes / (4 * KiB)}`, 'oflag=direct', 'conv=notrunc'], { timeoutMs: 60_000 });
+  expect(r.exitCode, r.stderr).toBe(0);
+}
+
+const vdb = (r: { disks: { target: string; full: boolean; extents: [number, number][] }[] }) => r.disks.find((d) => d.target === 'vdb')!;
+
+async function waitConnected(): Promise<void> {
+  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, `virtcbtd to connect to ${guest?.name}`, { timeoutMs: 60_000, intervalMs: 250 });
+}
+
+async function fullPass(consumer: string): Promise<void> {
+  const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', consumer]);
+  expect(vdb(p).full).toBe(true);
+  await daemon.cli(['pass', 'commit', guest.name, '--consumer', consumer, '--pass', String(p.pass)]);
+}
+
+beforeAll(async () => {
+  daemon = await startTestDaemon();
+  guest = await startLibvirtGuest({ name: 'cbt', scratchFormat: 'qcow2', start: false });
+  agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
+});
+
+describe('changed-block tracking on a libvirt domain', () => {
+  it('enables a stopped domain: QMP socket in the XML, bitmaps created offline', async () => {
+    const r = await daemon.cliJson(['enable', guest.name]);
+    expect(r.disks.map((d: { target: string }) => d.target)).toEqual(['vda', 'vdb']);
+    const xml = (await virsh(['dumpxml', '--inactive', guest.name])).stdout;
+    expect(xml).toContain(r.qmpSocket);
+    const info = (await import('node:child_process')).execFileSync('qemu-img', ['info', '--output=json', '-U', guest.disks.scratch]).toString();
+    expect(JSON.parse(info)['format-specific'].data.bitmaps.map((b: { name: string }) => b.name)).toEqual(['virtcbt-1']);
+    await daemon.cli(['consumer', 'add', guest.name, 'nightly']);
+    await daemon.cli(['consumer', 'add', guest.name, 'offsite']);
+  });
+
+  it('connects through the hook when the domain starts; first passes are full', async () => {
+    await guest.start();
+    await waitConnected();
+    await fullPass('nightly');
+    await fullPass('offsite');
+  });
+
+  it('each consumer sees exactly the writes since its own last pass', async () => {
+    await guestWrite(1 * MiB);
+    await guestWrite(3 * MiB + 64 * KiB);
+    const a = await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly']);
+    expect(vdb(a)).toMatchObject({ full: false, extents: [[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB]] });
+
+    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'nightly']);
+    expect(vdb(p).extents).toEqual([[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB]]);
+    await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(p.pass)]);
+
+    await guestWrite(5 * MiB);
+    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly'])).extents).toEqual([[5 * MiB, 64 * KiB]]);
+    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'offsite'])).extents)
+      .toEqual([[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB], [5 * MiB, 64 * KiB]]);
+    await daemon.cli(['consumer', 'add', guest.name, 'replica']);
+    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'replica'])).full).toBe(true);
+  });
+
+  it('an open pass is visible in status and never moves the consumer', async () => {
+    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'offsite']);
+    const st = await daemon.cliJson(['status', guest.name]);
+    expect(st.openPasses.map((o: { id: number }) => o.id)).toContain(p.pass);
+    await daemon.cli(['pass', 'abort', guest.name, '--consumer', 'offsite', '--pass', String(p.pass)]);
+    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'offsite'])).extents.length).toBe(3);
+  });
+
+  it('writes of one VM session are still reported after shutdown and restart', async () => {
+    await guestWrite(7 * MiB);
+    await guest.destroy(); // SIGTERM: QEMU exits cleanly and stores its persistent bitmaps
+    await pollUntil(async () => !(await daemon.cliJson(['status', guest.name])).connected, 'disconnect', { timeoutMs: 30_000, intervalMs: 250 });
+    await guest.start();
+    await waitConnected();
+    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly'])).extents).toEqual([[5 * MiB, 64 * KiB], [7 * MiB, 64 * KiB]]);
+  });
+
+  it('kill -9 of QEMU: the next changes is a full pass for every consumer', async () => {
+    await guestWrite(9 * MiB);
+    const pid = Number((await import('node:fs')).readFileSync(`/run/libvirt/qemu/${guest.name}.pid`, 'utf8'));
+    process.kill(pid, 'SIGKILL');
+    await pollUntil(async () => /shut off|crashed/.test((await virsh(['domstate', guest.name])).stdout), 'domain to stop', { timeoutMs: 30_000 });
+    for (const c of ['nightly', 'offsite', 'replica']) {
+      const r = await daemon.cliJson(['changes', guest.name, '--consumer', c]);
+      expect(vdb(r).full, c).toBe(true);
+      if (c !== 'replica') expect(vdb(r).reason).toMatch(/inconsistent|lost/);
+    }
+  });
+
+  it('status reports the domain, disks and consumers', async () => {
+    const st = await daemon.cliJson(['status', guest.name]);
+    expect(st.disks.map((d: { target: string }) => d.target)).toEqual(['vda', 'vdb']);
+    expect(st.consumers.map((c: { name: string }) => c.name).sort()).toEqual(['nightly', 'offsite', 'replica']);
+    const human = await daemon.cli(['status', guest.name]);
+    expect(human.stdout).toContain(`${guest.name}: shut off`);
+  });
+});
