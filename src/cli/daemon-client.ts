@@ -13,6 +13,8 @@ export class DaemonError extends VirtcbtError {
 export interface CallOptions {
   body?: unknown;
   timeoutMs?: number;
+  /** For streaming routes: called with every event; the promise resolves with the last one. */
+  onEvent?: (ev: Record<string, unknown>) => void;
 }
 
 export async function callDaemon<T = unknown>(socketPath: string, method: string, path: string, opts: CallOptions = {}): Promise<T> {
@@ -27,9 +29,37 @@ export async function callDaemon<T = unknown>(socketPath: string, method: string
         timeout: opts.timeoutMs ?? 3_600_000,
       },
       (res) => {
+        res.on('error', reject);
+        if (opts.onEvent && res.headers['content-type'] === 'application/x-ndjson') {
+          // A stream of events: hand each to the caller; the last non-error event is the result.
+          let buf = '';
+          let last: unknown;
+          let failed: Record<string, unknown> | undefined;
+          res.on('data', (c: Buffer) => {
+            buf += c.toString('utf8');
+            let nl: number;
+            while ((nl = buf.indexOf('\n')) >= 0) {
+              const line = buf.slice(0, nl);
+              buf = buf.slice(nl + 1);
+              if (!line.trim()) continue;
+              const ev = JSON.parse(line) as Record<string, unknown>;
+              if (ev.type === 'error') failed = ev;
+              else { last = ev; opts.onEvent!(ev); }
+            }
+          });
+          res.on('end', () => {
+            if (failed) {
+              reject(new DaemonError(String(failed.message ?? 'failed'), typeof failed.exitCode === 'number' ? failed.exitCode : EXIT.FAILED, {
+                domain: failed.domain as string | undefined, disk: failed.disk as string | undefined, hint: failed.hint as string | undefined,
+              }));
+            } else if (last === undefined) {
+              reject(new DaemonError('virtcbtd ended the stream without a result', EXIT.FAILED));
+            } else resolve(last as T);
+          });
+          return;
+        }
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('error', reject);
         res.on('end', () => {
           let body: Record<string, unknown>;
           try {

@@ -78,6 +78,7 @@ export class ControlServer {
       const params = Object.fromEntries(route.keys.map((k, i) => [k, decodeURIComponent(m[i + 1])]));
       const body = await readBody(req);
       const result = await route.handler({ method: req.method ?? 'GET', path, params, query: url.searchParams, body });
+      if (isStream(result)) return await streamLines(res, result);
       send(200, result ?? {});
     } catch (err) {
       const status = err instanceof UsageError ? 400 : typeof (err as { exitCode?: number }).exitCode === 'number' && (err as { exitCode: number }).exitCode === 4 ? 404 : 500;
@@ -85,6 +86,32 @@ export class ControlServer {
       send(status, { ...payload, exitCode: (err as { exitCode?: number }).exitCode });
     }
   }
+}
+
+/** A handler's reply that is a stream of progress events, sent as NDJSON. */
+export interface EventStream {
+  stream: AsyncIterable<Record<string, unknown>>;
+}
+
+function isStream(v: unknown): v is EventStream {
+  return typeof v === 'object' && v !== null && 'stream' in v && Symbol.asyncIterator in Object((v as EventStream).stream);
+}
+
+/**
+ * Streams events as JSON lines (chunked). A failure mid-stream cannot change the HTTP status any
+ * more, so it is sent as a last line `{"type":"error", ...}`; the client turns it into an error.
+ */
+async function streamLines(res: ServerResponse, s: EventStream): Promise<void> {
+  res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+  try {
+    for await (const ev of s.stream) {
+      if (!res.write(JSON.stringify(ev) + '\n')) await new Promise((r) => res.once('drain', r));
+    }
+  } catch (err) {
+    const payload = err instanceof VirtcbtError ? err.toJSON() : { error: 'Error', message: errorMessage(err) };
+    res.write(JSON.stringify({ type: 'error', ...payload, exitCode: (err as { exitCode?: number }).exitCode }) + '\n');
+  }
+  res.end();
 }
 
 async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {

@@ -43,6 +43,23 @@ interface Session {
   nbdSocket: string;
 }
 
+/** What a job (backup, sync, scan) gets to work on one domain, inside that domain's queue. */
+export interface DomainJobContext {
+  domain: string;
+  running: boolean;
+  /** QMP of the running VM, or of a qemu-storage-daemon on the stopped domain's images. */
+  qmp: QmpExecutor;
+  /** Our own QMP connection when there is one (events, e.g. BLOCK_JOB_*); undefined through virsh or none. */
+  client?: QmpClient;
+  /** Socket QEMU's NBD server listens on for this domain (QEMU may create it). */
+  nbdSocket: string;
+  disks: TrackedDisk[];
+  reconciler: Reconciler;
+  /** The persistent (stopped) or live (running) domain XML, parsed. */
+  info: DomainXmlInfo;
+  log: ChangeLog;
+}
+
 export interface TrackerOptions {
   readDirty: DirtyExtentReader;
   beforeStep?: (step: ReconcileStep, domain: string, target: string) => void | Promise<void>;
@@ -193,11 +210,22 @@ export class Tracker {
    * runs, else through a qemu-storage-daemon on its images.
    */
   private async withDisks<T>(domain: string, fn: (r: Reconciler, disks: TrackedDisk[]) => Promise<T>): Promise<T> {
+    return this.withContext(domain, (c) => fn(c.reconciler, c.disks));
+  }
+
+  /**
+   * Runs `fn` with everything a job needs on the domain: through the live session when the domain
+   * runs, else through a qemu-storage-daemon on its images (which quits cleanly afterwards).
+   */
+  private async withContext<T>(domain: string, fn: (c: DomainJobContext) => Promise<T>): Promise<T> {
     const targets = this.log.listDisks(domain).map((d) => d.target);
     if (await this.libvirt.isActive(domain)) {
       const s = await this.openSession(domain);
       const disks = await libvirtDisks(s.qmp, s.info, targets);
-      return fn(this.reconciler(domain, s.qmp, s.nbdSocket), disks);
+      return fn({
+        domain, running: true, qmp: s.qmp, client: s.client, nbdSocket: s.nbdSocket, disks,
+        reconciler: this.reconciler(domain, s.qmp, s.nbdSocket), info: s.info, log: this.log,
+      });
     }
     const info = await this.libvirt.info(domain, { inactive: true });
     const images = targets.map((target) => {
@@ -205,8 +233,19 @@ export class Tracker {
       if (!d?.source) throw new VirtcbtError(`disk ${target} has no image file`, { domain, disk: target });
       return { target, image: d.source };
     });
-    return withStorageDaemon(this.cfg.runDir, domain, images, async (s) =>
-      fn(this.reconciler(domain, s.qmp, s.nbdSocket), await storageDaemonDisks(s.qmp, s.nodes)));
+    return withStorageDaemon(this.cfg.runDir, domain, images, async (s) => fn({
+      domain, running: false, qmp: s.qmp, client: s.qmp, nbdSocket: s.nbdSocket,
+      disks: await storageDaemonDisks(s.qmp, s.nodes), reconciler: this.reconciler(domain, s.qmp, s.nbdSocket), info, log: this.log,
+    }));
+  }
+
+  /**
+   * Runs a job (backup, sync, scan) on a tracked domain in its serial queue, so that it never
+   * overlaps a fold or another job on the same domain.
+   */
+  withDomainJob<T>(domain: string, fn: (c: DomainJobContext) => Promise<T>): Promise<T> {
+    this.requireTracked(domain);
+    return this.queues.run(domain, () => this.withContext(domain, fn));
   }
 
   private async reconcileNow(domain: string): Promise<ReconcileReply> {
