@@ -83,6 +83,14 @@ describe('change-log floor', () => {
     expect(again.created).toBe(false);
     expect(again.floorRaised).toBeUndefined();
     expect(again.floor).toBe(r.floor);
+    // A disk that leaves the domain and comes back is new again, whatever was folded for it before.
+    completePass(log, 'A');
+    guestWrote(log, 'vm', 'vdc', [[0, B]]);
+    expect(disk(log, 'A', 'vdc')).toMatchObject({ full: false, extents: [[0, B]] });
+    log.removeDisk('vm', 'vdc');
+    expect(log.listDisks('vm').map((d) => d.target)).toEqual(['vda', 'vdb']);
+    log.upsertDisk('vm', 'vdc', { blockSize: B, sizeBytes: GiB });
+    expect(disk(log, 'A', 'vdc').full).toBe(true);
   });
 
   it('a size or block-size change raises the floor, updates the block count and drops stale blocks', () => {

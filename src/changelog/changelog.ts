@@ -3,7 +3,8 @@
 //
 // Generations: a domain's `generation` G is the one being recorded now. beginPass takes P = G and moves the domain to
 // G + 1, so writes folded afterwards belong to the next pass. A consumer whose last pass was L sees every block with
-// generation in (L, P]; a consumer that never completed a pass, or whose L is below the disk's floor, gets everything.
+// a generation above L (for pass P that is (L, P], plus blocks rewritten after P, which a block's single generation
+// cannot tell apart); a consumer that never completed a pass, or whose L is below the disk's floor, gets everything.
 // Whenever the log cannot prove what changed, it raises the floor: over-reporting costs bytes, under-reporting loses
 // data.
 import Database from 'better-sqlite3';
@@ -214,6 +215,7 @@ function prepareStatements(db: Database.Database) {
     disks: db.prepare<[number], DiskRow>('SELECT * FROM disks WHERE domain_id = ? ORDER BY target'),
     insertDisk: db.prepare(`INSERT INTO disks (domain_id, target, block_size, size_bytes, block_count, floor, floor_reason, floor_at, created_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+    deleteDisk: db.prepare('DELETE FROM disks WHERE id = ?'),
     resizeDisk: db.prepare('UPDATE disks SET block_size = ?, size_bytes = ?, block_count = ? WHERE id = ?'),
     setFloor: db.prepare('UPDATE disks SET floor = ?, floor_reason = ?, floor_at = ? WHERE id = ?'),
     foldStats: db.prepare(`UPDATE disks SET fold_count = fold_count + 1, last_fold_at = ?, last_fold_bitmap = ?,
@@ -472,6 +474,14 @@ export class ChangeLog {
       const reason = changes.join('; ');
       this.raiseFloorRow(d, existing, reason);
       return { ...diskInfo(d.name, this.st.disk.get(d.id, target)!), created: false, floorRaised: reason };
+    }).immediate();
+  }
+
+  /** Forgets a disk that left the domain, with its blocks and bitmap records; added again, it starts full. */
+  removeDisk(domain: string, target: string): void {
+    this.db.transaction(() => {
+      const d = this.requireDomain(domain);
+      this.st.deleteDisk.run(this.requireDisk(d, target).id);
     }).immediate();
   }
 
