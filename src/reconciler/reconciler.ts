@@ -52,7 +52,9 @@ export interface ReconcilerDeps {
   beforeStep?: (step: ReconcileStep, target: string) => void | Promise<void>;
 }
 
-export type ReconcileStep = 'rotate' | 'export' | 'fold' | 'remove';
+/** Points between which a crash must lose nothing (fault-injection hooks for tests). */
+export type ReconcileStep = 'rotate' | 'record' | 'export' | 'fold' | 'remove';
+export const RECONCILE_STEPS: readonly ReconcileStep[] = ['rotate', 'record', 'export', 'fold', 'remove'];
 
 export interface DiskFoldResult {
   target: string;
@@ -211,6 +213,7 @@ export class Reconciler {
         cause: err,
       });
     }
+    for (const p of plan) await this.d.beforeStep?.('record', p.disk.target);
     log.markRotated(domain, plan.map((p) => ({ target: p.disk.target, active: p.next, frozen: p.old })));
     for (const [i, p] of plan.entries()) {
       results[i].bitmap = p.old;

@@ -102,13 +102,14 @@ export async function startTestDaemon(opts: { env?: Record<string, string>; gran
         env: { ...process.env, ...opts.env, ...env },
       });
       const c = child;
+      const from = output.length;
       const untrack = trackChild(c.pid!);
       exited = new Promise((res) => c.once('exit', () => { untrack(); res(); }));
       c.stdout!.on('data', (b: Buffer) => { output += b.toString(); });
       c.stderr!.on('data', (b: Buffer) => { output += b.toString(); });
       await pollUntil(() => {
         if (c.exitCode !== null || c.signalCode !== null) throw new Error(`virtcbtd exited at start:\n${output}`);
-        return output.includes('virtcbtd ready');
+        return output.slice(from).includes('virtcbtd ready');
       }, 'virtcbtd to start', { timeoutMs: 60_000 });
     },
     async kill(signal = 'SIGKILL') {
