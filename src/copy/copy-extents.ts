@@ -52,6 +52,8 @@ export async function copyExtents(
     progress.zeroed += length;
   };
 
+  const discard = dst.discardsData && src.readDiscard ? src.readDiscard.bind(src) : undefined;
+
   const worker = async () => {
     let buf: Buffer | undefined;
     for (;;) {
@@ -62,6 +64,11 @@ export async function copyExtents(
       const p = next.value;
       if (p.zero) {
         await zero(p.offset, p.length);
+      } else if (discard) {
+        // The destination keeps nothing: read through the source's one reused buffer.
+        await discard(p.offset, p.length);
+        progress.read += p.length;
+        progress.written += p.length;
       } else {
         buf ??= Buffer.allocUnsafe(requestSize);
         const view = buf.subarray(0, p.length);

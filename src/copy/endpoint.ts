@@ -17,6 +17,10 @@ export interface Endpoint {
   /** True for a fresh, sparse target that reads as zeroes everywhere: zero ranges need no writes. */
   readonly zeroInitialized: boolean;
   read(buf: Uint8Array, offset: number): Promise<EndpointReadResult>;
+  /** Reads a range and drops the data (for a destination that keeps nothing); optional. */
+  readDiscard?(offset: number, length: number): Promise<EndpointReadResult>;
+  /** True when writes are thrown away (null:): the engine need not keep what it reads. */
+  readonly discardsData?: boolean;
   write(buf: Uint8Array, offset: number): Promise<void>;
   /** Makes [offset, offset+length) read as zeroes. */
   zero(offset: number, length: number): Promise<void>;

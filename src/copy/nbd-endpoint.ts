@@ -41,6 +41,10 @@ export class NbdEndpoint implements Endpoint {
     return this.client.pread(buf, offset);
   }
 
+  readDiscard(offset: number, length: number): Promise<EndpointReadResult> {
+    return this.client.readDiscard(offset, length);
+  }
+
   write(buf: Uint8Array, offset: number): Promise<void> {
     return this.client.pwrite(buf, offset);
   }

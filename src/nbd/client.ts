@@ -210,6 +210,27 @@ export class NbdClient implements AsyncDisposable {
     return { holes };
   }
 
+  /**
+   * Reads [offset, offset+length) and drops the data as it arrives, into one reused buffer:
+   * what copying to null: needs (the bytes still cross the socket and are checked), and a way
+   * to prove a range readable. Resolves with the holes the server reported.
+   */
+  async readDiscard(offset: number, length: number): Promise<ReadResult> {
+    this.checkRange('read', offset, length);
+    if (length === 0) return { holes: NO_HOLES };
+    let holes: Extent[] | undefined;
+    await this.pieces(offset, length, this.maxRequest, async (off, len) => {
+      const req = await this.pick().request(NBD_CMD_READ, 0, off, len);
+      if (req.holes) {
+        holes ??= [];
+        for (let i = 0; i < req.holes.length; i += 2) holes.push({ offset: req.holes[i]!, length: req.holes[i + 1]! });
+      }
+    });
+    if (!holes) return { holes: NO_HOLES };
+    holes.sort((a, b) => a.offset - b.offset);
+    return { holes };
+  }
+
   /** Writes `buf` at `offset`. Do not change `buf` until this resolves: it is sent without a copy. */
   async pwrite(buf: Uint8Array, offset: number, opts: WriteOptions = {}): Promise<void> {
     this.checkWritable('write');

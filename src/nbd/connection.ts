@@ -8,7 +8,6 @@ import { describe, listExports, negotiate, type ExportInfo, type ExportListing, 
 import { NBD_CMD_DISC, NBD_CMD_WRITE, NBD_OPT_ABORT, REQUEST_HEADER_SIZE } from './protocol.js';
 import { ReplyParser, type InflightRequest, type ReplySink } from './reply-parser.js';
 import { optionRequest, writeRequestHeader } from './serializer.js';
-import { upgradeSocket } from './tls.js';
 import { describeAddress, formatNbdUri, type NbdTarget } from './uri.js';
 
 export interface ConnectionOptions {
@@ -21,8 +20,12 @@ export interface ConnectionOptions {
   inflight?: number;
 }
 
-/** Bytes read from the socket per read call outside READ payloads (headers, small chunks). */
-const SCRATCH_SIZE = 64 * 1024;
+/**
+ * Bytes read from the socket per read call outside READ payloads (headers, small chunks, and
+ * dropped payloads). A little above a unix socket's default send buffer (208 KiB), so one read
+ * takes everything the server could queue, always into the same cache-hot memory.
+ */
+const SCRATCH_SIZE = 256 * 1024;
 /** READ payload left to come above which the socket reads straight into the caller's buffer. */
 const DIRECT_MIN = 16 * 1024;
 export const DEFAULT_TIMEOUT_MS = 60_000;
@@ -229,6 +232,8 @@ export class NbdConnection implements ReplySink {
       write: (b) => { this.socket.write(b); },
       startTls: async () => {
         this.raw.off('data', this.onData);
+        // Loaded on demand: node:tls costs start-up time that plain connections need not pay.
+        const { upgradeSocket } = await import('./tls.js');
         const t = await upgradeSocket(this.raw, this.target, this.what, signal);
         this.socket = t;
         t.on('data', this.onData);

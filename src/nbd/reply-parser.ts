@@ -26,7 +26,7 @@ export interface InflightRequest {
   readonly command: number;
   readonly offset: number;
   readonly length: number;
-  /** READ: destination of `length` bytes. Holes are zero-filled in it. */
+  /** READ: destination of `length` bytes (holes are zero-filled in it); none: the data is dropped. */
   buf?: Uint8Array;
   /** BLOCK_STATUS: the metadata context id whose extents we keep (others are checked and dropped). */
   contextId?: number;

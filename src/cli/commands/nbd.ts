@@ -1,12 +1,13 @@
 // `virtcbt nbd info|map|copy|list`: the NBD client used directly, for admins debugging an export.
 import { stat } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { FileEndpoint, NbdEndpoint, NullEndpoint, copyExtents, wholeDisk, type Endpoint } from '../../copy/index.js';
-import {
-  CONTEXT_BASE_ALLOCATION, MapWriter, NbdClient, decodeFlags, formatNbdUri, parseNbdUri,
-} from '../../nbd/index.js';
+import type { Endpoint } from '../../copy/index.js';
 import { UsageError } from '../../util/errors.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
+
+// The NBD client and copy engine load only when an nbd subcommand runs: other commands start faster.
+const nbd = () => import('../../nbd/index.js');
+const copyRoom = () => import('../../copy/index.js');
 
 const USAGE = `usage: virtcbt nbd info URI [--json]
        virtcbt nbd list URI [--json]
@@ -73,6 +74,7 @@ function humanSize(n: number): string {
 async function info(ctx: CommandContext, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean' } }, allowPositionals: true });
   if (positionals.length !== 1) throw new UsageError(`nbd info takes one URI\n\n${USAGE}`);
+  const { NbdClient, decodeFlags, formatNbdUri, parseNbdUri } = await nbd();
   const target = parseNbdUri(positionals[0]!);
   const d = await NbdClient.describe(target, { timeoutMs: defaults(ctx).timeoutMs });
   const f = decodeFlags(d.export.flags);
@@ -119,6 +121,7 @@ async function info(ctx: CommandContext, args: string[]): Promise<number> {
 async function list(ctx: CommandContext, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean' } }, allowPositionals: true });
   if (positionals.length !== 1) throw new UsageError(`nbd list takes one URI\n\n${USAGE}`);
+  const { NbdClient } = await nbd();
   const exports = await NbdClient.list(positionals[0]!, { timeoutMs: defaults(ctx).timeoutMs });
   if (values.json) ctx.io.out(JSON.stringify(exports, null, 2));
   else for (const e of exports) ctx.io.out(e.description ? `${e.name}\t${e.description}` : e.name);
@@ -130,6 +133,7 @@ async function map(ctx: CommandContext, args: string[]): Promise<number> {
     args, options: { json: { type: 'boolean' }, context: { type: 'string' } }, allowPositionals: true,
   });
   if (positionals.length !== 1) throw new UsageError(`nbd map takes one URI\n\n${USAGE}`);
+  const { CONTEXT_BASE_ALLOCATION, MapWriter, NbdClient } = await nbd();
   const context = values.context ?? CONTEXT_BASE_ALLOCATION;
   const client = await NbdClient.connect(positionals[0]!, { metaContexts: [context], timeoutMs: defaults(ctx).timeoutMs });
   try {
@@ -155,6 +159,8 @@ async function map(ctx: CommandContext, args: string[]): Promise<number> {
 }
 
 async function openSource(spec: string, d: NbdDefaults, connections: number): Promise<Endpoint> {
+  const { CONTEXT_BASE_ALLOCATION } = await nbd();
+  const { FileEndpoint, NbdEndpoint } = await copyRoom();
   if (isUri(spec)) {
     return NbdEndpoint.open(spec, { metaContexts: [CONTEXT_BASE_ALLOCATION], connections, inflight: d.inflight, timeoutMs: d.timeoutMs })
       .catch(async (err: unknown) => {
@@ -168,6 +174,7 @@ async function openSource(spec: string, d: NbdDefaults, connections: number): Pr
 }
 
 async function openDestination(spec: string, size: number, d: NbdDefaults, connections: number, isZero: boolean): Promise<Endpoint> {
+  const { FileEndpoint, NbdEndpoint, NullEndpoint } = await copyRoom();
   if (spec === 'null:') return new NullEndpoint(size);
   if (isUri(spec)) {
     const e = await NbdEndpoint.open(spec, { connections, inflight: d.inflight, timeoutMs: d.timeoutMs, zeroInitialized: isZero });
@@ -195,6 +202,7 @@ async function copy(ctx: CommandContext, args: string[]): Promise<number> {
     allowPositionals: true,
   });
   if (positionals.length !== 2) throw new UsageError(`nbd copy takes SRC and DST\n\n${USAGE}`);
+  const { copyExtents, wholeDisk } = await copyRoom();
   const d = defaults(ctx);
   const inflight = positiveInt(values.requests, '--requests') ?? d.inflight;
   const requestSize = positiveInt(values['request-size'], '--request-size') ?? d.requestSize;
