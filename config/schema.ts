@@ -7,12 +7,58 @@ export interface VirtcbtConfig {
   runDir: string;
   qmpSocketDir: string;
   libvirt: { uri: string };
-  daemon: { socket: string; socketGroup: string; spoolDir: string };
+  daemon: { socket: string; socketGroup: string; spoolDir: string; enabledDir: string };
   reconcile: { intervalSeconds: number; granularity: number };
   nbd: { requestSize: number; inflight: number; connections: number; timeoutMs: number };
   qmp: { timeoutMs: number };
   agent: { timeoutMs: number; freezeTimeoutMs: number };
+  fleece: { dir: string };
+  backup: { repo: string; jobs: BackupJobConfig[] };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
+}
+
+/** A scheduled backup: `virtcbt install` writes virtcbt-backup@NAME.service and .timer for it. */
+export interface BackupJobConfig {
+  /** systemd instance name: letters, digits, '.', '_', '-'. */
+  name: string;
+  domains: string[];
+  consumer: string;
+  /** Repository directory; default backup.repo. */
+  repo?: string;
+  /** Restore points to keep per domain after each run (prune); 0 or absent: keep all. */
+  keep?: number;
+  /** systemd OnCalendar expression, e.g. "daily" or "Mon..Fri 02:00". */
+  calendar: string;
+  /** Seconds of random delay before a run (RandomizedDelaySec), so many jobs do not start at once. */
+  randomDelaySec?: number;
+}
+
+const JOB_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+function checkBackupJobs(v: unknown): void {
+  if (!Array.isArray(v)) throw new Error('backup.jobs must be an array');
+  const names = new Set<string>();
+  v.forEach((j: unknown, i) => {
+    const at = `backup.jobs[${i}]`;
+    if (!j || typeof j !== 'object') throw new Error(`${at} must be an object`);
+    const job = j as Record<string, unknown>;
+    for (const k of Object.keys(job)) {
+      if (!['name', 'domains', 'consumer', 'repo', 'keep', 'calendar', 'randomDelaySec'].includes(k)) throw new Error(`${at}: unknown key '${k}'`);
+    }
+    if (typeof job.name !== 'string' || !JOB_NAME.test(job.name)) throw new Error(`${at}.name must be letters, digits, '.', '_' or '-' (a systemd instance name)`);
+    if (names.has(job.name)) throw new Error(`${at}.name '${job.name}' is used twice`);
+    names.add(job.name);
+    if (!Array.isArray(job.domains) || job.domains.length === 0 || !job.domains.every((d) => typeof d === 'string' && d !== '' && !d.includes('/'))) {
+      throw new Error(`${at}.domains must be a non-empty list of domain names`);
+    }
+    if (typeof job.consumer !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(job.consumer)) throw new Error(`${at}.consumer must be a consumer name`);
+    if (job.repo !== undefined && (typeof job.repo !== 'string' || !job.repo.startsWith('/'))) throw new Error(`${at}.repo must be an absolute path`);
+    if (job.keep !== undefined && (!Number.isInteger(job.keep) || (job.keep as number) < 0)) throw new Error(`${at}.keep must be a whole number`);
+    if (typeof job.calendar !== 'string' || job.calendar.trim() === '' || /[\n\r]/.test(job.calendar)) throw new Error(`${at}.calendar must be a systemd OnCalendar expression`);
+    if (job.randomDelaySec !== undefined && (!Number.isInteger(job.randomDelaySec) || (job.randomDelaySec as number) < 0)) {
+      throw new Error(`${at}.randomDelaySec must be a whole number of seconds`);
+    }
+  });
 }
 
 const isPositiveInt = (name: string) => (v: unknown) => {
@@ -53,6 +99,12 @@ export const schema: Schema<VirtcbtConfig> = {
       format: String,
       default: '',
       env: 'VIRTCBT_DAEMON_SOCKET_GROUP',
+    },
+    enabledDir: {
+      doc: 'One marker file per tracked domain, holding the spool directory its events go to: the libvirt hook reads it.',
+      format: String,
+      default: '/var/lib/virtcbt/enabled',
+      env: 'VIRTCBT_ENABLED_DIR',
     },
     spoolDir: {
       doc: 'Where the libvirt hook spools events while the daemon is down; replayed on daemon start.',
@@ -124,6 +176,27 @@ export const schema: Schema<VirtcbtConfig> = {
       format: isPositiveInt('agent.freezeTimeoutMs'),
       default: 10_000,
       env: 'VIRTCBT_FREEZE_TIMEOUT_MS',
+    },
+  },
+  fleece: {
+    dir: {
+      doc: 'Directory for the temporary fleecing overlays of running backups (they hold the old content of blocks the guest overwrites meanwhile). QEMU runs as libvirt-qemu and must be able to open files here (and AppArmor must allow it). Empty: a "fleece" directory under qmpSocketDir.',
+      format: String,
+      default: '',
+      env: 'VIRTCBT_FLEECE_DIR',
+    },
+  },
+  backup: {
+    repo: {
+      doc: 'Default backup repository directory for `virtcbt backup`, list, verify, restore and prune (empty: --repo is required).',
+      format: String,
+      default: '',
+      env: 'VIRTCBT_BACKUP_REPO',
+    },
+    jobs: {
+      doc: 'Scheduled backups: [{name, domains, consumer, repo?, keep?, calendar, randomDelaySec?}]; `virtcbt install` writes a systemd timer for each.',
+      format: checkBackupJobs,
+      default: [] as BackupJobConfig[],
     },
   },
   log: {

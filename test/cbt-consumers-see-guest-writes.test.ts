@@ -23,7 +23,7 @@ async function guestWrite(offsetBytes: number, lengthBytes = 64 * KiB): Promise<
   expect(r.exitCode, r.stderr).toBe(0);
 }
 
-const vdb = (r: { disks: { target: string; full: boolean; extents: [number, number][] }[] }) => r.disks.find((d) => d.target === 'vdb')!;
+const vdb = (r: { disks: { target: string; full: boolean; reason?: string; extents: [number, number][] }[] }) => r.disks.find((d) => d.target === 'vdb')!;
 
 async function waitConnected(): Promise<void> {
   await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, `virtcbtd to connect to ${guest?.name}`, { timeoutMs: 60_000, intervalMs: 250 });

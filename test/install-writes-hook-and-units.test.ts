@@ -12,9 +12,9 @@ const cli = (args: string[], env: Record<string, string> = {}) =>
   execa('node', ['dist/src/cli/main.js', ...args], { reject: false, env });
 
 describe('virtcbt install', () => {
-  const stateDir = join(root, 'state');
-  const spoolDir = join(stateDir, 'spool');
-  const env = { VIRTCBT_STATE_DIR: stateDir, VIRTCBT_SPOOL_DIR: spoolDir };
+  const enabledDir = join(root, 'enabled');
+  const spoolDir = join(root, 'spool');
+  const env = { VIRTCBT_ENABLED_DIR: enabledDir };
 
   it('writes the hook, unit and wrappers under --root', async () => {
     const configFile = join(root, 'empty.json');
@@ -24,7 +24,7 @@ describe('virtcbt install', () => {
     expect(r.exitCode).toBe(0);
     const hook = join(root, 'etc/libvirt/hooks/qemu.d/virtcbt');
     expect(statSync(hook).mode & 0o111).not.toBe(0);
-    expect(readFileSync(hook, 'utf8')).toContain(`state_dir=\${VIRTCBT_STATE_DIR:-${stateDir}}`);
+    expect(readFileSync(hook, 'utf8')).toContain(`enabled_dir=\${VIRTCBT_ENABLED_DIR:-${enabledDir}}`);
     const unit = readFileSync(join(root, 'etc/systemd/system/virtcbtd.service'), 'utf8');
     expect(unit).toContain(`ExecStart=${process.execPath} `);
     expect(unit).not.toContain('@');
@@ -38,9 +38,9 @@ describe('virtcbt install', () => {
 
   it('the installed hook spools events of tracked domains only, in well under 100 ms', async () => {
     const hook = join(root, 'etc/libvirt/hooks/qemu.d/virtcbt');
-    mkdirSync(join(stateDir, 'enabled'), { recursive: true });
+    mkdirSync(enabledDir, { recursive: true });
     mkdirSync(spoolDir, { recursive: true });
-    writeFileSync(join(stateDir, 'enabled', 'vm1'), '');
+    writeFileSync(join(enabledDir, 'vm1'), `${spoolDir}\n`);
     const t0 = process.hrtime.bigint();
     const r = await execa(hook, ['vm1', 'started', 'begin', '-'], { input: '<domain/>', env: {} });
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;

@@ -1,7 +1,6 @@
 // The daemon's domain manager: which domains are tracked, the QMP session of each running one,
 // and the operations the control API offers (enable, reconcile, changes, passes). Every
 // operation on a domain runs in that domain's serial queue.
-import { existsSync } from 'node:fs';
 import { chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -84,7 +83,7 @@ export class Tracker {
 
   /** Recovers every tracked domain: connects to the running ones and reconciles them. */
   async start(): Promise<void> {
-    await mkdir(join(this.cfg.stateDir, 'enabled'), { recursive: true });
+    await mkdir(this.cfg.daemon.enabledDir, { recursive: true });
     await mkdir(this.cfg.runDir, { recursive: true });
     for (const d of this.log.listDomains()) {
       void this.queues.run(d.name, async () => {
@@ -391,7 +390,7 @@ export class Tracker {
   // ---- enable / disable ----------------------------------------------------------------------
 
   private async writeMarker(domain: string): Promise<void> {
-    await writeFile(join(this.cfg.stateDir, 'enabled', domain), '');
+    await writeFile(join(this.cfg.daemon.enabledDir, domain), `${this.cfg.daemon.spoolDir}\n`);
   }
 
   enable(domain: string, req: EnableRequest): Promise<EnableReply> {
@@ -483,10 +482,9 @@ export class Tracker {
         if (!(err instanceof DomainNotFoundError)) throw err;
       }
       this.log.removeDomain(domain);
-      await rm(join(this.cfg.stateDir, 'enabled', domain), { force: true });
+      await rm(join(this.cfg.daemon.enabledDir, domain), { force: true });
       return { notes };
     });
   }
 }
 
-export const markerExists = (stateDir: string, domain: string) => existsSync(join(stateDir, 'enabled', domain));

@@ -3,7 +3,7 @@
 import { execa, type ResultPromise } from 'execa';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile, chmod } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pollUntil } from '../../src/util/abort.js';
 import { onCleanup, trackChild } from './cleanup.js';
@@ -13,6 +13,8 @@ const ROOT = resolve(import.meta.dirname, '../..');
 /** Fixed test state directory: the installed hook spools into it (libvirtd passes hooks no environment of ours). */
 export const TEST_BASE = '/var/lib/virtcbt-test';
 export const HOOK_PATH = '/etc/libvirt/hooks/qemu.d/virtcbt';
+/** Shared by every test daemon: markers name their own daemon's spool, so parallel test processes do not mix events. */
+export const ENABLED_DIR = join(TEST_BASE, 'enabled');
 
 export interface TestDaemon {
   configFile: string;
@@ -34,9 +36,13 @@ export interface TestDaemon {
  * libvirtd so that it reads it: libvirtd reads hooks only when it starts.
  */
 export async function ensureTestHook(): Promise<void> {
-  const text = (await readFile(join(ROOT, 'hooks/qemu.d/virtcbt'), 'utf8'))
-    .replaceAll('@STATE_DIR@', join(TEST_BASE, 'state'))
-    .replaceAll('@SPOOL_DIR@', join(TEST_BASE, 'state', 'spool'));
+  const text = (await readFile(join(ROOT, 'hooks/qemu.d/virtcbt'), 'utf8')).replaceAll('@ENABLED_DIR@', ENABLED_DIR);
+  // Markers left by test daemons that are gone (their spool directory went with them).
+  await mkdir(ENABLED_DIR, { recursive: true });
+  for (const m of await readdir(ENABLED_DIR)) {
+    const spool = (await readFile(join(ENABLED_DIR, m), 'utf8').catch(() => '')).trim();
+    if (!spool || !existsSync(spool)) await rm(join(ENABLED_DIR, m), { force: true });
+  }
   const current = await readFile(HOOK_PATH, 'utf8').catch(() => '');
   await ensureLibvirtd();
   if (current === text) return;
@@ -57,7 +63,7 @@ export async function restartLibvirtd(): Promise<void> {
 
 export async function startTestDaemon(opts: { env?: Record<string, string>; granularity?: number } = {}): Promise<TestDaemon> {
   await ensureTestHook();
-  const stateDir = join(TEST_BASE, 'state');
+  const stateDir = join(TEST_BASE, `state-${process.pid}`);
   const runDir = join(TEST_BASE, `run-${process.pid}`);
   // Sockets QEMU (as libvirt-qemu) creates must be under a directory it may write.
   const qmpSocketDir = '/var/lib/libvirt/qemu/virtcbt-test';
@@ -70,7 +76,7 @@ export async function startTestDaemon(opts: { env?: Record<string, string>; gran
     stateDir,
     runDir,
     qmpSocketDir,
-    daemon: { socket, spoolDir: join(stateDir, 'spool') },
+    daemon: { socket, spoolDir: join(stateDir, 'spool'), enabledDir: ENABLED_DIR },
     reconcile: { intervalSeconds: 3600, granularity: opts.granularity ?? 65536 },
     log: { level: 'debug' },
   }, null, 2));
@@ -124,6 +130,7 @@ export async function startTestDaemon(opts: { env?: Record<string, string>; gran
     await d.stop();
     await rm(runDir, { recursive: true, force: true });
     await rm(configFile, { force: true });
+    await rm(stateDir, { recursive: true, force: true });
   });
   await d.start();
   return d;

@@ -16,11 +16,10 @@ export interface InstallPlan {
   files: { path: string; mode: number; content: string }[];
 }
 
-export async function installPlan(opts: { root: string; stateDir: string; spoolDir: string; configFile: string }): Promise<InstallPlan> {
+export async function installPlan(opts: { root: string; enabledDir: string; configFile: string }): Promise<InstallPlan> {
   const node = process.execPath;
   const fill = (s: string) => s
-    .replaceAll('@STATE_DIR@', opts.stateDir)
-    .replaceAll('@SPOOL_DIR@', opts.spoolDir)
+    .replaceAll('@ENABLED_DIR@', opts.enabledDir)
     .replaceAll('@NODE@', node)
     .replaceAll('@PREFIX@', PACKAGE_ROOT)
     .replaceAll('@CONFIG@', opts.configFile);
@@ -54,7 +53,7 @@ when it starts: restart it afterwards (systemctl restart libvirtd).
     const { values } = parse(ctx.argv, { root: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } }, this.usage);
     const cfg = ctx.config();
     const root = values.root ?? '/';
-    const plan = await installPlan({ root, stateDir: cfg.stateDir, spoolDir: cfg.daemon.spoolDir, configFile: DEFAULT_CONFIG_FILE });
+    const plan = await installPlan({ root, enabledDir: cfg.daemon.enabledDir, configFile: DEFAULT_CONFIG_FILE });
     const written: string[] = [];
     if (!values['dry-run']) {
       for (const f of plan.files) {
@@ -71,7 +70,7 @@ when it starts: restart it afterwards (systemctl restart libvirtd).
         written.push(conf);
       }
       await mkdir(join(root, cfg.daemon.spoolDir), { recursive: true, mode: 0o750 });
-      await mkdir(join(root, cfg.stateDir, 'enabled'), { recursive: true, mode: 0o750 });
+      await mkdir(join(root, cfg.daemon.enabledDir), { recursive: true, mode: 0o750 });
     }
     emit(ctx.io, Boolean(values.json), { root, files: plan.files.map((f) => f.path), written }, () => [
       ...plan.files.map((f) => `${values['dry-run'] ? 'would write' : 'wrote'} ${join(root, f.path)}`),
