@@ -4,7 +4,39 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { CLI, flag, load, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
+import { fileURLToPath } from 'node:url';
+import { CLI, flag, load, median, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
+
+/**
+ * Child mode (`--walk URI CONTEXT OUT`): the library alone, timed inside a fresh process from
+ * connect to the last line written, so Node's start-up and module loading are left out.
+ */
+async function walkOnce(uri: string, context: string, out: string): Promise<void> {
+  const { openSync, writeSync, closeSync } = await import('node:fs');
+  const { MapWriter, NbdClient } = await import('../src/nbd/index.js');
+  const t0 = performance.now();
+  const fd = openSync(out, 'w');
+  const c = await NbdClient.connect(uri, { metaContexts: [context] });
+  const w = new MapWriter(context, false, (b) => writeSync(fd, b));
+  for await (const run of c.blockStatusRuns(context)) {
+    let pos = run.offset;
+    for (let i = 0; i < run.extents.length; i += 2) {
+      w.extent(pos, run.extents[i]!, run.extents[i + 1]!);
+      pos += run.extents[i]!;
+    }
+  }
+  w.end();
+  closeSync(fd);
+  await c.close();
+  console.log(JSON.stringify({ ms: performance.now() - t0 }));
+}
+
+const walkAt = process.argv.indexOf('--walk');
+if (walkAt > 0) {
+  const [uri, context, out] = process.argv.slice(walkAt + 1);
+  await walkOnce(uri!, context!, out!);
+  process.exit(0);
+}
 
 const runs = flag('runs', 5);
 const percent = flag('percent', 1);
@@ -58,11 +90,19 @@ try {
         if (i % 2) pair.reverse();
         for (const f of pair) await f();
       }
+      const walks: number[] = [];
+      for (let i = 0; i < runs; i++) {
+        const r = await execa('node', [fileURLToPath(import.meta.url), '--walk', server.uri, context, ourOut]);
+        walks.push(JSON.parse(r.stdout).ms / 1000);
+      }
+      if (!readFileSync(ourOut).equals(a)) throw new Error(`${context}: the in-process walk printed something else than nbdinfo`);
       const r = summarize(`nbdinfo --map=${context}`, ref);
       const o = summarize(`virtcbt nbd map --context ${context}`, ours);
       console.log(`\nNBD block status: 1 TiB qcow2, ${percent}% of clusters dirty (scattered), context ${context}: ` +
         `${lines} extents, identical output; ${runs} runs, load average before ${loadBefore}, after ${load()}`);
       console.log(table([r, o], r));
+      console.log(`library walk inside a fresh process (connect to last line, no Node start-up): median ${median(walks).toFixed(3)} s ` +
+        `(${(median(walks) / r.wallS).toFixed(2)}x nbdinfo's whole process); all: ${walks.map((w) => w.toFixed(3)).join(' ')}`);
     }
   } finally {
     await server.stop();
