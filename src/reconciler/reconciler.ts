@@ -66,6 +66,13 @@ export interface DiskFoldResult {
 export interface RotateOptions {
   /** Begin a consumer's pass in the same step: the generation moves on with the rotation. */
   pass?: { consumer: string };
+  /**
+   * Wraps the QMP transaction alone (not the recovery before it nor the folds after it), e.g.
+   * to freeze the guest's filesystems just around it. It must call `run` once and rethrow its
+   * failure, and must not fail once `run` succeeded (the rotation is then done in QEMU); if it
+   * fails without calling `run`, nothing happened in QEMU.
+   */
+  aroundTransaction?: (run: () => Promise<void>) => Promise<void>;
 }
 
 export interface RotateResult {
@@ -198,11 +205,12 @@ export class Reconciler {
     }
     for (const p of plan) await this.d.beforeStep?.('rotate', p.disk.target);
     try {
-      await transaction(this.qmp, [
+      const run = () => transaction(this.qmp, [
         ...plan.map((p) => actions.bitmapAdd({ node: p.disk.node, name: p.next, persistent: true, granularity: this.blockSize(p.disk) })),
         ...plan.map((p) => actions.bitmapDisable({ node: p.disk.node, name: p.old })),
         ...(opts.extra ?? []),
       ]);
+      await (opts.aroundTransaction ? opts.aroundTransaction(run) : run());
     } catch (err) {
       // Nothing happened in QEMU: forget the plan, and the pass with it.
       for (const p of plan) log.forgetBitmap(domain, p.disk.target, p.next);

@@ -1,0 +1,325 @@
+// The backup job, run by virtcbtd inside the domain's queue: freeze → one transaction (rotate the
+// bitmaps, begin the consumer's pass, start fleecing) → thaw; copy the consumer's changes from
+// the point-in-time exports into the repository; flush and fsync; write the manifest; only then
+// commit the pass. Anything that fails (or a kill) before the commit leaves the consumer where it
+// was and no manifest naming the partial files, which the next run removes.
+import { execa } from 'execa';
+import { join } from 'node:path';
+import type { ChangeLog, DiskChanges } from '../changelog/index.js';
+import { NbdEndpoint, copyExtents, dataExtents, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
+import { Fleece, cleanupStaleFleeces } from '../fleece/index.js';
+import { GuestAgent, LibvirtTransport } from '../guest/index.js';
+import type { DomainXmlInfo } from '../libvirt/index.js';
+import { CONTEXT_BASE_ALLOCATION, NbdCommandError } from '../nbd/index.js';
+import type { QmpExecutor } from '../qmp/index.js';
+import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
+import {
+  DIGEST_SEGMENT, ExtentDigest, Repository, fsyncDir, fsyncFile, newDigestInfo, serveImage, writeManifest,
+  type BackupDisk, type Manifest, type ServedImage,
+} from '../repo/index.js';
+import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
+import { rotateFrozen, type FreezeOutcome } from './freeze.js';
+import { ProgressMeter } from './progress.js';
+
+/** What the job needs of the domain: virtcbtd's DomainJobContext has all of it. */
+export interface BackupContext {
+  domain: string;
+  running: boolean;
+  qmp: QmpExecutor;
+  nbdSocket: string;
+  disks: TrackedDisk[];
+  reconciler: Reconciler;
+  info: DomainXmlInfo;
+  log: ChangeLog;
+}
+
+/** Points where a crash test kills the daemon (VIRTCBT_FAULT_BACKUP_STEP). */
+export type BackupStep = 'prepared' | 'rotated' | 'copy' | 'copied' | 'manifest';
+export const BACKUP_STEPS: readonly BackupStep[] = ['prepared', 'rotated', 'copy', 'copied', 'manifest'];
+
+export interface BackupDeps {
+  /** Directory for fleecing overlays (QEMU's user must be able to open files there). */
+  fleeceDir: string;
+  fleeceOwner?: { uid: number; gid: number };
+  /** Private directory for qemu-nbd sockets. */
+  runDir: string;
+  libvirtUri: string;
+  nbd: { requestSize: number; inflight: number; connections: number; timeoutMs: number };
+  agentTimeoutMs: number;
+  freezeTimeoutMs: number;
+  /** The domain XML saved in the manifest. */
+  domainXml: string;
+  /** Fleecing tags still in use by open pass exports (kept by the stale clean-up). */
+  keepFleeceTags?: () => Promise<Set<string>>;
+  /** The agent to freeze through (default: libvirt's, when the domain has the channel). */
+  agent?: GuestAgent | null;
+  fault?: (step: BackupStep) => void | Promise<void>;
+}
+
+interface Source {
+  target: string;
+  uri: string;
+}
+
+const ENOSPC = 28;
+
+/** True when `err` (or a cause) says the disk is full: NBD ENOSPC from qemu-nbd, or a file system ENOSPC. */
+export function isNoSpace(err: unknown): boolean {
+  for (let e: unknown = err, i = 0; e && i < 8; e = (e as { cause?: unknown }).cause, i++) {
+    if (e instanceof NbdCommandError && e.errno === ENOSPC) return true;
+    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+    if (/No space left on device|ENOSPC/i.test((e as Error).message ?? '')) return true;
+  }
+  return false;
+}
+
+export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: BackupDeps, emit: Emit): Promise<BackupResult> {
+  const { domain } = ctx;
+  const t0 = performance.now();
+  const steps: StepTiming[] = [];
+  let mark = t0;
+  const step = (name: string) => {
+    const now = performance.now();
+    steps.push({ step: name, ms: Math.round((now - mark) * 10) / 10 });
+    mark = now;
+  };
+  if (!ctx.log.listConsumers(domain).some((c) => c.name === req.consumer)) {
+    throw Object.assign(new VirtcbtError(`domain ${domain} has no consumer '${req.consumer}'`, {
+      domain, hint: `Add it with \`virtcbt consumer add ${domain} ${req.consumer}\` (its first backup is full)`,
+    }), { exitCode: 4 });
+  }
+  const repo = await Repository.open(req.repo, { create: true });
+  const chainDir = repo.chainDir(domain, req.consumer);
+  const lock = await repo.lock(domain, req.consumer, `backup of ${domain} for ${req.consumer}`);
+  const notes: string[] = [];
+  let fleece: Fleece | undefined;
+  const direct: string[] = [];
+  const served: ServedImage[] = [];
+  const endpoints: NbdEndpoint[] = [];
+  let passId: number | undefined;
+  let committed = false;
+  let manifestWritten = false;
+  let files: string[] = [];
+  try {
+    // A killed earlier run: its pass never moves the consumer, its files go.
+    const left = await repo.cleanupLeftovers(domain, req.consumer);
+    let recovered: BackupResult['recovered'];
+    if (left.interrupted) {
+      let passAborted = false;
+      const p = left.interrupted.pass;
+      if (p !== null && ctx.log.openPasses(domain).some((o) => o.id === p)) {
+        ctx.log.abortPass(p);
+        passAborted = true;
+      }
+      recovered = { id: left.interrupted.id, pass: p, passAborted, removed: left.removed };
+      notes.push(`cleaned up the interrupted backup ${left.interrupted.id}${passAborted ? ` (aborted its pass ${p})` : ''}`);
+    }
+    await cleanupStaleFleeces(ctx.qmp, deps.fleeceDir, domain, (await deps.keepFleeceTags?.()) ?? new Set());
+    const chain = await repo.chain(domain, req.consumer);
+    const parent = chain[chain.length - 1];
+    const seq = await repo.nextSeq(domain, req.consumer);
+    const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
+    emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });
+    step('prepare');
+
+    if (ctx.running) {
+      fleece = await Fleece.prepare({ qmp: ctx.qmp, domain, dir: deps.fleeceDir, owner: deps.fleeceOwner }, ctx.disks);
+    }
+    step('fleece');
+    await deps.fault?.('prepared');
+
+    const agent = deps.agent === null || !ctx.running ? undefined
+      : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
+    const noAgentReason = !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
+      : ctx.info.hasAgentChannel ? 'no guest agent' : 'the domain has no guest-agent channel: crash-consistent';
+    const { rot, freeze } = await rotateFrozen(
+      (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer: req.consumer }, extra: fleece?.actions(), aroundTransaction: around }),
+      agent, { freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason },
+    );
+    const time = new Date().toISOString();
+    passId = rot.passId!;
+    const generation = rot.generation!;
+    const consistency: FreezeOutcome['consistency'] = ctx.running ? freeze.consistency : 'filesystem';
+    if (freeze.note && ctx.running) notes.push(freeze.note);
+    emit({ type: 'snapshot', time, consistency, note: ctx.running ? freeze.note : undefined, freezeWindowMs: freeze.freezeWindowMs, generation, pass: passId });
+    step('snapshot');
+    await deps.fault?.('rotated');
+
+    const pass = ctx.log.getPass(passId);
+    const changes = ctx.log.passChanges(passId);
+    const sources = await exportSources(ctx, fleece, direct);
+    step('export');
+
+    // Which disks continue the chain: the parent must hold the disk at a point no older than the
+    // consumer's last pass, or the changes since then would not bring it up to date.
+    const plans: DiskPlan[] = ctx.disks.map((disk) => {
+      const ch = changes.find((c) => c.target === disk.target);
+      if (!ch) throw new VirtcbtError(`the change log has no changes for disk ${disk.target}`, { domain, disk: disk.target });
+      const file = `${id}.${disk.target}.qcow2`;
+      const pd = parent?.disks.find((d) => d.target === disk.target);
+      const why = fullReason(req, ch, parent, pd, pass.since, disk, ctx.info.uuid);
+      return {
+        target: disk.target, sizeBytes: disk.sizeBytes, full: why !== undefined, reason: why, file,
+        changedBytes: ch.extents.reduce((s, [, l]) => s + l, 0), backing: why === undefined ? pd!.file : null,
+      };
+    });
+    emit({ type: 'plan', disks: plans });
+    files = plans.map((p) => p.file);
+    await repo.writeInProgress(domain, req.consumer, { id, pass: passId, files, pids: [], pid: process.pid, startedAt: time });
+    await Promise.all(plans.map((p) => createImage(chainDir, p)));
+    step('create');
+
+    const cut = (n: number) => Math.max(DIGEST_SEGMENT, n - (n % DIGEST_SEGMENT));
+    const results = await Promise.all(plans.map(async (plan): Promise<{ plan: DiskPlan; res: DiskResult; extents: [number, number][] }> => {
+      const started = performance.now();
+      const target = await serveImage(join(chainDir, plan.file), { runDir: deps.runDir, writable: true, zeroInitialized: plan.full, timeoutMs: deps.nbd.timeoutMs });
+      served.push(target);
+      const src = await NbdEndpoint.open(sources.find((s) => s.target === plan.target)!.uri, {
+        metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections,
+      });
+      endpoints.push(src);
+      const ch = changes.find((c) => c.target === plan.target)!;
+      const extents: AsyncIterable<CopyExtent> | CopyExtent[] = plan.full ? wholeDisk(src) : dataExtents(ch.extents.map(([offset, length]) => ({ offset, length })));
+      const digest = new ExtentDigest();
+      const total = plan.full ? plan.sizeBytes : plan.changedBytes;
+      const meter = new ProgressMeter(total);
+      let faulted = false;
+      const progress = await copyExtents(src, digest.wrap(target.endpoint), digest.track(extents), {
+        requestSize: cut(deps.nbd.requestSize),
+        inflight: deps.nbd.inflight,
+        onProgress: (p: Readonly<CopyProgress>) => {
+          const ev = meter.update(p.done, p.written);
+          if (ev) emit({ type: 'progress', disk: plan.target, ...ev });
+          if (!faulted && deps.fault && p.done * 2 >= total) {
+            faulted = true;
+            void deps.fault('copy');
+          }
+        },
+      });
+      const sha256 = digest.finish();
+      emit({ type: 'progress', disk: plan.target, ...meter.final(progress.done, progress.written) });
+      await target.close();
+      await src.close();
+      await fsyncFile(join(chainDir, plan.file));
+      const res: DiskResult = {
+        target: plan.target, full: plan.full, reason: plan.reason, file: plan.file, backing: plan.backing,
+        bytes: digest.bytes, written: progress.written, extents: digest.extents.length, sha256,
+        elapsedMs: Math.round(performance.now() - started),
+      };
+      emit({ type: 'disk-done', disk: res });
+      return { plan, res, extents: digest.extents };
+    }));
+    step('copy');
+    // The snapshot is no longer needed: stop copy-before-write in the guest's I/O path at once.
+    await fleece?.teardown();
+    await removeDirect(ctx.qmp, direct);
+    step('release');
+    await deps.fault?.('copied');
+
+    await fsyncDir(chainDir);
+    const disks: BackupDisk[] = results.map(({ plan, res, extents }) => ({
+      target: plan.target, sizeBytes: plan.sizeBytes, file: plan.file, backing: plan.backing, full: plan.full, reason: plan.reason,
+      extents, bytes: res.bytes, written: res.written, sha256: res.sha256,
+    }));
+    const kind = disks.every((d) => d.full) ? 'full' : 'incremental';
+    const manifest: Manifest = {
+      format: 'virtcbt-backup/1', id, domain, uuid: ctx.info.uuid, consumer: req.consumer, seq, time,
+      completedAt: new Date().toISOString(), generation, since: pass.since, pass: passId,
+      parent: disks.some((d) => d.backing) ? parent!.id : null, kind, running: ctx.running, consistency,
+      consistencyNote: ctx.running ? freeze.note : 'the domain was stopped', freezeWindowMs: freeze.freezeWindowMs,
+      digest: newDigestInfo(), disks, domainXml: deps.domainXml,
+    };
+    await writeManifest(chainDir, manifest);
+    manifestWritten = true;
+    step('manifest');
+    await deps.fault?.('manifest');
+    ctx.log.commitPass(passId);
+    committed = true;
+    await repo.clearInProgress(domain, req.consumer);
+    step('commit');
+    return {
+      domain, consumer: req.consumer, id, kind, parent: manifest.parent, repo: repo.root, chainDir,
+      manifest: join(chainDir, `${id}.json`), time, generation, since: pass.since, pass: passId, running: ctx.running,
+      consistency, consistencyNote: manifest.consistencyNote, freezeWindowMs: freeze.freezeWindowMs,
+      disks: results.map((r) => r.res), bytes: disks.reduce((s, d) => s + d.bytes, 0), written: disks.reduce((s, d) => s + d.written, 0),
+      elapsedMs: Math.round(performance.now() - t0), steps, recovered, notes,
+    };
+  } catch (err) {
+    for (const s of served) await s.kill().catch(() => undefined);
+    if (passId !== undefined && !committed) {
+      try {
+        if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
+      } catch { /* the log reports its own problems on the next call */ }
+    }
+    if (!manifestWritten) {
+      await repo.cleanupLeftovers(domain, req.consumer).catch(() => undefined);
+    }
+    throw describeFailure(err, domain, req, repo.root);
+  } finally {
+    for (const e of endpoints) await e.close().catch(() => undefined);
+    await fleece?.teardown().catch((err) => notes.push(errorMessage(err)));
+    await removeDirect(ctx.qmp, direct).catch(() => undefined);
+    await lock.release();
+  }
+}
+
+/** Why a disk must be copied whole, or undefined when the consumer's changes continue its chain. */
+function fullReason(
+  req: BackupRequest, ch: DiskChanges, parent: Manifest | undefined, pd: BackupDisk | undefined,
+  since: number | null, disk: TrackedDisk, uuid: string,
+): string | undefined {
+  if (req.full) return '--full was asked for';
+  if (ch.full) return ch.reason ?? 'the change log has no history for this consumer';
+  if (!parent || !pd) return 'the repository has no earlier backup of this disk for this consumer';
+  if (parent.uuid !== uuid) return `the previous backup ${parent.id} is of another domain with the same name (uuid ${parent.uuid})`;
+  if (pd.sizeBytes !== disk.sizeBytes) return `the disk size changed from ${pd.sizeBytes} to ${disk.sizeBytes} bytes`;
+  if (since === null || parent.generation < since) {
+    return `the newest backup in this repository (${parent.id}, generation ${parent.generation}) is older than the consumer's last pass (generation ${since}): it was written elsewhere`;
+  }
+  return undefined;
+}
+
+async function createImage(chainDir: string, p: DiskPlan): Promise<void> {
+  const args = ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536'];
+  if (p.backing) args.push('-b', p.backing, '-F', 'qcow2');
+  args.push(p.file, String(p.sizeBytes));
+  const r = await execa('qemu-img', args, { cwd: chainDir, reject: false });
+  if (r.exitCode !== 0) {
+    throw new VirtcbtError(`cannot create ${join(chainDir, p.file)}: ${r.stderr.trim()}`, { disk: p.target, cause: new Error(r.stderr) });
+  }
+}
+
+/** Point-in-time NBD exports of every disk: the fleecing nodes, or (stopped domain) the disk nodes themselves. */
+async function exportSources(ctx: BackupContext, fleece: Fleece | undefined, direct: string[]): Promise<Source[]> {
+  if (fleece) return (await fleece.export(ctx.nbdSocket)).map((e) => ({ target: e.target, uri: e.uri }));
+  await ensureNbdServer(ctx.qmp, ctx.nbdSocket);
+  const out: Source[] = [];
+  for (const d of ctx.disks) {
+    const id = `vcbt-bk-${d.target}`;
+    direct.push(id);
+    await addReadOnlyExport(ctx.qmp, { id, node: d.node, name: id });
+    out.push({ target: d.target, uri: nbdUnixUri(ctx.nbdSocket, id) });
+  }
+  return out;
+}
+
+async function removeDirect(qmp: QmpExecutor, ids: string[]): Promise<void> {
+  while (ids.length > 0) await removeExport(qmp, ids.pop()!);
+}
+
+function describeFailure(err: unknown, domain: string, req: BackupRequest, root: string): unknown {
+  const kept = `the previous backups are intact and consumer ${req.consumer} did not move (the next backup covers everything since its last good one)`;
+  if (isNoSpace(err)) {
+    return new VirtcbtError(`the backup repository ${root} is full: ${errorMessage(err)}`, {
+      domain, cause: err, hint: `Free space (e.g. \`virtcbt prune --repo ${root} ${domain} --consumer ${req.consumer} --keep N\`) or use another --repo; ${kept}`,
+    });
+  }
+  if (err instanceof UsageError) return err;
+  if (err instanceof VirtcbtError) {
+    const e = new VirtcbtError(`backup failed: ${err.message}`, { domain: err.domain ?? domain, disk: err.disk, cause: err, hint: err.hint ? `${err.hint}; ${kept}` : kept });
+    const code = (err as { exitCode?: number }).exitCode;
+    return code === undefined ? e : Object.assign(e, { exitCode: code });
+  }
+  return new VirtcbtError(`backup failed: ${errorMessage(err)}`, { domain, cause: err, hint: kept });
+}

@@ -1,0 +1,127 @@
+// Serves one qcow2 image of the repository over NBD with qemu-nbd on a private unix socket, so
+// that backups write and restores read it through the same NbdEndpoint and copy engine as
+// everything else; qemu-nbd does the qcow2 work (allocation, backing chains, zero clusters).
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { NbdEndpoint } from '../copy/index.js';
+import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
+import { pollUntil } from '../util/abort.js';
+import { VirtcbtError } from '../util/errors.js';
+
+export interface ServeOptions {
+  /** Directory for the socket and pid file (short path: unix sockets are limited to 107 bytes). */
+  runDir: string;
+  writable?: boolean;
+  /** The image is fresh and sparse (just created): zero ranges need no writes. */
+  zeroInitialized?: boolean;
+  timeoutMs?: number;
+}
+
+export interface ServedImage {
+  endpoint: NbdEndpoint;
+  pid: number;
+  /** Flushes (when writable), disconnects and waits until qemu-nbd has closed the image. */
+  close(): Promise<void>;
+  /** Kills qemu-nbd without flushing (after a failure). */
+  kill(): Promise<void>;
+}
+
+/** Whether `pid` runs (a zombie does not: under an init that does not reap, kill(pid, 0) would say yes). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  try {
+    const stat = require_stat(pid);
+    return stat === undefined || !/^\d+ \(.*\) [ZX]/s.test(stat);
+  } catch {
+    return true;
+  }
+}
+
+function require_stat(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Kills a qemu-nbd left behind by a killed process, if `pid` still is one. */
+export async function killStaleQemuNbd(pid: number): Promise<void> {
+  const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  if (!cmd.startsWith('qemu-nbd')) return;
+  process.kill(pid, 'SIGKILL');
+  await pollUntil(() => !pidAlive(pid), `qemu-nbd ${pid} to exit`, { timeoutMs: 10_000, intervalMs: 10 });
+}
+
+/**
+ * Starts qemu-nbd on `image` and connects to it. qemu-nbd runs without --persistent: it exits by
+ * itself when our connection closes, also when this process is killed.
+ */
+export async function serveImage(image: string, o: ServeOptions): Promise<ServedImage> {
+  const socket = join(o.runDir, `img-${randomBytes(4).toString('hex')}.sock`);
+  const args = ['-k', socket, '-f', 'qcow2', '--cache=writeback', '--aio=threads'];
+  if (o.writable) args.push('--discard=unmap');
+  else args.push('-r');
+  args.push(image);
+  const child = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.once('error', (err) => { stderr += err.message; });
+  const pid = child.pid ?? -1;
+  let endpoint: NbdEndpoint;
+  try {
+    // The socket file appears at bind(), a moment before listen(): a refused connect is retried.
+    let tries = 0;
+    endpoint = await pollUntil(async () => {
+      if (child.exitCode !== null || child.signalCode !== null || pid < 0) {
+        throw new VirtcbtError(`qemu-nbd could not open ${image}: ${stderr.trim() || `exit ${child.exitCode}`}`, {
+          hint: /lock/i.test(stderr) ? 'Another process has the image open (a running backup, prune or restore?)' : 'Check that the file is a readable qcow2 image (qemu-img check)',
+        });
+      }
+      if (!existsSync(socket)) return undefined;
+      try {
+        return await NbdEndpoint.open(`nbd+unix:///?socket=${encodeURIComponent(socket)}`, {
+          metaContexts: [CONTEXT_BASE_ALLOCATION],
+          zeroInitialized: o.zeroInitialized,
+          timeoutMs: o.timeoutMs,
+        });
+      } catch (err) {
+        if (++tries > 20) throw err;
+        return undefined;
+      }
+    }, `qemu-nbd to serve ${image}`, { timeoutMs: o.timeoutMs ?? 60_000, intervalMs: 2 });
+  } catch (err) {
+    child.kill('SIGKILL');
+    await exited;
+    await rm(socket, { force: true });
+    throw err;
+  }
+  const gone = async () => {
+    const t = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    await exited;
+    clearTimeout(t);
+    await rm(socket, { force: true });
+  };
+  return {
+    endpoint,
+    pid,
+    async close() {
+      if (o.writable) await endpoint.flush();
+      await endpoint.close();
+      await gone();
+    },
+    async kill() {
+      endpoint.client.destroy();
+      child.kill('SIGKILL');
+      await gone();
+    },
+  };
+}

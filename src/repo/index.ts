@@ -1,0 +1,9 @@
+// The repository room: chains of qcow2 images and manifests per domain and consumer, and the
+// operations on them that need no QEMU process of the domain (list, verify, restore, prune).
+export { Repository, LOCK_FILE, INPROGRESS_FILE, PRUNE_JOURNAL, type InProgress, type PruneJournal, type RepoLock } from './repository.js';
+export {
+  MANIFEST_FORMAT, fsyncDir, fsyncFile, newDigestInfo, readManifest, writeFileDurable, writeManifest,
+  type BackupDisk, type Manifest,
+} from './manifest.js';
+export { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
+export { serveImage, killStaleQemuNbd, pidAlive, type ServeOptions, type ServedImage } from './image-server.js';
