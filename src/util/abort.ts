@@ -44,8 +44,9 @@ export async function pollUntil<T>(
     const v = await fn();
     if (v) return v as NonNullable<T>;
     await new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, interval);
-      signal?.addEventListener('abort', () => { clearTimeout(t); resolve(); }, { once: true });
+      const onAbort = () => { clearTimeout(t); resolve(); };
+      const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, interval);
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 }
