@@ -2,7 +2,7 @@
 // `virtcbt nbd copy URI null:` against `nbdcopy URI null:` in the same run, median of 5.
 // Run: npx tsc -p tsconfig.json && node dist/bench/nbd-read.js [--runs 5] [--gib 2]
 import { randomFillSync } from 'node:crypto';
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, flag, load, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
 
@@ -19,6 +19,8 @@ try {
     block.writeUInt32LE(i, 0);
     writeSync(fd, block);
   }
+  // Written back before timing: otherwise the kernel flushes 2 GiB of dirty pages during the runs.
+  fsyncSync(fd);
   closeSync(fd);
   const server = await qemuNbd(image, dir.path, ['-r', '-f', 'raw']);
   try {

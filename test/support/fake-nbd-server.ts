@@ -16,6 +16,8 @@ export interface FakeScript {
   flags?: number;
   /** Replaces the whole handshake: write what you like. */
   handshake?(sock: Socket): void;
+  /** After the handshake, stop reading from the client altogether (its writes back up). */
+  handshakeThenStall?: boolean;
   /** Called for each transmission request (write payloads are consumed for you). */
   onRequest?(req: FakeRequest, sock: Socket): void;
 }
@@ -109,6 +111,11 @@ function serve(sock: Socket, script: FakeScript): void {
           sock.write(optionReply(7, 3, info));
           sock.write(optionReply(7, 1));
           phase = 'transmission';
+          if (script.handshakeThenStall) {
+            sock.pause();
+            sock.removeAllListeners('data');
+            return;
+          }
         } else sock.write(optionReply(opt, 0x80000001));
       } else {
         if (writeLeft) {
