@@ -3,8 +3,115 @@
 // Run: npx tsc -p tsconfig.json && node dist/bench/nbd-read.js [--runs 5] [--gib 2]
 import { randomFillSync } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { CLI, flag, load, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
+
+/**
+ * Child mode (`--floor SOCKET`): the least a Node reader can do, as a yardstick for what Node
+ * costs here: no structured replies, 16 requests of 2 MiB in flight, every byte read into one
+ * reused 4 MiB buffer with `onread` and dropped, only reply headers looked at.
+ */
+function floorReader(path: string): Promise<void> {
+  const REQ = 2 * 1024 * 1024;
+  const INFLIGHT = 16;
+  return new Promise((resolve, reject) => {
+    const hdr = Buffer.alloc(16);
+    let hs = Buffer.alloc(0);
+    let phase: 'greeting' | 'options' | 'data' = 'greeting';
+    let size = 0;
+    let next = 0;
+    let inflight = 0;
+    let done = 0;
+    let hdrHave = 0;
+    let payload = 0;
+    const send = () => {
+      while (inflight < INFLIGHT && next < size) {
+        const h = Buffer.alloc(28);
+        h.writeUInt32BE(0x25609513, 0);
+        h.writeBigUInt64BE(BigInt(next), 8);
+        h.writeBigUInt64BE(BigInt(next), 16);
+        h.writeUInt32BE(Math.min(REQ, size - next), 24);
+        s.write(h);
+        next += REQ;
+        inflight++;
+      }
+    };
+    const handshake = () => {
+      if (phase === 'greeting' && hs.length >= 18) {
+        hs = hs.subarray(18);
+        const go = Buffer.alloc(22);
+        go.write('IHAVEOPT', 0, 'latin1');
+        go.writeUInt32BE(7, 8); // NBD_OPT_GO, default export, no info requests
+        go.writeUInt32BE(6, 12);
+        s.write(Buffer.concat([Buffer.from([0, 0, 0, 3]), go]));
+        phase = 'options';
+      }
+      while (phase === 'options' && hs.length >= 20) {
+        const type = hs.readUInt32BE(12);
+        const len = hs.readUInt32BE(16);
+        if (hs.length < 20 + len) return;
+        const d = hs.subarray(20, 20 + len);
+        hs = hs.subarray(20 + len);
+        if (type === 3 && d.readUInt16BE(0) === 0) size = Number(d.readBigUInt64BE(2));
+        else if (type === 1) {
+          phase = 'data';
+          send();
+        } else if (type !== 3) reject(new Error(`option reply ${type}`));
+      }
+    };
+    const s = connect({
+      path,
+      onread: {
+        buffer: Buffer.allocUnsafe(4 * 1024 * 1024),
+        callback: (n: number, buf: Uint8Array) => {
+          if (phase !== 'data') {
+            hs = Buffer.concat([hs, Buffer.from(buf.subarray(0, n))]);
+            handshake();
+            return true;
+          }
+          let pos = 0;
+          while (pos < n) {
+            if (payload > 0) {
+              const k = Math.min(payload, n - pos);
+              payload -= k;
+              pos += k;
+              if (payload === 0) {
+                inflight--;
+                done += REQ;
+                if (done >= size) {
+                  s.end();
+                  resolve();
+                  return false;
+                }
+                send();
+              }
+              continue;
+            }
+            const k = Math.min(16 - hdrHave, n - pos);
+            hdr.set(buf.subarray(pos, pos + k), hdrHave);
+            hdrHave += k;
+            pos += k;
+            if (hdrHave === 16) {
+              hdrHave = 0;
+              if (hdr.readUInt32BE(4) !== 0) reject(new Error(`server error ${hdr.readUInt32BE(4)}`));
+              payload = REQ;
+            }
+          }
+          return true;
+        },
+      },
+    });
+    s.on('error', reject);
+  });
+}
+
+const floorAt = process.argv.indexOf('--floor');
+if (floorAt > 0) {
+  await floorReader(process.argv[floorAt + 1]!);
+  process.exit(0);
+}
 
 const runs = flag('runs', 5);
 const gib = flag('gib', 2);
@@ -30,19 +137,22 @@ try {
     await timed('node', [CLI, 'nbd', 'copy', server.uri, 'null:'], dir.path);
     const ref: Sample[] = [];
     const ours: Sample[] = [];
+    const floor: Sample[] = [];
+    const socket = server.uri.replace(/^.*socket=/, '');
     for (let i = 0; i < runs; i++) {
-      // Alternate the order so neither tool always runs on a warmer machine.
-      const pair = [
+      // Rotate the order so no tool always runs on a warmer (or busier) machine.
+      const all = [
         async () => ref.push(await timed('nbdcopy', [server.uri, 'null:'], dir.path)),
         async () => ours.push(await timed('node', [CLI, 'nbd', 'copy', server.uri, 'null:'], dir.path)),
+        async () => floor.push(await timed('node', [fileURLToPath(import.meta.url), '--floor', socket], dir.path)),
       ];
-      if (i % 2) pair.reverse();
-      for (const f of pair) await f();
+      for (let k = 0; k < all.length; k++) await all[(i + k) % all.length]!();
     }
     const r = summarize('nbdcopy URI null:', ref);
     const o = summarize('virtcbt nbd copy URI null:', ours);
+    const f = summarize('bare Node reader (yardstick, not a product)', floor);
     console.log(`NBD read: ${gib} GiB raw image, qemu-nbd -r over a unix socket, ${runs} runs, load average before ${loadBefore}, after ${load()}`);
-    console.log(table([r, o], r));
+    console.log(table([r, o, f], r));
   } finally {
     await server.stop();
   }
