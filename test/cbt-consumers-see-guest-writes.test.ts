@@ -95,6 +95,21 @@ describe('changed-block tracking on a libvirt domain', () => {
     expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly'])).extents).toEqual([[5 * MiB, 64 * KiB], [7 * MiB, 64 * KiB]]);
   });
 
+  it('an external snapshot moves the active layer away from the bitmap: the floor rises', async () => {
+    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'nightly']);
+    await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(p.pass)]);
+    await virsh(['snapshot-create-as', guest.name, '--disk-only', '--no-metadata', '--atomic',
+      '--diskspec', 'vda,snapshot=no', '--diskspec', `vdb,file=${guest.dir}/scratch-overlay.qcow2`]);
+    const r = vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly']));
+    expect(r.full).toBe(true);
+    expect(r.reason).toMatch(/active layer/);
+    // Tracking goes on, on the new active layer.
+    await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'nightly']).then((q) =>
+      daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(q.pass)]));
+    await guestWrite(11 * MiB);
+    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly'])).extents).toEqual([[11 * MiB, 64 * KiB]]);
+  });
+
   it('kill -9 of QEMU: the next changes is a full pass for every consumer', async () => {
     await guestWrite(9 * MiB);
     const pid = Number((await import('node:fs')).readFileSync(`/run/libvirt/qemu/${guest.name}.pid`, 'utf8'));

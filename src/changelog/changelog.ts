@@ -41,6 +41,8 @@ export interface DiskInfo extends DiskSpec {
   floorReason: string;
   floorAt: string;
   createdAt: string;
+  /** Image file of the layer the disk's bitmaps sit on (null until the reconciler records it). */
+  layer: string | null;
 }
 
 export interface UpsertDiskResult extends DiskInfo {
@@ -167,6 +169,7 @@ interface DiskRow {
   id: number; domain_id: number; target: string; block_size: number; size_bytes: number; block_count: number;
   floor: number; floor_reason: string; floor_at: string; created_at: string; fold_count: number;
   last_fold_at: string | null; last_fold_bitmap: string | null; last_fold_extents: number | null; last_fold_blocks: number | null;
+  layer: string | null;
 }
 interface BitmapRow {
   disk_id: number; target: string; name: string; generation: number; state: BitmapState;
@@ -356,6 +359,12 @@ export class ChangeLog {
     }
     const missing = SCHEMA_TABLES.filter((t) => !tables.includes(t));
     if (missing.length > 0) throw new ChangeLogCorruptError(path, `lacks tables ${missing.join(', ')}`);
+    if (version < 2) {
+      db.transaction(() => {
+        db.exec('ALTER TABLE disks ADD COLUMN layer TEXT');
+        db.pragma('user_version = 2');
+      }).immediate();
+    }
   }
 
   private stamp(): string {
@@ -474,6 +483,15 @@ export class ChangeLog {
       const reason = changes.join('; ');
       this.raiseFloorRow(d, existing, reason);
       return { ...diskInfo(d.name, this.st.disk.get(d.id, target)!), created: false, floorRaised: reason };
+    }).immediate();
+  }
+
+  /** Records the image file (active layer) the disk's bitmaps sit on; see DiskInfo.layer. */
+  setDiskLayer(domain: string, target: string, layer: string): void {
+    this.db.transaction(() => {
+      const d = this.requireDomain(domain);
+      const disk = this.requireDisk(d, target);
+      this.db.prepare('UPDATE disks SET layer = ? WHERE id = ?').run(layer, disk.id);
     }).immediate();
   }
 
@@ -924,7 +942,7 @@ function domainInfo(r: DomainRow): DomainInfo {
 function diskInfo(domain: string, r: DiskRow): DiskInfo {
   return {
     domain, target: r.target, blockSize: r.block_size, sizeBytes: r.size_bytes, blockCount: r.block_count,
-    floor: r.floor, floorReason: r.floor_reason, floorAt: r.floor_at, createdAt: r.created_at,
+    floor: r.floor, floorReason: r.floor_reason, floorAt: r.floor_at, createdAt: r.created_at, layer: r.layer,
   };
 }
 

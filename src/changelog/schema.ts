@@ -1,7 +1,7 @@
 // SQLite schema of the change log (changelog.db), and the version stored in PRAGMA user_version.
 
 /** Bump when the schema changes; open() refuses a file made by a newer virtcbt rather than misreading it. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 /** Table names that identify a file as a virtcbt change log (an unversioned file with other tables is not ours). */
 export const SCHEMA_TABLES = ['domains', 'disks', 'pages', 'bitmaps', 'consumers', 'passes'] as const;
@@ -33,6 +33,9 @@ CREATE TABLE disks (
   last_fold_bitmap  TEXT,
   last_fold_extents INTEGER,
   last_fold_blocks  INTEGER,
+  -- The image file (active layer) the disk's bitmaps live on; another file there means an external snapshot,
+  -- block commit or copy moved the disk away from them (schema version 2).
+  layer             TEXT,
   UNIQUE (domain_id, target)
 );
 

@@ -5,6 +5,17 @@ import { findDisk, queryBlock, queryNamedBlockNodes, type QmpExecutor } from '..
 import { VirtcbtError } from '../util/errors.js';
 import type { TrackedDisk } from './reconciler.js';
 
+/** A node's image file: QEMU reports options it cannot put in a path as `json:{...}`. */
+export function imageFile(file: string): string {
+  if (!file.startsWith('json:')) return file;
+  try {
+    const j = JSON.parse(file.slice(5)) as { file?: { filename?: string }; filename?: string };
+    return j.file?.filename ?? j.filename ?? file;
+  } catch {
+    return file;
+  }
+}
+
 export async function libvirtDisks(qmp: QmpExecutor, info: DomainXmlInfo, targets: string[]): Promise<TrackedDisk[]> {
   const blocks = await queryBlock(qmp);
   return targets.map((target) => {
@@ -27,7 +38,7 @@ export async function libvirtDisks(qmp: QmpExecutor, info: DomainXmlInfo, target
         domain: info.name, disk: target,
       });
     }
-    return { target, node: node.node, sizeBytes: node.virtualSize, bitmaps: node.bitmaps };
+    return { target, node: node.node, sizeBytes: node.virtualSize, layer: imageFile(node.info.inserted?.file ?? ''), bitmaps: node.bitmaps };
   });
 }
 
@@ -37,6 +48,6 @@ export async function storageDaemonDisks(qmp: QmpExecutor, nodes: { target: stri
   return nodes.map(({ target, node }) => {
     const n = all.find((x) => x['node-name'] === node);
     if (!n) throw new VirtcbtError(`storage daemon has no node ${node}`, { disk: target });
-    return { target, node, sizeBytes: n.image['virtual-size'], bitmaps: n['dirty-bitmaps'] ?? [] };
+    return { target, node, sizeBytes: n.image['virtual-size'], layer: imageFile(n.file), bitmaps: n['dirty-bitmaps'] ?? [] };
   });
 }

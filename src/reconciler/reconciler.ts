@@ -33,6 +33,8 @@ export interface TrackedDisk {
   /** The node the bitmap must sit on: the disk's active layer (format node). */
   node: string;
   sizeBytes: number;
+  /** The image file of that node: another file here later means the disk moved off its bitmaps. */
+  layer: string;
   /** QEMU's bitmaps on that node, as query-block reports them. */
   bitmaps: BlockDirtyInfo[];
 }
@@ -109,6 +111,19 @@ export class Reconciler {
     const inQemu = new Map(disk.bitmaps.filter((b) => b.name && bitmapSeq(b.name) !== undefined).map((b) => [b.name!, b]));
     let records = log.bitmaps(domain, disk.target);
 
+    // A new active layer (external snapshot, block commit or copy). libvirt copies recording bitmaps
+    // into a snapshot's overlay by name, *empty*: a same-named bitmap there proves nothing about
+    // the writes before the snapshot, so everything on the old layer is void.
+    const layer = log.listDisks(domain).find((k) => k.target === disk.target)?.layer;
+    if (layer && layer !== disk.layer) {
+      raise(`the disk's active layer moved from ${layer} to ${disk.layer} (external snapshot, block commit or block copy)`);
+      for (const name of inQemu.keys()) await this.removeBitmap(disk, name);
+      inQemu.clear();
+      for (const r of records) log.forgetBitmap(domain, disk.target, r.name);
+      records = [];
+    }
+    if (layer !== disk.layer) log.setDiskLayer(domain, disk.target, disk.layer);
+
     // A rotation recorded but maybe not done: the new bitmap in QEMU proves the transaction ran.
     for (const r of records.filter((b) => b.state === 'creating')) {
       if (inQemu.has(r.name)) {
@@ -139,7 +154,8 @@ export class Reconciler {
     const active = log.bitmaps(domain, disk.target).filter((b) => b.state === 'active');
     const healthy = active.length === 1 ? this.healthProblem(inQemu.get(active[0].name), active[0].name) : `${active.length} active bitmaps recorded`;
     if (healthy !== undefined) {
-      raise(active.length === 0 ? 'no bitmap was tracking the disk' : healthy);
+      // One reason per recovery: a floor raised above already covers the bitmap it voided.
+      if (!result.floorRaised) raise(active.length === 0 ? 'no bitmap was tracking the disk' : healthy);
       for (const a of active) {
         if (inQemu.has(a.name)) await this.removeBitmap(disk, a.name);
         log.forgetBitmap(domain, disk.target, a.name);
