@@ -16,7 +16,7 @@ import {
   type DomainXmlInfo,
 } from '../libvirt/index.js';
 import { QmpClient, type QmpExecutor } from '../qmp/index.js';
-import { libvirtDisks, storageDaemonDisks, Reconciler, type DirtyExtentReader, type ReconcileStep, type TrackedDisk } from '../reconciler/index.js';
+import { allocatedExtents, libvirtDisks, storageDaemonDisks, Reconciler, type DirtyExtentReader, type ReconcileStep, type TrackedDisk } from '../reconciler/index.js';
 import { pollUntil } from '../util/abort.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -323,13 +323,26 @@ export class Tracker {
     return { domain, consumer, since, upTo, disks: out };
   }
 
+  /** Full passes list only allocated extents: what the backing chain leaves unallocated reads as zeros. */
+  private async narrowFull(c: DomainJobContext, disks: ReturnType<ChangeLog['changes']>): Promise<ReturnType<ChangeLog['changes']>> {
+    return Promise.all(disks.map(async (d) => {
+      const disk = c.disks.find((k) => k.target === d.target);
+      if (!d.full || !disk) return d;
+      const alloc = await allocatedExtents(c.qmp, c.nbdSocket, disk, { timeoutMs: this.cfg.nbd.timeoutMs });
+      return { ...d, extents: alloc.map((e): [number, number] => [e.offset, e.length]) };
+    }));
+  }
+
   changes(domain: string, consumer: string): Promise<ChangesReply> {
     this.requireTracked(domain);
     return this.queues.run(domain, async () => {
       const c = this.consumer(domain, consumer);
-      await this.reconcileNow(domain);
-      const upTo = this.log.currentGeneration(domain);
-      return this.toReply(domain, consumer, this.log.changes(domain, consumer), c.last, upTo);
+      return this.withContext(domain, async (ctx) => {
+        await ctx.reconciler.rotateAndFold(ctx.disks);
+        this.lastFold.set(domain, new Date().toISOString());
+        const upTo = this.log.currentGeneration(domain);
+        return this.toReply(domain, consumer, await this.narrowFull(ctx, this.log.changes(domain, consumer)), c.last, upTo);
+      });
     });
   }
 
@@ -337,9 +350,12 @@ export class Tracker {
     this.requireTracked(domain);
     return this.queues.run(domain, async () => {
       const c = this.consumer(domain, consumer);
-      const r = await this.withDisks(domain, (rec, disks) => rec.rotateAndFold(disks, { pass: { consumer } }));
-      const reply = this.toReply(domain, consumer, this.log.passChanges(r.passId!), c.last, r.generation!);
-      return { ...reply, pass: r.passId!, generation: r.generation! };
+      return this.withContext(domain, async (ctx) => {
+        const r = await ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer } });
+        this.lastFold.set(domain, new Date().toISOString());
+        const disks = await this.narrowFull(ctx, this.log.passChanges(r.passId!));
+        return { ...this.toReply(domain, consumer, disks, c.last, r.generation!), pass: r.passId!, generation: r.generation! };
+      });
     });
   }
 

@@ -2,4 +2,5 @@
 export { Reconciler, RECONCILE_STEPS, BITMAP_PREFIX, bitmapName, bitmapSeq, type TrackedDisk, type DirtyExtentReader, type ReconcileStep, type DiskFoldResult, type RotateResult } from './reconciler.js';
 export { libvirtDisks, storageDaemonDisks } from './disks.js';
 export { readDirtyExtents } from './read-dirty.js';
+export { allocatedExtents } from './allocation.js';
 export { ensureNbdServer, addReadOnlyExport, removeExport, nbdUnixUri } from './nbd-server.js';
