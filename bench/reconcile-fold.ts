@@ -22,8 +22,6 @@ const BLOCKS = TiB / BLOCK;
 const CLUSTER_BLOCKS = (1024 * 1024) / BLOCK;
 /** Writes kept in flight while dirtying: enough to keep qemu-storage-daemon busy, bounded so memory stays flat. */
 const WRITE_WINDOW = 64;
-/** nbdinfo and our standalone reader: runs per case (each is cheap next to dirtying the image). */
-const READ_RUNS = 5;
 /** `changes` queries per fold run. */
 const QUERY_RUNS = 5;
 const DOMAIN = 'bench';
@@ -51,11 +49,15 @@ export interface ReconcileBenchRow {
   sqliteFoldMs: number;
   /** The whole rotateAndFold: recover checks, QMP transaction, export, read, fold, export and bitmap removal. */
   foldMs: number;
+  /** foldMs less the read and the SQLite fold: QMP round trips (query, transaction, export add/remove, bitmap remove). */
+  restMs: number;
   foldVsNbdinfo: number;
   changesMs: number;
   dbBytes: number;
   bytesPerChangedBlock: number;
   foldRuns: number;
+  /** Load averages (1, 5, 15 min) when the case ended: the host may be running other work. */
+  load: string;
 }
 
 function rng(seed: number): () => number {
@@ -242,6 +244,23 @@ export async function runCase(percent: number, pattern: Pattern, runs: number, l
       let dirtyS = 0;
       const nbdinfo: number[] = [];
       const ours: number[] = [];
+      const uri = nbdUnixUri(s.nbdSocket, 'bench-ref');
+      // Each fold run is preceded by one nbdinfo and one standalone read of the same bits, so that the three see
+      // the same machine load (other work on the host moves all of them together). An exported bitmap is busy (it
+      // cannot be merged from), so the export lives only for these two reads.
+      const readRef = async () => {
+        await ensureNbdServer(s.qmp, s.nbdSocket);
+        await addReadOnlyExport(s.qmp, { id: 'bench-ref', node, name: 'bench-ref', bitmaps: ['ref'] });
+        try {
+          nbdinfo.push(await timeNbdinfo(uri, 'ref'));
+          const t = process.hrtime.bigint();
+          const ex = await readDirtyExtents(uri, 'ref', TiB);
+          ours.push(ms(t));
+          if (ex.length !== want.length) throw new Error(`our reader returned ${ex.length} extents, the writes made ${want.length}`);
+        } finally {
+          await removeExport(s.qmp, 'bench-ref');
+        }
+      };
       samples.push(await foldOnce(s, async (active) => {
         const t = process.hrtime.bigint();
         writes = await dirty(s, want);
@@ -254,20 +273,13 @@ export async function runCase(percent: number, pattern: Pattern, runs: number, l
         // The reference copy, in the same state: disabled (exportable) and not persistent (nothing left in the image).
         await blockDirtyBitmapAdd(s.qmp, { node, name: 'ref', granularity: BLOCK, disabled: true });
         await blockDirtyBitmapMerge(s.qmp, { node, target: 'ref', bitmaps: [active] });
-        await ensureNbdServer(s.qmp, s.nbdSocket);
-        await addReadOnlyExport(s.qmp, { id: 'bench-ref', node, name: 'bench-ref', bitmaps: ['ref'] });
-        const uri = nbdUnixUri(s.nbdSocket, 'bench-ref');
-        for (let i = 0; i < READ_RUNS; i++) {
-          nbdinfo.push(await timeNbdinfo(uri, 'ref'));
-          const t1 = process.hrtime.bigint();
-          const ex = await readDirtyExtents(uri, 'ref', TiB);
-          ours.push(ms(t1));
-          if (ex.length !== want.length) throw new Error(`our reader returned ${ex.length} extents, the writes made ${want.length}`);
-        }
-        await removeExport(s.qmp, 'bench-ref');
+        await readRef();
       }));
       for (let r = 1; r < runs; r++) {
-        samples.push(await foldOnce(s, (active) => blockDirtyBitmapMerge(s.qmp, { node, target: active, bitmaps: ['ref'] })));
+        samples.push(await foldOnce(s, async (active) => {
+          await blockDirtyBitmapMerge(s.qmp, { node, target: active, bitmaps: ['ref'] });
+          await readRef();
+        }));
       }
       await blockDirtyBitmapRemove(s.qmp, { node, name: 'ref' });
       for (const x of samples) {
@@ -291,11 +303,13 @@ export async function runCase(percent: number, pattern: Pattern, runs: number, l
         ourReadMs: median(samples.map((x) => x.readMs)),
         sqliteFoldMs: median(samples.map((x) => x.sqliteMs)),
         foldMs,
+        restMs: median(samples.map((x) => x.foldMs - x.readMs - x.sqliteMs)),
         foldVsNbdinfo: foldMs / nbdinfoMs,
         changesMs: median(samples.map((x) => x.changesMs)),
         dbBytes,
         bytesPerChangedBlock: dbBytes / blocks,
         foldRuns: samples.length,
+        load: loadavg().map((l) => l.toFixed(2)).join(' '),
       };
     });
   } finally {
@@ -315,11 +329,6 @@ export function formatRow(r: ReconcileBenchRow): string {
 
 const ALL_CASES: [number, Pattern][] = [[1, 'clustered'], [1, 'scattered'], [10, 'clustered'], [10, 'scattered'], [100, 'clustered'], [100, 'scattered']];
 
-/** Fold runs per case: `runs`, but one for the case whose dirtying alone takes minutes. */
-function runsFor(percent: number, pattern: Pattern, runs: number, heavyRuns: number): number {
-  return percent === 10 && pattern === 'scattered' ? Math.min(runs, heavyRuns) : runs;
-}
-
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const args = process.argv.slice(2);
   const json = args.includes('--json');
@@ -328,16 +337,14 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     return i >= 0 ? args[i + 1] : undefined;
   };
   const runs = Number(opt('runs') ?? 5);
-  const heavyRuns = Number(opt('heavy-runs') ?? 3);
   const pick = opt('cases')?.split(',');
   const cases = ALL_CASES.filter(([p, k]) => !pick || pick.includes(`${p}${k[0]}`));
   const say = (l: string) => (json ? console.error(l) : console.log(l));
-  say(`reconciler fold through qemu-storage-daemon: 1 TiB qcow2, ${BLOCK / 1024} KiB blocks; fold runs per case ${runs} ` +
-    `(10% scattered: ${Math.min(runs, heavyRuns)}); nbdinfo and standalone reader ${READ_RUNS} runs; load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  say(`reconciler fold through qemu-storage-daemon: 1 TiB qcow2, ${BLOCK / 1024} KiB blocks; fold runs per case ${runs}; nbdinfo and standalone reader once before each fold; load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   const rows: ReconcileBenchRow[] = [];
   const t0 = Date.now();
   for (const [percent, pattern] of cases) {
-    const row = await runCase(percent, pattern, runsFor(percent, pattern, runs, heavyRuns), say);
+    const row = await runCase(percent, pattern, runs, say);
     rows.push(row);
     if (!json) {
       if (rows.length === 1) console.log(HEADER);
