@@ -129,10 +129,11 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     step('fleece');
     await deps.fault?.('prepared');
 
-    const agent = deps.agent === null || !ctx.running ? undefined
+    const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
       : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
     const noAgentReason = !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
-      : ctx.info.hasAgentChannel ? 'no guest agent' : 'the domain has no guest-agent channel: crash-consistent';
+      : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent'
+        : ctx.info.hasAgentChannel ? 'no guest agent' : 'the domain has no guest-agent channel: crash-consistent';
     const { rot, freeze } = await rotateFrozen(
       (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer: req.consumer }, extra: fleece?.actions(), aroundTransaction: around }),
       agent, { freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason },

@@ -5,6 +5,8 @@ export interface BackupRequest {
   repo: string;
   /** Copy every disk whole (allocated extents), starting a new chain. */
   full?: boolean;
+  /** Do not freeze the guest's filesystems (crash-consistent backup). */
+  noFreeze?: boolean;
 }
 
 export interface DiskPlan {

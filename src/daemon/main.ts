@@ -10,7 +10,9 @@ import { Libvirt } from '../libvirt/index.js';
 import { readDirtyExtents } from '../reconciler/index.js';
 import { errorMessage } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
+import { BACKUP_STEPS, type BackupStep } from '../backup/index.js';
 import { ControlServer } from './control-server.js';
+import { JobRunner } from './jobs.js';
 import { registerRoutes } from './routes.js';
 import { Spool } from './spool.js';
 import { Tracker } from './tracker.js';
@@ -22,6 +24,15 @@ const VERSION = '0.1.0';
 function faultInjector(): ((step: ReconcileStep) => void) | undefined {
   const step = process.env.VIRTCBT_FAULT_STEP;
   if (!step) return undefined;
+  return (s) => {
+    if (s === step) process.kill(process.pid, 'SIGKILL');
+  };
+}
+
+/** Test-only fault injection: VIRTCBT_FAULT_BACKUP_STEP=copy kills the daemon at that backup step. */
+function backupFault(): ((step: BackupStep) => void) | undefined {
+  const step = process.env.VIRTCBT_FAULT_BACKUP_STEP as BackupStep | undefined;
+  if (!step || !BACKUP_STEPS.includes(step)) return undefined;
   return (s) => {
     if (s === step) process.kill(process.pid, 'SIGKILL');
   };
@@ -41,7 +52,8 @@ async function main(): Promise<void> {
     beforeStep: fault ? (step) => fault(step) : undefined,
   });
   const server = new ControlServer();
-  registerRoutes(server, tracker, { pid: process.pid, startedAt: new Date().toISOString(), version: VERSION });
+  const jobs = new JobRunner(tracker, cfg, log, libvirt, logger, { backupFault: backupFault() });
+  registerRoutes(server, tracker, { pid: process.pid, startedAt: new Date().toISOString(), version: VERSION }, jobs);
   const spool = new Spool(cfg.daemon.spoolDir, (ev) => tracker.onHookEvent(ev), (ev, err) =>
     logger.error('hook event failed', { domain: ev?.domain, op: ev?.op, error: errorMessage(err) }));
 
@@ -57,6 +69,7 @@ async function main(): Promise<void> {
     logger.info('stopping', { signal: sig });
     spool.stop();
     await server.close();
+    await jobs.stop();
     await tracker.stop();
     log.close();
     await libvirt.close();

@@ -2,6 +2,7 @@
 import { UsageError } from '../util/errors.js';
 import type { EnableRequest, StatusReply } from './api-types.js';
 import type { ControlServer } from './control-server.js';
+import type { JobRunner } from './jobs.js';
 import type { Tracker } from './tracker.js';
 
 function str(v: unknown, name: string): string {
@@ -15,7 +16,7 @@ function passId(v: string): number {
   return id;
 }
 
-export function registerRoutes(server: ControlServer, t: Tracker, daemon: StatusReply['daemon']): void {
+export function registerRoutes(server: ControlServer, t: Tracker, daemon: StatusReply['daemon'], jobs?: JobRunner): void {
   server
     .route('GET', '/v1/status', async () => ({ daemon, domains: await t.statusAll() }))
     .route('GET', '/v1/domains/:domain', async (r) => t.status(r.params.domain))
@@ -26,7 +27,21 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
     .route('POST', '/v1/domains/:domain/consumers', async (r) => t.addConsumer(r.params.domain, str(r.body.name, 'name')))
     .route('DELETE', '/v1/domains/:domain/consumers/:name', async (r) => t.removeConsumer(r.params.domain, r.params.name))
     .route('GET', '/v1/domains/:domain/changes', async (r) => t.changes(r.params.domain, str(r.query.get('consumer'), 'consumer')))
-    .route('POST', '/v1/domains/:domain/passes', async (r) => t.beginPass(r.params.domain, str(r.body.consumer, 'consumer')))
-    .route('POST', '/v1/domains/:domain/passes/:id/commit', async (r) => t.commitPass(r.params.domain, passId(r.params.id)))
-    .route('POST', '/v1/domains/:domain/passes/:id/abort', async (r) => t.abortPass(r.params.domain, passId(r.params.id)));
+    .route('POST', '/v1/domains/:domain/passes', async (r) => (r.body.export === true && jobs
+      ? jobs.beginPassExport(r.params.domain, str(r.body.consumer, 'consumer'))
+      : t.beginPass(r.params.domain, str(r.body.consumer, 'consumer'))))
+    .route('POST', '/v1/domains/:domain/passes/:id/commit', async (r) => (jobs
+      ? jobs.endPass(r.params.domain, passId(r.params.id), 'commit') : t.commitPass(r.params.domain, passId(r.params.id))))
+    .route('POST', '/v1/domains/:domain/passes/:id/abort', async (r) => (jobs
+      ? jobs.endPass(r.params.domain, passId(r.params.id), 'abort') : t.abortPass(r.params.domain, passId(r.params.id))));
+  if (jobs) {
+    server.route('POST', '/v1/domains/:domain/backups', async (r) => ({
+      stream: jobs.backupStream(r.params.domain, {
+        consumer: str(r.body.consumer, 'consumer'),
+        repo: str(r.body.repo, 'repo'),
+        full: r.body.full === true,
+        noFreeze: r.body.noFreeze === true,
+      }),
+    }));
+  }
 }

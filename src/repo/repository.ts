@@ -188,7 +188,7 @@ export class Repository {
    * temp files. Call with the chain locked. Returns the interrupted backup (its pass must be
    * aborted if still open) and the files removed.
    */
-  async cleanupLeftovers(domain: string, consumer: string): Promise<{ interrupted?: InProgress; removed: string[] }> {
+  async cleanupLeftovers(domain: string, consumer: string, opts: { keepMarker?: boolean } = {}): Promise<{ interrupted?: InProgress; removed: string[] }> {
     const dir = this.chainDir(domain, consumer);
     const interrupted = await this.readInProgress(domain, consumer);
     for (const pid of interrupted?.pids ?? []) await killStaleQemuNbd(pid);
@@ -204,7 +204,8 @@ export class Repository {
         removed.push(f);
       }
     }
-    if (interrupted) await this.clearInProgress(domain, consumer);
+    // The marker tells virtcbtd which pass to abort: only the backup job clears it.
+    if (interrupted && !opts.keepMarker) await this.clearInProgress(domain, consumer);
     return { interrupted, removed };
   }
 }

@@ -1,0 +1,122 @@
+// `virtcbt backup`: asks virtcbtd (which owns QMP) to back a domain up for a consumer, renders its
+// progress events, then prints a summary; with --keep, prunes the chain afterwards.
+import { resolve } from 'node:path';
+import type { BackupEvent, BackupResult } from '../../backup/index.js';
+import { Repository, pruneChain } from '../../repo/index.js';
+import { UsageError } from '../../util/errors.js';
+import { domainArg, parse } from '../args.js';
+import { EXIT, type Command, type CommandContext } from '../command.js';
+import { callDaemon } from '../daemon-client.js';
+import { formatBytes } from '../output.js';
+
+/** The repository from --repo or the config's backup.repo, made absolute (the daemon has another cwd). */
+export function repoArg(ctx: CommandContext, value: string | undefined, usage: string): string {
+  const r = value ?? ctx.config().backup.repo;
+  if (!r) throw new UsageError(`--repo DIR is required (or set backup.repo in the config)\n\n${usage}`);
+  return resolve(r);
+}
+
+export function formatMs(ms: number): string {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`;
+}
+
+function formatEta(s: number | null): string {
+  if (s === null) return '--';
+  if (s < 60) return `${Math.ceil(s)}s`;
+  return `${Math.floor(s / 60)}m${String(Math.ceil(s % 60)).padStart(2, '0')}s`;
+}
+
+/** One line per disk, redrawn in place on a terminal. */
+class TtyProgress {
+  private lines = new Map<string, string>();
+  private drawn = 0;
+
+  update(disk: string, line: string): void {
+    this.lines.set(disk, line);
+    this.draw();
+  }
+
+  private draw(): void {
+    let out = this.drawn > 0 ? `\x1b[${this.drawn}A` : '';
+    for (const l of this.lines.values()) out += `\r\x1b[2K${l}\n`;
+    this.drawn = this.lines.size;
+    process.stderr.write(out);
+  }
+}
+
+export function summary(r: BackupResult): string[] {
+  const lines = [
+    `${r.id}: ${r.kind} backup of ${r.domain} for ${r.consumer}${r.parent ? ` (on top of ${r.parent})` : ''}, generation ${r.generation}, pass ${r.pass}`,
+  ];
+  for (const d of r.disks) {
+    lines.push(`  ${d.target}  ${d.full ? `full${d.reason ? ` (${d.reason})` : ''}` : 'incremental'}: ${formatBytes(d.bytes)} in ${d.extents} extents, ` +
+      `${formatBytes(d.written)} written, ${formatMs(d.elapsedMs)}, sha256 ${d.sha256.slice(0, 16)}…`);
+  }
+  lines.push(r.consistency === 'filesystem'
+    ? `  filesystem-consistent${r.freezeWindowMs !== null ? `: guest filesystems frozen for ${formatMs(r.freezeWindowMs)}` : ''}`
+    : `  crash-consistent: ${r.consistencyNote ?? 'no freeze'}`);
+  for (const n of r.notes) if (n !== r.consistencyNote) lines.push(`  note: ${n}`);
+  lines.push(`  ${formatMs(r.elapsedMs)} in all (${r.steps.map((s) => `${s.step} ${formatMs(s.ms)}`).join(', ')}); manifest ${r.manifest}`);
+  return lines;
+}
+
+export const backupCommand: Command = {
+  name: 'backup',
+  summary: 'back up a domain for a consumer (full or incremental) into a repository',
+  usage: `usage: virtcbt backup DOMAIN --consumer NAME [--repo DIR] [--full] [--no-freeze] [--keep N] [--json]
+
+Takes a point-in-time backup without pausing the guest: its filesystems are frozen through the
+guest agent (when it has one) only for the instant the snapshot is taken. A consumer's first
+backup is full; later ones copy only what changed since its last backup. The consumer moves on
+only once the data and the manifest are on disk.
+  --repo DIR   repository (default: backup.repo from the config)
+  --full       copy every disk whole and start a new chain
+  --no-freeze  do not freeze the guest's filesystems (crash-consistent backup)
+  --keep N     afterwards, keep only the newest N restore points of this consumer (prune)
+  --json       JSON lines: every progress event, the result last`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.argv, {
+      consumer: { type: 'string' },
+      repo: { type: 'string' },
+      full: { type: 'boolean' },
+      'no-freeze': { type: 'boolean' },
+      keep: { type: 'string' },
+      json: { type: 'boolean' },
+    }, this.usage);
+    const domain = domainArg(positionals, this.usage);
+    if (!values.consumer) throw new UsageError(`--consumer is required\n\n${this.usage}`);
+    const repo = repoArg(ctx, values.repo, this.usage);
+    const keep = values.keep === undefined ? undefined : Number(values.keep);
+    if (keep !== undefined && (!Number.isInteger(keep) || keep < 1)) throw new UsageError(`--keep must be a whole number of at least 1\n\n${this.usage}`);
+    const json = Boolean(values.json);
+    const tty = ctx.io.isTty && !json ? new TtyProgress() : undefined;
+    const result = await callDaemon<BackupEvent>(ctx.config().daemon.socket, 'POST', `/v1/domains/${encodeURIComponent(domain)}/backups`, {
+      body: { consumer: values.consumer, repo, full: Boolean(values.full), noFreeze: Boolean(values['no-freeze']) },
+      onEvent: (raw) => {
+        const ev = raw as unknown as BackupEvent;
+        if (json) {
+          ctx.io.out(JSON.stringify(ev));
+          return;
+        }
+        if (!tty) return;
+        if (ev.type === 'progress') {
+          const pct = ev.total > 0 ? Math.min(100, (ev.done / ev.total) * 100) : 100;
+          tty.update(ev.disk, `${ev.disk}  ${pct.toFixed(0).padStart(3)}%  ${formatBytes(ev.done)} / ${formatBytes(ev.total)}  ` +
+            `${formatBytes(ev.bytesPerSec)}/s  ETA ${formatEta(ev.etaSec)}`);
+        } else if (ev.type === 'snapshot') {
+          ctx.io.err(ev.consistency === 'filesystem'
+            ? `snapshot taken (guest frozen ${ev.freezeWindowMs === null ? '-' : formatMs(ev.freezeWindowMs)}), pass ${ev.pass}`
+            : `snapshot taken, crash-consistent: ${ev.note ?? ''}`);
+        }
+      },
+    });
+    if (result.type !== 'result') throw new UsageError('virtcbtd ended the backup without a result');
+    if (!json) for (const l of summary(result)) ctx.io.out(l);
+    if (keep !== undefined) {
+      const p = await pruneChain(await Repository.open(repo), domain, values.consumer, keep);
+      if (json) ctx.io.out(JSON.stringify({ type: 'prune', ...p }));
+      else ctx.io.out(`pruned: removed ${p.removed.length} restore point(s)${p.removed.length ? ` (${p.removed.join(', ')})` : ''}${p.mergedInto ? `, merged into ${p.mergedInto}` : ''}`);
+    }
+    return EXIT.OK;
+  },
+};

@@ -1,0 +1,127 @@
+// Repository commands that need no QEMU and no daemon: list, verify, restore, prune.
+import { resolve } from 'node:path';
+import { Repository, pruneChain, restoreDisk, verifyRepo, type Manifest } from '../../repo/index.js';
+import { UsageError } from '../../util/errors.js';
+import { domainArg, parse, positional } from '../args.js';
+import { EXIT, type Command } from '../command.js';
+import { emit, formatBytes } from '../output.js';
+import { formatMs, repoArg } from './backup.js';
+
+function listRow(m: Manifest): string {
+  const bytes = m.disks.reduce((s, d) => s + d.bytes, 0);
+  return [m.id.padEnd(16), m.time, m.kind.padEnd(11), `gen ${m.generation}`.padEnd(8), formatBytes(bytes).padStart(10),
+    m.consistency === 'filesystem' ? 'fs-consistent' : 'crash-consistent', m.disks.map((d) => d.target).join(',')].join('  ');
+}
+
+export const listCommand: Command = {
+  name: 'list',
+  summary: 'list the restore points in a backup repository',
+  usage: `usage: virtcbt list [--repo DIR] [DOMAIN] [--json]
+
+Lists every backup (restore point) of DOMAIN, or of every domain in the repository, oldest first.`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.argv, { repo: { type: 'string' }, json: { type: 'boolean' } }, this.usage);
+    const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
+    const domains = positionals[0] ? [domainArg(positionals, this.usage)] : await repo.domains();
+    const out: { domain: string; backups: Omit<Manifest, 'domainXml'>[] }[] = [];
+    for (const d of domains) {
+      const list = await repo.list(d);
+      out.push({ domain: d, backups: list.map(({ domainXml: _x, ...rest }) => rest) });
+    }
+    emit(ctx.io, Boolean(values.json), { repo: repo.root, domains: out }, () => {
+      if (out.every((d) => d.backups.length === 0)) return [`no backups in ${repo.root}${positionals[0] ? ` for ${positionals[0]}` : ''}`];
+      return out.flatMap((d) => [`${d.domain}:`, ...d.backups.map((m) => `  ${listRow(m as Manifest)}`)]);
+    });
+    return EXIT.OK;
+  },
+};
+
+export const verifyCommand: Command = {
+  name: 'verify',
+  summary: 'check every backup: qemu-img check, chain links, and the checksum of the data',
+  usage: `usage: virtcbt verify [--repo DIR] [DOMAIN] [--json]
+
+Re-reads every restore point's copied data through its chain and compares the checksum with
+the manifest; runs \`qemu-img check\` on each image and checks the backing links. Exits 1 if
+anything is wrong.`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.argv, { repo: { type: 'string' }, json: { type: 'boolean' } }, this.usage);
+    const json = Boolean(values.json);
+    const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
+    const domain = positionals[0] ? domainArg(positionals, this.usage) : undefined;
+    const report = await verifyRepo(repo, domain, (v) => {
+      if (!json && ctx.io.isTty) ctx.io.err(`${v.id} ${v.disk}: ${v.ok ? 'ok' : 'FAILED'}`);
+    });
+    emit(ctx.io, json, report, () => [
+      ...report.disks.map((v) => `${v.id} ${v.disk}: ${v.ok ? 'ok' : `FAILED: ${v.problems.join('; ')}`}${v.warnings.length ? ` (${v.warnings.join('; ')})` : ''}`),
+      `${report.checked} restore point(s), ${report.disks.length} image(s): ${report.ok ? 'all good' : `${report.disks.filter((v) => !v.ok).length} FAILED`}`,
+    ]);
+    return report.ok ? EXIT.OK : EXIT.FAILED;
+  },
+};
+
+export const restoreCommand: Command = {
+  name: 'restore',
+  summary: 'restore one disk of a backup into a qcow2 or raw file',
+  usage: `usage: virtcbt restore [--repo DIR] DOMAIN --disk TARGET --to FILE [--at BACKUP] [--format qcow2|raw] [--force] [--json]
+
+  --at BACKUP   a backup id from \`virtcbt list\`, or an ISO time (the newest backup taken at or
+                before it); default: the newest backup of any consumer
+  --format      qcow2 (default) or raw; the file is sparse where the disk reads as zeroes
+  --force       replace FILE if it exists`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.argv, {
+      repo: { type: 'string' }, disk: { type: 'string' }, to: { type: 'string' }, at: { type: 'string' },
+      format: { type: 'string' }, force: { type: 'boolean' }, json: { type: 'boolean' },
+    }, this.usage);
+    const domain = domainArg(positionals, this.usage);
+    if (!values.disk) throw new UsageError(`--disk is required\n\n${this.usage}`);
+    if (!values.to) throw new UsageError(`--to is required\n\n${this.usage}`);
+    const format = (values.format ?? 'qcow2') as 'qcow2' | 'raw';
+    if (format !== 'qcow2' && format !== 'raw') throw new UsageError(`--format must be qcow2 or raw\n\n${this.usage}`);
+    const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
+    const cfg = ctx.config();
+    let last = 0;
+    const r = await restoreDisk(repo, {
+      domain, disk: values.disk, to: resolve(values.to), at: values.at, format, force: Boolean(values.force),
+      requestSize: cfg.nbd.requestSize, inflight: cfg.nbd.inflight,
+      onProgress: ctx.io.isTty && !values.json ? (p, total) => {
+        const now = Date.now();
+        if (now - last < 250) return;
+        last = now;
+        process.stderr.write(`\r\x1b[2K${values.disk}  ${((p.done / Math.max(1, total)) * 100).toFixed(0)}%  ${formatBytes(p.done)} / ${formatBytes(total)}`);
+      } : undefined,
+    });
+    if (ctx.io.isTty && !values.json) process.stderr.write('\r\x1b[2K');
+    emit(ctx.io, Boolean(values.json), r, () => [
+      `restored ${domain} ${r.disk} from ${r.id} (${r.time}) to ${r.to} (${r.format}, ${formatBytes(r.sizeBytes)}): ${formatBytes(r.written)} of data written in ${formatMs(r.elapsedMs)}`,
+    ]);
+    return EXIT.OK;
+  },
+};
+
+export const pruneCommand: Command = {
+  name: 'prune',
+  summary: 'keep only the newest N restore points of a consumer, merging older increments',
+  usage: `usage: virtcbt prune [--repo DIR] DOMAIN --consumer NAME --keep N [--json]
+
+Removes the consumer's oldest restore points; increments the kept ones depend on are merged into
+their base (qemu-img commit). A prune that is interrupted leaves a valid chain and is finished
+by the next one.`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.argv, {
+      repo: { type: 'string' }, consumer: { type: 'string' }, keep: { type: 'string' }, json: { type: 'boolean' },
+    }, this.usage);
+    const domain = domainArg(positionals, this.usage);
+    if (!values.consumer) throw new UsageError(`--consumer is required\n\n${this.usage}`);
+    const keep = Number(positional([values.keep ?? ''], 0, '--keep N', this.usage));
+    if (!Number.isInteger(keep) || keep < 1) throw new UsageError(`--keep must be a whole number of at least 1\n\n${this.usage}`);
+    const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
+    const r = await pruneChain(repo, domain, values.consumer, keep);
+    emit(ctx.io, Boolean(values.json), r, () => [
+      `${domain} ${values.consumer}: removed ${r.removed.length} restore point(s)${r.removed.length ? ` (${r.removed.join(', ')})` : ''}` +
+        `${r.mergedInto ? `; merged into ${r.mergedInto}` : ''}${r.resumed ? '; finished an interrupted prune first' : ''}; kept ${r.kept.join(', ') || 'none'}`,
+    ]);
+    return EXIT.OK;
+  },
+};

@@ -1,0 +1,289 @@
+// virtcbtd's jobs on a domain beyond tracking: backups (streamed progress) and passes exported
+// to third-party tools, both reading the same point-in-time view (fleecing on a running VM, the
+// images themselves through qemu-storage-daemon on a stopped one).
+import { execa } from 'execa';
+import { join } from 'node:path';
+import { runBackup, rotateFrozen, type BackupEvent, type BackupRequest, type BackupResult, type BackupStep } from '../backup/index.js';
+import type { ChangeLog, DiskChanges } from '../changelog/index.js';
+import type { VirtcbtConfig } from '../config/index.js';
+import { Fleece, buildExtentBitmap, cleanupStaleFleeces, teardownTag } from '../fleece/index.js';
+import { GuestAgent, LibvirtTransport } from '../guest/index.js';
+import type { Libvirt } from '../libvirt/index.js';
+import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
+import { withStorageDaemon, type QsdImage, type QsdSession } from '../qsd/index.js';
+import { addReadOnlyExport, ensureNbdServer, nbdUnixUri } from '../reconciler/index.js';
+import { UsageError, VirtcbtError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import type { DiskChangesReply, PassReply } from './api-types.js';
+import type { DomainJobContext, Tracker } from './tracker.js';
+
+/** Export ids (and names) of pass exports: `virtcbt-pass-P-TARGET`; the pass id finds them again after a restart. */
+const PASS_EXPORT = /^virtcbt-pass-(\d+)-/;
+
+export function passExportName(pass: number, target: string): string {
+  return `virtcbt-pass-${pass}-${target}`;
+}
+
+export function passBitmapName(pass: number): string {
+  return `virtcbt-pass-${pass}`;
+}
+
+interface HeldExport {
+  domain: string;
+  /** Running domain: the fleecing tag in the VM's QEMU. */
+  tag?: string;
+  /** Stopped domain: the read-only storage daemon serving the export. */
+  release?: () => Promise<void>;
+}
+
+export interface JobRunnerOptions {
+  /** Test-only fault injection: called before each backup step. */
+  backupFault?: (step: BackupStep) => void | Promise<void>;
+}
+
+export class JobRunner {
+  private held = new Map<number, HeldExport>();
+  private owner?: Promise<{ uid: number; gid: number } | undefined>;
+
+  constructor(
+    private readonly tracker: Tracker,
+    private readonly cfg: VirtcbtConfig,
+    private readonly log: ChangeLog,
+    private readonly libvirt: Libvirt,
+    private readonly logger: Logger,
+    private readonly opts: JobRunnerOptions = {},
+  ) {}
+
+  get fleeceDir(): string {
+    return this.cfg.fleece.dir || join(this.cfg.qmpSocketDir, 'fleece');
+  }
+
+  /** uid and gid QEMU runs as under libvirt (files it must open are given to it). */
+  private qemuOwner(): Promise<{ uid: number; gid: number } | undefined> {
+    this.owner ??= (async () => {
+      const u = await execa('id', ['-u', 'libvirt-qemu'], { reject: false });
+      if (u.exitCode !== 0) return undefined;
+      const g = await execa('getent', ['group', 'libvirt-qemu'], { reject: false });
+      const gid = g.exitCode === 0 ? Number(g.stdout.split(':')[2]) : Number((await execa('id', ['-g', 'libvirt-qemu'])).stdout);
+      return { uid: Number(u.stdout), gid };
+    })();
+    return this.owner;
+  }
+
+  private agentFor(ctx: DomainJobContext): GuestAgent | undefined {
+    if (!ctx.running || !ctx.info.hasAgentChannel) return undefined;
+    return new GuestAgent(new LibvirtTransport(ctx.domain, { uri: this.cfg.libvirt.uri, commandTimeoutMs: this.cfg.agent.timeoutMs }));
+  }
+
+  /** Fleecing tags of pass exports whose pass is still open: a backup's stale clean-up keeps them. */
+  private async liveTags(qmp: QmpExecutor, domain: string): Promise<Set<string>> {
+    const open = new Set(this.log.openPasses(domain).map((p) => p.id));
+    const tags = new Set<string>();
+    for (const [id, h] of this.held) if (h.domain === domain && h.tag && open.has(id)) tags.add(h.tag);
+    for (const e of await queryBlockExports(qmp)) {
+      const m = PASS_EXPORT.exec(e.id);
+      const t = /^vcbt-fl-([a-z0-9]+)-/.exec(e['node-name']);
+      if (m && t && open.has(Number(m[1]))) tags.add(t[1]!);
+    }
+    return tags;
+  }
+
+  // ---- backups -------------------------------------------------------------------------------
+
+  backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void): Promise<BackupResult> {
+    if (!req.repo || !req.repo.startsWith('/')) throw new UsageError('the repository must be an absolute path', { domain });
+    return this.tracker.withDomainJob(domain, async (ctx) => {
+      const t0 = Date.now();
+      this.logger.info('backup started', { domain, consumer: req.consumer, repo: req.repo, full: req.full });
+      const r = await runBackup(ctx, req, {
+        fleeceDir: this.fleeceDir,
+        fleeceOwner: ctx.running ? await this.qemuOwner() : undefined,
+        runDir: this.cfg.runDir,
+        libvirtUri: this.cfg.libvirt.uri,
+        nbd: this.cfg.nbd,
+        agentTimeoutMs: this.cfg.agent.timeoutMs,
+        freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs,
+        domainXml: await this.libvirt.xml(domain, { inactive: !ctx.running }),
+        keepFleeceTags: () => this.liveTags(ctx.qmp, domain),
+        agent: this.agentFor(ctx) ?? null,
+        fault: this.opts.backupFault,
+      }, emit).catch((err) => {
+        this.logger.error('backup failed', { domain, consumer: req.consumer, error: (err as Error).message });
+        throw err;
+      });
+      this.logger.info('backup done', { domain, consumer: req.consumer, id: r.id, kind: r.kind, bytes: r.bytes, ms: Date.now() - t0 });
+      return r;
+    });
+  }
+
+  /** The backup as a stream of events for the control API: progress first, the result last. */
+  backupStream(domain: string, req: BackupRequest): AsyncIterable<Record<string, unknown>> {
+    return eventStream<BackupEvent>((emit) => this.backup(domain, req, emit).then((r) => emit({ type: 'result', ...r })));
+  }
+
+  // ---- passes with exports ---------------------------------------------------------------------
+
+  private reply(domain: string, consumer: string, changes: DiskChanges[], since: number | null, pass: number, generation: number): PassReply {
+    const disks: DiskChangesReply[] = changes.map((d) => ({
+      target: d.target, blockSize: d.blockSize, sizeBytes: d.sizeBytes, full: d.full, reason: d.reason,
+      extents: d.extents, changedBytes: d.extents.reduce((s, [, l]) => s + l, 0),
+    }));
+    return { domain, consumer, since, upTo: generation, disks, pass, generation };
+  }
+
+  /**
+   * Begins a pass and exports, per disk, the same point-in-time view a backup reads: read-only,
+   * on a unix socket, with the pass's changes as the dirty bitmap `virtcbt-pass-P`. Kept until
+   * the pass is committed or aborted.
+   */
+  beginPassExport(domain: string, consumer: string): Promise<PassReply> {
+    if (!this.log.listConsumers(domain).some((c) => c.name === consumer)) {
+      throw Object.assign(new VirtcbtError(`domain ${domain} has no consumer '${consumer}'`, {
+        domain, hint: `Add it with \`virtcbt consumer add ${domain} ${consumer}\``,
+      }), { exitCode: 4 });
+    }
+    let stopped: { images: QsdImage[]; reply: PassReply } | undefined;
+    const job = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
+      const since = this.log.listConsumers(domain).find((c) => c.name === consumer)!.last;
+      if (!ctx.running) {
+        const rot = await ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer } });
+        const images = ctx.disks.map((d) => {
+          const src = ctx.info.disks.find((k) => k.target === d.target)?.source;
+          if (!src) throw new VirtcbtError(`disk ${d.target} has no image file`, { domain, disk: d.target });
+          return { target: d.target, image: src, readOnly: true };
+        });
+        stopped = { images, reply: this.reply(domain, consumer, this.log.passChanges(rot.passId!), since, rot.passId!, rot.generation!) };
+        return undefined;
+      }
+      await cleanupStaleFleeces(ctx.qmp, this.fleeceDir, domain, await this.liveTags(ctx.qmp, domain));
+      const fleece = await Fleece.prepare({ qmp: ctx.qmp, domain, dir: this.fleeceDir, owner: await this.qemuOwner() }, ctx.disks);
+      let passId: number | undefined;
+      try {
+        const { rot, freeze } = await rotateFrozen(
+          (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer }, extra: fleece.actions(), aroundTransaction: around }),
+          this.agentFor(ctx), { freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, noAgentReason: 'the domain has no guest-agent channel: crash-consistent' },
+        );
+        passId = rot.passId!;
+        const changes = this.log.passChanges(passId);
+        const refs = new Map<string, { node: string; name: string }>();
+        for (const ch of changes) {
+          const disk = ctx.disks.find((d) => d.target === ch.target)!;
+          refs.set(ch.target, await buildExtentBitmap(ctx.qmp, ctx.nbdSocket, {
+            tag: fleece.tag, target: ch.target, name: passBitmapName(passId), sizeBytes: disk.sizeBytes, granularity: ch.blockSize, extents: ch.extents,
+          }));
+        }
+        const exported = await fleece.export(ctx.nbdSocket, { name: (t) => passExportName(passId!, t), bitmaps: (t) => (refs.has(t) ? [refs.get(t)!] : []) });
+        this.held.set(passId, { domain, tag: fleece.tag });
+        const reply = this.reply(domain, consumer, changes, since, passId, rot.generation!);
+        reply.exports = exported.map((e) => ({ target: e.target, uri: e.uri, bitmap: passBitmapName(passId!) }));
+        return Object.assign(reply, { consistency: freeze.consistency, freezeWindowMs: freeze.freezeWindowMs, note: freeze.note });
+      } catch (err) {
+        await fleece.teardown().catch(() => undefined);
+        if (passId !== undefined && this.log.getPass(passId).state === 'open') this.log.abortPass(passId);
+        throw err;
+      }
+    });
+    return job.then(async (r) => {
+      if (r) return r;
+      // Stopped: serve the images read-only from a storage daemon of their own until commit or abort.
+      const { images, reply } = stopped!;
+      const pass = reply.pass;
+      try {
+        const { s, release } = await holdStorageDaemon(this.cfg.runDir, domain, images);
+        try {
+          await ensureNbdServer(s.qmp, s.nbdSocket);
+          reply.exports = [];
+          for (const d of reply.disks) {
+            const node = s.nodes.find((n) => n.target === d.target)!.node;
+            const ref = await buildExtentBitmap(s.qmp, s.nbdSocket, {
+              tag: 'p', target: d.target, name: passBitmapName(pass), sizeBytes: d.sizeBytes, granularity: d.blockSize, extents: d.extents,
+            });
+            const name = passExportName(pass, d.target);
+            await addReadOnlyExport(s.qmp, { id: name, node, name, bitmaps: [ref] });
+            reply.exports.push({ target: d.target, uri: nbdUnixUri(s.nbdSocket, name), bitmap: passBitmapName(pass) });
+          }
+        } catch (err) {
+          await release();
+          throw err;
+        }
+        this.held.set(pass, { domain, release });
+        return Object.assign(reply, { consistency: 'filesystem', note: 'the domain is stopped: its images are served read-only (it cannot start) until the pass is committed or aborted' });
+      } catch (err) {
+        if (this.log.getPass(pass).state === 'open') this.log.abortPass(pass);
+        throw err;
+      }
+    });
+  }
+
+  /** Commit or abort, then tear down the pass's exports (whichever kind, also after a daemon restart). */
+  async endPass(domain: string, id: number, how: 'commit' | 'abort'): Promise<Record<string, unknown>> {
+    const r = how === 'commit' ? await this.tracker.commitPass(domain, id) : await this.tracker.abortPass(domain, id);
+    await this.releasePass(domain, id).catch((err) => this.logger.warn('removing pass exports failed', { domain, pass: id, error: (err as Error).message }));
+    return r;
+  }
+
+  private async releasePass(domain: string, id: number): Promise<void> {
+    const h = this.held.get(id);
+    this.held.delete(id);
+    if (h?.release) return h.release();
+    if (!(await this.libvirt.isActive(domain).catch(() => false))) return;
+    await this.tracker.withDomainJob(domain, async (ctx) => {
+      if (!ctx.running) return;
+      const tags = new Set<string>(h?.tag ? [h.tag] : []);
+      for (const e of await queryBlockExports(ctx.qmp)) {
+        const m = PASS_EXPORT.exec(e.id);
+        const t = /^vcbt-fl-([a-z0-9]+)-/.exec(e['node-name']);
+        if (m && Number(m[1]) === id && t) tags.add(t[1]!);
+      }
+      for (const tag of tags) await teardownTag(ctx.qmp, this.fleeceDir, domain, tag);
+    });
+  }
+
+  /** Releases every held storage daemon (daemon shutdown). */
+  async stop(): Promise<void> {
+    for (const [id, h] of this.held) {
+      this.held.delete(id);
+      await h.release?.().catch(() => undefined);
+    }
+  }
+}
+
+/** A storage daemon kept running after the call returns, until `release()`. */
+function holdStorageDaemon(runDir: string, domain: string, images: QsdImage[]): Promise<{ s: QsdSession; release: () => Promise<void> }> {
+  return new Promise((resolve, reject) => {
+    let letGo!: () => void;
+    const released = new Promise<void>((r) => { letGo = r; });
+    let started = false;
+    const done: Promise<void> = withStorageDaemon(runDir, domain, images, async (s) => {
+      started = true;
+      resolve({ s, release: async () => { letGo(); await done; } });
+      await released;
+    });
+    done.catch((err) => { if (!started) reject(err); });
+  });
+}
+
+/** Runs `job` and yields what it emits as it happens; a failure ends the stream by throwing. */
+export async function* eventStream<E extends object>(job: (emit: (ev: E) => void) => Promise<unknown>): AsyncGenerator<Record<string, unknown>> {
+  const queue: E[] = [];
+  let wake: (() => void) | undefined;
+  let finished = false;
+  let failure: unknown;
+  const emit = (ev: E) => {
+    queue.push(ev);
+    wake?.();
+  };
+  job(emit).then(
+    () => { finished = true; wake?.(); },
+    (err) => { failure = err ?? new Error('job failed'); finished = true; wake?.(); },
+  );
+  for (;;) {
+    while (queue.length > 0) yield queue.shift()! as Record<string, unknown>;
+    if (finished) {
+      if (failure !== undefined) throw failure;
+      return;
+    }
+    await new Promise<void>((r) => { wake = r; });
+    wake = undefined;
+  }
+}

@@ -1,0 +1,135 @@
+// Prune: keep the newest N restore points of a consumer's chain. Older chains go whole; in the
+// chain of the oldest kept point K, every older overlay is committed into the chain's base
+// (qemu-img commit), which then becomes K's standalone image under a new name (a hard link),
+// and K's child is rebased onto it. A journal written first hides the points being removed and
+// lets the next prune finish a killed one. At every step each kept point still reads right:
+// committing into the base only changes clusters that the overlays above it mask.
+import { execa } from 'execa';
+import { existsSync } from 'node:fs';
+import { link, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { UsageError, VirtcbtError } from '../util/errors.js';
+import { fsyncDir, readManifest, writeFileDurable, writeManifest, type Manifest } from './manifest.js';
+import { PRUNE_JOURNAL, Repository, type PruneJournal } from './repository.js';
+
+export interface PruneResult {
+  domain: string;
+  consumer: string;
+  kept: string[];
+  removed: string[];
+  /** The restore point older increments were merged into (null: none needed merging). */
+  mergedInto: string | null;
+  /** Files deleted. */
+  deleted: string[];
+  /** An interrupted prune was finished first. */
+  resumed: boolean;
+}
+
+async function qemuImg(args: string[], cwd: string, what: string): Promise<void> {
+  const r = await execa('qemu-img', args, { cwd, reject: false });
+  if (r.exitCode !== 0) {
+    throw new VirtcbtError(`${what} failed: ${r.stderr.trim() || `qemu-img exit ${r.exitCode}`}`, {
+      hint: 'Nothing is lost: run the prune again to finish it (the points it removes stay hidden until then)',
+    });
+  }
+}
+
+/** Image files of `target` from `top` down to its standalone base, by following the manifests' backing fields. */
+function diskChain(chain: Manifest[], top: Manifest, target: string): string[] {
+  const files: string[] = [];
+  let cur = top.disks.find((d) => d.target === target);
+  while (cur) {
+    files.push(cur.file);
+    if (!cur.backing) return files;
+    const backing = cur.backing;
+    cur = chain.find((m) => m.disks.some((d) => d.target === target && d.file === backing))?.disks.find((d) => d.target === target);
+    if (!cur) throw new VirtcbtError(`restore point ${top.id}, disk ${target}: no manifest names its backing file ${backing}`, { hint: 'Run `virtcbt verify`' });
+  }
+  return files;
+}
+
+export async function pruneChain(repo: Repository, domain: string, consumer: string, keep: number): Promise<PruneResult> {
+  if (!Number.isInteger(keep) || keep < 1) throw new UsageError('--keep must be at least 1');
+  const lock = await repo.lock(domain, consumer, `prune of ${domain} for ${consumer}`);
+  try {
+    const dir = repo.chainDir(domain, consumer);
+    let resumed = false;
+    const pending = await repo.pruneJournal(domain, consumer);
+    let finished: { removed: string[]; mergedInto: string | null; deleted: string[] } = { removed: [], mergedInto: null, deleted: [] };
+    if (pending) {
+      finished = await applyJournal(repo, domain, consumer, pending);
+      resumed = true;
+    }
+    const chain = await repo.chain(domain, consumer);
+    if (chain.length <= keep) {
+      return { domain, consumer, kept: chain.map((m) => m.id), ...finished, resumed };
+    }
+    const k = chain[chain.length - keep]!;
+    const removing = chain.slice(0, chain.length - keep).map((m) => m.id);
+    const disks = k.disks.flatMap((d) => {
+      const files = diskChain(chain, k, d.target);
+      if (files.length === 1) return [];
+      return [{ target: d.target, base: files[files.length - 1]!, top: d.file, merged: `${k.id}.${d.target}.merged.qcow2` }];
+    });
+    const journal: PruneJournal = { keep, removing, into: disks.length > 0 ? k.id : null, disks, startedAt: new Date().toISOString() };
+    await writeFileDurable(join(dir, PRUNE_JOURNAL), JSON.stringify(journal, null, 2));
+    const r = await applyJournal(repo, domain, consumer, journal);
+    const kept = (await repo.chain(domain, consumer)).map((m) => m.id);
+    return {
+      domain, consumer, kept, removed: [...finished.removed, ...r.removed], mergedInto: r.mergedInto ?? finished.mergedInto,
+      deleted: [...finished.deleted, ...r.deleted], resumed,
+    };
+  } finally {
+    await lock.release();
+  }
+}
+
+/** Carries a journal out; every step is safe to repeat after a crash. */
+async function applyJournal(repo: Repository, domain: string, consumer: string, j: PruneJournal): Promise<{ removed: string[]; mergedInto: string | null; deleted: string[] }> {
+  const dir = repo.chainDir(domain, consumer);
+  const all = await repo.chain(domain, consumer, { includePruning: true });
+  if (j.into) {
+    let k = all.find((m) => m.id === j.into);
+    if (!k) throw new VirtcbtError(`prune journal names restore point ${j.into}, which has no manifest`, { domain, hint: `Inspect ${join(dir, PRUNE_JOURNAL)}` });
+    for (const d of j.disks) {
+      const kd = k.disks.find((x) => x.target === d.target)!;
+      if (kd.file === d.merged) continue;
+      if (!existsSync(join(dir, d.merged))) {
+        await qemuImg(['commit', '-q', '-d', '-b', join(dir, d.base), join(dir, d.top)], dir, `merging ${d.top} into ${d.base}`);
+        await link(join(dir, d.base), join(dir, d.merged));
+        await fsyncDir(dir);
+      }
+      // The child of K reads K's state through the merged image from now on.
+      for (const child of all) {
+        const cd = child.disks.find((x) => x.target === d.target && x.backing === d.top);
+        if (!cd) continue;
+        await qemuImg(['rebase', '-u', '-b', d.merged, '-F', 'qcow2', cd.file], dir, `rebasing ${cd.file} onto ${d.merged}`);
+        cd.backing = d.merged;
+        await writeManifest(dir, child);
+      }
+    }
+    k = await readManifest(join(dir, `${k.id}.json`));
+    for (const d of j.disks) {
+      const kd = k.disks.find((x) => x.target === d.target)!;
+      kd.file = d.merged;
+      kd.backing = null;
+    }
+    if (k.disks.every((d) => d.backing === null)) k.parent = null;
+    k.merged = [...new Set([...(k.merged ?? []), ...j.removing])];
+    await writeManifest(dir, k);
+  }
+  const removed: string[] = [];
+  for (const id of j.removing) {
+    const p = join(dir, `${id}.json`);
+    if (existsSync(p)) {
+      await rm(p, { force: true });
+      removed.push(id);
+    }
+  }
+  await fsyncDir(dir);
+  // With the journal's points gone, any image no manifest names is garbage.
+  await rm(join(dir, PRUNE_JOURNAL), { force: true });
+  const { removed: deleted } = await repo.cleanupLeftovers(domain, consumer, { keepMarker: true });
+  await fsyncDir(dir);
+  return { removed, mergedInto: j.into, deleted };
+}

@@ -1,0 +1,71 @@
+// Helpers for backup tests: guest writes through the agent, reference copies of a domain's disks
+// at an instant (the VM is suspended, which makes QEMU flush its image metadata), and image
+// comparison with qemu-img.
+import { execa } from 'execa';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { expect } from 'vitest';
+import type { GuestAgent } from '../../src/guest/index.js';
+import { onCleanup } from './cleanup.js';
+import { virsh, type LibvirtGuest } from './libvirt.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * KiB;
+
+/** A temp directory removed at teardown. */
+export function tempDir(prefix: string): string {
+  const d = mkdtempSync(join(tmpdir(), `virtcbt-${prefix}-`));
+  onCleanup(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** dd of random data at OFFSET of a guest block device, bypassing the guest's page cache. */
+export async function guestDd(agent: GuestAgent, dev: string, offsetBytes: number, lengthBytes: number): Promise<void> {
+  const bs = 64 * KiB;
+  const r = await agent.exec('/bin/dd', ['if=/dev/urandom', `of=${dev}`, `bs=${bs}`, `seek=${offsetBytes / bs}`,
+    `count=${lengthBytes / bs}`, 'oflag=direct', 'conv=notrunc'], { timeoutMs: 60_000 });
+  expect(r.exitCode, r.stderr).toBe(0);
+}
+
+/** Writes a file of random data on the guest's ext4 (/mnt/data) and syncs it to the disk. */
+export async function guestFile(agent: GuestAgent, name: string, lengthBytes: number): Promise<void> {
+  const r = await agent.exec('/bin/dd', ['if=/dev/urandom', `of=/mnt/data/${name}`, `bs=${64 * KiB}`, `count=${lengthBytes / (64 * KiB)}`, 'conv=fsync'], { timeoutMs: 60_000 });
+  expect(r.exitCode, r.stderr).toBe(0);
+  const s = await agent.exec('/bin/sync', [], { timeoutMs: 60_000 });
+  expect(s.exitCode, s.stderr).toBe(0);
+}
+
+/**
+ * Raw copies of the domain's disks as they are now: the VM is suspended for the copy (QEMU
+ * flushes its caches to the images on stop) and resumed after.
+ */
+export async function referenceCopy(guest: LibvirtGuest, dir: string, label: string): Promise<Record<string, string>> {
+  await virsh(['suspend', guest.name]);
+  try {
+    const out: Record<string, string> = {};
+    for (const [target, image] of [['vda', guest.disks.data], ['vdb', guest.disks.scratch]] as const) {
+      const p = join(dir, `${label}.${target}.raw`);
+      await execa('qemu-img', ['convert', '-U', '-O', 'raw', image, p]);
+      out[target] = p;
+    }
+    return out;
+  } finally {
+    await virsh(['resume', guest.name]);
+  }
+}
+
+/** qemu-img compare: exit 0 when the guest-visible contents are equal. */
+export async function sameContent(a: string, aFormat: string, b: string, bFormat: string): Promise<{ same: boolean; detail: string }> {
+  const r = await execa('qemu-img', ['compare', '-U', '-f', aFormat, '-F', bFormat, a, b], { reject: false });
+  return { same: r.exitCode === 0, detail: (r.stdout + r.stderr).trim() };
+}
+
+/** `virtcbt backup ... --json`: JSON lines of progress events; the last one is the result. */
+export async function backupJson(daemon: { cli(args: string[], o?: { reject?: boolean }): Promise<{ stdout: string }> }, args: string[]): Promise<any> {
+  const r = await daemon.cli(['backup', ...args, '--json']);
+  const lines = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const last = lines[lines.length - 1];
+  expect(last?.type, r.stdout.slice(-500)).toBe('result');
+  return Object.assign(last, { events: lines });
+}
