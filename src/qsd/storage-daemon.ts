@@ -1,7 +1,7 @@
 // qemu-storage-daemon for stopped domains: opens a domain's qcow2 images with the same block
 // layer QEMU uses, so folds, backups and scans run through the same QMP and NBD code as for a
 // running VM. It must quit through QMP: that is what writes persistent bitmaps back cleanly.
-import { spawn } from 'node:child_process';
+import { execa } from 'execa';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { QmpClient } from '../qmp/index.js';
@@ -41,10 +41,10 @@ export async function withStorageDaemon<T>(runDir: string, domain: string, image
     return { target: img.target, node };
   });
   args.push('--chardev', `socket,id=m,path=${qmpSocket},server=on,wait=off`, '--monitor', 'chardev=m');
-  const child = spawn('qemu-storage-daemon', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = execa('qemu-storage-daemon', args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', reject: false, buffer: false });
   let stderr = '';
-  child.stderr.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
+  const exited = child.then((r) => r.exitCode ?? null);
   let qmp: QmpClient | undefined;
   try {
     let dead = false;
