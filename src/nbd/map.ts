@@ -67,6 +67,7 @@ export class MapWriter {
   private pLength = 0;
   private pType = 0;
   private readonly descriptions = new Map<number, number[] | null>();
+  private readonly tails = new Map<number, Uint8Array>();
   private readonly small: Array<number[] | null | undefined> = new Array(16).fill(undefined);
 
   constructor(
@@ -91,6 +92,17 @@ export class MapWriter {
       if (type < 16) this.small[type] = d;
     }
     return d;
+  }
+
+  /** The end of a plain line for `type`: two spaces, the type in 3 columns, the description. */
+  private tail(type: number): Uint8Array {
+    let t = this.tails.get(type);
+    if (!t) {
+      const d = describeExtentType(this.context, type);
+      t = Buffer.from(`  ${String(type).padStart(3)}${d === undefined ? '' : `  ${d}`}\n`, 'latin1');
+      this.tails.set(type, t);
+    }
+    return t;
   }
 
   private put(b: readonly number[]): void {
@@ -151,9 +163,9 @@ export class MapWriter {
 
   private write(offset: number, length: number, type: number): void {
     if (this.at + MAX_LINE > this.buf.length) this.flush();
-    const d = this.describe(type);
     const b = this.buf;
     if (this.json) {
+      const d = this.describe(type);
       if (this.lines > 0) {
         b[this.at++] = 0x2c; // ,
         b[this.at++] = 0x0a;
@@ -174,15 +186,11 @@ export class MapWriter {
       b[this.at++] = SPACE;
       b[this.at++] = SPACE;
       this.num(length, 10);
-      b[this.at++] = SPACE;
-      b[this.at++] = SPACE;
-      this.num(type, 3);
-      if (d) {
-        b[this.at++] = SPACE;
-        b[this.at++] = SPACE;
-        this.put(d);
-      }
-      b[this.at++] = 0x0a;
+      // "  TYPE  description\n" is the same for every line of a type: copied whole.
+      const tail = this.tail(type);
+      let at = this.at;
+      for (let i = 0; i < tail.length; i++) b[at++] = tail[i]!;
+      this.at = at;
     }
     this.lines++;
   }
