@@ -73,6 +73,20 @@ describe('virtcbt nbd CLI', () => {
     expect(n.stderr).toMatch(new RegExp(`copied ${SIZE} bytes`));
   });
 
+  it('copy between two NBD exports gives an identical qcow2', async () => {
+    const target = join(dir.path, 'target.qcow2');
+    await execa('qemu-img', ['create', '-f', 'qcow2', target, String(SIZE)]);
+    const t = await startQemuNbd(target, dir.path, {});
+    try {
+      const r = await virtcbt('nbd', 'copy', '--destination-is-zero', '--requests', '8', server!.uri, t.uri);
+      expect(r.exitCode, r.stderr).toBe(0);
+    } finally {
+      await t.stop();
+    }
+    const cmp = await execa('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', target, image], { reject: false });
+    expect(cmp.stdout).toMatch(/Images are identical/);
+  });
+
   it('exits 2 on bad usage and 5 when the server is not there or refuses', async () => {
     expect((await virtcbt('nbd', 'map')).exitCode).toBe(2);
     expect((await virtcbt('nbd', 'map', 'http://x/')).exitCode).toBe(2);
