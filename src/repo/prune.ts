@@ -48,7 +48,15 @@ function diskChain(chain: Manifest[], top: Manifest, target: string): string[] {
   return files;
 }
 
-export async function pruneChain(repo: Repository, domain: string, consumer: string, keep: number): Promise<PruneResult> {
+/** Points between which a crash test kills the prune (VIRTCBT_FAULT_PRUNE_STEP). */
+export type PruneStep = 'journal' | 'commit' | 'rebase' | 'manifest' | 'delete';
+export const PRUNE_STEPS: readonly PruneStep[] = ['journal', 'commit', 'rebase', 'manifest', 'delete'];
+
+export interface PruneOptions {
+  fault?: (step: PruneStep) => void;
+}
+
+export async function pruneChain(repo: Repository, domain: string, consumer: string, keep: number, opts: PruneOptions = {}): Promise<PruneResult> {
   if (!Number.isInteger(keep) || keep < 1) throw new UsageError('--keep must be at least 1');
   const lock = await repo.lock(domain, consumer, `prune of ${domain} for ${consumer}`);
   try {
@@ -57,7 +65,7 @@ export async function pruneChain(repo: Repository, domain: string, consumer: str
     const pending = await repo.pruneJournal(domain, consumer);
     let finished: { removed: string[]; mergedInto: string | null; deleted: string[] } = { removed: [], mergedInto: null, deleted: [] };
     if (pending) {
-      finished = await applyJournal(repo, domain, consumer, pending);
+      finished = await applyJournal(repo, domain, consumer, pending, opts);
       resumed = true;
     }
     const chain = await repo.chain(domain, consumer);
@@ -73,7 +81,8 @@ export async function pruneChain(repo: Repository, domain: string, consumer: str
     });
     const journal: PruneJournal = { keep, removing, into: disks.length > 0 ? k.id : null, disks, startedAt: new Date().toISOString() };
     await writeFileDurable(join(dir, PRUNE_JOURNAL), JSON.stringify(journal, null, 2));
-    const r = await applyJournal(repo, domain, consumer, journal);
+    opts.fault?.('journal');
+    const r = await applyJournal(repo, domain, consumer, journal, opts);
     const kept = (await repo.chain(domain, consumer)).map((m) => m.id);
     return {
       domain, consumer, kept, removed: [...finished.removed, ...r.removed], mergedInto: r.mergedInto ?? finished.mergedInto,
@@ -85,7 +94,7 @@ export async function pruneChain(repo: Repository, domain: string, consumer: str
 }
 
 /** Carries a journal out; every step is safe to repeat after a crash. */
-async function applyJournal(repo: Repository, domain: string, consumer: string, j: PruneJournal): Promise<{ removed: string[]; mergedInto: string | null; deleted: string[] }> {
+async function applyJournal(repo: Repository, domain: string, consumer: string, j: PruneJournal, opts: PruneOptions): Promise<{ removed: string[]; mergedInto: string | null; deleted: string[] }> {
   const dir = repo.chainDir(domain, consumer);
   const all = await repo.chain(domain, consumer, { includePruning: true });
   if (j.into) {
@@ -96,6 +105,7 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
       if (kd.file === d.merged) continue;
       if (!existsSync(join(dir, d.merged))) {
         await qemuImg(['commit', '-q', '-d', '-b', join(dir, d.base), join(dir, d.top)], dir, `merging ${d.top} into ${d.base}`);
+        opts.fault?.('commit');
         await link(join(dir, d.base), join(dir, d.merged));
         await fsyncDir(dir);
       }
@@ -104,6 +114,7 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
         const cd = child.disks.find((x) => x.target === d.target && x.backing === d.top);
         if (!cd) continue;
         await qemuImg(['rebase', '-u', '-b', d.merged, '-F', 'qcow2', cd.file], dir, `rebasing ${cd.file} onto ${d.merged}`);
+        opts.fault?.('rebase');
         cd.backing = d.merged;
         await writeManifest(dir, child);
       }
@@ -117,6 +128,7 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
     if (k.disks.every((d) => d.backing === null)) k.parent = null;
     k.merged = [...new Set([...(k.merged ?? []), ...j.removing])];
     await writeManifest(dir, k);
+    opts.fault?.('manifest');
   }
   const removed: string[] = [];
   for (const id of j.removing) {
@@ -124,6 +136,7 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
     if (existsSync(p)) {
       await rm(p, { force: true });
       removed.push(id);
+      opts.fault?.('delete');
     }
   }
   await fsyncDir(dir);

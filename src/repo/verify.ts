@@ -10,7 +10,7 @@ import { errorMessage } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
 import { serveImage } from './image-server.js';
 import type { Manifest } from './manifest.js';
-import type { Repository } from './repository.js';
+import type { PruneJournal, Repository } from './repository.js';
 
 export interface DiskVerdict {
   id: string;
@@ -49,7 +49,12 @@ async function backingOf(path: string): Promise<string | null> {
   return info['backing-filename'] ?? null;
 }
 
-export async function verifyManifest(repo: Repository, m: Manifest, chain: Manifest[]): Promise<DiskVerdict[]> {
+/**
+ * Checks one restore point. `chain` is every manifest of its consumer, those a pending prune is
+ * removing included (their images still back the kept ones until it finishes); `journal` is that
+ * prune's journal, whose rebase may have reached an image before its manifest.
+ */
+export async function verifyManifest(repo: Repository, m: Manifest, chain: Manifest[], journal?: PruneJournal): Promise<DiskVerdict[]> {
   const dir = repo.chainDir(m.domain, m.consumer);
   const out: DiskVerdict[] = [];
   const runDir = await mkdtemp(join(tmpdir(), 'virtcbt-verify-'));
@@ -67,7 +72,9 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
       v.warnings.push(...c.warnings);
       try {
         const b = await backingOf(path);
-        if (b !== d.backing) v.problems.push(`the image's backing file is ${b ?? 'none'}, the manifest says ${d.backing ?? 'none'}`);
+        const moving = journal?.disks.find((e) => e.target === d.target && (e.top === d.backing || e.merged === d.backing));
+        const allowed = moving ? [moving.top, moving.merged] : [d.backing];
+        if (!allowed.includes(b)) v.problems.push(`the image's backing file is ${b ?? 'none'}, the manifest says ${d.backing ?? 'none'}`);
         if (d.backing && !chain.some((x) => x.disks.some((y) => y.target === d.target && y.file === d.backing))) {
           v.problems.push(`no restore point of this chain owns the backing file ${d.backing}`);
         }
@@ -108,9 +115,11 @@ export async function verifyRepo(repo: Repository, domain?: string, onDisk?: (v:
   for (const dom of domain ? [domain] : await repo.domains()) {
     for (const consumer of await repo.consumers(dom)) {
       const chain = await repo.chain(dom, consumer);
+      const all = await repo.chain(dom, consumer, { includePruning: true });
+      const journal = await repo.pruneJournal(dom, consumer);
       for (const m of chain) {
         checked++;
-        for (const v of await verifyManifest(repo, m, chain)) {
+        for (const v of await verifyManifest(repo, m, all, journal)) {
           disks.push(v);
           onDisk?.(v);
         }

@@ -2,7 +2,6 @@
 // progress events, then prints a summary; with --keep, prunes the chain afterwards.
 import { resolve } from 'node:path';
 import type { BackupEvent, BackupResult } from '../../backup/index.js';
-import { Repository, pruneChain } from '../../repo/index.js';
 import { UsageError } from '../../util/errors.js';
 import { domainArg, parse } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
@@ -113,6 +112,8 @@ only once the data and the manifest are on disk.
     if (result.type !== 'result') throw new UsageError('virtcbtd ended the backup without a result');
     if (!json) for (const l of summary(result)) ctx.io.out(l);
     if (keep !== undefined) {
+      // Loaded only when needed: the repository room pulls in execa, which costs the CLI ~250 ms to start.
+      const { Repository, pruneChain } = await import('../../repo/index.js');
       const p = await pruneChain(await Repository.open(repo), domain, values.consumer, keep);
       if (json) ctx.io.out(JSON.stringify({ type: 'prune', ...p }));
       else ctx.io.out(`pruned: removed ${p.removed.length} restore point(s)${p.removed.length ? ` (${p.removed.join(', ')})` : ''}${p.mergedInto ? `, merged into ${p.mergedInto}` : ''}`);

@@ -1,6 +1,7 @@
-// Repository commands that need no QEMU and no daemon: list, verify, restore, prune.
+// Repository commands that need no QEMU and no daemon: list, verify, restore, prune. The
+// repository room is imported when a command runs: it pulls in execa, slow to load for every CLI call.
 import { resolve } from 'node:path';
-import { Repository, pruneChain, restoreDisk, verifyRepo, type Manifest } from '../../repo/index.js';
+import type { Manifest, PruneStep } from '../../repo/index.js';
 import { UsageError } from '../../util/errors.js';
 import { domainArg, parse, positional } from '../args.js';
 import { EXIT, type Command } from '../command.js';
@@ -21,6 +22,7 @@ export const listCommand: Command = {
 Lists every backup (restore point) of DOMAIN, or of every domain in the repository, oldest first.`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, { repo: { type: 'string' }, json: { type: 'boolean' } }, this.usage);
+    const { Repository } = await import('../../repo/index.js');
     const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
     const domains = positionals[0] ? [domainArg(positionals, this.usage)] : await repo.domains();
     const out: { domain: string; backups: Omit<Manifest, 'domainXml'>[] }[] = [];
@@ -47,6 +49,7 @@ anything is wrong.`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, { repo: { type: 'string' }, json: { type: 'boolean' } }, this.usage);
     const json = Boolean(values.json);
+    const { Repository, verifyRepo } = await import('../../repo/index.js');
     const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
     const domain = positionals[0] ? domainArg(positionals, this.usage) : undefined;
     const report = await verifyRepo(repo, domain, (v) => {
@@ -79,6 +82,7 @@ export const restoreCommand: Command = {
     if (!values.to) throw new UsageError(`--to is required\n\n${this.usage}`);
     const format = (values.format ?? 'qcow2') as 'qcow2' | 'raw';
     if (format !== 'qcow2' && format !== 'raw') throw new UsageError(`--format must be qcow2 or raw\n\n${this.usage}`);
+    const { Repository, restoreDisk } = await import('../../repo/index.js');
     const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
     const cfg = ctx.config();
     let last = 0;
@@ -100,6 +104,15 @@ export const restoreCommand: Command = {
   },
 };
 
+/** Test-only fault injection: VIRTCBT_FAULT_PRUNE_STEP=commit kills the prune right after that step. */
+function pruneFault(steps: readonly PruneStep[]): ((s: PruneStep) => void) | undefined {
+  const step = process.env.VIRTCBT_FAULT_PRUNE_STEP as PruneStep | undefined;
+  if (!step || !steps.includes(step)) return undefined;
+  return (s) => {
+    if (s === step) process.kill(process.pid, 'SIGKILL');
+  };
+}
+
 export const pruneCommand: Command = {
   name: 'prune',
   summary: 'keep only the newest N restore points of a consumer, merging older increments',
@@ -116,8 +129,9 @@ by the next one.`,
     if (!values.consumer) throw new UsageError(`--consumer is required\n\n${this.usage}`);
     const keep = Number(positional([values.keep ?? ''], 0, '--keep N', this.usage));
     if (!Number.isInteger(keep) || keep < 1) throw new UsageError(`--keep must be a whole number of at least 1\n\n${this.usage}`);
+    const { PRUNE_STEPS, Repository, pruneChain } = await import('../../repo/index.js');
     const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
-    const r = await pruneChain(repo, domain, values.consumer, keep);
+    const r = await pruneChain(repo, domain, values.consumer, keep, { fault: pruneFault(PRUNE_STEPS) });
     emit(ctx.io, Boolean(values.json), r, () => [
       `${domain} ${values.consumer}: removed ${r.removed.length} restore point(s)${r.removed.length ? ` (${r.removed.join(', ')})` : ''}` +
         `${r.mergedInto ? `; merged into ${r.mergedInto}` : ''}${r.resumed ? '; finished an interrupted prune first' : ''}; kept ${r.kept.join(', ') || 'none'}`,
