@@ -11,7 +11,7 @@ import { Fleece, cleanupStaleFleeces } from '../fleece/index.js';
 import { GuestAgent, LibvirtTransport } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdCommandError } from '../nbd/index.js';
-import type { QmpExecutor } from '../qmp/index.js';
+import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
 import {
   DIGEST_SEGMENT, ExtentDigest, Repository, fsyncDir, fsyncFile, newDigestInfo, serveImage, writeManifest,
@@ -106,14 +106,14 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const left = await repo.cleanupLeftovers(domain, req.consumer);
     let recovered: BackupResult['recovered'];
     if (left.interrupted) {
-      let passAborted = false;
-      const p = left.interrupted.pass;
-      if (p !== null && ctx.log.openPasses(domain).some((o) => o.id === p)) {
-        ctx.log.abortPass(p);
-        passAborted = true;
-      }
-      recovered = { id: left.interrupted.id, pass: p, passAborted, removed: left.removed };
-      notes.push(`cleaned up the interrupted backup ${left.interrupted.id}${passAborted ? ` (aborted its pass ${p})` : ''}`);
+      const ip = left.interrupted;
+      // Passes a third-party tool holds open with exports are not the killed backup's.
+      const held = new Set((await queryBlockExports(ctx.qmp)).map((e) => /^virtcbt-pass-(\d+)-/.exec(e.id)?.[1]).filter(Boolean).map(Number));
+      const stale = ctx.log.openPasses(domain).filter((o) => o.consumer === req.consumer && !held.has(o.id) &&
+        (o.id === ip.pass || (ip.pass === null && o.generation >= ip.generation)));
+      for (const o of stale) ctx.log.abortPass(o.id);
+      recovered = { id: ip.id, pass: stale[0]?.id ?? ip.pass, passAborted: stale.length > 0, removed: left.removed };
+      notes.push(`cleaned up the interrupted backup ${ip.id}${stale.length ? ` (aborted its pass ${stale.map((o) => o.id).join(', ')})` : ''}`);
     }
     await cleanupStaleFleeces(ctx.qmp, deps.fleeceDir, domain, (await deps.keepFleeceTags?.()) ?? new Set());
     const chain = await repo.chain(domain, req.consumer);
@@ -121,6 +121,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const seq = await repo.nextSeq(domain, req.consumer);
     const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
     emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });
+    // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
+    const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), files: [] as string[], pids: [], pid: process.pid, startedAt: new Date().toISOString() };
+    await repo.writeInProgress(domain, req.consumer, marker);
     step('prepare');
 
     if (ctx.running) {
@@ -141,6 +144,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const time = new Date().toISOString();
     passId = rot.passId!;
     const generation = rot.generation!;
+    marker.pass = passId;
     const consistency: FreezeOutcome['consistency'] = ctx.running ? freeze.consistency : 'filesystem';
     if (freeze.note && ctx.running) notes.push(freeze.note);
     emit({ type: 'snapshot', time, consistency, note: ctx.running ? freeze.note : undefined, freezeWindowMs: freeze.freezeWindowMs, generation, pass: passId });
@@ -167,7 +171,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     });
     emit({ type: 'plan', disks: plans });
     files = plans.map((p) => p.file);
-    await repo.writeInProgress(domain, req.consumer, { id, pass: passId, files, pids: [], pid: process.pid, startedAt: time });
+    marker.files = files;
+    await repo.writeInProgress(domain, req.consumer, marker);
     await Promise.all(plans.map((p) => createImage(chainDir, p)));
     step('create');
 

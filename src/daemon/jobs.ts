@@ -239,6 +239,24 @@ export class JobRunner {
     });
   }
 
+  /**
+   * At daemon start: fleecing a killed daemon left in running domains (its copy-before-write
+   * filter stays in the guest's write path and its overlay grows) is removed at once, not at the
+   * next backup. Runs in each domain's queue, after the tracker's recovery.
+   */
+  start(): void {
+    for (const d of this.log.listDomains()) {
+      void (async () => {
+        if (!(await this.libvirt.isActive(d.name).catch(() => false))) return;
+        await this.tracker.withDomainJob(d.name, async (ctx) => {
+          if (!ctx.running) return;
+          const removed = await cleanupStaleFleeces(ctx.qmp, this.fleeceDir, d.name, await this.liveTags(ctx.qmp, d.name));
+          if (removed.length > 0) this.logger.info('removed fleecing left by an earlier daemon', { domain: d.name, tags: removed });
+        });
+      })().catch((err) => this.logger.warn('cleaning up old fleecing failed', { domain: d.name, error: (err as Error).message }));
+    }
+  }
+
   /** Releases every held storage daemon (daemon shutdown). */
   async stop(): Promise<void> {
     for (const [id, h] of this.held) {

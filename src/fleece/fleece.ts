@@ -101,7 +101,7 @@ export class Fleece {
     const dir = domainFleeceDir(o.dir, o.domain);
     this.states = disks.map((disk) => {
       const node = fleeceNodeName(tag, disk.target);
-      if (node.length > NODE_NAME_MAX || !/^[A-Za-z][A-Za-z0-9._-]*$/.test(node)) {
+      if (node.length + 2 > NODE_NAME_MAX || !/^[A-Za-z][A-Za-z0-9._-]*$/.test(node)) {
         throw new VirtcbtError(`cannot name a fleecing node for disk ${disk.target}: '${node}' is not a valid QEMU node name`, {
           domain: o.domain, disk: disk.target,
         });
@@ -179,7 +179,8 @@ export class Fleece {
 
   /** The `blockdev-backup sync=none` actions that start copy-before-write: join them to the rotation transaction. */
   actions(): TransactionAction[] {
-    return this.states.map((s) => actions.blockdevBackup({ 'job-id': s.job, device: s.disk.node, target: s.node, sync: 'none' }));
+    // The filter node gets our name too: a killed daemon's leftovers are then recognisable in query output.
+    return this.states.map((s) => actions.blockdevBackup({ 'job-id': s.job, device: s.disk.node, target: s.node, sync: 'none', 'filter-node-name': `${s.node}-f` }));
   }
 
   /** Read-only NBD exports of the fleecing nodes on the process's NBD server. Call after the transaction. */

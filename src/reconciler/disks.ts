@@ -1,7 +1,7 @@
 // Finds the tracked disks in a QEMU process: libvirt domains by device alias (query-block's qdev),
 // storage-daemon processes by the node names virtcbt gave them.
 import type { DomainXmlInfo } from '../libvirt/index.js';
-import { findDisk, queryBlock, queryNamedBlockNodes, type QmpExecutor } from '../qmp/index.js';
+import { findDisk, queryBlock, queryNamedBlockNodes, type BlockDeviceInfo, type QmpExecutor } from '../qmp/index.js';
 import { VirtcbtError } from '../util/errors.js';
 import type { TrackedDisk } from './reconciler.js';
 
@@ -16,9 +16,14 @@ export function imageFile(file: string): string {
   }
 }
 
+/** The driver of the filter node blockdev-backup puts above a disk while it runs (fleecing). */
+const FLEECING_FILTER = 'copy-before-write';
+
 export async function libvirtDisks(qmp: QmpExecutor, info: DomainXmlInfo, targets: string[]): Promise<TrackedDisk[]> {
   const blocks = await queryBlock(qmp);
-  return targets.map((target) => {
+  let named: BlockDeviceInfo[] | undefined;
+  const out: TrackedDisk[] = [];
+  for (const target of targets) {
     const d = info.disks.find((k) => k.target === target);
     if (!d) {
       throw new VirtcbtError(`disk ${target} is tracked but no longer in the domain`, {
@@ -33,13 +38,26 @@ export async function libvirtDisks(qmp: QmpExecutor, info: DomainXmlInfo, target
         hint: 'Check `virtcbt status` and the domain\'s disks with `virsh domblklist`',
       });
     }
+    if (node.format === FLEECING_FILTER) {
+      // A fleecing job (a backup under way, or one a killed daemon left) put its filter above the
+      // disk: the format node is beneath it, libvirt's libvirt-N-format over the same file.
+      named ??= await queryNamedBlockNodes(qmp);
+      const file = node.info.inserted?.file;
+      const under = named.find((n) => n['node-name'] === `libvirt-${d.sourceIndex}-format` && n.drv === 'qcow2')
+        ?? named.find((n) => n.drv === 'qcow2' && n.file === file);
+      if (under?.['node-name']) {
+        out.push({ target, node: under['node-name'], sizeBytes: under.image['virtual-size'], layer: imageFile(under.file), bitmaps: under['dirty-bitmaps'] ?? [] });
+        continue;
+      }
+    }
     if (node.format !== 'qcow2') {
       throw new VirtcbtError(`disk ${target}'s active layer is ${node.format}, not qcow2: persistent bitmaps need qcow2`, {
         domain: info.name, disk: target,
       });
     }
-    return { target, node: node.node, sizeBytes: node.virtualSize, layer: imageFile(node.info.inserted?.file ?? ''), bitmaps: node.bitmaps };
-  });
+    out.push({ target, node: node.node, sizeBytes: node.virtualSize, layer: imageFile(node.info.inserted?.file ?? ''), bitmaps: node.bitmaps });
+  }
+  return out;
 }
 
 /** Disks in a qemu-storage-daemon where virtcbt named each format node after the disk's target. */

@@ -17,7 +17,10 @@ export const PRUNE_JOURNAL = '.prune.json';
 /** What a running backup records before it writes anything, so that the next run can undo a killed one. */
 export interface InProgress {
   id: string;
+  /** The pass it began (null until the rotation is done). */
   pass: number | null;
+  /** The domain's generation before the rotation: a pass of this consumer begun at or after it is this backup's. */
+  generation: number;
   files: string[];
   /** qemu-nbd processes writing the files (killed if a crash left them waiting). */
   pids: number[];
