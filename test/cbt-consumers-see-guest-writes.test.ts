@@ -2,32 +2,24 @@
 // Writes at known offsets of the scratch disk show up exactly (at bitmap granularity) for each
 // consumer independently; they survive a VM restart; a killed QEMU forces a full pass.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
+import type { GuestAgent } from '../src/guest/index.js';
 import { pollUntil } from '../src/util/abort.js';
+import { guestAgent, guestWrite as write, KiB, MiB, waitConnected as connected } from './support/cbt.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';
 
 useCleanup();
-const KiB = 1024;
-const MiB = 1024 * KiB;
 
 let daemon: TestDaemon;
 let guest: LibvirtGuest;
 let agent: GuestAgent;
 
-/** dd of 64 KiB of random data at OFFSET of /dev/vdb inside the guest, bypassing its page cache. */
-async function guestWrite(offsetBytes: number, lengthBytes = 64 * KiB): Promise<void> {
-  const r = await agent.exec('/bin/dd', ['if=/dev/urandom', 'of=/dev/vdb', `bs=${4 * KiB}`, `seek=${offsetBytes / (4 * KiB)}`,
-    `count=${lengthBytes / (4 * KiB)}`, 'oflag=direct', 'conv=notrunc'], { timeoutMs: 60_000 });
-  expect(r.exitCode, r.stderr).toBe(0);
-}
+const guestWrite = (offset: number) => write(agent, offset);
 
 const vdb = (r: { disks: { target: string; full: boolean; reason?: string; extents: [number, number][] }[] }) => r.disks.find((d) => d.target === 'vdb')!;
 
-async function waitConnected(): Promise<void> {
-  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, `virtcbtd to connect to ${guest?.name}`, { timeoutMs: 60_000, intervalMs: 250 });
-}
+const waitConnected = () => connected(daemon, guest.name);
 
 async function fullPass(consumer: string): Promise<void> {
   const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', consumer]);
@@ -38,7 +30,7 @@ async function fullPass(consumer: string): Promise<void> {
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'cbt', scratchFormat: 'qcow2', start: false });
-  agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
+  agent = guestAgent(guest.name);
 });
 
 describe('changed-block tracking on a libvirt domain', () => {
@@ -95,7 +87,7 @@ describe('changed-block tracking on a libvirt domain', () => {
   it('writes of one VM session are still reported after shutdown and restart', async () => {
     await guestWrite(7 * MiB);
     await guest.destroy(); // SIGTERM: QEMU exits cleanly and stores its persistent bitmaps
-    await pollUntil(async () => !(await daemon.cliJson(['status', guest.name])).connected, 'disconnect', { timeoutMs: 30_000, intervalMs: 250 });
+    await connected(daemon, guest.name, false);
     await guest.start();
     await waitConnected();
     expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly'])).extents).toEqual([[5 * MiB, 64 * KiB], [7 * MiB, 64 * KiB]]);

@@ -1,31 +1,24 @@
 // Enabling a domain that is already running: tracking starts at once through libvirt's own
 // monitor (virsh qemu-monitor-command); after the next restart virtcbtd uses its own QMP socket.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
-import { pollUntil } from '../src/util/abort.js';
+import type { GuestAgent } from '../src/guest/index.js';
+import { diskChanges, guestAgent, guestWrite as write, KiB, MiB, waitConnected } from './support/cbt.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
 
 useCleanup();
-const KiB = 1024;
-const MiB = 1024 * KiB;
 let daemon: TestDaemon;
 let guest: LibvirtGuest;
 let agent: GuestAgent;
 
-const vdb = async (consumer: string) =>
-  (await daemon.cliJson(['changes', guest.name, '--consumer', consumer])).disks.find((d: { target: string }) => d.target === 'vdb') as { full: boolean; extents: [number, number][] };
-
-async function guestWrite(offset: number): Promise<void> {
-  const r = await agent.exec('/bin/dd', ['if=/dev/urandom', 'of=/dev/vdb', `bs=${64 * KiB}`, `seek=${offset / (64 * KiB)}`, 'count=1', 'oflag=direct', 'conv=notrunc'], { timeoutMs: 60_000 });
-  expect(r.exitCode, r.stderr).toBe(0);
-}
+const vdb = (consumer: string) => diskChanges(daemon, guest.name, consumer);
+const guestWrite = (offset: number) => write(agent, offset);
 
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'live', scratchFormat: 'qcow2' });
-  agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
+  agent = guestAgent(guest.name);
 });
 
 describe('enable on a running domain', () => {
@@ -47,7 +40,7 @@ describe('enable on a running domain', () => {
     await guestWrite(4 * MiB);
     await guest.destroy();
     await guest.start();
-    await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'own QMP socket', { timeoutMs: 60_000, intervalMs: 250 });
+    await waitConnected(daemon, guest.name);
     expect((await vdb('a')).extents).toEqual([[2 * MiB, 64 * KiB], [4 * MiB, 64 * KiB]]);
   });
 });

@@ -1,16 +1,15 @@
 // kill -9 of virtcbtd at each step of a fold (rotate, record, export, fold, remove), then a
 // restart: no block the guest wrote is ever missing from the next `changes`.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
+import type { GuestAgent } from '../src/guest/index.js';
 import { RECONCILE_STEPS } from '../src/reconciler/index.js';
 import { pollUntil } from '../src/util/abort.js';
+import { diskChanges, guestAgent, guestWrite as write, KiB, MiB, waitConnected } from './support/cbt.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
 
 useCleanup();
-const KiB = 1024;
-const MiB = 1024 * KiB;
 
 let daemon: TestDaemon;
 let guest: LibvirtGuest;
@@ -18,24 +17,17 @@ let agent: GuestAgent;
 const written: number[] = [];
 
 async function guestWrite(offset: number): Promise<void> {
-  const r = await agent.exec('/bin/dd', ['if=/dev/urandom', 'of=/dev/vdb', `bs=${64 * KiB}`, `seek=${offset / (64 * KiB)}`, 'count=1', 'oflag=direct', 'conv=notrunc'], { timeoutMs: 60_000 });
-  expect(r.exitCode, r.stderr).toBe(0);
+  await write(agent, offset);
   written.push(offset);
 }
 
-const vdbExtents = async () => {
-  const r = await daemon.cliJson(['changes', guest.name, '--consumer', 'a']);
-  return r.disks.find((d: { target: string }) => d.target === 'vdb') as { full: boolean; extents: [number, number][] };
-};
-
-async function connected(): Promise<void> {
-  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
-}
+const vdbExtents = () => diskChanges(daemon, guest.name, 'a');
+const connected = () => waitConnected(daemon, guest.name);
 
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'kill', scratchFormat: 'qcow2', start: false });
-  agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
+  agent = guestAgent(guest.name);
   await daemon.cli(['enable', guest.name]);
   await daemon.cli(['consumer', 'add', guest.name, 'a']);
   await guest.start();
