@@ -3,8 +3,8 @@
 // persistent bitmaps record) is a plain qcow2 backing chain that qemu-img checks, follows and
 // converts to the disk's contents, also after the repository was moved elsewhere.
 import { execa } from 'execa';
-import { cpSync } from 'node:fs';
-import { join } from 'node:path';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { MiB, backupJson, sameContent, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
@@ -12,6 +12,7 @@ import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
 
 useCleanup();
+const CLI = resolve(import.meta.dirname, '../dist/src/cli/main.js');
 
 let daemon: TestDaemon;
 let guest: LibvirtGuest;
@@ -65,6 +66,23 @@ describe('a backup chain is a plain qcow2 chain', () => {
     const raw = join(tempDir('raw'), 'vdb.raw');
     await execa('qemu-img', ['convert', '-O', 'raw', movedTop, raw]);
     expect((await sameContent(guest.disks.scratch, 'qcow2', raw, 'raw')).same).toBe(true);
+  });
+
+  it('a backup job from the config backs its domains up and prunes to its keep', async () => {
+    const jobRepo = tempDir('jobrepo');
+    const cfg = JSON.parse(readFileSync(daemon.configFile, 'utf8'));
+    cfg.backup = { jobs: [{ name: 'nightly', domains: [guest.name], consumer: 'weekly', repo: jobRepo, keep: 2, calendar: 'daily' }] };
+    const file = join(tempDir('cfg'), 'config.json');
+    writeFileSync(file, JSON.stringify(cfg));
+    await daemon.cli(['consumer', 'add', guest.name, 'weekly']);
+    for (let i = 0; i < 3; i++) {
+      await offlineWrite(20 * MiB + i * MiB, 64 * 1024, 0x50 + i);
+      const r = await execa('node', [CLI, '--config', file, 'backup', '--job', 'nightly'], { reject: false });
+      expect(r.exitCode, r.stderr).toBe(0);
+      expect(r.stdout).toContain(`weekly-000${i + 1}: ${i === 0 ? 'full' : 'incremental'} backup`);
+    }
+    const list = await daemon.cliJson(['list', '--repo', jobRepo, guest.name]);
+    expect(list.domains[0].backups.map((b: { id: string }) => b.id)).toEqual(['weekly-0002', 'weekly-0003']);
   });
 
   it('the manifests describe the chain', async () => {

@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { schema, type VirtcbtConfig } from '../../config/schema.js';
 import { UsageError } from '../util/errors.js';
 
-export type { VirtcbtConfig } from '../../config/schema.js';
+export type { BackupJobConfig, VirtcbtConfig } from '../../config/schema.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/virtcbt/config.json';
 

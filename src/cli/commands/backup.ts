@@ -2,7 +2,7 @@
 // progress events, then prints a summary; with --keep, prunes the chain afterwards.
 import { resolve } from 'node:path';
 import type { BackupEvent, BackupResult } from '../../backup/index.js';
-import { UsageError } from '../../util/errors.js';
+import { UsageError, VirtcbtError, errorMessage } from '../../util/errors.js';
 import { domainArg, parse } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
 import { callDaemon } from '../daemon-client.js';
@@ -59,10 +59,55 @@ export function summary(r: BackupResult): string[] {
   return lines;
 }
 
+interface OneBackup {
+  domain: string;
+  consumer: string;
+  repo: string;
+  full: boolean;
+  noFreeze: boolean;
+  keep?: number;
+  json: boolean;
+}
+
+async function backupOne(ctx: CommandContext, o: OneBackup): Promise<BackupResult> {
+  const tty = ctx.io.isTty && !o.json ? new TtyProgress() : undefined;
+  const result = await callDaemon<BackupEvent>(ctx.config().daemon.socket, 'POST', `/v1/domains/${encodeURIComponent(o.domain)}/backups`, {
+    body: { consumer: o.consumer, repo: o.repo, full: o.full, noFreeze: o.noFreeze },
+    onEvent: (raw) => {
+      const ev = raw as unknown as BackupEvent;
+      if (o.json) {
+        ctx.io.out(JSON.stringify(ev));
+        return;
+      }
+      if (!tty) return;
+      if (ev.type === 'progress') {
+        const pct = ev.total > 0 ? Math.min(100, (ev.done / ev.total) * 100) : 100;
+        tty.update(ev.disk, `${ev.disk}  ${pct.toFixed(0).padStart(3)}%  ${formatBytes(ev.done)} / ${formatBytes(ev.total)}  ` +
+          `${formatBytes(ev.bytesPerSec)}/s  ETA ${formatEta(ev.etaSec)}`);
+      } else if (ev.type === 'snapshot') {
+        ctx.io.err(ev.consistency === 'filesystem'
+          ? `snapshot taken (guest frozen ${ev.freezeWindowMs === null ? '-' : formatMs(ev.freezeWindowMs)}), pass ${ev.pass}`
+          : `snapshot taken, crash-consistent: ${ev.note ?? ''}`);
+      }
+    },
+  });
+  if (result.type !== 'result') throw new UsageError('virtcbtd ended the backup without a result');
+  if (!o.json) for (const l of summary(result)) ctx.io.out(l);
+  if (o.keep !== undefined) {
+    // Loaded only when needed: the repository room pulls in execa, which costs the CLI ~250 ms to start.
+    const { Repository, pruneChain } = await import('../../repo/index.js');
+    const p = await pruneChain(await Repository.open(o.repo), o.domain, o.consumer, o.keep);
+    if (o.json) ctx.io.out(JSON.stringify({ type: 'prune', ...p }));
+    else ctx.io.out(`pruned: removed ${p.removed.length} restore point(s)${p.removed.length ? ` (${p.removed.join(', ')})` : ''}${p.mergedInto ? `, merged into ${p.mergedInto}` : ''}`);
+  }
+  return result;
+}
+
 export const backupCommand: Command = {
   name: 'backup',
   summary: 'back up a domain for a consumer (full or incremental) into a repository',
   usage: `usage: virtcbt backup DOMAIN --consumer NAME [--repo DIR] [--full] [--no-freeze] [--keep N] [--json]
+       virtcbt backup --job NAME [--json]
 
 Takes a point-in-time backup without pausing the guest: its filesystems are frozen through the
 guest agent (when it has one) only for the instant the snapshot is taken. A consumer's first
@@ -72,6 +117,8 @@ only once the data and the manifest are on disk.
   --full       copy every disk whole and start a new chain
   --no-freeze  do not freeze the guest's filesystems (crash-consistent backup)
   --keep N     afterwards, keep only the newest N restore points of this consumer (prune)
+  --job NAME   run the backup job NAME from the config (backup.jobs): each of its domains, then
+               prune to its keep; what the systemd timers installed by \`virtcbt install\` run
   --json       JSON lines: every progress event, the result last`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, {
@@ -80,44 +127,38 @@ only once the data and the manifest are on disk.
       full: { type: 'boolean' },
       'no-freeze': { type: 'boolean' },
       keep: { type: 'string' },
+      job: { type: 'string' },
       json: { type: 'boolean' },
     }, this.usage);
+    const json = Boolean(values.json);
+    if (values.job !== undefined) {
+      if (positionals.length > 0 || values.consumer || values.repo || values.keep) {
+        throw new UsageError(`--job takes the domains, consumer, repository and keep from the config: give no others\n\n${this.usage}`);
+      }
+      const job = ctx.config().backup.jobs.find((j) => j.name === values.job);
+      if (!job) throw new UsageError(`no backup job '${values.job}' in the config (backup.jobs has ${ctx.config().backup.jobs.map((j) => j.name).join(', ') || 'none'})`);
+      const repo = repoArg(ctx, job.repo, this.usage);
+      const failed: string[] = [];
+      for (const domain of job.domains) {
+        try {
+          await backupOne(ctx, { domain, consumer: job.consumer, repo, full: Boolean(values.full), noFreeze: Boolean(values['no-freeze']), keep: job.keep || undefined, json });
+        } catch (err) {
+          // One domain's failure must not cost the others their backup.
+          ctx.io.err(`virtcbt backup: ${domain}: ${errorMessage(err)}`);
+          failed.push(domain);
+        }
+      }
+      if (failed.length > 0) throw new VirtcbtError(`backup job ${job.name}: ${failed.length} of ${job.domains.length} domains failed (${failed.join(', ')})`);
+      return EXIT.OK;
+    }
     const domain = domainArg(positionals, this.usage);
     if (!values.consumer) throw new UsageError(`--consumer is required\n\n${this.usage}`);
-    const repo = repoArg(ctx, values.repo, this.usage);
     const keep = values.keep === undefined ? undefined : Number(values.keep);
     if (keep !== undefined && (!Number.isInteger(keep) || keep < 1)) throw new UsageError(`--keep must be a whole number of at least 1\n\n${this.usage}`);
-    const json = Boolean(values.json);
-    const tty = ctx.io.isTty && !json ? new TtyProgress() : undefined;
-    const result = await callDaemon<BackupEvent>(ctx.config().daemon.socket, 'POST', `/v1/domains/${encodeURIComponent(domain)}/backups`, {
-      body: { consumer: values.consumer, repo, full: Boolean(values.full), noFreeze: Boolean(values['no-freeze']) },
-      onEvent: (raw) => {
-        const ev = raw as unknown as BackupEvent;
-        if (json) {
-          ctx.io.out(JSON.stringify(ev));
-          return;
-        }
-        if (!tty) return;
-        if (ev.type === 'progress') {
-          const pct = ev.total > 0 ? Math.min(100, (ev.done / ev.total) * 100) : 100;
-          tty.update(ev.disk, `${ev.disk}  ${pct.toFixed(0).padStart(3)}%  ${formatBytes(ev.done)} / ${formatBytes(ev.total)}  ` +
-            `${formatBytes(ev.bytesPerSec)}/s  ETA ${formatEta(ev.etaSec)}`);
-        } else if (ev.type === 'snapshot') {
-          ctx.io.err(ev.consistency === 'filesystem'
-            ? `snapshot taken (guest frozen ${ev.freezeWindowMs === null ? '-' : formatMs(ev.freezeWindowMs)}), pass ${ev.pass}`
-            : `snapshot taken, crash-consistent: ${ev.note ?? ''}`);
-        }
-      },
+    await backupOne(ctx, {
+      domain, consumer: values.consumer, repo: repoArg(ctx, values.repo, this.usage), full: Boolean(values.full),
+      noFreeze: Boolean(values['no-freeze']), keep, json,
     });
-    if (result.type !== 'result') throw new UsageError('virtcbtd ended the backup without a result');
-    if (!json) for (const l of summary(result)) ctx.io.out(l);
-    if (keep !== undefined) {
-      // Loaded only when needed: the repository room pulls in execa, which costs the CLI ~250 ms to start.
-      const { Repository, pruneChain } = await import('../../repo/index.js');
-      const p = await pruneChain(await Repository.open(repo), domain, values.consumer, keep);
-      if (json) ctx.io.out(JSON.stringify({ type: 'prune', ...p }));
-      else ctx.io.out(`pruned: removed ${p.removed.length} restore point(s)${p.removed.length ? ` (${p.removed.join(', ')})` : ''}${p.mergedInto ? `, merged into ${p.mergedInto}` : ''}`);
-    }
     return EXIT.OK;
   },
 };
