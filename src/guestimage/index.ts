@@ -3,3 +3,4 @@
 export { buildGuestImages, defaultGuestCacheDir, repoRoot, GUEST_APPEND, RECIPE_VERSION, type GuestImages } from './build.js';
 export { READY_MARKER, ERROR_MARKER, AGENT_PORT_NAME, DATA_LABEL, XFS_LABEL } from './initramfs.js';
 export { DATA_FILES, DATA_SIZE, XFS_SIZE, SCRATCH_SIZE, patternBuffer } from './disks.js';
+export { guestDomainXml, QEMU_NS, type GuestDiskSpec, type GuestDomainSpec } from './domain.js';

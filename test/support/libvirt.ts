@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { AGENT_PORT_NAME, GUEST_APPEND, READY_MARKER } from '../../src/guestimage/index.js';
+import { READY_MARKER, guestDomainXml } from '../../src/guestimage/index.js';
 import { onCleanup, onExitSync } from './cleanup.js';
 import { guestImages } from './images.js';
 import { copySparse } from './qemu.js';
@@ -221,56 +221,12 @@ interface DomainXmlInput {
   scratchFormat?: 'raw' | 'qcow2';
 }
 
-function esc(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
-}
-
+/** The rig's two-disk guest (qcow2 data on vda, scratch on vdb), through the shared builder. */
 export function domainXml(d: DomainXmlInput): string {
-  const qmp = d.qmpSocket
-    ? `
-  <qemu:commandline>
-    <qemu:arg value='-qmp'/>
-    <qemu:arg value='unix:${esc(d.qmpSocket)},server=on,wait=off'/>
-  </qemu:commandline>`
-    : '';
-  return `<domain type='qemu' xmlns:qemu='${QEMU_NS}'>
-  <name>${esc(d.name)}</name>
-  <memory unit='MiB'>${d.memoryMiB}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64'>hvm</type>
-    <kernel>${esc(d.kernel)}</kernel>
-    <initrd>${esc(d.initrd)}</initrd>
-    <cmdline>${esc(GUEST_APPEND)}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' discard='unmap'/>
-      <source file='${esc(d.disks.data)}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='${d.scratchFormat ?? 'raw'}' discard='unmap'/>
-      <source file='${esc(d.disks.scratch)}'/>
-      <target dev='vdb' bus='virtio'/>
-    </disk>
-    <serial type='file'>
-      <source path='${esc(d.serialLog)}'/>
-      <target port='0'/>
-    </serial>
-    <channel type='unix'>
-      <target type='virtio' name='${AGENT_PORT_NAME}'/>
-    </channel>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-  </devices>${qmp}
-</domain>
-`;
+  return guestDomainXml({
+    name: d.name, kernel: d.kernel, initrd: d.initrd, serialLog: d.serialLog, qmpSocket: d.qmpSocket, memoryMiB: d.memoryMiB,
+    disks: [{ target: 'vda', file: d.disks.data, format: 'qcow2' }, { target: 'vdb', file: d.disks.scratch, format: d.scratchFormat ?? 'raw' }],
+  });
 }
 
 async function qemuLogTail(name: string): Promise<string> {
