@@ -1,6 +1,7 @@
 // Loads virtcbt's configuration: schema defaults, then /etc/virtcbt/config.json (or --config
 // FILE), then VIRTCBT_* environment variables. Malformed input is a UsageError naming the file.
-import convict from 'convict';
+import { createRequire } from 'node:module';
+import type convictType from 'convict';
 import { existsSync } from 'node:fs';
 import { schema, type VirtcbtConfig } from '../../config/schema.js';
 import { UsageError } from '../util/errors.js';
@@ -16,7 +17,12 @@ export interface LoadOptions {
   env?: NodeJS.ProcessEnv;
 }
 
+// convict is loaded on first use: commands that need no configuration (`virtcbt nbd map`) should
+// not pay for it at start-up.
+const require = createRequire(import.meta.url);
+
 export function loadConfig(opts: LoadOptions = {}): VirtcbtConfig {
+  const convict = require('convict') as typeof convictType;
   const env = opts.env ?? process.env;
   const conf = convict(schema, { env: env as Record<string, string> });
   const file = opts.file ?? env.VIRTCBT_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
