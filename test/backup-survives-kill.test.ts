@@ -49,6 +49,9 @@ async function fleeceNodes(): Promise<string[]> {
 }
 
 async function expectRepoSoundAndConsumerUnmoved(): Promise<void> {
+  // A daemon killed while the guest was frozen: the restarted one thawed it before anything else.
+  const st = await virsh(['qemu-agent-command', guest.name, JSON.stringify({ execute: 'guest-fsfreeze-status' })]);
+  expect(JSON.parse(st.stdout).return).toBe('thawed');
   // The restarted daemon removes the killed one's fleecing at once (its filter would slow the guest).
   await pollUntil(async () => (await fleeceNodes()).length === 0, 'stale fleecing to be removed', { timeoutMs: 30_000, intervalMs: 100 });
   const v = await verifyRepo(await Repository.open(repo), guest.name);
@@ -131,5 +134,8 @@ describe('kill -9 of virtcbtd during a backup', () => {
     const named = new Set(list.flatMap((x) => x.disks.map((d) => d.file)));
     expect(readdirSync(dir).filter((f) => f.endsWith('.qcow2') && !named.has(f))).toEqual([]);
     expect(readdirSync(dir).filter((f) => f.startsWith('.'))).toEqual([]);
+    // No qemu-nbd left writing into the repository (a killed daemon's is killed by the next backup).
+    const nbds = (await execa('pgrep', ['-af', 'qemu-nbd'], { reject: false })).stdout.split('\n').filter((l) => l.includes(repo));
+    expect(nbds).toEqual([]);
   });
 });

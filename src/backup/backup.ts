@@ -4,6 +4,7 @@
 // commit the pass. Anything that fails (or a kill) before the commit leaves the consumer where it
 // was and no manifest naming the partial files, which the next run removes.
 import { execa } from 'execa';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChangeLog, DiskChanges } from '../changelog/index.js';
 import { NbdEndpoint, copyExtents, dataExtents, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
@@ -14,7 +15,7 @@ import { CONTEXT_BASE_ALLOCATION, NbdCommandError } from '../nbd/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
 import {
-  DIGEST_SEGMENT, ExtentDigest, Repository, fsyncDir, fsyncFile, newDigestInfo, serveImage, writeManifest,
+  DIGEST_SEGMENT, ExtentDigest, Repository, flushingEndpoint, fsyncDir, fsyncFile, newDigestInfo, serveImage, writeManifest,
   type BackupDisk, type Manifest, type ServedImage,
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
@@ -35,8 +36,8 @@ export interface BackupContext {
 }
 
 /** Points where a crash test kills the daemon (VIRTCBT_FAULT_BACKUP_STEP). */
-export type BackupStep = 'prepared' | 'rotated' | 'copy' | 'copied' | 'manifest';
-export const BACKUP_STEPS: readonly BackupStep[] = ['prepared', 'rotated', 'copy', 'copied', 'manifest'];
+export type BackupStep = 'prepared' | 'frozen' | 'rotated' | 'copy' | 'copied' | 'manifest';
+export const BACKUP_STEPS: readonly BackupStep[] = ['prepared', 'frozen', 'rotated', 'copy', 'copied', 'manifest'];
 
 export interface BackupDeps {
   /** Directory for fleecing overlays (QEMU's user must be able to open files there). */
@@ -55,6 +56,8 @@ export interface BackupDeps {
   /** The agent to freeze through (default: libvirt's, when the domain has the channel). */
   agent?: GuestAgent | null;
   fault?: (step: BackupStep) => void | Promise<void>;
+  /** Records that the guest is frozen (see rotateFrozen): a daemon killed while frozen thaws it at start. */
+  freezeMarker?: { set(): Promise<void>; clear(): Promise<void> };
 }
 
 interface Source {
@@ -63,6 +66,8 @@ interface Source {
 }
 
 const ENOSPC = 28;
+/** Flush the repository image every this many bytes written (see flushingEndpoint). */
+const FLUSH_EVERY = 64 * 1024 * 1024;
 
 /** True when `err` (or a cause) says the disk is full: NBD ENOSPC from qemu-nbd, or a file system ENOSPC. */
 export function isNoSpace(err: unknown): boolean {
@@ -101,6 +106,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   let committed = false;
   let manifestWritten = false;
   let files: string[] = [];
+  let closeAgent: GuestAgent | undefined;
   try {
     // A killed earlier run: its pass never moves the consumer, its files go.
     const left = await repo.cleanupLeftovers(domain, req.consumer);
@@ -118,28 +124,46 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     await cleanupStaleFleeces(ctx.qmp, deps.fleeceDir, domain, (await deps.keepFleeceTags?.()) ?? new Set());
     const chain = await repo.chain(domain, req.consumer);
     const parent = chain[chain.length - 1];
+    // The consumer's last generation: the pass begun below covers (since, P].
+    const since = ctx.log.listConsumers(domain).find((c) => c.name === req.consumer)!.last;
     const seq = await repo.nextSeq(domain, req.consumer);
     const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
     emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });
     // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
-    const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), files: [] as string[], pids: [], pid: process.pid, startedAt: new Date().toISOString() };
+    const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), files: [] as string[], pids: [] as number[], pid: process.pid, startedAt: new Date().toISOString() };
     await repo.writeInProgress(domain, req.consumer, marker);
     step('prepare');
 
-    if (ctx.running) {
-      fleece = await Fleece.prepare({ qmp: ctx.qmp, domain, dir: deps.fleeceDir, owner: deps.fleeceOwner }, ctx.disks);
-    }
+    const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
+      : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
+    closeAgent = agent;
+    let noAgentReason = !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
+      : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent'
+        : ctx.info.hasAgentChannel ? 'no guest agent' : 'the domain has no guest-agent channel: crash-consistent';
+    // The images are created now, on the plan the chain predicts (alongside the fleecing set-up
+    // and an agent ping): a rare surprise of the change log (a raised floor) recreates one.
+    const predicted = new Map(ctx.disks.map((disk) => {
+      const pd = parent?.disks.find((d) => d.target === disk.target);
+      const why = fullReason(req, undefined, parent, pd, since, disk, ctx.info.uuid);
+      return [disk.target, { file: `${id}.${disk.target}.qcow2`, backing: why === undefined ? pd!.file : null, sizeBytes: disk.sizeBytes }];
+    }));
+    const [fl, agentOk] = await Promise.all([
+      ctx.running ? Fleece.prepare({ qmp: ctx.qmp, domain, dir: deps.fleeceDir, owner: deps.fleeceOwner }, ctx.disks) : Promise.resolve(undefined),
+      agent ? agent.ping({ timeoutMs: Math.min(5_000, deps.agentTimeoutMs) }).then(() => true, (err: unknown) => {
+        noAgentReason = `the guest agent did not answer (${errorMessage(err)}): crash-consistent`;
+        return false;
+      }) : Promise.resolve(false),
+      Promise.all([...predicted.values()].map((p) => createImage(chainDir, p))),
+    ]);
+    fleece = fl;
     step('fleece');
     await deps.fault?.('prepared');
 
-    const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
-      : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
-    const noAgentReason = !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
-      : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent'
-        : ctx.info.hasAgentChannel ? 'no guest agent' : 'the domain has no guest-agent channel: crash-consistent';
     const { rot, freeze } = await rotateFrozen(
       (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer: req.consumer }, extra: fleece?.actions(), aroundTransaction: around }),
-      agent, { freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason },
+      agentOk ? agent : undefined, {
+        freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: deps.freezeMarker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
+      },
     );
     const time = new Date().toISOString();
     passId = rot.passId!;
@@ -173,25 +197,44 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     files = plans.map((p) => p.file);
     marker.files = files;
     await repo.writeInProgress(domain, req.consumer, marker);
-    await Promise.all(plans.map((p) => createImage(chainDir, p)));
+    for (const p of plans) {
+      if (predicted.get(p.target)?.backing !== p.backing) {
+        await rm(join(chainDir, p.file), { force: true });
+        await createImage(chainDir, p);
+      }
+    }
     step('create');
 
     const cut = (n: number) => Math.max(DIGEST_SEGMENT, n - (n % DIGEST_SEGMENT));
     const results = await Promise.all(plans.map(async (plan): Promise<{ plan: DiskPlan; res: DiskResult; extents: [number, number][] }> => {
       const started = performance.now();
+      const ch = changes.find((c) => c.target === plan.target)!;
+      const digest = new ExtentDigest();
+      if (!plan.full && ch.extents.length === 0) {
+        // Nothing changed on this disk: the empty overlay already reads as its parent.
+        await fsyncFile(join(chainDir, plan.file));
+        const res: DiskResult = {
+          target: plan.target, full: false, file: plan.file, backing: plan.backing, bytes: 0, written: 0, extents: 0,
+          sha256: await digest.finish(), elapsedMs: Math.round(performance.now() - started),
+        };
+        emit({ type: 'disk-done', disk: res });
+        return { plan, res, extents: [] };
+      }
       const target = await serveImage(join(chainDir, plan.file), { runDir: deps.runDir, writable: true, zeroInitialized: plan.full, timeoutMs: deps.nbd.timeoutMs });
       served.push(target);
+      // A qemu-nbd this process dies holding is killed by the next run.
+      marker.pids.push(target.pid);
+      await repo.writeInProgress(domain, req.consumer, marker, { durable: false });
       const src = await NbdEndpoint.open(sources.find((s) => s.target === plan.target)!.uri, {
         metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections,
       });
       endpoints.push(src);
-      const ch = changes.find((c) => c.target === plan.target)!;
       const extents: AsyncIterable<CopyExtent> | CopyExtent[] = plan.full ? wholeDisk(src) : dataExtents(ch.extents.map(([offset, length]) => ({ offset, length })));
-      const digest = new ExtentDigest();
       const total = plan.full ? plan.sizeBytes : plan.changedBytes;
       const meter = new ProgressMeter(total);
+      const flushing = flushingEndpoint(target.endpoint, FLUSH_EVERY);
       let faulted = false;
-      const progress = await copyExtents(src, digest.wrap(target.endpoint), digest.track(extents), {
+      const progress = await copyExtents(src, digest.wrap(flushing.endpoint), digest.track(extents), {
         requestSize: cut(deps.nbd.requestSize),
         inflight: deps.nbd.inflight,
         onProgress: (p: Readonly<CopyProgress>) => {
@@ -202,9 +245,13 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
             void deps.fault('copy');
           }
         },
+      }).catch(async (err) => {
+        await digest.abandon();
+        throw err;
       });
-      const sha256 = digest.finish();
+      const sha256 = await digest.finish();
       emit({ type: 'progress', disk: plan.target, ...meter.final(progress.done, progress.written) });
+      await flushing.settle();
       await target.close();
       await src.close();
       await fsyncFile(join(chainDir, plan.file));
@@ -266,17 +313,18 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     for (const e of endpoints) await e.close().catch(() => undefined);
     await fleece?.teardown().catch((err) => notes.push(errorMessage(err)));
     await removeDirect(ctx.qmp, direct).catch(() => undefined);
+    await closeAgent?.close().catch(() => undefined);
     await lock.release();
   }
 }
 
 /** Why a disk must be copied whole, or undefined when the consumer's changes continue its chain. */
 function fullReason(
-  req: BackupRequest, ch: DiskChanges, parent: Manifest | undefined, pd: BackupDisk | undefined,
+  req: BackupRequest, ch: DiskChanges | undefined, parent: Manifest | undefined, pd: BackupDisk | undefined,
   since: number | null, disk: TrackedDisk, uuid: string,
 ): string | undefined {
   if (req.full) return '--full was asked for';
-  if (ch.full) return ch.reason ?? 'the change log has no history for this consumer';
+  if (ch?.full) return ch.reason ?? 'the change log has no history for this consumer';
   if (!parent || !pd) return 'the repository has no earlier backup of this disk for this consumer';
   if (parent.uuid !== uuid) return `the previous backup ${parent.id} is of another domain with the same name (uuid ${parent.uuid})`;
   if (pd.sizeBytes !== disk.sizeBytes) return `the disk size changed from ${pd.sizeBytes} to ${disk.sizeBytes} bytes`;
@@ -286,7 +334,7 @@ function fullReason(
   return undefined;
 }
 
-async function createImage(chainDir: string, p: DiskPlan): Promise<void> {
+async function createImage(chainDir: string, p: { file: string; backing: string | null; sizeBytes: number; target?: string }): Promise<void> {
   const args = ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536'];
   if (p.backing) args.push('-b', p.backing, '-F', 'qcow2');
   args.push(p.file, String(p.sizeBytes));

@@ -22,7 +22,19 @@ export type Rotate = (aroundTransaction?: (run: () => Promise<void>) => Promise<
  * itself fails (nothing happened in QEMU then), rotates again without it: a crash-consistent
  * backup beats none, and the result says why it is one.
  */
-export async function rotateFrozen(rotate: Rotate, agent: GuestAgent | undefined, opts: { freezeTimeoutMs: number; noAgentReason?: string }): Promise<{ rot: RotateResult; freeze: FreezeOutcome }> {
+export interface FreezeOptions {
+  freezeTimeoutMs: number;
+  noAgentReason?: string;
+  /**
+   * Called before the freeze and after a successful thaw: records that this process froze the
+   * guest, so that a daemon killed in between thaws it when it starts again.
+   */
+  marker?: { set(): Promise<void>; clear(): Promise<void> };
+  /** Fault injection for crash tests: called with the guest frozen, after the transaction. */
+  whileFrozen?: () => void | Promise<void>;
+}
+
+export async function rotateFrozen(rotate: Rotate, agent: GuestAgent | undefined, opts: FreezeOptions): Promise<{ rot: RotateResult; freeze: FreezeOutcome }> {
   if (!agent) {
     return { rot: await rotate(), freeze: { consistency: 'crash', note: opts.noAgentReason ?? 'no guest agent', freezeWindowMs: null } };
   }
@@ -32,14 +44,17 @@ export async function rotateFrozen(rotate: Rotate, agent: GuestAgent | undefined
   let thawedAt = 0;
   let thawError: string | undefined;
   const around = async (run: () => Promise<void>) => {
+    await opts.marker?.set();
     t0 = performance.now();
     try {
       await agent.withFrozen(async () => {
         frozenAt = performance.now();
         ran = true;
         await run();
+        await opts.whileFrozen?.();
       }, { timeoutMs: opts.freezeTimeoutMs });
       thawedAt = performance.now();
+      await opts.marker?.clear();
     } catch (err) {
       // The transaction ran but the thaw failed: the rotation is done and must not be undone.
       if (ran && err instanceof ThawFailedError && err.original === undefined) {
@@ -47,6 +62,8 @@ export async function rotateFrozen(rotate: Rotate, agent: GuestAgent | undefined
         thawError = errorMessage(err.thawError);
         return;
       }
+      // withFrozen thawed unless ThawFailedError says otherwise: then the marker stays for the next start.
+      if (!(err instanceof ThawFailedError)) await opts.marker?.clear();
       throw err;
     }
   };

@@ -2,12 +2,13 @@
 // to third-party tools, both reading the same point-in-time view (fleecing on a running VM, the
 // images themselves through qemu-storage-daemon on a stopped one).
 import { execa } from 'execa';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runBackup, rotateFrozen, type BackupEvent, type BackupRequest, type BackupResult, type BackupStep } from '../backup/index.js';
 import type { ChangeLog, DiskChanges } from '../changelog/index.js';
 import type { VirtcbtConfig } from '../config/index.js';
 import { Fleece, buildExtentBitmap, cleanupStaleFleeces, teardownTag } from '../fleece/index.js';
-import { GuestAgent, LibvirtTransport } from '../guest/index.js';
+import { GuestAgent, LibvirtTransport, VirshShellTransport } from '../guest/index.js';
 import type { Libvirt } from '../libvirt/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { withStorageDaemon, type QsdImage, type QsdSession } from '../qsd/index.js';
@@ -70,9 +71,43 @@ export class JobRunner {
     return this.owner;
   }
 
+  /** The agent for the freeze: one virsh shell per job, so freeze and thaw cost milliseconds, not process starts. */
   private agentFor(ctx: DomainJobContext): GuestAgent | undefined {
     if (!ctx.running || !ctx.info.hasAgentChannel) return undefined;
-    return new GuestAgent(new LibvirtTransport(ctx.domain, { uri: this.cfg.libvirt.uri, commandTimeoutMs: this.cfg.agent.timeoutMs }));
+    const t = new VirshShellTransport(ctx.domain, { uri: this.cfg.libvirt.uri, commandTimeoutMs: this.cfg.agent.timeoutMs });
+    t.warmUp();
+    return new GuestAgent(t);
+  }
+
+  /** `stateDir/frozen/DOMAIN` exists while virtcbtd has the guest's filesystems frozen. */
+  private freezeMarker(domain: string): { set(): Promise<void>; clear(): Promise<void> } {
+    const dir = join(this.cfg.stateDir, 'frozen');
+    const file = join(dir, encodeURIComponent(domain));
+    return {
+      set: async () => {
+        await mkdir(dir, { recursive: true, mode: 0o750 });
+        await writeFile(file, `${process.pid}\n`);
+      },
+      clear: () => rm(file, { force: true }),
+    };
+  }
+
+  /** Thaws guests a killed virtcbtd left frozen (its freeze marker is still there). */
+  private async thawLeftFrozen(): Promise<void> {
+    const dir = join(this.cfg.stateDir, 'frozen');
+    for (const f of await readdir(dir).catch(() => [] as string[])) {
+      const domain = decodeURIComponent(f);
+      try {
+        if (await this.libvirt.isActive(domain)) {
+          const agent = new GuestAgent(new LibvirtTransport(domain, { uri: this.cfg.libvirt.uri, commandTimeoutMs: this.cfg.agent.timeoutMs }));
+          const n = await agent.thaw();
+          this.logger.warn('thawed a guest an earlier virtcbtd left frozen', { domain, filesystems: n });
+        }
+        await rm(join(dir, f), { force: true });
+      } catch (err) {
+        this.logger.error('could not thaw a guest an earlier virtcbtd left frozen', { domain, error: (err as Error).message, hint: `virsh domfsthaw ${domain}` });
+      }
+    }
   }
 
   /** Fleecing tags of pass exports whose pass is still open: a backup's stale clean-up keeps them. */
@@ -107,6 +142,7 @@ export class JobRunner {
         keepFleeceTags: () => this.liveTags(ctx.qmp, domain),
         agent: this.agentFor(ctx) ?? null,
         fault: this.opts.backupFault,
+        freezeMarker: this.freezeMarker(domain),
       }, emit).catch((err) => {
         this.logger.error('backup failed', { domain, consumer: req.consumer, error: (err as Error).message });
         throw err;
@@ -158,11 +194,12 @@ export class JobRunner {
       await cleanupStaleFleeces(ctx.qmp, this.fleeceDir, domain, await this.liveTags(ctx.qmp, domain));
       const fleece = await Fleece.prepare({ qmp: ctx.qmp, domain, dir: this.fleeceDir, owner: await this.qemuOwner() }, ctx.disks);
       let passId: number | undefined;
+      const agent = this.agentFor(ctx);
       try {
         const { rot, freeze } = await rotateFrozen(
           (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer }, extra: fleece.actions(), aroundTransaction: around }),
-          this.agentFor(ctx), { freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, noAgentReason: 'the domain has no guest-agent channel: crash-consistent' },
-        );
+          agent, { freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, noAgentReason: 'the domain has no guest-agent channel: crash-consistent', marker: this.freezeMarker(domain) },
+        ).finally(() => agent?.close());
         passId = rot.passId!;
         const changes = this.log.passChanges(passId);
         const refs = new Map<string, { node: string; name: string }>();
@@ -199,6 +236,8 @@ export class JobRunner {
               tag: 'p', target: d.target, name: passBitmapName(pass), sizeBytes: d.sizeBytes, granularity: d.blockSize, extents: d.extents,
             });
             const name = passExportName(pass, d.target);
+            // Building the bitmap stopped the server when its own export went: start it again.
+            await ensureNbdServer(s.qmp, s.nbdSocket);
             await addReadOnlyExport(s.qmp, { id: name, node, name, bitmaps: [ref] });
             reply.exports.push({ target: d.target, uri: nbdUnixUri(s.nbdSocket, name), bitmap: passBitmapName(pass) });
           }
@@ -244,7 +283,9 @@ export class JobRunner {
    * filter stays in the guest's write path and its overlay grows) is removed at once, not at the
    * next backup. Runs in each domain's queue, after the tracker's recovery.
    */
-  start(): void {
+  async start(): Promise<void> {
+    // First, before anything else runs: a guest frozen by a killed daemon must not wait.
+    await this.thawLeftFrozen();
     for (const d of this.log.listDomains()) {
       void (async () => {
         if (!(await this.libvirt.isActive(d.name).catch(() => false))) return;

@@ -58,7 +58,7 @@ async function main(): Promise<void> {
     logger.error('hook event failed', { domain: ev?.domain, op: ev?.op, error: errorMessage(err) }));
 
   await tracker.start();
-  jobs.start();
+  await jobs.start();
   await spool.start();
   await server.listen(cfg.daemon.socket, cfg.daemon.socketGroup || undefined);
   logger.info('virtcbtd ready', { socket: cfg.daemon.socket, version: VERSION });

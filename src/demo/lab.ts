@@ -111,6 +111,7 @@ export async function createLabDomain(o: LabDomainOptions): Promise<LabDomain> {
 
 export interface LabDaemon {
   configFile: string;
+  pid: number;
   socket: string;
   /** Runs the CLI with this daemon's config; throws with its stderr unless it exits 0. */
   cli(args: string[]): Promise<{ stdout: string; stderr: string; ms: number }>;
@@ -143,6 +144,7 @@ export async function startLabDaemon(base: string, extra: Record<string, unknown
   }, 'virtcbtd to start', { timeoutMs: 60_000, intervalMs: 50 });
   return {
     configFile,
+    pid: child.pid!,
     socket,
     log: () => output,
     async cli(args) {

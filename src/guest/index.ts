@@ -3,6 +3,7 @@ export { GuestAgent, type ExecOptions, type ExecResult, type FrozenOptions } fro
 export type { AgentTransport, AgentCallOptions } from './transport.js';
 export { SocketTransport, type SocketTransportOptions } from './socket-transport.js';
 export { LibvirtTransport, virshAgentError, type LibvirtTransportOptions } from './libvirt-transport.js';
+export { VirshShellTransport, type VirshShellTransportOptions } from './virsh-shell-transport.js';
 export {
   AgentError,
   AgentCommandError,

@@ -2,6 +2,7 @@
 // adds short-lived read-only exports to it (bitmap reads, fleecing, pass exports).
 import { existsSync } from 'node:fs';
 import { pollUntil } from '../util/abort.js';
+import { VirtcbtError } from '../util/errors.js';
 import {
   QmpCommandError,
   blockExportAddNbd,
@@ -13,16 +14,45 @@ import {
   type QmpExecutor,
 } from '../qmp/index.js';
 
-/** Starts QEMU's NBD server on `socketPath`, or adopts the one a previous virtcbtd started there. */
+/** Export ids virtcbt uses (bitmap reads, fleecing, backups, pass exports); any other is someone else's. */
+function isOurExport(id: string): boolean {
+  return id.startsWith('virtcbt-') || id.startsWith('vcbt-');
+}
+
+/**
+ * Starts QEMU's NBD server on `socketPath`, or adopts the one a previous virtcbtd started there.
+ * The server is QEMU's only one: while another tool uses it (a libvirt backup job, e.g.
+ * virtnbdbackup's) it is left alone and the caller gets an error to retry later.
+ */
 export async function ensureNbdServer(qmp: QmpExecutor, socketPath: string): Promise<void> {
   try {
     await nbdServerStart(qmp, { addr: unixAddress(socketPath) });
   } catch (err) {
     if (!(err instanceof QmpCommandError) || !/already running/i.test(err.desc)) throw err;
+    const foreign = (await queryBlockExports(qmp)).filter((e) => !isOurExport(e.id));
+    if (foreign.length > 0) {
+      throw new VirtcbtError(`QEMU's NBD server is in use by another tool (exports ${foreign.map((e) => e.id).join(', ')}, e.g. a libvirt backup job)`, {
+        hint: 'Run again once that backup has finished; virtcbt never stops another tool\'s NBD server',
+      });
+    }
     // Ours from before a daemon restart when the socket is where we put it; otherwise restart it.
     if (existsSync(socketPath)) return;
     await nbdServerStop(qmp);
     await nbdServerStart(qmp, { addr: unixAddress(socketPath) });
+  }
+}
+
+/**
+ * Stops the NBD server once none of virtcbt's exports is left on it, so that other tools that
+ * need QEMU's one NBD server (libvirt's backup jobs) find it free. Leaves a server alone that
+ * still has exports (a pass export held open, or another tool's).
+ */
+export async function releaseNbdServer(qmp: QmpExecutor): Promise<void> {
+  if ((await queryBlockExports(qmp)).length > 0) return;
+  try {
+    await nbdServerStop(qmp);
+  } catch (err) {
+    if (!(err instanceof QmpCommandError) || !/not running/i.test(err.desc)) throw err;
   }
 }
 
@@ -61,6 +91,7 @@ export async function removeExport(qmp: QmpExecutor, id: string, timeoutMs = 30_
     timeoutMs,
     intervalMs: 10,
   });
+  await releaseNbdServer(qmp);
 }
 
 export function nbdUnixUri(socketPath: string, exportName: string): string {

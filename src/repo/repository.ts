@@ -4,7 +4,7 @@
 // a killed run and are removed by the next one; a lock file keeps a backup and a prune of the
 // same chain apart.
 import { hostname } from 'node:os';
-import { mkdir, open, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { killStaleQemuNbd, pidAlive } from './image-server.js';
@@ -162,8 +162,11 @@ export class Repository {
 
   // ---- in-progress marker and leftovers ------------------------------------------------------
 
-  async writeInProgress(domain: string, consumer: string, ip: InProgress): Promise<void> {
-    await writeFileDurable(join(this.chainDir(domain, consumer), INPROGRESS_FILE), JSON.stringify(ip, null, 2));
+  /** `durable: false` for updates that only help clean-up (qemu-nbd pids): no fsync on the backup's path. */
+  async writeInProgress(domain: string, consumer: string, ip: InProgress, opts: { durable?: boolean } = {}): Promise<void> {
+    const path = join(this.chainDir(domain, consumer), INPROGRESS_FILE);
+    if (opts.durable === false) await writeFile(path, JSON.stringify(ip, null, 2));
+    else await writeFileDurable(path, JSON.stringify(ip, null, 2));
   }
 
   async readInProgress(domain: string, consumer: string): Promise<InProgress | undefined> {

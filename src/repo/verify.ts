@@ -90,8 +90,11 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
             const digest = new ExtentDigest();
             await copyExtents(img.endpoint, digest.wrap(new NullEndpoint(img.endpoint.size)), digest.track(d.extents.map(([offset, length]) => ({ offset, length }))), {
               requestSize: 4 * DIGEST_SEGMENT,
+            }).catch(async (err) => {
+              await digest.abandon();
+              throw err;
             });
-            const sum = digest.finish();
+            const sum = await digest.finish();
             if (sum !== d.sha256) v.problems.push(`checksum mismatch: the data reads as ${sum}, the manifest says ${d.sha256}`);
           } finally {
             await img.close();
