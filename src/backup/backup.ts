@@ -108,8 +108,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   let files: string[] = [];
   let closeAgent: GuestAgent | undefined;
   try {
-    // A killed earlier run: its pass never moves the consumer, its files go.
-    const left = await repo.cleanupLeftovers(domain, req.consumer);
+    // A killed earlier run: its pass never moves the consumer, its files go. Its marker stays
+    // until this run's replaces it, so a kill in between still finds that pass next time.
+    const left = await repo.cleanupLeftovers(domain, req.consumer, { keepMarker: true });
     let recovered: BackupResult['recovered'];
     if (left.interrupted) {
       const ip = left.interrupted;
@@ -160,7 +161,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     await deps.fault?.('prepared');
 
     const { rot, freeze } = await rotateFrozen(
-      (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer: req.consumer }, extra: fleece?.actions(), aroundTransaction: around }),
+      // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
+      (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer: req.consumer }, extra: fleece?.actions(), aroundTransaction: around, keepFolded: true }),
       agentOk ? agent : undefined, {
         freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: deps.freezeMarker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
       },
@@ -205,6 +207,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     }
     step('create');
 
+    let markerWrites: Promise<unknown> = Promise.resolve();
     const cut = (n: number) => Math.max(DIGEST_SEGMENT, n - (n % DIGEST_SEGMENT));
     const results = await Promise.all(plans.map(async (plan): Promise<{ plan: DiskPlan; res: DiskResult; extents: [number, number][] }> => {
       const started = performance.now();
@@ -224,7 +227,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       served.push(target);
       // A qemu-nbd this process dies holding is killed by the next run.
       marker.pids.push(target.pid);
-      await repo.writeInProgress(domain, req.consumer, marker, { durable: false });
+      const write = markerWrites.then(() => repo.writeInProgress(domain, req.consumer, marker, { durable: false }));
+      markerWrites = write.catch(() => undefined);
+      await write;
       const src = await NbdEndpoint.open(sources.find((s) => s.target === plan.target)!.uri, {
         metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections,
       });
@@ -294,7 +299,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     return {
       domain, consumer: req.consumer, id, kind, parent: manifest.parent, repo: repo.root, chainDir,
       manifest: join(chainDir, `${id}.json`), time, generation, since: pass.since, pass: passId, running: ctx.running,
-      consistency, consistencyNote: manifest.consistencyNote, freezeWindowMs: freeze.freezeWindowMs,
+      consistency, consistencyNote: manifest.consistencyNote, freezeWindowMs: freeze.freezeWindowMs, freezeCallMs: freeze.freezeCallMs,
       disks: results.map((r) => r.res), bytes: disks.reduce((s, d) => s + d.bytes, 0), written: disks.reduce((s, d) => s + d.written, 0),
       elapsedMs: Math.round(performance.now() - t0), steps, recovered, notes,
     };

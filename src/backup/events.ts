@@ -57,6 +57,8 @@ export interface BackupResult {
   consistency: 'filesystem' | 'crash';
   consistencyNote?: string;
   freezeWindowMs: number | null;
+  /** How long the freeze call took (the guest syncs its filesystems first; writes are held only after). */
+  freezeCallMs?: number;
   disks: DiskResult[];
   bytes: number;
   written: number;

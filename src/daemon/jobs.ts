@@ -125,36 +125,48 @@ export class JobRunner {
 
   // ---- backups -------------------------------------------------------------------------------
 
+  /**
+   * Runs a backup in the domain's queue. `emit` gets the progress events and, once the backup is
+   * durable and committed, the result; housekeeping that follows (removing the folded bitmaps,
+   * which makes QEMU flush the image) still runs in the queue but after the result.
+   */
   backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void): Promise<BackupResult> {
     if (!req.repo || !req.repo.startsWith('/')) throw new UsageError('the repository must be an absolute path', { domain });
     return this.tracker.withDomainJob(domain, async (ctx) => {
       const t0 = Date.now();
       this.logger.info('backup started', { domain, consumer: req.consumer, repo: req.repo, full: req.full });
-      const r = await runBackup(ctx, req, {
-        fleeceDir: this.fleeceDir,
-        fleeceOwner: ctx.running ? await this.qemuOwner() : undefined,
-        runDir: this.cfg.runDir,
-        libvirtUri: this.cfg.libvirt.uri,
-        nbd: this.cfg.nbd,
-        agentTimeoutMs: this.cfg.agent.timeoutMs,
-        freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs,
-        domainXml: await this.libvirt.xml(domain, { inactive: !ctx.running }),
-        keepFleeceTags: () => this.liveTags(ctx.qmp, domain),
-        agent: this.agentFor(ctx) ?? null,
-        fault: this.opts.backupFault,
-        freezeMarker: this.freezeMarker(domain),
-      }, emit).catch((err) => {
+      let r: BackupResult;
+      try {
+        r = await runBackup(ctx, req, {
+          fleeceDir: this.fleeceDir,
+          fleeceOwner: ctx.running ? await this.qemuOwner() : undefined,
+          runDir: this.cfg.runDir,
+          libvirtUri: this.cfg.libvirt.uri,
+          nbd: this.cfg.nbd,
+          agentTimeoutMs: this.cfg.agent.timeoutMs,
+          freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs,
+          domainXml: await this.libvirt.xml(domain, { inactive: !ctx.running }),
+          keepFleeceTags: () => this.liveTags(ctx.qmp, domain),
+          agent: this.agentFor(ctx) ?? null,
+          fault: this.opts.backupFault,
+          freezeMarker: this.freezeMarker(domain),
+        }, emit);
+      } catch (err) {
         this.logger.error('backup failed', { domain, consumer: req.consumer, error: (err as Error).message });
+        await ctx.reconciler.removeFolded(ctx.disks).catch(() => undefined);
         throw err;
-      });
+      }
       this.logger.info('backup done', { domain, consumer: req.consumer, id: r.id, kind: r.kind, bytes: r.bytes, ms: Date.now() - t0 });
+      emit({ type: 'result', ...r });
+      await ctx.reconciler.removeFolded(ctx.disks).catch((err) =>
+        this.logger.warn('removing folded bitmaps failed; the next fold retries', { domain, error: (err as Error).message }));
       return r;
     });
   }
 
-  /** The backup as a stream of events for the control API: progress first, the result last. */
+  /** The backup as a stream of events for the control API: progress first, the result last (the stream ends there). */
   backupStream(domain: string, req: BackupRequest): AsyncIterable<Record<string, unknown>> {
-    return eventStream<BackupEvent>((emit) => this.backup(domain, req, emit).then((r) => emit({ type: 'result', ...r })));
+    return eventStream<BackupEvent>((emit) => this.backup(domain, req, emit), (ev) => ev.type === 'result');
   }
 
   // ---- passes with exports ---------------------------------------------------------------------
@@ -322,8 +334,11 @@ function holdStorageDaemon(runDir: string, domain: string, images: QsdImage[]): 
   });
 }
 
-/** Runs `job` and yields what it emits as it happens; a failure ends the stream by throwing. */
-export async function* eventStream<E extends object>(job: (emit: (ev: E) => void) => Promise<unknown>): AsyncGenerator<Record<string, unknown>> {
+/**
+ * Runs `job` and yields what it emits as it happens; a failure ends the stream by throwing. With
+ * `last`, the stream ends after the event it picks, while the job may go on.
+ */
+export async function* eventStream<E extends object>(job: (emit: (ev: E) => void) => Promise<unknown>, last?: (ev: E) => boolean): AsyncGenerator<Record<string, unknown>> {
   const queue: E[] = [];
   let wake: (() => void) | undefined;
   let finished = false;
@@ -337,7 +352,11 @@ export async function* eventStream<E extends object>(job: (emit: (ev: E) => void
     (err) => { failure = err ?? new Error('job failed'); finished = true; wake?.(); },
   );
   for (;;) {
-    while (queue.length > 0) yield queue.shift()! as Record<string, unknown>;
+    while (queue.length > 0) {
+      const ev = queue.shift()!;
+      yield ev as Record<string, unknown>;
+      if (last?.(ev)) return;
+    }
     if (finished) {
       if (failure !== undefined) throw failure;
       return;

@@ -41,7 +41,7 @@ parentPort.on('message', (m) => {
 `;
 
 /** Bytes handed to the worker and not hashed yet, above which writers wait (bounds memory). */
-const MAX_QUEUED = 64 * 1024 * 1024;
+const MAX_QUEUED = 16 * 1024 * 1024;
 
 interface Open {
   start: number;

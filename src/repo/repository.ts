@@ -4,7 +4,7 @@
 // a killed run and are removed by the next one; a lock file keeps a backup and a prune of the
 // same chain apart.
 import { hostname } from 'node:os';
-import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { killStaleQemuNbd, pidAlive } from './image-server.js';
@@ -165,16 +165,33 @@ export class Repository {
   /** `durable: false` for updates that only help clean-up (qemu-nbd pids): no fsync on the backup's path. */
   async writeInProgress(domain: string, consumer: string, ip: InProgress, opts: { durable?: boolean } = {}): Promise<void> {
     const path = join(this.chainDir(domain, consumer), INPROGRESS_FILE);
-    if (opts.durable === false) await writeFile(path, JSON.stringify(ip, null, 2));
-    else await writeFileDurable(path, JSON.stringify(ip, null, 2));
+    if (opts.durable === false) {
+      // Still atomic (a kill must not leave half a marker), just not fsynced.
+      const tmp = `${path}.tmp-${process.pid}`;
+      await writeFile(tmp, JSON.stringify(ip, null, 2));
+      await rename(tmp, path);
+    } else {
+      await writeFileDurable(path, JSON.stringify(ip, null, 2));
+    }
   }
 
+  /**
+   * The marker of an interrupted backup. One that cannot be read still says a backup was
+   * interrupted: it comes back with generation 0, so that every open pass of the consumer counts
+   * as that backup's.
+   */
   async readInProgress(domain: string, consumer: string): Promise<InProgress | undefined> {
+    let text: string;
     try {
-      return JSON.parse(await readFile(join(this.chainDir(domain, consumer), INPROGRESS_FILE), 'utf8')) as InProgress;
+      text = await readFile(join(this.chainDir(domain, consumer), INPROGRESS_FILE), 'utf8');
     } catch {
       return undefined;
     }
+    try {
+      const ip = JSON.parse(text) as InProgress;
+      if (typeof ip.id === 'string' && Number.isInteger(ip.generation)) return ip;
+    } catch { /* fall through */ }
+    return { id: '(unreadable marker)', pass: null, generation: 0, files: [], pids: [], pid: 0, startedAt: '' };
   }
 
   async clearInProgress(domain: string, consumer: string): Promise<void> {
