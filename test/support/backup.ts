@@ -69,3 +69,14 @@ export async function backupJson(daemon: { cli(args: string[], o?: { reject?: bo
   expect(last?.type, r.stdout.slice(-500)).toBe('result');
   return Object.assign(last, { events: lines });
 }
+
+/**
+ * A stopped domain's backup returns its result before its qemu-storage-daemon has finished the
+ * housekeeping (removing folded bitmaps) and released the image lock: wait for the lock.
+ */
+export async function imageUnlocked(image: string): Promise<void> {
+  const { execa } = await import('execa');
+  const { pollUntil } = await import('../../src/util/abort.js');
+  await pollUntil(async () => (await execa('qemu-img', ['info', image], { reject: false })).exitCode === 0,
+    `${image} to be unlocked`, { timeoutMs: 60_000, intervalMs: 100 });
+}
