@@ -30,15 +30,49 @@ const { createHash } = require('node:crypto');
 const zero = Buffer.alloc(${DIGEST_SEGMENT});
 const open = new Map();
 parentPort.on('message', (m) => {
-  let h = open.get(m.start);
-  if (!h) { h = createHash('sha256'); open.set(m.start, h); }
+  const key = m.id + ':' + m.start;
+  let h = open.get(key);
+  if (!h) { h = createHash('sha256'); open.set(key, h); }
   if (m.buf) h.update(new Uint8Array(m.buf));
   else for (let n = m.zeros; n > 0; n -= zero.length) h.update(zero.subarray(0, Math.min(n, zero.length)));
   const bytes = m.buf ? m.buf.byteLength : 0;
-  if (m.last) { open.delete(m.start); parentPort.postMessage({ start: m.start, digest: h.digest(), bytes }); }
-  else parentPort.postMessage({ start: m.start, bytes });
+  if (m.last) { open.delete(key); parentPort.postMessage({ id: m.id, start: m.start, digest: h.digest(), bytes }); }
+  else parentPort.postMessage({ id: m.id, start: m.start, bytes });
 });
 `;
+
+interface WorkerReply {
+  id: number;
+  start: number;
+  digest?: Uint8Array;
+  bytes: number;
+}
+
+/**
+ * One hashing thread for every digest in the process (a backup of several disks, verify): a
+ * thread per digest would cost a V8 isolate each. Started on first use, never keeps the process alive.
+ */
+let shared: { worker: Worker; digests: Map<number, ExtentDigest>; pending: number } | undefined;
+let nextId = 1;
+
+function sharedWorker(): NonNullable<typeof shared> {
+  if (shared) return shared;
+  const worker = new Worker(WORKER_SOURCE, { eval: true });
+  const s = { worker, digests: new Map<number, ExtentDigest>(), pending: 0 };
+  worker.on('message', (m: WorkerReply) => {
+    // Referenced only while it has work: an idle thread must not keep a CLI process alive, a busy one must.
+    if (--s.pending === 0) worker.unref();
+    s.digests.get(m.id)?.onReply(m);
+  });
+  worker.on('error', (err) => {
+    for (const d of s.digests.values()) d.onError(err);
+    if (shared === s) shared = undefined;
+  });
+  worker.on('exit', () => { if (shared === s) shared = undefined; });
+  worker.unref();
+  shared = s;
+  return s;
+}
 
 /** Bytes handed to the worker and not hashed yet, above which writers wait (bounds memory). */
 const MAX_QUEUED = 16 * 1024 * 1024;
@@ -63,6 +97,7 @@ export class ExtentDigest {
   private foldExtent = 0;
   private foldAt: number | undefined;
   private failure: Error | undefined;
+  private readonly id = nextId++;
   private worker?: Worker;
   private queued = 0;
   private waiting: (() => void)[] = [];
@@ -87,30 +122,35 @@ export class ExtentDigest {
 
   private hasher(): Worker {
     if (this.worker) return this.worker;
-    const w = new Worker(WORKER_SOURCE, { eval: true });
-    w.unref();
-    w.on('message', (m: { start: number; digest?: Uint8Array; bytes?: number }) => {
-      if (m.digest) {
-        this.inWorker--;
-        const seg = this.open.get(m.start);
-        if (seg) {
-          this.open.delete(m.start);
-          const rec = Buffer.alloc(48);
-          rec.writeBigUInt64BE(BigInt(seg.start), 0);
-          rec.writeBigUInt64BE(BigInt(seg.end - seg.start), 8);
-          Buffer.from(m.digest).copy(rec, 16);
-          this.done.set(seg.start, rec);
-          this.foldReady();
-        }
-        this.release(m.bytes ?? 0);
-      } else {
-        this.inWorker--;
-        this.release(m.bytes ?? 0);
+    const s = sharedWorker();
+    s.digests.set(this.id, this);
+    this.worker = s.worker;
+    return s.worker;
+  }
+
+  /** @internal A reply from the hashing thread. */
+  onReply(m: WorkerReply): void {
+    this.inWorker--;
+    if (m.digest) {
+      const seg = this.open.get(m.start);
+      if (seg) {
+        this.open.delete(m.start);
+        const rec = Buffer.alloc(48);
+        rec.writeBigUInt64BE(BigInt(seg.start), 0);
+        rec.writeBigUInt64BE(BigInt(seg.end - seg.start), 8);
+        Buffer.from(m.digest).copy(rec, 16);
+        this.done.set(seg.start, rec);
+        this.foldReady();
       }
-    });
-    w.on('error', (err) => { this.fail(err); this.idle?.(); });
-    this.worker = w;
-    return w;
+    }
+    this.release(m.bytes);
+  }
+
+  /** @internal The hashing thread died. */
+  onError(err: Error): void {
+    this.fail(err);
+    this.inWorker = 0;
+    this.release(this.queued);
   }
 
   private release(bytes: number): void {
@@ -161,13 +201,15 @@ export class ExtentDigest {
       seg.fed += n;
       const last = seg.start + seg.fed === seg.end;
       this.inWorker++;
+      const sh = sharedWorker();
+      if (sh.pending++ === 0) sh.worker.ref();
       if (buf) {
         const copy = new Uint8Array(n);
         copy.set(buf.subarray(pos - offset, pos - offset + n));
         this.queued += n;
-        w.postMessage({ start, buf: copy.buffer, last }, [copy.buffer]);
+        w.postMessage({ id: this.id, start, buf: copy.buffer, last }, [copy.buffer]);
       } else {
-        w.postMessage({ start, zeros: n, last });
+        w.postMessage({ id: this.id, start, zeros: n, last });
       }
       pos += n;
     }
@@ -201,8 +243,7 @@ export class ExtentDigest {
     try {
       if (this.inWorker > 0 && !this.failure) await new Promise<void>((resolve) => { this.idle = resolve; });
     } finally {
-      await this.worker?.terminate();
-      this.worker = undefined;
+      this.detach();
     }
     if (this.failure) throw this.failure;
     if (this.open.size > 0 || this.done.size > 0 || this.foldExtent < this.extents.length) {
@@ -213,7 +254,13 @@ export class ExtentDigest {
 
   /** Stops the worker without a result (after a failed copy). */
   async abandon(): Promise<void> {
-    await this.worker?.terminate();
+    this.detach();
+  }
+
+  /** Stops listening to the shared thread (what it still sends for this digest is dropped). */
+  private detach(): void {
+    if (!this.worker) return;
+    shared?.digests.delete(this.id);
     this.worker = undefined;
   }
 

@@ -11,6 +11,9 @@ import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
 import { pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
 
+/** util-linux setpriv (Debian: essential): execs the program with a parent-death signal set. */
+const SETPRIV = '/usr/bin/setpriv';
+
 export interface ServeOptions {
   /** Directory for the socket and pid file (short path: unix sockets are limited to 107 bytes). */
   runDir: string;
@@ -55,7 +58,7 @@ function require_stat(pid: number): string | undefined {
 /** Kills a qemu-nbd left behind by a killed process, if `pid` still is one. */
 export async function killStaleQemuNbd(pid: number): Promise<void> {
   const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  if (!cmd.startsWith('qemu-nbd')) return;
+  if (!cmd.startsWith('qemu-nbd') && !cmd.startsWith(`${SETPRIV}\0--pdeathsig`)) return;
   process.kill(pid, 'SIGKILL');
   await pollUntil(() => !pidAlive(pid), `qemu-nbd ${pid} to exit`, { timeoutMs: 10_000, intervalMs: 10 });
 }
@@ -70,7 +73,12 @@ export async function serveImage(image: string, o: ServeOptions): Promise<Served
   if (o.writable) args.push('--discard=unmap');
   else args.push('-r');
   args.push(image);
-  const child = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  // With setpriv's parent-death signal, a qemu-nbd whose virtcbt process is killed before it
+  // connected does not wait for a client forever (without it, only the clean-up of the next run
+  // would find it, and only if its pid was recorded in time).
+  const child = existsSync(SETPRIV)
+    ? spawn(SETPRIV, ['--pdeathsig', 'SIGKILL', '--', 'qemu-nbd', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+    : spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
