@@ -256,6 +256,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       });
       const sha256 = await digest.finish();
       emit({ type: 'progress', disk: plan.target, ...meter.final(progress.done, progress.written) });
+      const flushStart = performance.now();
       await flushing.settle();
       await target.close();
       await src.close();
@@ -263,7 +264,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const res: DiskResult = {
         target: plan.target, full: plan.full, reason: plan.reason, file: plan.file, backing: plan.backing,
         bytes: digest.bytes, written: progress.written, extents: digest.extents.length, sha256,
-        elapsedMs: Math.round(performance.now() - started),
+        elapsedMs: Math.round(performance.now() - started), flushMs: Math.round(performance.now() - flushStart),
       };
       emit({ type: 'disk-done', disk: res });
       return { plan, res, extents: digest.extents };

@@ -33,6 +33,8 @@ export interface DiskResult {
   extents: number;
   sha256: string;
   elapsedMs: number;
+  /** Of elapsedMs: making the data durable after the last byte was written (flush, close, fsync). */
+  flushMs?: number;
 }
 
 export interface StepTiming {
