@@ -52,12 +52,15 @@ NAME: letters, digits, '.', '_' and '-' (at most 64). A new consumer's first pas
 export const passCommand: Command = {
   name: 'pass',
   summary: 'begin, commit or abort a consumer\'s pass (for third-party backup tools)',
-  usage: `usage: virtcbt pass begin DOMAIN --consumer NAME [--json]
+  usage: `usage: virtcbt pass begin DOMAIN --consumer NAME [--export] [--json]
        virtcbt pass commit DOMAIN --consumer NAME --pass ID [--json]
        virtcbt pass abort DOMAIN --consumer NAME --pass ID [--json]
 
 begin folds the dirty bitmaps, starts a new generation and prints the pass id and the changes
-to copy. Commit only after the copied data is durable: it moves the consumer forward. A pass
+to copy. With --export it also takes a point-in-time snapshot (the guest frozen around it, never
+paused) and prints per disk a read-only NBD URI (unix socket) of the disks at that instant,
+whose meta context qemu:dirty-bitmap:virtcbt-pass-ID marks the changes; the exports stay until
+the pass is committed or aborted. Commit only after the copied data is durable: it moves the consumer forward. A pass
 left open is shown by \`virtcbt status\` and never moves the consumer.`,
   async run(ctx) {
     const [verb, ...rest] = ctx.argv;
