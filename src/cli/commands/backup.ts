@@ -48,7 +48,7 @@ export function summary(r: BackupResult): string[] {
     `${r.id}: ${r.kind} backup of ${r.domain} for ${r.consumer}${r.parent ? ` (on top of ${r.parent})` : ''}, generation ${r.generation}, pass ${r.pass}`,
   ];
   for (const d of r.disks) {
-    lines.push(`  ${d.target}  ${d.full ? `full${d.reason ? ` (${d.reason})` : ''}` : 'incremental'}: ${formatBytes(d.bytes)} in ${d.extents} extents, ` +
+    lines.push(`  ${d.target}  ${d.full ? `full${d.reason ? ` (${d.reason})` : ''}` : 'incremental'}: ${formatBytes(d.bytes)} in ${d.extents} extent${d.extents === 1 ? '' : 's'}, ` +
       `${formatBytes(d.written)} written, ${formatMs(d.elapsedMs)}, sha256 ${d.sha256.slice(0, 16)}…`);
   }
   lines.push(r.consistency === 'filesystem'

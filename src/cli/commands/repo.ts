@@ -52,9 +52,12 @@ anything is wrong.`,
     const { Repository, verifyRepo } = await import('../../repo/index.js');
     const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
     const domain = positionals[0] ? domainArg(positionals, this.usage) : undefined;
+    const tty = !json && ctx.io.isTty;
     const report = await verifyRepo(repo, domain, (v) => {
-      if (!json && ctx.io.isTty) ctx.io.err(`${v.id} ${v.disk}: ${v.ok ? 'ok' : 'FAILED'}`);
+      // Progress on the terminal only, redrawn in place: the verdicts follow on stdout.
+      if (tty) process.stderr.write(`\r\x1b[2Kverified ${v.id} ${v.disk}`);
     });
+    if (tty) process.stderr.write('\r\x1b[2K');
     emit(ctx.io, json, report, () => [
       ...report.disks.map((v) => `${v.id} ${v.disk}: ${v.ok ? 'ok' : `FAILED: ${v.problems.join('; ')}`}${v.warnings.length ? ` (${v.warnings.join('; ')})` : ''}`),
       `${report.checked} restore point(s), ${report.disks.length} image(s): ${report.ok ? 'all good' : `${report.disks.filter((v) => !v.ok).length} FAILED`}`,
