@@ -221,6 +221,8 @@ async function main(): Promise<void> {
     }
     report.backupsPerConsumer = per;
     report.virtnbdbackupBackups = vnbCount;
+    // virtcbt removes a backup's folded bitmap right after answering: a queued no-op waits for that.
+    await daemon.cli(['reconcile', name]);
     report.bitmaps = await bitmaps(name);
     report.freezeWindowMs = { samples: freeze.length, median: med(freeze), max: Math.max(...freeze) };
 
