@@ -6,7 +6,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Repository, restoreDisk, verifyRepo } from '../src/repo/index.js';
-import { MiB, backupJson, sameContent, tempDir, imageUnlocked } from './support/backup.js';
+import { MiB, backupJson, sameContent, tempDir, expectImageUnlocked } from './support/backup.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -19,7 +19,7 @@ let repo: string;
 let first: any;
 
 async function offlineWrite(offset: number, length: number): Promise<void> {
-  await imageUnlocked(guest.disks.scratch);
+  await expectImageUnlocked(guest.disks.scratch);
   await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x3c ${offset} ${length}`, guest.disks.scratch]);
 }
 

@@ -6,8 +6,7 @@ import { cpSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { PRUNE_STEPS, Repository, restoreDisk, verifyRepo } from '../src/repo/index.js';
-import { pollUntil } from '../src/util/abort.js';
-import { MiB, backupJson, sameContent, tempDir } from './support/backup.js';
+import { MiB, backupJson, expectImageUnlocked, sameContent, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -22,24 +21,14 @@ let refDir: string;
 /** Restore point id → raw copy of vdb at that point. */
 const refs = new Map<string, string>();
 
-/**
- * A stopped domain's backup returns its result before its qemu-storage-daemon has finished the
- * housekeeping (removing folded bitmaps) and released the image lock: wait for the lock.
- */
-async function imageUnlocked(image: string): Promise<void> {
-  await pollUntil(async () => (await execa('qemu-img', ['info', image], { reject: false })).exitCode === 0,
-    `${image} to be unlocked`, { timeoutMs: 60_000, intervalMs: 100 });
-}
-
 async function offlineWrite(offset: number, length: number, pattern: number): Promise<void> {
-  await imageUnlocked(guest.disks.scratch);
   await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, guest.disks.scratch]);
 }
 
 async function backup(extra: string[] = []): Promise<string> {
   const r = await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo, ...extra]);
   const ref = join(refDir, `${r.id}.raw`);
-  await imageUnlocked(guest.disks.scratch);
+  await expectImageUnlocked(guest.disks.scratch);
   await execa('qemu-img', ['convert', '-O', 'raw', guest.disks.scratch, ref]);
   refs.set(r.id, ref);
   return r.id;

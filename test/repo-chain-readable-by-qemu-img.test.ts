@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { MiB, backupJson, sameContent, tempDir, imageUnlocked } from './support/backup.js';
+import { MiB, backupJson, sameContent, tempDir, expectImageUnlocked } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -21,7 +21,7 @@ const results: any[] = [];
 
 /** Writes a pattern into the stopped domain's scratch image, as the guest would. */
 async function offlineWrite(offset: number, length: number, pattern: number): Promise<void> {
-  await imageUnlocked(guest.disks.scratch);
+  await expectImageUnlocked(guest.disks.scratch);
   await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, guest.disks.scratch]);
 }
 

@@ -157,16 +157,24 @@ export class JobRunner {
         throw err;
       }
       this.logger.info('backup done', { domain, consumer: req.consumer, id: r.id, kind: r.kind, bytes: r.bytes, ms: Date.now() - t0 });
-      emit({ type: 'result', ...r });
-      await ctx.reconciler.removeFolded(ctx.disks).catch((err) =>
+      const housekeeping = () => ctx.reconciler.removeFolded(ctx.disks).catch((err) =>
         this.logger.warn('removing folded bitmaps failed; the next fold retries', { domain, error: (err as Error).message }));
+      // Only a running VM's image flush is worth answering before (see removeFolded's reason).
+      if (!ctx.running) await housekeeping();
+      emit({ type: 'result', ...r });
+      if (ctx.running) await housekeeping();
       return r;
     });
   }
 
-  /** The backup as a stream of events for the control API: progress first, the result last (the stream ends there). */
+  /**
+   * The backup as a stream of events for the control API: progress first, the result last. For a
+   * running domain the stream ends at the result (the housekeeping after it is virtcbtd's
+   * business); for a stopped one only when the job is over, so that when the command returns the
+   * storage daemon has let go of the images and the domain can start.
+   */
   backupStream(domain: string, req: BackupRequest): AsyncIterable<Record<string, unknown>> {
-    return eventStream<BackupEvent>((emit) => this.backup(domain, req, emit), (ev) => ev.type === 'result');
+    return eventStream<BackupEvent>((emit) => this.backup(domain, req, emit), (ev) => ev.type === 'result' && ev.running);
   }
 
   // ---- passes with exports ---------------------------------------------------------------------
