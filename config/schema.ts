@@ -134,13 +134,14 @@ export const schema: Schema<VirtcbtConfig> = {
     requestSize: {
       doc: 'Bytes per NBD read/write request (clamped to the server\'s maximum block size).',
       format: isPositiveInt('nbd.requestSize'),
-      default: 2 * 1024 * 1024,
+      // 64 × 256 KiB costs qemu-nbd about half the CPU of 16 × 2 MiB (see src/copy/copy-extents.ts).
+      default: 256 * 1024,
       env: 'VIRTCBT_NBD_REQUEST_SIZE',
     },
     inflight: {
       doc: 'NBD requests in flight per connection.',
       format: isPositiveInt('nbd.inflight'),
-      default: 16,
+      default: 64,
       env: 'VIRTCBT_NBD_INFLIGHT',
     },
     connections: {

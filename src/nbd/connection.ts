@@ -29,7 +29,8 @@ const SCRATCH_SIZE = 256 * 1024;
 /** READ payload left to come above which the socket reads straight into the caller's buffer. */
 const DIRECT_MIN = 16 * 1024;
 export const DEFAULT_TIMEOUT_MS = 60_000;
-export const DEFAULT_INFLIGHT = 16;
+/** Requests in flight per connection: as many as the copy engine's default workers (src/copy). */
+export const DEFAULT_INFLIGHT = 64;
 const MAX_COOKIE = 0xffff_ffff;
 const REFUSED_CERT_HINT = 'the server probably refused our client certificate (wrong CA, or not allowed by its tls-authz): check client-cert.pem and the server log';
 

@@ -45,7 +45,7 @@ function defaults(ctx: CommandContext): NbdDefaults {
     return ctx.config().nbd;
   } catch {
     // A broken config file must not stop an admin from debugging an export.
-    return { requestSize: 2 * 1024 * 1024, inflight: 16, connections: 1, timeoutMs: 60_000 };
+    return { requestSize: 256 * 1024, inflight: 64, connections: 1, timeoutMs: 60_000 };
   }
 }
 
