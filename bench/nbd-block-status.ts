@@ -84,8 +84,8 @@ try {
       }
       for (let i = 0; i < runs; i++) {
         const pair = [
-          async () => ref.push(await timed('nbdinfo', [`--map=${context}`, server.uri], dir.path, refOut)),
-          async () => ours.push(await timed('node', [CLI, 'nbd', 'map', '--context', context, server.uri], dir.path, ourOut)),
+          async () => ref.push(await timed('nbdinfo', [`--map=${context}`, server.uri], dir.path, refOut, server.pid)),
+          async () => ours.push(await timed('node', [CLI, 'nbd', 'map', '--context', context, server.uri], dir.path, ourOut, server.pid)),
         ];
         if (i % 2) pair.reverse();
         for (const f of pair) await f();

@@ -1,21 +1,25 @@
 // Benchmark: read a 2 GiB fully allocated image from qemu-nbd over a unix socket, whole process,
-// `virtcbt nbd copy URI null:` against `nbdcopy URI null:` in the same run, median of 5.
-// Run: npx tsc -p tsconfig.json && node dist/bench/nbd-read.js [--runs 5] [--gib 2]
+// `virtcbt nbd copy URI null:` against `nbdcopy URI null:` in the same run, median of 5, with the
+// CPU qemu-nbd itself spent serving each run (the request shape moves the server's CPU most).
+// Run: npx tsc -p tsconfig.json && node dist/bench/nbd-read.js [--runs 5] [--gib 2] [--qcow2]
+//      [--variant LABEL=PATH/TO/cli/main.js ...]   (another build of the CLI as an extra row, for A/B tests)
 import { randomFillSync } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, rmSync, writeSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
 import { CLI, flag, load, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
 
 /**
  * Child mode (`--floor SOCKET`): the least a Node reader can do, as a yardstick for what Node
- * costs here: no structured replies, 16 requests of 2 MiB in flight, every byte read into one
- * reused 4 MiB buffer with `onread` and dropped, only reply headers looked at.
+ * costs here: no structured replies, the same request shape as virtcbt's default (64 requests
+ * of 256 KiB in flight, DEFAULT_INFLIGHT × DEFAULT_REQUEST_SIZE in src/copy), every byte read
+ * into one reused 4 MiB buffer with `onread` and dropped, only reply headers looked at.
  */
 function floorReader(path: string): Promise<void> {
-  const REQ = 2 * 1024 * 1024;
-  const INFLIGHT = 16;
+  const REQ = 256 * 1024;
+  const INFLIGHT = 64;
   return new Promise((resolve, reject) => {
     const hdr = Buffer.alloc(16);
     let hs = Buffer.alloc(0);
@@ -115,6 +119,14 @@ if (floorAt > 0) {
 
 const runs = flag('runs', 5);
 const gib = flag('gib', 2);
+// --qcow2: serve the same data converted to qcow2 (what backups read), where QEMU's hole
+// detection per READ walks qcow2 metadata instead of lseek on a raw file.
+const qcow2 = process.argv.includes('--qcow2');
+const variants = process.argv.flatMap((a, i) => (process.argv[i - 1] === '--variant' ? [a] : [])).map((v) => {
+  const eq = v.indexOf('=');
+  if (eq <= 0) throw new Error(`--variant wants LABEL=PATH/TO/main.js, not "${v}"`);
+  return { label: v.slice(0, eq), cli: v.slice(eq + 1) };
+});
 const dir = workDir('nbd-read');
 try {
   // Fully allocated and not compressible: a random 16 MiB block, varied per copy.
@@ -129,30 +141,36 @@ try {
   // Written back before timing: otherwise the kernel flushes 2 GiB of dirty pages during the runs.
   fsyncSync(fd);
   closeSync(fd);
-  const server = await qemuNbd(image, dir.path, ['-r', '-f', 'raw']);
+  let served = image;
+  if (qcow2) {
+    served = join(dir.path, 'disk.qcow2');
+    await execa('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', image, served]);
+    rmSync(image);
+  }
+  const server = await qemuNbd(served, dir.path, ['-r', '-f', qcow2 ? 'qcow2' : 'raw']);
   try {
     const loadBefore = load();
-    // One untimed pass of each warms the page cache and the binaries.
-    await timed('nbdcopy', [server.uri, 'null:'], dir.path);
-    await timed('node', [CLI, 'nbd', 'copy', server.uri, 'null:'], dir.path);
-    const ref: Sample[] = [];
-    const ours: Sample[] = [];
-    const floor: Sample[] = [];
     const socket = server.uri.replace(/^.*socket=/, '');
+    const tools = [
+      { name: 'nbdcopy URI null:', cmd: 'nbdcopy', args: [server.uri, 'null:'] },
+      { name: 'virtcbt nbd copy URI null:', cmd: 'node', args: [CLI, 'nbd', 'copy', server.uri, 'null:'] },
+      ...variants.map((v) => ({ name: `virtcbt nbd copy (${v.label})`, cmd: 'node', args: [v.cli, 'nbd', 'copy', server.uri, 'null:'] })),
+      { name: 'bare Node reader, 64 × 256 KiB (yardstick, not a product)', cmd: 'node', args: [fileURLToPath(import.meta.url), '--floor', socket] },
+    ];
+    // One untimed pass of each warms the page cache and the binaries.
+    for (const t of tools) await timed(t.cmd, t.args, dir.path);
+    const samples: Sample[][] = tools.map(() => []);
     for (let i = 0; i < runs; i++) {
       // Rotate the order so no tool always runs on a warmer (or busier) machine.
-      const all = [
-        async () => ref.push(await timed('nbdcopy', [server.uri, 'null:'], dir.path)),
-        async () => ours.push(await timed('node', [CLI, 'nbd', 'copy', server.uri, 'null:'], dir.path)),
-        async () => floor.push(await timed('node', [fileURLToPath(import.meta.url), '--floor', socket], dir.path)),
-      ];
-      for (let k = 0; k < all.length; k++) await all[(i + k) % all.length]!();
+      for (let k = 0; k < tools.length; k++) {
+        const j = (i + k) % tools.length;
+        samples[j]!.push(await timed(tools[j]!.cmd, tools[j]!.args, dir.path, undefined, server.pid));
+      }
     }
-    const r = summarize('nbdcopy URI null:', ref);
-    const o = summarize('virtcbt nbd copy URI null:', ours);
-    const f = summarize('bare Node reader (yardstick, not a product)', floor);
-    console.log(`NBD read: ${gib} GiB raw image, qemu-nbd -r over a unix socket, ${runs} runs, load average before ${loadBefore}, after ${load()}`);
-    console.log(table([r, o, f], r));
+    const rows = tools.map((t, j) => summarize(t.name, samples[j]!));
+    console.log(`NBD read: ${gib} GiB ${qcow2 ? 'qcow2' : 'raw'} image, qemu-nbd -r over a unix socket, ${runs} runs, load average before ${loadBefore}, after ${load()}`);
+    console.log('server CPU: user+sys of the qemu-nbd process during each run, from /proc/PID/stat');
+    console.log(table(rows, rows[0]!));
   } finally {
     await server.stop();
   }

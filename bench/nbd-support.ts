@@ -1,5 +1,6 @@
 // Shared by the NBD benchmarks: timing a whole child process (wall, user+sys CPU, peak RSS via
-// /usr/bin/time), medians, qemu-nbd start/stop, and a side-by-side table.
+// /usr/bin/time, and the CPU the qemu-nbd serving it spent meanwhile), medians, qemu-nbd
+// start/stop, and a side-by-side table.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -14,6 +15,19 @@ export interface Sample {
   wallS: number;
   cpuS: number;
   rssKiB: number;
+  /** CPU (user+sys) of the server process during the run, when one was watched. */
+  serverS?: number;
+}
+
+/** Clock ticks per second of /proc/PID/stat's times (USER_HZ: 100 on every Linux port that matters here). */
+const USER_HZ = 100;
+
+/** User+sys CPU seconds a process has used so far, from /proc/PID/stat (fields 14 and 15). */
+export function cpuOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / USER_HZ;
 }
 
 export function workDir(prefix: string): { path: string; remove(): void } {
@@ -21,15 +35,20 @@ export function workDir(prefix: string): { path: string; remove(): void } {
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-/** Runs a command under /usr/bin/time; stdout goes to `stdoutFile` (or is dropped). */
-export async function timed(cmd: string, args: string[], dir: string, stdoutFile?: string): Promise<Sample> {
+/**
+ * Runs a command under /usr/bin/time; stdout goes to `stdoutFile` (or is dropped). With
+ * `serverPid`, also the CPU that process used meanwhile.
+ */
+export async function timed(cmd: string, args: string[], dir: string, stdoutFile?: string, serverPid?: number): Promise<Sample> {
   const timeFile = join(dir, 'time.out');
+  const server0 = serverPid === undefined ? 0 : cpuOf(serverPid);
   await execa('/usr/bin/time', ['-f', '%e %U %S %M', '-o', timeFile, cmd, ...args], {
     stdout: stdoutFile ? { file: stdoutFile } : 'ignore',
     stderr: 'pipe',
   });
+  const serverS = serverPid === undefined ? undefined : cpuOf(serverPid) - server0;
   const [e, u, s, m] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
-  return { wallS: e!, cpuS: u! + s!, rssKiB: m! };
+  return { wallS: e!, cpuS: u! + s!, rssKiB: m!, serverS };
 }
 
 export function median(xs: number[]): number {
@@ -44,6 +63,9 @@ export interface Summary {
   cpuS: number;
   rssMiB: number;
   walls: number[];
+  /** Median server CPU, when the samples have it. */
+  serverS?: number;
+  servers?: number[];
 }
 
 export function summarize(name: string, samples: Sample[]): Summary {
@@ -53,15 +75,20 @@ export function summarize(name: string, samples: Sample[]): Summary {
     cpuS: median(samples.map((s) => s.cpuS)),
     rssMiB: Math.max(...samples.map((s) => s.rssKiB)) / 1024,
     walls: samples.map((s) => s.wallS),
+    ...(samples.every((s) => s.serverS !== undefined)
+      ? { serverS: median(samples.map((s) => s.serverS!)), servers: samples.map((s) => s.serverS!) }
+      : {}),
   };
 }
 
 export function table(rows: Summary[], ref: Summary): string {
-  const lines = ['| tool | wall (median) | CPU user+sys (median) | peak RSS | wall vs reference | CPU vs reference | all walls (s) |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | --- |'];
+  const server = rows.every((r) => r.serverS !== undefined);
+  const lines = [`| tool | wall (median) | CPU user+sys (median) |${server ? ' server CPU (median) |' : ''} peak RSS | wall vs reference | CPU vs reference | all walls (s) |${server ? ' all server CPU (s) |' : ''}`,
+    `| --- | ---: | ---: |${server ? ' ---: |' : ''} ---: | ---: | ---: | --- |${server ? ' --- |' : ''}`];
   for (const r of rows) {
-    lines.push(`| ${r.name} | ${r.wallS.toFixed(2)} s | ${r.cpuS.toFixed(2)} s | ${r.rssMiB.toFixed(0)} MiB | ` +
-      `${(r.wallS / ref.wallS).toFixed(2)}x | ${(r.cpuS / ref.cpuS).toFixed(2)}x | ${r.walls.map((w) => w.toFixed(2)).join(' ')} |`);
+    lines.push(`| ${r.name} | ${r.wallS.toFixed(2)} s | ${r.cpuS.toFixed(2)} s |${server ? ` ${r.serverS!.toFixed(2)} s |` : ''} ${r.rssMiB.toFixed(0)} MiB | ` +
+      `${(r.wallS / ref.wallS).toFixed(2)}x | ${(r.cpuS / ref.cpuS).toFixed(2)}x | ${r.walls.map((w) => w.toFixed(2)).join(' ')} |` +
+      (server ? ` ${r.servers!.map((w) => w.toFixed(2)).join(' ')} |` : ''));
   }
   return lines.join('\n');
 }
@@ -72,6 +99,8 @@ export function load(): string {
 
 export interface QemuNbd {
   uri: string;
+  /** The qemu-nbd process (after --fork: the daemon itself), for its CPU figures. */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -83,6 +112,7 @@ export async function qemuNbd(image: string, dir: string, args: string[]): Promi
   const pid = Number(readFileSync(pidFile, 'utf8'));
   return {
     uri: `nbd+unix:///?socket=${socket}`,
+    pid,
     async stop() {
       try {
         process.kill(pid, 'SIGTERM');
