@@ -3,7 +3,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/config/index.js';
+import convict from 'convict';
+import { schema } from '../config/schema.js';
+import { loadConfig, schemaDefaults } from '../src/config/index.js';
 import { UsageError } from '../src/util/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'virtcbt-config-'));
@@ -15,6 +17,12 @@ describe('config', () => {
     expect(c.stateDir).toBe('/var/lib/virtcbt');
     expect(c.reconcile.granularity).toBe(65536);
     expect(c.nbd.inflight).toBeGreaterThan(1);
+  });
+
+  it('gives the same defaults without convict (no file, no variable) as convict does', () => {
+    expect(schemaDefaults()).toEqual(convict(schema, { env: {} }).getProperties());
+    expect(loadConfig({ env: {} })).toEqual(convict(schema, { env: {} }).getProperties());
+    expect(loadConfig({ env: { VIRTCBT_NBD_TIMEOUT_MS: '5' } }).nbd.timeoutMs).toBe(5);
   });
 
   it('reads a file and lets VIRTCBT_* override it', () => {

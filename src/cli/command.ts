@@ -1,4 +1,5 @@
-// The shape of a CLI subcommand. Each lives in src/cli/commands/ and is registered in main.ts.
+// The shape of a CLI subcommand. Each lives in src/cli/commands/ and is registered, with its name
+// and summary, in src/cli/commands/index.ts.
 import type { VirtcbtConfig } from '../config/index.js';
 
 export interface CliIo {
@@ -18,8 +19,6 @@ export interface CommandContext {
 }
 
 export interface Command {
-  name: string;
-  summary: string;
   usage: string;
   /** Returns the exit code. */
   run(ctx: CommandContext): Promise<number>;

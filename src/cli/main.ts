@@ -2,8 +2,8 @@
 // virtcbt command line: dispatches to one module per subcommand.
 import { loadConfig, type VirtcbtConfig } from '../config/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
-import { EXIT, type Command, type CliIo } from './command.js';
-import { commands } from './commands/index.js';
+import { EXIT, type CliIo } from './command.js';
+import { commands, type CommandEntry } from './commands/index.js';
 
 const io: CliIo = {
   out: (l) => process.stdout.write(l + '\n'),
@@ -45,8 +45,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const name = args.shift();
   if (!name) { io.err(help()); return EXIT.USAGE; }
-  const cmd: Command | undefined = commands.find((c) => c.name === name);
-  if (!cmd) { io.err(`virtcbt: unknown command '${name}'\n\n${help()}`); return EXIT.USAGE; }
+  const entry: CommandEntry | undefined = commands.find((c) => c.name === name);
+  if (!entry) { io.err(`virtcbt: unknown command '${name}'\n\n${help()}`); return EXIT.USAGE; }
+  const cmd = await entry.load();
   if (args.includes('--help') || args.includes('-h')) { io.out(cmd.usage); return EXIT.OK; }
   let config: VirtcbtConfig | undefined;
   const json = args.includes('--json');

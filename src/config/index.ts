@@ -21,11 +21,37 @@ export interface LoadOptions {
 // not pay for it at start-up.
 const require = createRequire(import.meta.url);
 
+/** Schema leaves (settings) have a `default`; anything else is a group of settings. */
+function isSetting(node: object): node is { default: unknown; env?: string } {
+  return 'default' in node;
+}
+
+/** Every VIRTCBT_* variable the schema reads. */
+function envNames(node: object, out: string[] = []): string[] {
+  for (const v of Object.values(node)) {
+    if (typeof v !== 'object' || v === null) continue;
+    if (isSetting(v)) { if (v.env) out.push(v.env); } else envNames(v, out);
+  }
+  return out;
+}
+
+/** The schema's defaults as a fresh object (what convict returns when nothing overrides them). */
+export function schemaDefaults(node: object = schema): VirtcbtConfig {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(node)) {
+    if (typeof v !== 'object' || v === null) continue;
+    out[k] = isSetting(v) ? structuredClone(v.default) : schemaDefaults(v);
+  }
+  return out as unknown as VirtcbtConfig;
+}
+
 export function loadConfig(opts: LoadOptions = {}): VirtcbtConfig {
-  const convict = require('convict') as typeof convictType;
   const env = opts.env ?? process.env;
-  const conf = convict(schema, { env: env as Record<string, string> });
   const file = opts.file ?? env.VIRTCBT_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
+  // No file and no variable: the defaults, without loading convict (~30 ms of start-up).
+  if (!file && !envNames(schema).some((n) => env[n] !== undefined)) return schemaDefaults();
+  const convict = require('convict') as typeof convictType;
+  const conf = convict(schema, { env: env as Record<string, string> });
   if (file) {
     if (!existsSync(file)) throw new UsageError(`config file ${file} does not exist`, { hint: 'Pass an existing file to --config' });
     try {

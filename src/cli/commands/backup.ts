@@ -104,8 +104,6 @@ async function backupOne(ctx: CommandContext, o: OneBackup): Promise<BackupResul
 }
 
 export const backupCommand: Command = {
-  name: 'backup',
-  summary: 'back up a domain for a consumer (full or incremental) into a repository',
   usage: `usage: virtcbt backup DOMAIN --consumer NAME [--repo DIR] [--full] [--no-freeze] [--keep N] [--json]
        virtcbt backup --job NAME [--json]
 

@@ -12,8 +12,6 @@ const api = (ctx: CommandContext) => ctx.config().daemon.socket;
 const enc = encodeURIComponent;
 
 export const consumerCommand: Command = {
-  name: 'consumer',
-  summary: 'add, remove or list the consumers of a domain\'s change log',
   usage: `usage: virtcbt consumer add DOMAIN NAME [--json]
        virtcbt consumer remove DOMAIN NAME [--json]
        virtcbt consumer list DOMAIN [--json]
@@ -50,8 +48,6 @@ NAME: letters, digits, '.', '_' and '-' (at most 64). A new consumer's first pas
 };
 
 export const passCommand: Command = {
-  name: 'pass',
-  summary: 'begin, commit or abort a consumer\'s pass (for third-party backup tools)',
   usage: `usage: virtcbt pass begin DOMAIN --consumer NAME [--export] [--json]
        virtcbt pass commit DOMAIN --consumer NAME --pass ID [--json]
        virtcbt pass abort DOMAIN --consumer NAME --pass ID [--json]

@@ -42,8 +42,6 @@ export async function installPlan(opts: { root: string; enabledDir: string; conf
 const exists = (p: string) => access(p).then(() => true, () => false);
 
 export const installCommand: Command = {
-  name: 'install',
-  summary: 'install the libvirt hook, the systemd units and the virtcbt/virtcbtd commands',
   usage: `usage: virtcbt install [--root DIR] [--dry-run] [--json]
 
 Writes /etc/libvirt/hooks/qemu.d/virtcbt, /etc/systemd/system/virtcbtd.service and wrappers in

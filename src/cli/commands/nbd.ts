@@ -235,8 +235,6 @@ async function copy(ctx: CommandContext, args: string[]): Promise<number> {
 }
 
 export const nbdCommand: Command = {
-  name: 'nbd',
-  summary: 'Talk to an NBD export directly: info, list, map (like nbdinfo --map), copy',
   usage: USAGE,
   async run(ctx) {
     const [sub, ...rest] = ctx.argv;

@@ -15,8 +15,6 @@ function listRow(m: Manifest): string {
 }
 
 export const listCommand: Command = {
-  name: 'list',
-  summary: 'list the restore points in a backup repository',
   usage: `usage: virtcbt list [--repo DIR] [DOMAIN] [--json]
 
 Lists every backup (restore point) of DOMAIN, or of every domain in the repository, oldest first.`,
@@ -39,8 +37,6 @@ Lists every backup (restore point) of DOMAIN, or of every domain in the reposito
 };
 
 export const verifyCommand: Command = {
-  name: 'verify',
-  summary: 'check every backup: qemu-img check, chain links, and the checksum of the data',
   usage: `usage: virtcbt verify [--repo DIR] [DOMAIN] [--json]
 
 Re-reads every restore point's copied data through its chain and compares the checksum with
@@ -67,8 +63,6 @@ anything is wrong.`,
 };
 
 export const restoreCommand: Command = {
-  name: 'restore',
-  summary: 'restore one disk of a backup into a qcow2 or raw file',
   usage: `usage: virtcbt restore [--repo DIR] DOMAIN --disk TARGET --to FILE [--at BACKUP] [--format qcow2|raw] [--force] [--json]
 
   --at BACKUP   a backup id from \`virtcbt list\`, or an ISO time (the newest backup taken at or
@@ -117,8 +111,6 @@ function pruneFault(steps: readonly PruneStep[]): ((s: PruneStep) => void) | und
 }
 
 export const pruneCommand: Command = {
-  name: 'prune',
-  summary: 'keep only the newest N restore points of a consumer, merging older increments',
   usage: `usage: virtcbt prune [--repo DIR] DOMAIN --consumer NAME --keep N [--json]
 
 Removes the consumer's oldest restore points; increments the kept ones depend on are merged into

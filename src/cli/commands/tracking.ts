@@ -10,8 +10,6 @@ const api = (ctx: CommandContext) => ctx.config().daemon.socket;
 const enc = encodeURIComponent;
 
 export const enableCommand: Command = {
-  name: 'enable',
-  summary: 'start tracking a domain\'s disks (adds virtcbt\'s QMP socket and dirty bitmaps)',
   usage: `usage: virtcbt enable DOMAIN [--exclude DISK]... [--no-agent] [--json]
 
 Adds virtcbt's dedicated QMP monitor to the persistent domain XML, checks the guest-agent channel,
@@ -38,8 +36,6 @@ Raw disks cannot carry persistent bitmaps: convert them to qcow2 or leave them o
 };
 
 export const disableCommand: Command = {
-  name: 'disable',
-  summary: 'stop tracking a domain (removes virtcbt\'s bitmaps, QMP socket and change log)',
   usage: `usage: virtcbt disable DOMAIN [--json]`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, { json: { type: 'boolean' } }, this.usage);
@@ -66,8 +62,6 @@ function describeDomain(d: DomainStatusReply): string[] {
 }
 
 export const statusCommand: Command = {
-  name: 'status',
-  summary: 'show tracked domains, disks, consumers and open passes',
   usage: `usage: virtcbt status [DOMAIN] [--json]`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, { json: { type: 'boolean' } }, this.usage);
@@ -86,8 +80,6 @@ export const statusCommand: Command = {
 };
 
 export const reconcileCommand: Command = {
-  name: 'reconcile',
-  summary: 'fold the domain\'s dirty bitmaps into the change log now',
   usage: `usage: virtcbt reconcile DOMAIN [--json]`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, { json: { type: 'boolean' } }, this.usage);
@@ -104,8 +96,6 @@ export function describeChanges(r: ChangesReply): string[] {
 }
 
 export const changesCommand: Command = {
-  name: 'changes',
-  summary: 'what changed for a consumer since its last completed pass',
   usage: `usage: virtcbt changes DOMAIN --consumer NAME [--json]
 
 Folds first, then lists per disk the extents ([offset, length] in bytes) changed since the
