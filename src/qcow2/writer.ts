@@ -16,6 +16,8 @@ export interface Qcow2WriterOptions {
   backing?: { name: string; format?: string };
   /** Cluster size, a power of two from 512 B to 2 MiB (default 64 KiB). */
   clusterSize?: number;
+  /** finish() makes the image durable (default); false for scratch images (fleecing overlays). */
+  durable?: boolean;
 }
 
 /** An L2 slot: 0 unallocated, ZERO reads as zeroes, else the host offset of the data cluster. */
@@ -122,7 +124,7 @@ export class Qcow2Writer implements Endpoint {
       backing: this.o.backing ? { name: this.o.backing.name, format: this.o.backing.format ?? 'qcow2' } : undefined,
     });
     await this.fh.write(header, 0, header.length, 0);
-    await this.fh.datasync();
+    if (this.o.durable !== false) await this.fh.datasync();
     this.finished = true;
     await this.close();
   }
