@@ -1,6 +1,7 @@
 // The manifest checksum computed during a copy (worker-thread hashing, pieces finishing in any
 // order, holes reported by the source) equals the definition in src/repo/digest.ts computed
-// directly, for several request sizes and concurrencies; bytes out of order are refused.
+// directly, for several request sizes and concurrencies (requests smaller than a segment finish
+// out of order within it); bytes missing or given twice are refused.
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { NullEndpoint, copyExtents, type Endpoint } from '../src/copy/index.js';
@@ -52,7 +53,7 @@ function definition(extents: [number, number][]): string {
 const extents: [number, number][] = [[0, 3 * MiB], [3 * MiB + 4096, 5000], [4 * MiB, 9 * MiB], [40 * MiB, MiB], [63 * MiB, MiB]];
 
 describe('backup checksum', () => {
-  it.each([[1, 1], [1, 16], [2, 16], [8, 4]])('request size %i MiB, %i in flight: equals the definition', async (mib, inflight) => {
+  it.each([[1, 1], [1, 16], [2, 16], [8, 4], [0.25, 64], [0.0625, 32]])('request size %f MiB, %i in flight: equals the definition', async (mib, inflight) => {
     const dg = new ExtentDigest();
     await copyExtents(source, dg.wrap(new NullEndpoint(size)), dg.track(extents.map(([offset, length]) => ({ offset, length }))), {
       requestSize: mib * MiB, inflight,
@@ -70,11 +71,16 @@ describe('backup checksum', () => {
     expect(await dg.finish()).toBe(definition([[0, 2 * MiB], [32 * MiB, MiB]]));
   });
 
-  it('nothing copied has a fixed checksum; bytes out of order are an error', async () => {
+  it('nothing copied has a fixed checksum; bytes missing or given twice are an error', async () => {
     expect(await new ExtentDigest().finish()).toBe(createHash('sha256').digest('hex'));
-    const dg = new ExtentDigest();
-    for await (const _ of dg.track([{ offset: 0, length: 2 * MiB }])) { /* hand it out */ }
-    await dg.feed(MiB + 10, 10, Buffer.alloc(10));
-    await expect(dg.finish()).rejects.toThrow(/out of order/);
+    const missing = new ExtentDigest();
+    for await (const _ of missing.track([{ offset: 0, length: 2 * MiB }])) { /* hand it out */ }
+    await missing.feed(MiB + 10, 10, Buffer.alloc(10));
+    await expect(missing.finish()).rejects.toThrow(/incomplete/);
+    const twice = new ExtentDigest();
+    for await (const _ of twice.track([{ offset: 0, length: 2 * MiB }])) { /* hand it out */ }
+    await twice.feed(0, 10, Buffer.alloc(10));
+    await twice.feed(0, 10, Buffer.alloc(10));
+    await expect(twice.finish()).rejects.toThrow(/twice/);
   });
 });

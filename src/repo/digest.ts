@@ -6,10 +6,9 @@
 // the record offset (u64 big-endian) ‖ length (u64 big-endian) ‖ SHA-256(the segment's bytes)
 // is appended; the checksum is the SHA-256 of all records, in hex. Holes read as zero bytes.
 //
-// Segments let the copy engine's workers finish in any order: each segment's bytes come from the
-// one copy worker that copies it, in order (a piece of the copy never splits a segment, because
-// pieces are cut at multiples of the request size, itself a multiple of S), and only the 48-byte
-// records wait to be folded in order.
+// Segments let the copy engine's workers finish in any order: a segment's bytes are hashed in
+// order (pieces of one segment that arrive early wait, already copied, for the piece before them),
+// and only the 48-byte records wait to be folded in order. Requests may be smaller than S.
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import type { CopyExtent, Endpoint, EndpointReadResult } from '../copy/index.js';
@@ -81,6 +80,8 @@ interface Open {
   start: number;
   end: number;
   fed: number;
+  /** Pieces that arrived before the bytes in front of them, by offset (copied data, or a zero count). */
+  early?: Map<number, Uint8Array | number>;
 }
 
 /**
@@ -193,28 +194,42 @@ export class ExtentDigest {
         seg = { start, end: segEnd, fed: 0 };
         this.open.set(start, seg);
       }
-      if (pos !== start + seg.fed) {
-        this.fail(new Error(`digest: bytes at ${pos} arrived out of order (segment ${start} has ${seg.fed} bytes)`));
+      const n = Math.min(end, segEnd) - pos;
+      let piece: Uint8Array | number = n;
+      if (buf) {
+        piece = new Uint8Array(n);
+        piece.set(buf.subarray(pos - offset, pos - offset + n));
+        this.queued += n;
+      }
+      if (pos < start + seg.fed || seg.early?.has(pos)) {
+        this.fail(new Error(`digest: bytes at ${pos} arrived twice (segment ${start} has ${seg.fed} bytes)`));
         return undefined;
       }
-      const n = Math.min(end, segEnd) - pos;
-      seg.fed += n;
-      const last = seg.start + seg.fed === seg.end;
-      this.inWorker++;
-      const sh = sharedWorker();
-      if (sh.pending++ === 0) sh.worker.ref();
-      if (buf) {
-        const copy = new Uint8Array(n);
-        copy.set(buf.subarray(pos - offset, pos - offset + n));
-        this.queued += n;
-        w.postMessage({ id: this.id, start, buf: copy.buffer, last }, [copy.buffer]);
+      if (pos !== start + seg.fed) {
+        (seg.early ??= new Map()).set(pos, piece);
       } else {
-        w.postMessage({ id: this.id, start, zeros: n, last });
+        this.post(w, seg, piece);
+        for (let next = seg.early?.get(start + seg.fed); next !== undefined; next = seg.early?.get(start + seg.fed)) {
+          seg.early!.delete(start + seg.fed);
+          this.post(w, seg, next);
+        }
       }
       pos += n;
     }
     if (this.queued < MAX_QUEUED) return undefined;
     return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  /** Hands the next piece of `seg` (in order) to the hashing thread. */
+  private post(w: Worker, seg: Open, piece: Uint8Array | number): void {
+    const n = typeof piece === 'number' ? piece : piece.byteLength;
+    seg.fed += n;
+    const last = seg.start + seg.fed === seg.end;
+    this.inWorker++;
+    const sh = sharedWorker();
+    if (sh.pending++ === 0) sh.worker.ref();
+    if (typeof piece === 'number') w.postMessage({ id: this.id, start: seg.start, zeros: piece, last });
+    else w.postMessage({ id: this.id, start: seg.start, buf: piece.buffer, last }, [piece.buffer as ArrayBuffer]);
   }
 
   private foldReady(): void {
@@ -284,11 +299,7 @@ class DigestingEndpoint implements Endpoint {
   get name() { return this.inner.name; }
   get size() { return this.inner.size; }
   get alignment() { return this.inner.alignment; }
-  get maxRequest() {
-    // Pieces must not split a digest segment: requests are whole multiples of the segment size.
-    const m = this.inner.maxRequest;
-    return m >= DIGEST_SEGMENT ? m - (m % DIGEST_SEGMENT) : m;
-  }
+  get maxRequest() { return this.inner.maxRequest; }
 
   read(buf: Uint8Array, offset: number): Promise<EndpointReadResult> {
     return this.inner.read(buf, offset);
