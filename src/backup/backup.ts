@@ -3,8 +3,6 @@
 // the point-in-time exports into the repository; flush and fsync; write the manifest; only then
 // commit the pass. Anything that fails (or a kill) before the commit leaves the consumer where it
 // was and no manifest naming the partial files, which the next run removes.
-import { execa } from 'execa';
-import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChangeLog, DiskChanges } from '../changelog/index.js';
 import { NbdEndpoint, copyExtents, dataExtents, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
@@ -14,9 +12,10 @@ import type { DomainXmlInfo } from '../libvirt/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdCommandError } from '../nbd/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
+import { Qcow2Writer, createQcow2 } from '../qcow2/index.js';
 import {
-  DIGEST_SEGMENT, ExtentDigest, Repository, flushingEndpoint, fsyncDir, fsyncFile, newDigestInfo, serveImage, writeManifest,
-  type BackupDisk, type Manifest, type ServedImage,
+  ExtentDigest, Repository, flushingEndpoint, fsyncDir, newDigestInfo, writeManifest,
+  type BackupDisk, type Manifest,
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
@@ -49,8 +48,15 @@ export interface BackupDeps {
   nbd: { requestSize: number; inflight: number; connections: number; timeoutMs: number };
   agentTimeoutMs: number;
   freezeTimeoutMs: number;
-  /** The domain XML saved in the manifest. */
-  domainXml: string;
+  /** The domain XML saved in the manifest (needed only then: fetched alongside the backup). */
+  domainXml: string | Promise<string>;
+  /**
+   * Takes the release of the snapshot (fleecing teardown, exports) to run once the result is out;
+   * without it the backup releases before it answers.
+   */
+  deferRelease?: (release: () => Promise<void>) => void;
+  /** performance.now() when the request arrived: the wait for the domain's queue and context is reported as step 'context'. */
+  requestedAt?: number;
   /** Fleecing tags still in use by open pass exports (kept by the stale clean-up). */
   keepFleeceTags?: () => Promise<Set<string>>;
   /** The agent to freeze through (default: libvirt's, when the domain has the channel). */
@@ -66,8 +72,20 @@ interface Source {
 }
 
 const ENOSPC = 28;
-/** Flush the repository image every this many bytes written (see flushingEndpoint). */
-const FLUSH_EVERY = 64 * 1024 * 1024;
+/**
+ * Flush the repository image every this many bytes written (see flushingEndpoint). Measured with
+ * bench/backup-copy-path.ts (256 MiB into the qcow2 writer): 32 MiB 0.87-1.0 s with a final flush
+ * of 65-95 ms, 64 MiB 0.92-1.2 s (115-145 ms), one flush at the end 1.2-1.5 s (390-500 ms).
+ */
+const FLUSH_EVERY = 32 * 1024 * 1024;
+/**
+ * Smallest request of the copy into the repository. Per byte, 256 KiB requests cost this process
+ * about 20% more CPU than 1 MiB ones (more requests, digest pieces and pwrites) and the NBD
+ * server no less (bench/backup-copy-path.ts, qemu-nbd as the source).
+ */
+const MIN_REQUEST = 1024 * 1024;
+/** Cluster size of the repository images; an incremental's extents are widened to whole clusters. */
+const CLUSTER = 65536;
 
 /** True when `err` (or a cause) says the disk is full: NBD ENOSPC from qemu-nbd, or a file system ENOSPC. */
 export function isNoSpace(err: unknown): boolean {
@@ -83,6 +101,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   const { domain } = ctx;
   const t0 = performance.now();
   const steps: StepTiming[] = [];
+  if (deps.requestedAt !== undefined) steps.push({ step: 'context', ms: Math.round((t0 - deps.requestedAt) * 10) / 10 });
   let mark = t0;
   const step = (name: string) => {
     const now = performance.now();
@@ -100,13 +119,15 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   const notes: string[] = [];
   let fleece: Fleece | undefined;
   const direct: string[] = [];
-  const served: ServedImage[] = [];
+  const writers: Qcow2Writer[] = [];
   const endpoints: NbdEndpoint[] = [];
   let passId: number | undefined;
   let committed = false;
   let manifestWritten = false;
   let files: string[] = [];
   let closeAgent: GuestAgent | undefined;
+  let attached: Promise<void> | undefined;
+  let released = false;
   try {
     // A killed earlier run: its pass never moves the consumer, its files go. Its marker stays
     // until this run's replaces it, so a kill in between still finds that pass next time.
@@ -122,12 +143,13 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       recovered = { id: ip.id, pass: stale[0]?.id ?? ip.pass, passAborted: stale.length > 0, removed: left.removed };
       notes.push(`cleaned up the interrupted backup ${ip.id}${stale.length ? ` (aborted its pass ${stale.map((o) => o.id).join(', ')})` : ''}`);
     }
-    await cleanupStaleFleeces(ctx.qmp, deps.fleeceDir, domain, (await deps.keepFleeceTags?.()) ?? new Set());
-    const chain = await repo.chain(domain, req.consumer);
+    // QEMU's leftovers and the repository's files are independent: looked at together.
+    const [, chain, seq] = await Promise.all([
+      (async () => cleanupStaleFleeces(ctx.qmp, deps.fleeceDir, domain, (await deps.keepFleeceTags?.()) ?? new Set()))(),
+      repo.chain(domain, req.consumer),
+      repo.nextSeq(domain, req.consumer),
+    ]);
     const parent = chain[chain.length - 1];
-    // The consumer's last generation: the pass begun below covers (since, P].
-    const since = ctx.log.listConsumers(domain).find((c) => c.name === req.consumer)!.last;
-    const seq = await repo.nextSeq(domain, req.consumer);
     const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
     emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });
     // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
@@ -141,28 +163,30 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     let noAgentReason = !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
       : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent'
         : ctx.info.hasAgentChannel ? 'no guest agent' : 'the domain has no guest-agent channel: crash-consistent';
-    // The images are created now, on the plan the chain predicts (alongside the fleecing set-up
-    // and an agent ping): a rare surprise of the change log (a raised floor) recreates one.
-    const predicted = new Map(ctx.disks.map((disk) => {
-      const pd = parent?.disks.find((d) => d.target === disk.target);
-      const why = fullReason(req, undefined, parent, pd, since, disk, ctx.info.uuid);
-      return [disk.target, { file: `${id}.${disk.target}.qcow2`, backing: why === undefined ? pd!.file : null, sizeBytes: disk.sizeBytes }];
-    }));
-    const [fl, agentOk] = await Promise.all([
-      ctx.running ? Fleece.prepare({ qmp: ctx.qmp, domain, dir: deps.fleeceDir, owner: deps.fleeceOwner }, ctx.disks) : Promise.resolve(undefined),
-      agent ? agent.ping({ timeoutMs: Math.min(5_000, deps.agentTimeoutMs) }).then(() => true, (err: unknown) => {
-        noAgentReason = `the guest agent did not answer (${errorMessage(err)}): crash-consistent`;
-        return false;
-      }) : Promise.resolve(false),
-      Promise.all([...predicted.values()].map((p) => createImage(chainDir, p))),
-    ]);
-    fleece = fl;
-    step('fleece');
-    await deps.fault?.('prepared');
+    // The overlays are attached while the agent is pinged and the guest freezes: only the
+    // transaction waits for them (the freeze call, in which the guest syncs, takes longer).
+    fleece = ctx.running ? Fleece.plan({ qmp: ctx.qmp, domain, dir: deps.fleeceDir, owner: deps.fleeceOwner }, ctx.disks) : undefined;
+    const attaching = fleece?.attach();
+    attached = attaching?.catch(() => undefined);
+    const agentOk = agent ? await agent.ping({ timeoutMs: Math.min(5_000, deps.agentTimeoutMs) }).then(() => true, (err: unknown) => {
+      noAgentReason = `the guest agent did not answer (${errorMessage(err)}): crash-consistent`;
+      return false;
+    }) : false;
+    step('ping');
+    if (deps.fault) {
+      await attaching;
+      await deps.fault('prepared');
+    }
 
     const { rot, freeze } = await rotateFrozen(
       // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
-      (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer: req.consumer }, extra: fleece?.actions(), aroundTransaction: around, keepFolded: true }),
+      (around) => ctx.reconciler.rotateAndFold(ctx.disks, {
+        pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
+        aroundTransaction: (run) => {
+          const go = async () => { await attaching; await run(); };
+          return around ? around(go) : go();
+        },
+      }),
       agentOk ? agent : undefined, {
         freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: deps.freezeMarker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
       },
@@ -199,23 +223,17 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     files = plans.map((p) => p.file);
     marker.files = files;
     await repo.writeInProgress(domain, req.consumer, marker);
-    for (const p of plans) {
-      if (predicted.get(p.target)?.backing !== p.backing) {
-        await rm(join(chainDir, p.file), { force: true });
-        await createImage(chainDir, p);
-      }
-    }
-    step('create');
+    step('plan');
 
-    let markerWrites: Promise<unknown> = Promise.resolve();
-    const cut = (n: number) => Math.max(DIGEST_SEGMENT, n - (n % DIGEST_SEGMENT));
     const results = await Promise.all(plans.map(async (plan): Promise<{ plan: DiskPlan; res: DiskResult; extents: [number, number][] }> => {
       const started = performance.now();
       const ch = changes.find((c) => c.target === plan.target)!;
       const digest = new ExtentDigest();
+      const path = join(chainDir, plan.file);
+      const image = { size: plan.sizeBytes, clusterSize: CLUSTER, backing: plan.backing ? { name: plan.backing } : undefined };
       if (!plan.full && ch.extents.length === 0) {
-        // Nothing changed on this disk: the empty overlay already reads as its parent.
-        await fsyncFile(join(chainDir, plan.file));
+        // Nothing changed on this disk: an empty overlay reads as its parent.
+        await createQcow2(path, image);
         const res: DiskResult = {
           target: plan.target, full: false, file: plan.file, backing: plan.backing, bytes: 0, written: 0, extents: 0,
           sha256: await digest.finish(), elapsedMs: Math.round(performance.now() - started),
@@ -223,24 +241,22 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
         emit({ type: 'disk-done', disk: res });
         return { plan, res, extents: [] };
       }
-      const target = await serveImage(join(chainDir, plan.file), { runDir: deps.runDir, writable: true, zeroInitialized: plan.full, timeoutMs: deps.nbd.timeoutMs });
-      served.push(target);
-      // A qemu-nbd this process dies holding is killed by the next run.
-      marker.pids.push(target.pid);
-      const write = markerWrites.then(() => repo.writeInProgress(domain, req.consumer, marker, { durable: false }));
-      markerWrites = write.catch(() => undefined);
-      await write;
+      // Written by virtcbt itself: data appended, tables behind it at finish() (see src/qcow2).
+      const target = await Qcow2Writer.create(path, image);
+      writers.push(target);
       const src = await NbdEndpoint.open(sources.find((s) => s.target === plan.target)!.uri, {
         metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections,
       });
       endpoints.push(src);
-      const extents: AsyncIterable<CopyExtent> | CopyExtent[] = plan.full ? wholeDisk(src) : dataExtents(ch.extents.map(([offset, length]) => ({ offset, length })));
-      const total = plan.full ? plan.sizeBytes : plan.changedBytes;
+      // An overlay's clusters must be written whole (a part left out would read the parent).
+      const changed = plan.full ? [] : wholeClusters(ch.extents, CLUSTER, plan.sizeBytes);
+      const extents: AsyncIterable<CopyExtent> | CopyExtent[] = plan.full ? wholeDisk(src) : dataExtents(changed);
+      const total = plan.full ? plan.sizeBytes : changed.reduce((s, e) => s + e.length, 0);
       const meter = new ProgressMeter(total);
-      const flushing = flushingEndpoint(target.endpoint, FLUSH_EVERY);
+      const flushing = flushingEndpoint(target, FLUSH_EVERY);
       let faulted = false;
       const progress = await copyExtents(src, digest.wrap(flushing.endpoint), digest.track(extents), {
-        requestSize: cut(deps.nbd.requestSize),
+        requestSize: Math.max(MIN_REQUEST, deps.nbd.requestSize),
         inflight: deps.nbd.inflight,
         onProgress: (p: Readonly<CopyProgress>) => {
           const ev = meter.update(p.done, p.written);
@@ -258,9 +274,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       emit({ type: 'progress', disk: plan.target, ...meter.final(progress.done, progress.written) });
       const flushStart = performance.now();
       await flushing.settle();
-      await target.close();
       await src.close();
-      await fsyncFile(join(chainDir, plan.file));
+      await target.finish();
       const res: DiskResult = {
         target: plan.target, full: plan.full, reason: plan.reason, file: plan.file, backing: plan.backing,
         bytes: digest.bytes, written: progress.written, extents: digest.extents.length, sha256,
@@ -270,10 +285,16 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       return { plan, res, extents: digest.extents };
     }));
     step('copy');
-    // The snapshot is no longer needed: stop copy-before-write in the guest's I/O path at once.
-    await fleece?.teardown();
-    await removeDirect(ctx.qmp, direct);
-    step('release');
+    // The snapshot is no longer needed: copy-before-write leaves the guest's I/O path as soon as
+    // the result is out (the daemon runs it then), or now.
+    const release = async () => {
+      await fleece?.teardown();
+      await removeDirect(ctx.qmp, direct);
+    };
+    if (deps.deferRelease) deps.deferRelease(release);
+    else await release();
+    released = true;
+    if (!deps.deferRelease) step('release');
     await deps.fault?.('copied');
 
     await fsyncDir(chainDir);
@@ -287,7 +308,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       completedAt: new Date().toISOString(), generation, since: pass.since, pass: passId,
       parent: disks.some((d) => d.backing) ? parent!.id : null, kind, running: ctx.running, consistency,
       consistencyNote: ctx.running ? freeze.note : 'the domain was stopped', freezeWindowMs: freeze.freezeWindowMs,
-      digest: newDigestInfo(), disks, domainXml: deps.domainXml,
+      digest: newDigestInfo(), disks, domainXml: await deps.domainXml,
     };
     await writeManifest(chainDir, manifest);
     manifestWritten = true;
@@ -305,7 +326,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       elapsedMs: Math.round(performance.now() - t0), steps, recovered, notes,
     };
   } catch (err) {
-    for (const s of served) await s.kill().catch(() => undefined);
+    for (const w of writers) await w.close().catch(() => undefined);
     if (passId !== undefined && !committed) {
       try {
         if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
@@ -317,8 +338,12 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     throw describeFailure(err, domain, req, repo.root);
   } finally {
     for (const e of endpoints) await e.close().catch(() => undefined);
-    await fleece?.teardown().catch((err) => notes.push(errorMessage(err)));
-    await removeDirect(ctx.qmp, direct).catch(() => undefined);
+    if (!released) {
+      // An attach still under way (the rotation failed first) ends before its nodes are removed.
+      await attached;
+      await fleece?.teardown().catch((err) => notes.push(errorMessage(err)));
+      await removeDirect(ctx.qmp, direct).catch(() => undefined);
+    }
     await closeAgent?.close().catch(() => undefined);
     await lock.release();
   }
@@ -340,14 +365,18 @@ function fullReason(
   return undefined;
 }
 
-async function createImage(chainDir: string, p: { file: string; backing: string | null; sizeBytes: number; target?: string }): Promise<void> {
-  const args = ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536'];
-  if (p.backing) args.push('-b', p.backing, '-F', 'qcow2');
-  args.push(p.file, String(p.sizeBytes));
-  const r = await execa('qemu-img', args, { cwd: chainDir, reject: false });
-  if (r.exitCode !== 0) {
-    throw new VirtcbtError(`cannot create ${join(chainDir, p.file)}: ${r.stderr.trim()}`, { disk: p.target, cause: new Error(r.stderr) });
+/** `extents` ([offset, length] pairs) widened to whole clusters, merged, within `size`. */
+export function wholeClusters(extents: readonly (readonly [number, number])[], cluster: number, size: number): { offset: number; length: number }[] {
+  const out: { offset: number; length: number }[] = [];
+  for (const [offset, length] of [...extents].sort((a, b) => a[0] - b[0])) {
+    if (length <= 0) continue;
+    const start = offset - (offset % cluster);
+    const end = Math.min(size, Math.ceil((offset + length) / cluster) * cluster);
+    const last = out[out.length - 1];
+    if (last && start <= last.offset + last.length) last.length = Math.max(last.length, end - last.offset);
+    else out.push({ offset: start, length: end - start });
   }
+  return out;
 }
 
 /** Point-in-time NBD exports of every disk: the fleecing nodes, or (stopped domain) the disk nodes themselves. */

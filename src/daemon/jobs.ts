@@ -127,15 +127,21 @@ export class JobRunner {
 
   /**
    * Runs a backup in the domain's queue. `emit` gets the progress events and, once the backup is
-   * durable and committed, the result; housekeeping that follows (removing the folded bitmaps,
-   * which makes QEMU flush the image) still runs in the queue but after the result.
+   * durable and committed, the result; housekeeping that follows (releasing the snapshot, removing
+   * the folded bitmaps, which makes QEMU flush the image) still runs in the queue but after the
+   * result.
    */
   backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void): Promise<BackupResult> {
     if (!req.repo || !req.repo.startsWith('/')) throw new UsageError('the repository must be an absolute path', { domain });
+    const requestedAt = performance.now();
     return this.tracker.withDomainJob(domain, async (ctx) => {
       const t0 = Date.now();
       this.logger.info('backup started', { domain, consumer: req.consumer, repo: req.repo, full: req.full });
       let r: BackupResult;
+      let release: (() => Promise<void>) | undefined;
+      // Needed only for the manifest: fetched while the backup runs.
+      const domainXml = this.libvirt.xml(domain, { inactive: !ctx.running });
+      domainXml.catch(() => undefined);
       try {
         r = await runBackup(ctx, req, {
           fleeceDir: this.fleeceDir,
@@ -145,7 +151,9 @@ export class JobRunner {
           nbd: this.cfg.nbd,
           agentTimeoutMs: this.cfg.agent.timeoutMs,
           freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs,
-          domainXml: await this.libvirt.xml(domain, { inactive: !ctx.running }),
+          domainXml,
+          deferRelease: (fn) => { release = fn; },
+          requestedAt,
           keepFleeceTags: () => this.liveTags(ctx.qmp, domain),
           agent: this.agentFor(ctx) ?? null,
           fault: this.opts.backupFault,
@@ -153,12 +161,18 @@ export class JobRunner {
         }, emit);
       } catch (err) {
         this.logger.error('backup failed', { domain, consumer: req.consumer, error: (err as Error).message });
+        await release?.().catch(() => undefined);
         await ctx.reconciler.removeFolded(ctx.disks).catch(() => undefined);
         throw err;
       }
       this.logger.info('backup done', { domain, consumer: req.consumer, id: r.id, kind: r.kind, bytes: r.bytes, ms: Date.now() - t0 });
-      const housekeeping = () => ctx.reconciler.removeFolded(ctx.disks).catch((err) =>
-        this.logger.warn('removing folded bitmaps failed; the next fold retries', { domain, error: (err as Error).message }));
+      const housekeeping = async () => {
+        // The snapshot first: copy-before-write is in the guest's I/O path until it goes.
+        await release?.().catch((err) =>
+          this.logger.warn('releasing the backup snapshot failed; the next backup removes what is left', { domain, error: (err as Error).message }));
+        await ctx.reconciler.removeFolded(ctx.disks).catch((err) =>
+          this.logger.warn('removing folded bitmaps failed; the next fold retries', { domain, error: (err as Error).message }));
+      };
       // Only a running VM's image flush is worth answering before (see removeFolded's reason).
       if (!ctx.running) await housekeeping();
       emit({ type: 'result', ...r });
