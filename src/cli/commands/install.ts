@@ -1,5 +1,6 @@
 // `virtcbt install`: puts the libvirt hook, the systemd units and the command wrappers in place,
 // with this installation's paths filled in. Idempotent; never overwrites an existing config.
+import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readFile, writeFile, access } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,8 +10,19 @@ import { parse } from '../args.js';
 import { EXIT, type Command } from '../command.js';
 import { emit } from '../output.js';
 
-/** The repository (or installed package) root: dist/src/cli/commands → four levels up. */
-export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../../..');
+/**
+ * The repository (or installed package) root: the nearest directory above this module with
+ * package.json and hooks/ (the module is dist/src/cli/commands/install.js, or a chunk of the
+ * bundled CLI elsewhere under dist/src/cli).
+ */
+export const PACKAGE_ROOT = packageRoot(dirname(fileURLToPath(import.meta.url)));
+
+function packageRoot(from: string): string {
+  for (let d = from; ; d = dirname(d)) {
+    if (existsSync(join(d, 'package.json')) && existsSync(join(d, 'hooks'))) return d;
+    if (dirname(d) === d) return resolve(from, '../../../..');
+  }
+}
 
 export interface InstallPlan {
   root: string;
