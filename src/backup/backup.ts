@@ -84,6 +84,8 @@ const FLUSH_EVERY = 32 * 1024 * 1024;
  * server no less (bench/backup-copy-path.ts, qemu-nbd as the source).
  */
 const MIN_REQUEST = 1024 * 1024;
+/** Bytes of requests in flight per disk (buffers held by the copy): 32 × 1 MiB was as fast as 64. */
+const MAX_INFLIGHT_BYTES = 32 * 1024 * 1024;
 /** Cluster size of the repository images; an incremental's extents are widened to whole clusters. */
 const CLUSTER = 65536;
 
@@ -129,6 +131,18 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   let attached: Promise<void> | undefined;
   let released = false;
   try {
+    const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
+      : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
+    closeAgent = agent;
+    let noAgentReason = !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
+      : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent'
+        : ctx.info.hasAgentChannel ? 'no guest agent' : 'the domain has no guest-agent channel: crash-consistent';
+    // Whether the agent answers (else no freeze: a hung agent must not be asked to freeze) is
+    // asked now; the answer is needed only at the freeze, after the preparation below.
+    const pinged = agent ? agent.ping({ timeoutMs: Math.min(5_000, deps.agentTimeoutMs) }).then(() => true, (err: unknown) => {
+      noAgentReason = `the guest agent did not answer (${errorMessage(err)}): crash-consistent`;
+      return false;
+    }) : Promise.resolve(false);
     // A killed earlier run: its pass never moves the consumer, its files go. Its marker stays
     // until this run's replaces it, so a kill in between still finds that pass next time.
     const left = await repo.cleanupLeftovers(domain, req.consumer, { keepMarker: true });
@@ -157,21 +171,12 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     await repo.writeInProgress(domain, req.consumer, marker);
     step('prepare');
 
-    const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
-      : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
-    closeAgent = agent;
-    let noAgentReason = !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
-      : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent'
-        : ctx.info.hasAgentChannel ? 'no guest agent' : 'the domain has no guest-agent channel: crash-consistent';
     // The overlays are attached while the agent is pinged and the guest freezes: only the
     // transaction waits for them (the freeze call, in which the guest syncs, takes longer).
     fleece = ctx.running ? Fleece.plan({ qmp: ctx.qmp, domain, dir: deps.fleeceDir, owner: deps.fleeceOwner }, ctx.disks) : undefined;
     const attaching = fleece?.attach();
     attached = attaching?.catch(() => undefined);
-    const agentOk = agent ? await agent.ping({ timeoutMs: Math.min(5_000, deps.agentTimeoutMs) }).then(() => true, (err: unknown) => {
-      noAgentReason = `the guest agent did not answer (${errorMessage(err)}): crash-consistent`;
-      return false;
-    }) : false;
+    const agentOk = await pinged;
     step('ping');
     if (deps.fault) {
       await attaching;
@@ -254,10 +259,11 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const total = plan.full ? plan.sizeBytes : changed.reduce((s, e) => s + e.length, 0);
       const meter = new ProgressMeter(total);
       const flushing = flushingEndpoint(target, FLUSH_EVERY);
+      const requestSize = Math.max(MIN_REQUEST, deps.nbd.requestSize);
       let faulted = false;
       const progress = await copyExtents(src, digest.wrap(flushing.endpoint), digest.track(extents), {
-        requestSize: Math.max(MIN_REQUEST, deps.nbd.requestSize),
-        inflight: deps.nbd.inflight,
+        requestSize,
+        inflight: Math.max(1, Math.min(deps.nbd.inflight, Math.floor(MAX_INFLIGHT_BYTES / requestSize))),
         onProgress: (p: Readonly<CopyProgress>) => {
           const ev = meter.update(p.done, p.written);
           if (ev) emit({ type: 'progress', disk: plan.target, ...ev });
