@@ -143,12 +143,7 @@ async function map(ctx: CommandContext, args: string[]): Promise<number> {
       if (!process.stdout.write(block)) drained ??= new Promise((r) => process.stdout.once('drain', () => { drained = undefined; r(); }));
     });
     for await (const run of client.blockStatusRuns(context)) {
-      const ex = run.extents;
-      let pos = run.offset;
-      for (let i = 0; i < ex.length; i += 2) {
-        w.extent(pos, ex[i]!, ex[i + 1]!);
-        pos += ex[i]!;
-      }
+      w.run(run.offset, run.extents);
       if (drained) await drained;
     }
     w.end();
