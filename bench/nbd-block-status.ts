@@ -5,7 +5,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { fileURLToPath } from 'node:url';
-import { CLI, flag, load, median, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
+import { CLI, envNote, flag, load, median, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
 
 /**
  * Child mode (`--walk URI CONTEXT OUT`): the library alone, timed inside a fresh process from
@@ -99,7 +99,7 @@ try {
       const r = summarize(`nbdinfo --map=${context}`, ref);
       const o = summarize(`virtcbt nbd map --context ${context}`, ours);
       console.log(`\nNBD block status: 1 TiB qcow2, ${percent}% of clusters dirty (scattered), context ${context}: ` +
-        `${lines} extents, identical output; ${runs} runs, load average before ${loadBefore}, after ${load()}`);
+        `${lines} extents, identical output; ${runs} runs, load average before ${loadBefore}, after ${load()}; ${envNote()}`);
       console.log(table([r, o], r));
       console.log(`library walk inside a fresh process (connect to last line, no Node start-up): median ${median(walks).toFixed(3)} s ` +
         `(${(median(walks) / r.wallS).toFixed(2)}x nbdinfo's whole process); all: ${walks.map((w) => w.toFixed(3)).join(' ')}`);

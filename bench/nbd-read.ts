@@ -9,7 +9,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { CLI, flag, load, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
+import { CLI, envNote, flag, load, qemuNbd, summarize, table, timed, workDir, type Sample } from './nbd-support.js';
 
 /**
  * Child mode (`--floor SOCKET`): the least a Node reader can do, as a yardstick for what Node
@@ -168,7 +168,7 @@ try {
       }
     }
     const rows = tools.map((t, j) => summarize(t.name, samples[j]!));
-    console.log(`NBD read: ${gib} GiB ${qcow2 ? 'qcow2' : 'raw'} image, qemu-nbd -r over a unix socket, ${runs} runs, load average before ${loadBefore}, after ${load()}`);
+    console.log(`NBD read: ${gib} GiB ${qcow2 ? 'qcow2' : 'raw'} image, qemu-nbd -r over a unix socket, ${runs} runs, load average before ${loadBefore}, after ${load()}; ${envNote()}`);
     console.log('server CPU: user+sys of the qemu-nbd process during each run, from /proc/PID/stat');
     console.log(table(rows, rows[0]!));
   } finally {
