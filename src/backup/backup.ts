@@ -145,6 +145,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     }) : Promise.resolve(false);
     // A killed earlier run: its pass never moves the consumer, its files go. Its marker stays
     // until this run's replaces it, so a kill in between still finds that pass next time.
+    step('lock');
     const left = await repo.cleanupLeftovers(domain, req.consumer, { keepMarker: true });
     let recovered: BackupResult['recovered'];
     if (left.interrupted) {
@@ -168,8 +169,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });
     // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
     const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), files: [] as string[], pids: [] as number[], pid: process.pid, startedAt: new Date().toISOString() };
-    await repo.writeInProgress(domain, req.consumer, marker);
     step('prepare');
+    await repo.writeInProgress(domain, req.consumer, marker);
+    step('marker');
 
     // The overlays are attached while the agent is pinged and the guest freezes: only the
     // transaction waits for them (the freeze call, in which the guest syncs, takes longer).
