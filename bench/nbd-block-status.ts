@@ -1,6 +1,7 @@
 // Benchmark: block status of a dirty bitmap on a 1 TiB qcow2 with 1% of its 64 KiB clusters dirty,
 // scattered, `virtcbt nbd map` against `nbdinfo --map` (whole process, median of 5, identical output checked).
 // Run: npx tsc -p tsconfig.json && node dist/bench/nbd-block-status.js [--runs 5] [--percent 1]
+//      [--context qemu:dirty-bitmap:b0|base:allocation ...] [--keep-env]
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -67,7 +68,8 @@ try {
   console.log(`built ${image}: ${want} dirty clusters in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   const server = await qemuNbd(image, dir.path, ['-r', '-f', 'qcow2', '-B', 'b0']);
   try {
-    for (const context of ['qemu:dirty-bitmap:b0', 'base:allocation']) {
+    const picked = process.argv.flatMap((a, i) => (process.argv[i - 1] === '--context' ? [a] : []));
+    for (const context of picked.length ? picked : ['qemu:dirty-bitmap:b0', 'base:allocation']) {
       const refOut = join(dir.path, 'ref.map');
       const ourOut = join(dir.path, 'ours.map');
       const loadBefore = load();

@@ -1,10 +1,12 @@
 // Shared by the NBD benchmarks: timing a whole child process (wall, user+sys CPU, peak RSS via
 // /usr/bin/time, and the CPU the qemu-nbd serving it spent meanwhile), medians, qemu-nbd
 // start/stop, and a side-by-side table.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { execa } from 'execa';
 
 /** The repository root, from dist/bench/ where this runs. */
@@ -62,12 +64,20 @@ export function workDir(prefix: string): { path: string; remove(): void } {
 export async function timed(cmd: string, args: string[], dir: string, stdoutFile?: string, serverPid?: number): Promise<Sample> {
   const timeFile = join(dir, 'time.out');
   const server0 = serverPid === undefined ? 0 : cpuOf(serverPid);
-  await execa('/usr/bin/time', ['-f', '%e %U %S %M', '-o', timeFile, cmd, ...args], {
-    stdout: stdoutFile ? { file: stdoutFile } : 'ignore',
-    stderr: 'pipe',
-    env: childEnv,
-    extendEnv: false,
-  });
+  // The file itself as the child's stdout (execa's { file } option would pipe the output through
+  // this process, and a tool that prints fast, like nbdinfo, would then wait on that pipe).
+  const out = stdoutFile ? openSync(stdoutFile, 'w') : 'ignore';
+  try {
+    const child = spawn('/usr/bin/time', ['-f', '%e %U %S %M', '-o', timeFile, cmd, ...args], {
+      stdio: ['ignore', out, 'pipe'], env: childEnv,
+    });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    const [code] = (await once(child, 'close')) as [number | null];
+    if (code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited with ${code}: ${stderr.trim()}`);
+  } finally {
+    if (typeof out === 'number') closeSync(out);
+  }
   const serverS = serverPid === undefined ? undefined : cpuOf(serverPid) - server0;
   const [e, u, s, m] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
   return { wallS: e!, cpuS: u! + s!, rssKiB: m!, serverS };
