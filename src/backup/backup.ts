@@ -146,6 +146,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // A killed earlier run: its pass never moves the consumer, its files go. Its marker stays
     // until this run's replaces it, so a kill in between still finds that pass next time.
     step('lock');
+    // QEMU's leftovers and the repository's files are independent: cleaned up together.
+    const staleFleeces = (async () => cleanupStaleFleeces(ctx.qmp, deps.fleeceDir, domain, (await deps.keepFleeceTags?.()) ?? new Set()))();
+    staleFleeces.catch(() => undefined);
     const left = await repo.cleanupLeftovers(domain, req.consumer, { keepMarker: true });
     let recovered: BackupResult['recovered'];
     if (left.interrupted) {
@@ -158,12 +161,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       recovered = { id: ip.id, pass: stale[0]?.id ?? ip.pass, passAborted: stale.length > 0, removed: left.removed };
       notes.push(`cleaned up the interrupted backup ${ip.id}${stale.length ? ` (aborted its pass ${stale.map((o) => o.id).join(', ')})` : ''}`);
     }
-    // QEMU's leftovers and the repository's files are independent: looked at together.
-    const [, chain, seq] = await Promise.all([
-      (async () => cleanupStaleFleeces(ctx.qmp, deps.fleeceDir, domain, (await deps.keepFleeceTags?.()) ?? new Set()))(),
-      repo.chain(domain, req.consumer),
-      repo.nextSeq(domain, req.consumer),
-    ]);
+    await staleFleeces;
+    // The chain as the clean-up read it (each manifest read once per backup).
+    const { chain, nextSeq: seq } = left;
     const parent = chain[chain.length - 1];
     const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
     emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });

@@ -211,7 +211,11 @@ export class Repository {
    * temp files. Call with the chain locked. Returns the interrupted backup (its pass must be
    * aborted if still open) and the files removed.
    */
-  async cleanupLeftovers(domain: string, consumer: string, opts: { keepMarker?: boolean } = {}): Promise<{ interrupted?: InProgress; removed: string[] }> {
+  async cleanupLeftovers(domain: string, consumer: string, opts: { keepMarker?: boolean } = {}): Promise<{
+    interrupted?: InProgress; removed: string[];
+    /** The chain as chain() gives it, and the next sequence number (read once here for the caller). */
+    chain: Manifest[]; nextSeq: number;
+  }> {
     const dir = this.chainDir(domain, consumer);
     const interrupted = await this.readInProgress(domain, consumer);
     for (const pid of interrupted?.pids ?? []) await killStaleQemuNbd(pid);
@@ -229,6 +233,10 @@ export class Repository {
     }
     // The marker tells virtcbtd which pass to abort: only the backup job clears it.
     if (interrupted && !opts.keepMarker) await this.clearInProgress(domain, consumer);
-    return { interrupted, removed };
+    const hidden = new Set(journal?.removing ?? []);
+    return {
+      interrupted, removed, chain: chain.filter((m) => !hidden.has(m.id)),
+      nextSeq: chain.length === 0 ? 1 : chain[chain.length - 1]!.seq + 1,
+    };
   }
 }
