@@ -15,6 +15,7 @@ import { NbdEndpoint, NullEndpoint, copyExtents, wholeDisk } from '../src/copy/i
 import { createLabDomain, startLabDaemon, virsh, type LabDaemon, type LabDomain } from '../src/demo/lab.js';
 import { Qcow2Writer } from '../src/qcow2/index.js';
 import { flushingEndpoint, serveImage } from '../src/repo/index.js';
+import { childEnv, envNote } from './nbd-support.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -87,7 +88,7 @@ async function runVirtcbt(d: LabDaemon, domain: string, consumer: string, repo: 
   await settle();
   const before = allocated(repo);
   const t0 = performance.now();
-  const child = execa(process.execPath, [join(process.cwd(), 'dist/src/cli/main.js'), '--config', d.configFile, 'backup', domain, '--consumer', consumer, '--repo', repo, '--json']);
+  const child = execa(process.execPath, [join(process.cwd(), 'dist/src/cli/main.js'), '--config', d.configFile, 'backup', domain, '--consumer', consumer, '--repo', repo, '--json'], { env: childEnv, extendEnv: false });
   const sampler = rssSampler(() => [child.pid ?? -1, d.pid]);
   const r = await child;
   const wallS = (performance.now() - t0) / 1000;
@@ -259,6 +260,7 @@ function print(report: Record<string, unknown>): void {
   const runs = report.runs as Run[];
   const phases = ['full', 'incremental, nothing changed', 'incremental after 256 MiB written'];
   const targets: Record<string, number> = { full: 0.8, 'incremental, nothing changed': 0.15, 'incremental after 256 MiB written': 0.5 };
+  console.log(`CLI environment: ${envNote()}`);
   console.log('| phase | virtcbt wall | virtnbdbackup wall | ratio (target) | virtnbdbackup + sync | virtcbt bytes | virtnbdbackup bytes | virtcbt peak RSS | virtnbdbackup peak RSS |');
   console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
   for (const p of phases) {

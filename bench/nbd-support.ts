@@ -28,7 +28,7 @@ export interface Sample {
  * so it is left out unless --keep-env is given. The table's heading says which.
  */
 export const keepEnv = process.argv.includes('--keep-env');
-const childEnv = (() => {
+export const childEnv = (() => {
   const e = { ...process.env };
   if (!keepEnv) delete e.NODE_EXTRA_CA_CERTS;
   return e;

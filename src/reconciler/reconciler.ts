@@ -245,10 +245,17 @@ export class Reconciler {
     }
     for (const p of plan) await this.d.beforeStep?.('record', p.disk.target);
     log.markRotated(domain, plan.map((p) => ({ target: p.disk.target, active: p.next, frozen: p.old })));
-    for (const [i, p] of plan.entries()) {
+    // The disks' bitmaps are read side by side (each fold step is safe to repeat, so a kill
+    // between them leaves nothing the next recovery cannot finish); the server is started once.
+    await ensureNbdServer(this.qmp, this.d.nbdSocket);
+    // allSettled: a failed fold must not leave the other one running behind the caller's back.
+    const folds = await Promise.allSettled(plan.map((p) => this.foldFrozen(p.disk, p.old, opts.keepFolded)));
+    const failed = folds.find((f): f is PromiseRejectedResult => f.status === 'rejected');
+    if (failed) throw failed.reason;
+    plan.forEach((p, i) => {
       results[i].bitmap = p.old;
-      results[i].dirtyBytes += await this.foldFrozen(p.disk, p.old, opts.keepFolded);
-    }
+      results[i].dirtyBytes += (folds[i] as PromiseFulfilledResult<number>).value;
+    });
     return { passId, generation, disks: results };
   }
 
