@@ -29,6 +29,8 @@ interface Run {
   bytes: number;
   peakRssMiB: number;
   freezeWindowMs?: number | null;
+  /** virtcbt: its result's step timings (where the daemon's time went). */
+  steps?: { step: string; ms: number }[];
 }
 
 /** Pids of `roots` and all their descendants, from /proc. */
@@ -94,7 +96,7 @@ async function runVirtcbt(d: LabDaemon, domain: string, consumer: string, repo: 
   const wallS = (performance.now() - t0) / 1000;
   const peak = sampler.stop();
   const res = JSON.parse(r.stdout.trim().split('\n').pop()!);
-  return { tool: 'virtcbt', phase, wallS, bytes: allocated(repo) - before, peakRssMiB: peak, freezeWindowMs: res.freezeWindowMs };
+  return { tool: 'virtcbt', phase, wallS, bytes: allocated(repo) - before, peakRssMiB: peak, freezeWindowMs: res.freezeWindowMs, steps: res.steps };
 }
 
 async function runVnb(domain: string, out: string, level: 'full' | 'inc', phase: string): Promise<Run> {
