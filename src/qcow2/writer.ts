@@ -44,6 +44,7 @@ export class Qcow2Writer implements Endpoint {
   private nextCluster = 1;
   private readonly inflight = new Set<Promise<unknown>>();
   private finished = false;
+  private finishing = false;
   private closed = false;
 
   private constructor(readonly name: string, private readonly fh: FileHandle, private readonly o: Qcow2WriterOptions, bits: number) {
@@ -87,6 +88,9 @@ export class Qcow2Writer implements Endpoint {
   /** Writes the tables and the header behind the data and makes the image durable; then it is a valid qcow2. */
   async finish(): Promise<void> {
     if (this.finished) return;
+    // The tables are let go as they are written: a failed finish cannot be tried again.
+    if (this.finishing) throw new Error(`${this.name}: an earlier finish failed; the image is incomplete`);
+    this.finishing = true;
     await this.settled();
     for (const [c, p] of this.pending) {
       const end = Math.min(this.cs, this.o.size - c * this.cs);
@@ -100,24 +104,32 @@ export class Qcow2Writer implements Endpoint {
     const cs = this.cs;
     const l1Indexes = [...this.tables.keys()].sort((a, b) => a - b);
     const layout = layoutMetadata(this.g, this.nextCluster, l1Indexes.length);
-    const meta = Buffer.alloc((layout.totalClusters - layout.l2Start) * cs);
-    const at = (cluster: number) => (cluster - layout.l2Start) * cs;
-    const l1 = meta.subarray(at(layout.l1Start), at(layout.l1Start) + layout.l1Clusters * cs);
-    l1Indexes.forEach((i, k) => {
-      const l2Offset = (layout.l2Start + k) * cs;
-      l1.writeBigUInt64BE(BigInt(l2Offset) | FLAG_COPIED, i * 8);
-      const t = this.tables.get(i)!;
-      const l2 = meta.subarray(at(layout.l2Start + k), at(layout.l2Start + k) + cs);
-      for (let j = 0; j < t.length; j++) {
-        const v = t[j]!;
-        if (v === ZERO) l2.writeBigUInt64BE(FLAG_ZERO, j * 8);
-        else if (v > 0) l2.writeBigUInt64BE(BigInt(v) | FLAG_COPIED, j * 8);
+    // The L2 tables go out in batches through one reused buffer, each table's memory let go once
+    // written: the tables are never held twice (a whole-disk copy of 2 TiB has 256 MiB of them).
+    const l1 = Buffer.alloc(layout.l1Clusters * cs);
+    const BATCH = 64;
+    const batch = Buffer.alloc(Math.min(BATCH, Math.max(1, l1Indexes.length)) * cs);
+    for (let k0 = 0; k0 < l1Indexes.length; k0 += BATCH) {
+      const n = Math.min(BATCH, l1Indexes.length - k0);
+      batch.fill(0, 0, n * cs);
+      for (let k = k0; k < k0 + n; k++) {
+        const i = l1Indexes[k]!;
+        l1.writeBigUInt64BE(BigInt((layout.l2Start + k) * cs) | FLAG_COPIED, i * 8);
+        const t = this.tables.get(i)!;
+        const at = (k - k0) * cs;
+        for (let j = 0; j < t.length; j++) {
+          const v = t[j]!;
+          if (v === ZERO) batch.writeBigUInt64BE(FLAG_ZERO, at + j * 8);
+          else if (v > 0) batch.writeBigUInt64BE(BigInt(v) | FLAG_COPIED, at + j * 8);
+        }
+        this.tables.delete(i);
       }
-    });
+      await this.fh.write(batch, 0, n * cs, (layout.l2Start + k0) * cs);
+    }
+    await this.fh.write(l1, 0, l1.length, layout.l1Start * cs);
     const rc = encodeRefcounts(this.g, layout);
-    rc.table.copy(meta, at(layout.refcountTableStart));
-    rc.blocks.copy(meta, at(layout.refcountBlockStart));
-    await this.fh.write(meta, 0, meta.length, layout.l2Start * cs);
+    await this.fh.write(rc.table, 0, rc.table.length, layout.refcountTableStart * cs);
+    await this.fh.write(rc.blocks, 0, rc.blocks.length, layout.refcountBlockStart * cs);
     const header = encodeHeader({
       ...this.g, l1TableOffset: layout.l1Start * cs, refcountTableOffset: layout.refcountTableStart * cs,
       refcountTableClusters: layout.refcountTableClusters,
