@@ -245,17 +245,12 @@ export class Reconciler {
     }
     for (const p of plan) await this.d.beforeStep?.('record', p.disk.target);
     log.markRotated(domain, plan.map((p) => ({ target: p.disk.target, active: p.next, frozen: p.old })));
-    // The disks' bitmaps are read side by side (each fold step is safe to repeat, so a kill
-    // between them leaves nothing the next recovery cannot finish); the server is started once.
-    await ensureNbdServer(this.qmp, this.d.nbdSocket);
-    // allSettled: a failed fold must not leave the other one running behind the caller's back.
-    const folds = await Promise.allSettled(plan.map((p) => this.foldFrozen(p.disk, p.old, opts.keepFolded)));
-    const failed = folds.find((f): f is PromiseRejectedResult => f.status === 'rejected');
-    if (failed) throw failed.reason;
-    plan.forEach((p, i) => {
+    // One disk after the other: removeExport stops QEMU's NBD server once no export is left, so a
+    // fold running beside another could find the server stopped between its start and its export.
+    for (const [i, p] of plan.entries()) {
       results[i].bitmap = p.old;
-      results[i].dirtyBytes += (folds[i] as PromiseFulfilledResult<number>).value;
-    });
+      results[i].dirtyBytes += await this.foldFrozen(p.disk, p.old, opts.keepFolded);
+    }
     return { passId, generation, disks: results };
   }
 
