@@ -1,7 +1,7 @@
 // Guest agent through one long-lived interactive `virsh` per transport: each call costs a few
 // milliseconds instead of a virsh process start and libvirt connection (~40 ms). Used where
 // latency matters — the freeze and thaw around a backup's snapshot, which the guest feels.
-// Commands whose JSON virsh's own shell quoting could mangle go through LibvirtTransport instead.
+// Commands whose JSON or domain name virsh's own shell parsing could mangle go through LibvirtTransport instead.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { TimeoutError } from '../util/errors.js';
 import { abortReason } from '../util/abort.js';
@@ -18,6 +18,8 @@ export interface VirshShellTransportOptions {
 
 // virsh's shell prompt: every command's output ends where the next prompt begins.
 const PROMPT = 'virsh # ';
+/** Domain names virsh's shell takes as one plain word; any other goes through LibvirtTransport (no quoting games). */
+const PLAIN_NAME = /^[A-Za-z0-9._+-]+$/;
 
 export class VirshShellTransport implements AgentTransport {
   readonly description: string;
@@ -68,7 +70,7 @@ export class VirshShellTransport implements AgentTransport {
     if (opts.signal?.aborted) throw abortReason(opts.signal, what);
     const json = JSON.stringify(args === undefined ? { execute: command } : { execute: command, arguments: args });
     // Inside single quotes virsh takes everything literally, up to the next quote.
-    if (json.includes("'") || json.includes('\n')) return this.fallback.execute<T>(command, args, opts);
+    if (json.includes("'") || json.includes('\n') || !PLAIN_NAME.test(this.domain)) return this.fallback.execute<T>(command, args, opts);
     const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
     const p = this.shell();
     const marker = `vcbt-${process.pid}-${++this.seq}`;
