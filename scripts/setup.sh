@@ -45,7 +45,8 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
 fi
 
 log "build"
-npx tsc -p tsconfig.json
+# tsc, then the CLI bundle (package.json "build"): the same build as `npm run build`.
+npm run --silent build
 
 # libvirt checks /dev/kvm as libvirt-qemu; when udev never gave it Debian's usual root:kvm 0660
 # (containers, CI), libvirt's capability cache is thrown away on every look-up and each
