@@ -109,6 +109,18 @@ describe('backup and restore of a running two-disk domain, two consumers', () =>
     expect(n5.disks.find((d: { target: string }) => d.target === 'vdb').bytes).toBe(0);
   });
 
+  it('between jobs QEMU\'s one NBD server is free for other tools (libvirt backup jobs, virtnbdbackup)', async () => {
+    await backup('nightly');
+    // Queued behind the backup's housekeeping; a fold uses the server too, and gives it back.
+    await daemon.cli(['reconcile', guest.name]);
+    const qmp = async (execute: string, args?: object) =>
+      JSON.parse((await virsh(['qemu-monitor-command', guest.name, JSON.stringify({ execute, arguments: args })])).stdout);
+    expect((await qmp('query-block-exports')).return).toEqual([]);
+    const started = await qmp('nbd-server-start', { addr: { type: 'inet', data: { host: '127.0.0.1', port: '0' } } });
+    expect(started.error).toBeUndefined();
+    expect((await qmp('nbd-server-stop')).error).toBeUndefined();
+  });
+
   it('--full starts a new chain', async () => {
     await guestDd(agent, '/dev/vdb', 50 * MiB, 1 * MiB);
     const w3 = await backup('weekly', ['--full']);

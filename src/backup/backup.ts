@@ -11,7 +11,7 @@ import { GuestAgent, LibvirtTransport } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdCommandError } from '../nbd/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
-import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
+import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type FrozenBitmap, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
 import { Qcow2Writer, createQcow2 } from '../qcow2/index.js';
 import {
   ExtentDigest, Repository, flushingEndpoint, fsyncDir, newDigestInfo, writeManifest,
@@ -185,10 +185,16 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       await deps.fault('prepared');
     }
 
+    let sources: Source[] = [];
     const { rot, freeze } = await rotateFrozen(
       // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
       (around) => ctx.reconciler.rotateAndFold(ctx.disks, {
         pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
+        // The snapshot's exports also carry the frozen bitmaps: the fold reads them there.
+        exportFrozen: async (frozen) => {
+          sources = await exportSources(ctx, fleece, direct, frozen);
+          return new Map(sources.map((s) => [s.target, s.uri]));
+        },
         aroundTransaction: (run) => {
           const go = async () => { await attaching; await run(); };
           return around ? around(go) : go();
@@ -210,8 +216,6 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
 
     const pass = ctx.log.getPass(passId);
     const changes = ctx.log.passChanges(passId);
-    const sources = await exportSources(ctx, fleece, direct);
-    step('export');
 
     // Which disks continue the chain: the parent must hold the disk at a point no older than the
     // consumer's last pass, or the changes since then would not bring it up to date.
@@ -387,15 +391,22 @@ export function wholeClusters(extents: readonly (readonly [number, number])[], c
   return out;
 }
 
-/** Point-in-time NBD exports of every disk: the fleecing nodes, or (stopped domain) the disk nodes themselves. */
-async function exportSources(ctx: BackupContext, fleece: Fleece | undefined, direct: string[]): Promise<Source[]> {
-  if (fleece) return (await fleece.export(ctx.nbdSocket)).map((e) => ({ target: e.target, uri: e.uri }));
+/**
+ * Point-in-time NBD exports of every disk, each offering its frozen bitmap as a meta context for
+ * the fold: the fleecing nodes, or (stopped domain) the disk nodes themselves.
+ */
+async function exportSources(ctx: BackupContext, fleece: Fleece | undefined, direct: string[], frozen: FrozenBitmap[]): Promise<Source[]> {
+  const bitmapOf = (target: string) => {
+    const f = frozen.find((b) => b.target === target);
+    return f ? [{ node: f.node, name: f.bitmap }] : [];
+  };
+  if (fleece) return (await fleece.export(ctx.nbdSocket, { bitmaps: bitmapOf })).map((e) => ({ target: e.target, uri: e.uri }));
   await ensureNbdServer(ctx.qmp, ctx.nbdSocket);
   const out: Source[] = [];
   for (const d of ctx.disks) {
     const id = `vcbt-bk-${d.target}`;
     direct.push(id);
-    await addReadOnlyExport(ctx.qmp, { id, node: d.node, name: id });
+    await addReadOnlyExport(ctx.qmp, { id, node: d.node, name: id, bitmaps: bitmapOf(d.target) });
     out.push({ target: d.target, uri: nbdUnixUri(ctx.nbdSocket, id) });
   }
   return out;

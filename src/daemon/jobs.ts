@@ -305,8 +305,6 @@ export class JobRunner {
               tag: 'p', target: d.target, name: passBitmapName(pass), sizeBytes: d.sizeBytes, granularity: d.blockSize, extents: d.extents,
             });
             const name = passExportName(pass, d.target);
-            // Building the bitmap stopped the server when its own export went: start it again.
-            await ensureNbdServer(s.qmp, s.nbdSocket);
             await addReadOnlyExport(s.qmp, { id: name, node, name, bitmaps: [ref] });
             reply.exports.push({ target: d.target, uri: nbdUnixUri(s.nbdSocket, name), bitmap: passBitmapName(pass) });
           }

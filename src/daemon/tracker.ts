@@ -16,7 +16,7 @@ import {
   type DomainXmlInfo,
 } from '../libvirt/index.js';
 import { QmpClient, type QmpExecutor } from '../qmp/index.js';
-import { allocatedExtents, libvirtDisks, storageDaemonDisks, Reconciler, type DirtyExtentReader, type ReconcileStep, type TrackedDisk } from '../reconciler/index.js';
+import { allocatedExtents, libvirtDisks, releaseNbdServer, storageDaemonDisks, Reconciler, type DirtyExtentReader, type ReconcileStep, type TrackedDisk } from '../reconciler/index.js';
 import { pollUntil } from '../util/abort.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -220,11 +220,17 @@ export class Tracker {
     const targets = this.log.listDisks(domain).map((d) => d.target);
     if (await this.libvirt.isActive(domain)) {
       const s = await this.openSession(domain);
-      const disks = await libvirtDisks(s.qmp, s.info, targets);
-      return fn({
-        domain, running: true, qmp: s.qmp, client: s.client, nbdSocket: s.nbdSocket, disks,
-        reconciler: this.reconciler(domain, s.qmp, s.nbdSocket), info: s.info, log: this.log,
-      });
+      try {
+        const disks = await libvirtDisks(s.qmp, s.info, targets);
+        return await fn({
+          domain, running: true, qmp: s.qmp, client: s.client, nbdSocket: s.nbdSocket, disks,
+          reconciler: this.reconciler(domain, s.qmp, s.nbdSocket), info: s.info, log: this.log,
+        });
+      } finally {
+        // QEMU's one NBD server goes back once the job's exports are gone (see nbd-server.ts).
+        await releaseNbdServer(s.qmp).catch((err: unknown) =>
+          this.logger.warn('stopping QEMU\'s NBD server after the job failed', { domain, error: errorMessage(err) }));
+      }
     }
     const info = await this.libvirt.info(domain, { inactive: true });
     const images = targets.map((target) => {

@@ -1,5 +1,7 @@
 // QEMU runs one NBD server per process; virtcbt keeps it on a private unix socket per domain and
-// adds short-lived read-only exports to it (bitmap reads, fleecing, pass exports).
+// adds short-lived read-only exports to it (bitmap reads, fleecing, pass exports). The server is
+// started on demand and released once per job (the tracker's domain jobs call releaseNbdServer
+// at their end), not after each export: exports of one job may come and go side by side.
 import { existsSync } from 'node:fs';
 import { pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
@@ -43,9 +45,9 @@ export async function ensureNbdServer(qmp: QmpExecutor, socketPath: string): Pro
 }
 
 /**
- * Stops the NBD server once none of virtcbt's exports is left on it, so that other tools that
- * need QEMU's one NBD server (libvirt's backup jobs) find it free. Leaves a server alone that
- * still has exports (a pass export held open, or another tool's).
+ * Stops the NBD server once no export is left on it, so that other tools that need QEMU's one
+ * NBD server (libvirt's backup jobs) find it free between virtcbt's jobs. Leaves a server alone
+ * that still has exports (a pass export held open, or another tool's).
  */
 export async function releaseNbdServer(qmp: QmpExecutor): Promise<void> {
   if ((await queryBlockExports(qmp)).length > 0) return;
@@ -91,7 +93,6 @@ export async function removeExport(qmp: QmpExecutor, id: string, timeoutMs = 30_
     timeoutMs,
     intervalMs: 10,
   });
-  await releaseNbdServer(qmp);
 }
 
 export function nbdUnixUri(socketPath: string, exportName: string): string {

@@ -81,6 +81,19 @@ export interface RotateOptions {
    * the guest's unwritten data takes to reach the disk (measured: 725 ms after a 384 MiB write).
    */
   keepFolded?: boolean;
+  /**
+   * Exports the frozen bitmaps through the caller's own exports (a backup's fleecing exports,
+   * which it needs anyway) instead of one export each just for the fold: gets each disk's frozen
+   * bitmap and returns, per target, an NBD URI offering `qemu:dirty-bitmap:BITMAP`.
+   */
+  exportFrozen?: (frozen: FrozenBitmap[]) => Promise<Map<string, string>>;
+}
+
+/** A disk's bitmap that stopped recording at a rotation and waits to be folded. */
+export interface FrozenBitmap {
+  target: string;
+  node: string;
+  bitmap: string;
 }
 
 export interface RotateResult {
@@ -245,11 +258,18 @@ export class Reconciler {
     }
     for (const p of plan) await this.d.beforeStep?.('record', p.disk.target);
     log.markRotated(domain, plan.map((p) => ({ target: p.disk.target, active: p.next, frozen: p.old })));
-    // One disk after the other: removeExport stops QEMU's NBD server once no export is left, so a
-    // fold running beside another could find the server stopped between its start and its export.
-    for (const [i, p] of plan.entries()) {
-      results[i].bitmap = p.old;
-      results[i].dirtyBytes += await this.foldFrozen(p.disk, p.old, opts.keepFolded);
+    let uris: Map<string, string> | undefined;
+    if (opts.exportFrozen) {
+      for (const p of plan) await this.d.beforeStep?.('export', p.disk.target);
+      // A failure leaves the bitmaps 'frozen' in the log: the next recovery folds them.
+      uris = await opts.exportFrozen(plan.map((p) => ({ target: p.disk.target, node: p.disk.node, bitmap: p.old })));
+    }
+    // The disks side by side: each has its own export, and the NBD server stays up until the job ends.
+    const folds = await Promise.allSettled(plan.map((p) => this.foldFrozen(p.disk, p.old, opts.keepFolded, uris?.get(p.disk.target))));
+    for (const [i, f] of folds.entries()) {
+      if (f.status === 'rejected') throw f.reason;
+      results[i].bitmap = plan[i].old;
+      results[i].dirtyBytes += f.value;
     }
     return { passId, generation, disks: results };
   }
@@ -264,18 +284,25 @@ export class Reconciler {
     }
   }
 
-  /** Export → read → fold → remove for one frozen bitmap. Each step is safe to repeat. */
-  private async foldFrozen(disk: TrackedDisk, name: string, keep = false): Promise<number> {
+  /**
+   * Export → read → fold → remove for one frozen bitmap. Each step is safe to repeat. With `uri`
+   * the bitmap is read through an export the caller made (see RotateOptions.exportFrozen).
+   */
+  private async foldFrozen(disk: TrackedDisk, name: string, keep = false, uri?: string): Promise<number> {
     const { log, domain } = this;
-    const id = `virtcbt-fold-${disk.target}`;
-    await this.d.beforeStep?.('export', disk.target);
-    await ensureNbdServer(this.qmp, this.d.nbdSocket);
-    await addReadOnlyExport(this.qmp, { id, node: disk.node, name: id, bitmaps: [name] });
     let extents: { offset: number; length: number }[];
-    try {
-      extents = await this.d.readDirty(nbdUnixUri(this.d.nbdSocket, id), name, disk.sizeBytes);
-    } finally {
-      await removeExport(this.qmp, id);
+    if (uri) {
+      extents = await this.d.readDirty(uri, name, disk.sizeBytes);
+    } else {
+      const id = `virtcbt-fold-${disk.target}`;
+      await this.d.beforeStep?.('export', disk.target);
+      await ensureNbdServer(this.qmp, this.d.nbdSocket);
+      await addReadOnlyExport(this.qmp, { id, node: disk.node, name: id, bitmaps: [name] });
+      try {
+        extents = await this.d.readDirty(nbdUnixUri(this.d.nbdSocket, id), name, disk.sizeBytes);
+      } finally {
+        await removeExport(this.qmp, id);
+      }
     }
     await this.d.beforeStep?.('fold', disk.target);
     log.fold(domain, disk.target, name, extents);
