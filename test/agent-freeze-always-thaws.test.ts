@@ -1,8 +1,11 @@
-// withFrozen thaws on every path (return, throw, timeout, abort, failed freeze) and reports a failed thaw with both errors; exec polling.
+// withFrozen thaws on every path (return, throw, timeout, abort, failed freeze) and reports a failed thaw with both errors;
+// a backup's rotateFrozen (freeze sent early or at the transaction) likewise; exec polling.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { rotateFrozen, type Rotate } from '../src/backup/index.js';
+import type { RotateResult } from '../src/reconciler/index.js';
 import { TimeoutError } from '../src/util/errors.js';
 import { AgentCommandError, GuestAgent, GuestExecError, SocketTransport, ThawFailedError } from '../src/guest/index.js';
 import { fakeAgent, syncReply, type AgentRequest, type FakeAgent, type FakeAgentContext } from './fakes/fake-agent.js';
@@ -149,6 +152,110 @@ describe('withFrozen', () => {
     expect(err.thawError).toBeInstanceOf(AgentCommandError);
     expect(err.hint).toMatch(/virsh domfsthaw vm1/);
     expect(g.state.frozen).toBe(true);
+  });
+});
+
+describe('rotateFrozen', () => {
+  const done: RotateResult = { passId: 1, generation: 2, disks: [] };
+  /** A rotation that records what the guest's state was at each of its steps. */
+  function rotation(g: Guest, opts: { failBefore?: Error; failTx?: Error } = {}) {
+    const seen: string[] = [];
+    const rotate: Rotate = async (around) => {
+      seen.push(`prepare:${g.state.frozen ? 'frozen' : 'thawed'}`);
+      if (opts.failBefore) throw opts.failBefore;
+      const run = async () => {
+        seen.push(`transaction:${g.state.frozen ? 'frozen' : 'thawed'}`);
+        if (opts.failTx) throw opts.failTx;
+      };
+      await (around ? around(run) : run());
+      return done;
+    };
+    return { rotate, seen };
+  }
+  const marker = () => {
+    const m = { set: 0, clear: 0 };
+    return { m, api: { set: () => { m.set++; return Promise.resolve(); }, clear: () => { m.clear++; return Promise.resolve(); } } };
+  };
+
+  it('sent early, the freeze is under way while the rotation prepares; the transaction runs frozen, then the guest is thawed', async () => {
+    let freezeAsked = false;
+    const g = await guest((req) => { if (req.execute === 'guest-fsfreeze-freeze') freezeAsked = true; return false; });
+    const { rotate, seen } = rotation(g);
+    const { m, api } = marker();
+    const r = await rotateFrozen(async (around) => {
+      // The rotation's own preparation waits until the agent has seen the freeze.
+      for (let i = 0; i < 200 && !freezeAsked; i++) await new Promise((res) => setImmediate(res));
+      expect(freezeAsked).toBe(true);
+      return rotate(around);
+    }, g.agent, { freezeTimeoutMs: 5_000, early: true, marker: api });
+    expect(r.rot).toBe(done);
+    expect(seen).toEqual(['prepare:frozen', 'transaction:frozen']);
+    expect(r.freeze.consistency).toBe('filesystem');
+    expect(r.freeze.freezeWindowMs).toBeGreaterThanOrEqual(0);
+    expect(g.state).toEqual({ frozen: false, thawCalls: 1 });
+    expect(m).toMatchObject({ set: 1, clear: 1 });
+  });
+
+  it('not early, the freeze waits for the transaction', async () => {
+    const g = await guest();
+    const { rotate, seen } = rotation(g);
+    const r = await rotateFrozen(rotate, g.agent, { freezeTimeoutMs: 5_000 });
+    expect(seen).toEqual(['prepare:thawed', 'transaction:frozen']);
+    expect(r.freeze.consistency).toBe('filesystem');
+    expect(g.state.frozen).toBe(false);
+  });
+
+  it('a rotation that fails before its transaction thaws an early freeze, then runs unfrozen and says so', async () => {
+    const g = await guest();
+    let calls = 0;
+    const r = await rotateFrozen(async (around) => {
+      calls++;
+      if (around) throw new Error('recovery failed');
+      return done;
+    }, g.agent, { freezeTimeoutMs: 5_000, early: true });
+    expect(calls).toBe(2);
+    expect(r.freeze).toMatchObject({ consistency: 'crash', freezeWindowMs: null });
+    expect(r.freeze.note).toMatch(/recovery failed/);
+    expect(g.state).toEqual({ frozen: false, thawCalls: 1 });
+  });
+
+  it('a freeze that fails leaves the guest thawed and the backup crash-consistent', async () => {
+    const g = await guest((req, ctx, state) => {
+      if (req.execute !== 'guest-fsfreeze-freeze') return false;
+      state.frozen = true;
+      ctx.error(req, 'GenericError', 'failed to freeze /mnt/data: Device or resource busy');
+      return true;
+    });
+    const { rotate, seen } = rotation(g);
+    const r = await rotateFrozen(rotate, g.agent, { freezeTimeoutMs: 5_000, early: true });
+    expect(r.freeze.consistency).toBe('crash');
+    expect(r.freeze.note).toMatch(/Device or resource busy/);
+    expect(seen.at(-1)).toBe('transaction:thawed');
+    expect(g.state.frozen).toBe(false);
+  });
+
+  it('a failed transaction is thrown after the thaw, and not retried', async () => {
+    const g = await guest();
+    const { rotate, seen } = rotation(g, { failTx: new Error('transaction failed') });
+    await expect(rotateFrozen(rotate, g.agent, { freezeTimeoutMs: 5_000, early: true })).rejects.toThrow('transaction failed');
+    expect(seen).toHaveLength(2);
+    expect(seen[1]).toBe('transaction:frozen');
+    expect(g.state).toEqual({ frozen: false, thawCalls: 1 });
+  });
+
+  it('a thaw that fails after the transaction keeps the rotation and warns; the freeze marker stays', async () => {
+    const g = await guest((req, ctx) => {
+      if (req.execute !== 'guest-fsfreeze-thaw') return false;
+      ctx.error(req, 'GenericError', 'failed to thaw /mnt/data');
+      return true;
+    });
+    const { rotate } = rotation(g);
+    const { m, api } = marker();
+    const r = await rotateFrozen(rotate, g.agent, { freezeTimeoutMs: 5_000, early: true, marker: api });
+    expect(r.rot).toBe(done);
+    expect(r.freeze.consistency).toBe('filesystem');
+    expect(r.freeze.note).toMatch(/WARNING: the thaw failed after the snapshot.*failed to thaw \/mnt\/data/);
+    expect(m).toMatchObject({ set: 1, clear: 0 });
   });
 });
 

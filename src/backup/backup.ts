@@ -170,8 +170,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
     const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), files: [] as string[], pids: [] as number[], pid: process.pid, startedAt: new Date().toISOString() };
     step('prepare');
-    await repo.writeInProgress(domain, req.consumer, marker);
-    step('marker');
+    // Written while the agent answers its ping; the rotation (the first change to QEMU or the log) waits for it.
+    const markerWritten = repo.writeInProgress(domain, req.consumer, marker);
+    markerWritten.catch(() => undefined);
 
     // The overlays are attached while the agent is pinged and the guest freezes: only the
     // transaction waits for them (the freeze call, in which the guest syncs, takes longer).
@@ -181,6 +182,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const agentOk = await pinged;
     step('ping');
     if (deps.fault) {
+      await markerWritten;
       await attaching;
       await deps.fault('prepared');
     }
@@ -188,7 +190,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     let sources: Source[] = [];
     const { rot, freeze } = await rotateFrozen(
       // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
-      (around) => ctx.reconciler.rotateAndFold(ctx.disks, {
+      async (around) => (await markerWritten, ctx.reconciler.rotateAndFold(ctx.disks, {
         pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
         // The snapshot's exports also carry the frozen bitmaps: the fold reads them there.
         exportFrozen: async (frozen) => {
@@ -199,9 +201,12 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
           const go = async () => { await attaching; await run(); };
           return around ? around(go) : go();
         },
-      }),
+      })),
       agentOk ? agent : undefined, {
         freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: deps.freezeMarker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
+        // The freeze call overlaps the rest of the preparation, unless the rotation has a
+        // recovery to do first (folding or removing leftover bitmaps can take long).
+        early: ctx.disks.every((d) => ctx.reconciler.settled(d)),
       },
     );
     const time = new Date().toISOString();

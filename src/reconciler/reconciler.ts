@@ -187,6 +187,20 @@ export class Reconciler {
     return result;
   }
 
+  /**
+   * True when `recover` has nothing to do for the disk: one healthy active bitmap, in the log and
+   * in QEMU, on the layer and size the log knows, and no other virtcbt bitmap. Reads no more than
+   * the log and `disk` (no QMP), so a caller can ask before deciding how to schedule a rotation.
+   */
+  settled(disk: TrackedDisk): boolean {
+    const known = this.log.listDisks(this.domain).find((k) => k.target === disk.target);
+    if (!known || known.sizeBytes !== disk.sizeBytes || known.layer !== disk.layer) return false;
+    const records = this.log.bitmaps(this.domain, disk.target);
+    if (records.length !== 1 || records[0].state !== 'active') return false;
+    const ours = disk.bitmaps.filter((b) => b.name && bitmapSeq(b.name) !== undefined);
+    return ours.length === 1 && ours[0].name === records[0].name && this.healthProblem(ours[0], records[0].name) === undefined;
+  }
+
   /** Why a bitmap cannot be trusted to have recorded every write, or undefined when it can. */
   private healthProblem(q: BlockDirtyInfo | undefined, name: string): string | undefined {
     if (!q) return `bitmap ${name} is no longer on the disk's active layer (lost, or moved by a snapshot, commit or copy)`;
