@@ -130,6 +130,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   let closeAgent: GuestAgent | undefined;
   let attached: Promise<void> | undefined;
   let released = false;
+  let markerUpdated: Promise<void> | undefined;
   try {
     const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
       : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
@@ -173,6 +174,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // Written while the agent answers its ping; the rotation (the first change to QEMU or the log) waits for it.
     const markerWritten = repo.writeInProgress(domain, req.consumer, marker);
     markerWritten.catch(() => undefined);
+    markerUpdated = markerWritten;
 
     // The overlays are attached while the agent is pinged and the guest freezes: only the
     // transaction waits for them (the freeze call, in which the guest syncs, takes longer).
@@ -238,7 +240,11 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     emit({ type: 'plan', disks: plans });
     files = plans.map((p) => p.file);
     marker.files = files;
-    await repo.writeInProgress(domain, req.consumer, marker);
+    // The pass and files, for the record: the durable marker above already lets a later run find
+    // this one (its pass by generation; any image no manifest names goes), so no fsync here and
+    // the copy need not wait for it.
+    markerUpdated = markerWritten.then(() => repo.writeInProgress(domain, req.consumer, marker, { durable: false }));
+    markerUpdated.catch(() => undefined);
     step('plan');
 
     const results = await Promise.all(plans.map(async (plan): Promise<{ plan: DiskPlan; res: DiskResult; extents: [number, number][] }> => {
@@ -314,6 +320,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     if (!deps.deferRelease) step('release');
     await deps.fault?.('copied');
 
+    await markerUpdated;
     await fsyncDir(chainDir);
     const disks: BackupDisk[] = results.map(({ plan, res, extents }) => ({
       target: plan.target, sizeBytes: plan.sizeBytes, file: plan.file, backing: plan.backing, full: plan.full, reason: plan.reason,
@@ -350,6 +357,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       } catch { /* the log reports its own problems on the next call */ }
     }
     if (!manifestWritten) {
+      // The marker's writes must not land after the clean-up has removed it.
+      await markerUpdated?.catch(() => undefined);
       await repo.cleanupLeftovers(domain, req.consumer).catch(() => undefined);
     }
     throw describeFailure(err, domain, req, repo.root);
