@@ -143,9 +143,11 @@ export async function rotateFrozen(rotate: Rotate, agent: GuestAgent | undefined
     // A freeze sent early is never left behind, whatever stopped the rotation.
     const freezeFailed = await cycle.end().then(() => undefined, (e: unknown) => e);
     if (ran) throw err;
-    const why = freezeFailed ?? err;
+    const note = freezeFailed !== undefined
+      ? `the guest agent could not freeze the filesystems: ${errorMessage(freezeFailed)}`
+      : `the snapshot could not be taken with the guest frozen (${errorMessage(err)}): taken again without the freeze`;
     const retried = await rotate();
-    return { rot: retried, freeze: { consistency: 'crash', note: `the guest agent could not freeze the filesystems: ${errorMessage(why)}`, freezeWindowMs: null } };
+    return { rot: retried, freeze: { consistency: 'crash', note, freezeWindowMs: null } };
   }
   // The transaction ran frozen. A thaw that timed out or failed is the guest's problem to report.
   await cycle.end().catch((err: unknown) => {
