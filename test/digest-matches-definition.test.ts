@@ -1,11 +1,13 @@
 // The manifest checksum computed during a copy (worker-thread hashing, pieces finishing in any
 // order, holes reported by the source) equals the definition in src/repo/digest.ts computed
 // directly, for several request sizes and concurrencies (requests smaller than a segment finish
-// out of order within it); bytes missing or given twice are refused.
+// out of order within it); bytes missing or given twice are refused; the hashing thread stops when
+// idle (its isolate keeps garbage) and a later digest starts another.
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { NullEndpoint, copyExtents, type Endpoint } from '../src/copy/index.js';
-import { DIGEST_SEGMENT, ExtentDigest } from '../src/repo/index.js';
+import { DIGEST_SEGMENT, ExtentDigest, hashingThreadId } from '../src/repo/index.js';
+import { pollUntil } from '../src/util/abort.js';
 
 const MiB = 1024 * 1024;
 const size = 64 * MiB;
@@ -83,4 +85,20 @@ describe('backup checksum', () => {
     await twice.feed(0, 10, Buffer.alloc(10));
     await expect(twice.finish()).rejects.toThrow(/twice/);
   });
+
+  it('the hashing thread stops a few seconds after the last digest; the next digest starts a new one', async () => {
+    const run = async () => {
+      const dg = new ExtentDigest();
+      await copyExtents(source, dg.wrap(new NullEndpoint(size)), dg.track([{ offset: 0, length: 2 * MiB }]), { requestSize: MiB });
+      const id = hashingThreadId();
+      expect(await dg.finish()).toBe(definition([[0, 2 * MiB]]));
+      return id;
+    };
+    const first = await run();
+    expect(first).toBeDefined();
+    await pollUntil(() => hashingThreadId() === undefined, 'the idle hashing thread to stop', { timeoutMs: 15_000, intervalMs: 100 });
+    const second = await run();
+    expect(second).toBeDefined();
+    expect(second).not.toBe(first);
+  }, 30_000);
 });

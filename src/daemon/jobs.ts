@@ -15,6 +15,7 @@ import { withStorageDaemon, type QsdImage, type QsdSession } from '../qsd/index.
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri } from '../reconciler/index.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import { collectGarbage } from '../util/memory.js';
 import type { DiskChangesReply, PassReply } from './api-types.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
@@ -44,6 +45,8 @@ export interface JobRunnerOptions {
 
 /** An agent shell unused this long is closed (a scheduled job's domains reuse it; an idle daemon keeps none). */
 const SHELL_IDLE_MS = 60_000;
+/** A backup that copied at least this much leaves enough garbage to collect at once (util/memory.ts). */
+const GC_AFTER_BYTES = 64 * 1024 * 1024;
 
 export class JobRunner {
   private held = new Map<number, HeldExport>();
@@ -212,6 +215,8 @@ export class JobRunner {
       if (!ctx.running) await housekeeping();
       emit({ type: 'result', ...r });
       if (ctx.running) await housekeeping();
+      // The copy's buffers are garbage now; an idle daemon would keep them until its next big job.
+      if (r.bytes >= GC_AFTER_BYTES) collectGarbage();
       return r;
     });
   }

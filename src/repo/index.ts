@@ -5,7 +5,7 @@ export {
   MANIFEST_FORMAT, fsyncDir, fsyncFile, newDigestInfo, readManifest, writeFileDurable, writeManifest,
   type BackupDisk, type Manifest,
 } from './manifest.js';
-export { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
+export { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest, hashingThreadId } from './digest.js';
 export { serveImage, flushingEndpoint, killStaleQemuNbd, pidAlive, type ServeOptions, type ServedImage } from './image-server.js';
 export { pruneChain, PRUNE_STEPS, type PruneOptions, type PruneResult, type PruneStep } from './prune.js';
 export { restoreDisk, restorePointImage, type RestoreOptions, type RestoreResult } from './restore.js';
