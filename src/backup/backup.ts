@@ -192,18 +192,21 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     let sources: Source[] = [];
     const { rot, freeze } = await rotateFrozen(
       // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
-      async (around) => (await markerWritten, ctx.reconciler.rotateAndFold(ctx.disks, {
-        pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
-        // The snapshot's exports also carry the frozen bitmaps: the fold reads them there.
-        exportFrozen: async (frozen) => {
-          sources = await exportSources(ctx, fleece, direct, frozen);
-          return new Map(sources.map((s) => [s.target, s.uri]));
-        },
-        aroundTransaction: (run) => {
-          const go = async () => { await attaching; await run(); };
-          return around ? around(go) : go();
-        },
-      })),
+      async (around) => {
+        await markerWritten;
+        return ctx.reconciler.rotateAndFold(ctx.disks, {
+          pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
+          // The snapshot's exports also carry the frozen bitmaps: the fold reads them there.
+          exportFrozen: async (frozen) => {
+            sources = await exportSources(ctx, fleece, direct, frozen);
+            return new Map(sources.map((s) => [s.target, s.uri]));
+          },
+          aroundTransaction: (run) => {
+            const go = async () => { await attaching; await run(); };
+            return around ? around(go) : go();
+          },
+        });
+      },
       agentOk ? agent : undefined, {
         freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: deps.freezeMarker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
         // The freeze call overlaps the rest of the preparation, unless the rotation has a
