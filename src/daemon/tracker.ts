@@ -229,7 +229,7 @@ export class Tracker {
       } finally {
         // QEMU's one NBD server goes back once the job's exports are gone (see nbd-server.ts).
         await releaseNbdServer(s.qmp).catch((err: unknown) =>
-          this.logger.warn('stopping QEMU\'s NBD server after the job failed', { domain, error: errorMessage(err) }));
+          this.logger.warn('could not stop QEMU\'s NBD server after the job', { domain, error: errorMessage(err) }));
       }
     }
     const info = await this.libvirt.info(domain, { inactive: true });
