@@ -171,7 +171,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
     const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), files: [] as string[], pids: [] as number[], pid: process.pid, startedAt: new Date().toISOString() };
     step('prepare');
-    // Written while the agent answers its ping; the rotation (the first change to QEMU or the log) waits for it.
+    // Written while the agent answers its ping; the freeze and the rotation wait for it.
     const markerWritten = repo.writeInProgress(domain, req.consumer, marker);
     markerWritten.catch(() => undefined);
     markerUpdated = markerWritten;
@@ -182,9 +182,11 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const attaching = fleece?.attach();
     attached = attaching?.catch(() => undefined);
     const agentOk = await pinged;
+    // Before the freeze: the repository may be slow storage (NFS), and the guest must not wait
+    // frozen for its fsync. The marker was written while the agent answered the ping.
+    await markerWritten;
     step('ping');
     if (deps.fault) {
-      await markerWritten;
       await attaching;
       await deps.fault('prepared');
     }
@@ -192,21 +194,18 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     let sources: Source[] = [];
     const { rot, freeze } = await rotateFrozen(
       // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
-      async (around) => {
-        await markerWritten;
-        return ctx.reconciler.rotateAndFold(ctx.disks, {
-          pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
-          // The snapshot's exports also carry the frozen bitmaps: the fold reads them there.
-          exportFrozen: async (frozen) => {
-            sources = await exportSources(ctx, fleece, direct, frozen);
-            return new Map(sources.map((s) => [s.target, s.uri]));
-          },
-          aroundTransaction: (run) => {
-            const go = async () => { await attaching; await run(); };
-            return around ? around(go) : go();
-          },
-        });
-      },
+      (around) => ctx.reconciler.rotateAndFold(ctx.disks, {
+        pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
+        // The snapshot's exports also carry the frozen bitmaps: the fold reads them there.
+        exportFrozen: async (frozen) => {
+          sources = await exportSources(ctx, fleece, direct, frozen);
+          return new Map(sources.map((s) => [s.target, s.uri]));
+        },
+        aroundTransaction: (run) => {
+          const go = async () => { await attaching; await run(); };
+          return around ? around(go) : go();
+        },
+      }),
       agentOk ? agent : undefined, {
         freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: deps.freezeMarker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
         // The freeze call overlaps the rest of the preparation, unless the rotation has a
