@@ -1,7 +1,7 @@
 // The manifest of one backup (a restore point): what was copied, from which instant, into which
 // files, with the checksum of the data. A backup exists exactly when its manifest does; manifests
 // are written atomically (temp file, fsync, rename, fsync of the directory).
-import { open, readFile, rename, rm } from 'node:fs/promises';
+import { open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { VirtcbtError } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT } from './digest.js';
@@ -127,4 +127,39 @@ export async function readManifest(path: string): Promise<Manifest> {
     if (d.backing !== null && (typeof d.backing !== 'string' || d.backing.includes('/'))) throw bad(`disk ${d.target} has a bad backing file`);
   }
   return m;
+}
+
+/**
+ * Parsed manifests by path, reused while the file is unchanged (same inode, size, mtime and ctime:
+ * manifests are only ever replaced whole, by rename). Every backup reads its consumer's whole
+ * chain (the parent, the images to keep): measured, 30 manifests with one full backup of 20,000
+ * extents per disk took 25-47 ms to read and parse, 365 took 130-230 ms; from here, one stat each.
+ * The manifests handed out are frozen: a caller that changes one must change a copy.
+ */
+const cache = new Map<string, { key: string; m: Manifest }>();
+const CACHE_MAX = 4096;
+
+export async function readManifestCached(path: string): Promise<Manifest> {
+  let key: string;
+  try {
+    const st = await stat(path, { bigint: true });
+    key = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  } catch {
+    return readManifest(path); // gone or unreadable: readManifest says so
+  }
+  const hit = cache.get(path);
+  if (hit?.key === key) return hit.m;
+  const m = deepFreeze(await readManifest(path));
+  cache.delete(path);
+  cache.set(path, { key, m });
+  if (cache.size > CACHE_MAX) cache.delete(cache.keys().next().value as string);
+  return m;
+}
+
+function deepFreeze<T>(v: T): T {
+  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const x of Object.values(v as object)) deepFreeze(x);
+  }
+  return v;
 }

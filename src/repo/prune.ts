@@ -110,13 +110,16 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
         await fsyncDir(dir);
       }
       // The child of K reads K's state through the merged image from now on.
-      for (const child of all) {
-        const cd = child.disks.find((x) => x.target === d.target && x.backing === d.top);
-        if (!cd) continue;
+      for (const [i, cached] of all.entries()) {
+        if (!cached.disks.some((x) => x.target === d.target && x.backing === d.top)) continue;
+        // The chain's manifests are shared and frozen: the rebased child's is changed as a copy.
+        const child = structuredClone(cached);
+        const cd = child.disks.find((x) => x.target === d.target && x.backing === d.top)!;
         await qemuImg(['rebase', '-u', '-b', d.merged, '-F', 'qcow2', cd.file], dir, `rebasing ${cd.file} onto ${d.merged}`);
         opts.fault?.('rebase');
         cd.backing = d.merged;
         await writeManifest(dir, child);
+        all[i] = child;
       }
     }
     k = await readManifest(join(dir, `${k.id}.json`));

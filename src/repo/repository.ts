@@ -8,7 +8,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'nod
 import { join } from 'node:path';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { killStaleQemuNbd, pidAlive } from './image-server.js';
-import { readManifest, writeFileDurable, type Manifest } from './manifest.js';
+import { readManifestCached, writeFileDurable, type Manifest } from './manifest.js';
 
 export const LOCK_FILE = '.lock';
 export const INPROGRESS_FILE = '.inprogress.json';
@@ -83,7 +83,8 @@ export class Repository {
   async chain(domain: string, consumer: string, opts: { includePruning?: boolean } = {}): Promise<Manifest[]> {
     const dir = this.chainDir(domain, consumer);
     const files = (await readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.json') && !f.startsWith('.'));
-    const out = await Promise.all(files.map((f) => readManifest(join(dir, f))));
+    // Frozen, shared between calls (see readManifestCached): change a copy.
+    const out = await Promise.all(files.map((f) => readManifestCached(join(dir, f))));
     const hidden = opts.includePruning ? new Set<string>() : new Set((await this.pruneJournal(domain, consumer))?.removing ?? []);
     return out.filter((m) => !hidden.has(m.id)).sort((a, b) => a.seq - b.seq);
   }
