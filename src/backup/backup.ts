@@ -323,7 +323,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     await deps.fault?.('copied');
 
     await markerUpdated;
-    await fsyncDir(chainDir);
+    // The images' names are durable before the manifest naming them is (its own write and fsync run meanwhile).
+    const imagesNamed = fsyncDir(chainDir);
+    imagesNamed.catch(() => undefined);
     const disks: BackupDisk[] = results.map(({ plan, res, extents }) => ({
       target: plan.target, sizeBytes: plan.sizeBytes, file: plan.file, backing: plan.backing, full: plan.full, reason: plan.reason,
       extents, bytes: res.bytes, written: res.written, sha256: res.sha256,
@@ -336,7 +338,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       consistencyNote: ctx.running ? freeze.note : 'the domain was stopped', freezeWindowMs: freeze.freezeWindowMs,
       digest: newDigestInfo(), disks, domainXml: await deps.domainXml,
     };
-    await writeManifest(chainDir, manifest);
+    await writeManifest(chainDir, manifest, { beforeRename: imagesNamed });
     manifestWritten = true;
     step('manifest');
     await deps.fault?.('manifest');

@@ -65,15 +65,28 @@ export function newDigestInfo(): Manifest['digest'] {
   return { algorithm: DIGEST_ALGORITHM, segment: DIGEST_SEGMENT };
 }
 
-/** Writes `data` to `path` so that a crash leaves either the old file or the new one, never a torn one. */
-export async function writeFileDurable(path: string, data: string): Promise<void> {
+/**
+ * Writes `data` to `path` so that a crash leaves either the old file or the new one, never a torn
+ * one. `beforeRename` (e.g. the fsync of what the file will name) must succeed before the new
+ * file takes its name; it runs alongside the write and fsync of the temporary file.
+ */
+export async function writeFileDurable(path: string, data: string, opts: { beforeRename?: Promise<void> } = {}): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
-  const fh = await open(tmp, 'w', 0o640);
+  const written = (async () => {
+    const fh = await open(tmp, 'w', 0o640);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  })();
   try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
+    await Promise.all([written, opts.beforeRename]);
+  } catch (err) {
+    await written.catch(() => undefined);
+    await rm(tmp, { force: true });
+    throw err;
   }
   try {
     await rename(tmp, path);
@@ -102,8 +115,8 @@ export async function fsyncFile(path: string): Promise<void> {
   }
 }
 
-export async function writeManifest(dir: string, m: Manifest): Promise<void> {
-  await writeFileDurable(join(dir, `${m.id}.json`), JSON.stringify(m, null, 2) + '\n');
+export async function writeManifest(dir: string, m: Manifest, opts: { beforeRename?: Promise<void> } = {}): Promise<void> {
+  await writeFileDurable(join(dir, `${m.id}.json`), JSON.stringify(m, null, 2) + '\n', opts);
 }
 
 /** Reads and checks a manifest; a damaged one is an error naming the file. */
