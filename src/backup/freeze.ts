@@ -92,8 +92,10 @@ class FreezeCycle {
   /** Frozen now: the freeze answered and neither a timeout nor a failure has thawed the guest since. */
   async hold(): Promise<void> {
     await this.start();
-    if (this.ended) await this.cycle;
-    if (this.ended) throw new VirtcbtError('the guest was thawed before the snapshot could be taken');
+    if (!this.ended) return;
+    // Thawed since it answered (the freeze timed out): the cycle's own error says why.
+    await this.cycle;
+    throw new VirtcbtError('the guest was thawed before the snapshot could be taken');
   }
 
   /** Thaws (once); the answer comes with `end()`. */
