@@ -111,10 +111,11 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
       }
       // The child of K reads K's state through the merged image from now on.
       for (const [i, cached] of all.entries()) {
-        if (!cached.disks.some((x) => x.target === d.target && x.backing === d.top)) continue;
+        const at = cached.disks.findIndex((x) => x.target === d.target && x.backing === d.top);
+        if (at < 0) continue;
         // The chain's manifests are shared and frozen: the rebased child's is changed as a copy.
         const child = structuredClone(cached);
-        const cd = child.disks.find((x) => x.target === d.target && x.backing === d.top)!;
+        const cd = child.disks[at]!;
         await qemuImg(['rebase', '-u', '-b', d.merged, '-F', 'qcow2', cd.file], dir, `rebasing ${cd.file} onto ${d.merged}`);
         opts.fault?.('rebase');
         cd.backing = d.merged;
