@@ -40,6 +40,10 @@ async function backup(consumer: string, extra: string[] = []) {
   }
 }
 
+async function imageInfo(file: string): Promise<Record<string, unknown>> {
+  return JSON.parse((await execa('qemu-img', ['info', '--output=json', '-U', file])).stdout);
+}
+
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'bk', scratchFormat: 'qcow2', start: false });
@@ -106,7 +110,12 @@ describe('backup and restore of a running two-disk domain, two consumers', () =>
 
   it('a backup with nothing changed copies nothing on the idle disk', async () => {
     const n5 = await backup('nightly');
-    expect(n5.disks.find((d: { target: string }) => d.target === 'vdb').bytes).toBe(0);
+    const vdb = n5.disks.find((d: { target: string }) => d.target === 'vdb');
+    expect(vdb.bytes).toBe(0);
+    // Its image is an empty overlay on the parent's (made while the guest froze).
+    const info = await imageInfo(join(n5.chainDir, vdb.file));
+    expect(info['backing-filename']).toBe(`${n5.parent}.vdb.qcow2`);
+    expect(info['actual-size']).toBeLessThan(1 * MiB);
   });
 
   it('between jobs QEMU\'s one NBD server is free for other tools (libvirt backup jobs, virtnbdbackup)', async () => {
@@ -126,6 +135,19 @@ describe('backup and restore of a running two-disk domain, two consumers', () =>
     const w3 = await backup('weekly', ['--full']);
     expect(w3.kind).toBe('full');
     expect(w3.parent).toBeNull();
+  });
+
+  it('a consumer backed up into another repository meanwhile gets a new chain here, not an overlay on a stale parent', async () => {
+    // weekly's chain here continues from its --full backup; the other repository's backup moves its pass on.
+    await backupJson(daemon, [guest.name, '--consumer', 'weekly', '--repo', tempDir('repo2'), '--no-freeze']);
+    const w4 = await backup('weekly');
+    expect(w4.kind).toBe('full');
+    expect(w4.parent).toBeNull();
+    for (const d of w4.disks) {
+      expect(d.reason).toMatch(/written elsewhere/);
+      // An overlay may have been made early for this disk: the full copy replaced it.
+      expect((await imageInfo(join(w4.chainDir, d.file)))['backing-filename']).toBeUndefined();
+    }
   });
 
   it('a stopped domain is backed up through qemu-storage-daemon', async () => {

@@ -19,7 +19,7 @@ import {
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
-import { rotateFrozen, type FreezeOutcome } from './freeze.js';
+import { presetMarker, rotateFrozen, type FreezeMarker, type FreezeOutcome } from './freeze.js';
 import { ProgressMeter } from './progress.js';
 
 /** What the job needs of the domain: virtcbtd's DomainJobContext has all of it. */
@@ -63,7 +63,7 @@ export interface BackupDeps {
   agent?: GuestAgent | null;
   fault?: (step: BackupStep) => void | Promise<void>;
   /** Records that the guest is frozen (see rotateFrozen): a daemon killed while frozen thaws it at start. */
-  freezeMarker?: { set(): Promise<void>; clear(): Promise<void> };
+  freezeMarker?: FreezeMarker;
 }
 
 interface Source {
@@ -131,6 +131,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   let attached: Promise<void> | undefined;
   let released = false;
   let markerUpdated: Promise<void> | undefined;
+  let premade: PremadeImages | undefined;
+  let dropFreezeMarker: (() => Promise<void>) | undefined;
   try {
     const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
       : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
@@ -144,6 +146,10 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       noAgentReason = `the guest agent did not answer (${errorMessage(err)}): crash-consistent`;
       return false;
     }) : Promise.resolve(false);
+    // The freeze marker is written now, beside the ping, rather than when the freeze is sent: by
+    // then the repository's fsyncs may keep its file system busy.
+    const freezeMarker = agent && deps.freezeMarker ? presetMarker(deps.freezeMarker) : undefined;
+    dropFreezeMarker = freezeMarker?.dropIfUnused;
     // A killed earlier run: its pass never moves the consumer, its files go. Its marker stays
     // until this run's replaces it, so a kill in between still finds that pass next time.
     step('lock');
@@ -191,6 +197,10 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       await deps.fault('prepared');
     }
 
+    // The images of disks expected to continue the chain are made while the guest freezes: for a
+    // disk with no changes that empty overlay is all the copy writes, and its fsync (with the
+    // chain directory's) is then off the critical path. A disk the plan copies rewrites its image.
+    premade = premakeImages(ctx, req, parent, chainDir, id);
     let sources: Source[] = [];
     const { rot, freeze } = await rotateFrozen(
       // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
@@ -207,7 +217,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
         },
       }),
       agentOk ? agent : undefined, {
-        freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: deps.freezeMarker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
+        freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: freezeMarker?.marker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
         // The freeze call overlaps the rest of the preparation, unless the rotation has a
         // recovery to do first (folding or removing leftover bitmaps can take long).
         early: ctx.disks.every((d) => ctx.reconciler.settled(d)),
@@ -231,7 +241,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const plans: DiskPlan[] = ctx.disks.map((disk) => {
       const ch = changes.find((c) => c.target === disk.target);
       if (!ch) throw new VirtcbtError(`the change log has no changes for disk ${disk.target}`, { domain, disk: disk.target });
-      const file = `${id}.${disk.target}.qcow2`;
+      const file = imageName(id, disk.target);
       const pd = parent?.disks.find((d) => d.target === disk.target);
       const why = fullReason(req, ch, parent, pd, pass.since, disk, ctx.info.uuid);
       return {
@@ -255,9 +265,11 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const digest = new ExtentDigest();
       const path = join(chainDir, plan.file);
       const image = { size: plan.sizeBytes, clusterSize: CLUSTER, backing: plan.backing ? { name: plan.backing } : undefined };
+      // Its image may be made already (and is rewritten below if it is not the one the plan needs).
+      const ready = await premade!.settled(plan);
       if (!plan.full && ch.extents.length === 0) {
         // Nothing changed on this disk: an empty overlay reads as its parent.
-        await createQcow2(path, image);
+        if (!ready) await createQcow2(path, image);
         const res: DiskResult = {
           target: plan.target, full: false, file: plan.file, backing: plan.backing, bytes: 0, written: 0, extents: 0,
           sha256: await digest.finish(), elapsedMs: Math.round(performance.now() - started),
@@ -324,7 +336,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
 
     await markerUpdated;
     // The images' names are durable before the manifest naming them is (its own write and fsync run meanwhile).
-    const imagesNamed = fsyncDir(chainDir);
+    const imagesNamed = premade!.namesDurable(plans.map((p) => p.target));
     imagesNamed.catch(() => undefined);
     const disks: BackupDisk[] = results.map(({ plan, res, extents }) => ({
       target: plan.target, sizeBytes: plan.sizeBytes, file: plan.file, backing: plan.backing, full: plan.full, reason: plan.reason,
@@ -361,8 +373,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       } catch { /* the log reports its own problems on the next call */ }
     }
     if (!manifestWritten) {
-      // The marker's writes must not land after the clean-up has removed it.
+      // The marker's writes (and images made early) must not land after the clean-up has removed them.
       await markerUpdated?.catch(() => undefined);
+      await premade?.named.catch(() => undefined);
       await repo.cleanupLeftovers(domain, req.consumer).catch(() => undefined);
     }
     throw describeFailure(err, domain, req, repo.root);
@@ -374,9 +387,68 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       await fleece?.teardown().catch((err) => notes.push(errorMessage(err)));
       await removeDirect(ctx.qmp, direct).catch(() => undefined);
     }
+    await dropFreezeMarker?.().catch(() => undefined);
     await closeAgent?.close().catch(() => undefined);
     await lock.release();
   }
+}
+
+/** A backup's image file for one disk, in its chain directory. */
+function imageName(id: string, target: string): string {
+  return `${id}.${target}.qcow2`;
+}
+
+/** Empty overlays made before the plan, for the disks expected to continue the chain. */
+interface PremadeImages {
+  /** Resolves when every image and the chain directory's entry for it are durable. */
+  named: Promise<void>;
+  /**
+   * Waits for the disk's early image (if any) and tells whether it is the one `plan` needs as it
+   * is: an overlay on the same parent image. A failure to make it is thrown only then.
+   */
+  settled(plan: DiskPlan): Promise<boolean>;
+  /**
+   * Makes the names of the disks' images durable: done already when every one was made early
+   * (a copy rewrites the same file), else one fsync of the chain directory.
+   */
+  namesDurable(targets: string[]): Promise<void>;
+}
+
+/**
+ * Starts making, for each disk whose parent image and size say it continues the chain, the empty
+ * overlay the plan will most likely want (whether the disk changed is known only after the
+ * rotation). An image the plan does not want is rewritten by the copy; one left by a failure goes
+ * with the repository's clean-up of files no manifest names.
+ */
+function premakeImages(ctx: BackupContext, req: BackupRequest, parent: Manifest | undefined, chainDir: string, id: string): PremadeImages {
+  const made = new Map<string, { backing: string; done: Promise<void> }>();
+  for (const disk of ctx.disks) {
+    const pd = parent?.disks.find((d) => d.target === disk.target);
+    if (req.full || !parent || !pd || parent.uuid !== ctx.info.uuid || pd.sizeBytes !== disk.sizeBytes) continue;
+    const done = createQcow2(join(chainDir, imageName(id, disk.target)), { size: disk.sizeBytes, clusterSize: CLUSTER, backing: { name: pd.file } });
+    done.catch(() => undefined);
+    made.set(disk.target, { backing: pd.file, done });
+  }
+  const named = Promise.all([...made.values()].map((m) => m.done)).then(() => (made.size > 0 ? fsyncDir(chainDir) : undefined));
+  named.catch(() => undefined);
+  const fits = (plan: DiskPlan) => !plan.full && made.get(plan.target)?.backing === plan.backing;
+  return {
+    named,
+    settled: async (plan) => {
+      const m = made.get(plan.target);
+      if (!m) return false;
+      if (fits(plan)) {
+        await m.done;
+        return true;
+      }
+      await m.done.catch(() => undefined);
+      return false;
+    },
+    namesDurable: async (targets) => {
+      if (made.size > 0 && targets.every((t) => made.has(t)) && await named.then(() => true, () => false)) return;
+      await fsyncDir(chainDir);
+    },
+  };
 }
 
 /** Why a disk must be copied whole, or undefined when the consumer's changes continue its chain. */

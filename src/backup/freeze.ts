@@ -15,16 +15,23 @@ export interface FreezeOutcome {
   thawError?: string;
 }
 
+/** Where a freeze is recorded while it lasts (virtcbtd: a file per domain in its state directory). */
+export interface FreezeMarker {
+  set(): Promise<void>;
+  clear(): Promise<void>;
+}
+
 export type Rotate = (aroundTransaction?: (run: () => Promise<void>) => Promise<void>) => Promise<RotateResult>;
 
 export interface FreezeOptions {
   freezeTimeoutMs: number;
   noAgentReason?: string;
   /**
-   * Called before the freeze and after a successful thaw: records that this process froze the
-   * guest, so that a daemon killed in between thaws it when it starts again.
+   * Records that this process froze the guest, so that a daemon killed in between thaws it when it
+   * starts again: `set` is waited for before the freeze; `clear`, after a successful thaw, is not,
+   * so the marker must keep its own writes and removals in order.
    */
-  marker?: { set(): Promise<void>; clear(): Promise<void> };
+  marker?: FreezeMarker;
   /** Fault injection for crash tests: called with the guest frozen, after the transaction. */
   whileFrozen?: () => void | Promise<void>;
   /**
@@ -67,7 +74,9 @@ class FreezeCycle {
           });
         }, { timeoutMs: this.opts.freezeTimeoutMs });
         this.thawedAt = performance.now();
-        await this.opts.marker?.clear();
+        // Not waited for (a removal can wait behind the repository's fsyncs on the same disk):
+        // the marker keeps its own writes in order, and one left behind only thaws a thawed guest.
+        void this.opts.marker?.clear().catch(() => undefined);
       } catch (err) {
         // Held and released, but the thaw failed: the caller's work stands; the marker stays for the next start.
         if (err instanceof ThawFailedError && err.original === undefined) {
@@ -165,6 +174,25 @@ export async function rotateFrozen(rotate: Rotate, agent: GuestAgent | undefined
       freezeWindowMs: Math.round((cycle.thawedAt - cycle.frozenAt) * 10) / 10,
       freezeCallMs: Math.round((cycle.frozenAt - cycle.calledAt) * 10) / 10,
       thawError: cycle.thawError,
+    },
+  };
+}
+
+/**
+ * A freeze marker written ahead of the freeze (the freeze then need not wait for the write), and
+ * how to remove it when no freeze took it after all (the agent did not answer, the rotation failed
+ * before its transaction). A freeze that took it clears it as usual.
+ */
+export function presetMarker(m: FreezeMarker): { marker: FreezeMarker; dropIfUnused: () => Promise<void> } {
+  const written = m.set();
+  written.catch(() => undefined);
+  let taken = false;
+  return {
+    marker: { set: () => { taken = true; return written; }, clear: () => m.clear() },
+    dropIfUnused: async () => {
+      if (taken) return;
+      await written.catch(() => undefined);
+      await m.clear();
     },
   };
 }

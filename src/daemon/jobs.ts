@@ -2,7 +2,7 @@
 // to third-party tools, both reading the same point-in-time view (fleecing on a running VM, the
 // images themselves through qemu-storage-daemon on a stopped one).
 import { execa } from 'execa';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runBackup, rotateFrozen, type BackupEvent, type BackupRequest, type BackupResult, type BackupStep } from '../backup/index.js';
 import type { ChangeLog, DiskChanges } from '../changelog/index.js';
@@ -17,6 +17,7 @@ import { UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { collectGarbage } from '../util/memory.js';
 import type { DiskChangesReply, PassReply } from './api-types.js';
+import { FreezeMarkers } from './freeze-marker.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
 /** Export ids (and names) of pass exports: `virtcbt-pass-P-TARGET`; the pass id finds them again after a restart. */
@@ -50,6 +51,7 @@ const GC_AFTER_BYTES = 64 * 1024 * 1024;
 
 export class JobRunner {
   private held = new Map<number, HeldExport>();
+  private readonly freezeMarkers: FreezeMarkers;
   private shells = new Map<string, { t: VirshShellTransport; idle?: NodeJS.Timeout }>();
   private owner?: Promise<{ uid: number; gid: number } | undefined>;
 
@@ -60,7 +62,9 @@ export class JobRunner {
     private readonly libvirt: Libvirt,
     private readonly logger: Logger,
     private readonly opts: JobRunnerOptions = {},
-  ) {}
+  ) {
+    this.freezeMarkers = new FreezeMarkers(cfg.stateDir);
+  }
 
   get fleeceDir(): string {
     return this.cfg.fleece.dir || join(this.cfg.qmpSocketDir, 'fleece');
@@ -117,22 +121,9 @@ export class JobRunner {
     return new GuestAgent(transport);
   }
 
-  /** `stateDir/frozen/DOMAIN` exists while virtcbtd has the guest's filesystems frozen. */
-  private freezeMarker(domain: string): { set(): Promise<void>; clear(): Promise<void> } {
-    const dir = join(this.cfg.stateDir, 'frozen');
-    const file = join(dir, encodeURIComponent(domain));
-    return {
-      set: async () => {
-        await mkdir(dir, { recursive: true, mode: 0o750 });
-        await writeFile(file, `${process.pid}\n`);
-      },
-      clear: () => rm(file, { force: true }),
-    };
-  }
-
   /** Thaws guests a killed virtcbtd left frozen (its freeze marker is still there). */
   private async thawLeftFrozen(): Promise<void> {
-    const dir = join(this.cfg.stateDir, 'frozen');
+    const dir = this.freezeMarkers.dir;
     for (const f of await readdir(dir).catch(() => [] as string[])) {
       const domain = decodeURIComponent(f);
       try {
@@ -195,7 +186,7 @@ export class JobRunner {
           keepFleeceTags: () => this.liveTags(ctx.qmp, domain),
           agent: this.agentFor(ctx) ?? null,
           fault: this.opts.backupFault,
-          freezeMarker: this.freezeMarker(domain),
+          freezeMarker: this.freezeMarkers.for(domain),
         }, emit);
       } catch (err) {
         this.logger.error('backup failed', { domain, consumer: req.consumer, error: (err as Error).message });
@@ -272,7 +263,7 @@ export class JobRunner {
       try {
         const { rot, freeze } = await rotateFrozen(
           (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer }, extra: fleece.actions(), aroundTransaction: around }),
-          agent, { freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, noAgentReason: 'the domain has no guest-agent channel: crash-consistent', marker: this.freezeMarker(domain) },
+          agent, { freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, noAgentReason: 'the domain has no guest-agent channel: crash-consistent', marker: this.freezeMarkers.for(domain) },
         ).finally(() => agent?.close());
         passId = rot.passId!;
         const changes = this.log.passChanges(passId);
