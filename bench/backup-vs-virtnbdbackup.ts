@@ -287,6 +287,18 @@ function print(report: Record<string, unknown>): void {
       `${Math.max(...a.map((r) => r.peakRssMiB)).toFixed(0)} MiB | ${Math.max(...b.map((r) => r.peakRssMiB)).toFixed(0)} MiB |`);
   }
   console.log('\nall runs:', runs.map((r) => `${r.tool} ${r.phase}: ${r.wallS.toFixed(2)} s`).join('; '));
+  // Where virtcbt's empty incremental goes: virtcbtd's steps (from the request's arrival), and the rest
+  // (spawning Node, the CLI's start and request, the exit) as wall time minus the daemon's part.
+  const empty = runs.filter((r) => r.phase === 'incremental, nothing changed' && r.tool === 'virtcbt' && r.steps);
+  if (empty.length > 0) {
+    const names = [...new Set(empty.flatMap((r) => r.steps!.map((s) => s.step)))];
+    const ms = (r: Run, n: string) => r.steps!.find((s) => s.step === n)?.ms ?? 0;
+    const daemon = empty.map((r) => r.steps!.reduce((t, s) => t + s.ms, 0));
+    const outside = empty.map((r, i) => r.wallS * 1000 - daemon[i]!);
+    console.log(`virtcbt, incremental with nothing changed, medians of ${empty.length}: wall ${(med(empty.map((r) => r.wallS)) * 1000).toFixed(0)} ms; ` +
+      `virtcbtd ${med(daemon).toFixed(0)} ms (${names.map((n) => `${n} ${med(empty.map((r) => ms(r, n))).toFixed(1)}`).join(', ')}); ` +
+      `outside virtcbtd (Node, CLI, spawn and exit) ${med(outside).toFixed(0)} ms`);
+  }
   console.log('freeze window (ms):', JSON.stringify(report.freezeWindowMs));
   console.log('bitmaps per disk:', JSON.stringify(report.bitmaps));
   console.log('raw data path (s):', JSON.stringify(report.rawDataPath));

@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 // virtcbtd: owns every QMP connection, folds dirty bitmaps on a schedule and on demand, replays
 // the hook's spool, and serves the control API the CLI talks to.
-import './threadpool.js';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
