@@ -21,11 +21,17 @@ const log = ChangeLog.open(join(dir, 'changelog.db'));
 afterAll(() => log.close());
 const DOMAIN = 'vm';
 
+/** Bitmaps the reconciler read over NBD. */
+const reads: string[] = [];
+
 async function session<T>(fn: (s: QsdSession, rec: Reconciler) => Promise<T>): Promise<T> {
   return withStorageDaemon(dir, DOMAIN, [{ target: 'vda', image }], async (s) => {
     const rec = new Reconciler({
       log, qmp: s.qmp, domain: DOMAIN, nbdSocket: s.nbdSocket, granularity: 64 * KiB,
-      readDirty: (uri, bitmap, size) => readDirtyExtents(uri, bitmap, size),
+      readDirty: (uri, bitmap, size) => {
+        reads.push(bitmap);
+        return readDirtyExtents(uri, bitmap, size);
+      },
     });
     return fn(s, rec);
   });
@@ -79,6 +85,23 @@ describe('reconciler on qemu-storage-daemon', () => {
     expect(a.full).toBe(false);
     expect(a.extents).toEqual([[1 * MiB, 64 * KiB], [5 * MiB, 64 * KiB], [10 * MiB, 256 * KiB]]);
     expect(changes('b').full).toBe(true);
+  });
+
+  it('a bitmap that recorded nothing is folded without being read; the next one with writes is read', async () => {
+    await session(async (s, rec) => {
+      reads.length = 0;
+      const quiet = await rec.rotateAndFold(await disks(s));
+      expect(quiet.disks[0].dirtyBytes).toBe(0);
+      expect(reads).toEqual([]);
+      // Folded all the same: gone from QEMU and the log, the new bitmap records.
+      expect((await disks(s))[0].bitmaps.map((b) => b.name)).toEqual(['virtcbt-4']);
+      expect(log.bitmaps(DOMAIN, 'vda').map((b) => [b.name, b.state])).toEqual([['virtcbt-4', 'active']]);
+      await write(s, [[20 * MiB, 4 * KiB]]);
+      const busy = await rec.rotateAndFold(await disks(s));
+      expect(busy.disks[0].dirtyBytes).toBe(64 * KiB);
+      expect(reads).toEqual(['virtcbt-4']);
+    });
+    expect(changes('a').extents).toContainEqual([20 * MiB, 64 * KiB]);
   });
 
   it('keeps recording across a clean restart; a pass rotates and the consumer moves on commit', async () => {

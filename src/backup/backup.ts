@@ -207,8 +207,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       (around) => ctx.reconciler.rotateAndFold(ctx.disks, {
         pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
         // The snapshot's exports also carry the frozen bitmaps: the fold reads them there.
+        // (Only disks whose bitmap recorded something: the others are exported below if the plan copies them.)
         exportFrozen: async (frozen) => {
-          sources = await exportSources(ctx, fleece, direct, frozen);
+          sources = await exportSources(ctx, fleece, direct, frozen.map((f) => f.target), frozen);
           return new Map(sources.map((s) => [s.target, s.uri]));
         },
         aroundTransaction: (run) => {
@@ -257,6 +258,10 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // the copy need not wait for it.
     markerUpdated = markerWritten.then(() => repo.writeInProgress(domain, req.consumer, marker, { durable: false }));
     markerUpdated.catch(() => undefined);
+    // Disks the plan copies from whose bitmap had nothing to fold have no export yet (their changes
+    // are from earlier passes, or they are copied whole).
+    const unexported = plans.filter((p) => (p.full || p.changedBytes > 0) && !sources.some((s) => s.target === p.target)).map((p) => p.target);
+    if (unexported.length > 0) sources.push(...await exportSources(ctx, fleece, direct, unexported, []));
     step('plan');
 
     const results = await Promise.all(plans.map(async (plan): Promise<{ plan: DiskPlan; res: DiskResult; extents: [number, number][] }> => {
@@ -267,7 +272,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const image = { size: plan.sizeBytes, clusterSize: CLUSTER, backing: plan.backing ? { name: plan.backing } : undefined };
       // Its image may be made already (and is rewritten below if it is not the one the plan needs).
       const ready = await premade!.settled(plan);
-      if (!plan.full && ch.extents.length === 0) {
+      if (!plan.full && plan.changedBytes === 0) {
         // Nothing changed on this disk: an empty overlay reads as its parent.
         if (!ready) await createQcow2(path, image);
         const res: DiskResult = {
@@ -482,18 +487,18 @@ export function wholeClusters(extents: readonly (readonly [number, number])[], c
 }
 
 /**
- * Point-in-time NBD exports of every disk, each offering its frozen bitmap as a meta context for
- * the fold: the fleecing nodes, or (stopped domain) the disk nodes themselves.
+ * Point-in-time NBD exports of the `targets` disks, each offering its frozen bitmap (if in `frozen`)
+ * as a meta context for the fold: the fleecing nodes, or (stopped domain) the disk nodes themselves.
  */
-async function exportSources(ctx: BackupContext, fleece: Fleece | undefined, direct: string[], frozen: FrozenBitmap[]): Promise<Source[]> {
+async function exportSources(ctx: BackupContext, fleece: Fleece | undefined, direct: string[], targets: string[], frozen: FrozenBitmap[]): Promise<Source[]> {
   const bitmapOf = (target: string) => {
     const f = frozen.find((b) => b.target === target);
     return f ? [{ node: f.node, name: f.bitmap }] : [];
   };
-  if (fleece) return (await fleece.export(ctx.nbdSocket, { bitmaps: bitmapOf })).map((e) => ({ target: e.target, uri: e.uri }));
+  if (fleece) return (await fleece.export(ctx.nbdSocket, { bitmaps: bitmapOf, targets })).map((e) => ({ target: e.target, uri: e.uri }));
   await ensureNbdServer(ctx.qmp, ctx.nbdSocket);
   const out: Source[] = [];
-  for (const d of ctx.disks) {
+  for (const d of ctx.disks.filter((k) => targets.includes(k.target))) {
     const id = `vcbt-bk-${d.target}`;
     direct.push(id);
     await addReadOnlyExport(ctx.qmp, { id, node: d.node, name: id, bitmaps: bitmapOf(d.target) });

@@ -62,6 +62,8 @@ export interface ExportOptions {
   name?: (target: string) => string;
   /** Bitmaps to offer as `qemu:dirty-bitmap:NAME` contexts, per disk. */
   bitmaps?: (target: string) => BitmapRef[];
+  /** Only these disks (default: all). */
+  targets?: string[];
 }
 
 /** QEMU node names are at most 31 characters of letters, digits, '-', '.', '_', starting with a letter. */
@@ -202,6 +204,7 @@ export class Fleece {
     await ensureNbdServer(this.o.qmp, nbdSocket);
     const out: FleeceExport[] = [];
     for (const s of this.states) {
+      if (opts.targets && !opts.targets.includes(s.disk.target)) continue;
       const exportName = opts.name?.(s.disk.target) ?? s.node;
       s.exportId = s.node;
       await addReadOnlyExport(this.o.qmp, { id: s.exportId, node: s.node, name: exportName, bitmaps: opts.bitmaps?.(s.disk.target) });

@@ -7,6 +7,7 @@ import {
   actions,
   blockDirtyBitmapAdd,
   blockDirtyBitmapRemove,
+  queryNamedBlockNodes,
   QmpCommandError,
   transaction,
   type BlockDirtyInfo,
@@ -26,6 +27,9 @@ export function bitmapSeq(name: string): number | undefined {
   const m = /^virtcbt-(\d+)$/.exec(name);
   return m ? Number(m[1]) : undefined;
 }
+
+/** Passed to foldFrozen instead of a URI for a bitmap QEMU counts no dirty byte in. */
+const NOTHING_RECORDED = Symbol('nothing recorded');
 
 /** A disk as the reconciler sees it in one QEMU process (the VM's, or a storage daemon's). */
 export interface TrackedDisk {
@@ -272,14 +276,18 @@ export class Reconciler {
     }
     for (const p of plan) await this.d.beforeStep?.('record', p.disk.target);
     log.markRotated(domain, plan.map((p) => ({ target: p.disk.target, active: p.next, frozen: p.old })));
+    // A disabled bitmap's count is final: one that recorded nothing is folded without an export or a read.
+    const clean = await this.recordedNothing(plan.map((p) => ({ node: p.disk.node, bitmap: p.old })));
+    const toRead = plan.filter((p) => !clean.has(p.old + '@' + p.disk.node));
     let uris: Map<string, string> | undefined;
-    if (opts.exportFrozen) {
-      for (const p of plan) await this.d.beforeStep?.('export', p.disk.target);
+    if (opts.exportFrozen && toRead.length > 0) {
+      for (const p of toRead) await this.d.beforeStep?.('export', p.disk.target);
       // A failure leaves the bitmaps 'frozen' in the log: the next recovery folds them.
-      uris = await opts.exportFrozen(plan.map((p) => ({ target: p.disk.target, node: p.disk.node, bitmap: p.old })));
+      uris = await opts.exportFrozen(toRead.map((p) => ({ target: p.disk.target, node: p.disk.node, bitmap: p.old })));
     }
     // The disks side by side: each has its own export, and the NBD server stays up until the job ends.
-    const folds = await Promise.allSettled(plan.map((p) => this.foldFrozen(p.disk, p.old, opts.keepFolded, uris?.get(p.disk.target))));
+    const folds = await Promise.allSettled(plan.map((p) => this.foldFrozen(p.disk, p.old, opts.keepFolded,
+      toRead.includes(p) ? uris?.get(p.disk.target) : NOTHING_RECORDED)));
     for (const [i, f] of folds.entries()) {
       if (f.status === 'rejected') throw f.reason;
       results[i].bitmap = plan[i].old;
@@ -299,13 +307,30 @@ export class Reconciler {
   }
 
   /**
-   * Export → read → fold → remove for one frozen bitmap. Each step is safe to repeat. With `uri`
-   * the bitmap is read through an export the caller made (see RotateOptions.exportFrozen).
+   * Which of these disabled bitmaps recorded nothing, as `BITMAP@NODE` (one query for all: QEMU
+   * counts a bitmap's dirty bytes, and a disabled bitmap's count no longer changes).
    */
-  private async foldFrozen(disk: TrackedDisk, name: string, keep = false, uri?: string): Promise<number> {
+  private async recordedNothing(frozen: { node: string; bitmap: string }[]): Promise<Set<string>> {
+    const nodes = await queryNamedBlockNodes(this.qmp);
+    const out = new Set<string>();
+    for (const f of frozen) {
+      const b = nodes.find((n) => n['node-name'] === f.node)?.['dirty-bitmaps']?.find((x) => x.name === f.bitmap);
+      if (b && b.count === 0 && !b.recording && !b.inconsistent) out.add(f.bitmap + '@' + f.node);
+    }
+    return out;
+  }
+
+  /**
+   * Export → read → fold → remove for one frozen bitmap. Each step is safe to repeat. With `uri`
+   * the bitmap is read through an export the caller made (see RotateOptions.exportFrozen);
+   * NOTHING_RECORDED folds it without reading (QEMU counted no dirty byte in it).
+   */
+  private async foldFrozen(disk: TrackedDisk, name: string, keep = false, uri?: string | typeof NOTHING_RECORDED): Promise<number> {
     const { log, domain } = this;
     let extents: { offset: number; length: number }[];
-    if (uri) {
+    if (uri === NOTHING_RECORDED) {
+      extents = [];
+    } else if (uri) {
       extents = await this.d.readDirty(uri, name, disk.sizeBytes);
     } else {
       const id = `virtcbt-fold-${disk.target}`;
