@@ -52,7 +52,7 @@ export async function main(argv: string[]): Promise<number> {
   let config: VirtcbtConfig | undefined;
   const json = args.includes('--json');
   try {
-    return await cmd.run({ argv: args, io, config: () => (config ??= loadConfig({ file: configFile })) });
+    return await cmd.run({ argv: args, io, config: () => (config ??= loadConfig({ file: configFile, published: true })) });
   } catch (err) {
     if (json) io.out(JSON.stringify(err instanceof VirtcbtError ? err.toJSON() : { error: 'Error', message: errorMessage(err) }));
     io.err(`virtcbt ${name}: ${errorMessage(err)}`);

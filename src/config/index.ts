@@ -5,8 +5,11 @@ import type convictType from 'convict';
 import { existsSync } from 'node:fs';
 import { schema, type VirtcbtConfig } from '../../config/schema.js';
 import { UsageError } from '../util/errors.js';
+import { publishedConfigFor } from './effective.js';
 
 export type { BackupJobConfig, VirtcbtConfig } from '../../config/schema.js';
+
+export { publishEffectiveConfig } from './effective.js';
 
 export const DEFAULT_CONFIG_FILE = '/etc/virtcbt/config.json';
 
@@ -15,6 +18,11 @@ export interface LoadOptions {
   file?: string;
   /** Environment to read VIRTCBT_* from (tests pass their own). */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Take the configuration virtcbtd published for this very file when there is one (see
+   * effective.ts): the CLI does, to skip loading convict.
+   */
+  published?: boolean;
 }
 
 // convict is loaded on first use: commands that need no configuration (`virtcbt nbd map`) should
@@ -45,11 +53,27 @@ export function schemaDefaults(node: object = schema): VirtcbtConfig {
   return out as unknown as VirtcbtConfig;
 }
 
+/** The file loadConfig reads: --config, else $VIRTCBT_CONFIG, else the default one if it exists. */
+export function configFile(opts: LoadOptions = {}): string | undefined {
+  const env = opts.env ?? process.env;
+  return opts.file ?? env.VIRTCBT_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
+}
+
+/** True when a VIRTCBT_* variable overrides a setting. */
+export function hasEnvOverrides(env: NodeJS.ProcessEnv = process.env): boolean {
+  return envNames(schema).some((n) => env[n] !== undefined);
+}
+
 export function loadConfig(opts: LoadOptions = {}): VirtcbtConfig {
   const env = opts.env ?? process.env;
-  const file = opts.file ?? env.VIRTCBT_CONFIG ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
+  const file = configFile(opts);
+  const overridden = hasEnvOverrides(env);
   // No file and no variable: the defaults, without loading convict (~30 ms of start-up).
-  if (!file && !envNames(schema).some((n) => env[n] !== undefined)) return schemaDefaults();
+  if (!file && !overridden) return schemaDefaults();
+  if (file && !overridden && opts.published) {
+    const published = publishedConfigFor(file, schemaDefaults().daemon.socket);
+    if (published) return published;
+  }
   const convict = require('convict') as typeof convictType;
   const conf = convict(schema, { env: env as Record<string, string> });
   if (file) {

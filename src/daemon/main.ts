@@ -5,7 +5,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ChangeLog } from '../changelog/index.js';
-import { loadConfig } from '../config/index.js';
+import { configFile, hasEnvOverrides, loadConfig, publishEffectiveConfig } from '../config/index.js';
 import { Libvirt } from '../libvirt/index.js';
 import { readDirtyExtents } from '../reconciler/index.js';
 import { errorMessage } from '../util/errors.js';
@@ -62,6 +62,14 @@ async function main(): Promise<void> {
   await spool.start();
   await server.listen(cfg.daemon.socket, cfg.daemon.socketGroup || undefined);
   logger.info('virtcbtd ready', { socket: cfg.daemon.socket, version: VERSION });
+  // The validated file, beside the socket, for the CLI (which then need not load convict).
+  const file = configFile({ file: values.config });
+  if (file && !hasEnvOverrides()) {
+    publishEffectiveConfig(file, cfg.daemon.socket, (f) => loadConfig({ file: f })).then(
+      (published) => logger.debug(published ? 'published the validated configuration for the CLI' : 'configuration not published for the CLI', { file }),
+      (err: unknown) => logger.warn('could not publish the validated configuration for the CLI', { file, error: errorMessage(err) }),
+    );
+  }
 
   let stopping = false;
   const shutdown = async (sig: string) => {
