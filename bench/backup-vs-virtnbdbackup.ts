@@ -244,7 +244,7 @@ async function main(): Promise<void> {
     // virtcbt removes a backup's folded bitmap right after answering: a queued no-op waits for that.
     await daemon.cli(['reconcile', name]);
     report.bitmaps = await bitmaps(name);
-    report.freezeWindowMs = { samples: freeze.length, median: med(freeze), max: Math.max(...freeze) };
+    report.freezeWindowMs = { samples: freeze.length, median: Math.round(med(freeze) * 10) / 10, max: Math.max(...freeze) };
 
     // More samples of the shortest phase, where a noisy neighbour weighs most: taken after the
     // bitmap count (so that it stays at ten backups), the two tools alternating who goes first.
