@@ -311,7 +311,8 @@ export class Reconciler {
    * counts a bitmap's dirty bytes, and a disabled bitmap's count no longer changes).
    */
   private async recordedNothing(frozen: { node: string; bitmap: string }[]): Promise<Set<string>> {
-    const nodes = await queryNamedBlockNodes(this.qmp);
+    // Only a shortcut: if QEMU cannot say, every bitmap is read as before.
+    const nodes = await queryNamedBlockNodes(this.qmp).catch(() => []);
     const out = new Set<string>();
     for (const f of frozen) {
       const b = nodes.find((n) => n['node-name'] === f.node)?.['dirty-bitmaps']?.find((x) => x.name === f.bitmap);
