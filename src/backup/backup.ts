@@ -429,7 +429,7 @@ function premakeImages(ctx: BackupContext, req: BackupRequest, parent: Manifest 
   const made = new Map<string, { backing: string; done: Promise<void> }>();
   for (const disk of ctx.disks) {
     const pd = parent?.disks.find((d) => d.target === disk.target);
-    if (req.full || !parent || !pd || parent.uuid !== ctx.info.uuid || pd.sizeBytes !== disk.sizeBytes) continue;
+    if (req.full || !pd || chainBreak(parent, pd, disk, ctx.info.uuid) !== undefined) continue;
     const done = createQcow2(join(chainDir, imageName(id, disk.target)), { size: disk.sizeBytes, clusterSize: CLUSTER, backing: { name: pd.file } });
     done.catch(() => undefined);
     made.set(disk.target, { backing: pd.file, done });
@@ -456,6 +456,14 @@ function premakeImages(ctx: BackupContext, req: BackupRequest, parent: Manifest 
   };
 }
 
+/** Why the repository's chain cannot go on for this disk, as far as it is known before the rotation. */
+function chainBreak(parent: Manifest | undefined, pd: BackupDisk | undefined, disk: TrackedDisk, uuid: string): string | undefined {
+  if (!parent || !pd) return 'the repository has no earlier backup of this disk for this consumer';
+  if (parent.uuid !== uuid) return `the previous backup ${parent.id} is of another domain with the same name (uuid ${parent.uuid})`;
+  if (pd.sizeBytes !== disk.sizeBytes) return `the disk size changed from ${pd.sizeBytes} to ${disk.sizeBytes} bytes`;
+  return undefined;
+}
+
 /** Why a disk must be copied whole, or undefined when the consumer's changes continue its chain. */
 function fullReason(
   req: BackupRequest, ch: DiskChanges | undefined, parent: Manifest | undefined, pd: BackupDisk | undefined,
@@ -463,11 +471,10 @@ function fullReason(
 ): string | undefined {
   if (req.full) return '--full was asked for';
   if (ch?.full) return ch.reason ?? 'the change log has no history for this consumer';
-  if (!parent || !pd) return 'the repository has no earlier backup of this disk for this consumer';
-  if (parent.uuid !== uuid) return `the previous backup ${parent.id} is of another domain with the same name (uuid ${parent.uuid})`;
-  if (pd.sizeBytes !== disk.sizeBytes) return `the disk size changed from ${pd.sizeBytes} to ${disk.sizeBytes} bytes`;
-  if (since === null || parent.generation < since) {
-    return `the newest backup in this repository (${parent.id}, generation ${parent.generation}) is older than the consumer's last pass (generation ${since}): it was written elsewhere`;
+  const broken = chainBreak(parent, pd, disk, uuid);
+  if (broken !== undefined) return broken;
+  if (since === null || parent!.generation < since) {
+    return `the newest backup in this repository (${parent!.id}, generation ${parent!.generation}) is older than the consumer's last pass (generation ${since}): it was written elsewhere`;
   }
   return undefined;
 }

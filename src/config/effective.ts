@@ -5,18 +5,15 @@
 import { readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { schema, type VirtcbtConfig } from '../../config/schema.js';
+import { fileStamp } from '../util/file-stamp.js';
 
 const FORMAT = 'virtcbt-effective-config/1';
 export const EFFECTIVE_CONFIG_FILE = 'config.effective.json';
 
-/** What identifies a file's content without reading it: any write changes ctime. */
+/** The file a record was validated from: its absolute path and stamp (see util/file-stamp.ts). */
 interface FileIdentity {
   path: string;
-  dev: string;
-  ino: string;
-  size: string;
-  mtimeNs: string;
-  ctimeNs: string;
+  stamp: string;
 }
 
 interface EffectiveRecord {
@@ -26,14 +23,13 @@ interface EffectiveRecord {
   config: VirtcbtConfig;
 }
 
-/** The file's identity now (taken before validating it, for publishEffectiveConfig). */
-export function fileIdentity(path: string): FileIdentity {
+/** The file's identity now, and when it last changed (ns since the epoch). */
+function fileIdentity(path: string): FileIdentity & { ctimeNs: bigint } {
   const st = statSync(path, { bigint: true });
-  return {
-    path: resolve(path), dev: String(st.dev), ino: String(st.ino), size: String(st.size),
-    mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs),
-  };
+  return { path: resolve(path), stamp: fileStamp(st), ctimeNs: st.ctimeNs };
 }
+
+const sameFile = (a: FileIdentity, b: FileIdentity) => a.path === b.path && a.stamp === b.stamp;
 
 let fingerprint: string | undefined;
 
@@ -60,8 +56,6 @@ export function effectiveConfigPath(socket: string): string {
  */
 const RACY_NS = 1_000_000_000n;
 
-const sameFile = (a: FileIdentity, b: FileIdentity) => (Object.keys(a) as (keyof FileIdentity)[]).every((k) => a[k] === b[k]);
-
 /**
  * virtcbtd: validates `file` with `load` and publishes the result beside `socket` (its own), once
  * the file has not changed for RACY_NS, re-validating it then. Nothing is published when the file
@@ -69,15 +63,15 @@ const sameFile = (a: FileIdentity, b: FileIdentity) => (Object.keys(a) as (keyof
  * validates it itself and reports the problem). Returns whether it published.
  */
 export async function publishEffectiveConfig(
-  file: string, socket: string, load: (file: string) => VirtcbtConfig, signal?: AbortSignal,
+  file: string, socket: string, load: (file: string) => VirtcbtConfig,
 ): Promise<boolean> {
   for (;;) {
-    const before = fileIdentity(file);
-    const age = BigInt(Date.now()) * 1_000_000n - BigInt(before.ctimeNs);
+    const { ctimeNs, ...before } = fileIdentity(file);
+    const age = BigInt(Date.now()) * 1_000_000n - ctimeNs;
     if (age < RACY_NS) {
       const waitMs = Number((RACY_NS - (age < 0n ? 0n : age)) / 1_000_000n) + 10;
+      // Unreferenced: a daemon stopping meanwhile does not wait for it.
       await new Promise<void>((r) => setTimeout(r, waitMs).unref());
-      if (signal?.aborted) return false;
       continue;
     }
     let config: VirtcbtConfig;

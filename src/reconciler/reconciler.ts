@@ -277,8 +277,8 @@ export class Reconciler {
     for (const p of plan) await this.d.beforeStep?.('record', p.disk.target);
     log.markRotated(domain, plan.map((p) => ({ target: p.disk.target, active: p.next, frozen: p.old })));
     // A disabled bitmap's count is final: one that recorded nothing is folded without an export or a read.
-    const clean = await this.recordedNothing(plan.map((p) => ({ node: p.disk.node, bitmap: p.old })));
-    const toRead = plan.filter((p) => !clean.has(p.old + '@' + p.disk.node));
+    const quiet = await this.recordedNothing(plan.map((p) => ({ node: p.disk.node, bitmap: p.old })));
+    const toRead = plan.filter((_, i) => !quiet[i]);
     let uris: Map<string, string> | undefined;
     if (opts.exportFrozen && toRead.length > 0) {
       for (const p of toRead) await this.d.beforeStep?.('export', p.disk.target);
@@ -286,8 +286,8 @@ export class Reconciler {
       uris = await opts.exportFrozen(toRead.map((p) => ({ target: p.disk.target, node: p.disk.node, bitmap: p.old })));
     }
     // The disks side by side: each has its own export, and the NBD server stays up until the job ends.
-    const folds = await Promise.allSettled(plan.map((p) => this.foldFrozen(p.disk, p.old, opts.keepFolded,
-      toRead.includes(p) ? uris?.get(p.disk.target) : NOTHING_RECORDED)));
+    const folds = await Promise.allSettled(plan.map((p, i) => this.foldFrozen(p.disk, p.old, opts.keepFolded,
+      quiet[i] ? NOTHING_RECORDED : uris?.get(p.disk.target))));
     for (const [i, f] of folds.entries()) {
       if (f.status === 'rejected') throw f.reason;
       results[i].bitmap = plan[i].old;
@@ -307,18 +307,16 @@ export class Reconciler {
   }
 
   /**
-   * Which of these disabled bitmaps recorded nothing, as `BITMAP@NODE` (one query for all: QEMU
-   * counts a bitmap's dirty bytes, and a disabled bitmap's count no longer changes).
+   * Per disabled bitmap, whether it recorded nothing (one query for all: QEMU counts a bitmap's
+   * dirty bytes, and a disabled bitmap's count no longer changes).
    */
-  private async recordedNothing(frozen: { node: string; bitmap: string }[]): Promise<Set<string>> {
+  private async recordedNothing(frozen: { node: string; bitmap: string }[]): Promise<boolean[]> {
     // Only a shortcut: if QEMU cannot say, every bitmap is read as before.
     const nodes = await queryNamedBlockNodes(this.qmp).catch(() => []);
-    const out = new Set<string>();
-    for (const f of frozen) {
+    return frozen.map((f) => {
       const b = nodes.find((n) => n['node-name'] === f.node)?.['dirty-bitmaps']?.find((x) => x.name === f.bitmap);
-      if (b && b.count === 0 && !b.recording && !b.inconsistent) out.add(f.bitmap + '@' + f.node);
-    }
-    return out;
+      return !!b && b.count === 0 && !b.recording && !b.inconsistent;
+    });
   }
 
   /**
