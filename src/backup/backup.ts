@@ -4,7 +4,7 @@
 // commit the pass. Anything that fails (or a kill) before the commit leaves the consumer where it
 // was and no manifest naming the partial files, which the next run removes.
 import { join } from 'node:path';
-import type { ChangeLog, DiskChanges } from '../changelog/index.js';
+import { logContinuity, type ChangeLog, type DiskChanges } from '../changelog/index.js';
 import { NbdEndpoint, copyExtents, dataExtents, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
 import { Fleece, cleanupStaleFleeces } from '../fleece/index.js';
 import { GuestAgent, LibvirtTransport } from '../guest/index.js';
@@ -18,6 +18,7 @@ import {
   type BackupDisk, type Manifest,
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { checkChain } from './chain-check.js';
 import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
 import { presetMarker, rotateFrozen, type FreezeMarker, type FreezeOutcome } from './freeze.js';
 import { ProgressMeter } from './progress.js';
@@ -172,6 +173,14 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // The chain as the clean-up read it (each manifest read once per backup).
     const { chain, nextSeq: seq } = left;
     const parent = chain[chain.length - 1];
+    // The change log this backup's generations belong to: a chain recorded under another is not continued.
+    const logId = ctx.log.logId(domain);
+    // Whether the parent's chain is whole, read while the agent answers its ping (an lstat per image, a header
+    // only when the file changed): a consumer must not move onto a point that cannot be restored.
+    const damage = parent && !req.full && logContinuity(parent.logId, logId) === 'same'
+      ? checkChain(chainDir, parent, chain, () => repo.chain(domain, req.consumer, { includePruning: true }))
+      : Promise.resolve(new Map<string, string>());
+    damage.catch(() => undefined);
     const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
     emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });
     // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
@@ -191,6 +200,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // Before the freeze: the repository may be slow storage (NFS), and the guest must not wait
     // frozen for its fsync. The marker was written while the agent answered the ping.
     await markerWritten;
+    const facts: ChainFacts = { domain, uuid: ctx.info.uuid, logId, damage: await damage };
     step('ping');
     if (deps.fault) {
       await attaching;
@@ -200,7 +210,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // The images of disks expected to continue the chain are made while the guest freezes: for a
     // disk with no changes that empty overlay is all the copy writes, and its fsync (with the
     // chain directory's) is then off the critical path. A disk the plan copies rewrites its image.
-    premade = premakeImages(ctx, req, parent, chainDir, id);
+    premade = premakeImages(ctx, req, parent, chainDir, id, facts);
     let sources: Source[] = [];
     const { rot, freeze } = await rotateFrozen(
       // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
@@ -244,13 +254,17 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       if (!ch) throw new VirtcbtError(`the change log has no changes for disk ${disk.target}`, { domain, disk: disk.target });
       const file = imageName(id, disk.target);
       const pd = parent?.disks.find((d) => d.target === disk.target);
-      const why = fullReason(req, ch, parent, pd, pass.since, disk, ctx.info.uuid);
+      const why = fullReason(req, ch, parent, pd, pass.since, disk, { ...facts, logId: pass.logId });
       return {
         target: disk.target, sizeBytes: disk.sizeBytes, full: why !== undefined, reason: why, file,
         changedBytes: ch.extents.reduce((s, [, l]) => s + l, 0), backing: why === undefined ? pd!.file : null,
       };
     });
     emit({ type: 'plan', disks: plans });
+    // Said once for the whole backup (each disk's reason says it too).
+    const broken = parent && plans.some((p) => p.full) ? identityBreak(parent, facts.domain, pass.logId) : undefined;
+    if (broken !== undefined) notes.push(`${broken}: full backup`);
+    else if (!req.full) for (const p of plans) if (p.full && facts.damage.has(p.target)) notes.push(`the chain under ${parent!.id} is damaged (${facts.damage.get(p.target)}): full backup`);
     files = plans.map((p) => p.file);
     marker.files = files;
     // The pass and files, for the record: the durable marker above already lets a later run find
@@ -350,7 +364,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const kind = disks.every((d) => d.full) ? 'full' : 'incremental';
     const manifest: Manifest = {
       format: 'virtcbt-backup/1', id, domain, uuid: ctx.info.uuid, consumer: req.consumer, seq, time,
-      completedAt: new Date().toISOString(), generation, since: pass.since, pass: passId,
+      completedAt: new Date().toISOString(), logId: pass.logId, generation, since: pass.since, pass: passId,
       parent: disks.some((d) => d.backing) ? parent!.id : null, kind, running: ctx.running, consistency,
       consistencyNote: ctx.running ? freeze.note : 'the domain was stopped', freezeWindowMs: freeze.freezeWindowMs,
       digest: newDigestInfo(), disks, domainXml: await deps.domainXml,
@@ -365,7 +379,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     step('commit');
     return {
       domain, consumer: req.consumer, id, kind, parent: manifest.parent, repo: repo.root, chainDir,
-      manifest: join(chainDir, `${id}.json`), time, generation, since: pass.since, pass: passId, running: ctx.running,
+      manifest: join(chainDir, `${id}.json`), time, logId: pass.logId, generation, since: pass.since, pass: passId, running: ctx.running,
       consistency, consistencyNote: manifest.consistencyNote, freezeWindowMs: freeze.freezeWindowMs, freezeCallMs: freeze.freezeCallMs,
       disks: results.map((r) => r.res), bytes: disks.reduce((s, d) => s + d.bytes, 0), written: disks.reduce((s, d) => s + d.written, 0),
       elapsedMs: Math.round(performance.now() - t0), steps, recovered, notes,
@@ -425,11 +439,11 @@ interface PremadeImages {
  * rotation). An image the plan does not want is rewritten by the copy; one left by a failure goes
  * with the repository's clean-up of files no manifest names.
  */
-function premakeImages(ctx: BackupContext, req: BackupRequest, parent: Manifest | undefined, chainDir: string, id: string): PremadeImages {
+function premakeImages(ctx: BackupContext, req: BackupRequest, parent: Manifest | undefined, chainDir: string, id: string, facts: ChainFacts): PremadeImages {
   const made = new Map<string, { backing: string; done: Promise<void> }>();
   for (const disk of ctx.disks) {
     const pd = parent?.disks.find((d) => d.target === disk.target);
-    if (req.full || !pd || chainBreak(parent, pd, disk, ctx.info.uuid) !== undefined) continue;
+    if (req.full || !pd || chainBreak(parent, pd, disk, facts) !== undefined) continue;
     const done = createQcow2(join(chainDir, imageName(id, disk.target)), { size: disk.sizeBytes, clusterSize: CLUSTER, backing: { name: pd.file } });
     done.catch(() => undefined);
     made.set(disk.target, { backing: pd.file, done });
@@ -456,23 +470,47 @@ function premakeImages(ctx: BackupContext, req: BackupRequest, parent: Manifest 
   };
 }
 
+/** What decides, before the rotation, whether the repository's chain can go on. */
+interface ChainFacts {
+  domain: string;
+  uuid: string;
+  /** The identity of the domain's change log. */
+  logId: string;
+  /** Per disk target, what is wrong with the parent's chain (see checkChain). */
+  damage: ReadonlyMap<string, string>;
+}
+
+/** Why a chain recorded under `parent`'s change log cannot go on with generations of change log `logId`. */
+function identityBreak(parent: Manifest, domain: string, logId: string): string | undefined {
+  switch (logContinuity(parent.logId, logId)) {
+    case 'same': return undefined;
+    case 'unknown': return `the previous backup ${parent.id} does not say which change log of ${domain} it was taken under (an older virtcbt wrote it)`;
+    case 'other': return `the previous backup ${parent.id} was taken under another change log of ${domain} (tracking was disabled and re-enabled since)`;
+  }
+}
+
 /** Why the repository's chain cannot go on for this disk, as far as it is known before the rotation. */
-function chainBreak(parent: Manifest | undefined, pd: BackupDisk | undefined, disk: TrackedDisk, uuid: string): string | undefined {
+function chainBreak(parent: Manifest | undefined, pd: BackupDisk | undefined, disk: TrackedDisk, facts: ChainFacts): string | undefined {
   if (!parent || !pd) return 'the repository has no earlier backup of this disk for this consumer';
-  if (parent.uuid !== uuid) return `the previous backup ${parent.id} is of another domain with the same name (uuid ${parent.uuid})`;
+  if (parent.uuid !== facts.uuid) return `the previous backup ${parent.id} is of another domain with the same name (uuid ${parent.uuid})`;
+  const otherLog = identityBreak(parent, facts.domain, facts.logId);
+  if (otherLog !== undefined) return otherLog;
   if (pd.sizeBytes !== disk.sizeBytes) return `the disk size changed from ${pd.sizeBytes} to ${disk.sizeBytes} bytes`;
+  const damaged = facts.damage.get(disk.target);
+  if (damaged !== undefined) return `the chain under ${parent.id} is damaged (${damaged})`;
   return undefined;
 }
 
 /** Why a disk must be copied whole, or undefined when the consumer's changes continue its chain. */
 function fullReason(
   req: BackupRequest, ch: DiskChanges | undefined, parent: Manifest | undefined, pd: BackupDisk | undefined,
-  since: number | null, disk: TrackedDisk, uuid: string,
+  since: number | null, disk: TrackedDisk, facts: ChainFacts,
 ): string | undefined {
   if (req.full) return '--full was asked for';
   if (ch?.full) return ch.reason ?? 'the change log has no history for this consumer';
-  const broken = chainBreak(parent, pd, disk, uuid);
+  const broken = chainBreak(parent, pd, disk, facts);
   if (broken !== undefined) return broken;
+  // Generations compare here only because chainBreak found the parent under this very change log.
   if (since === null || parent!.generation < since) {
     return `the newest backup in this repository (${parent!.id}, generation ${parent!.generation}) is older than the consumer's last pass (generation ${since}): it was written elsewhere`;
   }

@@ -52,6 +52,8 @@ export interface BackupResult {
   chainDir: string;
   manifest: string;
   time: string;
+  /** The identity of the change log `generation` and `since` belong to. */
+  logId: string;
   generation: number;
   since: number | null;
   pass: number;

@@ -12,6 +12,7 @@ import { UsageError, VirtcbtError } from '../util/errors.js';
 import {
   collectExtents, countBlocks, ExtentRangeError, forEachPageSlice, toBlockIntervals, type ByteExtent, type ExtentInput,
 } from './extents.js';
+import { newLogId } from './identity.js';
 import { decodeRuns, encodeRuns, maxGeneration, mergeRuns, PageFormatError, type Run } from './page-codec.js';
 import { SCHEMA_SQL, SCHEMA_TABLES, SCHEMA_VERSION } from './schema.js';
 
@@ -24,6 +25,8 @@ export interface DomainInfo {
   name: string;
   generation: number;
   createdAt: string;
+  /** The change log's identity (see identity.ts): generations compare only under the same one. */
+  logId: string;
 }
 
 export interface DiskSpec {
@@ -72,6 +75,8 @@ export interface ConsumerInfo {
 export interface PassInfo {
   id: number;
   domain: string;
+  /** The identity of the change log the pass's generations belong to. */
+  logId: string;
   consumer: string;
   /** P: the pass covers changes up to and including this generation. */
   generation: number;
@@ -126,6 +131,7 @@ export interface DiskStatus extends DiskInfo {
 
 export interface DomainStatus {
   domain: string;
+  logId: string;
   generation: number;
   createdAt: string;
   disks: DiskStatus[];
@@ -164,7 +170,7 @@ const STATE_ORDER: Record<BitmapState, number> = { creating: 0, active: 1, froze
 /** Closed passes kept per consumer for `getPass` and for clear "already committed" errors; older ones are dropped. */
 const CLOSED_PASSES_KEPT = 20;
 
-interface DomainRow { id: number; name: string; generation: number; created_at: string }
+interface DomainRow { id: number; name: string; generation: number; created_at: string; log_id: string }
 interface DiskRow {
   id: number; domain_id: number; target: string; block_size: number; size_bytes: number; block_count: number;
   floor: number; floor_reason: string; floor_at: string; created_at: string; fold_count: number;
@@ -177,7 +183,7 @@ interface BitmapRow {
 }
 interface ConsumerRow { id: number; domain_id: number; name: string; last: number | null; created_at: string; last_pass_at: string | null }
 interface PassRow {
-  id: number; consumer_id: number; domain: string; consumer: string; generation: number; since: number | null;
+  id: number; consumer_id: number; domain: string; log_id: string; consumer: string; generation: number; since: number | null;
   state: PassState; started_at: string; ended_at: string | null;
 }
 
@@ -208,9 +214,9 @@ function validateTarget(target: unknown, domain: string): asserts target is stri
 
 function prepareStatements(db: Database.Database) {
   return {
-    domain: db.prepare<[string], DomainRow>('SELECT id, name, generation, created_at FROM domains WHERE name = ?'),
-    domains: db.prepare<[], DomainRow>('SELECT id, name, generation, created_at FROM domains ORDER BY name'),
-    insertDomain: db.prepare('INSERT INTO domains (name, generation, created_at) VALUES (?, 1, ?)'),
+    domain: db.prepare<[string], DomainRow>('SELECT id, name, generation, created_at, log_id FROM domains WHERE name = ?'),
+    domains: db.prepare<[], DomainRow>('SELECT id, name, generation, created_at, log_id FROM domains ORDER BY name'),
+    insertDomain: db.prepare('INSERT INTO domains (name, generation, created_at, log_id) VALUES (?, 1, ?, ?)'),
     setGeneration: db.prepare('UPDATE domains SET generation = ? WHERE id = ?'),
     deleteDomain: db.prepare('DELETE FROM domains WHERE id = ?'),
 
@@ -259,11 +265,11 @@ function prepareStatements(db: Database.Database) {
     setConsumerLast: db.prepare('UPDATE consumers SET last = ?, last_pass_at = ? WHERE id = ?'),
     touchConsumer: db.prepare('UPDATE consumers SET last_pass_at = ? WHERE id = ?'),
 
-    pass: db.prepare<[number], PassRow>(`SELECT p.*, c.name AS consumer, d.name AS domain FROM passes p
+    pass: db.prepare<[number], PassRow>(`SELECT p.*, c.name AS consumer, d.name AS domain, d.log_id AS log_id FROM passes p
       JOIN consumers c ON c.id = p.consumer_id JOIN domains d ON d.id = c.domain_id WHERE p.id = ?`),
-    openPassesAll: db.prepare<[], PassRow>(`SELECT p.*, c.name AS consumer, d.name AS domain FROM passes p
+    openPassesAll: db.prepare<[], PassRow>(`SELECT p.*, c.name AS consumer, d.name AS domain, d.log_id AS log_id FROM passes p
       JOIN consumers c ON c.id = p.consumer_id JOIN domains d ON d.id = c.domain_id WHERE p.state = 'open' ORDER BY p.id`),
-    openPassesOf: db.prepare<[number], PassRow>(`SELECT p.*, c.name AS consumer, d.name AS domain FROM passes p
+    openPassesOf: db.prepare<[number], PassRow>(`SELECT p.*, c.name AS consumer, d.name AS domain, d.log_id AS log_id FROM passes p
       JOIN consumers c ON c.id = p.consumer_id JOIN domains d ON d.id = c.domain_id
       WHERE p.state = 'open' AND d.id = ? ORDER BY p.id`),
     insertPass: db.prepare(`INSERT INTO passes (consumer_id, generation, since, state, started_at) VALUES (?, ?, ?, 'open', ?)`),
@@ -359,10 +365,22 @@ export class ChangeLog {
     }
     const missing = SCHEMA_TABLES.filter((t) => !tables.includes(t));
     if (missing.length > 0) throw new ChangeLogCorruptError(path, `lacks tables ${missing.join(', ')}`);
+    // Each step in its own transaction: a crash between two leaves a file of the version before.
     if (version < 2) {
       db.transaction(() => {
         db.exec('ALTER TABLE disks ADD COLUMN layer TEXT');
         db.pragma('user_version = 2');
+      }).immediate();
+    }
+    if (version < 3) {
+      // Every domain tracked so far gets an identity of its own. Backups recorded before have none, which counts
+      // as another identity: each chain starts over with one full backup (its reason says why).
+      db.transaction(() => {
+        db.exec('ALTER TABLE domains ADD COLUMN log_id TEXT');
+        const setId = db.prepare('UPDATE domains SET log_id = ? WHERE id = ?');
+        for (const { id } of db.prepare('SELECT id FROM domains').all() as { id: number }[]) setId.run(newLogId(), id);
+        db.exec('CREATE UNIQUE INDEX domains_by_log_id ON domains (log_id)');
+        db.pragma('user_version = 3');
       }).immediate();
     }
   }
@@ -429,11 +447,14 @@ export class ChangeLog {
 
   // ---------------------------------------------------------------- domains
 
-  /** Adds the domain if it is new (generation 1); returns it either way. */
+  /**
+   * Adds the domain if it is new (generation 1, a new change-log identity); returns it either way. A domain removed
+   * and added again gets a new identity: its generations start over and mean something else.
+   */
   ensureDomain(name: string): DomainInfo {
     validateDomainName(name);
     return this.db.transaction(() => {
-      if (!this.st.domain.get(name)) this.st.insertDomain.run(name, this.stamp());
+      if (!this.st.domain.get(name)) this.st.insertDomain.run(name, this.stamp(), newLogId());
       return domainInfo(this.st.domain.get(name)!);
     }).immediate();
   }
@@ -449,6 +470,11 @@ export class ChangeLog {
 
   currentGeneration(domain: string): number {
     return this.requireDomain(domain).generation;
+  }
+
+  /** The identity of the domain's change log (see identity.ts). */
+  logId(domain: string): string {
+    return this.requireDomain(domain).log_id;
   }
 
   // ---------------------------------------------------------------- disks
@@ -893,6 +919,7 @@ export class ChangeLog {
       const folds = disks.map((k) => k.lastFold?.at).filter((x): x is string => x !== undefined).sort();
       return {
         domain: d.name,
+        logId: d.log_id,
         generation: d.generation,
         createdAt: d.created_at,
         disks,
@@ -936,7 +963,7 @@ function checkRecordableState(state: unknown, domain: string, target: string): a
 }
 
 function domainInfo(r: DomainRow): DomainInfo {
-  return { name: r.name, generation: r.generation, createdAt: r.created_at };
+  return { name: r.name, generation: r.generation, createdAt: r.created_at, logId: r.log_id };
 }
 
 function diskInfo(domain: string, r: DiskRow): DiskInfo {
@@ -959,7 +986,7 @@ function consumerInfo(r: ConsumerRow): ConsumerInfo {
 
 function passInfo(r: PassRow): PassInfo {
   return {
-    id: r.id, domain: r.domain, consumer: r.consumer, generation: r.generation, since: r.since,
+    id: r.id, domain: r.domain, logId: r.log_id, consumer: r.consumer, generation: r.generation, since: r.since,
     state: r.state, startedAt: r.started_at, endedAt: r.ended_at,
   };
 }

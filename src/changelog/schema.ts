@@ -1,19 +1,23 @@
 // SQLite schema of the change log (changelog.db), and the version stored in PRAGMA user_version.
 
 /** Bump when the schema changes; open() refuses a file made by a newer virtcbt rather than misreading it. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** Table names that identify a file as a virtcbt change log (an unversioned file with other tables is not ours). */
 export const SCHEMA_TABLES = ['domains', 'disks', 'pages', 'bitmaps', 'consumers', 'passes'] as const;
 
 export const SCHEMA_SQL = `
 -- One row per libvirt domain. generation = the generation currently being recorded (starts at 1; 0 means "never").
+-- log_id = the identity of this change log (a random UUID from the enable that made the row until the disable that
+-- deletes it): generations mean something only under one identity (schema version 3).
 CREATE TABLE domains (
   id          INTEGER PRIMARY KEY,
   name        TEXT    NOT NULL UNIQUE,
   generation  INTEGER NOT NULL CHECK (generation >= 1),
-  created_at  TEXT    NOT NULL
+  created_at  TEXT    NOT NULL,
+  log_id      TEXT    NOT NULL
 );
+CREATE UNIQUE INDEX domains_by_log_id ON domains (log_id);
 
 -- One row per tracked disk (domain + target such as vda). block_size = the bitmap granularity in bytes.
 -- A consumer whose last generation is below floor gets a full pass; floor_reason/floor_at say why and when.

@@ -14,6 +14,8 @@ export interface DiskChangesReply {
 
 export interface ChangesReply {
   domain: string;
+  /** The identity of the domain's change log: `since` and `upTo` are generations of this log only. */
+  logId: string;
   consumer: string;
   /** Generation of the consumer's last completed pass (null: never). */
   since: number | null;
@@ -61,6 +63,8 @@ export interface DomainStatusReply {
   connected: boolean;
   /** Set when the dedicated monitor takes effect only after the next restart. */
   pendingRestart?: boolean;
+  /** The identity of the domain's change log (new at every enable; generations compare only within one). */
+  logId: string;
   generation: number;
   lastFoldAt?: string | null;
   lastError?: string | null;

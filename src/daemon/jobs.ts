@@ -229,7 +229,7 @@ export class JobRunner {
       target: d.target, blockSize: d.blockSize, sizeBytes: d.sizeBytes, full: d.full, reason: d.reason,
       extents: d.extents, changedBytes: d.extents.reduce((s, [, l]) => s + l, 0),
     }));
-    return { domain, consumer, since, upTo: generation, disks, pass, generation };
+    return { domain, logId: this.log.getPass(pass).logId, consumer, since, upTo: generation, disks, pass, generation };
   }
 
   /**

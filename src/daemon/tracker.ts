@@ -316,7 +316,7 @@ export class Tracker {
     return { consumers: this.log.listConsumers(domain) };
   }
 
-  private toReply(domain: string, consumer: string, disks: ReturnType<ChangeLog['changes']>, since: number | null, upTo: number): ChangesReply {
+  private toReply(domain: string, consumer: string, disks: ReturnType<ChangeLog['changes']>, since: number | null, upTo: number, logId: string): ChangesReply {
     const out: DiskChangesReply[] = disks.map((d) => ({
       target: d.target,
       blockSize: d.blockSize,
@@ -326,7 +326,7 @@ export class Tracker {
       extents: d.extents,
       changedBytes: d.extents.reduce((s, [, l]) => s + l, 0),
     }));
-    return { domain, consumer, since, upTo, disks: out };
+    return { domain, logId, consumer, since, upTo, disks: out };
   }
 
   /** Full passes list only allocated extents: what the backing chain leaves unallocated reads as zeros. */
@@ -347,7 +347,7 @@ export class Tracker {
         await ctx.reconciler.rotateAndFold(ctx.disks);
         this.lastFold.set(domain, new Date().toISOString());
         const upTo = this.log.currentGeneration(domain);
-        return this.toReply(domain, consumer, await this.narrowFull(ctx, this.log.changes(domain, consumer)), c.last, upTo);
+        return this.toReply(domain, consumer, await this.narrowFull(ctx, this.log.changes(domain, consumer)), c.last, upTo, this.log.logId(domain));
       });
     });
   }
@@ -360,7 +360,7 @@ export class Tracker {
         const r = await ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer } });
         this.lastFold.set(domain, new Date().toISOString());
         const disks = await this.narrowFull(ctx, this.log.passChanges(r.passId!));
-        return { ...this.toReply(domain, consumer, disks, c.last, r.generation!), pass: r.passId!, generation: r.generation! };
+        return { ...this.toReply(domain, consumer, disks, c.last, r.generation!, this.log.getPass(r.passId!).logId), pass: r.passId!, generation: r.generation! };
       });
     });
   }
@@ -388,6 +388,7 @@ export class Tracker {
       state,
       connected: Boolean(s?.client && s.client.isOpen),
       pendingRestart: s ? !s.client : undefined,
+      logId: st.logId,
       generation: st.generation,
       lastFoldAt: this.lastFold.get(domain) ?? st.lastFoldAt ?? null,
       lastError: this.lastError.get(domain) ?? null,

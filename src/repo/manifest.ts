@@ -8,6 +8,8 @@ import { fileStamp } from '../util/file-stamp.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT } from './digest.js';
 
 export const MANIFEST_FORMAT = 'virtcbt-backup/1';
+/** A change log's identity as src/changelog makes it (a random UUID); checked here without loading the change log. */
+const LOG_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface BackupDisk {
   target: string;
@@ -40,6 +42,11 @@ export interface Manifest {
   /** The instant the data is from: the rotation transaction (ISO 8601). */
   time: string;
   completedAt: string;
+  /**
+   * The identity of the change log `generation` and `since` belong to (a UUID; absent in manifests of a virtcbt
+   * before identities: unknown). A chain is continued only under the same identity.
+   */
+  logId?: string;
   /** The change log's generation this backup covers up to (the pass's P). */
   generation: number;
   /** The consumer's last generation before (null: none); the incremental covers (since, generation]. */
@@ -133,6 +140,7 @@ export async function readManifest(path: string): Promise<Manifest> {
   const bad = (what: string) => new VirtcbtError(`backup manifest ${path} is not valid: ${what}`, { hint: 'Run `virtcbt verify`; restore from another backup' });
   if (m?.format !== MANIFEST_FORMAT) throw bad(`format is ${JSON.stringify(m?.format)}, expected ${MANIFEST_FORMAT}`);
   if (typeof m.id !== 'string' || typeof m.consumer !== 'string' || !Number.isInteger(m.seq)) throw bad('id, consumer or seq missing');
+  if (m.logId !== undefined && (typeof m.logId !== 'string' || !LOG_ID.test(m.logId))) throw bad(`logId ${JSON.stringify(m.logId)} is not a change-log identity (a UUID)`);
   if (!Array.isArray(m.disks) || m.disks.length === 0) throw bad('no disks');
   for (const d of m.disks) {
     if (typeof d.target !== 'string' || typeof d.file !== 'string' || d.file.includes('/') || !Array.isArray(d.extents) || typeof d.sha256 !== 'string') {

@@ -48,7 +48,7 @@ export const disableCommand: Command = {
 
 function describeDomain(d: DomainStatusReply): string[] {
   const lines = [
-    `${d.domain}: ${d.state}${d.connected ? ', monitor connected' : ''}${d.pendingRestart ? ', tracking starts fully after the next restart' : ''}; generation ${d.generation}` +
+    `${d.domain}: ${d.state}${d.connected ? ', monitor connected' : ''}${d.pendingRestart ? ', tracking starts fully after the next restart' : ''}; change log ${d.logId?.slice(0, 8) ?? 'unknown'}, generation ${d.generation}` +
       (d.lastFoldAt ? `; last fold ${d.lastFoldAt}` : ''),
   ];
   if (d.lastError) lines.push(`  last error: ${d.lastError}`);
