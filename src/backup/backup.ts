@@ -288,7 +288,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const ready = await premade!.settled(plan);
       if (!plan.full && plan.changedBytes === 0) {
         // Nothing changed on this disk: an empty overlay reads as its parent.
-        if (!ready) await createQcow2(path, image);
+        if (!ready) await createQcow2(path, { ...image, replace: true });
         const res: DiskResult = {
           target: plan.target, full: false, file: plan.file, backing: plan.backing, bytes: 0, written: 0, extents: 0,
           sha256: await digest.finish(), elapsedMs: Math.round(performance.now() - started),
@@ -297,7 +297,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
         return { plan, res, extents: [] };
       }
       // Written by virtcbt itself: data appended, tables behind it at finish() (see src/qcow2).
-      const target = await Qcow2Writer.create(path, image);
+      const target = await Qcow2Writer.create(path, { ...image, replace: true });
       writers.push(target);
       const src = await NbdEndpoint.open(sources.find((s) => s.target === plan.target)!.uri, {
         metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections,

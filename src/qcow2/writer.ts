@@ -3,7 +3,8 @@
 // finish(). No qemu-img or qemu-nbd process, no NBD round trip: the repository's write path is a
 // pwrite per request. The image is valid only after finish(); a backup names it in a manifest
 // only then, and a killed one is removed as a leftover.
-import { open, type FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, open, unlink, type FileHandle } from 'node:fs/promises';
 import type { Endpoint, EndpointReadResult } from '../copy/index.js';
 import {
   FLAG_COPIED, FLAG_ZERO, clusterSize, encodeHeader, encodeRefcounts, l2Entries, layoutMetadata, type ImageGeometry,
@@ -54,13 +55,29 @@ export class Qcow2Writer implements Endpoint {
     this.zeroInitialized = !o.backing;
   }
 
-  /** Creates (or truncates) `path`. */
-  static async create(path: string, o: Qcow2WriterOptions): Promise<Qcow2Writer> {
+  /**
+   * Creates `path`, exclusively and never through a symlink: an existing file (or link) at the
+   * name is an error, unless `replace` is set and it is a regular file (one this process made
+   * and rewrites): that is removed first. Nothing is ever written into a file found there.
+   */
+  static async create(path: string, o: Qcow2WriterOptions & { replace?: boolean }): Promise<Qcow2Writer> {
     const cs = o.clusterSize ?? 65536;
     const bits = Math.log2(cs);
     if (!Number.isInteger(bits) || bits < 9 || bits > 21) throw new RangeError(`qcow2 cluster size ${cs} is not a power of two from 512 B to 2 MiB`);
     if (!Number.isSafeInteger(o.size) || o.size < 0) throw new RangeError(`qcow2 size ${o.size} is not a byte count`);
-    const fh = await open(path, 'w', 0o644);
+    if (o.replace) {
+      // lstat: a symlink (or anything but a regular file) at the name stays, and the create below refuses it.
+      const st = await lstat(path).catch(() => undefined);
+      if (st?.isFile()) await unlink(path);
+    }
+    let fh: FileHandle;
+    try {
+      fh = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o640);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const st = await lstat(path).catch(() => undefined);
+      throw Object.assign(new Error(`cannot create the image ${path}: a ${st?.isSymbolicLink() ? 'symlink' : 'file'} of that name is in the way (never written through); remove it if nothing needs it`, { cause: err }), { code: 'EEXIST' });
+    }
     return new Qcow2Writer(path, fh, o, bits);
   }
 
@@ -252,8 +269,11 @@ export class Qcow2Writer implements Endpoint {
   }
 }
 
-/** Writes an empty qcow2 image (header, tables; no data) at `path`: what `qemu-img create -f qcow2` makes, without its process. */
-export async function createQcow2(path: string, o: Qcow2WriterOptions): Promise<void> {
+/**
+ * Writes an empty qcow2 image (header, tables; no data) at `path`: what `qemu-img create -f qcow2`
+ * makes, without its process. Created exclusively, as Qcow2Writer.create does.
+ */
+export async function createQcow2(path: string, o: Qcow2WriterOptions & { replace?: boolean }): Promise<void> {
   const w = await Qcow2Writer.create(path, o);
   try {
     await w.finish();

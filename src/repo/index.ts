@@ -1,9 +1,12 @@
 // The repository room: chains of qcow2 images and manifests per domain and consumer, and the
 // operations on them that need no QEMU process of the domain (list, verify, restore, prune).
-export { Repository, LOCK_FILE, INPROGRESS_FILE, PRUNE_JOURNAL, type InProgress, type PruneJournal, type RepoLock } from './repository.js';
 export {
-  MANIFEST_FORMAT, fsyncDir, fsyncFile, newDigestInfo, readManifest, writeFileDurable, writeManifest,
-  type BackupDisk, type Manifest,
+  Repository, LOCK_FILE, INPROGRESS_FILE, PRUNE_JOURNAL, type ChainState, type DomainState, type InProgress, type PruneJournal, type RepoLock, type RepoProblem,
+} from './repository.js';
+export { PLAIN_NAME, imageName, imageOwner, inChain, manifestName, pointId, pointSeq } from './names.js';
+export {
+  CREATE_EXCLUSIVE, MANIFEST_FORMAT, fsyncDir, fsyncFile, newDigestInfo, manifestProblem, readManifest, readRepoFile, writeFileDurable, writeManifest,
+  type BackupDisk, type ChainRef, type Manifest,
 } from './manifest.js';
 export { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest, hashingThreadId } from './digest.js';
 export { serveImage, flushingEndpoint, killStaleQemuNbd, pidAlive, type ServeOptions, type ServedImage } from './image-server.js';

@@ -1,11 +1,13 @@
 // The manifest of one backup (a restore point): what was copied, from which instant, into which
 // files, with the checksum of the data. A backup exists exactly when its manifest does; manifests
 // are written atomically (temp file, fsync, rename, fsync of the directory).
-import { open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { VirtcbtError } from '../util/errors.js';
 import { fileStamp } from '../util/file-stamp.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT } from './digest.js';
+import { PLAIN_NAME, imageName, imageOwner, inChain, manifestName, pointId, pointSeq } from './names.js';
 
 export const MANIFEST_FORMAT = 'virtcbt-backup/1';
 /** A change log's identity as src/changelog makes it (a random UUID); checked here without loading the change log. */
@@ -69,6 +71,9 @@ export interface Manifest {
   domainXml: string;
 }
 
+/** Flags for a new file in the repository: created here, never through a symlink, never an existing file. */
+export const CREATE_EXCLUSIVE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
 export function newDigestInfo(): Manifest['digest'] {
   return { algorithm: DIGEST_ALGORITHM, segment: DIGEST_SEGMENT };
 }
@@ -81,7 +86,10 @@ export function newDigestInfo(): Manifest['digest'] {
 export async function writeFileDurable(path: string, data: string, opts: { beforeRename?: Promise<void> } = {}): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
   const written = (async () => {
-    const fh = await open(tmp, 'w', 0o640);
+    // A temp file of a killed process with the same pid goes first; then the file is created
+    // exclusively, never through a symlink or over something another process made meanwhile.
+    await rm(tmp, { force: true });
+    const fh = await open(tmp, CREATE_EXCLUSIVE, 0o640);
     try {
       await fh.writeFile(data);
       await fh.sync();
@@ -124,31 +132,105 @@ export async function fsyncFile(path: string): Promise<void> {
 }
 
 export async function writeManifest(dir: string, m: Manifest, opts: { beforeRename?: Promise<void> } = {}): Promise<void> {
-  await writeFileDurable(join(dir, `${m.id}.json`), JSON.stringify(m, null, 2) + '\n', opts);
+  await writeFileDurable(inChain(dir, manifestName(m.id)), JSON.stringify(m, null, 2) + '\n', opts);
 }
 
-/** Reads and checks a manifest; a damaged one is an error naming the file. */
-export async function readManifest(path: string): Promise<Manifest> {
-  let m: Manifest;
+/** The chain a manifest is read from: what its domain, consumer and id must say. */
+export interface ChainRef {
+  domain: string;
+  consumer: string;
+}
+
+const HINT_DAMAGED = 'Run `virtcbt verify`; restore from another backup, or move the file out of the repository';
+
+/**
+ * Reads a file of the repository without following a symlink at its name (a FIFO or device there
+ * is refused too, without blocking on it). Returns the text and the stamp of what was read.
+ */
+export async function readRepoFile(path: string): Promise<{ text: string; stamp: string }> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
-    m = JSON.parse(await readFile(path, 'utf8')) as Manifest;
-  } catch (cause) {
-    throw new VirtcbtError(`backup manifest ${path} is unreadable: ${(cause as Error).message}`, {
-      cause, hint: 'Run `virtcbt verify`; restore from another backup',
-    });
+    const st = await fh.stat({ bigint: true });
+    if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: 'ENOTREG' });
+    return { text: await fh.readFile('utf8'), stamp: fileStamp(st) };
+  } finally {
+    await fh.close();
   }
-  const bad = (what: string) => new VirtcbtError(`backup manifest ${path} is not valid: ${what}`, { hint: 'Run `virtcbt verify`; restore from another backup' });
-  if (m?.format !== MANIFEST_FORMAT) throw bad(`format is ${JSON.stringify(m?.format)}, expected ${MANIFEST_FORMAT}`);
-  if (typeof m.id !== 'string' || typeof m.consumer !== 'string' || !Number.isInteger(m.seq)) throw bad('id, consumer or seq missing');
-  if (m.logId !== undefined && (typeof m.logId !== 'string' || !LOG_ID.test(m.logId))) throw bad(`logId ${JSON.stringify(m.logId)} is not a change-log identity (a UUID)`);
-  if (!Array.isArray(m.disks) || m.disks.length === 0) throw bad('no disks');
-  for (const d of m.disks) {
-    if (typeof d.target !== 'string' || typeof d.file !== 'string' || d.file.includes('/') || !Array.isArray(d.extents) || typeof d.sha256 !== 'string') {
-      throw bad(`disk entry ${JSON.stringify(d.target)} is incomplete`);
+}
+
+/** Whether `n` is not a byte count or offset (a safe non-negative integer). */
+function notBytes(n: unknown): boolean {
+  return typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0;
+}
+
+/**
+ * What is wrong with a manifest read from `file` in the chain `where`, or undefined. Every name in
+ * it becomes a path or a backing link: the id must be the file's own, of this consumer; images
+ * must be this point's (`ID.TARGET.qcow2`, `ID.TARGET.merged.qcow2`), backing images those of an
+ * older point of the same chain and disk.
+ */
+export function manifestProblem(m: unknown, where: ChainRef, file: string): string | undefined {
+  if (!m || typeof m !== 'object' || Array.isArray(m)) return 'it is not a JSON object';
+  const x = m as Record<string, unknown>;
+  if (x.format !== MANIFEST_FORMAT) return `format is ${JSON.stringify(x.format)}, expected ${MANIFEST_FORMAT}`;
+  const seq = pointSeq(where.consumer, x.id);
+  if (seq === undefined) return `id ${JSON.stringify(x.id)} is not a restore point id of consumer ${where.consumer} (${pointId(where.consumer, 1)}, ...)`;
+  const id = x.id as string;
+  if (manifestName(id) !== file) return `id ${id} does not match the file name ${file}`;
+  if (x.seq !== seq) return `seq ${JSON.stringify(x.seq)} does not match the id ${id}`;
+  if (x.consumer !== where.consumer) return `consumer ${JSON.stringify(x.consumer)} is not the directory's (${where.consumer})`;
+  if (x.domain !== where.domain) return `domain ${JSON.stringify(x.domain)} is not the directory's (${where.domain})`;
+  if (typeof x.time !== 'string' || Number.isNaN(Date.parse(x.time))) return `time ${JSON.stringify(x.time)} is not a time`;
+  if (typeof x.uuid !== 'string') return 'uuid missing';
+  if (x.kind !== 'full' && x.kind !== 'incremental') return `kind ${JSON.stringify(x.kind)} is neither full nor incremental`;
+  if (!Number.isSafeInteger(x.generation)) return 'generation missing';
+  if (x.logId !== undefined && (typeof x.logId !== 'string' || !LOG_ID.test(x.logId))) return `logId ${JSON.stringify(x.logId)} is not a change-log identity (a UUID)`;
+  if (x.parent !== null && (pointSeq(where.consumer, x.parent) ?? seq) >= seq) return `parent ${JSON.stringify(x.parent)} is not an older point of this chain`;
+  if (x.merged !== undefined && (!Array.isArray(x.merged) || x.merged.some((p) => pointSeq(where.consumer, p) === undefined))) return 'merged names something other than points of this chain';
+  if (typeof x.domainXml !== 'string') return 'domainXml missing';
+  if (!Array.isArray(x.disks) || x.disks.length === 0) return 'no disks';
+  const targets = new Set<string>();
+  for (const d of x.disks as Record<string, unknown>[]) {
+    if (!d || typeof d !== 'object' || typeof d.target !== 'string' || !PLAIN_NAME.test(d.target)) return `disk target ${JSON.stringify(d?.target)} is not a device name`;
+    const t = d.target;
+    if (targets.has(t)) return `disk ${t} is listed twice`;
+    targets.add(t);
+    if (d.file !== imageName(id, t) && d.file !== imageName(id, t, true)) return `disk ${t}: file ${JSON.stringify(d.file)} is not ${imageName(id, t)} or ${imageName(id, t, true)}`;
+    if (d.backing !== null && (imageOwner(where.consumer, t, d.backing)?.seq ?? seq) >= seq) {
+      return `disk ${t}: backing file ${JSON.stringify(d.backing)} is not an image of disk ${t} of an older point of this chain`;
     }
-    if (d.backing !== null && (typeof d.backing !== 'string' || d.backing.includes('/'))) throw bad(`disk ${d.target} has a bad backing file`);
+    if (notBytes(d.sizeBytes) || notBytes(d.bytes) || notBytes(d.written)) return `disk ${t}: sizeBytes, bytes or written is not a byte count`;
+    if (typeof d.full !== 'boolean' || typeof d.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(d.sha256)) return `disk ${t}: full or sha256 missing`;
+    if (!Array.isArray(d.extents)) return `disk ${t}: extents missing`;
+    let end = 0;
+    for (const e of d.extents as unknown[]) {
+      if (!Array.isArray(e) || e.length !== 2 || notBytes(e[0]) || notBytes(e[1])) return `disk ${t}: extent ${JSON.stringify(e)} is not [offset, length]`;
+      const [o, l] = e as [number, number];
+      if (o < end || o + l > (d.sizeBytes as number)) return `disk ${t}: extent [${o}, ${l}] overlaps another or lies outside the disk`;
+      end = o + l;
+    }
   }
-  return m;
+  return undefined;
+}
+
+/** Reads and checks the manifest at `path` (in the chain `where`); a damaged one is an error naming the file. */
+export async function readManifest(path: string, where: ChainRef): Promise<Manifest> {
+  return (await readManifestStamped(path, where)).m;
+}
+
+async function readManifestStamped(path: string, where: ChainRef): Promise<{ m: Manifest; stamp: string }> {
+  let read: { text: string; stamp: string };
+  let m: unknown;
+  try {
+    read = await readRepoFile(path);
+    m = JSON.parse(read.text);
+  } catch (cause) {
+    const why = (cause as NodeJS.ErrnoException).code === 'ELOOP' ? 'it is a symlink (never followed in a repository)' : (cause as Error).message;
+    throw new VirtcbtError(`backup manifest ${path} is unreadable: ${why}`, { domain: where.domain, cause, hint: HINT_DAMAGED });
+  }
+  const problem = manifestProblem(m, where, basename(path));
+  if (problem) throw new VirtcbtError(`backup manifest ${path} is not valid: ${problem}`, { domain: where.domain, hint: HINT_DAMAGED });
+  return { m: m as Manifest, stamp: read.stamp };
 }
 
 /**
@@ -161,21 +243,18 @@ export async function readManifest(path: string): Promise<Manifest> {
 const cache = new Map<string, { key: string; m: Manifest }>();
 const CACHE_MAX = 4096;
 
-export async function readManifestCached(path: string): Promise<Manifest> {
-  let key: string;
-  try {
-    const st = await stat(path, { bigint: true });
-    key = fileStamp(st);
-  } catch {
-    return readManifest(path); // gone or unreadable: readManifest says so
-  }
+export async function readManifestCached(path: string, where: ChainRef): Promise<Manifest> {
+  // lstat: a symlink at the name is never followed (readManifest refuses it by name).
+  const st = await lstat(path, { bigint: true }).catch(() => undefined);
   const hit = cache.get(path);
-  if (hit?.key === key) return hit.m;
-  const m = deepFreeze(await readManifest(path));
+  if (st && hit?.key === `${where.domain}/${fileStamp(st)}`) return hit.m;
+  const { m, stamp } = await readManifestStamped(path, where);
+  const frozen = deepFreeze(m);
   cache.delete(path);
-  cache.set(path, { key, m });
+  // Keyed by what was read (the open file's stamp), and by the chain it was checked against.
+  cache.set(path, { key: `${where.domain}/${stamp}`, m: frozen });
   if (cache.size > CACHE_MAX) cache.delete(cache.keys().next().value as string);
-  return m;
+  return frozen;
 }
 
 function deepFreeze<T>(v: T): T {

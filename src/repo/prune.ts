@@ -10,6 +10,7 @@ import { link, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { fsyncDir, readManifest, writeFileDurable, writeManifest, type Manifest } from './manifest.js';
+import { inChain, manifestName } from './names.js';
 import { PRUNE_JOURNAL, Repository, type PruneJournal } from './repository.js';
 
 export interface PruneResult {
@@ -103,10 +104,10 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
     for (const d of j.disks) {
       const kd = k.disks.find((x) => x.target === d.target)!;
       if (kd.file === d.merged) continue;
-      if (!existsSync(join(dir, d.merged))) {
-        await qemuImg(['commit', '-q', '-d', '-b', join(dir, d.base), join(dir, d.top)], dir, `merging ${d.top} into ${d.base}`);
+      if (!existsSync(inChain(dir, d.merged))) {
+        await qemuImg(['commit', '-q', '-d', '-b', inChain(dir, d.base), inChain(dir, d.top)], dir, `merging ${d.top} into ${d.base}`);
         opts.fault?.('commit');
-        await link(join(dir, d.base), join(dir, d.merged));
+        await link(inChain(dir, d.base), inChain(dir, d.merged));
         await fsyncDir(dir);
       }
       // The child of K reads K's state through the merged image from now on.
@@ -123,7 +124,7 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
         all[i] = child;
       }
     }
-    k = await readManifest(join(dir, `${k.id}.json`));
+    k = await readManifest(inChain(dir, manifestName(k.id)), { domain, consumer });
     for (const d of j.disks) {
       const kd = k.disks.find((x) => x.target === d.target)!;
       kd.file = d.merged;
@@ -136,7 +137,7 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
   }
   const removed: string[] = [];
   for (const id of j.removing) {
-    const p = join(dir, `${id}.json`);
+    const p = inChain(dir, manifestName(id));
     if (existsSync(p)) {
       await rm(p, { force: true });
       removed.push(id);

@@ -10,7 +10,8 @@ import { errorMessage } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
 import { serveImage } from './image-server.js';
 import type { Manifest } from './manifest.js';
-import type { PruneJournal, Repository } from './repository.js';
+import { inChain } from './names.js';
+import type { PruneJournal, Repository, RepoProblem } from './repository.js';
 
 export interface DiskVerdict {
   id: string;
@@ -28,6 +29,8 @@ export interface VerifyReport {
   ok: boolean;
   checked: number;
   disks: DiskVerdict[];
+  /** Files under a domain that are not named like anything of a chain: not verified, left alone. */
+  ignored: RepoProblem[];
 }
 
 async function checkImage(path: string): Promise<{ problems: string[]; warnings: string[] }> {
@@ -62,7 +65,7 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
     for (const d of m.disks) {
       const v: DiskVerdict = { id: m.id, consumer: m.consumer, disk: d.target, file: d.file, ok: false, problems: [], warnings: [], bytes: d.bytes };
       out.push(v);
-      const path = join(dir, d.file);
+      const path = inChain(dir, d.file);
       if (!existsSync(path)) {
         v.problems.push(`image ${path} is missing`);
         continue;
@@ -111,23 +114,32 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
   return out;
 }
 
-/** Verifies every restore point of `domain` (or of every domain in the repository). */
+/**
+ * Verifies every restore point of `domain` (or of every domain in the repository). A damaged
+ * manifest (or journal, or chain directory) is a failed verdict naming the file; the rest is
+ * verified all the same. Files that are not a chain's are warnings (`ignored`).
+ */
 export async function verifyRepo(repo: Repository, domain?: string, onDisk?: (v: DiskVerdict) => void): Promise<VerifyReport> {
   const disks: DiskVerdict[] = [];
+  const ignored: RepoProblem[] = [];
   let checked = 0;
+  const report = (v: DiskVerdict) => {
+    disks.push(v);
+    onDisk?.(v);
+  };
   for (const dom of domain ? [domain] : await repo.domains()) {
-    for (const consumer of await repo.consumers(dom)) {
-      const chain = await repo.chain(dom, consumer);
-      const all = await repo.chain(dom, consumer, { includePruning: true });
-      const journal = await repo.pruneJournal(dom, consumer);
-      for (const m of chain) {
+    const state = await repo.domainState(dom);
+    ignored.push(...state.ignored);
+    for (const p of state.damaged) {
+      if (p.id) checked++;
+      report({ id: p.id ?? '-', consumer: p.consumer ?? '-', disk: '-', file: p.path, ok: false, problems: [p.problem], warnings: [], bytes: 0 });
+    }
+    for (const c of state.chains) {
+      for (const m of c.points) {
         checked++;
-        for (const v of await verifyManifest(repo, m, all, journal)) {
-          disks.push(v);
-          onDisk?.(v);
-        }
+        for (const v of await verifyManifest(repo, m, c.all, c.journal)) report(v);
       }
     }
   }
-  return { ok: disks.every((d) => d.ok), checked, disks };
+  return { ok: disks.every((d) => d.ok), checked, disks, ignored };
 }

@@ -1,7 +1,7 @@
 // Repository commands that need no QEMU and no daemon: list, verify, restore, prune. The
 // repository room is imported when a command runs: it pulls in execa, slow to load for every CLI call.
 import { resolve } from 'node:path';
-import type { Manifest, PruneStep } from '../../repo/index.js';
+import type { Manifest, PruneStep, RepoProblem } from '../../repo/index.js';
 import { UsageError } from '../../util/errors.js';
 import { domainArg, parse, positional } from '../args.js';
 import { EXIT, type Command } from '../command.js';
@@ -17,16 +17,26 @@ function listRow(m: Manifest): string {
 export const listCommand: Command = {
   usage: `usage: virtcbt list [--repo DIR] [DOMAIN] [--json]
 
-Lists every backup (restore point) of DOMAIN, or of every domain in the repository, oldest first.`,
+Lists every backup (restore point) of DOMAIN, or of every domain in the repository, oldest first:
+each consumer's points in the order they were taken (by sequence, whatever the clock said), the
+consumers merged by time. Damaged manifests are reported on stderr (\`problems\` in --json), files
+that belong to no chain as warnings (\`warnings\`); the other points are listed all the same.`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, { repo: { type: 'string' }, json: { type: 'boolean' } }, this.usage);
     const { Repository } = await import('../../repo/index.js');
     const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
     const domains = positionals[0] ? [domainArg(positionals, this.usage)] : await repo.domains();
-    const out: { domain: string; backups: Omit<Manifest, 'domainXml'>[] }[] = [];
+    const out: { domain: string; backups: Omit<Manifest, 'domainXml'>[]; problems: RepoProblem[]; warnings: RepoProblem[] }[] = [];
     for (const d of domains) {
-      const list = await repo.list(d);
-      out.push({ domain: d, backups: list.map(({ domainXml: _x, ...rest }) => rest) });
+      const state = await repo.domainState(d);
+      out.push({ domain: d, backups: state.points.map(({ domainXml: _x, ...rest }) => rest), problems: state.damaged, warnings: state.ignored });
+    }
+    if (!values.json) {
+      for (const d of out) {
+        for (const p of d.problems) ctx.io.err(`${d.domain}: DAMAGED ${p.path}: ${p.problem}`);
+        for (const p of d.warnings) ctx.io.err(`${d.domain}: warning: ${p.path}: ${p.problem}`);
+      }
+      if (out.some((d) => d.problems.length > 0)) ctx.io.err('Run `virtcbt verify` for the whole picture; the points listed are intact and restorable by id');
     }
     emit(ctx.io, Boolean(values.json), { repo: repo.root, domains: out }, () => {
       if (out.every((d) => d.backups.length === 0)) return [`no backups in ${repo.root}${positionals[0] ? ` for ${positionals[0]}` : ''}`];
@@ -54,6 +64,7 @@ anything is wrong.`,
       if (tty) process.stderr.write(`\r\x1b[2Kverified ${v.id} ${v.disk}`);
     });
     if (tty) process.stderr.write('\r\x1b[2K');
+    if (!json) for (const p of report.ignored) ctx.io.err(`warning: ${p.path}: ${p.problem}`);
     emit(ctx.io, json, report, () => [
       ...report.disks.map((v) => `${v.id} ${v.disk}: ${v.ok ? 'ok' : `FAILED: ${v.problems.join('; ')}`}${v.warnings.length ? ` (${v.warnings.join('; ')})` : ''}`),
       `${report.checked} restore point(s), ${report.disks.length} image(s): ${report.ok ? 'all good' : `${report.disks.filter((v) => !v.ok).length} FAILED`}`,
