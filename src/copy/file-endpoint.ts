@@ -1,4 +1,5 @@
 // A raw local file (or block device) as an Endpoint, through an fs.promises FileHandle.
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { UsageError } from '../util/errors.js';
 import type { Endpoint, EndpointReadResult } from './endpoint.js';
@@ -9,11 +10,19 @@ const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 export interface FileEndpointOptions {
   /** Open for writing. */
   write?: boolean;
+  /** Open a block device exclusively (O_EXCL): refused while it is mounted or held by another exclusive user. */
+  exclusive?: boolean;
   /**
    * Create or truncate the file to `size` bytes: the result is sparse and reads as zeroes, so
    * the engine skips zero ranges instead of writing them.
    */
-  create?: { size: number };
+  create?: {
+    size: number;
+    /** Fail if the path exists (also as a symlink: nothing is followed) instead of truncating it. */
+    exclusive?: boolean;
+    /** Permission bits of a new file (before the umask); 0o666 when not given. */
+    mode?: number;
+  };
 }
 
 export class FileEndpoint implements Endpoint {
@@ -29,7 +38,8 @@ export class FileEndpoint implements Endpoint {
 
   static async open(path: string, opts: FileEndpointOptions = {}): Promise<FileEndpoint> {
     if (opts.create) {
-      const fh = await open(path, 'w+');
+      const c = opts.create;
+      const fh = await open(path, c.exclusive ? constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW : 'w+', c.mode ?? 0o666);
       try {
         await fh.truncate(opts.create.size);
       } catch (err) {
@@ -38,7 +48,7 @@ export class FileEndpoint implements Endpoint {
       }
       return new FileEndpoint(path, fh, opts.create.size, true);
     }
-    const fh = await open(path, opts.write ? 'r+' : 'r');
+    const fh = await open(path, (opts.write ? constants.O_RDWR : constants.O_RDONLY) | (opts.exclusive ? constants.O_EXCL : 0));
     const st = await fh.stat();
     let size = st.size;
     if (st.isBlockDevice()) {

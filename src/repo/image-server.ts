@@ -4,12 +4,14 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NbdEndpoint, type Endpoint } from '../copy/index.js';
 import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
 import { pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
+import { chainSpec } from './chain.js';
 
 /** util-linux setpriv (Debian: essential): execs the program with a parent-death signal set. */
 const SETPRIV = '/usr/bin/setpriv';
@@ -65,14 +67,17 @@ export async function killStaleQemuNbd(pid: number): Promise<void> {
 
 /**
  * Starts qemu-nbd on `image` and connects to it. qemu-nbd runs without --persistent: it exits by
- * itself when our connection closes, also when this process is killed.
+ * itself when our connection closes, also when this process is killed. Given a list of files (top
+ * first, see chain.ts), exactly those are opened as the chain, whatever their headers name.
  */
-export async function serveImage(image: string, o: ServeOptions): Promise<ServedImage> {
+export async function serveImage(chain: string | readonly string[], o: ServeOptions): Promise<ServedImage> {
+  const image = typeof chain === 'string' ? chain : chain[0]!;
   const socket = join(o.runDir, `img-${randomBytes(4).toString('hex')}.sock`);
-  const args = ['-k', socket, '-f', 'qcow2', '--cache=writeback', '--aio=threads'];
+  const args = ['-k', socket, '--cache=writeback', '--aio=threads'];
   if (o.writable) args.push('--discard=unmap');
   else args.push('-r');
-  args.push(image);
+  if (typeof chain === 'string') args.push('-f', 'qcow2', chain);
+  else args.push(chainSpec(chain));
   // With setpriv's parent-death signal, a qemu-nbd whose virtcbt process is killed before it
   // connected does not wait for a client forever (without it, only the clean-up of the next run
   // would find it, and only if its pid was recorded in time).
@@ -166,4 +171,25 @@ export function flushingEndpoint(inner: Endpoint, everyBytes: number): { endpoin
     hasExtents: inner.hasExtents?.bind(inner),
   };
   return { endpoint, settle: async () => { await Promise.all(pending); } };
+}
+
+/** Private temp directories for qemu-nbd sockets: `virtcbt-KIND-PID-XXXXXX`, so that the next run can tell whose they are. */
+const RUN_DIR = /^virtcbt-(restore|verify)-(\d+)-[A-Za-z0-9]{6}$/;
+
+export async function makeRunDir(kind: 'restore' | 'verify'): Promise<string> {
+  return mkdtemp(join(tmpdir(), `virtcbt-${kind}-${process.pid}-`));
+}
+
+/**
+ * Removes the temp directories of restores and verifies that were killed (their process is gone);
+ * a directory of a live process is left alone. Returns what was removed.
+ */
+export async function sweepStaleRunDirs(base = tmpdir()): Promise<string[]> {
+  const removed: string[] = [];
+  for (const e of await readdir(base, { withFileTypes: true }).catch(() => [])) {
+    const m = RUN_DIR.exec(e.name);
+    if (!m || !e.isDirectory() || pidAlive(Number(m[2]))) continue;
+    await rm(join(base, e.name), { recursive: true, force: true }).then(() => removed.push(e.name), () => undefined);
+  }
+  return removed;
 }

@@ -1,14 +1,13 @@
 // Verify: for every restore point, `qemu-img check` of each image, the backing file the image
 // names against the manifest, and the checksum of the copied extents re-read through the chain.
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { lstat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NullEndpoint, copyExtents } from '../copy/index.js';
 import { errorMessage } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
-import { serveImage } from './image-server.js';
+import { chainSpec, checkDiskChain, diskChain, readImageHeader } from './chain.js';
+import { makeRunDir, serveImage, sweepStaleRunDirs } from './image-server.js';
 import type { Manifest } from './manifest.js';
 import { inChain } from './names.js';
 import type { PruneJournal, Repository, RepoProblem } from './repository.js';
@@ -34,7 +33,8 @@ export interface VerifyReport {
 }
 
 async function checkImage(path: string): Promise<{ problems: string[]; warnings: string[] }> {
-  const r = await execa('qemu-img', ['check', '--output=json', '-U', path], { reject: false });
+  // Checked as qcow2 with no backing: the header's backing file is neither probed nor opened.
+  const r = await execa('qemu-img', ['check', '--output=json', '-U', chainSpec([path])], { reject: false });
   // Exit 0: clean; 3: leaked clusters only (space, not data); 2: corruption; 1: could not check.
   if (r.exitCode === 0) return { problems: [], warnings: [] };
   if (r.exitCode === 3) return { problems: [], warnings: ['leaked clusters (wasted space only; `qemu-img check -r leaks` frees them)'] };
@@ -46,12 +46,6 @@ async function checkImage(path: string): Promise<{ problems: string[]; warnings:
   return { problems: [`qemu-img check failed (exit ${r.exitCode}): ${detail}`], warnings: [] };
 }
 
-async function backingOf(path: string): Promise<string | null> {
-  const r = await execa('qemu-img', ['info', '--output=json', '-U', path]);
-  const info = JSON.parse(r.stdout) as { 'backing-filename'?: string };
-  return info['backing-filename'] ?? null;
-}
-
 /**
  * Checks one restore point. `chain` is every manifest of its consumer, those a pending prune is
  * removing included (their images still back the kept ones until it finishes); `journal` is that
@@ -60,21 +54,24 @@ async function backingOf(path: string): Promise<string | null> {
 export async function verifyManifest(repo: Repository, m: Manifest, chain: Manifest[], journal?: PruneJournal): Promise<DiskVerdict[]> {
   const dir = repo.chainDir(m.domain, m.consumer);
   const out: DiskVerdict[] = [];
-  const runDir = await mkdtemp(join(tmpdir(), 'virtcbt-verify-'));
+  const runDir = await makeRunDir('verify');
   try {
     for (const d of m.disks) {
       const v: DiskVerdict = { id: m.id, consumer: m.consumer, disk: d.target, file: d.file, ok: false, problems: [], warnings: [], bytes: d.bytes };
       out.push(v);
       const path = inChain(dir, d.file);
-      if (!existsSync(path)) {
-        v.problems.push(`image ${path} is missing`);
+      const st = await lstat(path).catch(() => undefined);
+      if (!st?.isFile()) {
+        v.problems.push(st ? `image ${path} is not a regular file (${st.isSymbolicLink() ? 'a symlink' : 'a directory or special file'})` : `image ${path} is missing`);
         continue;
       }
       const c = await checkImage(path);
       v.problems.push(...c.problems);
       v.warnings.push(...c.warnings);
       try {
-        const b = await backingOf(path);
+        const h = await readImageHeader(path);
+        const b = h.backing;
+        if (h.dataFile !== null) v.problems.push(`the image keeps its data in an external file (${h.dataFile})`);
         const moving = journal?.disks.find((e) => e.target === d.target && (e.top === d.backing || e.merged === d.backing));
         const allowed = moving ? [moving.top, moving.merged] : [d.backing];
         if (!allowed.includes(b)) v.problems.push(`the image's backing file is ${b ?? 'none'}, the manifest says ${d.backing ?? 'none'}`);
@@ -88,7 +85,11 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
         v.problems.push(`unknown checksum ${JSON.stringify(m.digest)}`);
       } else if (v.problems.length === 0) {
         try {
-          const img = await serveImage(path, { runDir });
+          // Read through the chain the manifests give, whatever the headers name; the other images
+          // of that chain are checked as restore checks them (each is also verified as its own point).
+          const files = diskChain(chain, m, d.target);
+          await checkDiskChain(dir, files, { domain: m.domain, disk: d.target, id: m.id }, { journal });
+          const img = await serveImage(files.map((f) => join(dir, f)), { runDir });
           try {
             const digest = new ExtentDigest();
             await copyExtents(img.endpoint, digest.wrap(new NullEndpoint(img.endpoint.size)), digest.track(d.extents.map(([offset, length]) => ({ offset, length }))), {
@@ -127,6 +128,8 @@ export async function verifyRepo(repo: Repository, domain?: string, onDisk?: (v:
     disks.push(v);
     onDisk?.(v);
   };
+  // Temp directories of killed verifies and restores.
+  await sweepStaleRunDirs();
   for (const dom of domain ? [domain] : await repo.domains()) {
     const state = await repo.domainState(dom);
     ignored.push(...state.ignored);

@@ -74,12 +74,15 @@ anything is wrong.`,
 };
 
 export const restoreCommand: Command = {
-  usage: `usage: virtcbt restore [--repo DIR] DOMAIN --disk TARGET --to FILE [--at BACKUP] [--format qcow2|raw] [--force] [--json]
+  usage: `usage: virtcbt restore [--repo DIR] DOMAIN --disk TARGET --to FILE|DEVICE [--at BACKUP] [--format qcow2|raw] [--force] [--json]
 
   --at BACKUP   a backup id from \`virtcbt list\`, or an ISO time (the newest backup taken at or
                 before it); default: the newest backup of any consumer
   --format      qcow2 (default) or raw; the file is sparse where the disk reads as zeroes
-  --force       replace FILE if it exists`,
+  --force       replace FILE if it exists (a regular file only), or write onto a block DEVICE
+                in place (with --format raw; the device must be at least the disk's size)
+
+Restored files are created readable by their owner only (0600).`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, {
       repo: { type: 'string' }, disk: { type: 'string' }, to: { type: 'string' }, at: { type: 'string' },
@@ -106,7 +109,7 @@ export const restoreCommand: Command = {
     });
     if (ctx.io.isTty && !values.json) process.stderr.write('\r\x1b[2K');
     emit(ctx.io, Boolean(values.json), r, () => [
-      `restored ${domain} ${r.disk} from ${r.id} (${r.time}) to ${r.to} (${r.format}, ${formatBytes(r.sizeBytes)}): ${formatBytes(r.written)} of data written in ${formatMs(r.elapsedMs)}`,
+      `restored ${domain} ${r.disk} from ${r.id} (${r.time}) ${r.target === 'device' ? 'onto the block device' : 'to'} ${r.to} (${r.format}, ${formatBytes(r.sizeBytes)}): ${formatBytes(r.written)} of data written in ${formatMs(r.elapsedMs)}`,
     ]);
     return EXIT.OK;
   },
@@ -123,16 +126,28 @@ function pruneFault(steps: readonly PruneStep[]): ((s: PruneStep) => void) | und
 
 export const pruneCommand: Command = {
   usage: `usage: virtcbt prune [--repo DIR] DOMAIN --consumer NAME --keep N [--json]
+       virtcbt prune [--repo DIR] DOMAIN --consumer NAME --abort [--json]
 
 Removes the consumer's oldest restore points; increments the kept ones depend on are merged into
-their base (qemu-img commit). A prune that is interrupted leaves a valid chain and is finished
-by the next one.`,
+their base (qemu-img commit). Every image the prune touches is checked first: on a damaged chain
+it changes nothing. A prune that is interrupted leaves a valid chain and is finished by the next
+one; --abort drops it instead, as long as it has not merged anything yet.`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, {
-      repo: { type: 'string' }, consumer: { type: 'string' }, keep: { type: 'string' }, json: { type: 'boolean' },
+      repo: { type: 'string' }, consumer: { type: 'string' }, keep: { type: 'string' }, abort: { type: 'boolean' }, json: { type: 'boolean' },
     }, this.usage);
     const domain = domainArg(positionals, this.usage);
     if (!values.consumer) throw new UsageError(`--consumer is required\n\n${this.usage}`);
+    if (values.abort) {
+      if (values.keep !== undefined) throw new UsageError(`--abort takes no --keep\n\n${this.usage}`);
+      const { Repository, abortPrune } = await import('../../repo/index.js');
+      const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
+      const r = await abortPrune(repo, domain, values.consumer);
+      emit(ctx.io, Boolean(values.json), { domain, consumer: values.consumer, ...r }, () => [
+        r.restored.length ? `${domain} ${values.consumer}: prune dropped; listed again: ${r.restored.join(', ')}` : `${domain} ${values.consumer}: no prune under way`,
+      ]);
+      return EXIT.OK;
+    }
     const keep = Number(positional([values.keep ?? ''], 0, '--keep N', this.usage));
     if (!Number.isInteger(keep) || keep < 1) throw new UsageError(`--keep must be a whole number of at least 1\n\n${this.usage}`);
     const { PRUNE_STEPS, Repository, pruneChain } = await import('../../repo/index.js');
