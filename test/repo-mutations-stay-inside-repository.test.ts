@@ -84,9 +84,14 @@ const MUTATIONS: Mutation[] = [
     return ['c1-0003.vda.qcow2', 'c1-0003'];
   } },
   { name: 'chain directory is a symlink to a directory of live images', apply: (w) => {
+    rmSync(w.chain('c1'), { recursive: true });
+    symlinkSync(join(w.sandbox, 'live'), w.chain('c1'));
+    return [w.chain('c1')];
+  } },
+  { name: 'another consumer\'s chain directory is a symlink', apply: (w) => {
     rmSync(w.chain('c2'), { recursive: true });
     symlinkSync(join(w.sandbox, 'live'), w.chain('c2'));
-    return [w.chain('c2'), 'c2'];
+    return [w.chain('c2')];
   } },
   { name: 'image is a symlink to outside', apply: (w) => {
     const img = join(w.chain('c1'), 'c1-0003.vdb.qcow2');
@@ -210,7 +215,10 @@ function makeSandbox(sandbox: string): void {
   writeFileSync(join(sandbox, 'secret.raw'), secret);
   run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', join(sandbox, 'secret.raw'), join(sandbox, 'victim.qcow2')]);
   for (const n of ['vm1.qcow2', 'vm2.qcow2']) run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', join(sandbox, 'secret.raw'), join(sandbox, 'live', n)]);
+  // Targets of the ids and names a forged manifest or journal points at.
   writeFileSync(join(sandbox, 'manifest.json'), readFileSync(join(pristine, guestDir(), 'c1', 'c1-0002.json')));
+  writeFileSync(join(sandbox, 'victim.json'), readFileSync(join(pristine, guestDir(), 'c1', 'c1-0002.json')));
+  run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', join(sandbox, 'secret.raw'), join(sandbox, 'victim.vda.qcow2')]);
 }
 
 function guestDir(): string {
