@@ -163,7 +163,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const ip = left.interrupted;
       // Passes a third-party tool holds open with exports are not the killed backup's.
       const held = new Set((await queryBlockExports(ctx.qmp)).map((e) => /^virtcbt-pass-(\d+)-/.exec(e.id)?.[1]).filter(Boolean).map(Number));
+      // A marker from before a disable and enable names passes of a change log that is gone: none here is its.
       const stale = ctx.log.openPasses(domain).filter((o) => o.consumer === req.consumer && !held.has(o.id) &&
+        (ip.logId === undefined || ip.logId === o.logId) &&
         (o.id === ip.pass || (ip.pass === null && o.generation >= ip.generation)));
       for (const o of stale) ctx.log.abortPass(o.id);
       recovered = { id: ip.id, pass: stale[0]?.id ?? ip.pass, passAborted: stale.length > 0, removed: left.removed };
@@ -184,7 +186,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
     emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });
     // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
-    const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), files: [] as string[], pids: [] as number[], pid: process.pid, startedAt: new Date().toISOString() };
+    const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), logId, files: [] as string[], pids: [] as number[], pid: process.pid, startedAt: new Date().toISOString() };
     step('prepare');
     // Written while the agent answers its ping; the freeze and the rotation wait for it.
     const markerWritten = repo.writeInProgress(domain, req.consumer, marker);

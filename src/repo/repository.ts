@@ -24,6 +24,8 @@ export interface InProgress {
   pass: number | null;
   /** The domain's generation before the rotation: a pass of this consumer begun at or after it is this backup's. */
   generation: number;
+  /** The change log `generation` belongs to (absent in markers of an older virtcbt). */
+  logId?: string;
   files: string[];
   /** qemu-nbd processes writing the files (killed if a crash left them waiting). */
   pids: number[];
