@@ -90,7 +90,11 @@ export async function pruneChain(repo: Repository, domain: string, consumer: str
     await checkPrunable(repo, domain, consumer, chain, k, disks);
     const journal: Journal = { keep, removing, into: disks.length > 0 ? k.id : null, disks, startedAt: new Date().toISOString(), committing: false };
     await writeFileDurable(join(dir, PRUNE_JOURNAL), JSON.stringify(journal, null, 2));
-    opts.fault?.('journal');
+    try {
+      opts.fault?.('journal');
+    } catch (err) {
+      throw await stopped(repo, domain, consumer, journal, err);
+    }
     const r = await runJournal(repo, domain, consumer, journal, opts);
     const kept = (await repo.chain(domain, consumer)).map((m) => m.id);
     return {
@@ -198,15 +202,20 @@ async function runJournal(repo: Repository, domain: string, consumer: string, j:
   try {
     return await applyJournal(repo, domain, consumer, j, opts);
   } catch (err) {
-    const now = await repo.pruneJournal(domain, consumer) as Journal | undefined;
-    const again = `virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --keep ${j.keep}`;
-    const hint = !now
-      ? 'The prune itself is complete; files it could not delete are removed by the next backup or prune'
-      : !irreversible(now)
-        ? `It has not merged anything, and the kept restore points are intact. Fix the cause, then run \`${again}\` to finish it, or \`virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --abort\` to drop it (the points it has not removed yet are listed again)`
-        : `The kept restore points are intact; the points it removes (${now.removing.join(', ')}) no longer restore and stay hidden. Fix the cause, then run \`${again}\` to finish it`;
-    throw new VirtcbtError(`prune of ${domain} for ${consumer} stopped: ${errorMessage(err)}`, { domain, cause: err, hint });
+    throw await stopped(repo, domain, consumer, j, err);
   }
+}
+
+/** The error of a prune that stopped after writing its journal: what state it left, and how to go on. */
+async function stopped(repo: Repository, domain: string, consumer: string, j: Journal, err: unknown): Promise<VirtcbtError> {
+  const now = await repo.pruneJournal(domain, consumer) as Journal | undefined;
+  const again = `virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --keep ${j.keep}`;
+  const hint = !now
+    ? 'The prune itself is complete; files it could not delete are removed by the next backup or prune'
+    : !irreversible(now)
+      ? `It has not merged anything, and the kept restore points are intact. Fix the cause, then run \`${again}\` to finish it, or \`virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --abort\` to drop it (the points it has not removed yet are listed again)`
+      : `The kept restore points are intact; the points it removes (${now.removing.join(', ')}) no longer restore and stay hidden. Fix the cause, then run \`${again}\` to finish it`;
+  return new VirtcbtError(`prune of ${domain} for ${consumer} stopped: ${errorMessage(err)}`, { domain, cause: err, hint });
 }
 
 /** Carries a journal out; every step is safe to repeat after a crash. */
