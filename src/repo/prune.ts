@@ -108,13 +108,13 @@ export async function pruneChain(repo: Repository, domain: string, consumer: str
 
 /**
  * Drops a prune under way that has not committed anything yet: its journal goes, and the points
- * it was removing are visible (and intact) again. Returns those points (none: no prune was under way).
+ * it was removing are visible (and intact) again. Returns those points.
  */
-export async function abortPrune(repo: Repository, domain: string, consumer: string): Promise<{ restored: string[] }> {
+export async function abortPrune(repo: Repository, domain: string, consumer: string): Promise<{ dropped: boolean; restored: string[] }> {
   const lock = await repo.lock(domain, consumer, `prune --abort of ${domain} for ${consumer}`);
   try {
     const j = await repo.pruneJournal(domain, consumer) as Journal | undefined;
-    if (!j) return { restored: [] };
+    if (!j) return { dropped: false, restored: [] };
     if (irreversible(j)) {
       throw new VirtcbtError(`the prune of ${domain} for ${consumer} has already merged images into ${j.into}: it cannot be undone`, {
         domain, hint: `Run \`virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --keep ${j.keep}\` to finish it`,
@@ -125,7 +125,7 @@ export async function abortPrune(repo: Repository, domain: string, consumer: str
     const present = new Set((await repo.chain(domain, consumer, { includePruning: true })).map((m) => m.id));
     await rm(journalPath(repo, domain, consumer), { force: true });
     await fsyncDir(repo.chainDir(domain, consumer));
-    return { restored: j.removing.filter((id) => present.has(id)) };
+    return { dropped: true, restored: j.removing.filter((id) => present.has(id)) };
   } finally {
     await lock.release();
   }
