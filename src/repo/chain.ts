@@ -53,6 +53,8 @@ export interface ChainCheckOptions {
   journal?: PruneJournal;
   /** The disk's size from the manifest: the top image must have it. */
   sizeBytes?: number;
+  /** Checks already made (by file and expectation), shared by the checks of one chain's points: verify checks each image once. */
+  memo?: Map<string, Promise<void>>;
 }
 
 /**
@@ -64,7 +66,15 @@ export async function checkDiskChain(dir: string, files: readonly string[], wher
   for (const [i, file] of files.entries()) {
     const want: string | null = files[i + 1] ?? null;
     const moving = want === null ? undefined : o.journal?.disks.find((e) => e.target === where.disk && (e.top === want || e.merged === want));
-    await checkImageFile(dir, file, moving ? [moving.top, moving.merged] : [want], where, i === 0 ? o.sizeBytes : undefined);
+    const backing = moving ? [moving.top, moving.merged] : [want];
+    const size = i === 0 ? o.sizeBytes : undefined;
+    const key = JSON.stringify([dir, file, backing, size]);
+    let p = o.memo?.get(key);
+    if (!p) {
+      p = checkImageFile(dir, file, backing, where, size);
+      o.memo?.set(key, p);
+    }
+    await p;
   }
 }
 

@@ -91,7 +91,11 @@ export async function pruneChain(repo: Repository, domain: string, consumer: str
     await checkPrunable(repo, domain, consumer, chain, k, disks);
     const journal: Journal = { keep, removing, into: disks.length > 0 ? k.id : null, disks, startedAt: new Date().toISOString(), committing: false };
     await writeFileDurable(join(dir, PRUNE_JOURNAL), JSON.stringify(journal, null, 2));
-    opts.fault?.('journal');
+    try {
+      opts.fault?.('journal');
+    } catch (err) {
+      throw await stopped(repo, domain, consumer, journal, err);
+    }
     const r = await runJournal(repo, domain, consumer, journal, opts);
     const kept = (await repo.chain(domain, consumer)).map((m) => m.id);
     return {
@@ -105,13 +109,13 @@ export async function pruneChain(repo: Repository, domain: string, consumer: str
 
 /**
  * Drops a prune under way that has not committed anything yet: its journal goes, and the points
- * it was removing are visible (and intact) again. Returns those points (none: no prune was under way).
+ * it was removing are visible (and intact) again. Returns those points.
  */
-export async function abortPrune(repo: Repository, domain: string, consumer: string): Promise<{ restored: string[] }> {
+export async function abortPrune(repo: Repository, domain: string, consumer: string): Promise<{ dropped: boolean; restored: string[] }> {
   const lock = await repo.lock(domain, consumer, `prune --abort of ${domain} for ${consumer}`);
   try {
     const j = await repo.pruneJournal(domain, consumer) as Journal | undefined;
-    if (!j) return { restored: [] };
+    if (!j) return { dropped: false, restored: [] };
     if (irreversible(j)) {
       throw new VirtcbtError(`the prune of ${domain} for ${consumer} has already merged images into ${j.into}: it cannot be undone`, {
         domain, hint: `Run \`virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --keep ${j.keep}\` to finish it`,
@@ -122,7 +126,7 @@ export async function abortPrune(repo: Repository, domain: string, consumer: str
     const present = new Set((await repo.chain(domain, consumer, { includePruning: true })).map((m) => m.id));
     await rm(journalPath(repo, domain, consumer), { force: true });
     await fsyncDir(repo.chainDir(domain, consumer));
-    return { restored: j.removing.filter((id) => present.has(id)) };
+    return { dropped: true, restored: j.removing.filter((id) => present.has(id)) };
   } finally {
     await lock.release();
   }
@@ -199,15 +203,20 @@ async function runJournal(repo: Repository, domain: string, consumer: string, j:
   try {
     return await applyJournal(repo, domain, consumer, j, opts);
   } catch (err) {
-    const now = await repo.pruneJournal(domain, consumer) as Journal | undefined;
-    const again = `virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --keep ${j.keep}`;
-    const hint = !now
-      ? 'The prune itself is complete; files it could not delete are removed by the next backup or prune'
-      : !irreversible(now)
-        ? `It has not merged anything, and the kept restore points are intact. Fix the cause, then run \`${again}\` to finish it, or \`virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --abort\` to drop it (the points it has not removed yet are listed again)`
-        : `The kept restore points are intact; the points it removes (${now.removing.join(', ')}) no longer restore and stay hidden. Fix the cause, then run \`${again}\` to finish it`;
-    throw new VirtcbtError(`prune of ${domain} for ${consumer} stopped: ${errorMessage(err)}`, { domain, cause: err, hint });
+    throw await stopped(repo, domain, consumer, j, err);
   }
+}
+
+/** The error of a prune that stopped after writing its journal: what state it left, and how to go on. */
+async function stopped(repo: Repository, domain: string, consumer: string, j: Journal, err: unknown): Promise<VirtcbtError> {
+  const now = await repo.pruneJournal(domain, consumer) as Journal | undefined;
+  const again = `virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --keep ${j.keep}`;
+  const hint = !now
+    ? 'The prune itself is complete; files it could not delete are removed by the next backup or prune'
+    : !irreversible(now)
+      ? `It has not merged anything, and the kept restore points are intact. Fix the cause, then run \`${again}\` to finish it, or \`virtcbt prune --repo ${repo.root} ${domain} --consumer ${consumer} --abort\` to drop it (the points it has not removed yet are listed again)`
+      : `The kept restore points are intact; the points it removes (${now.removing.join(', ')}) no longer restore and stay hidden. Fix the cause, then run \`${again}\` to finish it`;
+  return new VirtcbtError(`prune of ${domain} for ${consumer} stopped: ${errorMessage(err)}`, { domain, cause: err, hint });
 }
 
 /** Carries a journal out; every step is safe to repeat after a crash. */

@@ -203,12 +203,19 @@ async function restoreToFile(
   let src: ServedImage | undefined;
   let dst: Endpoint | undefined;
   let served: ServedImage | undefined;
+  // Only a part this run created is removed on failure (an EEXIST one is someone else's).
+  let created = false;
+  const cannotCreate = (err: Error) => new VirtcbtError(`cannot create ${part} to restore into ${o.to}: ${err.message}`, {
+    domain: o.domain, disk: o.disk, cause: err, hint: 'Check that the directory is writable and has room, or choose another --to',
+  });
   try {
     if (format === 'raw') {
-      dst = await FileEndpoint.open(part, { create: { size: sizeBytes, exclusive: true, mode: PRIVATE } });
+      dst = await FileEndpoint.open(part, { create: { size: sizeBytes, exclusive: true, mode: PRIVATE } }).catch((err: Error) => { throw cannotCreate(err); });
+      created = true;
     } else {
       // qemu-img create makes files by the umask: the file is made first, owner-only, and qemu-img fills it.
-      await createPrivate(part);
+      await createPrivate(part).catch((err: Error) => { throw cannotCreate(err); });
+      created = true;
       const r = await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', part, String(sizeBytes)], { reject: false });
       if (r.exitCode !== 0) throw new VirtcbtError(`cannot create ${o.to}: ${r.stderr.trim()}`, { domain: o.domain, disk: o.disk });
       await chmod(part, PRIVATE);
@@ -239,7 +246,7 @@ async function restoreToFile(
     await served?.kill();
     await dst?.close().catch(() => undefined);
     await src?.kill();
-    await rm(part, { force: true });
+    if (created) await rm(part, { force: true });
     throw err;
   }
 }

@@ -51,7 +51,7 @@ async function checkImage(path: string): Promise<{ problems: string[]; warnings:
  * removing included (their images still back the kept ones until it finishes); `journal` is that
  * prune's journal, whose rebase may have reached an image before its manifest.
  */
-export async function verifyManifest(repo: Repository, m: Manifest, chain: Manifest[], journal?: PruneJournal): Promise<DiskVerdict[]> {
+export async function verifyManifest(repo: Repository, m: Manifest, chain: Manifest[], journal?: PruneJournal, memo?: Map<string, Promise<void>>): Promise<DiskVerdict[]> {
   const dir = repo.chainDir(m.domain, m.consumer);
   const out: DiskVerdict[] = [];
   const runDir = await makeRunDir('verify');
@@ -88,7 +88,7 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
           // Read through the chain the manifests give, whatever the headers name; the other images
           // of that chain are checked as restore checks them (each is also verified as its own point).
           const files = diskChain(chain, m, d.target);
-          await checkDiskChain(dir, files, { domain: m.domain, disk: d.target, id: m.id }, { journal });
+          await checkDiskChain(dir, files, { domain: m.domain, disk: d.target, id: m.id }, { journal, memo });
           const img = await serveImage(files.map((f) => join(dir, f)), { runDir });
           try {
             const digest = new ExtentDigest();
@@ -138,9 +138,11 @@ export async function verifyRepo(repo: Repository, domain?: string, onDisk?: (v:
       report({ id: p.id ?? '-', consumer: p.consumer ?? '-', disk: '-', file: p.path, ok: false, problems: [p.problem], warnings: [], bytes: 0 });
     }
     for (const c of state.chains) {
+      // One check per image, however many points share it.
+      const memo = new Map<string, Promise<void>>();
       for (const m of c.points) {
         checked++;
-        for (const v of await verifyManifest(repo, m, c.all, c.journal)) report(v);
+        for (const v of await verifyManifest(repo, m, c.all, c.journal, memo)) report(v);
       }
     }
   }

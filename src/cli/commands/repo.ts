@@ -144,7 +144,7 @@ one; --abort drops it instead, as long as it has not merged anything yet.`,
       const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
       const r = await abortPrune(repo, domain, values.consumer);
       emit(ctx.io, Boolean(values.json), { domain, consumer: values.consumer, ...r }, () => [
-        r.restored.length ? `${domain} ${values.consumer}: prune dropped; listed again: ${r.restored.join(', ')}` : `${domain} ${values.consumer}: no prune under way`,
+        r.dropped ? `${domain} ${values.consumer}: prune dropped${r.restored.length ? `; listed again: ${r.restored.join(', ')}` : ''}` : `${domain} ${values.consumer}: no prune under way`,
       ]);
       return EXIT.OK;
     }
