@@ -61,6 +61,8 @@ export interface DomainStatusReply {
   connected: boolean;
   /** Set when the dedicated monitor takes effect only after the next restart. */
   pendingRestart?: boolean;
+  /** Set while libvirt cannot be reached: why (`virtcbt status` then exits non-zero). */
+  libvirtError?: string;
   generation: number;
   lastFoldAt?: string | null;
   lastError?: string | null;
@@ -69,8 +71,17 @@ export interface DomainStatusReply {
   openPasses: OpenPassInfo[];
 }
 
+export interface LibvirtStatus {
+  uri: string;
+  reachable: boolean;
+  /** Why not, when unreachable. */
+  error?: string;
+}
+
 export interface StatusReply {
   daemon: { pid: number; startedAt: string; version: string };
+  /** Absent from daemons older than this field. */
+  libvirt?: LibvirtStatus;
   domains: DomainStatusReply[];
 }
 
