@@ -38,6 +38,7 @@ const VIRSH_UNREACHABLE = /failed to connect to the hypervisor|Failed to connect
 export function isLibvirtUnreachable(err: unknown): boolean {
   for (let e = err, depth = 0; e instanceof Error && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
     if (e instanceof LibvirtUnavailableError) return true;
+    if (e instanceof LibvirtError && BROKEN_CONNECTION.test(e.message)) return true;
     if (e instanceof VirshError && VIRSH_UNREACHABLE.test(e.stderr)) return true;
   }
   return false;
