@@ -4,7 +4,7 @@
 import { chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import type { ChangeLog } from '../changelog/index.js';
+import { explainChangeLogError, type ChangeLog } from '../changelog/index.js';
 import type { VirtcbtConfig } from '../config/index.js';
 import {
   addQmpSocket,
@@ -129,7 +129,7 @@ export class Tracker {
   }
 
   private fail(domain: string, what: string, err: unknown): void {
-    const msg = errorMessage(err);
+    const msg = errorMessage(explainChangeLogError(err, this.log.path));
     this.lastError.set(domain, `${what}: ${msg}`);
     this.logger.error(`${what} failed`, { domain, error: msg });
   }
