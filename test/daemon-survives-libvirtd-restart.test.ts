@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { LibvirtTransport } from '../src/guest/index.js';
+import { LibvirtTransport, VirshShellTransport } from '../src/guest/index.js';
 import { pollUntil } from '../src/util/abort.js';
 import { backupJson, tempDir } from './support/backup.js';
 import { diskChanges, KiB, MiB, waitConnected } from './support/cbt.js';
@@ -47,6 +47,11 @@ describe('libvirtd restart under virtcbtd', () => {
       'capture-output': false,
     });
 
+    // virtcbtd's long-lived virsh shell for the guest agent (the freeze) lives through the restart.
+    const shell = new VirshShellTransport(a.name, { uri: LIBVIRT_URI, commandTimeoutMs: 10_000 });
+    onCleanup(() => shell.close());
+    await shell.execute('guest-ping');
+
     const downAt = Date.now();
     await stopLibvirtd();
     // The event libvirtd itself sends when it restarts, spooled while it is down: handling it needs libvirt.
@@ -70,6 +75,8 @@ describe('libvirtd restart under virtcbtd', () => {
     expect(daemon.log()).toMatch(new RegExp(`hook event handled on retry.*${event.split('/').pop()!.replace(/\./g, '\\.')}`));
     expect(daemon.log()).not.toContain('moved aside');
     console.log(`status and the spooled event worked ${Date.now() - t0} ms after libvirtd answered`);
+
+    await shell.execute('guest-ping');
 
     const changes = await diskChanges(daemon, a.name, 'c1');
     expect(changes.full).toBe(false);
