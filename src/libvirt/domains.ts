@@ -68,17 +68,12 @@ export interface LibvirtEvents {
  */
 export class Libvirt {
   private hv?: Promise<Hypervisor>;
-  private down?: { since: number; reason: string; nextAttempt: number; delayMs: number; timer?: NodeJS.Timeout };
+  private down?: { reason: string; nextAttempt: number; delayMs: number; timer?: NodeJS.Timeout };
   /** The last connection broke under a call: the next successful open is a reconnection. */
   private broken = false;
   private closed = false;
 
   constructor(readonly uri: string, private readonly events: LibvirtEvents = {}) {}
-
-  /** Why libvirt is unreachable right now, or undefined when it answered last time it was asked. */
-  get unreachable(): string | undefined {
-    return this.down?.reason;
-  }
 
   private connect(): Promise<Hypervisor> {
     if (this.hv) return this.hv;
@@ -116,8 +111,9 @@ export class Libvirt {
 
   private wentDown(reason: string): void {
     const prev = this.down;
+    clearTimeout(prev?.timer);
     const delayMs = prev ? Math.min(prev.delayMs * 2, RETRY_MAX_MS) : RETRY_MIN_MS;
-    this.down = { since: prev?.since ?? Date.now(), reason, nextAttempt: Date.now() + delayMs, delayMs };
+    this.down = { reason, nextAttempt: Date.now() + delayMs, delayMs };
     if (!prev) this.events.unreachable?.(reason);
     if (this.closed) return;
     // Keep trying without a caller, so that the daemon learns when libvirt is back.
