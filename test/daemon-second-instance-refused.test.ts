@@ -2,6 +2,7 @@
 // the first one reachable; after the first was killed, its stale lock and socket are taken over.
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -76,6 +77,8 @@ describe('one virtcbtd per configuration', () => {
     await pollUntil(async () => (await pidOf(d)) !== first, 'the new daemon to answer', { timeoutMs: 10_000 });
     expect(Number((await readFile(join(d.stateDir, 'virtcbtd.pid'), 'utf8')).trim())).toBe(await pidOf(d));
     await next.stop();
+    // A clean stop removes its own socket (and only its own).
+    expect(existsSync(d.socket)).toBe(false);
     const gone = await execa('node', [join(ROOT, 'dist/src/cli/main.js'), '--config', d.configFile, 'status'], { reject: false });
     expect(gone.exitCode).toBe(3);
   });

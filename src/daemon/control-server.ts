@@ -2,10 +2,10 @@
 // the group socket (0660, daemon.socketGroup) serves the same routes to callers the handlers may
 // restrict (see Caller). The CLI is the only intended client; errors travel as JSON with the same
 // fields VirtcbtError carries.
-import { chmod, chown, lstat, mkdir, rm } from 'node:fs/promises';
+import { chmod, chown, link, lstat, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { AlreadyRunningError } from './instance-lock.js';
@@ -53,7 +53,7 @@ export interface ControlServerOptions {
 
 export class ControlServer {
   private routes: Route[] = [];
-  private servers: Server[] = [];
+  private servers: { server: Server; path: string; ino?: number }[] = [];
 
   constructor(private readonly opts: ControlServerOptions = {}) {}
 
@@ -76,36 +76,43 @@ export class ControlServer {
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
     await removeStaleSocket(socketPath);
     const server = createServer((req, res) => void this.dispatch(req, res, opts.caller));
-    // Created 0600 whatever the process umask: no one else may connect before chmod/chown below.
-    const umask = process.umask(0o177);
+    // Bound in a private (0700) directory, given its mode and group there, then renamed into
+    // place: no one may connect before it has its final permissions (and the process umask,
+    // which other work running meanwhile depends on, is left alone).
+    const priv = await mkdtemp(join(dirname(socketPath), '.virtcbtd-'));
+    const tmp = join(priv, 'sock');
     try {
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
-        server.listen(socketPath, () => resolve());
+        server.listen(tmp, () => resolve());
       });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-        throw new AlreadyRunningError(`another virtcbtd took ${socketPath} while this one started`, { cause: err, hint: 'Run only one virtcbtd per socket' });
+      this.servers.push({ server, path: socketPath });
+      if (opts.group) {
+        const gid = Number((await execa('getent', ['group', opts.group], { reject: false })).stdout.split(':')[2]);
+        if (!Number.isInteger(gid)) throw new UsageError(`daemon.socketGroup '${opts.group}' is not a group on this host`, { hint: 'Create the group (groupadd) or fix daemon.socketGroup in the config' });
+        await chown(tmp, 0, gid);
       }
-      throw err;
+      await chmod(tmp, opts.mode);
+      // link() fails if the path exists: a daemon that bound it meanwhile keeps it.
+      await link(tmp, socketPath).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+        throw new AlreadyRunningError(`another virtcbtd took ${socketPath} while this one started`, { cause: err, hint: 'Run only one virtcbtd per socket' });
+      });
+      this.servers[this.servers.length - 1]!.ino = (await lstat(socketPath)).ino;
     } finally {
-      process.umask(umask);
+      await rm(priv, { recursive: true, force: true });
     }
-    this.servers.push(server);
-    if (opts.group) {
-      const gid = Number((await execa('getent', ['group', opts.group], { reject: false })).stdout.split(':')[2]);
-      if (!Number.isInteger(gid)) throw new UsageError(`daemon.socketGroup '${opts.group}' is not a group on this host`, { hint: 'Create the group (groupadd) or fix daemon.socketGroup in the config' });
-      await chown(socketPath, 0, gid);
-    }
-    await chmod(socketPath, opts.mode);
   }
 
   async close(): Promise<void> {
     const servers = this.servers;
     this.servers = [];
-    await Promise.all(servers.map((s) => {
-      s.closeAllConnections();
-      return new Promise<void>((resolve) => s.close(() => resolve()));
+    await Promise.all(servers.map(async ({ server, path, ino }) => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // Only our own socket file goes (never one another daemon made at the same path).
+      const st = await lstat(path).catch(() => undefined);
+      if (ino !== undefined && st?.ino === ino) await rm(path, { force: true });
     }));
   }
 
