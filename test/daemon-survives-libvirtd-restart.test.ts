@@ -77,6 +77,9 @@ describe('libvirtd restart under virtcbtd', () => {
     console.log(`status and the spooled event worked ${Date.now() - t0} ms after libvirtd answered`);
 
     await shell.execute('guest-ping');
+    // virtcbtd's own QMP socket is QEMU's, not libvirtd's: the connection lived through the restart.
+    expect((await daemon.cliJson(['status', a.name])).connected).toBe(true);
+    expect(daemon.log()).not.toContain('QMP connection closed');
 
     const changes = await diskChanges(daemon, a.name, 'c1');
     expect(changes.full).toBe(false);

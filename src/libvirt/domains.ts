@@ -44,9 +44,9 @@ export function isLibvirtUnreachable(err: unknown): boolean {
   return false;
 }
 
-/** Shortest and longest wait between two attempts to reach libvirtd while it is down. */
+/** Shortest and longest wait between two attempts to reach libvirtd while it is down (an attempt on a down libvirtd costs a failed connect(): the cap keeps the daemon back within seconds of libvirtd). */
 const RETRY_MIN_MS = 250;
-const RETRY_MAX_MS = 4_000;
+const RETRY_MAX_MS = 2_000;
 
 export interface LibvirtEvents {
   /** Called once when libvirt stops answering, with the reason. */
