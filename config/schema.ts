@@ -7,13 +7,13 @@ export interface VirtcbtConfig {
   runDir: string;
   qmpSocketDir: string;
   libvirt: { uri: string };
-  daemon: { socket: string; socketGroup: string; spoolDir: string; enabledDir: string };
+  daemon: { socket: string; socketGroup: string; groupSocket: string; spoolDir: string; enabledDir: string };
   reconcile: { intervalSeconds: number; granularity: number };
   nbd: { requestSize: number; inflight: number; connections: number; timeoutMs: number };
   qmp: { timeoutMs: number };
   agent: { timeoutMs: number; freezeTimeoutMs: number };
   fleece: { dir: string };
-  backup: { repo: string; jobs: BackupJobConfig[] };
+  backup: { repo: string; allowedRepoRoots: string[]; jobs: BackupJobConfig[] };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -61,6 +61,31 @@ function checkBackupJobs(v: unknown): void {
   });
 }
 
+function checkRepoRoots(v: unknown): void {
+  if (!Array.isArray(v) || !v.every((p) => typeof p === 'string' && p.startsWith('/') && !p.split('/').includes('..'))) {
+    throw new Error('backup.allowedRepoRoots must be a list of absolute directory paths (no "..")');
+  }
+}
+
+/**
+ * The group socket's path: daemon.groupSocket, or beside daemon.socket with "-group" added
+ * (virtcbtd.sock → virtcbtd-group.sock). Shared by virtcbtd and the CLI.
+ */
+export function groupSocketPath(cfg: Pick<VirtcbtConfig, 'daemon'>): string {
+  if (cfg.daemon.groupSocket) return cfg.daemon.groupSocket;
+  const s = cfg.daemon.socket;
+  return s.endsWith('.sock') ? `${s.slice(0, -'.sock'.length)}-group.sock` : `${s}-group`;
+}
+
+/**
+ * Repositories callers on the group socket may use: backup.allowedRepoRoots, or when that is
+ * empty the repositories the configuration names (backup.repo and every job's repo).
+ */
+export function allowedRepoRoots(cfg: Pick<VirtcbtConfig, 'backup'>): string[] {
+  if (cfg.backup.allowedRepoRoots.length > 0) return cfg.backup.allowedRepoRoots;
+  return [...new Set([cfg.backup.repo, ...cfg.backup.jobs.map((j) => j.repo ?? '')].filter((r) => r !== ''))];
+}
+
 const isPositiveInt = (name: string) => (v: unknown) => {
   if (!Number.isInteger(v) || (v as number) <= 0) throw new Error(`${name} must be a positive integer`);
 };
@@ -89,16 +114,22 @@ export const schema: Schema<VirtcbtConfig> = {
   },
   daemon: {
     socket: {
-      doc: 'Control API socket of virtcbtd (HTTP + JSON, mode 0660).',
+      doc: 'Control API socket of virtcbtd for root (HTTP + JSON, mode 0600).',
       format: String,
       default: '/run/virtcbt/virtcbtd.sock',
       env: 'VIRTCBT_DAEMON_SOCKET',
     },
     socketGroup: {
-      doc: 'Group that may use the control socket (empty: root only).',
+      doc: 'Group whose members may use virtcbtd through the group socket (empty: no group socket, root only). They may back up only into backup.allowedRepoRoots.',
       format: String,
       default: '',
       env: 'VIRTCBT_DAEMON_SOCKET_GROUP',
+    },
+    groupSocket: {
+      doc: 'Control API socket for members of daemon.socketGroup (mode 0660), served only when socketGroup is set. Empty: beside daemon.socket, with "-group" added to its name.',
+      format: String,
+      default: '',
+      env: 'VIRTCBT_DAEMON_GROUP_SOCKET',
     },
     enabledDir: {
       doc: 'One marker file per tracked domain, holding the spool directory its events go to: the libvirt hook reads it.',
@@ -193,6 +224,11 @@ export const schema: Schema<VirtcbtConfig> = {
       format: String,
       default: '',
       env: 'VIRTCBT_BACKUP_REPO',
+    },
+    allowedRepoRoots: {
+      doc: 'Directories under which members of daemon.socketGroup may have virtcbtd write backups (resolved, symlinks included; root is not limited). Empty: only backup.repo and the repositories of backup.jobs.',
+      format: checkRepoRoots,
+      default: [] as string[],
     },
     jobs: {
       doc: 'Scheduled backups: [{name, domains, consumer, repo?, keep?, calendar, randomDelaySec?}]; `virtcbt install` writes a systemd timer for each.',

@@ -5,6 +5,7 @@ export {
   type DiskSpec, type DiskStatus, type DomainInfo, type DomainStatus, type FoldResult, type NewBitmap, type OpenOptions,
   type PassInfo, type PassState, type RecordableBitmapState, type UpsertDiskResult,
 } from './changelog.js';
+export { ChangeLogFullError, explainChangeLogError } from './disk-full.js';
 export type { ByteExtent, ExtentInput } from './extents.js';
 export { isLogId, logContinuity, newLogId } from './identity.js';
 export { PAGE_BLOCKS } from './page-codec.js';

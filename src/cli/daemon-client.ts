@@ -5,11 +5,21 @@ import { connect } from 'node:net';
 import { EXIT } from './command.js';
 import { HttpResponseParser } from './http-response.js';
 import { VirtcbtError } from '../util/errors.js';
+import { groupSocketPath, type VirtcbtConfig } from '../../config/schema.js';
 
 export class DaemonError extends VirtcbtError {
   constructor(message: string, readonly exitCode: number, ctx: { domain?: string; disk?: string; hint?: string; cause?: unknown } = {}) {
     super(message, ctx);
   }
+}
+
+/**
+ * The socket this process talks to virtcbtd through: root's own (mode 0600, every right) when it
+ * runs as root, else the group socket (daemon.socketGroup's members, backups only into
+ * backup.allowedRepoRoots).
+ */
+export function daemonSocket(cfg: Pick<VirtcbtConfig, 'daemon'>): string {
+  return process.geteuid?.() === 0 ? cfg.daemon.socket : groupSocketPath(cfg);
 }
 
 export interface CallOptions {
@@ -113,7 +123,9 @@ export async function callDaemon<T = unknown>(socketPath: string, method: string
     sock.on('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
         fail(new DaemonError(`virtcbtd is not running (no daemon at ${socketPath})`, EXIT.DAEMON_DOWN, {
-          hint: 'Start it with `systemctl start virtcbtd` (or `virtcbtd &` on a host without systemd)',
+          hint: process.geteuid?.() === 0
+            ? 'Start it with `systemctl start virtcbtd` (or `virtcbtd &` on a host without systemd)'
+            : 'Start it with `systemctl start virtcbtd`; if it runs, it serves this socket only when daemon.socketGroup is set (or run as root)',
           cause: err,
         }));
       } else if (err.code === 'EACCES') {

@@ -65,6 +65,8 @@ export interface DomainStatusReply {
   pendingRestart?: boolean;
   /** The identity of the domain's change log (new at every enable; generations compare only within one). */
   logId: string;
+  /** Set while libvirt cannot be reached: why (`virtcbt status` then exits non-zero). */
+  libvirtError?: string;
   generation: number;
   lastFoldAt?: string | null;
   lastError?: string | null;
@@ -73,8 +75,17 @@ export interface DomainStatusReply {
   openPasses: OpenPassInfo[];
 }
 
+export interface LibvirtStatus {
+  uri: string;
+  reachable: boolean;
+  /** Why not, when unreachable. */
+  error?: string;
+}
+
 export interface StatusReply {
   daemon: { pid: number; startedAt: string; version: string };
+  /** Absent from daemons older than this field. */
+  libvirt?: LibvirtStatus;
   domains: DomainStatusReply[];
 }
 

@@ -1,10 +1,21 @@
-// virtcbtd's control API: HTTP + JSON over a unix socket (mode 0660, optional group). The CLI is
-// its only intended client; errors travel as JSON with the same fields VirtcbtError carries.
-import { chmod, chown, mkdir, rm } from 'node:fs/promises';
+// virtcbtd's control API: HTTP + JSON over unix sockets. The root socket (0600) has every right;
+// the group socket (0660, daemon.socketGroup) serves the same routes to callers the handlers may
+// restrict (see Caller). The CLI is the only intended client; errors travel as JSON with the same
+// fields VirtcbtError carries.
+import { chmod, chown, link, lstat, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { dirname } from 'node:path';
+import { connect } from 'node:net';
+import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { AlreadyRunningError } from './instance-lock.js';
+
+/**
+ * Who called, as far as the socket tells: `root` came through the root-only socket, `group`
+ * through the group socket (any member of daemon.socketGroup). Node cannot read SO_PEERCRED, so
+ * the socket a request came through is the credential.
+ */
+export type Caller = 'root' | 'group';
 
 export interface Request {
   method: string;
@@ -12,6 +23,7 @@ export interface Request {
   params: Record<string, string>;
   query: URLSearchParams;
   body: Record<string, unknown>;
+  caller: Caller;
 }
 
 export type Handler = (req: Request) => Promise<unknown>;
@@ -26,9 +38,24 @@ interface Route {
 /** Largest request body accepted: commands are small; anything bigger is a mistake or abuse. */
 const MAX_BODY = 1 << 20;
 
+export interface ListenOptions {
+  caller: Caller;
+  /** 0600 for the root socket, 0660 for the group socket. */
+  mode: number;
+  /** Group owning the socket (the group socket). */
+  group?: string;
+}
+
+export interface ControlServerOptions {
+  /** Turns an error into the one the caller sees (e.g. SQLite's "disk full" into one naming the change log). */
+  mapError?: (err: unknown) => unknown;
+}
+
 export class ControlServer {
   private routes: Route[] = [];
-  private server?: Server;
+  private servers: { server: Server; path: string; ino?: number }[] = [];
+
+  constructor(private readonly opts: ControlServerOptions = {}) {}
 
   /** `path` like /v1/domains/:domain/consumers/:name */
   route(method: string, path: string, handler: Handler): this {
@@ -40,52 +67,112 @@ export class ControlServer {
     return this;
   }
 
-  async listen(socketPath: string, group?: string): Promise<void> {
+  /**
+   * Listens on `socketPath`. A socket file that another process answers on is left alone (that
+   * daemon keeps working: this one refuses to start); one nobody answers on is a dead daemon's
+   * and is replaced.
+   */
+  async listen(socketPath: string, opts: ListenOptions): Promise<void> {
     await mkdir(dirname(socketPath), { recursive: true, mode: 0o755 });
-    await rm(socketPath, { force: true });
-    this.server = createServer((req, res) => void this.dispatch(req, res));
-    await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(socketPath, () => resolve());
-    });
-    await chmod(socketPath, 0o660);
-    if (group) {
-      const gid = Number((await execa('getent', ['group', group])).stdout.split(':')[2]);
-      await chown(socketPath, 0, gid);
+    await removeStaleSocket(socketPath);
+    const server = createServer((req, res) => void this.dispatch(req, res, opts.caller));
+    // Bound in a private (0700) directory, given its mode and group there, then renamed into
+    // place: no one may connect before it has its final permissions (and the process umask,
+    // which other work running meanwhile depends on, is left alone).
+    const priv = await mkdtemp(join(dirname(socketPath), '.virtcbtd-'));
+    const tmp = join(priv, 'sock');
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(tmp, () => resolve());
+      });
+      this.servers.push({ server, path: socketPath });
+      if (opts.group) {
+        const gid = Number((await execa('getent', ['group', opts.group], { reject: false })).stdout.split(':')[2]);
+        if (!Number.isInteger(gid)) throw new UsageError(`daemon.socketGroup '${opts.group}' is not a group on this host`, { hint: 'Create the group (groupadd) or fix daemon.socketGroup in the config' });
+        await chown(tmp, 0, gid);
+      }
+      await chmod(tmp, opts.mode);
+      // link() fails if the path exists: a daemon that bound it meanwhile keeps it.
+      await link(tmp, socketPath).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+        throw new AlreadyRunningError(`another virtcbtd took ${socketPath} while this one started`, { cause: err, hint: 'Run only one virtcbtd per socket' });
+      });
+      this.servers[this.servers.length - 1]!.ino = (await lstat(socketPath)).ino;
+    } finally {
+      await rm(priv, { recursive: true, force: true });
     }
   }
 
   async close(): Promise<void> {
-    const s = this.server;
-    this.server = undefined;
-    if (!s) return;
-    s.closeAllConnections();
-    await new Promise<void>((resolve) => s.close(() => resolve()));
+    const servers = this.servers;
+    this.servers = [];
+    await Promise.all(servers.map(async ({ server, path, ino }) => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // Only our own socket file goes (never one another daemon made at the same path).
+      const st = await lstat(path).catch(() => undefined);
+      if (ino !== undefined && st?.ino === ino) await rm(path, { force: true });
+    }));
   }
 
-  private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://virtcbtd');
+  private async dispatch(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
     const send = (status: number, body: unknown) => {
       const text = JSON.stringify(body);
       res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
       res.end(text);
     };
     try {
-      const path = decodeURIComponent(url.pathname);
+      const url = new URL(req.url ?? '/', 'http://virtcbtd');
+      const path = decodePath(url.pathname);
       const route = this.routes.find((r) => r.method === req.method && r.pattern.test(url.pathname));
       if (!route) return send(404, { error: 'NotFound', message: `no API route ${req.method} ${path}` });
       const m = route.pattern.exec(url.pathname)!;
-      const params = Object.fromEntries(route.keys.map((k, i) => [k, decodeURIComponent(m[i + 1])]));
+      const params = Object.fromEntries(route.keys.map((k, i) => [k, decodePath(m[i + 1])]));
       const body = await readBody(req);
-      const result = await route.handler({ method: req.method ?? 'GET', path, params, query: url.searchParams, body });
-      if (isStream(result)) return await streamLines(res, result);
+      const result = await route.handler({ method: req.method ?? 'GET', path, params, query: url.searchParams, body, caller });
+      if (isStream(result)) return await streamLines(res, result, this.opts.mapError);
       send(200, result ?? {});
-    } catch (err) {
+    } catch (e) {
+      const err = this.opts.mapError ? this.opts.mapError(e) : e;
       const status = err instanceof UsageError ? 400 : typeof (err as { exitCode?: number }).exitCode === 'number' && (err as { exitCode: number }).exitCode === 4 ? 404 : 500;
-      const payload = err instanceof VirtcbtError ? err.toJSON() : { error: 'Error', message: errorMessage(err) };
-      send(status, { ...payload, exitCode: (err as { exitCode?: number }).exitCode });
+      send(status, { ...errorPayload(err), exitCode: (err as { exitCode?: number }).exitCode });
     }
   }
+}
+
+/** decodeURIComponent, with a malformed escape (`%E0%A4%A`) being the caller's mistake (400), not ours. */
+function decodePath(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch (cause) {
+    throw new UsageError(`malformed percent-encoding in the API path: ${s}`, { cause, hint: 'Encode names with encodeURIComponent (the CLI does)' });
+  }
+}
+
+function errorPayload(err: unknown): Record<string, unknown> {
+  return err instanceof VirtcbtError ? err.toJSON() : { error: 'Error', message: errorMessage(err) };
+}
+
+/** Removes a socket file no daemon answers on; throws if one does, or if the path is not a socket. */
+async function removeStaleSocket(path: string): Promise<void> {
+  const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  if (!st) return;
+  if (!st.isSocket()) {
+    throw new VirtcbtError(`${path} exists and is not a socket`, { hint: 'Remove it, or set daemon.socket to another path' });
+  }
+  const answers = await new Promise<boolean>((resolve) => {
+    const c = connect(path);
+    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('error', () => resolve(false));
+  });
+  if (answers) {
+    throw new AlreadyRunningError(`another virtcbtd answers on ${path}`, { hint: 'Use that one, or stop it first; only one virtcbtd may serve a socket' });
+  }
+  await rm(path, { force: true });
 }
 
 /** A handler's reply that is a stream of progress events, sent as NDJSON. */
@@ -101,15 +188,15 @@ function isStream(v: unknown): v is EventStream {
  * Streams events as JSON lines (chunked). A failure mid-stream cannot change the HTTP status any
  * more, so it is sent as a last line `{"type":"error", ...}`; the client turns it into an error.
  */
-async function streamLines(res: ServerResponse, s: EventStream): Promise<void> {
+async function streamLines(res: ServerResponse, s: EventStream, mapError?: (err: unknown) => unknown): Promise<void> {
   res.writeHead(200, { 'content-type': 'application/x-ndjson' });
   try {
     for await (const ev of s.stream) {
       if (!res.write(JSON.stringify(ev) + '\n')) await new Promise((r) => res.once('drain', r));
     }
-  } catch (err) {
-    const payload = err instanceof VirtcbtError ? err.toJSON() : { error: 'Error', message: errorMessage(err) };
-    res.write(JSON.stringify({ type: 'error', ...payload, exitCode: (err as { exitCode?: number }).exitCode }) + '\n');
+  } catch (e) {
+    const err = mapError ? mapError(e) : e;
+    res.write(JSON.stringify({ type: 'error', ...errorPayload(err), exitCode: (err as { exitCode?: number }).exitCode }) + '\n');
   }
   res.end();
 }

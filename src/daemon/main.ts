@@ -4,14 +4,17 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ChangeLog } from '../changelog/index.js';
+import { ChangeLog, explainChangeLogError } from '../changelog/index.js';
 import { configFile, hasEnvOverrides, loadConfig, publishEffectiveConfig } from '../config/index.js';
+import { allowedRepoRoots, groupSocketPath } from '../../config/schema.js';
 import { Libvirt } from '../libvirt/index.js';
 import { readDirtyExtents } from '../reconciler/index.js';
 import { errorMessage } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { BACKUP_STEPS, type BackupStep } from '../backup/index.js';
 import { ControlServer } from './control-server.js';
+import { hookFailureVerdict } from './hook-failure.js';
+import { takeInstanceLock } from './instance-lock.js';
 import { JobRunner } from './jobs.js';
 import { registerRoutes } from './routes.js';
 import { Spool } from './spool.js';
@@ -44,24 +47,43 @@ async function main(): Promise<void> {
   const logger = createLogger(cfg.log.level);
   await mkdir(cfg.stateDir, { recursive: true, mode: 0o750 });
   await mkdir(cfg.runDir, { recursive: true, mode: 0o755 });
-  const log = ChangeLog.open(join(cfg.stateDir, 'changelog.db'));
-  const libvirt = new Libvirt(cfg.libvirt.uri);
+  // Before anything that a running virtcbtd owns (the change log, QMP sockets, the spool, the control socket).
+  const lock = takeInstanceLock(cfg.stateDir, cfg.daemon.socket);
+  const logPath = join(cfg.stateDir, 'changelog.db');
+  const log = ChangeLog.open(logPath);
+  let tracker: Tracker | undefined;
+  const libvirt = new Libvirt(cfg.libvirt.uri, {
+    unreachable: (reason) => logger.warn('libvirt is unreachable; virtcbtd keeps trying to reconnect', { uri: cfg.libvirt.uri, reason }),
+    reconnected: () => {
+      logger.info('libvirt reachable again', { uri: cfg.libvirt.uri });
+      tracker?.onLibvirtReconnected();
+    },
+  });
   const fault = faultInjector();
-  const tracker = new Tracker(cfg, log, libvirt, logger, {
+  tracker = new Tracker(cfg, log, libvirt, logger, {
     readDirty: (uri, bitmap, size) => readDirtyExtents(uri, bitmap, size, { timeoutMs: cfg.nbd.timeoutMs }),
     beforeStep: fault ? (step) => fault(step) : undefined,
   });
-  const server = new ControlServer();
+  // SQLite says only "database or disk is full": name the file and the next step.
+  const server = new ControlServer({ mapError: (err) => explainChangeLogError(err, logPath) });
   const jobs = new JobRunner(tracker, cfg, log, libvirt, logger, { backupFault: backupFault() });
-  registerRoutes(server, tracker, { pid: process.pid, startedAt: new Date().toISOString(), version: VERSION }, jobs);
-  const spool = new Spool(cfg.daemon.spoolDir, (ev) => tracker.onHookEvent(ev), (ev, err) =>
-    logger.error('hook event failed', { domain: ev?.domain, op: ev?.op, error: errorMessage(err) }));
+  registerRoutes(server, tracker, { pid: process.pid, startedAt: new Date().toISOString(), version: VERSION }, jobs, {
+    groupRepoRoots: allowedRepoRoots(cfg),
+  });
+  const spool = new Spool(cfg.daemon.spoolDir, {
+    handle: (ev) => tracker.onHookEvent(ev),
+    classify: hookFailureVerdict,
+    report: (level, msg, fields) => logger[level](msg, { ...fields, error: fields.error === undefined ? undefined : errorMessage(explainChangeLogError(fields.error, logPath)) }),
+  });
 
   await tracker.start();
   await jobs.start();
   await spool.start();
-  await server.listen(cfg.daemon.socket, cfg.daemon.socketGroup || undefined);
-  logger.info('virtcbtd ready', { socket: cfg.daemon.socket, version: VERSION });
+  await server.listen(cfg.daemon.socket, { caller: 'root', mode: 0o600 });
+  if (cfg.daemon.socketGroup) {
+    await server.listen(groupSocketPath(cfg), { caller: 'group', mode: 0o660, group: cfg.daemon.socketGroup });
+  }
+  logger.info('virtcbtd ready', { socket: cfg.daemon.socket, groupSocket: cfg.daemon.socketGroup ? groupSocketPath(cfg) : undefined, version: VERSION });
   // The validated file, beside the socket, for the CLI (which then need not load convict).
   const file = configFile({ file: values.config });
   if (file && !hasEnvOverrides()) {
@@ -82,6 +104,7 @@ async function main(): Promise<void> {
     await tracker.stop();
     log.close();
     await libvirt.close();
+    lock.release();
     process.exit(0);
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));

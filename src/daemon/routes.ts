@@ -4,6 +4,7 @@ import type { EnableRequest, StatusReply } from './api-types.js';
 import type { ControlServer } from './control-server.js';
 import type { JobRunner } from './jobs.js';
 import type { Tracker } from './tracker.js';
+import { groupRepo } from './repo-guard.js';
 
 function str(v: unknown, name: string): string {
   if (typeof v !== 'string' || v === '') throw new UsageError(`${name} is required`);
@@ -16,9 +17,14 @@ function passId(v: string): number {
   return id;
 }
 
-export function registerRoutes(server: ControlServer, t: Tracker, daemon: StatusReply['daemon'], jobs?: JobRunner): void {
+export interface RouteOptions {
+  /** Where callers on the group socket may back up (see repo-guard.ts). */
+  groupRepoRoots?: readonly string[];
+}
+
+export function registerRoutes(server: ControlServer, t: Tracker, daemon: StatusReply['daemon'], jobs?: JobRunner, opts: RouteOptions = {}): void {
   server
-    .route('GET', '/v1/status', async () => ({ daemon, domains: await t.statusAll() }))
+    .route('GET', '/v1/status', async () => ({ daemon, libvirt: await t.libvirtStatus(), domains: await t.statusAll() }))
     .route('GET', '/v1/domains/:domain', async (r) => t.status(r.params.domain))
     .route('POST', '/v1/domains/:domain/enable', async (r) => t.enable(r.params.domain, r.body as EnableRequest))
     .route('POST', '/v1/domains/:domain/disable', async (r) => t.disable(r.params.domain))
@@ -38,7 +44,7 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
     server.route('POST', '/v1/domains/:domain/backups', async (r) => ({
       stream: jobs.backupStream(r.params.domain, {
         consumer: str(r.body.consumer, 'consumer'),
-        repo: str(r.body.repo, 'repo'),
+        repo: r.caller === 'root' ? str(r.body.repo, 'repo') : await groupRepo(str(r.body.repo, 'repo'), opts.groupRepoRoots ?? [], r.params.domain),
         full: r.body.full === true,
         noFreeze: r.body.noFreeze === true,
       }),

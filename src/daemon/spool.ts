@@ -1,8 +1,11 @@
 // The hook's spool: event files written by hooks/qemu.d/virtcbt, picked up by inotify while
 // the daemon runs and replayed in order when it starts. An event is deleted only after it was
-// handled, so a daemon killed mid-event sees it again.
-import { watch, type FSWatcher } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+// handled, so a daemon killed mid-event sees it again; one that failed for a passing reason
+// (libvirt restarting, a QMP socket not there yet) stays and is retried, one that can never work
+// is moved into failed/ with a log line. Anything in the spool that is not a regular file is
+// skipped (and reported once), never opened in a way that could block.
+import { constants, watch, type FSWatcher } from 'node:fs';
+import { lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export interface HookEvent {
@@ -34,25 +37,61 @@ export function parseEventFile(file: string, text: string): HookEvent {
   };
 }
 
+/** How a failed event is treated: retried later, or given up on. */
+export type Verdict =
+  /** Will likely work later and costs nothing to wait for (libvirt down): retried without limit. */
+  | 'wait'
+  /** May work later (a socket not there yet, a timeout): retried up to MAX_ATTEMPTS times. */
+  | 'retry'
+  /** Will not work by waiting: moved into failed/. */
+  | 'fail';
+
+export interface SpoolHandlers {
+  handle: (ev: HookEvent) => Promise<void>;
+  classify: (err: unknown) => Verdict;
+  /** Log lines: what happened to which file, and why. */
+  report: (level: 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown>) => void;
+}
+
+/** A hook event is a few lines plus the domain XML: anything bigger is not one. */
+const MAX_EVENT_BYTES = 16 << 20;
+/** Retries of an event that failed with verdict 'retry' before it is moved aside (~4 min in all with the back-off). */
+const MAX_ATTEMPTS = 10;
+/** Back-off between retries of one event: doubles from the first to the last. */
+const RETRY_FIRST_MS = 500;
+const RETRY_MAX_MS = 30_000;
+
+interface Pending {
+  attempts: number;
+  due: number;
+  delayMs: number;
+}
+
 export class Spool {
   private watcher?: FSWatcher;
   private draining?: Promise<void>;
   private again = false;
+  private pending = new Map<string, Pending>();
+  private reportedJunk = new Set<string>();
+  private retryTimer?: NodeJS.Timeout;
+  private stopped = false;
 
-  constructor(
-    readonly dir: string,
-    private readonly handle: (ev: HookEvent) => Promise<void>,
-    private readonly onError: (ev: HookEvent | undefined, err: unknown) => void,
-  ) {}
+  constructor(readonly dir: string, private readonly h: SpoolHandlers) {}
+
+  get failedDir(): string {
+    return join(this.dir, 'failed');
+  }
 
   async start(): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o750 });
     this.watcher = watch(this.dir, () => void this.drain());
-    this.watcher.on('error', (err) => this.onError(undefined, err));
+    this.watcher.on('error', (err) => this.h.report('error', 'watching the hook spool failed', { dir: this.dir, error: err.message }));
     await this.drain();
   }
 
   stop(): void {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
     this.watcher?.close();
     this.watcher = undefined;
   }
@@ -66,23 +105,117 @@ export class Spool {
     this.draining = (async () => {
       do {
         this.again = false;
-        const names = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => n.endsWith('.event')).sort();
-        for (const name of names) {
-          const file = join(this.dir, name);
-          let ev: HookEvent | undefined;
-          try {
-            ev = parseEventFile(file, await readFile(file, 'utf8'));
-            await this.handle(ev);
-          } catch (err) {
-            this.onError(ev, err);
-          }
-          // A handled or unreadable event is not retried forever: errors are logged above.
-          await rm(file, { force: true });
-        }
-      } while (this.again);
+        await this.drainOnce();
+      } while (this.again && !this.stopped);
     })().finally(() => {
       this.draining = undefined;
+      this.scheduleRetry();
     });
     return this.draining;
   }
+
+  private async drainOnce(): Promise<void> {
+    const names = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => n.endsWith('.event')).sort();
+    for (const k of this.pending.keys()) if (!names.includes(k)) this.pending.delete(k);
+    for (const k of this.reportedJunk) if (!names.includes(k)) this.reportedJunk.delete(k);
+    // A domain with an event waiting for a retry: its later events wait too (order matters:
+    // `started` before `stopped`). Other domains go on.
+    const held = new Set<string>();
+    for (const name of names) {
+      if (this.stopped) return;
+      const file = join(this.dir, name);
+      const text = await this.read(name, file);
+      if (text === undefined) continue;
+      const ev = parseEventFile(file, text);
+      if (held.has(ev.domain)) continue;
+      const p = this.pending.get(name);
+      if (p && Date.now() < p.due) {
+        held.add(ev.domain);
+        continue;
+      }
+      try {
+        await this.h.handle(ev);
+      } catch (err) {
+        if (await this.failed(name, file, ev, err, p)) held.add(ev.domain);
+        continue;
+      }
+      if (p) this.h.report('info', 'hook event handled on retry', { file, domain: ev.domain, op: ev.op, attempts: p.attempts + 1 });
+      this.pending.delete(name);
+      await rm(file, { force: true });
+    }
+  }
+
+  /**
+   * The event's text, or undefined when it is not a readable regular file. lstat first, then
+   * open without following a symlink and without blocking (a FIFO would otherwise wait for a
+   * writer forever), then fstat the open file: it must still be a regular file.
+   */
+  private async read(name: string, file: string): Promise<string | undefined> {
+    const junk = (what: string) => {
+      if (this.reportedJunk.has(name)) return undefined;
+      this.reportedJunk.add(name);
+      this.h.report('warn', `skipping ${what} in the hook spool: it is not an event virtcbt wrote; remove it`, { file });
+      return undefined;
+    };
+    try {
+      const st = await lstat(file);
+      if (!st.isFile()) return junk(kind(st));
+      const fh = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+      try {
+        const fst = await fh.stat();
+        if (!fst.isFile()) return junk(kind(fst));
+        if (fst.size > MAX_EVENT_BYTES) return junk(`a file of ${fst.size} bytes`);
+        return await fh.readFile('utf8');
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return undefined; // handled and removed meanwhile
+      if (code === 'ELOOP') return junk('a symlink');
+      return junk(`an unreadable file (${(err as Error).message})`);
+    }
+  }
+
+  /** Records a failed event; true when it stays in the spool for a retry. */
+  private async failed(name: string, file: string, ev: HookEvent, err: unknown, p: Pending | undefined): Promise<boolean> {
+    const verdict = this.h.classify(err);
+    const attempts = (p?.attempts ?? 0) + 1;
+    const fields = { file, domain: ev.domain, op: ev.op, error: err };
+    if (verdict === 'wait' || (verdict === 'retry' && attempts < MAX_ATTEMPTS)) {
+      const delayMs = p ? Math.min(p.delayMs * 2, RETRY_MAX_MS) : RETRY_FIRST_MS;
+      this.pending.set(name, { attempts, due: Date.now() + delayMs, delayMs });
+      // Once per event: a libvirtd down for an hour must not fill the journal.
+      if (!p) this.h.report('warn', 'hook event failed; it stays in the spool and is retried', fields);
+      return true;
+    }
+    this.pending.delete(name);
+    const aside = join(this.failedDir, name);
+    this.h.report('error', `hook event failed${verdict === 'retry' ? ` ${attempts} times` : ''}; moved aside`, {
+      ...fields, movedTo: aside, hint: `virtcbtd folds the domain at its next start or hook event; check with \`virtcbt status ${ev.domain}\`, then delete the file`,
+    });
+    try {
+      await mkdir(this.failedDir, { recursive: true, mode: 0o750 });
+      await rename(file, aside);
+    } catch (e) {
+      this.h.report('error', 'could not move a failed hook event aside; removing it', { file, error: (e as Error).message });
+      await rm(file, { force: true }).catch(() => undefined);
+    }
+    return false;
+  }
+
+  private scheduleRetry(): void {
+    clearTimeout(this.retryTimer);
+    if (this.stopped || this.pending.size === 0) return;
+    const due = Math.min(...[...this.pending.values()].map((p) => p.due));
+    this.retryTimer = setTimeout(() => void this.drain(), Math.max(0, due - Date.now()));
+  }
+}
+
+function kind(st: { isDirectory(): boolean; isFIFO(): boolean; isSymbolicLink(): boolean; isSocket(): boolean }): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSymbolicLink()) return 'a symlink';
+  if (st.isSocket()) return 'a socket';
+  return 'a device or other non-regular file';
 }

@@ -4,11 +4,12 @@
 import { chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import type { ChangeLog } from '../changelog/index.js';
+import { explainChangeLogError, type ChangeLog } from '../changelog/index.js';
 import type { VirtcbtConfig } from '../config/index.js';
 import {
   addQmpSocket,
   DomainNotFoundError,
+  isLibvirtUnreachable,
   Libvirt,
   removeQmpSocket,
   trackableDisks,
@@ -26,6 +27,7 @@ import type {
   DomainStatusReply,
   EnableReply,
   EnableRequest,
+  LibvirtStatus,
   PassReply,
   ReconcileReply,
 } from './api-types.js';
@@ -112,8 +114,22 @@ export class Tracker {
     }
   }
 
+  /**
+   * libvirt answers again after an outage (libvirtd restarted): domains whose recovery failed
+   * meanwhile are connected now, without waiting for a hook event or the next periodic fold.
+   * Sessions on our own QMP sockets never noticed: QEMU kept running and so did the socket.
+   */
+  onLibvirtReconnected(): void {
+    for (const d of this.log.listDomains()) {
+      if (this.sessions.has(d.name)) continue;
+      void this.queues.run(d.name, async () => {
+        if (!this.sessions.has(d.name) && await this.libvirt.isActive(d.name)) await this.connectAndReconcile(d.name);
+      }).catch((err) => this.fail(d.name, 'reconnect after libvirt came back', err));
+    }
+  }
+
   private fail(domain: string, what: string, err: unknown): void {
-    const msg = errorMessage(err);
+    const msg = errorMessage(explainChangeLogError(err, this.log.path));
     this.lastError.set(domain, `${what}: ${msg}`);
     this.logger.error(`${what} failed`, { domain, error: msg });
   }
@@ -381,11 +397,18 @@ export class Tracker {
     this.requireTracked(domain);
     const st = this.log.status(domain);
     let state = 'unknown';
-    try { state = await this.libvirt.state(domain); } catch (err) { state = `unknown (${errorMessage(err)})`; }
+    let libvirtError: string | undefined;
+    try {
+      state = await this.libvirt.state(domain);
+    } catch (err) {
+      state = `unknown (${errorMessage(err)})`;
+      if (isLibvirtUnreachable(err)) libvirtError = errorMessage(err);
+    }
     const s = this.sessions.get(domain);
     return {
       domain,
       state,
+      libvirtError,
       connected: Boolean(s?.client && s.client.isOpen),
       pendingRestart: s ? !s.client : undefined,
       logId: st.logId,
@@ -404,6 +427,16 @@ export class Tracker {
       consumers: st.consumers,
       openPasses: st.openPasses,
     };
+  }
+
+  /** Whether libvirt answers now (a broken connection is reopened first): `status` fails when not. */
+  async libvirtStatus(): Promise<LibvirtStatus> {
+    try {
+      await this.libvirt.check();
+      return { uri: this.libvirt.uri, reachable: true };
+    } catch (err) {
+      return { uri: this.libvirt.uri, reachable: false, error: errorMessage(err) };
+    }
   }
 
   async statusAll(): Promise<DomainStatusReply[]> {

@@ -23,6 +23,21 @@ const AGENT_HINT =
   'install and start qemu-guest-agent in the guest, and give the domain the agent channel ' +
   "(<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>)";
 
+const NOT_RUNNING_HINT = 'start the domain first';
+
+/**
+ * libvirt answers "domain is not running" for a paused (suspended) domain too, where "start the
+ * domain first" is wrong: asks libvirt for the state and, if paused, says to resume it instead.
+ */
+export async function explainNotRunning<E extends Error>(err: E, domain: string, uri: string, virsh = 'virsh'): Promise<E | AgentUnavailableError> {
+  if (!(err instanceof AgentUnavailableError) || err.hint !== NOT_RUNNING_HINT) return err;
+  const r = await execa(virsh, ['-c', uri, 'domstate', domain], { reject: false, stdin: 'ignore', timeout: 10_000 });
+  if (r.exitCode !== 0 || r.stdout.trim() !== 'paused') return err;
+  return new AgentUnavailableError(`domain ${domain} is paused: its guest agent cannot answer until it runs again`, {
+    domain, hint: `resume it with \`virsh resume ${domain}\``, cause: err,
+  });
+}
+
 export class LibvirtTransport implements AgentTransport {
   readonly description: string;
   private readonly uri: string;
@@ -60,7 +75,10 @@ export class LibvirtTransport implements AgentTransport {
         hint: 'check that libvirtd is running and responsive',
       });
     }
-    if (r.failed) throw virshAgentError(r.stderr || r.message || '', { domain: this.domain, uri: this.uri, command, exitCode: r.exitCode });
+    if (r.failed) {
+      const err = virshAgentError(r.stderr || r.message || '', { domain: this.domain, uri: this.uri, command, exitCode: r.exitCode });
+      throw await explainNotRunning(err, this.domain, this.uri, this.virsh);
+    }
     let parsed: unknown;
     try {
       parsed = JSON.parse(r.stdout);
@@ -112,7 +130,7 @@ export function virshAgentError(
     });
   }
   if (/domain is not running/i.test(text)) {
-    return new AgentUnavailableError(`domain ${domain} is not running: ${text}`, { ...ctx, hint: 'start the domain first' });
+    return new AgentUnavailableError(`domain ${domain} is not running: ${text}`, { ...ctx, hint: NOT_RUNNING_HINT });
   }
   if (/failed to get domain|domain not found|no domain with matching/i.test(text)) {
     return new AgentUnavailableError(`domain ${domain} not found on ${uri}: ${text}`, {
@@ -120,7 +138,7 @@ export function virshAgentError(
       hint: `check the name with: virsh -c ${uri} list --all`,
     });
   }
-  if (/failed to connect to the hypervisor|Failed to connect socket/i.test(text)) {
+  if (/failed to connect to the hypervisor|Failed to connect socket|Failed to reconnect|no valid connection/i.test(text)) {
     return new AgentUnavailableError(`cannot reach libvirt at ${uri}: ${text}`, { ...ctx, hint: 'start libvirtd (or check the URI)' });
   }
   return new AgentError(`virsh qemu-agent-command ${command} on domain ${domain} failed (exit ${exitCode ?? '?'}): ${text}`, ctx);

@@ -7,7 +7,7 @@ import { TimeoutError } from '../util/errors.js';
 import { abortReason } from '../util/abort.js';
 import { AgentCommandError, AgentProtocolError } from './errors.js';
 import { toReply } from './framing.js';
-import { LibvirtTransport, virshAgentError } from './libvirt-transport.js';
+import { LibvirtTransport, explainNotRunning, virshAgentError } from './libvirt-transport.js';
 import type { AgentCallOptions, AgentTransport } from './transport.js';
 
 export interface VirshShellTransportOptions {
@@ -105,13 +105,16 @@ export class VirshShellTransport implements AgentTransport {
       this.wake = undefined;
     }
     const { out, err } = this;
-    const stderr = err.slice(0, err.indexOf(errMark)).trim();
+    // After libvirtd restarted, virsh's shell reconnects by itself and says so on stderr; the
+    // command then ran on the new connection, so those two lines are news, not the command's error.
+    const stderr = err.slice(0, err.indexOf(errMark)).split('\n')
+      .filter((l) => !/^error: (Disconnected from \S+ due to |Reconnected to the hypervisor)/.test(l.trim())).join('\n').trim();
     // Output: after virsh's echo of our command line, up to the prompt of `echo --err`.
     let body = out.slice(0, out.indexOf(`${PROMPT}echo --err ${marker}`));
     const echoed = body.indexOf('qemu-agent-command ');
     if (echoed >= 0) body = body.slice(body.indexOf('\n', echoed) + 1);
     const text = body.replaceAll(PROMPT, '').trim();
-    if (stderr) throw virshAgentError(stderr, { domain: this.domain, uri: this.uri, command });
+    if (stderr) throw await explainNotRunning(virshAgentError(stderr, { domain: this.domain, uri: this.uri, command }), this.domain, this.uri);
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);

@@ -25,43 +25,131 @@ const STATE_NAMES: Record<number, DomainState> = {
   [LvState.PMSUSPENDED]: 'pmsuspended',
 };
 
+/** libvirt cannot be reached (libvirtd down or restarting): the operation may work again later. */
+export class LibvirtUnavailableError extends VirtcbtError {}
+
+// What the binding says when its connection to libvirtd broke (libvirtd restarted or died): the
+// call did not reach libvirtd, so it is worth one retry on a new connection.
+const BROKEN_CONNECTION = /client socket is closed|Cannot (write|recv) data|Broken pipe|Connection reset|End of file while reading|no connection driver|not connected|connection (is )?closed/i;
+/** What virsh says when it cannot reach libvirtd, or lost it mid-command. */
+const VIRSH_UNREACHABLE = /failed to connect to the hypervisor|Failed to connect socket|Cannot (write|recv) data|End of file while reading|Disconnected from|client socket is closed/i;
+
+/** True when `err` (or a cause of it) says libvirt was unreachable: worth retrying later. */
+export function isLibvirtUnreachable(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e instanceof LibvirtUnavailableError) return true;
+    if (e instanceof LibvirtError && BROKEN_CONNECTION.test(e.message)) return true;
+    if (e instanceof VirshError && VIRSH_UNREACHABLE.test(e.stderr)) return true;
+  }
+  return false;
+}
+
+/** Shortest and longest wait between two attempts to reach libvirtd while it is down (an attempt on a down libvirtd costs a failed connect(): the cap keeps the daemon back within seconds of libvirtd). */
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 2_000;
+
+export interface LibvirtEvents {
+  /** Called once when libvirt stops answering, with the reason. */
+  unreachable?: (reason: string) => void;
+  /** Called once libvirt answers again after it was unreachable or its connection broke. */
+  reconnected?: () => void;
+}
+
 /**
  * libvirt access for virtcbt: look-ups, state and XML through the @unraid/libvirt binding (no
  * process per call); define, agent commands and suspend/resume through virsh, which the binding
  * lacks or which need flags it does not expose.
+ *
+ * libvirtd restarts (package upgrades, admins) break the binding's connection for good ("client
+ * socket is closed"). A call that finds it broken opens a new one and is retried once; while
+ * libvirtd is down, attempts to reach it are spaced out (RETRY_MIN_MS doubling to RETRY_MAX_MS)
+ * and calls in between fail at once with LibvirtUnavailableError; a timer keeps trying, so that
+ * `reconnected` fires without waiting for a caller. Each outage is reported once each way.
  */
 export class Libvirt {
   private hv?: Promise<Hypervisor>;
+  private down?: { reason: string; nextAttempt: number; delayMs: number; timer?: NodeJS.Timeout };
+  /** The last connection broke under a call: the next successful open is a reconnection. */
+  private broken = false;
+  private closed = false;
 
-  constructor(readonly uri: string) {}
+  constructor(readonly uri: string, private readonly events: LibvirtEvents = {}) {}
 
   private connect(): Promise<Hypervisor> {
-    this.hv ??= (async () => {
+    if (this.hv) return this.hv;
+    const down = this.down;
+    if (down && Date.now() < down.nextAttempt) {
+      return Promise.reject(this.unavailable(down.reason));
+    }
+    const attempt: Promise<Hypervisor> = (async () => {
       const hv = new Hypervisor({ uri: this.uri });
       try {
         await hv.connectOpen();
       } catch (cause) {
         this.hv = undefined;
-        throw new VirtcbtError(`cannot connect to libvirt at ${this.uri}: ${(cause as Error).message}`, {
-          hint: 'Start libvirtd, or set libvirt.uri in the config',
-          cause,
-        });
+        this.wentDown((cause as Error).message);
+        throw this.unavailable((cause as Error).message, cause);
+      }
+      if (this.down || this.broken) {
+        clearTimeout(this.down?.timer);
+        this.down = undefined;
+        this.broken = false;
+        this.events.reconnected?.();
       }
       return hv;
     })();
-    return this.hv;
+    this.hv = attempt;
+    return attempt;
+  }
+
+  private unavailable(reason: string, cause?: unknown): LibvirtUnavailableError {
+    return new LibvirtUnavailableError(`cannot connect to libvirt at ${this.uri}: ${reason}`, {
+      hint: 'Start libvirtd (virtcbtd reconnects by itself), or set libvirt.uri in the config',
+      cause,
+    });
+  }
+
+  private wentDown(reason: string): void {
+    const prev = this.down;
+    clearTimeout(prev?.timer);
+    const delayMs = prev ? Math.min(prev.delayMs * 2, RETRY_MAX_MS) : RETRY_MIN_MS;
+    this.down = { reason, nextAttempt: Date.now() + delayMs, delayMs };
+    if (!prev) this.events.unreachable?.(reason);
+    if (this.closed) return;
+    // Keep trying without a caller, so that the daemon learns when libvirt is back.
+    this.down.timer = setTimeout(() => void this.connect().catch(() => undefined), delayMs);
+    this.down.timer.unref();
+  }
+
+  /**
+   * Runs `fn` on the connection; if the connection turns out to be broken (libvirtd restarted),
+   * once more on a new one. Only for calls that are safe to repeat (look-ups and reads).
+   */
+  private async call<T>(fn: (hv: Hypervisor) => Promise<T>): Promise<T> {
+    const hv = await this.connect();
+    try {
+      return await fn(hv);
+    } catch (err) {
+      if (!(err instanceof LibvirtError) || !BROKEN_CONNECTION.test(err.message)) throw err;
+      // The old connection is dead: drop it (closing it frees the binding's handle) and reopen.
+      if (this.hv && (await this.hv.catch(() => undefined)) === hv) this.hv = undefined;
+      void hv.connectClose().catch(() => undefined);
+      this.broken = true;
+      return fn(await this.connect());
+    }
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.down?.timer);
     const hv = this.hv;
     this.hv = undefined;
-    if (hv) await (await hv).connectClose().catch(() => undefined);
+    if (hv) await (await hv.catch(() => undefined))?.connectClose().catch(() => undefined);
   }
 
-  private async lookup(domain: string): Promise<{ hv: Hypervisor; dom: Domain }> {
-    const hv = await this.connect();
+  private async lookup(hv: Hypervisor, domain: string): Promise<Domain> {
     try {
-      return { hv, dom: await hv.domainLookupByName(domain) };
+      return await hv.domainLookupByName(domain);
     } catch (cause) {
       if (cause instanceof LibvirtError && /not found|no domain/i.test(cause.message)) {
         throw new DomainNotFoundError(`no libvirt domain named '${domain}'`, {
@@ -70,8 +158,14 @@ export class Libvirt {
           cause,
         });
       }
+      if (cause instanceof LibvirtError && BROKEN_CONNECTION.test(cause.message)) throw cause;
       throw new VirtcbtError(`libvirt look-up failed: ${(cause as Error).message}`, { domain, cause });
     }
+  }
+
+  /** A cheap call that tells whether libvirt answers (reconnecting if needed). */
+  async check(): Promise<void> {
+    await this.call((hv) => hv.connectGetHostname());
   }
 
   private async run(args: string[], domain?: string, input?: string): Promise<string> {
@@ -90,8 +184,7 @@ export class Libvirt {
   }
 
   async state(domain: string): Promise<DomainState> {
-    const { hv, dom } = await this.lookup(domain);
-    const info = await hv.domainGetInfo(dom);
+    const info = await this.call(async (hv) => hv.domainGetInfo(await this.lookup(hv, domain)));
     return STATE_NAMES[info.state] ?? 'unknown';
   }
 
@@ -102,8 +195,8 @@ export class Libvirt {
 
   /** Live XML when running (with aliases and source indexes), else the persistent one. */
   async xml(domain: string, opts: { inactive?: boolean } = {}): Promise<string> {
-    const { hv, dom } = await this.lookup(domain);
-    return hv.domainGetXMLDesc(dom, opts.inactive ? DomainGetXMLDescFlags.INACTIVE : DomainGetXMLDescFlags.NONE);
+    const flags = opts.inactive ? DomainGetXMLDescFlags.INACTIVE : DomainGetXMLDescFlags.NONE;
+    return this.call(async (hv) => hv.domainGetXMLDesc(await this.lookup(hv, domain), flags));
   }
 
   async info(domain: string, opts: { inactive?: boolean } = {}): Promise<DomainXmlInfo> {
@@ -127,9 +220,7 @@ export class Libvirt {
   }
 
   async listAll(): Promise<string[]> {
-    const hv = await this.connect();
-    const doms = await hv.connectListAllDomains();
-    return Promise.all(doms.map((d: Domain) => hv.domainGetName(d)));
+    return this.call(async (hv) => Promise.all((await hv.connectListAllDomains()).map((d: Domain) => hv.domainGetName(d))));
   }
 
   async agentCommand(domain: string, command: object, timeoutSec = 10): Promise<unknown> {

@@ -5,7 +5,7 @@ import type { BackupEvent, BackupResult } from '../../backup/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../../util/errors.js';
 import { domainArg, parse } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
-import { callDaemon } from '../daemon-client.js';
+import { callDaemon, daemonSocket } from '../daemon-client.js';
 import { formatBytes } from '../output.js';
 
 /** The repository from --repo or the config's backup.repo, made absolute (the daemon has another cwd). */
@@ -71,7 +71,7 @@ interface OneBackup {
 
 async function backupOne(ctx: CommandContext, o: OneBackup): Promise<BackupResult> {
   const tty = ctx.io.isTty && !o.json ? new TtyProgress() : undefined;
-  const result = await callDaemon<BackupEvent>(ctx.config().daemon.socket, 'POST', `/v1/domains/${encodeURIComponent(o.domain)}/backups`, {
+  const result = await callDaemon<BackupEvent>(daemonSocket(ctx.config()), 'POST', `/v1/domains/${encodeURIComponent(o.domain)}/backups`, {
     body: { consumer: o.consumer, repo: o.repo, full: o.full, noFreeze: o.noFreeze },
     onEvent: (raw) => {
       const ev = raw as unknown as BackupEvent;

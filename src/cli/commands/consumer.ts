@@ -4,11 +4,11 @@ import type { ConsumerInfo, PassReply } from '../../daemon/api-types.js';
 import { UsageError } from '../../util/errors.js';
 import { domainArg, parse, positional } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
-import { callDaemon } from '../daemon-client.js';
+import { callDaemon, daemonSocket } from '../daemon-client.js';
 import { emit } from '../output.js';
 import { describeChanges } from './tracking.js';
 
-const api = (ctx: CommandContext) => ctx.config().daemon.socket;
+const api = (ctx: CommandContext) => daemonSocket(ctx.config());
 const enc = encodeURIComponent;
 
 export const consumerCommand: Command = {

@@ -2,11 +2,11 @@
 import type { ChangesReply, DomainStatusReply, EnableReply, ReconcileReply, StatusReply } from '../../daemon/api-types.js';
 import { parse, domainArg } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
-import { callDaemon } from '../daemon-client.js';
+import { callDaemon, daemonSocket } from '../daemon-client.js';
 import { emit, formatBytes } from '../output.js';
 import { UsageError } from '../../util/errors.js';
 
-const api = (ctx: CommandContext) => ctx.config().daemon.socket;
+const api = (ctx: CommandContext) => daemonSocket(ctx.config());
 const enc = encodeURIComponent;
 
 export const enableCommand: Command = {
@@ -62,18 +62,29 @@ function describeDomain(d: DomainStatusReply): string[] {
 }
 
 export const statusCommand: Command = {
-  usage: `usage: virtcbt status [DOMAIN] [--json]`,
+  usage: `usage: virtcbt status [DOMAIN] [--json]
+
+Exits 1 while virtcbtd cannot reach libvirt (the JSON's libvirt.error or libvirtError says why).`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, { json: { type: 'boolean' } }, this.usage);
     const json = Boolean(values.json);
+    // While libvirt is unreachable nothing can be folded or backed up: status says so and fails.
     if (positionals[0]) {
       const d = await callDaemon<DomainStatusReply>(api(ctx), 'GET', `/v1/domains/${enc(positionals[0])}`);
       emit(ctx.io, json, d, () => describeDomain(d));
+      if (d.libvirtError) {
+        if (!json) ctx.io.err(`virtcbt: libvirt is unreachable: ${d.libvirtError}`);
+        return EXIT.FAILED;
+      }
     } else {
       const s = await callDaemon<StatusReply>(api(ctx), 'GET', '/v1/status');
       emit(ctx.io, json, s, () => s.domains.length === 0
         ? [`virtcbtd ${s.daemon.version} (pid ${s.daemon.pid}): no domain is tracked; see \`virtcbt enable DOMAIN\``]
         : s.domains.flatMap(describeDomain));
+      if (s.libvirt && !s.libvirt.reachable) {
+        if (!json) ctx.io.err(`virtcbt: libvirt at ${s.libvirt.uri} is unreachable: ${s.libvirt.error ?? 'no answer'}`);
+        return EXIT.FAILED;
+      }
     }
     return EXIT.OK;
   },
