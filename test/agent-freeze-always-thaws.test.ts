@@ -100,10 +100,19 @@ describe('withFrozen', () => {
   it('thaws when the caller aborts', async () => {
     const g = await guest();
     const ctl = new AbortController();
-    const p = g.agent.withFrozen(() => new Promise(() => {}), { signal: ctl.signal });
-    setTimeout(() => ctl.abort(new Error('operator cancelled')), 50);
+    let frozenInside: boolean | undefined;
+    const p = g.agent.withFrozen(
+      () => {
+        // Aborted from inside the frozen section: the guest is frozen now, for certain.
+        frozenInside = g.state.frozen;
+        ctl.abort(new Error('operator cancelled'));
+        return new Promise(() => {}); // a step that never ends on its own
+      },
+      { signal: ctl.signal },
+    );
     await expect(p).rejects.toThrow('operator cancelled');
-    expect(g.state.frozen).toBe(false);
+    expect(frozenInside).toBe(true);
+    expect(g.state).toEqual({ frozen: false, thawCalls: 1 });
   });
 
   it('still thaws when the freeze itself fails part way', async () => {
