@@ -6,45 +6,53 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-const root = mkdtempSync(join(tmpdir(), 'virtcbt-install-'));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
+const roots: string[] = [];
+afterAll(() => { for (const r of roots) rmSync(r, { recursive: true, force: true }); });
 const cli = (args: string[], env: Record<string, string> = {}) =>
   execa('node', ['dist/src/cli/main.js', ...args], { reject: false, env });
 
-describe('virtcbt install', () => {
+/** `virtcbt install --root` into a directory of its own: each test installs what it looks at. */
+async function install() {
+  const root = mkdtempSync(join(tmpdir(), 'virtcbt-install-'));
+  roots.push(root);
   const enabledDir = join(root, 'enabled');
-  const spoolDir = join(root, 'spool');
-  const env = { VIRTCBT_ENABLED_DIR: enabledDir };
+  const configFile = join(root, 'empty.json');
+  writeFileSync(configFile, '{}');
+  const r = await cli(['--config', configFile, 'install', '--root', root, '--json'], { VIRTCBT_ENABLED_DIR: enabledDir });
+  return { root, enabledDir, r, hook: join(root, 'etc/libvirt/hooks/qemu.d/virtcbt'), unit: join(root, 'etc/systemd/system/virtcbtd.service') };
+}
 
+describe('virtcbt install', () => {
   it('writes the hook, unit and wrappers under --root', async () => {
-    const configFile = join(root, 'empty.json');
-    writeFileSync(configFile, '{}');
-    const r = await cli(['--config', configFile, 'install', '--root', root, '--json'], env);
+    const { r, hook, unit, enabledDir } = await install();
     expect(r.stderr).toBe('');
     expect(r.exitCode).toBe(0);
-    const hook = join(root, 'etc/libvirt/hooks/qemu.d/virtcbt');
     expect(statSync(hook).mode & 0o111).not.toBe(0);
     expect(readFileSync(hook, 'utf8')).toContain(`enabled_dir=\${VIRTCBT_ENABLED_DIR:-${enabledDir}}`);
-    const unit = readFileSync(join(root, 'etc/systemd/system/virtcbtd.service'), 'utf8');
-    expect(unit).toContain(`ExecStart=${process.execPath} `);
-    expect(unit).not.toContain('@');
+    const text = readFileSync(unit, 'utf8');
+    expect(text).toContain(`ExecStart=${process.execPath} `);
+    expect(text).not.toContain('@');
   });
 
   it('installs a unit that systemd-analyze verify accepts', async () => {
-    const v = await execa('systemd-analyze', ['verify', join(root, 'etc/systemd/system/virtcbtd.service')], { reject: false });
+    const { r, unit } = await install();
+    expect(r.exitCode, r.stderr).toBe(0);
+    const v = await execa('systemd-analyze', ['verify', unit], { reject: false });
     expect(v.stderr).toBe('');
     expect(v.exitCode).toBe(0);
   });
 
   it('the installed hook spools events of tracked domains only, in well under 100 ms', async () => {
-    const hook = join(root, 'etc/libvirt/hooks/qemu.d/virtcbt');
+    const { r, root, hook, enabledDir } = await install();
+    expect(r.exitCode, r.stderr).toBe(0);
+    const spoolDir = join(root, 'spool');
     mkdirSync(enabledDir, { recursive: true });
     mkdirSync(spoolDir, { recursive: true });
     writeFileSync(join(enabledDir, 'vm1'), `${spoolDir}\n`);
     const t0 = process.hrtime.bigint();
-    const r = await execa(hook, ['vm1', 'started', 'begin', '-'], { input: '<domain/>', env: {} });
+    const h = await execa(hook, ['vm1', 'started', 'begin', '-'], { input: '<domain/>', env: {} });
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    expect(r.stdout).toBe('');
+    expect(h.stdout).toBe('');
     expect(ms).toBeLessThan(100);
     await execa(hook, ['vm2', 'started', 'begin', '-'], { input: '<domain/>' });
     const files = readdirSync(spoolDir);
