@@ -16,9 +16,9 @@ let daemon: TestDaemon;
 let guest: LibvirtGuest;
 
 /**
- * Far above what spooling costs (a few ms: bash, cat, mv) even on a loaded machine, far below a
- * hook that waits for anything (a daemon, a socket, libvirt): libvirt holds the domain meanwhile,
- * three times per start (prepare, start, started).
+ * Far above what spooling costs (bash, cat, mv: tens of ms on a loaded machine), far below a hook
+ * that waits for anything (a daemon, a socket, libvirt): libvirt holds the domain meanwhile, three
+ * times per start (prepare, start, started).
  */
 const HOOK_BOUND_MS = 250;
 
@@ -84,11 +84,16 @@ describe('libvirt hook', () => {
     mkdirSync(spool);
     writeFileSync(join(enabled, guest.name), `${spool}\n`);
     const env = { PATH: process.env.PATH!, VIRTCBT_ENABLED_DIR: enabled };
-    const times: number[] = [];
-    for (const [op, sub] of [['prepare', 'begin'], ['start', 'begin'], ['started', 'begin']] as const) times.push(await timedHook(HOOK_PATH, env, op, sub));
-    console.log(`hook run times: ${times.map((t) => t.toFixed(1)).join(', ')} ms`);
-    expect(readdirSync(spool).filter((f) => f.endsWith('.event'))).toHaveLength(3);
-    for (const t of times) expect(t).toBeLessThan(HOOK_BOUND_MS);
+    // Each call of a start, three times: the fastest counts (a busy machine's scheduling is not the
+    // hook's), and a hook that waits for anything is slow every time.
+    const ops = [['prepare', 'begin'], ['start', 'begin'], ['started', 'begin']] as const;
+    for (const [op, sub] of ops) {
+      const times: number[] = [];
+      for (let i = 0; i < 3; i++) times.push(await timedHook(HOOK_PATH, env, op, sub));
+      console.log(`hook ${op} ${sub}: ${times.map((t) => t.toFixed(1)).join(', ')} ms`);
+      expect(Math.min(...times), `${op} ${sub}`).toBeLessThan(HOOK_BOUND_MS);
+    }
+    expect(readdirSync(spool).filter((f) => f.endsWith('.event'))).toHaveLength(3 * ops.length);
   });
 
   it('the daemon being down does not slow the start', async () => {
