@@ -70,21 +70,27 @@ async function expectRepoSoundAndConsumerAt(generation: number): Promise<void> {
   expect(await consumerLast()).toBe(generation);
 }
 
-/** Resolves once the backup's `start` event is on the CLI's stdout: virtcbtd has accepted the job. */
-function accepted(child: ResultPromise): Promise<void> {
-  return new Promise((resolveStart, reject) => {
+/**
+ * Resolves once the CLI has printed an event of `type` (`start`: virtcbtd has accepted the job);
+ * rejects if the backup ends first.
+ */
+function printed(child: ResultPromise, type: string): Promise<void> {
+  return new Promise((resolveSeen, reject) => {
     let text = '';
     const onData = (c: Buffer) => {
       text += c.toString('utf8');
-      if (text.split('\n').slice(0, -1).some((l) => JSON.parse(l).type === 'start')) {
+      if (text.split('\n').slice(0, -1).some((l) => JSON.parse(l).type === type)) {
         child.stdout!.off('data', onData);
-        resolveStart();
+        resolveSeen();
       }
     };
     child.stdout!.on('data', onData);
-    child.then((r) => reject(new Error(`the backup ended before virtcbtd accepted it: ${r.stderr}`)), reject);
+    child.then((r) => reject(new Error(`the backup ended before it printed a ${type} event: ${r.stderr}`)), reject);
   });
 }
+
+/** Events of a backup before its result, each followed by more work (copying, the manifest, the commit). */
+const MID_BACKUP_EVENTS = ['start', 'snapshot', 'plan', 'progress'];
 
 beforeAll(async () => {
   daemon = await startTestDaemon();
@@ -117,21 +123,21 @@ describe('kill -9 of virtcbtd during a backup', () => {
       const before = await consumerLast();
       await write();
       const child = execa('node', [CLI, '--config', daemon.configFile, 'backup', guest.name, '--consumer', 'nightly', '--repo', repo, '--json'], { reject: false });
-      await accepted(child);
-      // The random moment: somewhere in the job (snapshot, copy, manifest, or just after the commit).
-      await new Promise((res) => setTimeout(res, Math.floor(Math.random() * 600)));
+      // The random moment: at one of the backup's events, so always after virtcbtd accepted the job
+      // and before it finished.
+      const at = MID_BACKUP_EVENTS[Math.floor(Math.random() * MID_BACKUP_EVENTS.length)]!;
+      await printed(child, at);
       await daemon.kill('SIGKILL');
       const out = await child;
+      expect(out.exitCode, `killed at the ${at} event`).not.toBe(0);
+      expect(out.stdout.split('\n').some((l) => l.startsWith('{') && JSON.parse(l).type === 'result'), `killed at the ${at} event`).toBe(false);
       await restartDaemon();
       await expectRepoSound();
       const now = await consumerLast();
       if (now !== before) {
-        // The kill came after the commit: the consumer moved only onto a complete restore point.
+        // The kill came between the commit and the result: the consumer moved only onto a complete restore point.
         const points = await (await Repository.open(repo)).chain(guest.name, 'nightly');
-        expect(points.at(-1)!.generation).toBe(now);
-        const last = out.stdout.trim().split('\n').pop();
-        const res = last ? JSON.parse(last) : undefined;
-        if (res?.type === 'result') expect(res.generation).toBe(now);
+        expect(points.at(-1)!.generation, `killed at the ${at} event`).toBe(now);
       }
     }
   });
