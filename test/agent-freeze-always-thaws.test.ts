@@ -4,7 +4,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { rotateFrozen, type Rotate } from '../src/backup/index.js';
+import { rotateFrozen } from '../src/backup/index.js';
+import type { Rotate } from '../src/backup/freeze.js';
 import type { RotateResult } from '../src/reconciler/index.js';
 import { TimeoutError } from '../src/util/errors.js';
 import { AgentCommandError, GuestAgent, GuestExecError, SocketTransport, ThawFailedError } from '../src/guest/index.js';
@@ -100,10 +101,19 @@ describe('withFrozen', () => {
   it('thaws when the caller aborts', async () => {
     const g = await guest();
     const ctl = new AbortController();
-    const p = g.agent.withFrozen(() => new Promise(() => {}), { signal: ctl.signal });
-    setTimeout(() => ctl.abort(new Error('operator cancelled')), 50);
+    let frozenInside: boolean | undefined;
+    const p = g.agent.withFrozen(
+      () => {
+        // Aborted from inside the frozen section: the guest is frozen now, for certain.
+        frozenInside = g.state.frozen;
+        ctl.abort(new Error('operator cancelled'));
+        return new Promise(() => {}); // a step that never ends on its own
+      },
+      { signal: ctl.signal },
+    );
     await expect(p).rejects.toThrow('operator cancelled');
-    expect(g.state.frozen).toBe(false);
+    expect(frozenInside).toBe(true);
+    expect(g.state).toEqual({ frozen: false, thawCalls: 1 });
   });
 
   it('still thaws when the freeze itself fails part way', async () => {

@@ -4,8 +4,9 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { pollUntil } from '../src/util/abort.js';
 import { UsageError } from '../src/util/errors.js';
-import { EFFECTIVE_CONFIG_FILE, effectiveConfigPath } from '../src/config/effective.js';
+import { effectiveConfigPath } from '../src/config/effective.js';
 import { loadConfig, publishEffectiveConfig } from '../src/config/index.js';
 import { tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
@@ -90,16 +91,23 @@ describe('configuration published by virtcbtd', () => {
 
   it('a running virtcbtd publishes its configuration beside its socket, and the CLI works from it', async () => {
     const d = await startTestDaemon();
-    try {
-      const path = join(d.socket, '..', EFFECTIVE_CONFIG_FILE);
-      const deadline = Date.now() + 10_000;
-      while (!existsSync(path) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-      expect(existsSync(path)).toBe(true);
-      expect(published(d.configFile)).toEqual(load(d.configFile));
-      const st = await d.cliJson(['status']);
-      expect(st).toBeDefined();
-    } finally {
-      await d.stop();
-    }
+    const path = effectiveConfigPath(d.socket);
+    await pollUntil(() => existsSync(path), 'virtcbtd to publish its configuration', { timeoutMs: 10_000, intervalMs: 50 });
+    expect(published(d.configFile)).toEqual(load(d.configFile));
+    // The CLI answers from the running daemon.
+    const st = await d.cliJson(['status']);
+    expect(st.daemon.pid).toEqual(expect.any(Number));
+    expect(st.domains).toEqual(expect.any(Array));
+    // A backup job that only the published record has: the CLI finds it there (validating the file
+    // itself, it would find no such job: exit 2) and asks the daemon, which answers about the domain.
+    const r = JSON.parse(readFileSync(path, 'utf8'));
+    const domain = 'virtcbt-test-only-in-published-config';
+    r.config.backup.jobs = [{ name: 'from-published', domains: [domain], consumer: 'c', repo: tempDir('repo'), keep: 0, calendar: 'daily', randomDelaySec: 0 }];
+    writeFileSync(path, JSON.stringify(r));
+    const job = await d.cli(['backup', '--job', 'from-published'], { reject: false });
+    expect(job.stderr).not.toMatch(/no backup job/);
+    expect(job.stderr).toMatch(new RegExp(`virtcbt backup: ${domain}: .*${domain}`));
+    expect(job.stderr).not.toMatch(/not running/);
+    expect(job.exitCode).toBe(1);
   });
 });

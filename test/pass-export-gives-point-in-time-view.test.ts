@@ -50,35 +50,58 @@ async function fleeceNodes(): Promise<string[]> {
   return (JSON.parse(r.stdout).return as { 'node-name': string }[]).map((n) => n['node-name']).filter((n) => n.startsWith('vcbt-'));
 }
 
+const connected = async () => (await daemon.cliJson(['status', guest.name])).connected as boolean;
+
+/** The domain running and virtcbtd connected to it (a test may have stopped it). */
+async function ensureRunning(): Promise<void> {
+  const st = await virsh(['domstate', guest.name], { reject: false });
+  if (!/running/.test(st.stdout)) await guest.start();
+  await pollUntil(connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
+}
+
+/**
+ * A consumer of the test's own; unless `fresh`, placed by a committed first (full) pass, so that
+ * its changes are exactly the writes the test makes after this.
+ */
+async function consumer(name: string, fresh = false): Promise<string> {
+  await daemon.cli(['consumer', 'add', guest.name, name]);
+  if (!fresh) {
+    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', name]);
+    await daemon.cli(['pass', 'commit', guest.name, '--consumer', name, '--pass', String(p.pass)]);
+  }
+  return name;
+}
+
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'pexp', scratchFormat: 'qcow2', start: false });
   agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
   await daemon.cli(['enable', guest.name]);
-  await daemon.cli(['consumer', 'add', guest.name, 'tool']);
-  await guest.start();
-  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
 });
 
 describe('pass begin --export', () => {
   it('a first pass exports the whole disks, marked dirty in the bitmap', async () => {
-    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'tool', '--export']);
+    await ensureRunning();
+    const c = await consumer('first', true);
+    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', c, '--export']);
     expect(p.exports.map((e: { target: string }) => e.target)).toEqual(['vda', 'vdb']);
     expect(exp(p, 'vdb').uri).toMatch(/^nbd\+unix:\/\/\/virtcbt-pass-\d+-vdb\?socket=/);
     expect(await dirtyExtents(exp(p, 'vdb').uri, exp(p, 'vdb').bitmap)).toEqual([[0, disk(p, 'vdb').sizeBytes]]);
     // nbdinfo, as a third-party tool would use it.
     const map = await execa('nbdinfo', [`--map=qemu:dirty-bitmap:${exp(p, 'vdb').bitmap}`, exp(p, 'vdb').uri]);
     expect(map.stdout).toMatch(/dirty/);
-    await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'tool', '--pass', String(p.pass)]);
+    await daemon.cli(['pass', 'commit', guest.name, '--consumer', c, '--pass', String(p.pass)]);
     expect(await fleeceNodes()).toEqual([]);
   });
 
   it('later passes: the bitmap is the consumer\'s changes, the data the disk at the pass\'s instant', async () => {
+    await ensureRunning();
+    const c = await consumer('later');
     // 1 MiB of a known pattern (the guest's blob.bin) at 4 MiB, random data at 12 MiB.
     const w = await agent.exec('/bin/dd', ['if=/mnt/data/blob.bin', 'of=/dev/vdb', `bs=${64 * 1024}`, `seek=${(4 * MiB) / (64 * 1024)}`, 'oflag=direct', 'conv=notrunc']);
     expect(w.exitCode, w.stderr).toBe(0);
     await guestDd(agent, '/dev/vdb', 12 * MiB, 2 * MiB);
-    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'tool', '--export']);
+    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', c, '--export']);
     expect(disk(p, 'vdb').extents).toEqual([[4 * MiB, 1 * MiB], [12 * MiB, 2 * MiB]]);
     expect(await dirtyExtents(exp(p, 'vdb').uri, exp(p, 'vdb').bitmap)).toEqual(disk(p, 'vdb').extents);
     // The guest overwrites the region after the pass began: the export still shows the old data.
@@ -91,32 +114,38 @@ describe('pass begin --export', () => {
     // The export survives a fold meanwhile (the periodic reconcile).
     await daemon.cli(['reconcile', guest.name]);
     expect((await read(exp(p, 'vdb').uri, 4 * MiB, MiB)).equals(patternBuffer(MiB, 0x5eed))).toBe(true);
-    await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'tool', '--pass', String(p.pass)]);
+    await daemon.cli(['pass', 'commit', guest.name, '--consumer', c, '--pass', String(p.pass)]);
     expect(await fleeceNodes()).toEqual([]);
     await expect(NbdClient.connect(exp(p, 'vdb').uri)).rejects.toThrow();
+    // The overwrite came after the committed pass: it is the consumer's next change.
+    expect(disk(await daemon.cliJson(['changes', guest.name, '--consumer', c]), 'vdb').extents).toEqual([[4 * MiB, 1 * MiB]]);
   });
 
   it('abort removes the exports and leaves the consumer where it was', async () => {
+    await ensureRunning();
+    const c = await consumer('aborted');
     await guestDd(agent, '/dev/vdb', 20 * MiB, 1 * MiB);
-    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'tool', '--export']);
-    await daemon.cli(['pass', 'abort', guest.name, '--consumer', 'tool', '--pass', String(p.pass)]);
+    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', c, '--export']);
+    await daemon.cli(['pass', 'abort', guest.name, '--consumer', c, '--pass', String(p.pass)]);
     expect(await fleeceNodes()).toEqual([]);
-    const c = await daemon.cliJson(['changes', guest.name, '--consumer', 'tool']);
-    expect(disk(c, 'vdb').extents).toContainEqual([20 * MiB, 1 * MiB]);
+    const ch = await daemon.cliJson(['changes', guest.name, '--consumer', c]);
+    expect(disk(ch, 'vdb').extents).toEqual([[20 * MiB, 1 * MiB]]);
   });
 
   it('a stopped domain is exported read-only from its images until the pass ends', async () => {
+    await ensureRunning();
+    const c = await consumer('stopped');
     await guestDd(agent, '/dev/vdb', 30 * MiB, 1 * MiB);
+    await guestDd(agent, '/dev/vdb', 36 * MiB, 1 * MiB);
     await guest.destroy();
-    await pollUntil(async () => !(await daemon.cliJson(['status', guest.name])).connected, 'disconnect', { timeoutMs: 30_000, intervalMs: 250 });
-    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'tool', '--export']);
-    // The overwrite at 4 MiB came after the committed pass; 20 MiB after it too (that pass was aborted).
-    expect(disk(p, 'vdb').extents).toEqual([[4 * MiB, 1 * MiB], [20 * MiB, 1 * MiB], [30 * MiB, 1 * MiB]]);
+    await pollUntil(async () => !(await connected()), 'disconnect', { timeoutMs: 30_000, intervalMs: 250 });
+    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', c, '--export']);
+    expect(disk(p, 'vdb').extents).toEqual([[30 * MiB, 1 * MiB], [36 * MiB, 1 * MiB]]);
     expect(await dirtyExtents(exp(p, 'vdb').uri, exp(p, 'vdb').bitmap)).toEqual(disk(p, 'vdb').extents);
     const raw = join(tempDir('img'), 'vdb.raw');
     await execa('qemu-img', ['convert', '-U', '-O', 'raw', guest.disks.scratch, raw]);
     expect((await read(exp(p, 'vdb').uri, 30 * MiB, MiB)).equals(readFileSync(raw).subarray(30 * MiB, 31 * MiB))).toBe(true);
-    await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'tool', '--pass', String(p.pass)]);
+    await daemon.cli(['pass', 'commit', guest.name, '--consumer', c, '--pass', String(p.pass)]);
     // The images are free again: the domain starts.
     await guest.start();
   });

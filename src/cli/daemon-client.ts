@@ -2,6 +2,7 @@
 // out (or a stream of JSON lines), and a clear message when the daemon is not running or the
 // socket's permissions keep us out. Plain node:net and our own response parser: see http-response.ts.
 import { connect } from 'node:net';
+import { StringDecoder } from 'node:string_decoder';
 import { EXIT } from './command.js';
 import { HttpResponseParser } from './http-response.js';
 import { VirtcbtError } from '../util/errors.js';
@@ -48,6 +49,10 @@ export async function callDaemon<T = unknown>(socketPath: string, method: string
     let status = 0;
     let streaming = false;
     // A stream of events: each goes to the caller; the last non-error event is the result.
+    // Chunks end anywhere, also inside a multi-byte UTF-8 character (a domain "vm-ü", a note with
+    // an emoji): the decoder keeps such a character's first bytes until the rest arrives, where
+    // decoding each chunk on its own would turn both halves into U+FFFD.
+    const utf8 = new StringDecoder('utf8');
     let lineBuf = '';
     let last: unknown;
     let failed: Record<string, unknown> | undefined;
@@ -59,7 +64,7 @@ export async function callDaemon<T = unknown>(socketPath: string, method: string
       },
       data: (c) => {
         if (!streaming) return void chunks.push(c);
-        lineBuf += c.toString('utf8');
+        lineBuf += utf8.write(c);
         let nl: number;
         while ((nl = lineBuf.indexOf('\n')) >= 0) {
           const line = lineBuf.slice(0, nl);

@@ -5,6 +5,28 @@ import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { EXIT, type CliIo } from './command.js';
 import { commands, type CommandEntry } from './commands/index.js';
 
+/**
+ * Exit code when whoever reads our stdout or stderr has gone (`virtcbt backup … | head -1`):
+ * 128 + SIGPIPE, what any Unix tool killed by SIGPIPE gives, whether or not the command's work
+ * was done (Node ignores SIGPIPE, so the write fails with EPIPE instead). Decided so: the reader
+ * chose to stop, and a script using `set -o pipefail` should see that the output was cut short.
+ */
+const SIGPIPE_EXIT = 128 + 13;
+
+/**
+ * A closed pipe ends the CLI at once and quietly: nothing is left to tell anyone, and the default
+ * (an unhandled 'error' event) printed a stack trace. What was already handed to virtcbtd is not
+ * affected: it runs a backup it accepted to its end (or fails and cleans up) whether or not a
+ * client still reads its events; `virtcbt list` / `virtcbt status` show how it ended. What the CLI
+ * itself still had to do (the next domain of a `backup --job`, the prune of `--keep`) is not done.
+ */
+function exitOnClosedPipe(err: NodeJS.ErrnoException): void {
+  if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') process.exit(SIGPIPE_EXIT);
+  throw err;
+}
+process.stdout.on('error', exitOnClosedPipe);
+process.stderr.on('error', exitOnClosedPipe);
+
 const io: CliIo = {
   out: (l) => process.stdout.write(l + '\n'),
   err: (l) => process.stderr.write(l + '\n'),
@@ -30,6 +52,7 @@ function help(): string {
     '  3  virtcbtd is not running',
     '  4  domain, disk, consumer or backup not found',
     '  5  protocol error from QEMU, NBD server or guest agent',
+    '  141  the reader of stdout or stderr went away (as on SIGPIPE); virtcbtd finishes what it was asked',
   ].join('\n');
 }
 
