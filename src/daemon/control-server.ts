@@ -192,13 +192,31 @@ async function streamLines(res: ServerResponse, s: EventStream, mapError?: (err:
   res.writeHead(200, { 'content-type': 'application/x-ndjson' });
   try {
     for await (const ev of s.stream) {
-      if (!res.write(JSON.stringify(ev) + '\n')) await new Promise((r) => res.once('drain', r));
+      // A client that went away (`virtcbt backup | head -1`) never drains: stop streaming to it (the
+      // job goes on; see eventStream) instead of holding the stream and its events until exit.
+      if (res.destroyed || res.writableEnded) break;
+      if (!res.write(JSON.stringify(ev) + '\n') && !(await drainedOrClosed(res))) break;
     }
   } catch (e) {
     const err = mapError ? mapError(e) : e;
     res.write(JSON.stringify({ type: 'error', ...errorPayload(err), exitCode: (err as { exitCode?: number }).exitCode }) + '\n');
   }
   res.end();
+}
+
+/** Waits until `res` can take more (true) or its connection closed (false). */
+function drainedOrClosed(res: ServerResponse): Promise<boolean> {
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => () => {
+      res.off('drain', onDrain);
+      res.off('close', onClose);
+      resolve(ok);
+    };
+    const onDrain = done(true);
+    const onClose = done(false);
+    res.once('drain', onDrain);
+    res.once('close', onClose);
+  });
 }
 
 async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
