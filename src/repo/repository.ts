@@ -110,7 +110,8 @@ async function makeDirs(path: string, mode: number): Promise<void> {
   const missing: string[] = [];
   for (let p = path; ; p = dirname(p)) {
     const st = await stat(p).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return undefined;
+      // ENOTDIR: a file above; the walk up finds it and names it.
+      if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return undefined;
       throw pathError(p, err, `create the backup repository ${path}`);
     });
     if (st) {
