@@ -86,6 +86,19 @@ describe('links inside a repository are never followed', () => {
     expectUntouched(r.sandbox, before);
   });
 
+  it('an image a manifest names that is a symlink is refused by verify and restore, naming it', async () => {
+    const r = await handMadeRepo();
+    const image = join(r.dirs.nightly!, 'nightly-0001.vda.qcow2');
+    await execa('mv', [image, join(r.sandbox, 'moved.qcow2')]);
+    symlinkSync(join(r.sandbox, 'moved.qcow2'), image);
+    const verify = await daemon.cli(['verify', '--repo', r.root, 'vm1'], { reject: false });
+    expect(verify.exitCode).toBe(1);
+    expect(verify.stdout).toContain(`nightly-0001 vda: FAILED: image ${image} is a symlink, not a regular file`);
+    const restore = await daemon.cli(['restore', '--repo', r.root, 'vm1', '--disk', 'vda', '--at', 'nightly-0001', '--to', join(tempDir('restore'), 'x.qcow2')], { reject: false });
+    expect(restore.exitCode).not.toBe(0);
+    expect(restore.stderr).toContain(`image ${image} is a symlink, not a regular file`);
+  });
+
   it('the repository root may be a symlink the admin chose: it is resolved once', async () => {
     const r = await handMadeRepo();
     const alias = join(tempDir('alias'), 'backups');

@@ -9,7 +9,6 @@ import { FileEndpoint, copyExtents, wholeDisk, type CopyProgress, type Endpoint 
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { serveImage, type ServedImage } from './image-server.js';
 import { fsyncDir } from './manifest.js';
-import { inChain } from './names.js';
 import type { Repository } from './repository.js';
 
 export interface RestoreOptions {
@@ -48,7 +47,7 @@ export async function restorePointImage(repo: Repository, domain: string, disk: 
       domain, disk, hint: 'Pass one of those to --disk',
     }), { exitCode: 4 });
   }
-  return { manifest: m, disk: d, path: inChain(repo.chainDir(domain, m.consumer), d.file) };
+  return { manifest: m, disk: d, path: await repo.imagePath(domain, m.consumer, d.file) };
 }
 
 export async function restoreDisk(repo: Repository, o: RestoreOptions): Promise<RestoreResult> {

@@ -1,7 +1,6 @@
 // Verify: for every restore point, `qemu-img check` of each image, the backing file the image
 // names against the manifest, and the checksum of the copied extents re-read through the chain.
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +9,6 @@ import { errorMessage } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
 import { serveImage } from './image-server.js';
 import type { Manifest } from './manifest.js';
-import { inChain } from './names.js';
 import type { PruneJournal, Repository, RepoProblem } from './repository.js';
 
 export interface DiskVerdict {
@@ -58,16 +56,17 @@ async function backingOf(path: string): Promise<string | null> {
  * prune's journal, whose rebase may have reached an image before its manifest.
  */
 export async function verifyManifest(repo: Repository, m: Manifest, chain: Manifest[], journal?: PruneJournal): Promise<DiskVerdict[]> {
-  const dir = repo.chainDir(m.domain, m.consumer);
   const out: DiskVerdict[] = [];
   const runDir = await mkdtemp(join(tmpdir(), 'virtcbt-verify-'));
   try {
     for (const d of m.disks) {
       const v: DiskVerdict = { id: m.id, consumer: m.consumer, disk: d.target, file: d.file, ok: false, problems: [], warnings: [], bytes: d.bytes };
       out.push(v);
-      const path = inChain(dir, d.file);
-      if (!existsSync(path)) {
-        v.problems.push(`image ${path} is missing`);
+      let path: string;
+      try {
+        path = await repo.imagePath(m.domain, m.consumer, d.file);
+      } catch (err) {
+        v.problems.push((err as Error).message);
         continue;
       }
       const c = await checkImage(path);
