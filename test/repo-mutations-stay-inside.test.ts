@@ -1,18 +1,22 @@
 // Random mutations of a repository's manifests and images (names, ids, files, backing links in
 // manifests and in image headers, sizes, extents, truncation, links, stray files): after each,
-// list, verify, restore and prune change nothing outside the repository (a sandbox beside it is
-// compared byte for byte), never crash, and either work or name the point they cannot use.
+// list, verify, restore, prune and the next backup change nothing outside the repository (a
+// sandbox beside it is compared byte for byte), never crash, and either work or name the point
+// they cannot use.
 import { execa } from 'execa';
 import { readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
+import { startTestDaemon, type TestDaemon } from './support/daemon.js';
+import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
 import { expectUntouched, handMadeRepo, snapshotTree, type HandMadeRepo } from './support/repo-fixture.js';
 
 useCleanup();
 const CLI = resolve(import.meta.dirname, '../dist/src/cli/main.js');
 const ROUNDS = 16;
+const BACKUP_ROUNDS = 8;
 
 function cli(args: string[]) {
   return execa('node', [CLI, ...args], { reject: false, timeout: 120_000 });
@@ -98,20 +102,33 @@ const MUTATIONS: Record<string, Mutation> = {
   },
 };
 
+/** Applies one or two random mutations; returns what was done, for the failure message. */
+async function mutate(r: HandMadeRepo, random: () => number): Promise<{ kind: string; file: string }[]> {
+  const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)]!;
+  const kinds = Object.keys(MUTATIONS);
+  const applied: { kind: string; file: string }[] = [];
+  for (let n = 1 + Math.floor(random() * 2); n > 0; n--) {
+    const kind = pick(kinds);
+    applied.push({ kind, file: await MUTATIONS[kind]!(r, pick) });
+  }
+  return applied;
+}
+
+/** No stack trace, no JS error class; a failure names what it could not use. */
+function expectSaneOutcome(run: { exitCode?: number; stdout: string; stderr: string; command: string }, what: string): void {
+  const text = run.stdout + run.stderr;
+  expect(text, `${what}: ${run.command}`).not.toMatch(/\n\s+at .+\(.+:\d+:\d+\)|TypeError|RangeError|ReferenceError/);
+  if (run.exitCode !== 0) expect(text, `${what}: ${run.command}`).toMatch(/nightly|prune|inprogress|image|manifest/);
+}
+
+const seed = Number(process.env.VIRTCBT_MUTATION_SEED ?? Date.now() % 100_000);
+
 describe('a mutated repository never reaches outside itself', () => {
   it(`${ROUNDS} rounds of random mutations: list, verify, restore and prune stay inside and name what they cannot use`, async () => {
-    const seed = Number(process.env.VIRTCBT_MUTATION_SEED ?? Date.now() % 100_000);
     const random = rng(seed);
-    const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)]!;
-    const kinds = Object.keys(MUTATIONS);
     for (let round = 0; round < ROUNDS; round++) {
       const r = await handMadeRepo();
-      const applied: { kind: string; file: string }[] = [];
-      for (let n = 1 + Math.floor(random() * 2); n > 0; n--) {
-        const kind = pick(kinds);
-        applied.push({ kind, file: await MUTATIONS[kind]!(r, pick) });
-      }
-      const what = `seed ${seed}, round ${round}: ${JSON.stringify(applied)}`;
+      const what = `seed ${seed}, round ${round}: ${JSON.stringify(await mutate(r, random))}`;
       const before = snapshotTree(r.sandbox);
       const out = tempDir('mut-restore');
       const runs = [
@@ -121,13 +138,33 @@ describe('a mutated repository never reaches outside itself', () => {
         await cli(['restore', '--repo', r.root, 'vm1', '--disk', 'vda', '--at', 'nightly-0002', '--to', join(out, 'two.qcow2')]),
         await cli(['prune', '--repo', r.root, 'vm1', '--consumer', 'nightly', '--keep', '2']),
       ];
-      for (const run of runs) {
-        const text = run.stdout + run.stderr;
-        expect(text, `${what}: ${run.command}`).not.toMatch(/\n\s+at .+\(.+:\d+:\d+\)|TypeError|RangeError|ReferenceError/);
-        if (run.exitCode !== 0) expect(text, `${what}: ${run.command}`).toMatch(/nightly|prune|inprogress|image|manifest/);
-      }
+      for (const run of runs) expectSaneOutcome(run, what);
       expect(runs[0]!.exitCode, `${what}: list`).toBe(0);
-      expectUntouched(r.sandbox, before);
+      expectUntouched(r.sandbox, before, `${what}\n${runs.map((x) => `${x.command}: ${x.exitCode} ${x.stdout.slice(0, 300)} ${x.stderr.slice(0, 300)}`).join('\n')}`);
     }
   }, 900_000);
+
+  describe('and the next backup into it', () => {
+    let daemon: TestDaemon;
+    let guest: LibvirtGuest;
+
+    beforeAll(async () => {
+      daemon = await startTestDaemon();
+      guest = await startLibvirtGuest({ name: 'mutrepo', scratchFormat: 'qcow2', start: false });
+      await daemon.cli(['enable', guest.name]);
+      await daemon.cli(['consumer', 'add', guest.name, 'nightly']);
+    });
+
+    it(`${BACKUP_ROUNDS} rounds: a backup into a mutated chain changes nothing outside the repository`, async () => {
+      const random = rng(seed + 1);
+      for (let round = 0; round < BACKUP_ROUNDS; round++) {
+        const r = await handMadeRepo({ domain: guest.name });
+        const what = `seed ${seed + 1}, backup round ${round}: ${JSON.stringify(await mutate(r, random))}`;
+        const before = snapshotTree(r.sandbox);
+        const run = await daemon.cli(['backup', guest.name, '--consumer', 'nightly', '--repo', r.root], { reject: false });
+        expectSaneOutcome({ ...run, command: 'backup' }, what);
+        expectUntouched(r.sandbox, before, what);
+      }
+    }, 900_000);
+  });
 });

@@ -86,7 +86,7 @@ describe('links inside a repository are never followed', () => {
     expectUntouched(r.sandbox, before);
   });
 
-  it('an image a manifest names that is a symlink is refused by verify and restore, naming it', async () => {
+  it('an image a manifest names that is a symlink is refused by verify, restore and prune, naming it', async () => {
     const r = await handMadeRepo();
     const image = join(r.dirs.nightly!, 'nightly-0001.vda.qcow2');
     await execa('mv', [image, join(r.sandbox, 'moved.qcow2')]);
@@ -97,6 +97,14 @@ describe('links inside a repository are never followed', () => {
     const restore = await daemon.cli(['restore', '--repo', r.root, 'vm1', '--disk', 'vda', '--at', 'nightly-0001', '--to', join(tempDir('restore'), 'x.qcow2')], { reject: false });
     expect(restore.exitCode).not.toBe(0);
     expect(restore.stderr).toContain(`image ${image} is a symlink, not a regular file`);
+    // Prune would commit the newer points into that base: refused before anything changes.
+    const before = snapshotTree(r.sandbox);
+    const chainBefore = snapshotTree(r.dirs.nightly!);
+    const prune = await daemon.cli(['prune', '--repo', r.root, 'vm1', '--consumer', 'nightly', '--keep', '1'], { reject: false });
+    expect(prune.exitCode).not.toBe(0);
+    expect(prune.stderr).toContain(`image ${image} is a symlink, not a regular file`);
+    expectUntouched(r.sandbox, before);
+    expect(snapshotTree(r.dirs.nightly!)).toEqual(chainBefore);
   });
 
   it('the repository root may be a symlink the admin chose: it is resolved once', async () => {

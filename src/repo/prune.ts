@@ -6,7 +6,7 @@
 // committing into the base only changes clusters that the overlays above it mask.
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { link, rm } from 'node:fs/promises';
+import { link, lstat, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { fsyncDir, readManifest, writeFileDurable, writeManifest, type Manifest } from './manifest.js';
@@ -80,6 +80,9 @@ export async function pruneChain(repo: Repository, domain: string, consumer: str
       if (files.length === 1) return [];
       return [{ target: d.target, base: files[files.length - 1]!, top: d.file, merged: `${k.id}.${d.target}.merged.qcow2` }];
     });
+    // Every image the merge writes or links is a regular file of the chain (a symlink there is
+    // refused, naming it) before anything changes.
+    for (const d of disks) for (const f of diskChain(chain, k, d.target)) await repo.imagePath(domain, consumer, f);
     const journal: PruneJournal = { keep, removing, into: disks.length > 0 ? k.id : null, disks, startedAt: new Date().toISOString() };
     await writeFileDurable(join(dir, PRUNE_JOURNAL), JSON.stringify(journal, null, 2));
     opts.fault?.('journal');
@@ -104,11 +107,16 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
     for (const d of j.disks) {
       const kd = k.disks.find((x) => x.target === d.target)!;
       if (kd.file === d.merged) continue;
-      if (!existsSync(inChain(dir, d.merged))) {
-        await qemuImg(['commit', '-q', '-d', '-b', inChain(dir, d.base), inChain(dir, d.top)], dir, `merging ${d.top} into ${d.base}`);
+      const merged = inChain(dir, d.merged);
+      if (!(await lstat(merged).catch(() => undefined))) {
+        // Through imagePath: a symlink at base or top is refused, never committed into or linked.
+        const base = await repo.imagePath(domain, consumer, d.base);
+        await qemuImg(['commit', '-q', '-d', '-b', base, await repo.imagePath(domain, consumer, d.top)], dir, `merging ${d.top} into ${d.base}`);
         opts.fault?.('commit');
-        await link(inChain(dir, d.base), inChain(dir, d.merged));
+        await link(base, merged);
         await fsyncDir(dir);
+      } else {
+        await repo.imagePath(domain, consumer, d.merged);
       }
       // The child of K reads K's state through the merged image from now on.
       for (const [i, cached] of all.entries()) {
@@ -117,7 +125,7 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
         // The chain's manifests are shared and frozen: the rebased child's is changed as a copy.
         const child = structuredClone(cached);
         const cd = child.disks[at]!;
-        await qemuImg(['rebase', '-u', '-b', d.merged, '-F', 'qcow2', cd.file], dir, `rebasing ${cd.file} onto ${d.merged}`);
+        await qemuImg(['rebase', '-u', '-b', d.merged, '-F', 'qcow2', await repo.imagePath(domain, consumer, cd.file)], dir, `rebasing ${cd.file} onto ${d.merged}`);
         opts.fault?.('rebase');
         cd.backing = d.merged;
         await writeManifest(dir, child);
