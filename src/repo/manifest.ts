@@ -144,6 +144,12 @@ export interface ChainRef {
 const HINT_DAMAGED = 'Run `virtcbt verify`; restore from another backup, or move the file out of the repository';
 
 /**
+ * Larger than any manifest: one of a fragmented 2 TiB disk lists about a million extents (~30 MiB).
+ * A file bigger than this is not read into memory at all.
+ */
+const MAX_REPO_FILE = 256 * 1024 * 1024;
+
+/**
  * Reads a file of the repository without following a symlink at its name (a FIFO or device there
  * is refused too, without blocking on it). Returns the text and the stamp of what was read.
  */
@@ -152,6 +158,7 @@ export async function readRepoFile(path: string): Promise<{ text: string; stamp:
   try {
     const st = await fh.stat({ bigint: true });
     if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: 'ENOTREG' });
+    if (st.size > MAX_REPO_FILE) throw Object.assign(new Error(`${path} is ${st.size} bytes, more than any manifest or journal (${MAX_REPO_FILE})`), { code: 'EFBIG' });
     return { text: await fh.readFile('utf8'), stamp: fileStamp(st) };
   } finally {
     await fh.close();

@@ -229,16 +229,21 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
     for (const d of j.disks) {
       const kd = k.disks.find((x) => x.target === d.target)!;
       if (kd.file === d.merged) continue;
-      if (!existsSync(inChain(dir, d.merged))) {
+      const merged = inChain(dir, d.merged);
+      if (!(await lstat(merged).catch(() => undefined))) {
         if (j.committing === false) {
           // From the first commit on, the removed points' data is gone: no more going back.
           j.committing = true;
           await writeFileDurable(inChain(dir, PRUNE_JOURNAL), JSON.stringify(j, null, 2));
         }
-        await qemuImg(['commit', '-q', '-d', '-b', inChain(dir, d.base), inChain(dir, d.top)], dir, `merging ${d.top} into ${d.base}`);
+        // Through imagePath: a symlink at base or top is refused, never committed into or linked.
+        const base = await repo.imagePath(domain, consumer, d.base);
+        await qemuImg(['commit', '-q', '-d', '-b', base, await repo.imagePath(domain, consumer, d.top)], dir, `merging ${d.top} into ${d.base}`);
         opts.fault?.('commit');
-        await link(inChain(dir, d.base), inChain(dir, d.merged));
+        await link(base, merged);
         await fsyncDir(dir);
+      } else {
+        await repo.imagePath(domain, consumer, d.merged);
       }
       // The child of K reads K's state through the merged image from now on.
       for (const [i, cached] of all.entries()) {
@@ -247,7 +252,7 @@ async function applyJournal(repo: Repository, domain: string, consumer: string, 
         // The chain's manifests are shared and frozen: the rebased child's is changed as a copy.
         const child = structuredClone(cached);
         const cd = child.disks[at]!;
-        await qemuImg(['rebase', '-u', '-b', d.merged, '-F', 'qcow2', cd.file], dir, `rebasing ${cd.file} onto ${d.merged}`);
+        await qemuImg(['rebase', '-u', '-b', d.merged, '-F', 'qcow2', await repo.imagePath(domain, consumer, cd.file)], dir, `rebasing ${cd.file} onto ${d.merged}`);
         opts.fault?.('rebase');
         cd.backing = d.merged;
         await writeManifest(dir, child);

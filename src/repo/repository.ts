@@ -112,7 +112,8 @@ async function makeDirs(path: string, mode: number): Promise<void> {
   const missing: string[] = [];
   for (let p = path; ; p = dirname(p)) {
     const st = await stat(p).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return undefined;
+      // ENOTDIR: a file above; the walk up finds it and names it.
+      if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return undefined;
       throw pathError(p, err, `create the backup repository ${path}`);
     });
     if (st) {
@@ -205,6 +206,22 @@ export class Repository {
     return this.chainDir(domain, consumer);
   }
 
+  /**
+   * The path of an image a manifest names: inside the chain directory (inChain) and a regular
+   * file (lstat: a symlink there is refused, never followed). An error naming it otherwise.
+   */
+  async imagePath(domain: string, consumer: string, file: string): Promise<string> {
+    const path = inChain(this.chainDir(domain, consumer), file);
+    const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') throw new VirtcbtError(`image ${path} is missing`, { domain, hint: REPAIR_HINT });
+      throw pathError(path, err, `read the image ${path}`);
+    });
+    if (!st.isFile()) {
+      throw new VirtcbtError(`image ${path} is a ${kindOf(st)}, not a regular file: virtcbt never follows a link inside a repository`, { domain, hint: REPAIR_HINT });
+    }
+    return path;
+  }
+
   /** Domains with anything in the repository (a symlink among them is listed, to be reported). */
   async domains(): Promise<string[]> {
     const names = await readdir(this.root, { withFileTypes: true }).catch(() => []);
@@ -230,6 +247,9 @@ export class Repository {
    */
   async chainState(domain: string, consumer: string): Promise<ChainState> {
     const state: ChainState = { points: [], all: [], damaged: [], ignored: [], nextSeq: 1 };
+    if (!PLAIN_NAME.test(consumer)) {
+      throw new VirtcbtError(`${this.chainDir(domain, consumer)} is not a chain directory: ${JSON.stringify(consumer)} is not a consumer name`, { domain, hint: REPAIR_HINT });
+    }
     const dir = await this.realChainDir(domain, consumer);
     if (!dir) return state;
     const where = { domain, consumer };

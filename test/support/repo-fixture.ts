@@ -106,6 +106,6 @@ export function snapshotTree(dir: string): Record<string, string> {
 }
 
 /** The sandbox is exactly as it was. */
-export function expectUntouched(dir: string, before: Record<string, string>): void {
-  expect(snapshotTree(dir)).toEqual(before);
+export function expectUntouched(dir: string, before: Record<string, string>, what?: string): void {
+  expect(snapshotTree(dir), what).toEqual(before);
 }
