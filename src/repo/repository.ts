@@ -342,8 +342,11 @@ export class Repository {
   async resolve(domain: string, at?: string): Promise<Manifest> {
     const state = await this.domainState(domain);
     const all = state.points;
-    const notFound = (what: string) => Object.assign(new VirtcbtError(what, {
-      domain, hint: `List the restore points with \`virtcbt list --repo ${this.root} ${domain}\``,
+    // A point that is not found may be in a file or chain directory that could not be read: say which.
+    const unreadable = state.damaged.length === 0 ? '' : `; ${state.damaged.length} file(s) of ${domain} in the repository could not be read: ` +
+      state.damaged.slice(0, 3).map((d) => `${d.path} (${d.problem})`).join('; ') + (state.damaged.length > 3 ? '; ...' : '');
+    const notFound = (what: string) => Object.assign(new VirtcbtError(what + unreadable, {
+      domain, hint: state.damaged.length ? `Run \`virtcbt verify --repo ${this.root} ${domain}\` for the whole report` : `List the restore points with \`virtcbt list --repo ${this.root} ${domain}\``,
     }), { exitCode: 4 });
     if (at !== undefined) {
       const bad = state.damaged.find((d) => d.id === at);
