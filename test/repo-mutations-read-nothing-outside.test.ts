@@ -21,7 +21,7 @@ useCleanup();
 const MiB = 1024 * 1024;
 /** Seeded, so a failure can be replayed: VIRTCBT_MUTATION_SEED=N. */
 const SEED = Number(process.env.VIRTCBT_MUTATION_SEED ?? 20261204);
-const RANDOM_ROUNDS = Number(process.env.VIRTCBT_MUTATION_ROUNDS ?? 3);
+const RANDOM_ROUNDS = Number(process.env.VIRTCBT_MUTATION_ROUNDS ?? 0);
 
 let daemon: TestDaemon;
 let guest: LibvirtGuest;
