@@ -1,7 +1,8 @@
 // A consumer moves only onto a restore point whose whole chain restores. When an image under the
-// newest point is missing, truncated, garbage, a symlink or backed by another file than its
-// manifest says, the next backup copies that disk whole (the plan's reason and the result's notes
-// say why), the consumer moves, and the new point restores to the disk. A stopped libvirt domain,
+// newest point is missing, truncated, garbage, a symlink, backed by another file than its
+// manifest says or keeps its data in an external file, the next backup copies that disk whole
+// (the plan's reason and the result's notes say why), the consumer moves, and the new point
+// restores to the disk. A stopped libvirt domain,
 // changed offline with qemu-io (the persistent bitmaps record it).
 import { execa } from 'execa';
 import { copyFileSync, openSync, closeSync, writeSync, rmSync, symlinkSync, truncateSync } from 'node:fs';
@@ -75,6 +76,15 @@ const cases: Case[] = [
       await execa('qemu-img', ['rebase', '-u', '-b', `${c}-0001.vda.qcow2`, '-F', 'qcow2', `${c}-0002.vdb.qcow2`], { cwd: dir });
     },
     why: (c) => new RegExp(`^${c}-0002\\.vdb\\.qcow2 is backed by "${c}-0001\\.vda\\.qcow2" in its header, by "${c}-0001\\.vdb\\.qcow2" in its manifest$`),
+  },
+  {
+    name: 'a middle image keeps its data in an external file',
+    damage: async (dir, c) => {
+      const data = join(tempDir('elsewhere'), 'data.raw');
+      rmSync(join(dir, `${c}-0002.vdb.qcow2`));
+      await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${data}`, '-b', `${c}-0001.vdb.qcow2`, '-F', 'qcow2', `${c}-0002.vdb.qcow2`], { cwd: dir });
+    },
+    why: (c) => new RegExp(`^${c}-0002\\.vdb\\.qcow2 keeps its data in an external file \\(".*data\\.raw"\\)`),
   },
 ];
 

@@ -44,6 +44,23 @@ describe('qcow2 header reader', () => {
       expect(h.backing, name).toBe(i['backing-filename'] ?? null);
       expect(2 ** h.clusterBits, name).toBe(i['cluster-size']);
       expect(h.version, name).toBe(i['format-specific'].data.compat === '0.10' ? 2 : 3);
+      expect(h.externalDataFile, name).toBe(false);
+      expect(h.dataFileName, name).toBeNull();
+    }
+  });
+
+  it('reports an external data file (incompatible feature bit 2) and its name, as qemu-img does', async () => {
+    const dir = tempDir('qhdr');
+    const data = join(tempDir('qhdr-outside'), 'data.raw');
+    for (const [name, opts] of [['ext.qcow2', []], ['ext-raw.qcow2', ['-o', 'data_file_raw=on']], ['ext-4k.qcow2', ['-o', 'cluster_size=4096']]] as const) {
+      await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${data}`, ...opts, join(dir, name), '64M']);
+      const h = await readQcow2Header(join(dir, name));
+      const i = await info(join(dir, name)) as unknown as { 'format-specific': { data: { 'data-file'?: string } } };
+      expect(i['format-specific'].data['data-file'], name).toBe(data);
+      expect(h.externalDataFile, name).toBe(true);
+      expect(h.incompatibleFeatures & 4n, name).toBe(4n);
+      expect(h.dataFileName, name).toBe(data);
+      expect(h.size, name).toBe(64 * 1024 * 1024);
     }
   });
 

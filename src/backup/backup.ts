@@ -14,11 +14,10 @@ import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type FrozenBitmap, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
 import { Qcow2Writer, createQcow2 } from '../qcow2/index.js';
 import {
-  ExtentDigest, Repository, flushingEndpoint, fsyncDir, newDigestInfo, writeManifest,
+  ExtentDigest, Repository, chainDamage, flushingEndpoint, fsyncDir, newDigestInfo, writeManifest,
   type BackupDisk, type Manifest,
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
-import { checkChain } from './chain-check.js';
 import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
 import { presetMarker, rotateFrozen, type FreezeMarker, type FreezeOutcome } from './freeze.js';
 import { ProgressMeter } from './progress.js';
@@ -180,7 +179,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // Whether the parent's chain is whole, read while the agent answers its ping (an lstat per image, a header
     // only when the file changed): a consumer must not move onto a point that cannot be restored.
     const damage = parent && !req.full && logContinuity(parent.logId, logId) === 'same'
-      ? checkChain(chainDir, parent, chain, () => repo.chain(domain, req.consumer, { includePruning: true }))
+      ? chainDamage(chainDir, chain, parent, {
+        more: () => repo.chain(domain, req.consumer, { includePruning: true }), journal: () => repo.pruneJournal(domain, req.consumer).catch(() => undefined),
+      })
       : Promise.resolve(new Map<string, string>());
     damage.catch(() => undefined);
     const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
@@ -478,7 +479,7 @@ interface ChainFacts {
   uuid: string;
   /** The identity of the domain's change log. */
   logId: string;
-  /** Per disk target, what is wrong with the parent's chain (see checkChain). */
+  /** Per disk target, what is wrong with the parent's chain (see chainDamage). */
   damage: ReadonlyMap<string, string>;
 }
 

@@ -1,9 +1,10 @@
-// Reading the header of an existing qcow2 image (QEMU's docs/interop/qcow2.txt): magic, version, virtual size and
-// the backing file name, from the first bytes of the file, without QEMU. Enough to tell a present, well-formed
-// image from a missing, truncated or foreign one; the image's tables are not read.
+// Reading the header of an existing qcow2 image (QEMU's docs/interop/qcow2.txt): magic, version, virtual size, the
+// backing file name and the incompatible features (an external data file among them), from the first bytes of the
+// file, without QEMU. Enough to tell a present, well-formed image from a missing, truncated or foreign one, and one
+// whose data QEMU would read from another file; the image's tables are not read.
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { MAX_BACKING_NAME, QCOW2_MAGIC } from './format.js';
+import { HEADER_LENGTH, MAX_BACKING_NAME, QCOW2_MAGIC } from './format.js';
 
 export interface Qcow2Header {
   version: number;
@@ -12,7 +13,19 @@ export interface Qcow2Header {
   size: number;
   /** The backing file name as stored (null: no backing file). */
   backing: string | null;
+  /** The incompatible feature bits (version 3; 0 for version 2): QEMU refuses to open an image with a bit it does not know. */
+  incompatibleFeatures: bigint;
+  /** Incompatible feature bit 2: the guest data lives in another file, not in this one. */
+  externalDataFile: boolean;
+  /** That file's name, from the header extension that stores it (null when absent or unreadable). */
+  dataFileName: string | null;
 }
+
+/** Incompatible feature bits QEMU 7.2 knows: dirty, corrupt, external data file, compression type, extended L2. */
+export const KNOWN_INCOMPATIBLE = 0b11111n;
+const INCOMPAT_DATA_FILE = 1n << 2n;
+/** Header extension: the external data file's name. */
+const EXT_DATA_FILE = 0x44415441;
 
 /** The file is not a qcow2 image virtcbt can read, with what is wrong in `what` (e.g. "has no qcow2 magic"). */
 export class Qcow2HeaderError extends Error {
@@ -21,7 +34,7 @@ export class Qcow2HeaderError extends Error {
   }
 }
 
-/** Header fields up to and including the virtual size (version 2 header: 72 bytes). */
+/** Header fields up to and including the virtual size (version 2 header: 72 bytes; version 3: at least 104). */
 const FIXED = 32;
 const V2_HEADER = 72;
 /** Read at first: the header, its extensions and, as virtcbt and qemu-img write them, the backing file name. */
@@ -55,7 +68,34 @@ export async function decodeQcow2Header(buf: Buffer, more: (offset: number, leng
     if (name.length < backingSize) throw new Qcow2HeaderError('is truncated inside its backing file name');
     backing = name.toString('utf8');
   }
-  return { version, clusterBits, size: Number(size), backing };
+  let incompatibleFeatures = 0n;
+  let dataFileName: string | null = null;
+  if (version === 3) {
+    if (buf.length < HEADER_LENGTH) throw new Qcow2HeaderError(`has a truncated qcow2 header (${buf.length} bytes)`);
+    incompatibleFeatures = buf.readBigUInt64BE(72);
+    const headerLength = buf.readUInt32BE(100);
+    if (headerLength < HEADER_LENGTH || headerLength > 2 ** clusterBits) throw new Qcow2HeaderError(`has an impossible header length (${headerLength} bytes)`);
+    if (incompatibleFeatures & INCOMPAT_DATA_FILE) dataFileName = await extensionText(buf, more, headerLength, 2 ** clusterBits, EXT_DATA_FILE);
+  }
+  return { version, clusterBits, size: Number(size), backing, incompatibleFeatures, externalDataFile: (incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n, dataFileName };
+}
+
+/** The text of header extension `type` (the extensions follow the header, inside the first cluster), or null. */
+async function extensionText(buf: Buffer, more: (offset: number, length: number) => Promise<Buffer>, from: number, cluster: number, type: number): Promise<string | null> {
+  const bytes = async (at: number, length: number) => (at + length <= buf.length ? buf.subarray(at, at + length) : await more(at, length));
+  for (let at = from; at + 8 <= cluster;) {
+    const head = await bytes(at, 8);
+    if (head.length < 8) return null;
+    const t = head.readUInt32BE(0);
+    const length = head.readUInt32BE(4);
+    if (t === 0 || at + 8 + length > cluster) return null;
+    if (t === type) {
+      const text = await bytes(at + 8, length);
+      return text.length === length ? text.toString('utf8') : null;
+    }
+    at += 8 + Math.ceil(length / 8) * 8;
+  }
+  return null;
 }
 
 /**

@@ -4,9 +4,9 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import { NbdEndpoint, type Endpoint } from '../copy/index.js';
 import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
 import { pollUntil } from '../util/abort.js';
@@ -57,12 +57,63 @@ function require_stat(pid: number): string | undefined {
   }
 }
 
-/** Kills a qemu-nbd left behind by a killed process, if `pid` still is one. */
-export async function killStaleQemuNbd(pid: number): Promise<void> {
-  const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  if (!cmd.startsWith('qemu-nbd') && !cmd.startsWith(`${SETPRIV}\0--pdeathsig`)) return;
-  process.kill(pid, 'SIGKILL');
+/**
+ * Kills a qemu-nbd left behind by a killed backup or prune of the chain directory `chainDir`. The pid comes from the
+ * repository's in-progress marker, which anyone who can write the repository can forge: only a qemu-nbd (or the
+ * setpriv about to exec one) whose command line serves files inside `chainDir` alone is killed. Says what it did.
+ */
+export async function killStaleQemuNbd(pid: number, chainDir: string): Promise<{ killed: boolean; why: string }> {
+  const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+  if (argv.at(-1) === '') argv.pop();
+  const at = argv[0] === SETPRIV && argv[1] === '--pdeathsig' ? argv.indexOf('--') + 1 : 0;
+  if (at <= 0 && argv[0] !== 'qemu-nbd' && !argv[0]?.endsWith('/qemu-nbd')) return { killed: false, why: `process ${pid} is not a qemu-nbd` };
+  if (at > 0 && argv[at] !== 'qemu-nbd') return { killed: false, why: `process ${pid} is not a qemu-nbd` };
+  const files = servedFiles(argv.slice(at + 1));
+  const dir = await realpath(chainDir).catch(() => undefined);
+  if (!dir || files.length === 0) return { killed: false, why: `qemu-nbd ${pid} serves no file of ${chainDir}` };
+  for (const f of files) {
+    // The image itself may be gone (removed as a leftover); its directory says where it was.
+    const where = isAbsolute(f) ? await realpath(dirname(f)).catch(() => undefined) : undefined;
+    if (where !== dir) return { killed: false, why: `qemu-nbd ${pid} serves ${f}, which is not in ${chainDir}: left alone` };
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return { killed: false, why: `qemu-nbd ${pid} has exited` };
+    throw err;
+  }
   await pollUntil(() => !pidAlive(pid), `qemu-nbd ${pid} to exit`, { timeoutMs: 10_000, intervalMs: 10 });
+  return { killed: true, why: `killed qemu-nbd ${pid}, left serving ${files.join(', ')}` };
+}
+
+/** The image files a qemu-nbd command line (after the program name) opens, as serveImage writes it. */
+function servedFiles(args: readonly string[]): string[] {
+  // serveImage's options, each with its value in the next argument.
+  const withValue = new Set(['-k', '--socket', '-f', '--format', '--cache', '--aio', '--discard', '-b', '--bind', '-p', '--port', '-x', '--export-name']);
+  let image: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (withValue.has(a)) i++;
+    else if (a.startsWith('-')) continue;
+    else if (image !== undefined) return []; // more than one image argument: not one of ours
+    else image = a;
+  }
+  if (image === undefined) return [];
+  if (!image.startsWith('json:')) return [image];
+  const out: string[] = [];
+  const collect = (node: unknown): void => {
+    if (node === null || typeof node !== 'object') return;
+    for (const [k, v] of Object.entries(node)) {
+      if (k === 'filename') out.push(typeof v === 'string' ? v : '');
+      else collect(v);
+    }
+  };
+  try {
+    collect(JSON.parse(image.slice('json:'.length)));
+  } catch {
+    return [];
+  }
+  return out;
 }
 
 /**

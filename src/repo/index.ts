@@ -13,4 +13,4 @@ export { serveImage, flushingEndpoint, killStaleQemuNbd, makeRunDir, pidAlive, s
 export { abortPrune, pruneChain, PRUNE_STEPS, type PruneOptions, type PruneResult, type PruneStep } from './prune.js';
 export { partName, restoreDisk, restorePointImage, sweepRestoreLeftovers, type RestoreOptions, type RestoreResult } from './restore.js';
 export { verifyRepo, verifyManifest, type DiskVerdict, type VerifyReport } from './verify.js';
-export { chainSpec, checkDiskChain, diskChain, readImageHeader, type ImageHeader } from './chain.js';
+export { chainDamage, chainSpec, checkDiskChain, diskChain, type ChainCheckOptions, type ChainProblem } from './chain.js';

@@ -143,8 +143,7 @@ async function checkPrunable(repo: Repository, domain: string, consumer: string,
     domain, hint: 'Run `virtcbt verify` for the whole report',
   });
   for (const d of k.disks) {
-    const files = diskChain(chain, k, d.target);
-    await checkDiskChain(dir, files, { domain, disk: d.target, id: k.id }, { sizeBytes: d.sizeBytes }).catch((err) => { throw refuse(errorMessage(err)); });
+    const files = await checkDiskChain(dir, chain, k, d.target).catch((err) => { throw refuse(errorMessage(err)); });
     if (files.length === 1) continue;
     const inChain = new Set(files);
     const merged = disks.find((x) => x.target === d.target)!.merged;
@@ -182,7 +181,7 @@ async function checkJournal(repo: Repository, domain: string, consumer: string, 
       const kd = k.disks.find((x) => x.target === d.target);
       if (!kd) throw new VirtcbtError(`restore point ${k.id} has no disk ${d.target}, which its journal merges`);
       if (kd.file === d.merged || existsSync(join(dir, d.merged))) continue; // merged already
-      await checkDiskChain(dir, diskChain(all, k, d.target), { domain, disk: d.target, id: k.id }, { journal: j });
+      await checkDiskChain(dir, all, k, d.target, { journal: j });
     }
   } catch (err) {
     if (!irreversible(j)) {

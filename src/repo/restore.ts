@@ -8,7 +8,7 @@ import { chmod, lstat, open, readdir, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path';
 import { FileEndpoint, copyExtents, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
-import { checkDiskChain, diskChain } from './chain.js';
+import { checkDiskChain } from './chain.js';
 import { makeRunDir, pidAlive, serveImage, sweepStaleRunDirs, type ServedImage } from './image-server.js';
 import { fsyncDir } from './manifest.js';
 import { inChain } from './names.js';
@@ -58,8 +58,7 @@ export async function restorePointImage(repo: Repository, domain: string, disk: 
   const dir = repo.chainDir(domain, m.consumer);
   // The points a pending prune removes still back the kept ones until it finishes.
   const all = await repo.chain(domain, m.consumer, { includePruning: true });
-  const files = diskChain(all, m, disk);
-  await checkDiskChain(dir, files, { domain, disk, id: m.id }, { journal: await repo.pruneJournal(domain, m.consumer), sizeBytes: d.sizeBytes });
+  const files = await checkDiskChain(dir, all, m, disk, { journal: () => repo.pruneJournal(domain, m.consumer) });
   return { manifest: m, disk: d, path: inChain(dir, d.file), chain: files.map((f) => inChain(dir, f)) };
 }
 

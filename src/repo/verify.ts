@@ -1,12 +1,12 @@
-// Verify: for every restore point, `qemu-img check` of each image, the backing file the image
-// names against the manifest, and the checksum of the copied extents re-read through the chain.
+// Verify: for every restore point, the chain check restore and backup make (chain.ts), `qemu-img
+// check` of each image, and the checksum of the copied extents re-read through the chain.
 import { execa } from 'execa';
-import { lstat, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NullEndpoint, copyExtents } from '../copy/index.js';
 import { errorMessage } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
-import { chainSpec, checkDiskChain, diskChain, readImageHeader } from './chain.js';
+import { chainSpec, checkDiskChain, entryProblem, problemAt } from './chain.js';
 import { makeRunDir, serveImage, sweepStaleRunDirs } from './image-server.js';
 import type { Manifest } from './manifest.js';
 import { inChain } from './names.js';
@@ -51,7 +51,7 @@ async function checkImage(path: string): Promise<{ problems: string[]; warnings:
  * removing included (their images still back the kept ones until it finishes); `journal` is that
  * prune's journal, whose rebase may have reached an image before its manifest.
  */
-export async function verifyManifest(repo: Repository, m: Manifest, chain: Manifest[], journal?: PruneJournal, memo?: Map<string, Promise<void>>): Promise<DiskVerdict[]> {
+export async function verifyManifest(repo: Repository, m: Manifest, chain: Manifest[], journal?: PruneJournal): Promise<DiskVerdict[]> {
   const dir = repo.chainDir(m.domain, m.consumer);
   const out: DiskVerdict[] = [];
   const runDir = await makeRunDir('verify');
@@ -59,36 +59,25 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
     for (const d of m.disks) {
       const v: DiskVerdict = { id: m.id, consumer: m.consumer, disk: d.target, file: d.file, ok: false, problems: [], warnings: [], bytes: d.bytes };
       out.push(v);
-      const path = inChain(dir, d.file);
-      const st = await lstat(path).catch(() => undefined);
-      if (!st?.isFile()) {
-        v.problems.push(st ? `image ${path} is not a regular file (${st.isSymbolicLink() ? 'a symlink' : 'a directory or special file'})` : `image ${path} is missing`);
+      // The structural check first: qemu-img check opens what a header names (an external data file), this does not.
+      const own = await entryProblem(dir, d.target, d, true, async () => journal);
+      if (own) {
+        v.problems.push(`image ${problemAt(dir, own)}`);
         continue;
       }
-      const c = await checkImage(path);
+      if (d.backing && !chain.some((x) => x.disks.some((y) => y.target === d.target && y.file === d.backing))) {
+        v.problems.push(`no restore point of this chain owns the backing file ${d.backing}`);
+      }
+      const c = await checkImage(inChain(dir, d.file));
       v.problems.push(...c.problems);
       v.warnings.push(...c.warnings);
-      try {
-        const h = await readImageHeader(path);
-        const b = h.backing;
-        if (h.dataFile !== null) v.problems.push(`the image keeps its data in an external file (${h.dataFile})`);
-        const moving = journal?.disks.find((e) => e.target === d.target && (e.top === d.backing || e.merged === d.backing));
-        const allowed = moving ? [moving.top, moving.merged] : [d.backing];
-        if (!allowed.includes(b)) v.problems.push(`the image's backing file is ${b ?? 'none'}, the manifest says ${d.backing ?? 'none'}`);
-        if (d.backing && !chain.some((x) => x.disks.some((y) => y.target === d.target && y.file === d.backing))) {
-          v.problems.push(`no restore point of this chain owns the backing file ${d.backing}`);
-        }
-      } catch (err) {
-        v.problems.push(`qemu-img info failed: ${errorMessage(err)}`);
-      }
       if (m.digest?.algorithm !== DIGEST_ALGORITHM || m.digest.segment !== DIGEST_SEGMENT) {
         v.problems.push(`unknown checksum ${JSON.stringify(m.digest)}`);
       } else if (v.problems.length === 0) {
         try {
           // Read through the chain the manifests give, whatever the headers name; the other images
           // of that chain are checked as restore checks them (each is also verified as its own point).
-          const files = diskChain(chain, m, d.target);
-          await checkDiskChain(dir, files, { domain: m.domain, disk: d.target, id: m.id }, { journal, memo });
+          const files = await checkDiskChain(dir, chain, m, d.target, { journal });
           const img = await serveImage(files.map((f) => join(dir, f)), { runDir });
           try {
             const digest = new ExtentDigest();
@@ -138,11 +127,9 @@ export async function verifyRepo(repo: Repository, domain?: string, onDisk?: (v:
       report({ id: p.id ?? '-', consumer: p.consumer ?? '-', disk: '-', file: p.path, ok: false, problems: [p.problem], warnings: [], bytes: 0 });
     }
     for (const c of state.chains) {
-      // One check per image, however many points share it.
-      const memo = new Map<string, Promise<void>>();
       for (const m of c.points) {
         checked++;
-        for (const v of await verifyManifest(repo, m, c.all, c.journal, memo)) report(v);
+        for (const v of await verifyManifest(repo, m, c.all, c.journal)) report(v);
       }
     }
   }
