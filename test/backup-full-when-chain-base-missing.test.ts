@@ -68,7 +68,7 @@ const cases: Case[] = [
       rmSync(join(dir, `${c}-0001.vdb.qcow2`));
       symlinkSync(copy, join(dir, `${c}-0001.vdb.qcow2`));
     },
-    why: (c) => new RegExp(`^${c}-0001\\.vdb\\.qcow2 is a symbolic link$`),
+    why: (c) => new RegExp(`^${c}-0001\\.vdb\\.qcow2 is a symlink, not a regular file$`),
   },
   {
     name: 'a header names another backing file than the manifest',

@@ -104,8 +104,8 @@ export async function imageProblem(dir: string, file: string, expect: ImageExpec
   } catch (err) {
     return bad((err as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read (${(err as Error).message})`);
   }
-  if (st.isSymbolicLink()) return bad('is a symbolic link');
-  if (!st.isFile()) return bad('is not a regular file');
+  // Nothing inside a repository is followed: a link or special file at an image's name is damage.
+  if (!st.isFile()) return bad(`is a ${st.isSymbolicLink() ? 'symlink' : st.isDirectory() ? 'directory' : 'special file'}, not a regular file`);
   const stamp = fileStamp(st);
   let h = headers.get(path)?.stamp === stamp ? headers.get(path)!.header : undefined;
   if (!h) {
