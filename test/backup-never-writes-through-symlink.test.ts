@@ -10,7 +10,7 @@ import { MiB, backupJson, expectImageUnlocked, tempDir } from './support/backup.
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
-import { expectUntouched, snapshotTree } from './support/repo-fixture.js';
+import { expectUntouched, snapshotTree } from './support/handmade-repo.js';
 
 useCleanup();
 

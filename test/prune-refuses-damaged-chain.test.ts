@@ -44,37 +44,37 @@ async function expectRefused(h: HandmadeRepo, damaged: string): Promise<void> {
 describe('prune refuses a damaged chain and changes nothing', () => {
   // 5 points of one chain, keep 2: point 4 (index 3) is kept, 1-3 are merged into the base.
   it('an image missing in the middle of the chain it merges', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 } });
     rmSync(image(h, 1));
     await expectRefused(h, image(h, 1));
   });
 
   it('the base image missing', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 } });
     rmSync(image(h, 0));
     await expectRefused(h, image(h, 0));
   });
 
   it('two disks, one intact: its base is not committed into before the other fails', async () => {
-    const h = await handmadeRepo({ points: 5, disks: ['vda', 'vdb'] });
+    const h = await handmadeRepo({ consumers: { nightly: 5 }, disks: ['vda', 'vdb'] });
     rmSync(image(h, 1, 'vdb'));
     await expectRefused(h, image(h, 1, 'vdb'));
   });
 
   it('an image whose header names another backing file than the manifests', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 } });
     await execa('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', h.points[0]!.manifest.disks[0]!.file, '-F', 'qcow2', image(h, 2)]);
     await expectRefused(h, image(h, 2));
   });
 
   it('the child of the kept point, which the prune rebases, missing', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 } });
     rmSync(image(h, 4));
     await expectRefused(h, image(h, 4));
   });
 
   it('an intact chain is pruned and its kept points restore exactly', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 }, refs: true });
     const r = await pruneChain(h.repo, h.domain, h.consumer, 2);
     expect(r.kept).toEqual([h.points[3]!.id, h.points[4]!.id]);
     for (const p of h.points.slice(3)) {

@@ -33,7 +33,7 @@ const ids = (h: HandmadeRepo, from: number) => h.points.slice(from).map((p) => p
 
 describe('a prune that stopped half way', () => {
   it('before its first commit: the message says nothing was merged; --abort gives every point back', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 }, refs: true });
     const err = await pruneChain(h.repo, h.domain, h.consumer, 2, failAfter('journal')).then(() => undefined, (e: Error) => e);
     expect(err?.message).toContain('injected failure after journal');
     expect((err as { hint?: string }).hint).toMatch(/has not merged anything.*--abort/);
@@ -47,7 +47,7 @@ describe('a prune that stopped half way', () => {
   });
 
   it('before its first commit: running it again finishes it', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 }, refs: true });
     await expect(pruneChain(h.repo, h.domain, h.consumer, 2, failAfter('journal'))).rejects.toThrow(/injected/);
     const r = await pruneChain(h.repo, h.domain, h.consumer, 2);
     expect(r).toMatchObject({ resumed: true, kept: ids(h, 3) });
@@ -55,7 +55,7 @@ describe('a prune that stopped half way', () => {
   });
 
   it('after a commit: the message says the removed points no longer restore; --abort refuses; running it again finishes it', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 }, refs: true });
     const err = await pruneChain(h.repo, h.domain, h.consumer, 2, failAfter('commit')).then(() => undefined, (e: Error) => e);
     expect(err?.message).toContain('injected failure after commit');
     const hint = (err as { hint?: string }).hint ?? '';
@@ -71,7 +71,7 @@ describe('a prune that stopped half way', () => {
   });
 
   it('a retry that finds the chain damaged before any commit drops the prune, naming the file', async () => {
-    const h = await handmadeRepo({ points: 5 });
+    const h = await handmadeRepo({ consumers: { nightly: 5 }, refs: true });
     await expect(pruneChain(h.repo, h.domain, h.consumer, 2, failAfter('journal'))).rejects.toThrow(/injected/);
     const base = join(h.dir, h.points[0]!.manifest.disks[0]!.file);
     rmSync(base);
@@ -84,7 +84,7 @@ describe('a prune that stopped half way', () => {
   });
 
   it('a whole old chain being removed, stopped after one deletion: --abort gives the rest back intact', async () => {
-    const h = await handmadeRepo({ points: 5, fullAt: [4] });
+    const h = await handmadeRepo({ consumers: { nightly: 5 }, fullAt: [4], refs: true });
     await expect(pruneChain(h.repo, h.domain, h.consumer, 2, failAfter('delete'))).rejects.toThrow(/injected/);
     const r = await abortPrune(h.repo, h.domain, h.consumer);
     // Deleted newest first: the older points left have their whole chain.

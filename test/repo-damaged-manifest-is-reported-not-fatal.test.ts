@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MiB, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
-import { handMadeRepo, pattern, type HandMadeRepo } from './support/repo-fixture.js';
+import { handmadeRepo, pattern, type HandmadeRepo } from './support/handmade-repo.js';
 
 useCleanup();
 const CLI = resolve(import.meta.dirname, '../dist/src/cli/main.js');
@@ -20,9 +20,9 @@ function cli(args: string[]) {
 const DAYS = ['2026-01-01T00:00:00.000Z', '2026-01-02T00:00:00.000Z', '2026-01-03T00:00:00.000Z'];
 
 /** nightly-0002.json cut in half, and a notes.json beside the manifests. */
-async function damaged(): Promise<{ r: HandMadeRepo; bad: string; notes: string }> {
+async function damaged(): Promise<{ r: HandmadeRepo; bad: string; notes: string }> {
   // weekly's points are the newest: restore without --at takes weekly-0002.
-  const r = await handMadeRepo({ consumers: { nightly: DAYS, weekly: ['2026-01-04T00:00:00.000Z', '2026-01-05T00:00:00.000Z'] } });
+  const r = await handmadeRepo({ consumers: { nightly: DAYS, weekly: ['2026-01-04T00:00:00.000Z', '2026-01-05T00:00:00.000Z'] } });
   const bad = join(r.dirs.nightly!, 'nightly-0002.json');
   writeFileSync(bad, readFileSync(bad, 'utf8').slice(0, 200));
   const notes = join(r.dirs.nightly!, 'notes.json');

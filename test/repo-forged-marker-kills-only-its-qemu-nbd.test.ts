@@ -36,7 +36,7 @@ async function stillServes(img: ServedImage): Promise<void> {
 
 describe('a forged in-progress marker does not make the clean-up kill an unrelated process', () => {
   it('qemu-nbd serving files outside the chain directory and a non-qemu-nbd survive; the chain\'s own leftover qemu-nbd is killed', async () => {
-    const h = await handmadeRepo({ points: 3 });
+    const h = await handmadeRepo({ consumers: { nightly: 3 } });
     const outside = tempDir('outside');
     // One as a plain image argument, one as the explicit chain (json:) virtcbt uses, one beside the chain directory.
     const victim = await served(await qcow2(join(outside, 'live-vm.qcow2')));

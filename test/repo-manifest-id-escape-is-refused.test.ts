@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
-import { expectUntouched, handMadeRepo, snapshotTree, type HandMadeRepo } from './support/repo-fixture.js';
+import { expectUntouched, handmadeRepo, snapshotTree, type SandboxedRepo } from './support/handmade-repo.js';
 
 useCleanup();
 const CLI = resolve(import.meta.dirname, '../dist/src/cli/main.js');
@@ -19,7 +19,7 @@ function cli(args: string[]) {
 /** The sandbox seen from the chain directory (REPO/vm1/nightly). */
 const OUT = '../../../sandbox';
 
-function edit(r: HandMadeRepo, file: string, change: (m: any) => void): void {
+function edit(r: SandboxedRepo, file: string, change: (m: any) => void): void {
   const p = join(r.dirs.nightly!, file);
   const m = JSON.parse(readFileSync(p, 'utf8'));
   change(m);
@@ -27,7 +27,7 @@ function edit(r: HandMadeRepo, file: string, change: (m: any) => void): void {
 }
 
 /** Runs every repository command on `r` and checks that the sandbox stayed as it was and `file` is named. */
-async function expectContained(r: HandMadeRepo, file: string): Promise<void> {
+async function expectContained(r: SandboxedRepo, file: string): Promise<void> {
   const before = snapshotTree(r.sandbox);
   const named = join(r.dirs.nightly!, file);
   const list = await cli(['list', '--repo', r.root, 'vm1', '--json']);
@@ -48,19 +48,19 @@ async function expectContained(r: HandMadeRepo, file: string): Promise<void> {
 
 describe('names read from manifests stay inside the repository', () => {
   it('an id that climbs out of the chain directory is refused', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     edit(r, 'nightly-0001.json', (m) => { m.id = `${OUT}/victim`; });
     await expectContained(r, 'nightly-0001.json');
   });
 
   it('an image file outside the chain directory is refused', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     edit(r, 'nightly-0001.json', (m) => { m.disks[0].file = `${OUT}/live.qcow2`; });
     await expectContained(r, 'nightly-0001.json');
   });
 
   it('a backing file outside the chain directory, or an absolute one, is refused', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     edit(r, 'nightly-0002.json', (m) => { m.disks[0].backing = `${OUT}/nightly-0001.vda.qcow2`; });
     edit(r, 'nightly-0003.json', (m) => { m.disks[0].backing = join(r.sandbox, 'live.qcow2'); });
     await expectContained(r, 'nightly-0002.json');
@@ -69,7 +69,7 @@ describe('names read from manifests stay inside the repository', () => {
   });
 
   it('an image of another point, a consumer or domain other than the directory\'s, a seq other than the id\'s are refused', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     edit(r, 'nightly-0001.json', (m) => { m.disks[0].file = 'nightly-0003.vda.qcow2'; });
     edit(r, 'nightly-0002.json', (m) => { m.consumer = 'weekly'; });
     edit(r, 'nightly-0003.json', (m) => { m.seq = 7; });
@@ -81,7 +81,7 @@ describe('names read from manifests stay inside the repository', () => {
   });
 
   it('a prune journal naming points or images outside the chain is refused, and the prune changes nothing', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     const journal = join(r.dirs.nightly!, '.prune.json');
     writeFileSync(journal, JSON.stringify({
       keep: 1, removing: [`${OUT}/victim`], into: 'nightly-0003',
@@ -101,7 +101,7 @@ describe('names read from manifests stay inside the repository', () => {
   });
 
   it('an in-progress marker naming another chain\'s point is read as an unreadable marker', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     writeFileSync(join(r.dirs.nightly!, '.inprogress.json'), JSON.stringify({ id: `${OUT}/victim`, pass: null, generation: 5, files: [`${OUT}/victim.qcow2`], pids: [], pid: 1, startedAt: '' }));
     const ip = await r.repo.readInProgress('vm1', 'nightly');
     expect(ip).toMatchObject({ id: '(unreadable marker)', generation: 0, files: [] });

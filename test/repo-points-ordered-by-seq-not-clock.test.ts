@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { MiB, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
-import { handMadeRepo, pattern } from './support/repo-fixture.js';
+import { handmadeRepo, pattern } from './support/handmade-repo.js';
 
 useCleanup();
 const CLI = resolve(import.meta.dirname, '../dist/src/cli/main.js');
@@ -24,7 +24,7 @@ async function holdsPoint(file: string, seq: number): Promise<boolean> {
 describe('restore points are ordered by sequence, not by the clock', () => {
   it('a chain whose clock went back is listed and restored in the order it was taken', async () => {
     // Point 2 was taken after the clock was set back two days; point 3 a day after that.
-    const r = await handMadeRepo({ consumers: { nightly: ['2026-03-10T00:00:00.000Z', '2026-03-08T00:00:00.000Z', '2026-03-09T00:00:00.000Z'] } });
+    const r = await handmadeRepo({ consumers: { nightly: ['2026-03-10T00:00:00.000Z', '2026-03-08T00:00:00.000Z', '2026-03-09T00:00:00.000Z'] } });
     const list = await cli(['list', '--repo', r.root, 'vm1', '--json']);
     expect(list.exitCode, list.stderr).toBe(0);
     expect(JSON.parse(list.stdout).domains[0].backups.map((m: { id: string }) => m.id)).toEqual(['nightly-0001', 'nightly-0002', 'nightly-0003']);
@@ -45,7 +45,7 @@ describe('restore points are ordered by sequence, not by the clock', () => {
   });
 
   it('across consumers the chains are merged by time, each kept in its own order', async () => {
-    const r = await handMadeRepo({
+    const r = await handmadeRepo({
       consumers: {
         nightly: ['2026-03-10T00:00:00.000Z', '2026-03-08T00:00:00.000Z', '2026-03-11T00:00:00.000Z'],
         weekly: ['2026-03-09T00:00:00.000Z', '2026-03-12T00:00:00.000Z'],

@@ -11,7 +11,7 @@ import { tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
-import { expectUntouched, handMadeRepo, snapshotTree, type HandMadeRepo } from './support/repo-fixture.js';
+import { expectUntouched, handmadeRepo, snapshotTree, type SandboxedRepo } from './support/handmade-repo.js';
 
 useCleanup();
 const CLI = resolve(import.meta.dirname, '../dist/src/cli/main.js');
@@ -39,9 +39,9 @@ const NAMES = [`${OUT}/victim`, '..', '.', '', '/etc/passwd', 'nightly-0001', 'n
 const FILES = [`${OUT}/live.qcow2`, `${OUT}/nightly-0001.vda.qcow2`, '/tmp', 'nightly-0001.vda.qcow2', 'nightly-0003.vda.qcow2', 'nightly-0002.vda.merged.qcow2', 'nightly-0002.vdb.qcow2', 'x.qcow2', '', null, 7];
 const NUMBERS = [-1, 0, 1.5, 2 ** 60, '12', null, 1 << 40, Number.MAX_SAFE_INTEGER];
 
-type Mutation = (r: HandMadeRepo, pick: <T>(xs: T[]) => T) => Promise<string>;
+type Mutation = (r: SandboxedRepo, pick: <T>(xs: T[]) => T) => Promise<string>;
 
-function editManifest(r: HandMadeRepo, seq: number, change: (m: any) => void): string {
+function editManifest(r: SandboxedRepo, seq: number, change: (m: any) => void): string {
   const file = `nightly-000${seq}.json`;
   const p = join(r.dirs.nightly!, file);
   const m = JSON.parse(readFileSync(p, 'utf8'));
@@ -103,7 +103,7 @@ const MUTATIONS: Record<string, Mutation> = {
 };
 
 /** Applies one or two random mutations; returns what was done, for the failure message. */
-async function mutate(r: HandMadeRepo, random: () => number): Promise<{ kind: string; file: string }[]> {
+async function mutate(r: SandboxedRepo, random: () => number): Promise<{ kind: string; file: string }[]> {
   const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)]!;
   const kinds = Object.keys(MUTATIONS);
   const applied: { kind: string; file: string }[] = [];
@@ -127,7 +127,7 @@ describe('a mutated repository never reaches outside itself', () => {
   it(`${ROUNDS} rounds of random mutations: list, verify, restore and prune stay inside and name what they cannot use`, async () => {
     const random = rng(seed);
     for (let round = 0; round < ROUNDS; round++) {
-      const r = await handMadeRepo();
+      const r = await handmadeRepo({ sandbox: true });
       const what = `seed ${seed}, round ${round}: ${JSON.stringify(await mutate(r, random))}`;
       const before = snapshotTree(r.sandbox);
       const out = tempDir('mut-restore');
@@ -158,7 +158,7 @@ describe('a mutated repository never reaches outside itself', () => {
     it(`${BACKUP_ROUNDS} rounds: a backup into a mutated chain changes nothing outside the repository`, async () => {
       const random = rng(seed + 1);
       for (let round = 0; round < BACKUP_ROUNDS; round++) {
-        const r = await handMadeRepo({ domain: guest.name });
+        const r = await handmadeRepo({ sandbox: true, domain: guest.name });
         const what = `seed ${seed + 1}, backup round ${round}: ${JSON.stringify(await mutate(r, random))}`;
         const before = snapshotTree(r.sandbox);
         const run = await daemon.cli(['backup', guest.name, '--consumer', 'nightly', '--repo', r.root], { reject: false });

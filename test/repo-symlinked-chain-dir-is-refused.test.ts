@@ -10,7 +10,7 @@ import { MiB, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
-import { expectUntouched, handMadeRepo, snapshotTree } from './support/repo-fixture.js';
+import { expectUntouched, handmadeRepo, snapshotTree } from './support/handmade-repo.js';
 
 useCleanup();
 
@@ -73,7 +73,7 @@ describe('links inside a repository are never followed', () => {
   });
 
   it('a link inside a chain, named like a leftover image or a manifest, is neither followed nor removed', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     const dir = r.dirs.nightly!;
     symlinkSync(join(r.sandbox, 'live.qcow2'), join(dir, 'nightly-0009.vda.qcow2'));
     symlinkSync(join(r.sandbox, 'victim.json'), join(dir, 'nightly-0004.json'));
@@ -87,7 +87,7 @@ describe('links inside a repository are never followed', () => {
   });
 
   it('an image a manifest names that is a symlink is refused by verify, restore and prune, naming it', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     const image = join(r.dirs.nightly!, 'nightly-0001.vda.qcow2');
     await execa('mv', [image, join(r.sandbox, 'moved.qcow2')]);
     symlinkSync(join(r.sandbox, 'moved.qcow2'), image);
@@ -108,7 +108,7 @@ describe('links inside a repository are never followed', () => {
   });
 
   it('the repository root may be a symlink the admin chose: it is resolved once', async () => {
-    const r = await handMadeRepo();
+    const r = await handmadeRepo({ sandbox: true });
     const alias = join(tempDir('alias'), 'backups');
     symlinkSync(r.root, alias);
     const list = await daemon.cli(['list', '--repo', alias, 'vm1', '--json']);

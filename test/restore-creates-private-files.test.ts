@@ -19,7 +19,7 @@ describe('restored disks are private', () => {
   it.each(['qcow2', 'raw'] as const)('%s: the .part file and the restored disk are 0600 under umask 022', async (format) => {
     const old = process.umask(0o022);
     onCleanup(() => process.umask(old));
-    const h = await handmadeRepo({ points: 2 });
+    const h = await handmadeRepo({ consumers: { nightly: 2 } });
     const to = join(tempDir('out'), `vda.${format}`);
     const partModes = new Set<string>();
     await restoreDisk(h.repo, {
@@ -32,7 +32,7 @@ describe('restored disks are private', () => {
   });
 
   it('--force over a file readable by all leaves a 0600 file', async () => {
-    const h = await handmadeRepo({ points: 1 });
+    const h = await handmadeRepo({ consumers: { nightly: 1 } });
     const to = join(tempDir('out'), 'vda.qcow2');
     writeFileSync(to, 'old', { mode: 0o644 });
     await restoreDisk(h.repo, { domain: h.domain, disk: 'vda', to, force: true });

@@ -32,7 +32,7 @@ async function qemuNbdOn(file: string): Promise<boolean> {
 }
 
 // 256 MiB of data: the copy takes long enough to be killed in the middle.
-const big = { points: 1, sizeBytes: 512 * MiB, writeBytes: 256 * MiB };
+const big = { consumers: { nightly: 1 }, sizeBytes: 512 * MiB, writeBytes: 256 * MiB, refs: true };
 
 describe('leftovers of a killed run', () => {
   it('a killed restore: the next restore to the same file removes its .part file and temp directory', async () => {

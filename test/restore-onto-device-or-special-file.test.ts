@@ -46,7 +46,7 @@ async function refused(p: Promise<unknown>): Promise<Error> {
 
 describe('restore onto a block device', () => {
   it('writes the disk in place (raw), leaves the device a device and the bytes past the disk alone', async () => {
-    const h = await handmadeRepo({ points: 2, sizeBytes: 16 * MiB });
+    const h = await handmadeRepo({ consumers: { nightly: 2 }, sizeBytes: 16 * MiB, refs: true });
     const { dev } = await loopDevice(24 * MiB);
     const r = await restoreDisk(h.repo, { domain: h.domain, disk: 'vda', to: dev, format: 'raw', force: true });
     expect(lstatSync(dev).isBlockDevice(), 'the device node was replaced').toBe(true);
@@ -57,7 +57,7 @@ describe('restore onto a block device', () => {
   });
 
   it('through a symlink to the device (as /dev/VG/LV is)', async () => {
-    const h = await handmadeRepo({ points: 1, sizeBytes: 16 * MiB });
+    const h = await handmadeRepo({ consumers: { nightly: 1 }, sizeBytes: 16 * MiB, refs: true });
     const { dev } = await loopDevice(16 * MiB);
     const link = join(tempDir('lvlink'), 'lv');
     symlinkSync(dev, link);
@@ -67,7 +67,7 @@ describe('restore onto a block device', () => {
   });
 
   it('refuses a device smaller than the disk, qcow2 onto a device, and a device without --force; nothing is written', async () => {
-    const h = await handmadeRepo({ points: 1, sizeBytes: 16 * MiB });
+    const h = await handmadeRepo({ consumers: { nightly: 1 }, sizeBytes: 16 * MiB });
     const { dev } = await loopDevice(8 * MiB);
     expect((await refused(restoreDisk(h.repo, { domain: h.domain, disk: 'vda', to: dev, format: 'raw', force: true }))).message).toMatch(/smaller/);
     expect((await refused(restoreDisk(h.repo, { domain: h.domain, disk: 'vda', to: dev, format: 'qcow2', force: true }))).message).toContain(dev);
@@ -78,7 +78,7 @@ describe('restore onto a block device', () => {
 
 describe('restore --force never renames over what is not a regular file', () => {
   it('a character device (what /dev/null is) stays a character device', async () => {
-    const h = await handmadeRepo({ points: 1 });
+    const h = await handmadeRepo({ consumers: { nightly: 1 } });
     const node = join(tempDir('chr'), 'null');
     await execa('mknod', [node, 'c', '1', '3']);
     const err = await refused(restoreDisk(h.repo, { domain: h.domain, disk: 'vda', to: node, format: 'raw', force: true }));
@@ -89,7 +89,7 @@ describe('restore --force never renames over what is not a regular file', () => 
   });
 
   it('a directory: a clear error naming it and what to do (not EISDIR), through the CLI too', async () => {
-    const h = await handmadeRepo({ points: 1 });
+    const h = await handmadeRepo({ consumers: { nightly: 1 } });
     const dir = tempDir('dir');
     writeFileSync(join(dir, 'keep'), 'x');
     const err = await refused(restoreDisk(h.repo, { domain: h.domain, disk: 'vda', to: dir, force: true }));
@@ -103,7 +103,7 @@ describe('restore --force never renames over what is not a regular file', () => 
   });
 
   it('a symlink to a file is neither replaced nor followed', async () => {
-    const h = await handmadeRepo({ points: 1 });
+    const h = await handmadeRepo({ consumers: { nightly: 1 } });
     const d = tempDir('sym');
     writeFileSync(join(d, 'victim'), 'victim');
     symlinkSync(join(d, 'victim'), join(d, 'link'));
@@ -114,7 +114,7 @@ describe('restore --force never renames over what is not a regular file', () => 
   });
 
   it('a FIFO and a socket', async () => {
-    const h = await handmadeRepo({ points: 1 });
+    const h = await handmadeRepo({ consumers: { nightly: 1 } });
     const d = tempDir('special');
     await execa('mkfifo', [join(d, 'fifo')]);
     const server = createServer();
@@ -131,7 +131,7 @@ describe('restore --force never renames over what is not a regular file', () => 
   });
 
   it('a regular file is replaced', async () => {
-    const h = await handmadeRepo({ points: 1 });
+    const h = await handmadeRepo({ consumers: { nightly: 1 }, refs: true });
     const f = join(tempDir('file'), 'disk.raw');
     writeFileSync(f, 'old');
     await restoreDisk(h.repo, { domain: h.domain, disk: 'vda', to: f, format: 'raw', force: true });

@@ -27,7 +27,7 @@ function leaks(file: string): boolean {
 
 describe('a header that names another backing file than the manifests', () => {
   it('restore refuses it, naming the image, and writes nothing', async () => {
-    const h = await handmadeRepo({ points: 3 });
+    const h = await handmadeRepo({ consumers: { nightly: 3 } });
     const secret = secretFile();
     const top = join(h.dir, h.points[2]!.manifest.disks[0]!.file);
     await execa('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', secret, '-F', 'raw', top]);
@@ -40,7 +40,7 @@ describe('a header that names another backing file than the manifests', () => {
   });
 
   it('verify reports it and reads nothing through it', async () => {
-    const h = await handmadeRepo({ points: 2 });
+    const h = await handmadeRepo({ consumers: { nightly: 2 } });
     const top = join(h.dir, h.points[1]!.manifest.disks[0]!.file);
     // The header points at a faithful copy of the real base outside the repository: still wrong.
     const copy = join(tempDir('outside'), 'base-copy.qcow2');
@@ -53,7 +53,7 @@ describe('a header that names another backing file than the manifests', () => {
   });
 
   it('an image whose data lives in an external file outside the repository is refused', async () => {
-    const h = await handmadeRepo({ points: 1 });
+    const h = await handmadeRepo({ consumers: { nightly: 1 } });
     const secret = secretFile();
     const base = join(h.dir, h.points[0]!.manifest.disks[0]!.file);
     await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${secret},data_file_raw=on`, base, String(16 * MiB)]);
@@ -71,7 +71,7 @@ describe('a header that names another backing file than the manifests', () => {
 
 describe('the explicit chain', () => {
   it('opens exactly the files given, whatever the top header names (qemu-nbd and qemu-img compare agree)', async () => {
-    const h = await handmadeRepo({ points: 3 });
+    const h = await handmadeRepo({ consumers: { nightly: 3 }, refs: true });
     const secret = secretFile();
     const files = [2, 1, 0].map((i) => join(h.dir, h.points[i]!.manifest.disks[0]!.file));
     await execa('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-b', secret, '-F', 'raw', files[0]!]);
@@ -89,7 +89,7 @@ describe('the explicit chain', () => {
   });
 
   it('restore of an intact chain equals the point', async () => {
-    const h = await handmadeRepo({ points: 3 });
+    const h = await handmadeRepo({ consumers: { nightly: 3 }, refs: true });
     for (const p of h.points) {
       const out = join(tempDir('out'), `${p.id}.qcow2`);
       await restoreDisk(h.repo, { domain: h.domain, disk: 'vda', to: out, at: p.id });
