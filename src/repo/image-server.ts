@@ -57,10 +57,16 @@ function require_stat(pid: number): string | undefined {
   }
 }
 
-/** Kills a qemu-nbd left behind by a killed process, if `pid` still is one. */
-export async function killStaleQemuNbd(pid: number): Promise<void> {
+/**
+ * Kills a qemu-nbd left behind by a killed process, if `pid` still is one and serves a file of
+ * `dir`: the pid comes from the repository (untrusted), so a qemu-nbd of anything else is left alone.
+ */
+export async function killStaleQemuNbd(pid: number, dir: string): Promise<void> {
   const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
   if (!cmd.startsWith('qemu-nbd') && !cmd.startsWith(`${SETPRIV}\0--pdeathsig`)) return;
+  // Its image is an argument of its own (-f qcow2 PATH) or a filename inside its json: chain spec.
+  const inDir = `${dir.replace(/\/+$/, '')}/`;
+  if (!cmd.split('\0').some((a) => a.startsWith(inDir) || a.includes(JSON.stringify(inDir).slice(0, -1)))) return;
   process.kill(pid, 'SIGKILL');
   await pollUntil(() => !pidAlive(pid), `qemu-nbd ${pid} to exit`, { timeoutMs: 10_000, intervalMs: 10 });
 }

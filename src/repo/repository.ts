@@ -489,7 +489,7 @@ export class Repository {
     const dir = await this.realChainDir(domain, consumer);
     if (!dir) return { removed: [], chain: [], nextSeq: 1, damaged: [] };
     const interrupted = await this.readInProgress(domain, consumer);
-    for (const pid of interrupted?.pids ?? []) await killStaleQemuNbd(pid);
+    for (const pid of interrupted?.pids ?? []) await killStaleQemuNbd(pid, dir);
     const state = await this.chainState(domain, consumer);
     const keep = new Set(state.all.flatMap((m) => m.disks.flatMap((d) => [d.file, ...(d.backing ? [d.backing] : [])])));
     for (const d of state.journal?.disks ?? []) { keep.add(d.base); keep.add(d.top); keep.add(d.merged); }
