@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { constants, type Stats } from 'node:fs';
 import { chmod, lstat, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { FileEndpoint, copyExtents, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
+import { FileEndpoint, copyExtents, isNoSpace, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { checkDiskChain, diskChain } from './chain.js';
 import { makeRunDir, pidAlive, serveImage, sweepStaleRunDirs, type ServedImage } from './image-server.js';
@@ -247,6 +247,12 @@ async function restoreToFile(
     await dst?.close().catch(() => undefined);
     await src?.kill();
     if (created) await rm(part, { force: true });
+    // Raw says a bare ENOSPC, qcow2 an NBD write error on a temp socket: name the target instead.
+    if (isNoSpace(err)) {
+      throw new VirtcbtError(`no space left on the file system of ${o.to} (restoring ${sizeBytes} bytes): ${(err as Error).message}`, {
+        domain: o.domain, disk: o.disk, cause: err, hint: `Free space in ${dirname(o.to)} or choose another --to; nothing was left there`,
+      });
+    }
     throw err;
   }
 }
