@@ -140,9 +140,23 @@ export async function verifyRepo(repo: Repository, domain?: string, onDisk?: (v:
     for (const c of state.chains) {
       // One check per image, however many points share it.
       const memo = new Map<string, Promise<void>>();
+      // Images whose own point failed (by disk): a point above one reads its damage through the chain.
+      const failed = new Map<string, string>();
       for (const m of c.points) {
         checked++;
-        for (const v of await verifyManifest(repo, m, c.all, c.journal, memo)) report(v);
+        for (const v of await verifyManifest(repo, m, c.all, c.journal, memo)) {
+          if (v.ok) {
+            let below: string[] = [];
+            try { below = diskChain(c.all, m, v.disk).slice(1); } catch { /* verifyManifest reported it */ }
+            for (const f of below) {
+              const id = failed.get(`${v.disk}/${f}`);
+              if (id) v.problems.push(`image ${inChain(repo.chainDir(m.domain, m.consumer), f)} (restore point ${id}) failed its check, and this point's data is read through it`);
+            }
+            v.ok = v.problems.length === 0;
+          }
+          if (!v.ok) failed.set(`${v.disk}/${v.file}`, m.id);
+          report(v);
+        }
       }
     }
   }
