@@ -94,7 +94,7 @@ export async function checkImageFile(dir: string, file: string, backing: readonl
   const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
     throw damaged(err.code === 'ENOENT' ? 'is missing' : `cannot be read: ${err.message}`);
   });
-  if (!st.isFile()) throw damaged(`is not a regular file (${st.isSymbolicLink() ? 'a symlink' : 'a directory or special file'}): it is not followed`);
+  if (!st.isFile()) throw damaged(`is ${st.isSymbolicLink() ? 'a symlink' : 'a directory or special file'}, not a regular file: it is not followed`);
   let h: ImageHeader;
   try {
     h = await readImageHeader(path);

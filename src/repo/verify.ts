@@ -62,7 +62,7 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
       const path = inChain(dir, d.file);
       const st = await lstat(path).catch(() => undefined);
       if (!st?.isFile()) {
-        v.problems.push(st ? `image ${path} is not a regular file (${st.isSymbolicLink() ? 'a symlink' : 'a directory or special file'})` : `image ${path} is missing`);
+        v.problems.push(st ? `image ${path} is ${st.isSymbolicLink() ? 'a symlink' : 'a directory or special file'}, not a regular file: it is not followed` : `image ${path} is missing`);
         continue;
       }
       const c = await checkImage(path);
