@@ -9,6 +9,7 @@ import { basename, dirname, join } from 'node:path';
 import { FileEndpoint, copyExtents, isNoSpace, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { checkDiskChain, diskChain } from './chain.js';
+import { checkImage } from './verify.js';
 import { makeRunDir, pidAlive, serveImage, sweepStaleRunDirs, type ServedImage } from './image-server.js';
 import { fsyncDir } from './manifest.js';
 import { inChain } from './names.js';
@@ -148,6 +149,15 @@ export async function restoreDisk(repo: Repository, o: RestoreOptions): Promise<
     throw new UsageError(`${o.to} is a block device: restore writes a raw disk onto it`, { hint: 'Pass --format raw' });
   }
   const { manifest: m, disk: d, chain } = await restorePointImage(repo, o.domain, o.disk, o.at);
+  // Metadata only (L1/L2, refcounts): a cluster past a cut file would read as zeroes, never as an error.
+  for (const path of chain) {
+    const c = await checkImage(path);
+    if (c.problems.length > 0) {
+      throw new VirtcbtError(`restore point ${m.id}: image ${path} is corrupt: ${c.problems.join('; ')}; nothing was written`, {
+        domain: o.domain, disk: o.disk, hint: 'Run `virtcbt verify` for the whole report; restore from another backup',
+      });
+    }
+  }
   await sweepRestoreLeftovers(o.to);
   const done = (p: CopyProgress, kind: RestoreResult['target']): RestoreResult => ({
     id: m.id, consumer: m.consumer, time: m.time, disk: o.disk, to: o.to, format, target: kind, sizeBytes: d.sizeBytes,

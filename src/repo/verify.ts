@@ -32,7 +32,7 @@ export interface VerifyReport {
   ignored: RepoProblem[];
 }
 
-async function checkImage(path: string): Promise<{ problems: string[]; warnings: string[] }> {
+export async function checkImage(path: string): Promise<{ problems: string[]; warnings: string[] }> {
   // Checked as qcow2 with no backing: the header's backing file is neither probed nor opened.
   const r = await execa('qemu-img', ['check', '--output=json', '-U', chainSpec([path])], { reject: false });
   // Exit 0: clean; 3: leaked clusters only (space, not data); 2: corruption; 1: could not check.
