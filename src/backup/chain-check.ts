@@ -89,5 +89,9 @@ async function checkImage(dir: string, d: BackupDisk): Promise<string | undefine
     return `${d.file} is backed by ${header.backing === null ? 'no file' : JSON.stringify(header.backing)} in its header, ` +
       `by ${d.backing === null ? 'no file' : JSON.stringify(d.backing)} in its manifest`;
   }
+  // A header that reads well may belong to a copy cut short further on: its lost clusters would read as zeroes.
+  if (Number.isSafeInteger(d.written) && st.size < BigInt(d.written)) {
+    return `${d.file} is ${st.size} bytes, smaller than the ${d.written} bytes of data its backup wrote into it (cut short)`;
+  }
   return undefined;
 }
