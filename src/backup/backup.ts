@@ -5,11 +5,11 @@
 // was and no manifest naming the partial files, which the next run removes.
 import { join } from 'node:path';
 import { logContinuity, type ChangeLog, type DiskChanges } from '../changelog/index.js';
-import { NbdEndpoint, copyExtents, dataExtents, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
+import { NbdEndpoint, copyExtents, dataExtents, isNoSpace, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
 import { Fleece, cleanupStaleFleeces } from '../fleece/index.js';
 import { GuestAgent, LibvirtTransport } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
-import { CONTEXT_BASE_ALLOCATION, NbdCommandError } from '../nbd/index.js';
+import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type FrozenBitmap, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
 import { Qcow2Writer, createQcow2 } from '../qcow2/index.js';
@@ -71,7 +71,6 @@ interface Source {
   uri: string;
 }
 
-const ENOSPC = 28;
 /**
  * Flush the repository image every this many bytes written (see flushingEndpoint). Measured with
  * bench/backup-copy-path.ts (256 MiB into the qcow2 writer): 32 MiB 0.87-1.0 s with a final flush
@@ -88,16 +87,6 @@ const MIN_REQUEST = 1024 * 1024;
 const MAX_INFLIGHT_BYTES = 32 * 1024 * 1024;
 /** Cluster size of the repository images; an incremental's extents are widened to whole clusters. */
 const CLUSTER = 65536;
-
-/** True when `err` (or a cause) says the disk is full: NBD ENOSPC from qemu-nbd, or a file system ENOSPC. */
-export function isNoSpace(err: unknown): boolean {
-  for (let e: unknown = err, i = 0; e && i < 8; e = (e as { cause?: unknown }).cause, i++) {
-    if (e instanceof NbdCommandError && e.errno === ENOSPC) return true;
-    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') return true;
-    if (/No space left on device|ENOSPC/i.test((e as Error).message ?? '')) return true;
-  }
-  return false;
-}
 
 export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: BackupDeps, emit: Emit): Promise<BackupResult> {
   const { domain } = ctx;

@@ -1,6 +1,6 @@
 // The copy engine: moves extents from one Endpoint to another, pipelined, in bounded memory, skipping or zeroing holes.
 import { abortReason } from '../util/abort.js';
-import { CONTEXT_BASE_ALLOCATION, NBD_STATE_ZERO, type Extent } from '../nbd/index.js';
+import { CONTEXT_BASE_ALLOCATION, NBD_ENOSPC, NBD_STATE_ZERO, NbdCommandError, type Extent } from '../nbd/index.js';
 import type { CopyExtent, Endpoint } from './endpoint.js';
 
 /**
@@ -173,4 +173,14 @@ export async function* wholeDisk(src: Endpoint): AsyncGenerator<CopyExtent> {
 /** Plain extents (e.g. dirty ranges) as copy extents that must all be read. */
 export function dataExtents(extents: Iterable<Extent>): CopyExtent[] {
   return [...extents].map((e) => ({ offset: e.offset, length: e.length }));
+}
+
+/** True when `err` (or a cause) says the disk is full: NBD ENOSPC from qemu-nbd, or a file system ENOSPC. */
+export function isNoSpace(err: unknown): boolean {
+  for (let e: unknown = err, i = 0; e && i < 8; e = (e as { cause?: unknown }).cause, i++) {
+    if (e instanceof NbdCommandError && e.errno === NBD_ENOSPC) return true;
+    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') return true;
+    if (/No space left on device|ENOSPC/i.test((e as Error).message ?? '')) return true;
+  }
+  return false;
 }

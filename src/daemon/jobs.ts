@@ -318,8 +318,8 @@ export class JobRunner {
   }
 
   /** Commit or abort, then tear down the pass's exports (whichever kind, also after a daemon restart). */
-  async endPass(domain: string, id: number, how: 'commit' | 'abort'): Promise<Record<string, unknown>> {
-    const r = how === 'commit' ? await this.tracker.commitPass(domain, id) : await this.tracker.abortPass(domain, id);
+  async endPass(domain: string, id: number, how: 'commit' | 'abort', consumer?: string): Promise<Record<string, unknown>> {
+    const r = how === 'commit' ? await this.tracker.commitPass(domain, id, consumer) : await this.tracker.abortPass(domain, id, consumer);
     await this.releasePass(domain, id).catch((err) => this.logger.warn('removing pass exports failed', { domain, pass: id, error: (err as Error).message }));
     return r;
   }

@@ -11,6 +11,11 @@ function str(v: unknown, name: string): string {
   return v;
 }
 
+/** Absent is allowed (an API caller that names only the pass); anything else must be a name. */
+function optStr(v: unknown, name: string): string | undefined {
+  return v === undefined ? undefined : str(v, name);
+}
+
 function passId(v: string): number {
   const id = Number(v);
   if (!Number.isInteger(id) || id <= 0) throw new UsageError(`pass id '${v}' is not a positive integer`);
@@ -37,9 +42,11 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
       ? jobs.beginPassExport(r.params.domain, str(r.body.consumer, 'consumer'))
       : t.beginPass(r.params.domain, str(r.body.consumer, 'consumer'))))
     .route('POST', '/v1/domains/:domain/passes/:id/commit', async (r) => (jobs
-      ? jobs.endPass(r.params.domain, passId(r.params.id), 'commit') : t.commitPass(r.params.domain, passId(r.params.id))))
+      ? jobs.endPass(r.params.domain, passId(r.params.id), 'commit', optStr(r.body.consumer, 'consumer'))
+      : t.commitPass(r.params.domain, passId(r.params.id), optStr(r.body.consumer, 'consumer'))))
     .route('POST', '/v1/domains/:domain/passes/:id/abort', async (r) => (jobs
-      ? jobs.endPass(r.params.domain, passId(r.params.id), 'abort') : t.abortPass(r.params.domain, passId(r.params.id))));
+      ? jobs.endPass(r.params.domain, passId(r.params.id), 'abort', optStr(r.body.consumer, 'consumer'))
+      : t.abortPass(r.params.domain, passId(r.params.id), optStr(r.body.consumer, 'consumer'))));
   if (jobs) {
     server.route('POST', '/v1/domains/:domain/backups', async (r) => ({
       stream: jobs.backupStream(r.params.domain, {

@@ -381,14 +381,31 @@ export class Tracker {
     });
   }
 
-  commitPass(domain: string, id: number) {
+  commitPass(domain: string, id: number, consumer?: string) {
     this.requireTracked(domain);
-    return this.queues.run(domain, async () => { this.log.commitPass(id); return { pass: id, committed: true }; });
+    return this.queues.run(domain, async () => {
+      this.requirePassOf(domain, id, consumer);
+      this.log.commitPass(id);
+      return { pass: id, committed: true };
+    });
   }
 
-  abortPass(domain: string, id: number) {
+  abortPass(domain: string, id: number, consumer?: string) {
     this.requireTracked(domain);
-    return this.queues.run(domain, async () => { this.log.abortPass(id); return { pass: id, aborted: true }; });
+    return this.queues.run(domain, async () => {
+      this.requirePassOf(domain, id, consumer);
+      this.log.abortPass(id);
+      return { pass: id, aborted: true };
+    });
+  }
+
+  /** Pass ids are global: one of another domain or consumer (a typo, a stale id) must not move that consumer. */
+  private requirePassOf(domain: string, id: number, consumer?: string): void {
+    const p = this.log.getPass(id);
+    if (p.domain === domain && (consumer === undefined || p.consumer === consumer)) return;
+    throw new UsageError(`pass ${id} is a pass of consumer ${p.consumer} of ${p.domain}, not of ${consumer === undefined ? '' : `consumer ${consumer} of `}${domain}: nothing was changed`, {
+      domain, hint: `Use the pass id \`virtcbt pass begin ${domain}${consumer === undefined ? '' : ` --consumer ${consumer}`}\` printed`,
+    });
   }
 
   // ---- status --------------------------------------------------------------------------------

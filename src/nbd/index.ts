@@ -5,7 +5,7 @@ export { NbdCommandError, NbdProtocolError, NbdUnsupportedError } from './errors
 export { RunMerger, coalesce, coalesceBatches, mergeExtents, selectExtents, splitExtents, totalLength, type Extent, type StatusExtent } from './extents.js';
 export type { BlockSize, ExportInfo, ExportListing, ServerDescription } from './handshake.js';
 export {
-  CONTEXT_ALLOCATION_DEPTH, CONTEXT_BASE_ALLOCATION, CONTEXT_DIRTY_BITMAP_PREFIX, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO,
+  CONTEXT_ALLOCATION_DEPTH, CONTEXT_BASE_ALLOCATION, CONTEXT_DIRTY_BITMAP_PREFIX, NBD_ENOSPC, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO,
 } from './protocol.js';
 export { describeAddress, formatNbdUri, parseNbdUri, NBD_DEFAULT_PORT, type NbdAddress, type NbdTarget } from './uri.js';
 export { MapWriter, describeExtentType, formatMapJson, formatMapLine } from './map.js';

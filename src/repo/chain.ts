@@ -83,6 +83,8 @@ const HEADERS_MAX = 4096;
 export interface ImageExpect {
   backing: readonly (string | null)[];
   sizeBytes?: number;
+  /** Bytes of data the backup wrote into the image: a file smaller than that was cut short (its lost clusters read as zeroes). */
+  written?: number;
 }
 
 /**
@@ -127,6 +129,10 @@ export async function imageProblem(dir: string, file: string, expect: ImageExpec
     return bad(`is backed by ${h.backing === null ? 'no file' : JSON.stringify(h.backing)} in its header, by ${want === null ? 'no file' : JSON.stringify(want)} in its manifest`);
   }
   if (expect.sizeBytes !== undefined && h.size !== expect.sizeBytes) return bad(`has a virtual size of ${h.size} bytes, its manifest says ${expect.sizeBytes}`);
+  // A header that reads well may belong to a copy cut short further on.
+  if (expect.written !== undefined && Number.isSafeInteger(expect.written) && st.size < BigInt(expect.written)) {
+    return bad(`is ${st.size} bytes, smaller than the ${expect.written} bytes of data its backup wrote into it (cut short)`);
+  }
   return undefined;
 }
 
@@ -172,12 +178,12 @@ async function walkAndCheck(dir: string, manifests: readonly Manifest[], top: Ma
  * merged image, header before manifest, and its commit may grow the images it merges: that is not damage.
  */
 export async function entryProblem(dir: string, target: string, d: BackupDisk, top: boolean, journal: () => Promise<PruneJournal | undefined>): Promise<ChainProblem | undefined> {
-  const p = await imageProblem(dir, d.file, { backing: [d.backing], sizeBytes: d.sizeBytes });
+  const p = await imageProblem(dir, d.file, { backing: [d.backing], sizeBytes: d.sizeBytes, written: d.written });
   if (!p || !/in its header|virtual size/.test(p.what)) return p;
   const moving = (await journal())?.disks.find((e) => e.target === target && (e.top === d.backing || e.merged === d.backing || e.base === d.file || e.top === d.file));
   if (!moving) return p;
   const backing = d.backing !== null && (moving.top === d.backing || moving.merged === d.backing) ? [moving.top, moving.merged] : [d.backing];
-  return imageProblem(dir, d.file, { backing, sizeBytes: top ? d.sizeBytes : undefined });
+  return imageProblem(dir, d.file, { backing, sizeBytes: top ? d.sizeBytes : undefined, written: d.written });
 }
 
 /** Checks the chain of disk `target` at `top` (see diskChainProblem) and returns its files, top first; throws naming the damaged file. */

@@ -6,9 +6,10 @@ import { execa } from 'execa';
 import { constants, type Stats } from 'node:fs';
 import { chmod, lstat, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { FileEndpoint, copyExtents, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
+import { FileEndpoint, copyExtents, isNoSpace, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import { checkDiskChain } from './chain.js';
+import { checkImage } from './verify.js';
 import { makeRunDir, pidAlive, serveImage, sweepStaleRunDirs, type ServedImage } from './image-server.js';
 import { fsyncDir } from './manifest.js';
 import { inChain } from './names.js';
@@ -147,6 +148,15 @@ export async function restoreDisk(repo: Repository, o: RestoreOptions): Promise<
     throw new UsageError(`${o.to} is a block device: restore writes a raw disk onto it`, { hint: 'Pass --format raw' });
   }
   const { manifest: m, disk: d, chain } = await restorePointImage(repo, o.domain, o.disk, o.at);
+  // Metadata only (L1/L2, refcounts): a cluster past a cut file would read as zeroes, never as an error.
+  for (const path of chain) {
+    const c = await checkImage(path);
+    if (c.problems.length > 0) {
+      throw new VirtcbtError(`restore point ${m.id}: image ${path} is corrupt: ${c.problems.join('; ')}; nothing was written`, {
+        domain: o.domain, disk: o.disk, hint: 'Run `virtcbt verify` for the whole report; restore from another backup',
+      });
+    }
+  }
   await sweepRestoreLeftovers(o.to);
   const done = (p: CopyProgress, kind: RestoreResult['target']): RestoreResult => ({
     id: m.id, consumer: m.consumer, time: m.time, disk: o.disk, to: o.to, format, target: kind, sizeBytes: d.sizeBytes,
@@ -246,6 +256,12 @@ async function restoreToFile(
     await dst?.close().catch(() => undefined);
     await src?.kill();
     if (created) await rm(part, { force: true });
+    // Raw says a bare ENOSPC, qcow2 an NBD write error on a temp socket: name the target instead.
+    if (isNoSpace(err)) {
+      throw new VirtcbtError(`no space left on the file system of ${o.to} (restoring ${sizeBytes} bytes): ${(err as Error).message}`, {
+        domain: o.domain, disk: o.disk, cause: err, hint: `Free space in ${dirname(o.to)} or choose another --to; nothing was left there`,
+      });
+    }
     throw err;
   }
 }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { NullEndpoint, copyExtents } from '../copy/index.js';
 import { errorMessage } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
-import { chainSpec, checkDiskChain, entryProblem, problemAt } from './chain.js';
+import { chainSpec, checkDiskChain, entryProblem, problemAt, walkDisk } from './chain.js';
 import { makeRunDir, serveImage, sweepStaleRunDirs } from './image-server.js';
 import type { Manifest } from './manifest.js';
 import { inChain } from './names.js';
@@ -32,7 +32,7 @@ export interface VerifyReport {
   ignored: RepoProblem[];
 }
 
-async function checkImage(path: string): Promise<{ problems: string[]; warnings: string[] }> {
+export async function checkImage(path: string): Promise<{ problems: string[]; warnings: string[] }> {
   // Checked as qcow2 with no backing: the header's backing file is neither probed nor opened.
   const r = await execa('qemu-img', ['check', '--output=json', '-U', chainSpec([path])], { reject: false });
   // Exit 0: clean; 3: leaked clusters only (space, not data); 2: corruption; 1: could not check.
@@ -127,9 +127,22 @@ export async function verifyRepo(repo: Repository, domain?: string, onDisk?: (v:
       report({ id: p.id ?? '-', consumer: p.consumer ?? '-', disk: '-', file: p.path, ok: false, problems: [p.problem], warnings: [], bytes: 0 });
     }
     for (const c of state.chains) {
+      // Images whose own point failed (by disk): a point above one reads its damage through the chain.
+      const failed = new Map<string, string>();
       for (const m of c.points) {
         checked++;
-        for (const v of await verifyManifest(repo, m, c.all, c.journal)) report(v);
+        for (const v of await verifyManifest(repo, m, c.all, c.journal)) {
+          if (v.ok) {
+            const w = walkDisk(c.all, m, v.disk);
+            for (const below of 'disks' in w ? w.disks.slice(1) : []) {
+              const id = failed.get(`${v.disk}/${below.file}`);
+              if (id) v.problems.push(`image ${inChain(repo.chainDir(m.domain, m.consumer), below.file)} (restore point ${id}) failed its check, and this point's data is read through it`);
+            }
+            v.ok = v.problems.length === 0;
+          }
+          if (!v.ok) failed.set(`${v.disk}/${v.file}`, m.id);
+          report(v);
+        }
       }
     }
   }

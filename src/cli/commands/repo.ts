@@ -1,6 +1,6 @@
 // Repository commands that need no QEMU and no daemon: list, verify, restore, prune. The
 // repository room is imported when a command runs: it pulls in execa, slow to load for every CLI call.
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Manifest, PruneStep, RepoProblem } from '../../repo/index.js';
 import { UsageError } from '../../util/errors.js';
 import { domainArg, parse, positional } from '../args.js';
@@ -23,24 +23,43 @@ consumers merged by time. Damaged manifests are reported on stderr (\`problems\`
 that belong to no chain as warnings (\`warnings\`); the other points are listed all the same.`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, { repo: { type: 'string' }, json: { type: 'boolean' } }, this.usage);
-    const { Repository } = await import('../../repo/index.js');
+    const { Repository, diskChain } = await import('../../repo/index.js');
     const repo = await Repository.open(repoArg(ctx, values.repo, this.usage));
     const domains = positionals[0] ? [domainArg(positionals, this.usage)] : await repo.domains();
     const out: { domain: string; backups: Omit<Manifest, 'domainXml'>[]; problems: RepoProblem[]; warnings: RepoProblem[] }[] = [];
+    const broken = new Set<string>(); // DOMAIN/CONSUMER/ID
+    const key = (domain: string, m: { consumer: string; id: string }) => `${domain}/${m.consumer}/${m.id}`;
     for (const d of domains) {
       const state = await repo.domainState(d);
-      out.push({ domain: d, backups: state.points.map(({ domainXml: _x, ...rest }) => rest), problems: state.damaged, warnings: state.ignored });
+      const problems = [...state.damaged];
+      // A point above a damaged manifest has no base the manifests vouch for: restore refuses it (cheap: names only).
+      for (const c of state.chains) {
+        for (const m of c.points) {
+          for (const disk of m.disks) {
+            try {
+              diskChain(c.all, m, disk.target);
+            } catch (err) {
+              broken.add(key(d, m));
+              problems.push({ path: join(repo.chainDir(d, c.consumer), `${m.id}.json`), consumer: c.consumer, id: m.id, problem: `restore point ${m.id} cannot be restored: ${(err as Error).message}` });
+              break;
+            }
+          }
+        }
+      }
+      out.push({ domain: d, backups: state.points.map(({ domainXml: _x, ...rest }) => rest), problems, warnings: state.ignored });
     }
     if (!values.json) {
       for (const d of out) {
         for (const p of d.problems) ctx.io.err(`${d.domain}: DAMAGED ${p.path}: ${p.problem}`);
         for (const p of d.warnings) ctx.io.err(`${d.domain}: warning: ${p.path}: ${p.problem}`);
       }
-      if (out.some((d) => d.problems.length > 0)) ctx.io.err('Run `virtcbt verify` for the whole picture; the points listed are intact and restorable by id');
+      if (out.some((d) => d.problems.length > 0)) {
+        ctx.io.err('Run `virtcbt verify` for the whole picture; the points listed and not marked NOT RESTORABLE are intact and restorable by id');
+      }
     }
     emit(ctx.io, Boolean(values.json), { repo: repo.root, domains: out }, () => {
       if (out.every((d) => d.backups.length === 0)) return [`no backups in ${repo.root}${positionals[0] ? ` for ${positionals[0]}` : ''}`];
-      return out.flatMap((d) => [`${d.domain}:`, ...d.backups.map((m) => `  ${listRow(m as Manifest)}`)]);
+      return out.flatMap((d) => [`${d.domain}:`, ...d.backups.map((m) => `  ${listRow(m as Manifest)}${broken.has(key(d.domain, m)) ? '  NOT RESTORABLE' : ''}`)]);
     });
     return EXIT.OK;
   },
