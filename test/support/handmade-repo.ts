@@ -4,7 +4,7 @@
 // request, and a sandbox beside the repository whose files no command may touch.
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { NullEndpoint, copyExtents } from '../../src/copy/index.js';
@@ -163,4 +163,25 @@ export function snapshotTree(dir: string): Record<string, string> {
 /** The directory is exactly as snapshotTree saw it. */
 export function expectUntouched(dir: string, before: Record<string, string>, what?: string): void {
   expect(snapshotTree(dir), what).toEqual(before);
+}
+
+/**
+ * Damages the qcow2 image at `path` where only its metadata shows it: the first L1 entry points past
+ * the end of the file. Size and header stay as they were (the cheap chain check passes); `qemu-img
+ * check` reports it, and a read of those clusters would fail or read zeroes.
+ */
+export function corruptFirstL1Entry(path: string): void {
+  const fd = openSync(path, 'r+');
+  try {
+    const header = Buffer.alloc(48);
+    readSync(fd, header, 0, 48, 0);
+    const l1 = Number(header.readBigUInt64BE(40));
+    const entry = Buffer.alloc(8);
+    readSync(fd, entry, 0, 8, l1);
+    const copied = entry.readBigUInt64BE(0) & (1n << 63n);
+    entry.writeBigUInt64BE(copied | 0x40000000n, 0);
+    writeSync(fd, entry, 0, 8, l1);
+  } finally {
+    closeSync(fd);
+  }
 }
