@@ -1,7 +1,8 @@
 // Members of daemon.socketGroup talk to virtcbtd (root) through the group socket, and may have it
 // write backups only under backup.allowedRepoRoots: a path outside, a symlink or ".." leading out
 // is refused with the allowed roots named, and nothing is created there. Root's own socket is
-// 0600 and not limited. The CLI picks the socket by who runs it.
+// 0600 and not limited. Enabling, disabling, consumers and passes are root's alone. The CLI picks
+// the socket by who runs it.
 import { execa } from 'execa';
 import { existsSync, lstatSync, mkdirSync, symlinkSync } from 'node:fs';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
@@ -31,7 +32,7 @@ async function groupMember(): Promise<{ gid: number }> {
 }
 
 describe('group socket', () => {
-  it('a group member backs up only under the allowed roots; root is not limited', async () => {
+  it('a group member reads, and backs up only under the allowed roots; changing tracking is root\'s; root is not limited', async () => {
     const { gid } = await groupMember();
     const d = await startTestDaemon();
     const allowed = tempDir('allowed');
@@ -55,6 +56,21 @@ describe('group socket', () => {
     const asMember = (args: string[]) => execa('runuser', ['-u', USER, '--', 'node', join(ROOT, 'dist/src/cli/main.js'), '--config', d.configFile, ...args],
       { reject: false, timeout: 300_000 });
     expect((await asMember(['status', g.name])).exitCode).toBe(0);
+    expect((await asMember(['changes', g.name, '--consumer', 'ops', '--json'])).exitCode).toBe(0);
+
+    // What changes tracking or moves a consumer is root's: a member who could commit another
+    // consumer's pass would make its next backup skip changes.
+    const before = await d.cliJson(['status', g.name]);
+    for (const args of [['disable', g.name], ['consumer', 'add', g.name, 'intruder'], ['consumer', 'remove', g.name, 'ops'],
+      ['pass', 'begin', g.name, '--consumer', 'ops'], ['pass', 'commit', g.name, '--consumer', 'ops', '--pass', '1'], ['enable', g.name]]) {
+      const r = await asMember(args);
+      expect(r.exitCode, `${args.join(' ')}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toContain('needs root');
+    }
+    const after = await d.cliJson(['status', g.name]);
+    expect(after.consumers).toEqual(before.consumers);
+    expect(after.openPasses).toEqual([]);
+    expect(after.logId).toBe(before.logId);
 
     const refused = async (repo: string) => {
       const r = await asMember(['backup', g.name, '--consumer', 'ops', '--repo', repo]);

@@ -1,7 +1,7 @@
 // The control API's routes: each maps one CLI command onto the tracker.
 import { UsageError } from '../util/errors.js';
 import type { EnableRequest, StatusReply } from './api-types.js';
-import type { ControlServer } from './control-server.js';
+import type { ControlServer, Handler } from './control-server.js';
 import type { JobRunner } from './jobs.js';
 import type { Tracker } from './tracker.js';
 import { groupRepo } from './repo-guard.js';
@@ -22,6 +22,23 @@ function passId(v: string): number {
   return id;
 }
 
+/**
+ * Routes that change what virtcbt tracks or where a consumer stands (enable, disable, consumers,
+ * passes) answer only root's socket: a group member who could commit another consumer's pass would
+ * make that consumer's next backup skip changes. The group may read, fold and back up (under
+ * backup.allowedRepoRoots: see repo-guard.ts).
+ */
+function rootOnly(what: string, handler: Handler): Handler {
+  return async (r) => {
+    if (r.caller !== 'root') {
+      throw new UsageError(`${what} needs root: members of daemon.socketGroup may read status and changes, fold and back up, nothing else`, {
+        domain: r.params.domain, hint: `Run \`virtcbt ${what}\` as root; nothing was changed`,
+      });
+    }
+    return handler(r);
+  };
+}
+
 export interface RouteOptions {
   /** Where callers on the group socket may back up (see repo-guard.ts). */
   groupRepoRoots?: readonly string[];
@@ -31,22 +48,22 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
   server
     .route('GET', '/v1/status', async () => ({ daemon, libvirt: await t.libvirtStatus(), domains: await t.statusAll() }))
     .route('GET', '/v1/domains/:domain', async (r) => t.status(r.params.domain))
-    .route('POST', '/v1/domains/:domain/enable', async (r) => t.enable(r.params.domain, r.body as EnableRequest))
-    .route('POST', '/v1/domains/:domain/disable', async (r) => t.disable(r.params.domain))
+    .route('POST', '/v1/domains/:domain/enable', rootOnly('enable', async (r) => t.enable(r.params.domain, r.body as EnableRequest)))
+    .route('POST', '/v1/domains/:domain/disable', rootOnly('disable', async (r) => t.disable(r.params.domain)))
     .route('POST', '/v1/domains/:domain/reconcile', async (r) => t.reconcile(r.params.domain))
     .route('GET', '/v1/domains/:domain/consumers', async (r) => t.listConsumers(r.params.domain))
-    .route('POST', '/v1/domains/:domain/consumers', async (r) => t.addConsumer(r.params.domain, str(r.body.name, 'name')))
-    .route('DELETE', '/v1/domains/:domain/consumers/:name', async (r) => t.removeConsumer(r.params.domain, r.params.name))
+    .route('POST', '/v1/domains/:domain/consumers', rootOnly('consumer add', async (r) => t.addConsumer(r.params.domain, str(r.body.name, 'name'))))
+    .route('DELETE', '/v1/domains/:domain/consumers/:name', rootOnly('consumer remove', async (r) => t.removeConsumer(r.params.domain, r.params.name)))
     .route('GET', '/v1/domains/:domain/changes', async (r) => t.changes(r.params.domain, str(r.query.get('consumer'), 'consumer')))
-    .route('POST', '/v1/domains/:domain/passes', async (r) => (r.body.export === true && jobs
+    .route('POST', '/v1/domains/:domain/passes', rootOnly('pass begin', async (r) => (r.body.export === true && jobs
       ? jobs.beginPassExport(r.params.domain, str(r.body.consumer, 'consumer'))
-      : t.beginPass(r.params.domain, str(r.body.consumer, 'consumer'))))
-    .route('POST', '/v1/domains/:domain/passes/:id/commit', async (r) => (jobs
+      : t.beginPass(r.params.domain, str(r.body.consumer, 'consumer')))))
+    .route('POST', '/v1/domains/:domain/passes/:id/commit', rootOnly('pass commit', async (r) => (jobs
       ? jobs.endPass(r.params.domain, passId(r.params.id), 'commit', optStr(r.body.consumer, 'consumer'))
-      : t.commitPass(r.params.domain, passId(r.params.id), optStr(r.body.consumer, 'consumer'))))
-    .route('POST', '/v1/domains/:domain/passes/:id/abort', async (r) => (jobs
+      : t.commitPass(r.params.domain, passId(r.params.id), optStr(r.body.consumer, 'consumer')))))
+    .route('POST', '/v1/domains/:domain/passes/:id/abort', rootOnly('pass abort', async (r) => (jobs
       ? jobs.endPass(r.params.domain, passId(r.params.id), 'abort', optStr(r.body.consumer, 'consumer'))
-      : t.abortPass(r.params.domain, passId(r.params.id), optStr(r.body.consumer, 'consumer'))));
+      : t.abortPass(r.params.domain, passId(r.params.id), optStr(r.body.consumer, 'consumer')))));
   if (jobs) {
     server.route('POST', '/v1/domains/:domain/backups', async (r) => ({
       stream: jobs.backupStream(r.params.domain, {
