@@ -4,9 +4,10 @@
 // (libvirt restarting, a QMP socket not there yet) stays and is retried, one that can never work
 // is moved into failed/ with a log line. Anything in the spool that is not a regular file is
 // skipped (and reported once), never opened in a way that could block.
-import { constants, watch, type FSWatcher } from 'node:fs';
-import { lstat, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { watch, type FSWatcher } from 'node:fs';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
 
 export interface HookEvent {
   file: string;
@@ -146,9 +147,8 @@ export class Spool {
   }
 
   /**
-   * The event's text, or undefined when it is not a readable regular file. lstat first, then
-   * open without following a symlink and without blocking (a FIFO would otherwise wait for a
-   * writer forever), then fstat the open file: it must still be a regular file.
+   * The event's text, or undefined when it is not a readable regular file (readRegularFile: a
+   * FIFO would otherwise wait for a writer forever); junk is reported once and left alone.
    */
   private async read(name: string, file: string): Promise<string | undefined> {
     const junk = (what: string) => {
@@ -158,21 +158,10 @@ export class Spool {
       return undefined;
     };
     try {
-      const st = await lstat(file);
-      if (!st.isFile()) return junk(kind(st));
-      const fh = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
-      try {
-        const fst = await fh.stat();
-        if (!fst.isFile()) return junk(kind(fst));
-        if (fst.size > MAX_EVENT_BYTES) return junk(`a file of ${fst.size} bytes`);
-        return await fh.readFile('utf8');
-      } finally {
-        await fh.close();
-      }
+      return (await readRegularFile(file, MAX_EVENT_BYTES)).text;
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return undefined; // handled and removed meanwhile
-      if (code === 'ELOOP') return junk('a symlink');
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // handled and removed meanwhile
+      if (err instanceof NotRegularFileError) return junk(err.what);
       return junk(`an unreadable file (${(err as Error).message})`);
     }
   }
@@ -212,10 +201,3 @@ export class Spool {
   }
 }
 
-function kind(st: { isDirectory(): boolean; isFIFO(): boolean; isSymbolicLink(): boolean; isSocket(): boolean }): string {
-  if (st.isDirectory()) return 'a directory';
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isSymbolicLink()) return 'a symlink';
-  if (st.isSocket()) return 'a socket';
-  return 'a device or other non-regular file';
-}

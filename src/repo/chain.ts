@@ -5,6 +5,7 @@ import type { BigIntStats } from 'node:fs';
 import { lstat } from 'node:fs/promises';
 import { KNOWN_INCOMPATIBLE, Qcow2HeaderError, readQcow2Header, type Qcow2Header } from '../qcow2/index.js';
 import { VirtcbtError } from '../util/errors.js';
+import { fileKind } from '../util/regular-file.js';
 import { fileStamp } from '../util/file-stamp.js';
 import type { BackupDisk, Manifest } from './manifest.js';
 import { inChain } from './names.js';
@@ -107,7 +108,7 @@ export async function imageProblem(dir: string, file: string, expect: ImageExpec
     return bad((err as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read (${(err as Error).message})`);
   }
   // Nothing inside a repository is followed: a link or special file at an image's name is damage.
-  if (!st.isFile()) return bad(`is a ${st.isSymbolicLink() ? 'symlink' : st.isDirectory() ? 'directory' : 'special file'}, not a regular file`);
+  if (!st.isFile()) return bad(`is ${fileKind(st)}, not a regular file`);
   const stamp = fileStamp(st);
   let h = headers.get(path)?.stamp === stamp ? headers.get(path)!.header : undefined;
   if (!h) {

@@ -6,6 +6,7 @@ import { lstat, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { VirtcbtError } from '../util/errors.js';
 import { fileStamp } from '../util/file-stamp.js';
+import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT } from './digest.js';
 import { PLAIN_NAME, imageName, imageOwner, inChain, manifestName, pointId, pointSeq } from './names.js';
 
@@ -154,15 +155,8 @@ const MAX_REPO_FILE = 256 * 1024 * 1024;
  * is refused too, without blocking on it). Returns the text and the stamp of what was read.
  */
 export async function readRepoFile(path: string): Promise<{ text: string; stamp: string }> {
-  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  try {
-    const st = await fh.stat({ bigint: true });
-    if (!st.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: 'ENOTREG' });
-    if (st.size > MAX_REPO_FILE) throw Object.assign(new Error(`${path} is ${st.size} bytes, more than any manifest or journal (${MAX_REPO_FILE})`), { code: 'EFBIG' });
-    return { text: await fh.readFile('utf8'), stamp: fileStamp(st) };
-  } finally {
-    await fh.close();
-  }
+  const { text, stat } = await readRegularFile(path, MAX_REPO_FILE);
+  return { text, stamp: fileStamp(stat) };
 }
 
 /** Whether `n` is not a byte count or offset (a safe non-negative integer). */
@@ -232,7 +226,7 @@ async function readManifestStamped(path: string, where: ChainRef): Promise<{ m: 
     read = await readRepoFile(path);
     m = JSON.parse(read.text);
   } catch (cause) {
-    const why = (cause as NodeJS.ErrnoException).code === 'ELOOP' ? 'it is a symlink (never followed in a repository)' : (cause as Error).message;
+    const why = cause instanceof NotRegularFileError ? `it is ${cause.what}` : (cause as Error).message;
     throw new VirtcbtError(`backup manifest ${path} is unreadable: ${why}`, { domain: where.domain, cause, hint: HINT_DAMAGED });
   }
   const problem = manifestProblem(m, where, basename(path));

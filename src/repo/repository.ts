@@ -9,6 +9,7 @@ import { hostname } from 'node:os';
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { UsageError, VirtcbtError } from '../util/errors.js';
+import { fileKind } from '../util/regular-file.js';
 import { killStaleQemuNbd, pidAlive } from './image-server.js';
 import { CREATE_EXCLUSIVE, readManifestCached, readRepoFile, writeFileDurable, type Manifest } from './manifest.js';
 import { PLAIN_NAME, imageName, imageOwner, inChain, pointSeq } from './names.js';
@@ -117,7 +118,7 @@ async function makeDirs(path: string, mode: number): Promise<void> {
       throw pathError(p, err, `create the backup repository ${path}`);
     });
     if (st) {
-      if (!st.isDirectory()) throw new UsageError(`cannot create the backup repository ${path}: ${p} is a ${kindOf(st)}, not a directory`, { hint: 'Pass a directory to --repo (backup.repo)' });
+      if (!st.isDirectory()) throw new UsageError(`cannot create the backup repository ${path}: ${p} is ${fileKind(st)}, not a directory`, { hint: 'Pass a directory to --repo (backup.repo)' });
       break;
     }
     missing.unshift(p);
@@ -130,13 +131,10 @@ async function makeDirs(path: string, mode: number): Promise<void> {
   }
 }
 
-function kindOf(st: Stats): string {
-  return st.isSymbolicLink() ? 'symlink' : st.isFile() ? 'regular file' : st.isDirectory() ? 'directory' : st.isFIFO() ? 'FIFO' : st.isSocket() ? 'socket' : 'device';
-}
 
 /** A directory inside the repository that is not a real directory (a symlink above all): refused, nothing changed. */
 function notADirectory(path: string, st: Stats, domain?: string): VirtcbtError {
-  return new VirtcbtError(`${path} in the backup repository is a ${kindOf(st)}, not a directory: virtcbt never follows a link inside a repository`, {
+  return new VirtcbtError(`${path} in the backup repository is ${fileKind(st)}, not a directory: virtcbt never follows a link inside a repository`, {
     domain, hint: `Nothing was changed. Replace ${path} by a real directory (move the chain into it) or remove it`,
   });
 }
@@ -172,7 +170,7 @@ export class Repository {
       throw pathError(root, err, `open the backup repository ${root}`);
     });
     if (!st) throw new UsageError(`backup repository ${root} does not exist`, { hint: 'Check --repo (backup.repo); `virtcbt backup` creates it' });
-    if (!st.isDirectory()) throw new UsageError(`backup repository ${root} is a ${kindOf(st)}, not a directory`, { hint: 'Pass a directory to --repo (backup.repo)' });
+    if (!st.isDirectory()) throw new UsageError(`backup repository ${root} is ${fileKind(st)}, not a directory`, { hint: 'Pass a directory to --repo (backup.repo)' });
     return new Repository(await realpath(root));
   }
 
@@ -217,7 +215,7 @@ export class Repository {
       throw pathError(path, err, `read the image ${path}`);
     });
     if (!st.isFile()) {
-      throw new VirtcbtError(`image ${path} is a ${kindOf(st)}, not a regular file: virtcbt never follows a link inside a repository`, { domain, hint: REPAIR_HINT });
+      throw new VirtcbtError(`image ${path} is ${fileKind(st)}, not a regular file: virtcbt never follows a link inside a repository`, { domain, hint: REPAIR_HINT });
     }
     return path;
   }

@@ -8,6 +8,7 @@ import { chmod, lstat, open, readdir, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path';
 import { FileEndpoint, copyExtents, isNoSpace, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
+import { fileKind } from '../util/regular-file.js';
 import { checkDiskChain } from './chain.js';
 import { checkImage } from './verify.js';
 import { makeRunDir, pidAlive, serveImage, sweepStaleRunDirs, type ServedImage } from './image-server.js';
@@ -76,7 +77,7 @@ async function inspectTarget(to: string, force: boolean): Promise<Target> {
     if (!parent?.isDirectory()) throw new UsageError(`cannot restore to ${to}: the directory ${dirname(to)} does not exist`, { hint: 'Create it, or choose another --to' });
     return { kind: 'new' };
   }
-  const kind = describe(st);
+  const kind = fileKind(st);
   if (st.isDirectory()) {
     throw new UsageError(`--to ${to} is a directory`, { hint: `Name the file to create, e.g. --to ${join(to, 'DISK.qcow2')}` });
   }
@@ -104,14 +105,6 @@ async function inspectTarget(to: string, force: boolean): Promise<Target> {
   return device ? { kind: 'device', path: device } : { kind: 'file' };
 }
 
-function describe(st: Stats): string {
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isFIFO()) return 'a FIFO';
-  if (st.isSocket()) return 'a socket';
-  if (st.isDirectory()) return 'a directory';
-  if (st.isSymbolicLink()) return 'a symlink';
-  return 'not a regular file';
-}
 
 /** The temporary name a restore writes under before it renames the file to `to`. */
 export function partName(to: string, pid = process.pid): string {
@@ -246,7 +239,7 @@ async function restoreToFile(
     // What took the name meanwhile must still be something a rename may replace.
     const now = await lstat(o.to).catch(() => undefined);
     if (now && !(now.isFile() && o.force)) {
-      throw new UsageError(`${o.to} appeared during the restore (${now.isFile() ? 'a file' : describe(now)}): it was left alone`, { hint: 'Choose another --to' });
+      throw new UsageError(`${o.to} appeared during the restore (${now.isFile() ? 'a file' : fileKind(now)}): it was left alone`, { hint: 'Choose another --to' });
     }
     await rename(part, o.to);
     await fsyncDir(dirname(o.to));
