@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Repository, pruneChain, type PruneStep } from '../src/repo/index.js';
-import { MiB, backupJson, expectImageUnlocked, sameContent, tempDir } from './support/backup.js';
+import { backupJson, MiB, offlineWrite, sameContent, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -17,10 +17,10 @@ let daemon: TestDaemon;
 let guest: LibvirtGuest;
 let nextWrite = 0;
 
-async function offlineWrite(): Promise<void> {
-  await expectImageUnlocked(guest.disks.scratch);
+/** Writes a pattern into the stopped domain's scratch image, as the guest would (a new place each time). */
+function offlineWriteNext(): Promise<void> {
   const at = (nextWrite++ % 60) * MiB;
-  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${0x30 + (nextWrite % 200)} ${at} ${256 * 1024}`, guest.disks.scratch]);
+  return offlineWrite(guest.disks.scratch, at, 256 * 1024, 0x30 + (nextWrite % 200));
 }
 
 beforeAll(async () => {
@@ -35,7 +35,7 @@ describe('a backup onto a chain a stopped prune is rebasing', () => {
     const c = 'pb';
     await daemon.cli(['consumer', 'add', guest.name, c]);
     for (let i = 0; i < 4; i++) {
-      await offlineWrite();
+      await offlineWriteNext();
       await backupJson(daemon, [guest.name, '--consumer', c, '--repo', repo]);
     }
     const rp = await Repository.open(repo);
@@ -47,7 +47,7 @@ describe('a backup onto a chain a stopped prune is rebasing', () => {
     // The rebase reached a header its manifest does not say yet.
     expect(await headerBacking(`${c}-0004.vda.qcow2`)).toBe(`${c}-0003.vda.merged.qcow2`);
 
-    await offlineWrite();
+    await offlineWriteNext();
     const r = await backupJson(daemon, [guest.name, '--consumer', c, '--repo', repo]);
     expect(r.notes.filter((n: string) => /damaged/.test(n)), r.notes.join('; ')).toEqual([]);
     for (const d of r.disks) {

@@ -6,7 +6,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Repository, restoreDisk, verifyRepo } from '../src/repo/index.js';
-import { MiB, backupJson, sameContent, tempDir, expectImageUnlocked } from './support/backup.js';
+import { backupJson, MiB, offlineWrite, sameContent, tempDir } from './support/backup.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -18,11 +18,6 @@ let guest: LibvirtGuest;
 let repo: string;
 let first: any;
 
-async function offlineWrite(offset: number, length: number): Promise<void> {
-  await expectImageUnlocked(guest.disks.scratch);
-  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x3c ${offset} ${length}`, guest.disks.scratch]);
-}
-
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'full', scratchFormat: 'qcow2', start: false });
@@ -31,13 +26,13 @@ beforeAll(async () => {
   onCleanup(() => execa('umount', ['-l', repo], { reject: false }));
   await daemon.cli(['enable', guest.name]);
   await daemon.cli(['consumer', 'add', guest.name, 'nightly']);
-  await offlineWrite(0, 2 * MiB);
+  await offlineWrite(guest.disks.scratch, 0, 2 * MiB, 0x3c);
   first = await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]);
 });
 
 describe('a full repository disk', () => {
   it('fails the backup with a clear error and leaves the previous chain intact', async () => {
-    await offlineWrite(8 * MiB, 8 * MiB);
+    await offlineWrite(guest.disks.scratch, 8 * MiB, 8 * MiB, 0x3c);
     const r = await daemon.cli(['backup', guest.name, '--consumer', 'nightly', '--repo', repo], { reject: false });
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/backup repository .* is full/);

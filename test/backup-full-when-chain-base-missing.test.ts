@@ -9,7 +9,7 @@ import { copyFileSync, openSync, closeSync, writeSync, rmSync, symlinkSync, trun
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { MiB, backupJson, expectImageUnlocked, sameContent, tempDir } from './support/backup.js';
+import { backupJson, MiB, offlineWrite, sameContent, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -21,10 +21,9 @@ let guest: LibvirtGuest;
 let nextWrite = 0;
 
 /** Writes a pattern into the stopped domain's scratch image, as the guest would (a new place each time). */
-async function offlineWrite(): Promise<void> {
-  await expectImageUnlocked(guest.disks.scratch);
+function offlineWriteNext(): Promise<void> {
   const at = (nextWrite++ % 60) * MiB;
-  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${0x10 + (nextWrite % 200)} ${at} ${256 * 1024}`, guest.disks.scratch]);
+  return offlineWrite(guest.disks.scratch, at, 256 * 1024, 0x10 + (nextWrite % 200));
 }
 
 beforeAll(async () => {
@@ -95,13 +94,13 @@ describe('a damaged chain is not continued', () => {
     await daemon.cli(['consumer', 'add', guest.name, c]);
     const chain = [];
     for (let i = 0; i < 3; i++) {
-      await offlineWrite();
+      await offlineWriteNext();
       chain.push(await backupJson(daemon, [guest.name, '--consumer', c, '--repo', repo]));
     }
     expect(chain.map((r) => r.kind)).toEqual(['full', 'incremental', 'incremental']);
     const dir = chain[2].chainDir as string;
     await k.damage(dir, c);
-    await offlineWrite();
+    await offlineWriteNext();
 
     const r = await backupJson(daemon, [guest.name, '--consumer', c, '--repo', repo]);
     const vdb = r.disks.find((d: { target: string }) => d.target === 'vdb');
@@ -130,7 +129,7 @@ describe('a damaged chain is not continued', () => {
     }
 
     // Onto the whole point it made, the chain goes on.
-    await offlineWrite();
+    await offlineWriteNext();
     const next = await backupJson(daemon, [guest.name, '--consumer', c, '--repo', repo]);
     expect(next.disks.every((d: { full: boolean }) => !d.full)).toBe(true);
     expect(next.notes.filter((n: string) => /damaged/.test(n))).toEqual([]);

@@ -4,11 +4,10 @@
 // the persistent bitmaps record): back up `ce` into R, write W1, disable, enable, add `ce` again,
 // back up into X, write W2, back up into R: that last backup is full, and R's newest point
 // restores to the disk with W1 and W2.
-import { execa } from 'execa';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { MiB, backupJson, expectImageUnlocked, sameContent, tempDir } from './support/backup.js';
+import { backupJson, MiB, offlineWrite, sameContent, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -19,12 +18,6 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 let daemon: TestDaemon;
 let guest: LibvirtGuest;
-
-/** Writes a pattern into the stopped domain's scratch image, as the guest would. */
-async function offlineWrite(offset: number, length: number, pattern: number): Promise<void> {
-  await expectImageUnlocked(guest.disks.scratch);
-  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, guest.disks.scratch]);
-}
 
 async function restoredEqualsDisk(repo: string, id: string): Promise<void> {
   const out = tempDir('restore');
@@ -53,7 +46,7 @@ describe('a chain is never continued across two change logs', () => {
     const r1 = await backupJson(daemon, [guest.name, '--consumer', 'ce', '--repo', R]);
     expect(r1.kind).toBe('full');
     expect(r1.logId).toBe(before);
-    await offlineWrite(4 * MiB, 1 * MiB, 0x11); // W1
+    await offlineWrite(guest.disks.scratch, 4 * MiB, 1 * MiB, 0x11); // W1
 
     await daemon.cli(['disable', guest.name]);
     await daemon.cli(['enable', guest.name]);
@@ -67,7 +60,7 @@ describe('a chain is never continued across two change logs', () => {
 
     const x1 = await backupJson(daemon, [guest.name, '--consumer', 'ce', '--repo', X]);
     expect(x1.kind).toBe('full');
-    await offlineWrite(12 * MiB, 1 * MiB, 0x22); // W2
+    await offlineWrite(guest.disks.scratch, 12 * MiB, 1 * MiB, 0x22); // W2
 
     const r2 = await backupJson(daemon, [guest.name, '--consumer', 'ce', '--repo', R]);
     // The data first: an overlay on R's old chain would hold W2 but read W1's range from before W1.
@@ -86,7 +79,7 @@ describe('a chain is never continued across two change logs', () => {
     expect((await daemon.cliJson(['verify', '--repo', R, guest.name])).ok).toBe(true);
 
     // Under the same change log the chain goes on as before.
-    await offlineWrite(20 * MiB, 64 * 1024, 0x33);
+    await offlineWrite(guest.disks.scratch, 20 * MiB, 64 * 1024, 0x33);
     const r3 = await backupJson(daemon, [guest.name, '--consumer', 'ce', '--repo', R]);
     expect(r3.kind).toBe('incremental');
     expect(r3.parent).toBe(r2.id);
@@ -101,7 +94,7 @@ describe('a chain is never continued across two change logs', () => {
     const m = JSON.parse(readFileSync(first.manifest, 'utf8'));
     delete m.logId;
     writeFileSync(first.manifest, JSON.stringify(m, null, 2));
-    await offlineWrite(30 * MiB, 64 * 1024, 0x44);
+    await offlineWrite(guest.disks.scratch, 30 * MiB, 64 * 1024, 0x44);
 
     const next = await backupJson(daemon, [guest.name, '--consumer', 'old', '--repo', repo]);
     expect(next.kind).toBe('full');

@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { MiB, backupJson, sameContent, tempDir, expectImageUnlocked } from './support/backup.js';
+import { backupJson, MiB, offlineWrite, sameContent, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -19,12 +19,6 @@ let guest: LibvirtGuest;
 let repo: string;
 const results: any[] = [];
 
-/** Writes a pattern into the stopped domain's scratch image, as the guest would. */
-async function offlineWrite(offset: number, length: number, pattern: number): Promise<void> {
-  await expectImageUnlocked(guest.disks.scratch);
-  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, guest.disks.scratch]);
-}
-
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'chain', scratchFormat: 'qcow2', start: false });
@@ -35,12 +29,12 @@ beforeAll(async () => {
 
 describe('a backup chain is a plain qcow2 chain', () => {
   it('backs up a stopped domain: one full, then incrementals of what changed offline', async () => {
-    await offlineWrite(0, 2 * MiB, 0x11);
+    await offlineWrite(guest.disks.scratch, 0, 2 * MiB, 0x11);
     results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
-    await offlineWrite(1 * MiB, 64 * 1024, 0x22);
-    await offlineWrite(10 * MiB, 3 * MiB, 0x33);
+    await offlineWrite(guest.disks.scratch, 1 * MiB, 64 * 1024, 0x22);
+    await offlineWrite(guest.disks.scratch, 10 * MiB, 3 * MiB, 0x33);
     results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
-    await offlineWrite(11 * MiB, 1 * MiB, 0x44);
+    await offlineWrite(guest.disks.scratch, 11 * MiB, 1 * MiB, 0x44);
     results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
     expect(results.map((r) => r.kind)).toEqual(['full', 'incremental', 'incremental']);
     expect(results.every((r) => r.running === false)).toBe(true);
@@ -77,7 +71,7 @@ describe('a backup chain is a plain qcow2 chain', () => {
     writeFileSync(file, JSON.stringify(cfg));
     await daemon.cli(['consumer', 'add', guest.name, 'weekly']);
     for (let i = 0; i < 3; i++) {
-      await offlineWrite(20 * MiB + i * MiB, 64 * 1024, 0x50 + i);
+      await offlineWrite(guest.disks.scratch, 20 * MiB + i * MiB, 64 * 1024, 0x50 + i);
       const r = await execa('node', [CLI, '--config', file, 'backup', '--job', 'nightly'], { reject: false });
       expect(r.exitCode, r.stderr).toBe(0);
       expect(r.stdout).toContain(`weekly-000${i + 1}: ${i === 0 ? 'full' : 'incremental'} backup`);

@@ -79,3 +79,12 @@ export async function expectImageUnlocked(image: string): Promise<void> {
   const r = await execa('qemu-img', ['info', image], { reject: false });
   expect(r.exitCode, `${image} still locked right after the backup returned: ${r.stderr}`).toBe(0);
 }
+
+/**
+ * Writes `length` bytes of `pattern` at `offset` of a stopped domain's qcow2 image, as the guest
+ * would (its persistent bitmaps record it): the image must be free of any QEMU first.
+ */
+export async function offlineWrite(image: string, offset: number, length: number, pattern: number): Promise<void> {
+  await expectImageUnlocked(image);
+  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, image]);
+}
