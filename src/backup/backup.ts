@@ -14,7 +14,7 @@ import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type FrozenBitmap, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
 import { Qcow2Writer, createQcow2 } from '../qcow2/index.js';
 import {
-  ExtentDigest, Repository, chainDamage, flushingEndpoint, fsyncDir, newDigestInfo, writeManifest,
+  ExtentDigest, Repository, chainDamage, flushingEndpoint, fsyncDir, imageName, newDigestInfo, pointId, writeManifest,
   type BackupDisk, type Manifest,
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
@@ -173,7 +173,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       })
       : Promise.resolve(new Map<string, string>());
     damage.catch(() => undefined);
-    const id = `${req.consumer}-${String(seq).padStart(4, '0')}`;
+    const id = pointId(req.consumer, seq);
     emit({ type: 'start', domain, consumer: req.consumer, id, running: ctx.running, disks: ctx.disks.map((d) => ({ target: d.target, sizeBytes: d.sizeBytes })) });
     // Recorded before anything happens in QEMU or the log, so a kill at any later point is found.
     const marker = { id, pass: null as number | null, generation: ctx.log.currentGeneration(domain), logId, files: [] as string[], pids: [] as number[], pid: process.pid, startedAt: new Date().toISOString() };
@@ -402,11 +402,6 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     await closeAgent?.close().catch(() => undefined);
     await lock.release();
   }
-}
-
-/** A backup's image file for one disk, in its chain directory. */
-function imageName(id: string, target: string): string {
-  return `${id}.${target}.qcow2`;
 }
 
 /** Empty overlays made before the plan, for the disks expected to continue the chain. */
