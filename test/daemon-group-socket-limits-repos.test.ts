@@ -4,9 +4,9 @@
 // 0600 and not limited. Enabling, disabling, consumers and passes are root's alone. The CLI picks
 // the socket by who runs it.
 import { execa } from 'execa';
-import { existsSync, lstatSync, mkdirSync, symlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, symlinkSync } from 'node:fs';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon } from './support/daemon.js';
@@ -31,9 +31,24 @@ async function groupMember(): Promise<{ gid: number }> {
   return { gid: Number((await execa('getent', ['group', GROUP])).stdout.split(':')[2]) };
 }
 
+/**
+ * The member runs this checkout's CLI: a clone in a private directory (`mktemp -d` is 0700) is not
+ * reachable by other users, so the directories above ROOT get search permission (o+x, no listing)
+ * for the test and their modes back afterwards.
+ */
+function letOthersReachCheckout(): void {
+  for (let dir = ROOT; dir !== dirname(dir); dir = dirname(dir)) {
+    const mode = statSync(dir).mode & 0o7777;
+    if (mode & 0o001) continue;
+    chmodSync(dir, mode | 0o001);
+    onCleanup(() => chmodSync(dir, mode));
+  }
+}
+
 describe('group socket', () => {
   it('a group member reads, and backs up only under the allowed roots; changing tracking is root\'s; root is not limited', async () => {
     const { gid } = await groupMember();
+    letOthersReachCheckout();
     const d = await startTestDaemon();
     const allowed = tempDir('allowed');
     const outside = tempDir('outside');
