@@ -11,9 +11,8 @@ import { ChangeLog } from '../src/changelog/index.js';
 import { NbdClient } from '../src/nbd/index.js';
 import { blockDirtyBitmapAdd, blockDirtyBitmapMerge, blockDirtyBitmapRemove, blockExportAddNbd } from '../src/qmp/index.js';
 import { withStorageDaemon, type QsdSession } from '../src/qsd/index.js';
-import {
-  addReadOnlyExport, ensureNbdServer, nbdUnixUri, readDirtyExtents, Reconciler, removeExport, storageDaemonDisks, type TrackedDisk,
-} from '../src/reconciler/index.js';
+import { readDirtyExtents, Reconciler, storageDaemonDisks, type TrackedDisk } from '../src/reconciler/index.js';
+import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from '../src/snapshot/index.js';
 
 const TiB = 2 ** 40;
 const BLOCK = 64 * 1024;

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { presetMarker } from '../src/backup/index.js';
+import { presetMarker } from '../src/snapshot/index.js';
 import { FreezeMarkers, type MarkerFs } from '../src/daemon/freeze-marker.js';
 import { useCleanup } from './support/cleanup.js';
 import { tempDir } from './support/backup.js';

@@ -10,7 +10,8 @@ import { ChangeLog } from '../src/changelog/index.js';
 import { NbdClient } from '../src/nbd/index.js';
 import { blockExportAddNbd } from '../src/qmp/index.js';
 import { withStorageDaemon, type QsdSession } from '../src/qsd/index.js';
-import { ensureNbdServer, nbdUnixUri, readDirtyExtents, Reconciler, storageDaemonDisks } from '../src/reconciler/index.js';
+import { readDirtyExtents, Reconciler, storageDaemonDisks } from '../src/reconciler/index.js';
+import { ensureNbdServer, nbdUnixUri } from '../src/snapshot/index.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -1,17 +1,18 @@
-// The backup job, run by virtcbtd inside the domain's queue: freeze → one transaction (rotate the
-// bitmaps, begin the consumer's pass, start fleecing) → thaw; copy the consumer's changes from
-// the point-in-time exports into the repository; flush and fsync; write the manifest; only then
-// commit the pass. Anything that fails (or a kill) before the commit leaves the consumer where it
-// was and no manifest naming the partial files, which the next run removes.
+// The backup job: a snapshot of the domain (src/snapshot: freeze, one transaction that rotates the
+// bitmaps, begins the consumer's pass and starts fleecing, thaw) taken in the domain's queue; the
+// copy of the consumer's changes from the snapshot's exports into the repository beside folds and
+// other jobs; flush and fsync; the manifest; only then the commit of the pass. Anything that fails
+// (or a kill, or a cancel) before the commit leaves the consumer where it was and no manifest
+// naming the partial files, which the next run removes.
 import { join } from 'node:path';
 import { logContinuity, type ChangeLog, type DiskChanges } from '../changelog/index.js';
 import { NbdEndpoint, copyExtents, dataExtents, isNoSpace, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
-import { Fleece, cleanupStaleFleeces } from '../fleece/index.js';
 import { GuestAgent, LibvirtTransport } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
 import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
-import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type FrozenBitmap, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
+import { Snapshot, cleanupDeadSnapshots, presetMarker, type FreezeMarker, type FreezeOutcome, type SnapshotHost } from '../snapshot/index.js';
+import type { Reconciler, TrackedDisk } from '../reconciler/index.js';
 import { Qcow2Writer, createQcow2 } from '../qcow2/index.js';
 import {
   ExtentDigest, Repository, chainDamage, flushingEndpoint, fsyncDir, imageName, newDigestInfo, pointId, writeManifest,
@@ -19,7 +20,6 @@ import {
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
-import { presetMarker, rotateFrozen, type FreezeMarker, type FreezeOutcome } from './freeze.js';
 import { ProgressMeter } from './progress.js';
 
 /** What the job needs of the domain: virtcbtd's DomainJobContext has all of it. */
@@ -39,9 +39,19 @@ export type BackupStep = 'prepared' | 'frozen' | 'rotated' | 'copy' | 'copied' |
 export const BACKUP_STEPS: readonly BackupStep[] = ['prepared', 'frozen', 'rotated', 'copy', 'copied', 'manifest'];
 
 export interface BackupDeps {
-  /** Directory for fleecing overlays (QEMU's user must be able to open files there). */
-  fleeceDir: string;
-  fleeceOwner?: { uid: number; gid: number };
+  /** Where snapshots are registered and their overlays made. */
+  snapshots: SnapshotHost;
+  /** The job id the snapshot is held by (`virtcbt jobs`). */
+  job?: string;
+  /**
+   * Called once the snapshot is taken and exported: the caller may let go of the domain's queue
+   * (folds and other jobs run beside the copy). From then on the snapshot is released through `inQueue`.
+   */
+  snapshotTaken?: () => void;
+  /** Runs `fn` in the domain's queue again (the release of the snapshot after `snapshotTaken`). */
+  inQueue?: <T>(fn: () => Promise<T>) => Promise<T>;
+  /** Cancels the backup: the copy stops, the pass is aborted, nothing is left behind. */
+  signal?: AbortSignal;
   /** Private directory for qemu-nbd sockets. */
   runDir: string;
   libvirtUri: string;
@@ -57,18 +67,13 @@ export interface BackupDeps {
   deferRelease?: (release: () => Promise<void>) => void;
   /** performance.now() when the request arrived: the wait for the domain's queue and context is reported as step 'context'. */
   requestedAt?: number;
-  /** Fleecing tags still in use by open pass exports (kept by the stale clean-up). */
-  keepFleeceTags?: () => Promise<Set<string>>;
+  /** Snapshot tags still in use by open pass exports of an older virtcbt (kept by the clean-up). */
+  keepTags?: () => Promise<Set<string>>;
   /** The agent to freeze through (default: libvirt's, when the domain has the channel). */
   agent?: GuestAgent | null;
   fault?: (step: BackupStep) => void | Promise<void>;
   /** Records that the guest is frozen (see rotateFrozen): a daemon killed while frozen thaws it at start. */
   freezeMarker?: FreezeMarker;
-}
-
-interface Source {
-  target: string;
-  uri: string;
 }
 
 /**
@@ -108,8 +113,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   const chainDir = repo.chainDir(domain, req.consumer);
   const lock = await repo.lock(domain, req.consumer, `backup of ${domain} for ${req.consumer}`);
   const notes: string[] = [];
-  let fleece: Fleece | undefined;
-  const direct: string[] = [];
+  let snap: Snapshot | undefined;
+  let leftQueue = false;
   const writers: Qcow2Writer[] = [];
   const endpoints: NbdEndpoint[] = [];
   let passId: number | undefined;
@@ -117,11 +122,12 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   let manifestWritten = false;
   let files: string[] = [];
   let closeAgent: GuestAgent | undefined;
-  let attached: Promise<void> | undefined;
   let released = false;
   let markerUpdated: Promise<void> | undefined;
   let premade: PremadeImages | undefined;
   let dropFreezeMarker: (() => Promise<void>) | undefined;
+  // Once the queue was let go (see snapshotTaken), QEMU work on the domain goes through it again.
+  const inQueue = <T>(fn: () => Promise<T>): Promise<T> => (leftQueue && deps.inQueue ? deps.inQueue(fn) : fn());
   try {
     const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
       : deps.agent ?? (ctx.info.hasAgentChannel ? new GuestAgent(new LibvirtTransport(domain, { uri: deps.libvirtUri, commandTimeoutMs: deps.agentTimeoutMs })) : undefined);
@@ -143,7 +149,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     // until this run's replaces it, so a kill in between still finds that pass next time.
     step('lock');
     // QEMU's leftovers and the repository's files are independent: cleaned up together.
-    const staleFleeces = (async () => cleanupStaleFleeces(ctx.qmp, deps.fleeceDir, domain, (await deps.keepFleeceTags?.()) ?? new Set()))();
+    const staleFleeces = (async () => cleanupDeadSnapshots(ctx.qmp, deps.snapshots, domain, (await deps.keepTags?.()) ?? new Set()))();
     staleFleeces.catch(() => undefined);
     const left = await repo.cleanupLeftovers(domain, req.consumer, { keepMarker: true });
     let recovered: BackupResult['recovered'];
@@ -183,56 +189,42 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     markerWritten.catch(() => undefined);
     markerUpdated = markerWritten;
 
-    // The overlays are attached while the agent is pinged and the guest freezes: only the
-    // transaction waits for them (the freeze call, in which the guest syncs, takes longer).
-    fleece = ctx.running ? Fleece.plan({ qmp: ctx.qmp, domain, dir: deps.fleeceDir, owner: deps.fleeceOwner }, ctx.disks) : undefined;
-    const attaching = fleece?.attach();
-    attached = attaching?.catch(() => undefined);
+    // The snapshot's overlays are attached while the agent is pinged and the guest freezes: only
+    // the transaction waits for them (the freeze call, in which the guest syncs, takes longer).
+    snap = Snapshot.open(ctx, deps.snapshots, { job: deps.job ?? `backup ${id}` });
     const agentOk = await pinged;
     // Before the freeze: the repository may be slow storage (NFS), and the guest must not wait
     // frozen for its fsync. The marker was written while the agent answered the ping.
     await markerWritten;
     const facts: ChainFacts = { domain, uuid: ctx.info.uuid, logId, damage: await damage };
     step('ping');
-    if (deps.fault) {
-      await attaching;
-      await deps.fault('prepared');
-    }
+    if (deps.fault) await deps.fault('prepared');
 
     // The images of disks expected to continue the chain are made while the guest freezes: for a
     // disk with no changes that empty overlay is all the copy writes, and its fsync (with the
     // chain directory's) is then off the critical path. A disk the plan copies rewrites its image.
     premade = premakeImages(ctx, req, parent, chainDir, id, facts);
-    let sources: Source[] = [];
-    const { rot, freeze } = await rotateFrozen(
+    deps.signal?.throwIfAborted();
+    const taken = await snap.take({
+      consumer: req.consumer,
+      agent: agentOk ? agent : undefined, noAgentReason, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker,
+      whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
+      // The freeze call overlaps the rest of the preparation, unless the rotation has a
+      // recovery to do first (folding or removing leftover bitmaps can take long).
+      early: ctx.disks.every((d) => ctx.reconciler.settled(d)),
       // The folded bitmaps are removed after the result is out (see JobRunner.backup): their removal flushes the VM's image.
-      (around) => ctx.reconciler.rotateAndFold(ctx.disks, {
-        pass: { consumer: req.consumer }, extra: fleece?.actions(), keepFolded: true,
-        // The snapshot's exports also carry the frozen bitmaps: the fold reads them there.
-        // (Only disks whose bitmap recorded something: the others are exported below if the plan copies them.)
-        exportFrozen: async (frozen) => {
-          sources = await exportSources(ctx, fleece, direct, frozen.map((f) => f.target), frozen);
-          return new Map(sources.map((s) => [s.target, s.uri]));
-        },
-        aroundTransaction: (run) => {
-          const go = async () => { await attaching; await run(); };
-          return around ? around(go) : go();
-        },
-      }),
-      agentOk ? agent : undefined, {
-        freezeTimeoutMs: deps.freezeTimeoutMs, noAgentReason, marker: freezeMarker?.marker, whileFrozen: deps.fault ? () => deps.fault!('frozen') : undefined,
-        // The freeze call overlaps the rest of the preparation, unless the rotation has a
-        // recovery to do first (folding or removing leftover bitmaps can take long).
-        early: ctx.disks.every((d) => ctx.reconciler.settled(d)),
-      },
-    );
-    const time = new Date().toISOString();
-    passId = rot.passId!;
-    const generation = rot.generation!;
+      keepFolded: true,
+      // The snapshot's exports also carry the frozen bitmaps: the fold reads them there. (Only disks
+      // whose bitmap recorded something: the others are exported below if the plan copies them.)
+      foldThroughExports: true,
+    });
+    const { time, consistency } = taken;
+    const freeze: Pick<FreezeOutcome, 'note' | 'freezeWindowMs' | 'freezeCallMs'> = taken;
+    passId = taken.passId!;
+    const generation = taken.generation!;
     marker.pass = passId;
-    const consistency: FreezeOutcome['consistency'] = ctx.running ? freeze.consistency : 'filesystem';
-    if (freeze.note && ctx.running) notes.push(freeze.note);
-    emit({ type: 'snapshot', time, consistency, note: ctx.running ? freeze.note : undefined, freezeWindowMs: freeze.freezeWindowMs, generation, pass: passId });
+    if (freeze.note) notes.push(freeze.note);
+    emit({ type: 'snapshot', time, consistency, note: freeze.note, freezeWindowMs: freeze.freezeWindowMs, generation, pass: passId });
     step('snapshot');
     await deps.fault?.('rotated');
 
@@ -265,10 +257,17 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     markerUpdated = markerWritten.then(() => repo.writeInProgress(domain, req.consumer, marker, { durable: false }));
     markerUpdated.catch(() => undefined);
     // Disks the plan copies from whose bitmap had nothing to fold have no export yet (their changes
-    // are from earlier passes, or they are copied whole).
-    const unexported = plans.filter((p) => (p.full || p.changedBytes > 0) && !sources.some((s) => s.target === p.target)).map((p) => p.target);
-    if (unexported.length > 0) sources.push(...await exportSources(ctx, fleece, direct, unexported, []));
+    // are from earlier passes, or they are copied whole): exported now, the others kept.
+    const copied = plans.filter((p) => p.full || p.changedBytes > 0).map((p) => p.target);
+    const sources = await snap.exportUnix(copied);
     step('plan');
+    // The snapshot stands: the copy runs beside folds and other jobs of the domain. (A stopped
+    // domain's job keeps the queue: its storage daemon holds the images.)
+    if (deps.snapshotTaken && ctx.running) {
+      deps.snapshotTaken();
+      leftQueue = true;
+    }
+    deps.signal?.throwIfAborted();
 
     const results = await Promise.all(plans.map(async (plan): Promise<{ plan: DiskPlan; res: DiskResult; extents: [number, number][] }> => {
       const started = performance.now();
@@ -304,7 +303,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const requestSize = Math.max(MIN_REQUEST, deps.nbd.requestSize);
       let faulted = false;
       const progress = await copyExtents(src, digest.wrap(flushing.endpoint), digest.track(extents), {
-        requestSize,
+        requestSize, signal: deps.signal,
         inflight: Math.max(1, Math.min(deps.nbd.inflight, Math.floor(MAX_INFLIGHT_BYTES / requestSize))),
         onProgress: (p: Readonly<CopyProgress>) => {
           const ev = meter.update(p.done, p.written);
@@ -335,12 +334,10 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     step('copy');
     // The snapshot is no longer needed: copy-before-write leaves the guest's I/O path as soon as
     // the result is out (the daemon runs it then), or now.
-    const release = async () => {
-      await fleece?.teardown();
-      await removeDirect(ctx.qmp, direct);
-    };
+    const taking = snap;
+    const release = () => taking.release();
     if (deps.deferRelease) deps.deferRelease(release);
-    else await release();
+    else await inQueue(release);
     released = true;
     if (!deps.deferRelease) step('release');
     await deps.fault?.('copied');
@@ -392,11 +389,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     throw describeFailure(err, domain, req, repo.root);
   } finally {
     for (const e of endpoints) await e.close().catch(() => undefined);
-    if (!released) {
-      // An attach still under way (the rotation failed first) ends before its nodes are removed.
-      await attached;
-      await fleece?.teardown().catch((err) => notes.push(errorMessage(err)));
-      await removeDirect(ctx.qmp, direct).catch(() => undefined);
+    if (!released && snap) {
+      const taking = snap;
+      await inQueue(() => taking.release()).catch((err) => notes.push(errorMessage(err)));
     }
     await dropFreezeMarker?.().catch(() => undefined);
     await closeAgent?.close().catch(() => undefined);
@@ -516,31 +511,6 @@ export function wholeClusters(extents: readonly (readonly [number, number])[], c
     else out.push({ offset: start, length: end - start });
   }
   return out;
-}
-
-/**
- * Point-in-time NBD exports of the `targets` disks, each offering its frozen bitmap (if in `frozen`)
- * as a meta context for the fold: the fleecing nodes, or (stopped domain) the disk nodes themselves.
- */
-async function exportSources(ctx: BackupContext, fleece: Fleece | undefined, direct: string[], targets: string[], frozen: FrozenBitmap[]): Promise<Source[]> {
-  const bitmapOf = (target: string) => {
-    const f = frozen.find((b) => b.target === target);
-    return f ? [{ node: f.node, name: f.bitmap }] : [];
-  };
-  if (fleece) return (await fleece.export(ctx.nbdSocket, { bitmaps: bitmapOf, targets })).map((e) => ({ target: e.target, uri: e.uri }));
-  await ensureNbdServer(ctx.qmp, ctx.nbdSocket);
-  const out: Source[] = [];
-  for (const d of ctx.disks.filter((k) => targets.includes(k.target))) {
-    const id = `vcbt-bk-${d.target}`;
-    direct.push(id);
-    await addReadOnlyExport(ctx.qmp, { id, node: d.node, name: id, bitmaps: bitmapOf(d.target) });
-    out.push({ target: d.target, uri: nbdUnixUri(ctx.nbdSocket, id) });
-  }
-  return out;
-}
-
-async function removeDirect(qmp: QmpExecutor, ids: string[]): Promise<void> {
-  while (ids.length > 0) await removeExport(qmp, ids.pop()!);
 }
 
 function describeFailure(err: unknown, domain: string, req: BackupRequest, root: string): unknown {

@@ -2,7 +2,7 @@
 // killed in that window finds it at start and thaws the guest.
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { FreezeMarker } from '../backup/index.js';
+import type { FreezeMarker } from '../snapshot/index.js';
 
 /** The file operations, replaceable by a test that needs a slow one. */
 export interface MarkerFs {

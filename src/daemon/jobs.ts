@@ -4,15 +4,17 @@
 import { execa } from 'execa';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runBackup, rotateFrozen, type BackupEvent, type BackupRequest, type BackupResult, type BackupStep } from '../backup/index.js';
+import { runBackup, type BackupEvent, type BackupRequest, type BackupResult, type BackupStep } from '../backup/index.js';
 import type { ChangeLog, DiskChanges } from '../changelog/index.js';
 import type { VirtcbtConfig } from '../config/index.js';
-import { Fleece, buildExtentBitmap, cleanupStaleFleeces, teardownTag } from '../fleece/index.js';
 import { AgentCommandError, GuestAgent, LibvirtTransport, VirshShellTransport, type AgentCallOptions, type AgentTransport } from '../guest/index.js';
 import type { Libvirt } from '../libvirt/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
+import { releaseNbdServer } from '../snapshot/index.js';
 import { withStorageDaemon, type QsdImage, type QsdSession } from '../qsd/index.js';
-import { addReadOnlyExport, ensureNbdServer, nbdUnixUri } from '../reconciler/index.js';
+import {
+  Snapshot, SnapshotRegistry, addReadOnlyExport, holdStorageDaemon, killFrontEnd, buildExtentBitmap, cleanupDeadSnapshots, ensureNbdServer, nbdUnixUri, teardownTag, type SnapshotHost,
+} from '../snapshot/index.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { collectGarbage } from '../util/memory.js';
@@ -33,8 +35,8 @@ export function passBitmapName(pass: number): string {
 
 interface HeldExport {
   domain: string;
-  /** Running domain: the fleecing tag in the VM's QEMU. */
-  tag?: string;
+  /** Running domain: the snapshot the pass's exports read. */
+  snap?: Snapshot;
   /** Stopped domain: the read-only storage daemon serving the export. */
   release?: () => Promise<void>;
 }
@@ -64,6 +66,13 @@ export class JobRunner {
     private readonly opts: JobRunnerOptions = {},
   ) {
     this.freezeMarkers = new FreezeMarkers(cfg.stateDir);
+    this.registry = new SnapshotRegistry(join(cfg.stateDir, 'snapshots'));
+  }
+
+  readonly registry: SnapshotRegistry;
+
+  private async snapshotHost(running: boolean): Promise<SnapshotHost> {
+    return { registry: this.registry, fleeceDir: this.fleeceDir, fleeceOwner: running ? await this.qemuOwner() : undefined };
   }
 
   get fleeceDir(): string {
@@ -139,11 +148,13 @@ export class JobRunner {
     }
   }
 
-  /** Fleecing tags of pass exports whose pass is still open: a backup's stale clean-up keeps them. */
+  /**
+   * Fleecing tags of pass exports whose pass is still open, beyond the registry's live snapshots
+   * (exports an older virtcbt made before it had a registry): a clean-up keeps them.
+   */
   private async liveTags(qmp: QmpExecutor, domain: string): Promise<Set<string>> {
     const open = new Set(this.log.openPasses(domain).map((p) => p.id));
     const tags = new Set<string>();
-    for (const [id, h] of this.held) if (h.domain === domain && h.tag && open.has(id)) tags.add(h.tag);
     for (const e of await queryBlockExports(qmp)) {
       const m = PASS_EXPORT.exec(e.id);
       const t = /^vcbt-fl-([a-z0-9]+)-/.exec(e['node-name']);
@@ -160,56 +171,108 @@ export class JobRunner {
    * the folded bitmaps, which makes QEMU flush the image) still runs in the queue but after the
    * result.
    */
-  backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void): Promise<BackupResult> {
+  backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void, opts: { signal?: AbortSignal; job?: string } = {}): Promise<BackupResult> {
     if (!req.repo || !req.repo.startsWith('/')) throw new UsageError('the repository must be an absolute path', { domain });
     const requestedAt = performance.now();
-    return this.tracker.withDomainJob(domain, async (ctx) => {
-      const t0 = Date.now();
-      this.logger.info('backup started', { domain, consumer: req.consumer, repo: req.repo, full: req.full });
-      let r: BackupResult;
-      let release: (() => Promise<void>) | undefined;
-      // Needed only for the manifest: fetched while the backup runs.
-      const domainXml = this.libvirt.xml(domain, { inactive: !ctx.running });
-      domainXml.catch(() => undefined);
+    // The backup holds the domain's queue while it takes its snapshot and while it releases it;
+    // the copy runs beside folds and other jobs (a stopped domain's backup keeps the queue: its
+    // storage daemon holds the images).
+    let run!: Promise<{ r: BackupResult; finish?: () => Promise<void> }>;
+    const held = this.tracker.withDomainJob(domain, (ctx) => {
+      let letGo!: () => void;
+      const taken = new Promise<void>((r) => { letGo = r; });
+      run = this.runBackupJob(ctx, req, emit, { ...opts, requestedAt, snapshotTaken: letGo });
+      // Still in the queue when it ends first (stopped domain): its housekeeping runs here.
+      return Promise.race([taken, run.then((out) => out.finish?.(), () => undefined)]);
+    });
+    return (async () => {
+      await held;
+      const out = await run;
+      return out.r;
+    })();
+  }
+
+  private async runBackupJob(
+    ctx: DomainJobContext, req: BackupRequest, emit: (ev: BackupEvent) => void,
+    o: { signal?: AbortSignal; job?: string; requestedAt: number; snapshotTaken: () => void },
+  ): Promise<{ r: BackupResult; finish?: () => Promise<void> }> {
+    const { domain } = ctx;
+    // Back in the domain's queue for QEMU work after the copy (the session stays, the context is this one);
+    // QEMU's NBD server goes back once the last export is gone, as after any job.
+    const inQueue = <T>(fn: () => Promise<T>) => this.tracker.queues.run(domain, async () => {
       try {
-        r = await runBackup(ctx, req, {
-          fleeceDir: this.fleeceDir,
-          fleeceOwner: ctx.running ? await this.qemuOwner() : undefined,
-          runDir: this.cfg.runDir,
-          libvirtUri: this.cfg.libvirt.uri,
-          nbd: this.cfg.nbd,
-          agentTimeoutMs: this.cfg.agent.timeoutMs,
-          freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs,
-          domainXml,
-          deferRelease: (fn) => { release = fn; },
-          requestedAt,
-          keepFleeceTags: () => this.liveTags(ctx.qmp, domain),
-          agent: this.agentFor(ctx) ?? null,
-          fault: this.opts.backupFault,
-          freezeMarker: this.freezeMarkers.for(domain),
-        }, emit);
-      } catch (err) {
-        this.logger.error('backup failed', { domain, consumer: req.consumer, error: (err as Error).message });
+        return await fn();
+      } finally {
+        await releaseNbdServer(ctx.qmp).catch(() => undefined);
+      }
+    });
+    const t0 = Date.now();
+    this.logger.info('backup started', { domain, consumer: req.consumer, repo: req.repo, full: req.full });
+    let release: (() => Promise<void>) | undefined;
+    let left = false;
+    // Needed only for the manifest: fetched while the backup runs.
+    const domainXml = this.libvirt.xml(domain, { inactive: !ctx.running });
+    domainXml.catch(() => undefined);
+    const again = <T>(fn: () => Promise<T>) => (left ? inQueue(fn) : fn());
+    let r: BackupResult;
+    try {
+      r = await runBackup(ctx, req, {
+        snapshots: await this.snapshotHost(ctx.running),
+        job: o.job,
+        snapshotTaken: () => { left = true; o.snapshotTaken(); },
+        inQueue,
+        signal: o.signal,
+        runDir: this.cfg.runDir,
+        libvirtUri: this.cfg.libvirt.uri,
+        nbd: this.cfg.nbd,
+        agentTimeoutMs: this.cfg.agent.timeoutMs,
+        freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs,
+        domainXml,
+        deferRelease: (fn) => { release = fn; },
+        requestedAt: o.requestedAt,
+        keepTags: () => this.liveTags(ctx.qmp, domain),
+        agent: this.agentFor(ctx) ?? null,
+        fault: this.opts.backupFault,
+        freezeMarker: this.freezeMarkers.for(domain),
+      }, emit);
+    } catch (err) {
+      this.logger.error('backup failed', { domain, consumer: req.consumer, error: (err as Error).message });
+      await again(async () => {
         await release?.().catch(() => undefined);
         await ctx.reconciler.removeFolded(ctx.disks).catch(() => undefined);
-        throw err;
-      }
-      this.logger.info('backup done', { domain, consumer: req.consumer, id: r.id, kind: r.kind, bytes: r.bytes, ms: Date.now() - t0 });
-      const housekeeping = async () => {
-        // The snapshot first: copy-before-write is in the guest's I/O path until it goes.
-        await release?.().catch((err) =>
-          this.logger.warn('releasing the backup snapshot failed; the next backup removes what is left', { domain, error: (err as Error).message }));
-        await ctx.reconciler.removeFolded(ctx.disks).catch((err) =>
-          this.logger.warn('removing folded bitmaps failed; the next fold retries', { domain, error: (err as Error).message }));
-      };
-      // Only a running VM's image flush is worth answering before (see removeFolded's reason).
-      if (!ctx.running) await housekeeping();
-      emit({ type: 'result', ...r });
-      if (ctx.running) await housekeeping();
+      });
+      throw err;
+    }
+    this.logger.info('backup done', { domain, consumer: req.consumer, id: r.id, kind: r.kind, bytes: r.bytes, ms: Date.now() - t0 });
+    const finish = async (queue: typeof again) => {
+      await this.housekeeping(ctx, release, emit, r, queue);
       // The copy's buffers are garbage now; an idle daemon would keep them until its next big job.
       if (r.bytes >= GC_AFTER_BYTES) collectGarbage();
-      return r;
-    });
+    };
+    if (!left) return { r, finish: () => finish((fn) => fn()) };
+    await finish(inQueue);
+    return { r };
+  }
+
+  /**
+   * After a backup is durable and committed: the result out, then the snapshot released (copy-
+   * before-write is in the guest's I/O path until it goes) and the folded bitmaps removed (which
+   * makes QEMU flush the image). Only a running VM's flush is worth answering before.
+   */
+  private async housekeeping(
+    ctx: DomainJobContext, release: (() => Promise<void>) | undefined, emit: (ev: BackupEvent) => void, r: BackupResult,
+    inQueue: (fn: () => Promise<void>) => Promise<void>,
+  ): Promise<void> {
+    const { domain } = ctx;
+    const work = async () => {
+      await release?.().catch((err) =>
+        this.logger.warn('releasing the backup snapshot failed; the next backup removes what is left', { domain, error: (err as Error).message }));
+      await ctx.reconciler.removeFolded(ctx.disks).catch((err) =>
+        this.logger.warn('removing folded bitmaps failed; the next fold retries', { domain, error: (err as Error).message }));
+    };
+    if (!ctx.running) await work();
+    emit({ type: 'result', ...r });
+    if (ctx.running) await inQueue(work);
   }
 
   /**
@@ -256,31 +319,35 @@ export class JobRunner {
         stopped = { images, reply: this.reply(domain, consumer, this.log.passChanges(rot.passId!), since, rot.passId!, rot.generation!) };
         return undefined;
       }
-      await cleanupStaleFleeces(ctx.qmp, this.fleeceDir, domain, await this.liveTags(ctx.qmp, domain));
-      const fleece = await Fleece.prepare({ qmp: ctx.qmp, domain, dir: this.fleeceDir, owner: await this.qemuOwner() }, ctx.disks);
+      await cleanupDeadSnapshots(ctx.qmp, await this.snapshotHost(true), domain, await this.liveTags(ctx.qmp, domain));
+      // Held until the pass is committed or aborted (by its pass id, also across a restart of virtcbtd).
+      const snap = Snapshot.open(ctx, await this.snapshotHost(true), { job: 'pass' });
       let passId: number | undefined;
       const agent = this.agentFor(ctx);
       try {
-        const { rot, freeze } = await rotateFrozen(
-          (around) => ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer }, extra: fleece.actions(), aroundTransaction: around }),
-          agent, { freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, noAgentReason: 'the domain has no guest-agent channel: crash-consistent', marker: this.freezeMarkers.for(domain) },
-        ).finally(() => agent?.close());
-        passId = rot.passId!;
+        const taken = await snap.take({
+          consumer, agent, freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs,
+          noAgentReason: 'the domain has no guest-agent channel: crash-consistent', marker: this.freezeMarkers.for(domain),
+        }).finally(() => agent?.close());
+        const rot = taken;
+        const freeze = taken;
+        passId = taken.passId!;
+        await snap.setHolder(`pass-${passId}`, passId);
         const changes = this.log.passChanges(passId);
         const refs = new Map<string, { node: string; name: string }>();
         for (const ch of changes) {
           const disk = ctx.disks.find((d) => d.target === ch.target)!;
           refs.set(ch.target, await buildExtentBitmap(ctx.qmp, ctx.nbdSocket, {
-            tag: fleece.tag, target: ch.target, name: passBitmapName(passId), sizeBytes: disk.sizeBytes, granularity: ch.blockSize, extents: ch.extents,
+            tag: snap.tag, target: ch.target, name: passBitmapName(passId), sizeBytes: disk.sizeBytes, granularity: ch.blockSize, extents: ch.extents,
           }));
         }
-        const exported = await fleece.export(ctx.nbdSocket, { name: (t) => passExportName(passId!, t), bitmaps: (t) => (refs.has(t) ? [refs.get(t)!] : []) });
-        this.held.set(passId, { domain, tag: fleece.tag });
+        const exported = await snap.exportUnix(snap.disks.map((d) => d.target), { name: (t) => passExportName(passId!, t), bitmaps: (t) => (refs.has(t) ? [refs.get(t)!] : []) });
+        this.held.set(passId, { domain, snap });
         const reply = this.reply(domain, consumer, changes, since, passId, rot.generation!);
         reply.exports = exported.map((e) => ({ target: e.target, uri: e.uri, bitmap: passBitmapName(passId!) }));
         return Object.assign(reply, { consistency: freeze.consistency, freezeWindowMs: freeze.freezeWindowMs, note: freeze.note });
       } catch (err) {
-        await fleece.teardown().catch(() => undefined);
+        await snap.release().catch(() => undefined);
         if (passId !== undefined && this.log.getPass(passId).state === 'open') this.log.abortPass(passId);
         throw err;
       }
@@ -331,33 +398,53 @@ export class JobRunner {
     if (!(await this.libvirt.isActive(domain).catch(() => false))) return;
     await this.tracker.withDomainJob(domain, async (ctx) => {
       if (!ctx.running) return;
-      const tags = new Set<string>(h?.tag ? [h.tag] : []);
+      if (h?.snap) return h.snap.release();
+      // Held by a virtcbtd that was restarted since: its registry record, or (an older virtcbt's) its exports, name the tag.
+      const tags = new Set((await this.registry.list()).records.filter((r) => r.domain === domain && r.pass === id).map((r) => r.tag));
       for (const e of await queryBlockExports(ctx.qmp)) {
         const m = PASS_EXPORT.exec(e.id);
         const t = /^vcbt-fl-([a-z0-9]+)-/.exec(e['node-name']);
         if (m && Number(m[1]) === id && t) tags.add(t[1]!);
       }
-      for (const tag of tags) await teardownTag(ctx.qmp, this.fleeceDir, domain, tag);
+      for (const tag of tags) {
+        await teardownTag(ctx.qmp, this.fleeceDir, domain, tag);
+        await this.registry.remove(domain, tag);
+      }
     });
   }
 
   /**
-   * At daemon start: fleecing a killed daemon left in running domains (its copy-before-write
-   * filter stays in the guest's write path and its overlay grows) is removed at once, not at the
-   * next backup. Runs in each domain's queue, after the tracker's recovery.
+   * At daemon start: what the snapshots of a killed virtcbtd left is removed at once, not at the
+   * next backup (a copy-before-write filter stays in the guest's write path and its overlay
+   * grows): its front ends are killed, and in each running domain every snapshot no open pass
+   * holds is torn down, in the domain's queue after the tracker's recovery. Snapshots of passes
+   * still open are taken over: a third-party tool may be reading them.
    */
   async start(): Promise<void> {
     // First, before anything else runs: a guest frozen by a killed daemon must not wait.
     await this.thawLeftFrozen();
+    const { records, junk } = await this.registry.list().catch(() => ({ records: [], junk: [] as string[] }));
+    if (junk.length > 0) this.logger.warn('ignoring files in the snapshot registry that are not snapshot records', { dir: this.registry.dir, files: junk });
+    for (const rec of records.filter((r) => r.pid !== process.pid)) {
+      for (const pid of rec.frontEnds) await killFrontEnd(pid, this.cfg.runDir);
+      const open = rec.pass !== undefined && this.log.openPasses(rec.domain).some((p) => p.id === rec.pass);
+      if (open) await this.registry.adopt(rec).catch(() => undefined);
+    }
     for (const d of this.log.listDomains()) {
       void (async () => {
-        if (!(await this.libvirt.isActive(d.name).catch(() => false))) return;
+        const mine = records.filter((r) => r.domain === d.name && r.pid !== process.pid);
+        if (!(await this.libvirt.isActive(d.name).catch(() => false))) {
+          // Nothing of a fleecing survives its QEMU; a stopped domain's records are only records now.
+          for (const r of mine) if (!(r.pass !== undefined && this.log.openPasses(d.name).some((p) => p.id === r.pass))) await this.registry.remove(d.name, r.tag);
+          return;
+        }
         await this.tracker.withDomainJob(d.name, async (ctx) => {
           if (!ctx.running) return;
-          const removed = await cleanupStaleFleeces(ctx.qmp, this.fleeceDir, d.name, await this.liveTags(ctx.qmp, d.name));
-          if (removed.length > 0) this.logger.info('removed fleecing left by an earlier daemon', { domain: d.name, tags: removed });
+          const removed = await cleanupDeadSnapshots(ctx.qmp, await this.snapshotHost(true), d.name, await this.liveTags(ctx.qmp, d.name));
+          for (const r of mine) if (!(await this.registry.heldTags(d.name)).has(r.tag)) await this.registry.remove(d.name, r.tag);
+          if (removed.length > 0) this.logger.info('removed snapshots left by an earlier daemon', { domain: d.name, tags: removed });
         });
-      })().catch((err) => this.logger.warn('cleaning up old fleecing failed', { domain: d.name, error: (err as Error).message }));
+      })().catch((err) => this.logger.warn('cleaning up old snapshots failed', { domain: d.name, error: (err as Error).message }));
     }
   }
 
@@ -370,24 +457,10 @@ export class JobRunner {
     }
     for (const [id, h] of this.held) {
       this.held.delete(id);
+      // A running domain's pass export stays (a tool may be reading it): the next virtcbtd takes it over.
       await h.release?.().catch(() => undefined);
     }
   }
-}
-
-/** A storage daemon kept running after the call returns, until `release()`. */
-function holdStorageDaemon(runDir: string, domain: string, images: QsdImage[]): Promise<{ s: QsdSession; release: () => Promise<void> }> {
-  return new Promise((resolve, reject) => {
-    let letGo!: () => void;
-    const released = new Promise<void>((r) => { letGo = r; });
-    let started = false;
-    const done: Promise<void> = withStorageDaemon(runDir, domain, images, async (s) => {
-      started = true;
-      resolve({ s, release: async () => { letGo(); await done; } });
-      await released;
-    });
-    done.catch((err) => { if (!started) reject(err); });
-  });
 }
 
 /**

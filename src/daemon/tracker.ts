@@ -17,7 +17,8 @@ import {
   type DomainXmlInfo,
 } from '../libvirt/index.js';
 import { QmpClient, type QmpExecutor } from '../qmp/index.js';
-import { allocatedExtents, libvirtDisks, releaseNbdServer, storageDaemonDisks, Reconciler, type DirtyExtentReader, type ReconcileStep, type TrackedDisk } from '../reconciler/index.js';
+import { releaseNbdServer } from '../snapshot/index.js';
+import { allocatedExtents, libvirtDisks, storageDaemonDisks, Reconciler, type DirtyExtentReader, type ReconcileStep, type TrackedDisk } from '../reconciler/index.js';
 import { pollUntil } from '../util/abort.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';

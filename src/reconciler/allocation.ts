@@ -2,7 +2,7 @@
 // whole backing chain leaves unallocated read as zeros and need no copying.
 import { CONTEXT_BASE_ALLOCATION, NBD_STATE_HOLE, NbdClient, selectExtents, type Extent } from '../nbd/index.js';
 import type { QmpExecutor } from '../qmp/index.js';
-import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from './nbd-server.js';
+import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from '../snapshot/nbd-server.js';
 import type { TrackedDisk } from './reconciler.js';
 
 export async function allocatedExtents(qmp: QmpExecutor, nbdSocket: string, disk: TrackedDisk, opts: { timeoutMs?: number } = {}): Promise<Extent[]> {

@@ -3,4 +3,3 @@ export { Reconciler, RECONCILE_STEPS, BITMAP_PREFIX, bitmapName, bitmapSeq, type
 export { libvirtDisks, storageDaemonDisks } from './disks.js';
 export { readDirtyExtents } from './read-dirty.js';
 export { allocatedExtents } from './allocation.js';
-export { ensureNbdServer, releaseNbdServer, addReadOnlyExport, removeExport, nbdUnixUri } from './nbd-server.js';

@@ -14,7 +14,7 @@ import {
   type QmpExecutor,
 } from '../qmp/index.js';
 import { VirtcbtError } from '../util/errors.js';
-import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from './nbd-server.js';
+import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from '../snapshot/nbd-server.js';
 
 /** virtcbt's bitmaps are named `virtcbt-N`; anything else on the disk belongs to someone else. */
 export const BITMAP_PREFIX = 'virtcbt-';
@@ -170,7 +170,8 @@ export class Reconciler {
       }
     }
     for (const r of log.bitmaps(domain, disk.target).filter((b) => b.state === 'folded')) {
-      if (inQemu.has(r.name)) await this.removeBitmap(disk, r.name);
+      // A folded bitmap another job's snapshot still exports stays until that job removes it.
+      if (inQemu.has(r.name) && !(await this.removeBitmap(disk, r.name, { unlessBusy: true }))) continue;
       log.forgetBitmap(domain, disk.target, r.name);
     }
 
@@ -187,7 +188,7 @@ export class Reconciler {
     }
     // virtcbt bitmaps QEMU has and the log does not know (from a log that was reset): drop them.
     const known = new Set(log.bitmaps(domain, disk.target).map((b) => b.name));
-    for (const name of inQemu.keys()) if (!known.has(name)) await this.removeBitmap(disk, name);
+    for (const name of inQemu.keys()) if (!known.has(name)) await this.removeBitmap(disk, name, { unlessBusy: true });
     return result;
   }
 
@@ -199,9 +200,11 @@ export class Reconciler {
   settled(disk: TrackedDisk): boolean {
     const known = this.log.listDisks(this.domain).find((k) => k.target === disk.target);
     if (!known || known.sizeBytes !== disk.sizeBytes || known.layer !== disk.layer) return false;
-    const records = this.log.bitmaps(this.domain, disk.target);
+    // Folded bitmaps another job still holds (see removeFolded) do not unsettle the disk.
+    const records = this.log.bitmaps(this.domain, disk.target).filter((b) => b.state !== 'folded');
     if (records.length !== 1 || records[0].state !== 'active') return false;
-    const ours = disk.bitmaps.filter((b) => b.name && bitmapSeq(b.name) !== undefined);
+    const folded = new Set(this.log.bitmaps(this.domain, disk.target).filter((b) => b.state === 'folded').map((b) => b.name));
+    const ours = disk.bitmaps.filter((b) => b.name && bitmapSeq(b.name) !== undefined && !folded.has(b.name));
     return ours.length === 1 && ours[0].name === records[0].name && this.healthProblem(ours[0], records[0].name) === undefined;
   }
 
@@ -296,12 +299,14 @@ export class Reconciler {
     return { passId, generation, disks: results };
   }
 
-  /** Removes bitmaps a `keepFolded` rotation left in QEMU. */
+  /**
+   * Removes bitmaps a `keepFolded` rotation left in QEMU. One that is busy (exported by another
+   * job's snapshot, whose copy runs beside this one) stays for that job's own removeFolded.
+   */
   async removeFolded(disks: TrackedDisk[]): Promise<void> {
     for (const disk of disks) {
       for (const r of this.log.bitmaps(this.domain, disk.target).filter((b) => b.state === 'folded')) {
-        await this.removeBitmap(disk, r.name);
-        this.log.forgetBitmap(this.domain, disk.target, r.name);
+        if (await this.removeBitmap(disk, r.name, { unlessBusy: true })) this.log.forgetBitmap(this.domain, disk.target, r.name);
       }
     }
   }
@@ -360,12 +365,15 @@ export class Reconciler {
     }
   }
 
-  private async removeBitmap(disk: TrackedDisk, name: string): Promise<void> {
+  /** Removes a bitmap (gone already counts as removed); with `unlessBusy`, false when an export or job holds it. */
+  private async removeBitmap(disk: TrackedDisk, name: string, o: { unlessBusy?: boolean } = {}): Promise<boolean> {
     try {
       await blockDirtyBitmapRemove(this.qmp, { node: disk.node, name });
     } catch (err) {
-      if (err instanceof QmpCommandError && /not found|Dirty bitmap .* not found/i.test(err.desc)) return;
+      if (err instanceof QmpCommandError && /not found|Dirty bitmap .* not found/i.test(err.desc)) return true;
+      if (o.unlessBusy && err instanceof QmpCommandError && /in use/i.test(err.desc)) return false;
       throw err;
     }
+    return true;
   }
 }

@@ -11,7 +11,7 @@ import {
   type QmpExecutor,
 } from '../qmp/index.js';
 import { NbdClient } from '../nbd/index.js';
-import { ensureNbdServer, nbdUnixUri, removeExport } from '../reconciler/index.js';
+import { ensureNbdServer, nbdUnixUri, removeExport } from './nbd-server.js';
 import { PASS_MAP_PREFIX } from './fleece.js';
 
 export interface ExtentBitmapSpec {

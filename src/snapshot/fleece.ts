@@ -20,7 +20,7 @@ import {
   type TransactionAction,
 } from '../qmp/index.js';
 import { createQcow2 } from '../qcow2/index.js';
-import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from '../reconciler/index.js';
+import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from './nbd-server.js';
 import { pollUntil } from '../util/abort.js';
 import { VirtcbtError, errorMessage } from '../util/errors.js';
 
