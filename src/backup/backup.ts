@@ -97,11 +97,11 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
   const { domain } = ctx;
   const t0 = performance.now();
   const steps: StepTiming[] = [];
-  if (deps.requestedAt !== undefined) steps.push({ step: 'context', ms: Math.round((t0 - deps.requestedAt) * 10) / 10 });
+  if (deps.requestedAt !== undefined) steps.push({ step: 'context', ms: Math.round((t0 - deps.requestedAt) * 10) / 10, at: Date.now() });
   let mark = t0;
   const step = (name: string) => {
     const now = performance.now();
-    steps.push({ step: name, ms: Math.round((now - mark) * 10) / 10 });
+    steps.push({ step: name, ms: Math.round((now - mark) * 10) / 10, at: Date.now() });
     mark = now;
   };
   if (!ctx.log.listConsumers(domain).some((c) => c.name === req.consumer)) {

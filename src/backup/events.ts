@@ -40,6 +40,8 @@ export interface DiskResult {
 export interface StepTiming {
   step: string;
   ms: number;
+  /** When the step ended (ms since the epoch): shows jobs that overlapped. */
+  at: number;
 }
 
 export interface BackupResult {

@@ -43,7 +43,7 @@ interface HeldExport {
 
 export interface JobRunnerOptions {
   /** Test-only fault injection: called before each backup step. */
-  backupFault?: (step: BackupStep) => void | Promise<void>;
+  backupFault?: (step: BackupStep, consumer: string) => void | Promise<void>;
 }
 
 /** An agent shell unused this long is closed (a scheduled job's domains reuse it; an idle daemon keeps none). */
@@ -232,7 +232,7 @@ export class JobRunner {
         requestedAt: o.requestedAt,
         keepTags: () => this.liveTags(ctx.qmp, domain),
         agent: this.agentFor(ctx) ?? null,
-        fault: this.opts.backupFault,
+        fault: this.opts.backupFault ? (step) => this.opts.backupFault!(step, req.consumer) : undefined,
         freezeMarker: this.freezeMarkers.for(domain),
       }, emit);
     } catch (err) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // virtcbtd: owns every QMP connection, folds dirty bitmaps on a schedule and on demand, replays
 // the hook's spool, and serves the control API the CLI talks to.
-import { mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ChangeLog, explainChangeLogError } from '../changelog/index.js';
@@ -9,6 +10,7 @@ import { configFile, hasEnvOverrides, loadConfig, publishEffectiveConfig } from 
 import { allowedRepoRoots, groupSocketPath } from '../../config/schema.js';
 import { Libvirt } from '../libvirt/index.js';
 import { readDirtyExtents } from '../reconciler/index.js';
+import { pollUntil } from '../util/abort.js';
 import { errorMessage } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { BACKUP_STEPS, type BackupStep } from '../backup/index.js';
@@ -32,12 +34,22 @@ function faultInjector(): ((step: ReconcileStep) => void) | undefined {
   };
 }
 
-/** Test-only fault injection: VIRTCBT_FAULT_BACKUP_STEP=copy kills the daemon at that backup step. */
-function backupFault(): ((step: BackupStep) => void) | undefined {
+/**
+ * Test-only fault injection: VIRTCBT_FAULT_BACKUP_STEP=copy kills the daemon at that backup step;
+ * VIRTCBT_PAUSE_BACKUP=CONSUMER:STEP:FILE holds that consumer's backups at the step (writing
+ * FILE.reached) until FILE exists, so a test can run other work beside a backup at a known point.
+ */
+function backupFault(): ((step: BackupStep, consumer: string) => void | Promise<void>) | undefined {
   const step = process.env.VIRTCBT_FAULT_BACKUP_STEP as BackupStep | undefined;
-  if (!step || !BACKUP_STEPS.includes(step)) return undefined;
-  return (s) => {
-    if (s === step) process.kill(process.pid, 'SIGKILL');
+  const pause = /^([^:]+):([a-z]+):(\/.+)$/.exec(process.env.VIRTCBT_PAUSE_BACKUP ?? '');
+  const kill = step && BACKUP_STEPS.includes(step) ? step : undefined;
+  if (!kill && !pause) return undefined;
+  return async (s, consumer) => {
+    if (s === kill) process.kill(process.pid, 'SIGKILL');
+    if (pause && s === pause[2] && consumer === pause[1]) {
+      await writeFile(`${pause[3]}.reached`, '');
+      await pollUntil(() => existsSync(pause[3]!), 'the test to release the paused backup', { timeoutMs: 600_000, intervalMs: 20 });
+    }
   };
 }
 
