@@ -52,6 +52,10 @@ async function atFrozenInstant<T>(label: string, fn: () => Promise<T>): Promise<
   }
 }
 
+async function q(cmd: string): Promise<any[]> {
+  return JSON.parse((await virsh(['qemu-monitor-command', guest.name, JSON.stringify({ execute: cmd })])).stdout).return;
+}
+
 async function expectRestoreEquals(id: string, ref: Record<string, string>) {
   const to = tempDir(`overlap-restore-${id}`);
   for (const target of ['vda', 'vdb']) {
@@ -82,6 +86,10 @@ it('a second consumer\'s backup and a fold run while the first backup holds its 
   await guestDd(agent, '/dev/vdb', 32 * MiB, 1 * MiB);
   const fold = await daemon.cliJson(['reconcile', guest.name]);
   expect(fold.disks.length).toBeGreaterThan(0);
+  // weekly's clean-up of dead jobs' leftovers left nightly's live snapshot alone: its nodes and exports are there.
+  const nodes = (await q('query-named-block-nodes')).map((n) => String(n['node-name'])).filter((n) => n.startsWith('vcbt-fl-'));
+  expect(new Set(nodes.map((n) => n.split('-')[2])).size, nodes.join(' ')).toBe(1);
+  expect((await q('query-block-exports')).length).toBeGreaterThan(0);
 
   writeFileSync(pause, '');
   const nightly = await nightlyRun;
@@ -95,7 +103,6 @@ it('a second consumer\'s backup and a fold run while the first backup holds its 
   expect((await daemon.cli(['verify', '--repo', repo, guest.name])).exitCode).toBe(0);
 
   // Both snapshots are gone: no fleecing node, job or export, no registry record.
-  const q = async (cmd: string) => JSON.parse((await virsh(['qemu-monitor-command', guest.name, JSON.stringify({ execute: cmd })])).stdout).return as any[];
   await pollUntil(async () => !(await q('query-named-block-nodes')).some((n) => String(n['node-name']).startsWith('vcbt-fl-')), 'the fleecing nodes to go', { timeoutMs: 30_000 });
   expect((await q('query-block-jobs')).filter((j) => String(j.device).startsWith('vcbt-'))).toEqual([]);
   expect(await q('query-block-exports')).toEqual([]);
