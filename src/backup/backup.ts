@@ -20,7 +20,7 @@ import {
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
-import { ProgressMeter } from './progress.js';
+import { ProgressMeter } from '../copy/progress.js';
 
 /** What the job needs of the domain: virtcbtd's DomainJobContext has all of it. */
 export interface BackupContext {
