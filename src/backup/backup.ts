@@ -17,7 +17,7 @@ import {
   ExtentDigest, Repository, chainDamage, flushingEndpoint, fsyncDir, imageName, newDigestInfo, pointId, writeManifest,
   type BackupDisk, type Manifest,
 } from '../repo/index.js';
-import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { NotFoundError, UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
 import { presetMarker, rotateFrozen, type FreezeMarker, type FreezeOutcome } from './freeze.js';
 import { ProgressMeter } from './progress.js';
@@ -100,9 +100,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     mark = now;
   };
   if (!ctx.log.listConsumers(domain).some((c) => c.name === req.consumer)) {
-    throw Object.assign(new VirtcbtError(`domain ${domain} has no consumer '${req.consumer}'`, {
+    throw new NotFoundError(`domain ${domain} has no consumer '${req.consumer}'`, {
       domain, hint: `Add it with \`virtcbt consumer add ${domain} ${req.consumer}\` (its first backup is full)`,
-    }), { exitCode: 4 });
+    });
   }
   const repo = await Repository.open(req.repo, { create: true });
   const chainDir = repo.chainDir(domain, req.consumer);
@@ -543,7 +543,8 @@ async function removeDirect(qmp: QmpExecutor, ids: string[]): Promise<void> {
   while (ids.length > 0) await removeExport(qmp, ids.pop()!);
 }
 
-function describeFailure(err: unknown, domain: string, req: BackupRequest, root: string): unknown {
+/** The error a failed backup ends in: what went wrong, that nothing moved, and the exit code of the cause. */
+export function describeFailure(err: unknown, domain: string, req: BackupRequest, root: string): unknown {
   const kept = `the previous backups are intact and consumer ${req.consumer} did not move (the next backup covers everything since its last good one)`;
   if (isNoSpace(err)) {
     return new VirtcbtError(`the backup repository ${root} is full: ${errorMessage(err)}`, {
@@ -552,9 +553,9 @@ function describeFailure(err: unknown, domain: string, req: BackupRequest, root:
   }
   if (err instanceof UsageError) return err;
   if (err instanceof VirtcbtError) {
-    const e = new VirtcbtError(`backup failed: ${err.message}`, { domain: err.domain ?? domain, disk: err.disk, cause: err, hint: err.hint ? `${err.hint}; ${kept}` : kept });
-    const code = (err as { exitCode?: number }).exitCode;
-    return code === undefined ? e : Object.assign(e, { exitCode: code });
+    return new VirtcbtError(`backup failed: ${err.message}`, {
+      domain: err.domain ?? domain, disk: err.disk, cause: err, exitCode: err.exitCode, hint: err.hint ? `${err.hint}; ${kept}` : kept,
+    });
   }
   return new VirtcbtError(`backup failed: ${errorMessage(err)}`, { domain, cause: err, hint: kept });
 }

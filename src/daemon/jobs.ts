@@ -13,7 +13,7 @@ import type { Libvirt } from '../libvirt/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { withStorageDaemon, type QsdImage, type QsdSession } from '../qsd/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri } from '../reconciler/index.js';
-import { UsageError, VirtcbtError } from '../util/errors.js';
+import { NotFoundError, UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { collectGarbage } from '../util/memory.js';
 import type { DiskChangesReply, PassReply } from './api-types.js';
@@ -239,9 +239,9 @@ export class JobRunner {
    */
   beginPassExport(domain: string, consumer: string): Promise<PassReply> {
     if (!this.log.listConsumers(domain).some((c) => c.name === consumer)) {
-      throw Object.assign(new VirtcbtError(`domain ${domain} has no consumer '${consumer}'`, {
+      throw new NotFoundError(`domain ${domain} has no consumer '${consumer}'`, {
         domain, hint: `Add it with \`virtcbt consumer add ${domain} ${consumer}\``,
-      }), { exitCode: 4 });
+      });
     }
     let stopped: { images: QsdImage[]; reply: PassReply } | undefined;
     const job = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
