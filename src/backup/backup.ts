@@ -6,6 +6,7 @@
 import { join } from 'node:path';
 import { logContinuity, type ChangeLog, type DiskChanges } from '../changelog/index.js';
 import { NbdEndpoint, copyExtents, dataExtents, isNoSpace, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
+import { align, totalBytes } from '../extent/index.js';
 import { Fleece, cleanupStaleFleeces } from '../fleece/index.js';
 import { GuestAgent, LibvirtTransport } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
@@ -249,7 +250,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const why = fullReason(req, ch, parent, pd, pass.since, disk, { ...facts, logId: pass.logId });
       return {
         target: disk.target, sizeBytes: disk.sizeBytes, full: why !== undefined, reason: why, file,
-        changedBytes: ch.extents.reduce((s, [, l]) => s + l, 0), backing: why === undefined ? pd!.file : null,
+        changedBytes: totalBytes(ch.extents), backing: why === undefined ? pd!.file : null,
       };
     });
     emit({ type: 'plan', disks: plans });
@@ -296,9 +297,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       });
       endpoints.push(src);
       // An overlay's clusters must be written whole (a part left out would read the parent).
-      const changed = plan.full ? [] : wholeClusters(ch.extents, CLUSTER, plan.sizeBytes);
+      const changed = plan.full ? [] : align(ch.extents, CLUSTER, plan.sizeBytes);
       const extents: AsyncIterable<CopyExtent> | CopyExtent[] = plan.full ? wholeDisk(src) : dataExtents(changed);
-      const total = plan.full ? plan.sizeBytes : changed.reduce((s, e) => s + e.length, 0);
+      const total = plan.full ? plan.sizeBytes : totalBytes(changed);
       const meter = new ProgressMeter(total);
       const flushing = flushingEndpoint(target, FLUSH_EVERY);
       const requestSize = Math.max(MIN_REQUEST, deps.nbd.requestSize);
@@ -502,20 +503,6 @@ function fullReason(
     return `the newest backup in this repository (${parent!.id}, generation ${parent!.generation}) is older than the consumer's last pass (generation ${since}): it was written elsewhere`;
   }
   return undefined;
-}
-
-/** `extents` ([offset, length] pairs) widened to whole clusters, merged, within `size`. */
-export function wholeClusters(extents: readonly (readonly [number, number])[], cluster: number, size: number): { offset: number; length: number }[] {
-  const out: { offset: number; length: number }[] = [];
-  for (const [offset, length] of [...extents].sort((a, b) => a[0] - b[0])) {
-    if (length <= 0) continue;
-    const start = offset - (offset % cluster);
-    const end = Math.min(size, Math.ceil((offset + length) / cluster) * cluster);
-    const last = out[out.length - 1];
-    if (last && start <= last.offset + last.length) last.length = Math.max(last.length, end - last.offset);
-    else out.push({ offset: start, length: end - start });
-  }
-  return out;
 }
 
 /**
