@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ChangeLog } from '../src/changelog/index.js';
+import { totalBytes } from '../src/extent/index.js';
 
 const TiB = 2 ** 40;
 const BLOCK = 64 * 1024;
@@ -105,7 +106,7 @@ function runGenerationsCase(percent: number, folds: number, runs: number): Chang
         const c = log.changes('vm', 'anchor');
         changesMs.push(Number(process.hrtime.bigint() - t1) / 1e6);
         changesExtents = c[0].extents.length;
-        changedBlocks = c[0].extents.reduce((n, [, l]) => n + l / BLOCK, 0);
+        changedBlocks = totalBytes(c[0].extents) / BLOCK;
       }
     } finally {
       log.close();

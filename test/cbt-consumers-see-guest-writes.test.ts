@@ -21,6 +21,28 @@ const vdb = (r: { disks: { target: string; full: boolean; reason?: string; exten
 
 const waitConnected = () => connected(daemon, guest.name);
 
+/**
+ * The text `changes --json` and `pass begin --json` have always printed for `r`: keys in this
+ * order, extents as [offset, length] pairs. Scripts may read it byte for byte.
+ */
+function printedAsEver(r: any): string {
+  const disks = r.disks.map((d: any) => ({
+    target: d.target, blockSize: d.blockSize, sizeBytes: d.sizeBytes, full: d.full, reason: d.reason,
+    extents: d.extents.map((e: unknown) => { expect(e).toEqual([expect.any(Number), expect.any(Number)]); return e; }),
+    changedBytes: d.changedBytes,
+  }));
+  const pass = r.pass === undefined ? {} : { pass: r.pass, generation: r.generation };
+  return JSON.stringify({ domain: r.domain, logId: r.logId, consumer: r.consumer, since: r.since, upTo: r.upTo, disks, ...pass }, null, 2);
+}
+
+/** Runs a `--json` command and checks its output is byte for byte what it has always been. */
+async function cliJsonAsEver(args: string[]): Promise<any> {
+  const out = (await daemon.cli([...args, '--json'])).stdout;
+  const r = JSON.parse(out);
+  expect(out, `virtcbt ${args.join(' ')} --json`).toBe(printedAsEver(r));
+  return r;
+}
+
 async function fullPass(consumer: string): Promise<void> {
   const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', consumer]);
   expect(vdb(p).full).toBe(true);
@@ -55,10 +77,10 @@ describe('changed-block tracking on a libvirt domain', () => {
   it('each consumer sees exactly the writes since its own last pass', async () => {
     await guestWrite(1 * MiB);
     await guestWrite(3 * MiB + 64 * KiB);
-    const a = await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly']);
+    const a = await cliJsonAsEver(['changes', guest.name, '--consumer', 'nightly']);
     expect(vdb(a)).toMatchObject({ full: false, extents: [[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB]] });
 
-    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'nightly']);
+    const p = await cliJsonAsEver(['pass', 'begin', guest.name, '--consumer', 'nightly']);
     expect(vdb(p).extents).toEqual([[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB]]);
     await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(p.pass)]);
 

@@ -1,16 +1,16 @@
 // Independent consumers of one change log: each sees the writes since its own last committed pass.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { ChangeLog, DiskChanges } from '../src/changelog/index.js';
+import type { ChangeLog } from '../src/changelog/index.js';
 import { PAGE_BLOCKS } from '../src/changelog/index.js';
-import { GiB, guestWrote, tempLog, type TempLog } from './support/changelog.js';
+import { GiB, asPairs, guestWrote, tempLog, type PairedDiskChanges, type TempLog } from './support/changelog.js';
 
 const B = 65536;
-const extentsOf = (c: DiskChanges[], target = 'vda') => c.find((d) => d.target === target)!.extents;
+const extentsOf = (c: PairedDiskChanges[], target = 'vda') => c.find((d) => d.target === target)!.extents;
 
 /** A full pass + commit, so the consumer is incremental from here on. */
 function completePass(log: ChangeLog, consumer: string): number {
   const p = log.beginPass('vm', consumer);
-  expect(log.passChanges(p.id).every((d) => d.full)).toBe(true);
+  expect(asPairs(log.passChanges(p.id)).every((d) => d.full)).toBe(true);
   log.commitPass(p.id);
   return p.generation;
 }
@@ -35,25 +35,25 @@ describe('change-log consumers', () => {
     // W1 during generation 3: part of block 0, and blocks 10–11 (an unaligned write straddling them).
     guestWrote(log, 'vm', 'vda', [[0, 100], [10 * B + 5, B]]);
     const w1 = [[0, B], [10 * B, 2 * B]];
-    expect(extentsOf(log.changes('vm', 'A'))).toEqual(w1);
-    expect(extentsOf(log.changes('vm', 'B'))).toEqual(w1);
+    expect(extentsOf(asPairs(log.changes('vm', 'A')))).toEqual(w1);
+    expect(extentsOf(asPairs(log.changes('vm', 'B')))).toEqual(w1);
 
     // A's pass takes generation 3: exactly W1.
     const pa = log.beginPass('vm', 'A');
     expect(pa).toMatchObject({ generation: 3, since: 1, consumer: 'A', state: 'open' });
-    const [disk] = log.passChanges(pa.id);
+    const [disk] = asPairs(log.passChanges(pa.id));
     expect(disk).toMatchObject({ target: 'vda', blockSize: B, sizeBytes: GiB, full: false });
     expect(disk.extents).toEqual(w1);
     // W2, folded after the pass began, is generation 4 and belongs to A's next pass. It rewrites block 11, which
     // now carries generation 4: asked again, the pass still lists block 11 (and, harmlessly, W2's other block)
     // rather than lose W1's write to it.
     guestWrote(log, 'vm', 'vda', [[11 * B, B], [512 * 1024 * 1024, 1]]);
-    expect(extentsOf(log.passChanges(pa.id))).toEqual([[0, B], [10 * B, 2 * B], [8192 * B, B]]);
+    expect(extentsOf(asPairs(log.passChanges(pa.id)))).toEqual([[0, B], [10 * B, 2 * B], [8192 * B, B]]);
     expect(log.commitPass(pa.id)).toEqual({ consumer: 'A', generation: 3, last: 3, moved: true });
 
     // After A's commit, A sees only W2; B still sees W1 and W2, merged.
-    expect(extentsOf(log.changes('vm', 'A'))).toEqual([[11 * B, B], [8192 * B, B]]);
-    expect(extentsOf(log.changes('vm', 'B'))).toEqual([[0, B], [10 * B, 2 * B], [8192 * B, B]]);
+    expect(extentsOf(asPairs(log.changes('vm', 'A')))).toEqual([[11 * B, B], [8192 * B, B]]);
+    expect(extentsOf(asPairs(log.changes('vm', 'B')))).toEqual([[0, B], [10 * B, 2 * B], [8192 * B, B]]);
     expect(log.listConsumers('vm').map((c) => [c.name, c.last])).toEqual([['A', 3], ['B', 2]]);
   });
 
@@ -62,12 +62,12 @@ describe('change-log consumers', () => {
     completePass(log, 'A');
     guestWrote(log, 'vm', 'vda', [[0, B]]);
     log.addConsumer('vm', 'C');
-    const [c] = log.changes('vm', 'C');
+    const [c] = asPairs(log.changes('vm', 'C'));
     expect(c.full).toBe(true);
     expect(c.reason).toMatch(/consumer C has no completed pass/);
     expect(c.extents).toEqual([[0, GiB]]);
     // A, meanwhile, is incremental.
-    expect(log.changes('vm', 'A')[0]).toMatchObject({ full: false, extents: [[0, B]] });
+    expect(asPairs(log.changes('vm', 'A'))[0]).toMatchObject({ full: false, extents: [[0, B]] });
   });
 
   it('an aborted pass does not move the consumer, and open passes are listed until closed', () => {
@@ -86,10 +86,10 @@ describe('change-log consumers', () => {
     expect(log.listConsumers('vm').find((c) => c.name === 'A')!.last).toBe(1);
     // The write is still there for A's next pass.
     const again = log.beginPass('vm', 'A');
-    expect(extentsOf(log.passChanges(again.id))).toEqual([[3 * B, B]]);
+    expect(extentsOf(asPairs(log.passChanges(again.id)))).toEqual([[3 * B, B]]);
     expect(() => log.commitPass(p.id)).toThrow(/pass \d+ is already aborted/);
     log.commitPass(again.id);
-    expect(log.changes('vm', 'A')[0].extents).toEqual([]);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual([]);
   });
 
   it('two open passes of one consumer: the older commit never moves it back', () => {
@@ -102,8 +102,8 @@ describe('change-log consumers', () => {
     // Each pass covers what changed after its consumer's last pass when it began; p2 includes the write of
     // generation p1 + 1, and so does p1 asked after that write was folded (it cannot tell that write apart from
     // an earlier one to the same block).
-    expect(extentsOf(log.passChanges(p2.id))).toEqual([[7 * B, B]]);
-    expect(extentsOf(log.passChanges(p1.id))).toEqual([[7 * B, B]]);
+    expect(extentsOf(asPairs(log.passChanges(p2.id)))).toEqual([[7 * B, B]]);
+    expect(extentsOf(asPairs(log.passChanges(p1.id)))).toEqual([[7 * B, B]]);
     expect(log.commitPass(p2.id)).toMatchObject({ moved: true, last: p2.generation });
     expect(log.commitPass(p1.id)).toMatchObject({ moved: false, last: p2.generation });
     expect(log.listConsumers('vm').find((c) => c.name === 'A')!.last).toBe(p2.generation);
@@ -117,7 +117,7 @@ describe('change-log consumers', () => {
     const p = log.beginPass('vm', 'A');
     log.removeConsumer('vm', 'A');
     expect(log.openPasses('vm')).toEqual([]);
-    expect(() => log.passChanges(p.id)).toThrow(/pass \d+ does not exist/);
+    expect(() => asPairs(log.passChanges(p.id))).toThrow(/pass \d+ does not exist/);
     expect(log.listConsumers('vm').map((c) => c.name)).toEqual(['B']);
   });
 
@@ -129,8 +129,8 @@ describe('change-log consumers', () => {
     completePass(log, 'A');
     guestWrote(log, 'vm', 'vda', [[0, 1]]);
     expect(log.currentGeneration('other')).toBe(1);
-    expect(log.changes('other', 'A')[0].full).toBe(true);
-    expect(log.changes('vm', 'A')[0].extents).toEqual([[0, B]]);
+    expect(asPairs(log.changes('other', 'A'))[0].full).toBe(true);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual([[0, B]]);
     expect(log.listDomains().map((d) => d.name)).toEqual(['other', 'vm']);
     log.removeDomain('other');
     expect(log.listDomains().map((d) => d.name)).toEqual(['vm']);
@@ -141,9 +141,9 @@ describe('change-log consumers', () => {
     const p = log.beginPass('vm', 'A');
     expect(p.since).toBeNull();
     guestWrote(log, 'vm', 'vda', [[4 * B, B]]);
-    expect(log.passChanges(p.id)[0].full).toBe(true);
+    expect(asPairs(log.passChanges(p.id))[0].full).toBe(true);
     log.commitPass(p.id);
-    expect(log.changes('vm', 'A')[0]).toMatchObject({ full: false, extents: [[4 * B, B]] });
+    expect(asPairs(log.changes('vm', 'A'))[0]).toMatchObject({ full: false, extents: [[4 * B, B]] });
   });
 
   it.each([12345, 777, 31337])('random writes, passes, commits, aborts, floors and consumers (seed %i): every consumer sees exactly the blocks written since its last pass', (start) => {
@@ -179,7 +179,7 @@ describe('change-log consumers', () => {
       }
       return out;
     };
-    const vdb = (c: DiskChanges[]) => c.find((d) => d.target === 'vdb')!;
+    const vdb = (c: PairedDiskChanges[]) => c.find((d) => d.target === 'vdb')!;
 
     let checks = 0;
     for (let step = 0; step < 400; step++) {
@@ -199,7 +199,7 @@ describe('change-log consumers', () => {
       } else if (op < 0.75 && open.size > 0) {
         const ids = [...open.keys()];
         const id = ids[int(ids.length)];
-        const got = vdb(log.passChanges(id));
+        const got = vdb(asPairs(log.passChanges(id)));
         expect(got.full ? [[0, size]] : got.extents, `pass ${id} at step ${step}`).toEqual(truth(open.get(id)!.since));
         checks++;
         if (rand() < 0.7) log.commitPass(id); else log.abortPass(id);
@@ -207,7 +207,7 @@ describe('change-log consumers', () => {
       } else if (op < 0.88 && names.length > 0) {
         const c = names[int(names.length)];
         const last = log.listConsumers('vm').find((x) => x.name === c)!.last;
-        const got = vdb(log.changes('vm', c));
+        const got = vdb(asPairs(log.changes('vm', c)));
         expect(got.full ? [[0, size]] : got.extents, `consumer ${c} at step ${step}`).toEqual(truth(last));
         checks++;
       } else if (op < 0.92) {

@@ -3,14 +3,14 @@
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ChangeLog } from '../src/changelog/index.js';
-import { GiB, guestWrote, tempLog, type TempLog } from './support/changelog.js';
+import { GiB, asPairs, guestWrote, tempLog, type TempLog } from './support/changelog.js';
 
 const B = 65536;
-const disk = (log: ChangeLog, consumer: string, target: string) => log.changes('vm', consumer).find((d) => d.target === target)!;
+const disk = (log: ChangeLog, consumer: string, target: string) => asPairs(log.changes('vm', consumer)).find((d) => d.target === target)!;
 
 function completePass(log: ChangeLog, consumer: string): number {
   const p = log.beginPass('vm', consumer);
-  log.passChanges(p.id);
+  asPairs(log.passChanges(p.id));
   log.commitPass(p.id);
   return p.generation;
 }
@@ -60,9 +60,9 @@ describe('change-log floor', () => {
   it('a floor raised while a pass is open makes that pass full, and the one after it', () => {
     const { log } = t;
     const p = log.beginPass('vm', 'A');
-    expect(log.passChanges(p.id).find((d) => d.target === 'vda')!.full).toBe(false);
+    expect(asPairs(log.passChanges(p.id)).find((d) => d.target === 'vda')!.full).toBe(false);
     log.raiseFloor('vm', 'vda', 'disk moved by a block copy');
-    const during = log.passChanges(p.id).find((d) => d.target === 'vda')!;
+    const during = asPairs(log.passChanges(p.id)).find((d) => d.target === 'vda')!;
     expect(during.full).toBe(true);
     expect(during.reason).toContain('disk moved by a block copy');
     log.commitPass(p.id);

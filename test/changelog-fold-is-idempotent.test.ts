@@ -3,7 +3,7 @@
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PAGE_BLOCKS } from '../src/changelog/index.js';
-import { GiB, tempLog, type TempLog } from './support/changelog.js';
+import { GiB, asPairs, tempLog, type TempLog } from './support/changelog.js';
 
 const B = 65536;
 const PAGE_BYTES = PAGE_BLOCKS * B;
@@ -49,7 +49,7 @@ describe('change-log fold', () => {
     expect(log.fold('vm', 'vda', 'b1', [[B * 40, B]]).alreadyFolded).toBe(true);
     expect(pageRows(path)).toEqual(before);
     expect(log.status('vm').disks[0].foldCount).toBe(statusBefore.foldCount);
-    expect(log.changes('vm', 'A')[0].extents).toEqual(expected);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual(expected);
   });
 
   it('a fold that fails half-way (SQLite rolls back) leaves nothing, and the retry equals a clean fold', () => {
@@ -68,12 +68,12 @@ describe('change-log fold', () => {
     expect(pageRows(path)).toEqual([]);
     expect(log.listBitmaps('vm', 'vda')[0].state).toBe('frozen');
     expect(log.status('vm').disks[0]).toMatchObject({ foldCount: 0, lastFold: null });
-    expect(log.changes('vm', 'A')[0].extents).toEqual([]);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual([]);
 
     const fix = new Database(path);
     try { fix.exec('DROP TRIGGER fail_page_3'); } finally { fix.close(); }
     expect(log.fold('vm', 'vda', 'b1', extents)).toMatchObject({ alreadyFolded: false, pages: 4 });
-    expect(log.changes('vm', 'A')[0].extents).toEqual(expected);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual(expected);
     expect(log.status('vm').disks[0]).toMatchObject({ foldCount: 1, lastFold: { bitmap: 'b1', extents: 3 } });
   });
 
@@ -85,11 +85,11 @@ describe('change-log fold', () => {
     const p = log.beginPass('vm', 'A');
     log.recordBitmap('vm', 'vda', 'new', g1 + 1, 'frozen');
     log.fold('vm', 'vda', 'new', [[0, B]]);
-    expect(() => log.passChanges(p.id)).toThrow(/bitmap old \(generation \d+\) is frozen, not folded yet/);
+    expect(() => asPairs(log.passChanges(p.id))).toThrow(/bitmap old \(generation \d+\) is frozen, not folded yet/);
     log.fold('vm', 'vda', 'old', [[0, 2 * B]]);
     // Block 0 keeps g1 + 1; block 1 has g1.
     log.commitPass(p.id);
-    expect(log.changes('vm', 'A')[0].extents).toEqual([[0, B]]);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual([[0, B]]);
   });
 
   it('unsorted, overlapping and zero-length extents fold like their sorted union', () => {
@@ -100,7 +100,7 @@ describe('change-log fold', () => {
       { offset: 10 * B, length: B }, { offset: 0, length: 0 }, [9 * B + 1, B], [2 * B, 1], [2 * B + 10, 5],
     ]);
     expect(r).toMatchObject({ extents: 2, blocks: 3 });
-    expect(log.changes('vm', 'A')[0].extents).toEqual([[2 * B, B], [9 * B, 2 * B]]);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual([[2 * B, B], [9 * B, 2 * B]]);
   });
 
   it('folds a bitmap only once it is frozen', () => {
@@ -114,7 +114,7 @@ describe('change-log fold', () => {
     }));
     expect(log.listBitmaps('vm', 'vda').map((b) => [b.name, b.state])).toEqual([['live', 'frozen'], ['next', 'active']]);
     expect(log.fold('vm', 'vda', 'live', [[0, B]]).alreadyFolded).toBe(false);
-    expect(log.changes('vm', 'A')[0].extents).toEqual([[0, B]]);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual([[0, B]]);
   });
 
   it('an empty disk folds nothing and reports nothing', () => {
@@ -122,7 +122,7 @@ describe('change-log fold', () => {
     log.upsertDisk('vm', 'empty', { blockSize: B, sizeBytes: 0 });
     log.recordBitmap('vm', 'empty', 'e', log.currentGeneration('vm'), 'frozen');
     expect(log.fold('vm', 'empty', 'e', [])).toMatchObject({ blocks: 0, pages: 0 });
-    expect(log.changes('vm', 'A').find((d) => d.target === 'empty')!.extents).toEqual([]);
+    expect(asPairs(log.changes('vm', 'A')).find((d) => d.target === 'empty')!.extents).toEqual([]);
     expect(GiB).toBeGreaterThan(0);
   });
 
@@ -143,7 +143,7 @@ describe('change-log fold', () => {
     const pa = log.beginPass('vm', 'A');
     log.commitPass(pa.id);
     write('w2', [[B, B]]);
-    expect(log.changes('vm', 'A')[0].extents).toEqual([[B, B]]);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual([[B, B]]);
     // A and B have both passed w1's generation now: the next fold into that page drops w1's runs.
     expect(stored()).toBeGreaterThan(before - 10);
     const pb = log.beginPass('vm', 'B');
@@ -151,7 +151,7 @@ describe('change-log fold', () => {
     log.commitPass(log.beginPass('vm', 'A').id);
     write('w3', [[3 * B, B]]);
     expect(stored()).toBeLessThan(10);
-    expect(log.changes('vm', 'A')[0].extents).toEqual([[3 * B, B]]);
-    expect(log.changes('vm', 'B')[0].extents).toEqual([[3 * B, B]]);
+    expect(asPairs(log.changes('vm', 'A'))[0].extents).toEqual([[3 * B, B]]);
+    expect(asPairs(log.changes('vm', 'B'))[0].extents).toEqual([[3 * B, B]]);
   });
 });

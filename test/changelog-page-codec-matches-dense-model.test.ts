@@ -1,24 +1,13 @@
 // Fuzz: the sparse page codec (encode, decode, merge, page splitting, extent collection) against a dense per-block model.
 import { describe, expect, it } from 'vitest';
 import {
-  collectExtents, countBlocks, forEachPageSlice, toBlockIntervals, type ByteExtent,
+  collectExtents, countBlocks, forEachPageSlice, toBlockIntervals,
 } from '../src/changelog/extents.js';
+import type { Extent } from '../src/extent/index.js';
 import {
   decodeRuns, encodeRuns, forEachRun, maxGeneration, mergeRuns, PAGE_BLOCKS, PageFormatError, type Run,
 } from '../src/changelog/page-codec.js';
-
-// Small deterministic PRNG so a failure names a seed that reproduces it.
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const int = (r: () => number, n: number) => Math.floor(r() * n);
+import { int, rng } from './support/random.js';
 
 /** The naive truth: maximal runs of equal non-zero generation in dense[from, to), page-relative. */
 function runsFromDense(dense: Uint32Array, from: number, to: number): Run[] {
@@ -35,14 +24,14 @@ function runsFromDense(dense: Uint32Array, from: number, to: number): Run[] {
 }
 
 /** Byte extents of blocks with generation in (since, upto], from the dense model, clipped to the disk size. */
-function extentsFromDense(dense: Uint32Array, since: number, upto: number, blockSize: number, sizeBytes: number): ByteExtent[] {
-  const out: ByteExtent[] = [];
+function extentsFromDense(dense: Uint32Array, since: number, upto: number, blockSize: number, sizeBytes: number): Extent[] {
+  const out: Extent[] = [];
   let k = 0;
   while (k < dense.length) {
     if (dense[k] > since && dense[k] <= upto) {
       let e = k + 1;
       while (e < dense.length && dense[e] > since && dense[e] <= upto) e++;
-      out.push([k * blockSize, Math.min(e * blockSize, sizeBytes) - k * blockSize]);
+      out.push({ offset: k * blockSize, length: Math.min(e * blockSize, sizeBytes) - k * blockSize });
       k = e;
     } else k++;
   }
@@ -222,7 +211,7 @@ describe('change-log page codec', () => {
     }
     // The last extent of an all-inclusive query ends at the disk's end exactly when the short last block changed.
     const all = collectExtents(ordered, 0, Infinity, blockSize, sizeBytes);
-    const lastEnd = all[all.length - 1][0] + all[all.length - 1][1];
+    const lastEnd = all[all.length - 1].offset + all[all.length - 1].length;
     expect(lastEnd <= sizeBytes).toBe(true);
     expect(dense[blockCount - 1] !== 0).toBe(lastEnd === sizeBytes);
   });

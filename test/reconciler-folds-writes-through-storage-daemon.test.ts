@@ -12,6 +12,7 @@ import { blockExportAddNbd } from '../src/qmp/index.js';
 import { withStorageDaemon, type QsdSession } from '../src/qsd/index.js';
 import { readDirtyExtents, Reconciler, storageDaemonDisks } from '../src/reconciler/index.js';
 import { ensureNbdServer, nbdUnixUri } from '../src/snapshot/index.js';
+import { asPairs } from './support/changelog.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -54,7 +55,7 @@ async function write(s: QsdSession, writes: [number, number][]): Promise<void> {
   await s.qmp.execute('block-export-del', { id: 'w', mode: 'hard' });
 }
 
-const changes = (consumer: string) => log.changes(DOMAIN, consumer)[0];
+const changes = (consumer: string) => asPairs(log.changes(DOMAIN, consumer))[0];
 
 describe('reconciler on qemu-storage-daemon', () => {
   it('starts tracking: creates the bitmap; a new consumer gets a full pass', async () => {
@@ -69,7 +70,7 @@ describe('reconciler on qemu-storage-daemon', () => {
       expect(bitmaps.map((b) => [b.name, b.recording, b.persistent])).toEqual([['virtcbt-1', true, true]]);
       expect(changes('a').full).toBe(true);
       const p = await rec.rotateAndFold(await disks(s), { pass: { consumer: 'a' } });
-      expect(log.passChanges(p.passId!)[0].full).toBe(true);
+      expect(asPairs(log.passChanges(p.passId!))[0].full).toBe(true);
       log.commitPass(p.passId!);
     });
   });
@@ -109,7 +110,7 @@ describe('reconciler on qemu-storage-daemon', () => {
     await session(async (s) => write(s, [[20 * MiB, 64 * KiB]]));
     const pass = await session(async (s, rec) => rec.rotateAndFold(await disks(s), { pass: { consumer: 'a' } }));
     expect(pass.passId).toBeDefined();
-    const pc = log.passChanges(pass.passId!)[0];
+    const pc = asPairs(log.passChanges(pass.passId!))[0];
     expect(pc.extents).toEqual([[1 * MiB, 64 * KiB], [5 * MiB, 64 * KiB], [10 * MiB, 256 * KiB], [20 * MiB, 64 * KiB]]);
     log.commitPass(pass.passId!);
     expect(changes('a').extents).toEqual([]);

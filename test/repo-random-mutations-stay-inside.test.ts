@@ -12,6 +12,7 @@ import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
 import { expectUntouched, handmadeRepo, snapshotTree, type SandboxedRepo } from './support/handmade-repo.js';
+import { rng } from './support/random.js';
 
 useCleanup();
 const CLI = resolve(import.meta.dirname, '../dist/src/cli/main.js');
@@ -20,18 +21,6 @@ const BACKUP_ROUNDS = 8;
 
 function cli(args: string[]) {
   return execa('node', [CLI, ...args], { reject: false, timeout: 120_000 });
-}
-
-/** A small seeded generator: a failing round can be run again from its seed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const OUT = '../../../sandbox';

@@ -7,6 +7,7 @@
 import { join } from 'node:path';
 import { logContinuity, type ChangeLog, type DiskChanges } from '../changelog/index.js';
 import { NbdEndpoint, copyExtents, dataExtents, isNoSpace, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
+import { align, totalBytes } from '../extent/index.js';
 import { GuestAgent, LibvirtTransport } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
 import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
@@ -18,7 +19,7 @@ import {
   ExtentDigest, Repository, chainDamage, flushingEndpoint, fsyncDir, imageName, newDigestInfo, pointId, writeManifest,
   type BackupDisk, type Manifest,
 } from '../repo/index.js';
-import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { NotFoundError, UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { BackupRequest, BackupResult, DiskPlan, DiskResult, Emit, StepTiming } from './events.js';
 import { ProgressMeter } from '../copy/progress.js';
 
@@ -105,9 +106,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     mark = now;
   };
   if (!ctx.log.listConsumers(domain).some((c) => c.name === req.consumer)) {
-    throw Object.assign(new VirtcbtError(`domain ${domain} has no consumer '${req.consumer}'`, {
+    throw new NotFoundError(`domain ${domain} has no consumer '${req.consumer}'`, {
       domain, hint: `Add it with \`virtcbt consumer add ${domain} ${req.consumer}\` (its first backup is full)`,
-    }), { exitCode: 4 });
+    });
   }
   const repo = await Repository.open(req.repo, { create: true });
   const chainDir = repo.chainDir(domain, req.consumer);
@@ -241,7 +242,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const why = fullReason(req, ch, parent, pd, pass.since, disk, { ...facts, logId: pass.logId });
       return {
         target: disk.target, sizeBytes: disk.sizeBytes, full: why !== undefined, reason: why, file,
-        changedBytes: ch.extents.reduce((s, [, l]) => s + l, 0), backing: why === undefined ? pd!.file : null,
+        changedBytes: totalBytes(ch.extents), backing: why === undefined ? pd!.file : null,
       };
     });
     emit({ type: 'plan', disks: plans });
@@ -295,9 +296,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       });
       endpoints.push(src);
       // An overlay's clusters must be written whole (a part left out would read the parent).
-      const changed = plan.full ? [] : wholeClusters(ch.extents, CLUSTER, plan.sizeBytes);
+      const changed = plan.full ? [] : align(ch.extents, CLUSTER, plan.sizeBytes);
       const extents: AsyncIterable<CopyExtent> | CopyExtent[] = plan.full ? wholeDisk(src) : dataExtents(changed);
-      const total = plan.full ? plan.sizeBytes : changed.reduce((s, e) => s + e.length, 0);
+      const total = plan.full ? plan.sizeBytes : totalBytes(changed);
       const meter = new ProgressMeter(total);
       const flushing = flushingEndpoint(target, FLUSH_EVERY);
       const requestSize = Math.max(MIN_REQUEST, deps.nbd.requestSize);
@@ -499,21 +500,8 @@ function fullReason(
   return undefined;
 }
 
-/** `extents` ([offset, length] pairs) widened to whole clusters, merged, within `size`. */
-export function wholeClusters(extents: readonly (readonly [number, number])[], cluster: number, size: number): { offset: number; length: number }[] {
-  const out: { offset: number; length: number }[] = [];
-  for (const [offset, length] of [...extents].sort((a, b) => a[0] - b[0])) {
-    if (length <= 0) continue;
-    const start = offset - (offset % cluster);
-    const end = Math.min(size, Math.ceil((offset + length) / cluster) * cluster);
-    const last = out[out.length - 1];
-    if (last && start <= last.offset + last.length) last.length = Math.max(last.length, end - last.offset);
-    else out.push({ offset: start, length: end - start });
-  }
-  return out;
-}
-
-function describeFailure(err: unknown, domain: string, req: BackupRequest, root: string): unknown {
+/** The error a failed backup ends in: what went wrong, that nothing moved, and the exit code of the cause. */
+export function describeFailure(err: unknown, domain: string, req: BackupRequest, root: string): unknown {
   const kept = `the previous backups are intact and consumer ${req.consumer} did not move (the next backup covers everything since its last good one)`;
   if (isNoSpace(err)) {
     return new VirtcbtError(`the backup repository ${root} is full: ${errorMessage(err)}`, {
@@ -522,9 +510,9 @@ function describeFailure(err: unknown, domain: string, req: BackupRequest, root:
   }
   if (err instanceof UsageError) return err;
   if (err instanceof VirtcbtError) {
-    const e = new VirtcbtError(`backup failed: ${err.message}`, { domain: err.domain ?? domain, disk: err.disk, cause: err, hint: err.hint ? `${err.hint}; ${kept}` : kept });
-    const code = (err as { exitCode?: number }).exitCode;
-    return code === undefined ? e : Object.assign(e, { exitCode: code });
+    return new VirtcbtError(`backup failed: ${err.message}`, {
+      domain: err.domain ?? domain, disk: err.disk, cause: err, exitCode: err.exitCode, hint: err.hint ? `${err.hint}; ${kept}` : kept,
+    });
   }
   return new VirtcbtError(`backup failed: ${errorMessage(err)}`, { domain, cause: err, hint: kept });
 }

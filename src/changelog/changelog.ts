@@ -9,8 +9,9 @@
 // data.
 import Database from 'better-sqlite3';
 import { UsageError, VirtcbtError } from '../util/errors.js';
+import type { Extent } from '../extent/index.js';
 import {
-  collectExtents, countBlocks, ExtentRangeError, forEachPageSlice, toBlockIntervals, type ByteExtent, type ExtentInput,
+  collectExtents, countBlocks, ExtentRangeError, forEachPageSlice, toBlockIntervals, type ExtentInput,
 } from './extents.js';
 import { newLogId } from './identity.js';
 import { decodeRuns, encodeRuns, maxGeneration, mergeRuns, PageFormatError, type Run } from './page-codec.js';
@@ -95,8 +96,8 @@ export interface DiskChanges {
   full: boolean;
   /** Why the pass is full. */
   reason?: string;
-  /** [offset, length] in bytes, half-open, sorted, merged. */
-  extents: ByteExtent[];
+  /** Half-open, sorted, merged. */
+  extents: Extent[];
 }
 
 export interface FoldResult {
@@ -885,7 +886,7 @@ export class ChangeLog {
   /** Changes of one disk after generation `since` (null = never passed: full). */
   private diskChanges(disk: DiskRow, consumer: string, since: number | null): DiskChanges {
     const base = { target: disk.target, blockSize: disk.block_size, sizeBytes: disk.size_bytes };
-    const full = (reason: string): DiskChanges => ({ ...base, full: true, reason, extents: disk.size_bytes > 0 ? [[0, disk.size_bytes]] : [] });
+    const full = (reason: string): DiskChanges => ({ ...base, full: true, reason, extents: disk.size_bytes > 0 ? [{ offset: 0, length: disk.size_bytes }] : [] });
     if (since === null) return full(`consumer ${consumer} has no completed pass`);
     if (since < disk.floor) {
       return full(`floor raised to generation ${disk.floor} at ${disk.floor_at} (${disk.floor_reason}), after consumer ${consumer}'s last pass at generation ${since}`);

@@ -1,12 +1,10 @@
 // Byte extents ⇄ block intervals ⇄ page runs for the change log: rounding outward, splitting at page boundaries, and
 // turning stored runs back into sorted, merged byte extents clipped to the disk's end. Pure: no SQLite here.
+import type { Extent } from '../extent/index.js';
 import { PAGE_BLOCKS, RunReader, type Run } from './page-codec.js';
 
-/** A byte range [offset, offset + length), as the change log returns it. */
-export type ByteExtent = [offset: number, length: number];
-
-/** What `fold` accepts: tuples, or the `{ offset, length }` shape the protocol rooms use. */
-export type ExtentInput = readonly [number, number] | { readonly offset: number; readonly length: number };
+/** What `fold` accepts: the extent room's `{ offset, length }`, or the `[offset, length]` pairs of the control API. */
+export type ExtentInput = readonly [number, number] | Readonly<Extent>;
 
 /** An extent that cannot be folded: negative, not an integer, or past the disk's end. */
 export class ExtentRangeError extends RangeError {}
@@ -107,8 +105,8 @@ export function collectExtents(
   upto: number,
   blockSize: number,
   sizeBytes: number,
-): ByteExtent[] {
-  const out: ByteExtent[] = [];
+): Extent[] {
+  const out: Extent[] = [];
   // The extent being built is kept in two numbers and pushed when it ends: one array per extent, no rewrites.
   let off = -1;
   let end = -1;
@@ -125,12 +123,12 @@ export function collectExtents(
       if (s === end) {
         end = e;
       } else {
-        if (off >= 0) out.push([off, end - off]);
+        if (off >= 0) out.push({ offset: off, length: end - off });
         off = s;
         end = e;
       }
     }
   }
-  if (off >= 0) out.push([off, end - off]);
+  if (off >= 0) out.push({ offset: off, length: end - off });
   return out;
 }

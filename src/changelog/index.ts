@@ -6,7 +6,7 @@ export {
   type PassInfo, type PassState, type RecordableBitmapState, type UpsertDiskResult,
 } from './changelog.js';
 export { ChangeLogFullError, explainChangeLogError } from './disk-full.js';
-export type { ByteExtent, ExtentInput } from './extents.js';
+export type { ExtentInput } from './extents.js';
 export { isLogId, logContinuity, newLogId } from './identity.js';
 export { PAGE_BLOCKS } from './page-codec.js';
 export { SCHEMA_VERSION } from './schema.js';

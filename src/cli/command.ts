@@ -24,12 +24,5 @@ export interface Command {
   run(ctx: CommandContext): Promise<number>;
 }
 
-/** Exit codes, documented in `virtcbt --help`. */
-export const EXIT = {
-  OK: 0,
-  FAILED: 1,
-  USAGE: 2,
-  DAEMON_DOWN: 3,
-  NOT_FOUND: 4,
-  PROTOCOL: 5,
-} as const;
+/** Exit codes, documented in `virtcbt --help`: one table, beside the error family that carries them. */
+export { EXIT } from '../util/errors.js';

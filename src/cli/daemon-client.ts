@@ -5,12 +5,13 @@ import { connect } from 'node:net';
 import { StringDecoder } from 'node:string_decoder';
 import { EXIT } from './command.js';
 import { HttpResponseParser } from './http-response.js';
-import { VirtcbtError } from '../util/errors.js';
+import { VirtcbtError, type ErrorContext } from '../util/errors.js';
 import { groupSocketPath, type VirtcbtConfig } from '../../config/schema.js';
 
+/** What virtcbtd answered with an error, or why it could not be asked; ends the CLI with the code virtcbtd sent. */
 export class DaemonError extends VirtcbtError {
-  constructor(message: string, readonly exitCode: number, ctx: { domain?: string; disk?: string; hint?: string; cause?: unknown } = {}) {
-    super(message, ctx);
+  constructor(message: string, exitCode: number, ctx: Omit<ErrorContext, 'exitCode'> = {}) {
+    super(message, { ...ctx, exitCode });
   }
 }
 

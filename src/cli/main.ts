@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // virtcbt command line: dispatches to one module per subcommand.
 import { loadConfig, type VirtcbtConfig } from '../config/index.js';
-import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { VirtcbtError, errorMessage, exitCodeOf } from '../util/errors.js';
 import { EXIT, type CliIo } from './command.js';
 import { commands, type CommandEntry } from './commands/index.js';
 
@@ -79,8 +79,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (json) io.out(JSON.stringify(err instanceof VirtcbtError ? err.toJSON() : { error: 'Error', message: errorMessage(err) }));
     io.err(`virtcbt ${name}: ${errorMessage(err)}`);
-    if (err instanceof UsageError) return EXIT.USAGE;
-    return typeof (err as { exitCode?: unknown }).exitCode === 'number' ? (err as { exitCode: number }).exitCode : EXIT.FAILED;
+    return exitCodeOf(err);
   }
 }
 

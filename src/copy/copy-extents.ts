@@ -1,6 +1,7 @@
 // The copy engine: moves extents from one Endpoint to another, pipelined, in bounded memory, skipping or zeroing holes.
 import { abortReason } from '../util/abort.js';
-import { CONTEXT_BASE_ALLOCATION, NBD_ENOSPC, NBD_STATE_ZERO, NbdCommandError, type Extent } from '../nbd/index.js';
+import type { Extent } from '../extent/index.js';
+import { CONTEXT_BASE_ALLOCATION, NBD_ENOSPC, NBD_STATE_ZERO, NbdCommandError } from '../nbd/index.js';
 import type { CopyExtent, Endpoint } from './endpoint.js';
 
 /**

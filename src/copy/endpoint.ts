@@ -1,5 +1,6 @@
 // The Endpoint interface that hides whether a disk is an NBD export, a local file or null: from the copy engine.
-import type { Extent, StatusExtent } from '../nbd/index.js';
+import type { Extent } from '../extent/index.js';
+import type { StatusExtent } from '../nbd/index.js';
 
 export interface EndpointReadResult {
   /** Ranges known to read as zeroes (already zero in the buffer); the engine need not write them. */

@@ -1,4 +1,5 @@
 // Shapes of the control API's requests and replies, shared by virtcbtd and the CLI.
+import type { ExtentPair } from '../extent/index.js';
 
 export interface DiskChangesReply {
   target: string;
@@ -7,8 +8,8 @@ export interface DiskChangesReply {
   /** True when the consumer gets everything: new consumer, or the floor was raised since its last pass. */
   full: boolean;
   reason?: string;
-  /** [offset, length] in bytes, sorted, merged. */
-  extents: [number, number][];
+  /** [offset, length] in bytes, sorted, merged (the change log's extents, as pairs on the wire). */
+  extents: ExtentPair[];
   changedBytes: number;
 }
 

@@ -7,7 +7,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
-import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { EXIT, UsageError, VirtcbtError, errorMessage, exitCodeOf } from '../util/errors.js';
 import { AlreadyRunningError } from './instance-lock.js';
 
 /**
@@ -135,8 +135,9 @@ export class ControlServer {
       send(200, result ?? {});
     } catch (e) {
       const err = this.opts.mapError ? this.opts.mapError(e) : e;
-      const status = err instanceof UsageError ? 400 : typeof (err as { exitCode?: number }).exitCode === 'number' && (err as { exitCode: number }).exitCode === 4 ? 404 : 500;
-      send(status, { ...errorPayload(err), exitCode: (err as { exitCode?: number }).exitCode });
+      const exitCode = exitCodeOf(err);
+      const status = err instanceof UsageError ? 400 : exitCode === EXIT.NOT_FOUND ? 404 : 500;
+      send(status, { ...errorPayload(err), exitCode });
     }
   }
 }
@@ -199,7 +200,7 @@ async function streamLines(res: ServerResponse, s: EventStream, mapError?: (err:
     }
   } catch (e) {
     const err = mapError ? mapError(e) : e;
-    res.write(JSON.stringify({ type: 'error', ...errorPayload(err), exitCode: (err as { exitCode?: number }).exitCode }) + '\n');
+    res.write(JSON.stringify({ type: 'error', ...errorPayload(err), exitCode: exitCodeOf(err) }) + '\n');
   }
   res.end();
 }

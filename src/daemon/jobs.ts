@@ -6,6 +6,7 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runBackup, type BackupEvent, type BackupRequest, type BackupResult, type BackupStep } from '../backup/index.js';
 import type { ChangeLog, DiskChanges } from '../changelog/index.js';
+import { fromPairs } from '../extent/index.js';
 import type { VirtcbtConfig } from '../config/index.js';
 import { AgentCommandError, GuestAgent, LibvirtTransport, VirshShellTransport, type AgentCallOptions, type AgentTransport } from '../guest/index.js';
 import type { Libvirt } from '../libvirt/index.js';
@@ -15,10 +16,11 @@ import { withStorageDaemon, type QsdImage, type QsdSession } from '../qsd/index.
 import {
   Snapshot, SnapshotRegistry, addReadOnlyExport, holdStorageDaemon, killFrontEnd, buildExtentBitmap, cleanupDeadSnapshots, ensureNbdServer, nbdUnixUri, teardownTag, type SnapshotHost,
 } from '../snapshot/index.js';
-import { UsageError, VirtcbtError } from '../util/errors.js';
+import { NotFoundError, UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { collectGarbage } from '../util/memory.js';
-import type { DiskChangesReply, PassReply } from './api-types.js';
+import type { PassReply } from './api-types.js';
+import { diskChangesReply } from './changes-reply.js';
 import { FreezeMarkers } from './freeze-marker.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
@@ -288,10 +290,7 @@ export class JobRunner {
   // ---- passes with exports ---------------------------------------------------------------------
 
   private reply(domain: string, consumer: string, changes: DiskChanges[], since: number | null, pass: number, generation: number): PassReply {
-    const disks: DiskChangesReply[] = changes.map((d) => ({
-      target: d.target, blockSize: d.blockSize, sizeBytes: d.sizeBytes, full: d.full, reason: d.reason,
-      extents: d.extents, changedBytes: d.extents.reduce((s, [, l]) => s + l, 0),
-    }));
+    const disks = changes.map(diskChangesReply);
     return { domain, logId: this.log.getPass(pass).logId, consumer, since, upTo: generation, disks, pass, generation };
   }
 
@@ -302,9 +301,9 @@ export class JobRunner {
    */
   beginPassExport(domain: string, consumer: string): Promise<PassReply> {
     if (!this.log.listConsumers(domain).some((c) => c.name === consumer)) {
-      throw Object.assign(new VirtcbtError(`domain ${domain} has no consumer '${consumer}'`, {
+      throw new NotFoundError(`domain ${domain} has no consumer '${consumer}'`, {
         domain, hint: `Add it with \`virtcbt consumer add ${domain} ${consumer}\``,
-      }), { exitCode: 4 });
+      });
     }
     let stopped: { images: QsdImage[]; reply: PassReply } | undefined;
     const job = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
@@ -365,7 +364,7 @@ export class JobRunner {
           for (const d of reply.disks) {
             const node = s.nodes.find((n) => n.target === d.target)!.node;
             const ref = await buildExtentBitmap(s.qmp, s.nbdSocket, {
-              tag: 'p', target: d.target, name: passBitmapName(pass), sizeBytes: d.sizeBytes, granularity: d.blockSize, extents: d.extents,
+              tag: 'p', target: d.target, name: passBitmapName(pass), sizeBytes: d.sizeBytes, granularity: d.blockSize, extents: fromPairs(d.extents),
             });
             const name = passExportName(pass, d.target);
             await addReadOnlyExport(s.qmp, { id: name, node, name, bitmaps: [ref] });

@@ -24,7 +24,6 @@ import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type {
   ChangesReply,
-  DiskChangesReply,
   DomainStatusReply,
   EnableReply,
   EnableRequest,
@@ -33,6 +32,7 @@ import type {
   ReconcileReply,
 } from './api-types.js';
 import type { HookEvent } from './spool.js';
+import { diskChangesReply } from './changes-reply.js';
 import { DomainQueues } from './queue.js';
 import { withStorageDaemon } from '../qsd/index.js';
 
@@ -334,16 +334,7 @@ export class Tracker {
   }
 
   private toReply(domain: string, consumer: string, disks: ReturnType<ChangeLog['changes']>, since: number | null, upTo: number, logId: string): ChangesReply {
-    const out: DiskChangesReply[] = disks.map((d) => ({
-      target: d.target,
-      blockSize: d.blockSize,
-      sizeBytes: d.sizeBytes,
-      full: d.full,
-      reason: d.reason,
-      extents: d.extents,
-      changedBytes: d.extents.reduce((s, [, l]) => s + l, 0),
-    }));
-    return { domain, logId, consumer, since, upTo, disks: out };
+    return { domain, logId, consumer, since, upTo, disks: disks.map(diskChangesReply) };
   }
 
   /** Full passes list only allocated extents: what the backing chain leaves unallocated reads as zeros. */
@@ -352,7 +343,7 @@ export class Tracker {
       const disk = c.disks.find((k) => k.target === d.target);
       if (!d.full || !disk) return d;
       const alloc = await allocatedExtents(c.qmp, c.nbdSocket, disk, { timeoutMs: this.cfg.nbd.timeoutMs });
-      return { ...d, extents: alloc.map((e): [number, number] => [e.offset, e.length]) };
+      return { ...d, extents: alloc };
     }));
   }
 

@@ -1,5 +1,5 @@
 // The guest-agent error family: the agent refused, is unreachable, broke the protocol, or left filesystems frozen.
-import { VirtcbtError, type ErrorContext } from '../util/errors.js';
+import { EXIT, VirtcbtError, type ErrorContext } from '../util/errors.js';
 
 /** Base of every guest-agent failure (deadlines excepted: those are util's TimeoutError). */
 export class AgentError extends VirtcbtError {}
@@ -22,14 +22,20 @@ export class AgentCommandError extends AgentError {
 /** No agent to talk to: socket missing or closed, agent not running in the guest, channel not configured. */
 export class AgentUnavailableError extends AgentError {}
 
-/** The agent (or what answers in its place) sent something that is not the agent protocol. */
-export class AgentProtocolError extends AgentError {}
+/**
+ * The agent (or what answers in its place) sent something that is not the agent protocol.
+ * An AgentError (callers catch the agent family as one), with util's ProtocolError's exit code.
+ */
+export class AgentProtocolError extends AgentError {
+  static override readonly defaultExitCode: number = EXIT.PROTOCOL;
+}
 
 /** A program run with guest-exec exited non-zero or died of a signal (only when asked to reject). */
 export class GuestExecError extends AgentError {
   constructor(
     message: string,
-    readonly exitCode: number | undefined,
+    /** The guest program's exit status (the CLI exit code this error ends in is `exitCode`). */
+    readonly programExitCode: number | undefined,
     readonly signal: number | undefined,
     readonly stderr: string,
     ctx: ErrorContext = {},

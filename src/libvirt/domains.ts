@@ -4,15 +4,13 @@ import { Hypervisor, DomainState as LvState, DomainGetXMLDescFlags, LibvirtError
 import { writeFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VirtcbtError } from '../util/errors.js';
+import { NotFoundError, VirtcbtError } from '../util/errors.js';
 import { parseDomainXml, type DomainXmlInfo } from './domain-xml.js';
 import { virsh, VirshError } from './virsh.js';
 
 export type DomainState = 'running' | 'paused' | 'shut off' | 'crashed' | 'pmsuspended' | 'in shutdown' | 'idle' | 'unknown';
 
-export class DomainNotFoundError extends VirtcbtError {
-  readonly exitCode = 4;
-}
+export class DomainNotFoundError extends NotFoundError {}
 
 const STATE_NAMES: Record<number, DomainState> = {
   [LvState.NOSTATE]: 'unknown',

@@ -5,11 +5,12 @@ import { VirtcbtError } from '../util/errors.js';
 
 export class VirshError extends VirtcbtError {
   readonly stderr: string;
-  readonly exitCode?: number;
-  constructor(message: string, opts: { domain?: string; stderr: string; exitCode?: number; hint?: string; cause?: unknown }) {
+  /** virsh's own exit status (not the CLI exit code the error ends in: that is `exitCode`). */
+  readonly virshExitCode?: number;
+  constructor(message: string, opts: { domain?: string; stderr: string; virshExitCode?: number; hint?: string; cause?: unknown }) {
     super(message, opts);
     this.stderr = opts.stderr;
-    this.exitCode = opts.exitCode;
+    this.virshExitCode = opts.virshExitCode;
   }
 }
 
@@ -40,7 +41,7 @@ export async function virsh(args: string[], opts: VirshOptions): Promise<string>
     throw new VirshError(`virsh ${args[0]}: ${msg}`, {
       domain: opts.domain,
       stderr: r.stderr ?? '',
-      exitCode: r.exitCode,
+      virshExitCode: r.exitCode,
       hint: /Failed to connect|failed to connect to the hypervisor/i.test(msg)
         ? `Is libvirtd running and is ${opts.uri} the right URI (libvirt.uri in the config)?`
         : undefined,

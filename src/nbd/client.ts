@@ -2,7 +2,8 @@
 import { NbdConnection, type ConnectionOptions } from './connection.js';
 import { NbdProtocolError, NbdUnsupportedError } from './errors.js';
 import type { BlockSize, ExportInfo, ExportListing, ServerDescription } from './handshake.js';
-import type { Extent, StatusExtent } from './extents.js';
+import type { Extent } from '../extent/index.js';
+import type { StatusExtent } from './extents.js';
 import {
   DEFAULT_MAX_PAYLOAD, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES, NBD_FLAG_CAN_MULTI_CONN,

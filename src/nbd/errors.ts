@@ -1,19 +1,15 @@
 // Errors of the NBD room: a server that answered a request with an error, and a server or link
 // that broke the protocol (after which the connection is closed).
-import { VirtcbtError, type ErrorContext } from '../util/errors.js';
+import { ProtocolError, type ErrorContext } from '../util/errors.js';
 import { COMMAND_NAMES, describeErrno } from './protocol.js';
 
-/** Exit code the CLI uses for protocol errors (see EXIT.PROTOCOL in src/cli/command.ts). */
-const EXIT_PROTOCOL = 5;
+// All three end the CLI with the protocol exit code (ProtocolError's).
 
 /** The server broke the protocol, the link dropped, or the handshake failed. The connection is closed. */
-export class NbdProtocolError extends VirtcbtError {
-  readonly exitCode = EXIT_PROTOCOL;
-}
+export class NbdProtocolError extends ProtocolError {}
 
 /** The server refused or failed one request; the connection stays usable. */
-export class NbdCommandError extends VirtcbtError {
-  readonly exitCode = EXIT_PROTOCOL;
+export class NbdCommandError extends ProtocolError {
   readonly errno: number;
   readonly command: string;
 
@@ -29,6 +25,4 @@ export class NbdCommandError extends VirtcbtError {
 }
 
 /** The server lacks what we need (a flag, a metadata context, TLS). */
-export class NbdUnsupportedError extends VirtcbtError {
-  readonly exitCode = EXIT_PROTOCOL;
-}
+export class NbdUnsupportedError extends ProtocolError {}

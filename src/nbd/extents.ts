@@ -1,26 +1,10 @@
-// Extents: half-open byte ranges {offset, length}, sorted and merged; runs of block status merged by flags.
-
-export interface Extent {
-  offset: number;
-  length: number;
-}
+// Block-status extents: runs of NBD block status merged by flags, and the plain extents (the extent
+// room's shape) whose flags satisfy a predicate.
+import type { Extent } from '../extent/index.js';
 
 /** One block-status extent: `flags` as the metadata context defines them (base:allocation: hole=1, zero=2). */
 export interface StatusExtent extends Extent {
   flags: number;
-}
-
-/** Sorts and merges overlapping or touching extents; drops empty ones. */
-export function mergeExtents(extents: Iterable<Extent>): Extent[] {
-  const sorted = [...extents].filter((e) => e.length > 0).sort((a, b) => a.offset - b.offset);
-  const out: Extent[] = [];
-  for (const e of sorted) {
-    const last = out[out.length - 1];
-    if (last && e.offset <= last.offset + last.length) {
-      last.length = Math.max(last.length, e.offset + e.length - last.offset);
-    } else out.push({ offset: e.offset, length: e.length });
-  }
-  return out;
 }
 
 /** Merges adjacent status extents with equal flags, fed one at a time (synchronous, for hot loops). */
@@ -85,23 +69,4 @@ export async function selectExtents(
     else out.push({ offset: e.offset, length: e.length });
   }
   return out;
-}
-
-/** Cuts extents into pieces of at most `max` bytes, cut at multiples of `max` from 0 so requests stay aligned. */
-export function* splitExtents(extents: Iterable<Extent>, max: number): Generator<Extent> {
-  for (const e of extents) {
-    let off = e.offset;
-    const end = e.offset + e.length;
-    while (off < end) {
-      const next = Math.min(end, (Math.floor(off / max) + 1) * max);
-      yield { offset: off, length: next - off };
-      off = next;
-    }
-  }
-}
-
-export function totalLength(extents: Iterable<Extent>): number {
-  let n = 0;
-  for (const e of extents) n += e.length;
-  return n;
 }

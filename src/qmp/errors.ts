@@ -1,5 +1,5 @@
 // The QMP error family: every failure of a QMP conversation is a QmpError, so callers can catch one type.
-import { VirtcbtError, type ErrorContext } from '../util/errors.js';
+import { EXIT, VirtcbtError, type ErrorContext } from '../util/errors.js';
 
 /** Base of every QMP failure (timeouts excepted: those are util's TimeoutError, like every deadline in virtcbt). */
 export class QmpError extends VirtcbtError {}
@@ -33,8 +33,13 @@ export class QmpCommandError extends QmpError {
   }
 }
 
-/** The peer broke the protocol: a frame that is not JSON, a reply to an id we never sent, no greeting. */
-export class QmpProtocolError extends QmpError {}
+/**
+ * The peer broke the protocol: a frame that is not JSON, a reply to an id we never sent, no greeting.
+ * A QmpError (callers catch the QMP family as one), with util's ProtocolError's exit code.
+ */
+export class QmpProtocolError extends QmpError {
+  static override readonly defaultExitCode: number = EXIT.PROTOCOL;
+}
 
 /** The socket is missing, refused, or closed; calls in flight are rejected with this. */
 export class QmpConnectionError extends QmpError {}

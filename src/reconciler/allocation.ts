@@ -1,6 +1,7 @@
 // Allocated extents of a disk (base:allocation over NBD): what a full pass must cover. Areas the
 // whole backing chain leaves unallocated read as zeros and need no copying.
-import { CONTEXT_BASE_ALLOCATION, NBD_STATE_HOLE, NbdClient, selectExtents, type Extent } from '../nbd/index.js';
+import type { Extent } from '../extent/index.js';
+import { CONTEXT_BASE_ALLOCATION, NBD_STATE_HOLE, NbdClient, selectExtents } from '../nbd/index.js';
 import type { QmpExecutor } from '../qmp/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from '../snapshot/nbd-server.js';
 import type { TrackedDisk } from './reconciler.js';

@@ -1,5 +1,6 @@
 // Reads a disabled dirty bitmap's set bits over NBD (meta context qemu:dirty-bitmap:NAME).
-import { CONTEXT_DIRTY_BITMAP_PREFIX, NBD_STATE_DIRTY, NbdClient, type Extent } from '../nbd/index.js';
+import type { Extent } from '../extent/index.js';
+import { CONTEXT_DIRTY_BITMAP_PREFIX, NBD_STATE_DIRTY, NbdClient } from '../nbd/index.js';
 
 /**
  * The dirty ranges, merged and sorted. A terabyte bitmap at 1% scattered is hundreds of thousands of

@@ -3,6 +3,7 @@
 // crash between any two steps `recover` finds out what happened and loses nothing; anything it
 // cannot prove resolves to a raised floor ("everything changed").
 import type { ChangeLog } from '../changelog/index.js';
+import { totalBytes, type Extent } from '../extent/index.js';
 import {
   actions,
   blockDirtyBitmapAdd,
@@ -44,7 +45,7 @@ export interface TrackedDisk {
 }
 
 /** Reads the dirty extents of a disabled bitmap exported at `uri`. */
-export type DirtyExtentReader = (uri: string, bitmap: string, sizeBytes: number) => Promise<{ offset: number; length: number }[]>;
+export type DirtyExtentReader = (uri: string, bitmap: string, sizeBytes: number) => Promise<Extent[]>;
 
 export interface ReconcilerDeps {
   log: ChangeLog;
@@ -331,7 +332,7 @@ export class Reconciler {
    */
   private async foldFrozen(disk: TrackedDisk, name: string, keep = false, uri?: string | typeof NOTHING_RECORDED): Promise<number> {
     const { log, domain } = this;
-    let extents: { offset: number; length: number }[];
+    let extents: Extent[];
     if (uri === NOTHING_RECORDED) {
       extents = [];
     } else if (uri) {
@@ -349,11 +350,11 @@ export class Reconciler {
     }
     await this.d.beforeStep?.('fold', disk.target);
     log.fold(domain, disk.target, name, extents);
-    if (keep) return extents.reduce((s, e) => s + e.length, 0);
+    if (keep) return totalBytes(extents);
     await this.d.beforeStep?.('remove', disk.target);
     await this.removeBitmap(disk, name);
     log.forgetBitmap(domain, disk.target, name);
-    return extents.reduce((s, e) => s + e.length, 0);
+    return totalBytes(extents);
   }
 
   /** For `disable`: removes every virtcbt bitmap from QEMU and the log. */

@@ -8,7 +8,7 @@ import type { Stats } from 'node:fs';
 import { hostname } from 'node:os';
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { UsageError, VirtcbtError } from '../util/errors.js';
+import { NotFoundError, UsageError, VirtcbtError } from '../util/errors.js';
 import { fileKind } from '../util/regular-file.js';
 import { killStaleQemuNbd, pidAlive } from './image-server.js';
 import { CREATE_EXCLUSIVE, readManifestCached, readRepoFile, writeFileDurable, type Manifest } from './manifest.js';
@@ -343,12 +343,12 @@ export class Repository {
     // A point that is not found may be in a file or chain directory that could not be read: say which.
     const unreadable = state.damaged.length === 0 ? '' : `; ${state.damaged.length} file(s) of ${domain} in the repository could not be read: ` +
       state.damaged.slice(0, 3).map((d) => `${d.path} (${d.problem})`).join('; ') + (state.damaged.length > 3 ? '; ...' : '');
-    const notFound = (what: string) => Object.assign(new VirtcbtError(what + unreadable, {
+    const notFound = (what: string) => new NotFoundError(what + unreadable, {
       domain, hint: state.damaged.length ? `Run \`virtcbt verify --repo ${this.root} ${domain}\` for the whole report` : `List the restore points with \`virtcbt list --repo ${this.root} ${domain}\``,
-    }), { exitCode: 4 });
+    });
     if (at !== undefined) {
       const bad = state.damaged.find((d) => d.id === at);
-      if (bad) throw Object.assign(new VirtcbtError(`backup ${at} of ${domain} cannot be used: ${bad.problem}`, { domain, hint: REPAIR_HINT }), { exitCode: 4 });
+      if (bad) throw new NotFoundError(`backup ${at} of ${domain} cannot be used: ${bad.problem}`, { domain, hint: REPAIR_HINT });
     }
     if (all.length === 0) throw notFound(`the repository ${this.root} has no ${state.damaged.length ? 'intact ' : ''}backups of ${domain}`);
     if (at === undefined) return all[all.length - 1]!;

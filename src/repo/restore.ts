@@ -7,7 +7,7 @@ import { constants, type Stats } from 'node:fs';
 import { chmod, lstat, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { FileEndpoint, copyExtents, isNoSpace, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
-import { UsageError, VirtcbtError } from '../util/errors.js';
+import { NotFoundError, UsageError, VirtcbtError } from '../util/errors.js';
 import { fileKind } from '../util/regular-file.js';
 import { checkDiskChain } from './chain.js';
 import { checkImage } from './verify.js';
@@ -53,9 +53,9 @@ export async function restorePointImage(repo: Repository, domain: string, disk: 
   const m = await repo.resolve(domain, at);
   const d = m.disks.find((x) => x.target === disk);
   if (!d) {
-    throw Object.assign(new VirtcbtError(`backup ${m.id} of ${domain} has no disk ${disk} (it has ${m.disks.map((x) => x.target).join(', ')})`, {
+    throw new NotFoundError(`backup ${m.id} of ${domain} has no disk ${disk} (it has ${m.disks.map((x) => x.target).join(', ')})`, {
       domain, disk, hint: 'Pass one of those to --disk',
-    }), { exitCode: 4 });
+    });
   }
   const dir = repo.chainDir(domain, m.consumer);
   // The points a pending prune removes still back the kept ones until it finishes.

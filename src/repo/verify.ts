@@ -4,6 +4,7 @@ import { execa } from 'execa';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NullEndpoint, copyExtents } from '../copy/index.js';
+import { fromPairs } from '../extent/index.js';
 import { errorMessage } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
 import { chainSpec, checkDiskChain, entryProblem, problemAt, walkDisk } from './chain.js';
@@ -81,7 +82,7 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
           const img = await serveImage(files.map((f) => join(dir, f)), { runDir });
           try {
             const digest = new ExtentDigest();
-            await copyExtents(img.endpoint, digest.wrap(new NullEndpoint(img.endpoint.size)), digest.track(d.extents.map(([offset, length]) => ({ offset, length }))), {
+            await copyExtents(img.endpoint, digest.wrap(new NullEndpoint(img.endpoint.size)), digest.track(fromPairs(d.extents)), {
               requestSize: 4 * DIGEST_SEGMENT,
             }).catch(async (err) => {
               await digest.abandon();

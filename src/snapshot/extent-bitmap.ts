@@ -10,6 +10,7 @@ import {
   blockdevAdd,
   type QmpExecutor,
 } from '../qmp/index.js';
+import type { Extent } from '../extent/index.js';
 import { NbdClient } from '../nbd/index.js';
 import { ensureNbdServer, nbdUnixUri, removeExport } from './nbd-server.js';
 import { PASS_MAP_PREFIX } from './fleece.js';
@@ -21,7 +22,7 @@ export interface ExtentBitmapSpec {
   name: string;
   sizeBytes: number;
   granularity: number;
-  extents: readonly (readonly [number, number])[];
+  extents: readonly Extent[];
 }
 
 /** Zero-writes in flight while marking: they cost QEMU nothing on null-co. */
@@ -46,7 +47,7 @@ export async function buildExtentBitmap(qmp: QmpExecutor, nbdSocket: string, spe
         let i = 0;
         const worker = async () => {
           while (i < spec.extents.length) {
-            const [offset, length] = spec.extents[i++]!;
+            const { offset, length } = spec.extents[i++]!;
             await nbd.writeZeroes(offset, length);
           }
         };

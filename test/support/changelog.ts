@@ -3,7 +3,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ChangeLog, type ExtentInput, type FoldResult } from '../../src/changelog/index.js';
+import { ChangeLog, type DiskChanges, type ExtentInput, type FoldResult } from '../../src/changelog/index.js';
+import { toPairs, type ExtentPair } from '../../src/extent/index.js';
 
 export interface TempLog {
   dir: string;
@@ -32,6 +33,14 @@ export function guestWrote(log: ChangeLog, domain: string, target: string, exten
   const bitmap = `test-${++seq}`;
   log.recordBitmap(domain, target, bitmap, log.currentGeneration(domain), 'frozen');
   return { ...log.fold(domain, target, bitmap, extents), bitmap };
+}
+
+/** A disk's changes with its extents as `[offset, length]` pairs, the form the assertions write. */
+export type PairedDiskChanges = Omit<DiskChanges, 'extents'> & { extents: ExtentPair[] };
+
+/** The change log's answer with its extents as pairs. */
+export function asPairs(disks: DiskChanges[]): PairedDiskChanges[] {
+  return disks.map((d) => ({ ...d, extents: toPairs(d.extents) }));
 }
 
 export const KiB = 1024;
