@@ -64,6 +64,11 @@ export interface BackupDeps {
   fault?: (step: BackupStep) => void | Promise<void>;
   /** Records that the guest is frozen (see rotateFrozen): a daemon killed while frozen thaws it at start. */
   freezeMarker?: FreezeMarker;
+  /**
+   * The job's cancellation (virtcbt jobs cancel, SIGTERM): checked between steps and by the copy;
+   * a cancelled backup fails through the usual path (pass aborted, snapshot and partial files gone).
+   */
+  signal?: AbortSignal;
 }
 
 interface Source {
@@ -194,6 +199,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     await markerWritten;
     const facts: ChainFacts = { domain, uuid: ctx.info.uuid, logId, damage: await damage };
     step('ping');
+    // Not frozen once cancelled.
+    deps.signal?.throwIfAborted();
     if (deps.fault) {
       await attaching;
       await deps.fault('prepared');
@@ -235,6 +242,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     emit({ type: 'snapshot', time, consistency, note: ctx.running ? freeze.note : undefined, freezeWindowMs: freeze.freezeWindowMs, generation, pass: passId });
     step('snapshot');
     await deps.fault?.('rotated');
+    deps.signal?.throwIfAborted();
 
     const pass = ctx.log.getPass(passId);
     const changes = ctx.log.passChanges(passId);
@@ -269,6 +277,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     const unexported = plans.filter((p) => (p.full || p.changedBytes > 0) && !sources.some((s) => s.target === p.target)).map((p) => p.target);
     if (unexported.length > 0) sources.push(...await exportSources(ctx, fleece, direct, unexported, []));
     step('plan');
+    deps.signal?.throwIfAborted();
 
     const results = await Promise.all(plans.map(async (plan): Promise<{ plan: DiskPlan; res: DiskResult; extents: [number, number][] }> => {
       const started = performance.now();
@@ -292,7 +301,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const target = await Qcow2Writer.create(path, { ...image, replace: true });
       writers.push(target);
       const src = await NbdEndpoint.open(sources.find((s) => s.target === plan.target)!.uri, {
-        metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections,
+        metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections, signal: deps.signal,
       });
       endpoints.push(src);
       // An overlay's clusters must be written whole (a part left out would read the parent).
@@ -306,6 +315,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const progress = await copyExtents(src, digest.wrap(flushing.endpoint), digest.track(extents), {
         requestSize,
         inflight: Math.max(1, Math.min(deps.nbd.inflight, Math.floor(MAX_INFLIGHT_BYTES / requestSize))),
+        signal: deps.signal,
         onProgress: (p: Readonly<CopyProgress>) => {
           const ev = meter.update(p.done, p.written);
           if (ev) emit({ type: 'progress', disk: plan.target, ...ev });
@@ -333,6 +343,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       return { plan, res, extents: digest.extents };
     }));
     step('copy');
+    // The last point a cancel is honoured: from the manifest on, the backup completes.
+    deps.signal?.throwIfAborted();
     // The snapshot is no longer needed: copy-before-write leaves the guest's I/O path as soon as
     // the result is out (the daemon runs it then), or now.
     const release = async () => {

@@ -18,6 +18,7 @@ import type { Logger } from '../util/log.js';
 import { collectGarbage } from '../util/memory.js';
 import type { DiskChangesReply, PassReply } from './api-types.js';
 import { FreezeMarkers } from './freeze-marker.js';
+import { JobRegistry, type Job } from './job-registry.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
 /** Export ids (and names) of pass exports: `virtcbt-pass-P-TARGET`; the pass id finds them again after a restart. */
@@ -42,6 +43,8 @@ interface HeldExport {
 export interface JobRunnerOptions {
   /** Test-only fault injection: called before each backup step. */
   backupFault?: (step: BackupStep) => void | Promise<void>;
+  /** Where the jobs are listed and cancelled (default: a registry of this runner's own). */
+  registry?: JobRegistry;
 }
 
 /** An agent shell unused this long is closed (a scheduled job's domains reuse it; an idle daemon keeps none). */
@@ -54,6 +57,7 @@ export class JobRunner {
   private readonly freezeMarkers: FreezeMarkers;
   private shells = new Map<string, { t: VirshShellTransport; idle?: NodeJS.Timeout }>();
   private owner?: Promise<{ uid: number; gid: number } | undefined>;
+  readonly registry: JobRegistry;
 
   constructor(
     private readonly tracker: Tracker,
@@ -64,6 +68,7 @@ export class JobRunner {
     private readonly opts: JobRunnerOptions = {},
   ) {
     this.freezeMarkers = new FreezeMarkers(cfg.stateDir);
+    this.registry = opts.registry ?? new JobRegistry();
   }
 
   get fleeceDir(): string {
@@ -163,7 +168,10 @@ export class JobRunner {
   backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void): Promise<BackupResult> {
     if (!req.repo || !req.repo.startsWith('/')) throw new UsageError('the repository must be an absolute path', { domain });
     const requestedAt = performance.now();
-    return this.tracker.withDomainJob(domain, async (ctx) => {
+    return this.registry.run('backup', domain, { consumer: req.consumer }, (job) => this.tracker.withDomainJob(domain, async (ctx) => {
+      job.started();
+      job.signal.throwIfAborted();
+      emit = jobProgress(job, emit);
       const t0 = Date.now();
       this.logger.info('backup started', { domain, consumer: req.consumer, repo: req.repo, full: req.full });
       let r: BackupResult;
@@ -187,6 +195,7 @@ export class JobRunner {
           agent: this.agentFor(ctx) ?? null,
           fault: this.opts.backupFault,
           freezeMarker: this.freezeMarkers.for(domain),
+          signal: job.signal,
         }, emit);
       } catch (err) {
         this.logger.error('backup failed', { domain, consumer: req.consumer, error: (err as Error).message });
@@ -209,7 +218,7 @@ export class JobRunner {
       // The copy's buffers are garbage now; an idle daemon would keep them until its next big job.
       if (r.bytes >= GC_AFTER_BYTES) collectGarbage();
       return r;
-    });
+    }));
   }
 
   /**
@@ -243,8 +252,15 @@ export class JobRunner {
         domain, hint: `Add it with \`virtcbt consumer add ${domain} ${consumer}\``,
       }), { exitCode: 4 });
     }
+    return this.registry.run('pass-export', domain, { consumer }, (job) => this.passExport(job, domain, consumer));
+  }
+
+  private passExport(job: Job, domain: string, consumer: string): Promise<PassReply> {
     let stopped: { images: QsdImage[]; reply: PassReply } | undefined;
-    const job = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
+    const taken = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
+      job.started();
+      job.signal.throwIfAborted();
+      job.progress({ step: 'snapshot' });
       const since = this.log.listConsumers(domain).find((c) => c.name === consumer)!.last;
       if (!ctx.running) {
         const rot = await ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer } });
@@ -266,6 +282,8 @@ export class JobRunner {
           agent, { freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, noAgentReason: 'the domain has no guest-agent channel: crash-consistent', marker: this.freezeMarkers.for(domain) },
         ).finally(() => agent?.close());
         passId = rot.passId!;
+        job.signal.throwIfAborted();
+        job.progress({ step: 'export' });
         const changes = this.log.passChanges(passId);
         const refs = new Map<string, { node: string; name: string }>();
         for (const ch of changes) {
@@ -285,12 +303,14 @@ export class JobRunner {
         throw err;
       }
     });
-    return job.then(async (r) => {
+    return taken.then(async (r) => {
       if (r) return r;
       // Stopped: serve the images read-only from a storage daemon of their own until commit or abort.
       const { images, reply } = stopped!;
       const pass = reply.pass;
       try {
+        job.signal.throwIfAborted();
+        job.progress({ step: 'export' });
         const { s, release } = await holdStorageDaemon(this.cfg.runDir, domain, images);
         try {
           await ensureNbdServer(s.qmp, s.nbdSocket);
@@ -373,6 +393,39 @@ export class JobRunner {
       await h.release?.().catch(() => undefined);
     }
   }
+}
+
+/**
+ * `emit`, also telling the job its step and bytes (summed over the disks) from the backup's
+ * events; the start event carries the job's id, for `virtcbt jobs cancel`.
+ */
+function jobProgress(job: Job, emit: (ev: BackupEvent) => void): (ev: BackupEvent) => void {
+  const disks = new Map<string, { done: number; total: number }>();
+  const report = (step: string) => {
+    let done = 0;
+    let total = 0;
+    for (const d of disks.values()) { done += d.done; total += d.total; }
+    job.progress({ step, done, total });
+  };
+  return (ev) => {
+    switch (ev.type) {
+      case 'start': job.progress({ step: 'snapshot' }); emit({ ...ev, job: job.id } as BackupEvent); return;
+      case 'snapshot': job.progress({ step: 'plan' }); break;
+      case 'plan':
+        for (const d of ev.disks) disks.set(d.target, { done: 0, total: d.changedBytes });
+        report('copy');
+        break;
+      case 'progress': disks.set(ev.disk, { done: ev.done, total: ev.total }); report('copy'); break;
+      case 'disk-done': {
+        const d = disks.get(ev.disk.target);
+        if (d) d.done = d.total;
+        report([...disks.values()].every((x) => x.done >= x.total) ? 'manifest' : 'copy');
+        break;
+      }
+      case 'result': job.progress({ step: 'release' }); break;
+    }
+    emit(ev);
+  };
 }
 
 /** A storage daemon kept running after the call returns, until `release()`. */
