@@ -4,6 +4,8 @@
 // the consumer's next backup covers everything since its last good one.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
+import { callDaemon } from '../src/cli/daemon-client.js';
+import type { JobInfo } from '../src/daemon/job-registry.js';
 import { Repository, restoreDisk } from '../src/repo/index.js';
 import { pollUntil } from '../src/util/abort.js';
 import { MiB, backupJson, guestDd, offlineWrite, referenceCopy, sameContent, tempDir } from './support/backup.js';
@@ -55,8 +57,16 @@ describe('virtcbt jobs and jobs cancel', () => {
     expect(job.id).toMatch(/^b-[0-9a-f]{4}$/);
     expect(job.progress.total).toBeGreaterThanOrEqual(BIG);
     expect(job.startedAt).toBeDefined();
+    // A second backup of the domain waits in its queue; cancelled there, it ends at once.
+    const second = backupChild(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]);
+    const queued = await pollUntil(async () => (await callDaemon<{ jobs: JobInfo[] }>(daemon.socket, 'GET', '/v1/jobs')).jobs
+      .find((j) => j.domain === guest.name && j.id !== job.id && j.state === 'queued'), 'the second backup to be queued', { timeoutMs: 30_000, intervalMs: 20 });
+    const dropped = await callDaemon<JobInfo>(daemon.socket, 'POST', `/v1/jobs/${queued.id}/cancel`);
+    expect(dropped).toMatchObject({ state: 'cancelled', cancelReason: 'virtcbt jobs cancel' });
+    expect(dropped.startedAt).toBeUndefined();
     const human = await daemon.cli(['jobs']);
     expect(human.stdout).toMatch(new RegExp(`^${job.id}\\s+backup\\s+${guest.name}\\s+nightly\\s+running\\s+copy \\d+%`, 'm'));
+    expect(human.stdout).toMatch(new RegExp(`^${queued.id}\\s+backup\\s+${guest.name}\\s+nightly\\s+cancelled\\s`, 'm'));
 
     const cancel = await daemon.cliJson(['jobs', 'cancel', job.id]);
     expect(cancel).toMatchObject({ id: job.id, state: 'cancelled' });
@@ -68,6 +78,9 @@ describe('virtcbt jobs and jobs cancel', () => {
     expect(out.stderr).toMatch(new RegExp(`backup job ${job.id} was cancelled`));
     expect(out.stdout.split('\n').some((l) => l.startsWith('{') && JSON.parse(l).type === 'result')).toBe(false);
     expect(JSON.parse(out.stdout.split('\n')[0]!)).toMatchObject({ type: 'start', job: job.id });
+    const secondOut = await second;
+    expect(secondOut.exitCode).not.toBe(0);
+    expect(secondOut.stderr).toMatch(new RegExp(`backup job ${queued.id} was cancelled`));
     expect((await listJobs(daemon)).find((j) => j.id === job.id)?.state).toBe('cancelled');
     // Cancelled before it ended: the job is over, its snapshot and files gone, the consumer where it was.
     await expectNothingLeft(guest, repo, 'nightly', daemon);

@@ -55,7 +55,10 @@ export interface Job {
   readonly signal: AbortSignal;
   /** Merges `p` into the job's progress (a new step clears done/total unless given). */
   progress(p: JobProgress): void;
-  /** The job leaves the queue and starts its work (the domain's queue let it in). */
+  /**
+   * The job leaves the queue and starts its work (the domain's queue let it in). Throws the
+   * cancellation if the job was cancelled meanwhile: its work must then not begin.
+   */
   started(): void;
 }
 
@@ -91,6 +94,8 @@ export class JobRegistry {
    * Runs `fn` as a job: listed at once (queued until `job.started()`), its outcome kept for a
    * while after. A job whose signal fired and whose work then failed ends `cancelled`: the work
    * unwinds through its own failure path, so what it throws then is the cancellation's effect.
+   * A job cancelled while still queued ends at once (it would otherwise wait for the job ahead of
+   * it in the domain's queue); its work throws at `started()` when its turn comes.
    */
   run<T>(kind: JobKind, domain: string, meta: { consumer?: string }, fn: (job: Job) => Promise<T>): Promise<T> {
     if (this.closedReason !== undefined) {
@@ -111,16 +116,10 @@ export class JobRegistry {
         else info.progress = { ...info.progress, ...p };
       },
       started: () => {
+        ctl.signal.throwIfAborted();
         if (info.state === 'queued') info.state = 'running';
         info.startedAt ??= new Date(this.now()).toISOString();
       },
-    };
-    const finish = (state: 'done' | 'failed', err?: unknown) => {
-      // A cancel that came too late (a backup past its manifest completes) leaves the job done.
-      info.state = state === 'failed' && ctl.signal.aborted ? 'cancelled' : state;
-      if (info.state === 'failed') info.error = errorMessage(err);
-      info.endedAt = new Date(this.now()).toISOString();
-      end();
     };
     let p: Promise<T>;
     try {
@@ -128,7 +127,26 @@ export class JobRegistry {
     } catch (err) {
       p = Promise.reject(err);
     }
-    return p.then((v) => { finish('done'); return v; }, (err: unknown) => { finish('failed', err); throw err; });
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const finish = (state: 'done' | 'failed', v: T | undefined, err?: unknown) => {
+        if (settled) return;
+        settled = true;
+        // A cancel that came too late (a backup past its manifest completes) leaves the job done.
+        info.state = state === 'failed' && ctl.signal.aborted ? 'cancelled' : state;
+        if (info.state === 'failed') info.error = errorMessage(err);
+        // A finished job's bytes stay; its last step (a backup's release after its result) is no news.
+        if (info.state === 'done') delete info.progress.step;
+        info.endedAt = new Date(this.now()).toISOString();
+        end();
+        if (state === 'done') resolve(v as T);
+        else reject(err);
+      };
+      ctl.signal.addEventListener('abort', () => {
+        if (info.startedAt === undefined) finish('failed', undefined, ctl.signal.reason);
+      }, { once: true });
+      p.then((v) => finish('done', v), (err: unknown) => finish('failed', undefined, err));
+    });
   }
 
   list(): JobInfo[] {

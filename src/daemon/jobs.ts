@@ -170,7 +170,6 @@ export class JobRunner {
     const requestedAt = performance.now();
     return this.registry.run('backup', domain, { consumer: req.consumer }, (job) => this.tracker.withDomainJob(domain, async (ctx) => {
       job.started();
-      job.signal.throwIfAborted();
       emit = jobProgress(job, emit);
       const t0 = Date.now();
       this.logger.info('backup started', { domain, consumer: req.consumer, repo: req.repo, full: req.full });
@@ -259,7 +258,6 @@ export class JobRunner {
     let stopped: { images: QsdImage[]; reply: PassReply } | undefined;
     const taken = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
       job.started();
-      job.signal.throwIfAborted();
       job.progress({ step: 'snapshot' });
       const since = this.log.listConsumers(domain).find((c) => c.name === consumer)!.last;
       if (!ctx.running) {
