@@ -65,7 +65,8 @@ describe('SIGTERM of virtcbtd while a job hangs', () => {
     await pollUntil(async () => (await vcbtNodes()).length === 0, 'the fleecing left by the stopped daemon to be removed', { timeoutMs: 30_000, intervalMs: 100 });
     const r = await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]);
     expect(r.kind).toBe('full');
-    expect(r.recovered?.passAborted).toBe(true);
+    // Whether the stopped daemon got as far as aborting the pass and removing the partial files (a copy
+    // request QEMU never answered keeps the job from its failure path) or this backup did: none is left.
     expect((await daemon.cli(['verify', '--repo', repo, guest.name])).exitCode).toBe(0);
     await expectNothingLeft(guest, repo, 'nightly', daemon);
   });

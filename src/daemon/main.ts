@@ -33,7 +33,7 @@ const JOB_UNWIND_MS = 4_000;
  * answers): systemd and an admin expect a stop to take seconds, not the length of a copy. What a
  * job then leaves behind, the next virtcbtd removes when it starts (see JobRunner.start).
  */
-const EXIT_DEADLINE_MS = 4_800;
+const EXIT_DEADLINE_MS = 4_500;
 
 /** Test-only fault injection: VIRTCBT_FAULT_STEP=fold kills the daemon right before that fold step. */
 function faultInjector(): ((step: ReconcileStep) => void) | undefined {
