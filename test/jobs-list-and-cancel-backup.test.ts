@@ -110,6 +110,21 @@ describe('virtcbt jobs and jobs cancel', () => {
     expect((await daemon.cli(['verify', '--repo', repo, guest.name])).exitCode).toBe(0);
   });
 
+  it('a pass export is a job too, done once its exports are up', async () => {
+    await daemon.cli(['consumer', 'add', guest.name, 'tool']);
+    const pass = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'tool', '--export']);
+    try {
+      const j = (await listJobs(daemon)).filter((x) => x.kind === 'pass-export' && x.domain === guest.name && x.consumer === 'tool');
+      expect(j).toHaveLength(1);
+      expect(j[0]!.id).toMatch(/^p-[0-9a-f]{4}$/);
+      expect(j[0]!.state).toBe('done');
+      expect(j[0]!.startedAt).toBeDefined();
+    } finally {
+      await daemon.cli(['pass', 'abort', guest.name, '--consumer', 'tool', '--pass', String(pass.pass)]);
+      await daemon.cli(['consumer', 'remove', guest.name, 'tool']);
+    }
+  });
+
   it('cancel of a job that has ended reports how it ended (exit 1)', async () => {
     const ended = (await listJobs(daemon)).find((j) => j.state === 'done');
     expect(ended).toBeDefined();
