@@ -1,8 +1,8 @@
 // Members of daemon.socketGroup talk to virtcbtd (root) through the group socket, and may have it
 // write backups only under backup.allowedRepoRoots: a path outside, a symlink or ".." leading out
 // is refused with the allowed roots named, and nothing is created there. Root's own socket is
-// 0600 and not limited. Enabling, disabling, consumers and passes are root's alone. The CLI picks
-// the socket by who runs it.
+// 0600 and not limited. Enabling, disabling, consumers, passes and cancelling a job are root's
+// alone; listing jobs is not. The CLI picks the socket by who runs it.
 import { execa } from 'execa';
 import { chmodSync, existsSync, lstatSync, mkdirSync, statSync, symlinkSync } from 'node:fs';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
@@ -104,6 +104,15 @@ describe('group socket', () => {
     const ok = await asMember(['backup', g.name, '--consumer', 'ops', '--repo', join(allowed, 'repo'), '--json']);
     expect(ok.exitCode, ok.stderr).toBe(0);
     expect(JSON.parse(ok.stdout.trim().split('\n').pop()!).type).toBe('result');
+    // Jobs are listed to the member (reading), not cancelled by it: a job may be another caller's.
+    const listed = await asMember(['jobs', '--json']);
+    expect(listed.exitCode, listed.stderr).toBe(0);
+    const mine = (JSON.parse(listed.stdout).jobs as { id: string; domain: string; consumer?: string; state: string }[])
+      .find((j) => j.domain === g.name && j.consumer === 'ops');
+    expect(mine?.state).toBe('done');
+    const cancel = await asMember(['jobs', 'cancel', mine!.id]);
+    expect(cancel.exitCode, cancel.stderr).toBe(2);
+    expect(cancel.stderr).toContain('needs root');
 
     // Root (the root socket) is not limited.
     await d.cli(['consumer', 'add', g.name, 'root']);

@@ -51,8 +51,6 @@ export interface BackupDeps {
   snapshotTaken?: () => void;
   /** Runs `fn` in the domain's queue again (the release of the snapshot after `snapshotTaken`). */
   inQueue?: <T>(fn: () => Promise<T>) => Promise<T>;
-  /** Cancels the backup: the copy stops, the pass is aborted, nothing is left behind. */
-  signal?: AbortSignal;
   /** Private directory for qemu-nbd sockets. */
   runDir: string;
   libvirtUri: string;
@@ -75,6 +73,11 @@ export interface BackupDeps {
   fault?: (step: BackupStep) => void | Promise<void>;
   /** Records that the guest is frozen (see rotateFrozen): a daemon killed while frozen thaws it at start. */
   freezeMarker?: FreezeMarker;
+  /**
+   * The job's cancellation (virtcbt jobs cancel, SIGTERM): checked between steps and by the copy;
+   * a cancelled backup fails through the usual path (pass aborted, snapshot and partial files gone).
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -199,6 +202,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     await markerWritten;
     const facts: ChainFacts = { domain, uuid: ctx.info.uuid, logId, damage: await damage };
     step('ping');
+    // Not frozen once cancelled.
+    deps.signal?.throwIfAborted();
     if (deps.fault) await deps.fault('prepared');
 
     // The images of disks expected to continue the chain are made while the guest freezes: for a
@@ -228,6 +233,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
     emit({ type: 'snapshot', time, consistency, note: freeze.note, freezeWindowMs: freeze.freezeWindowMs, generation, pass: passId });
     step('snapshot');
     await deps.fault?.('rotated');
+    deps.signal?.throwIfAborted();
 
     const pass = ctx.log.getPass(passId);
     const changes = ctx.log.passChanges(passId);
@@ -292,7 +298,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const target = await Qcow2Writer.create(path, { ...image, replace: true });
       writers.push(target);
       const src = await NbdEndpoint.open(sources.find((s) => s.target === plan.target)!.uri, {
-        metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections,
+        metaContexts: [CONTEXT_BASE_ALLOCATION], timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections, signal: deps.signal,
       });
       endpoints.push(src);
       // An overlay's clusters must be written whole (a part left out would read the parent).
@@ -304,8 +310,9 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       const requestSize = Math.max(MIN_REQUEST, deps.nbd.requestSize);
       let faulted = false;
       const progress = await copyExtents(src, digest.wrap(flushing.endpoint), digest.track(extents), {
-        requestSize, signal: deps.signal,
+        requestSize,
         inflight: Math.max(1, Math.min(deps.nbd.inflight, Math.floor(MAX_INFLIGHT_BYTES / requestSize))),
+        signal: deps.signal,
         onProgress: (p: Readonly<CopyProgress>) => {
           const ev = meter.update(p.done, p.written);
           if (ev) emit({ type: 'progress', disk: plan.target, ...ev });
@@ -333,6 +340,8 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       return { plan, res, extents: digest.extents };
     }));
     step('copy');
+    // The last point a cancel is honoured: from the manifest on, the backup completes.
+    deps.signal?.throwIfAborted();
     // The snapshot is no longer needed: copy-before-write leaves the guest's I/O path as soon as
     // the result is out (the daemon runs it then), or now.
     const taking = snap;

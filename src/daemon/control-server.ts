@@ -104,12 +104,23 @@ export class ControlServer {
     }
   }
 
-  async close(): Promise<void> {
+  /**
+   * Stops listening and ends every connection; with `graceMs`, replies under way (a cancelled
+   * backup's last event, saying so) get that long to reach their clients first.
+   */
+  async close(opts: { graceMs?: number } = {}): Promise<void> {
     const servers = this.servers;
     this.servers = [];
     await Promise.all(servers.map(async ({ server, path, ino }) => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      if (opts.graceMs) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([closed, new Promise<void>((r) => { timer = setTimeout(r, opts.graceMs); })]);
+        clearTimeout(timer);
+      }
       server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await closed;
       // Only our own socket file goes (never one another daemon made at the same path).
       const st = await lstat(path).catch(() => undefined);
       if (ino !== undefined && st?.ino === ino) await rm(path, { force: true });

@@ -22,6 +22,7 @@ import { collectGarbage } from '../util/memory.js';
 import type { PassReply } from './api-types.js';
 import { diskChangesReply } from './changes-reply.js';
 import { FreezeMarkers } from './freeze-marker.js';
+import { JobRegistry, type Job } from './job-registry.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
 /** Export ids (and names) of pass exports: `virtcbt-pass-P-TARGET`; the pass id finds them again after a restart. */
@@ -46,6 +47,8 @@ interface HeldExport {
 export interface JobRunnerOptions {
   /** Test-only fault injection: called before each backup step. */
   backupFault?: (step: BackupStep, consumer: string) => void | Promise<void>;
+  /** Where the jobs are listed and cancelled (default: a registry of this runner's own). */
+  registry?: JobRegistry;
 }
 
 /** An agent shell unused this long is closed (a scheduled job's domains reuse it; an idle daemon keeps none). */
@@ -58,6 +61,7 @@ export class JobRunner {
   private readonly freezeMarkers: FreezeMarkers;
   private shells = new Map<string, { t: VirshShellTransport; idle?: NodeJS.Timeout }>();
   private owner?: Promise<{ uid: number; gid: number } | undefined>;
+  readonly registry: JobRegistry;
 
   constructor(
     private readonly tracker: Tracker,
@@ -68,13 +72,15 @@ export class JobRunner {
     private readonly opts: JobRunnerOptions = {},
   ) {
     this.freezeMarkers = new FreezeMarkers(cfg.stateDir);
-    this.registry = new SnapshotRegistry(join(cfg.stateDir, 'snapshots'));
+    this.registry = opts.registry ?? new JobRegistry();
+    this.snapshots = new SnapshotRegistry(join(cfg.stateDir, 'snapshots'));
   }
 
-  readonly registry: SnapshotRegistry;
+  /** The live snapshots (state directory), apart from the jobs that hold them. */
+  readonly snapshots: SnapshotRegistry;
 
   private async snapshotHost(running: boolean): Promise<SnapshotHost> {
-    return { registry: this.registry, fleeceDir: this.fleeceDir, fleeceOwner: running ? await this.qemuOwner() : undefined };
+    return { registry: this.snapshots, fleeceDir: this.fleeceDir, fleeceOwner: running ? await this.qemuOwner() : undefined };
   }
 
   get fleeceDir(): string {
@@ -173,25 +179,29 @@ export class JobRunner {
    * the folded bitmaps, which makes QEMU flush the image) still runs in the queue but after the
    * result.
    */
-  backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void, opts: { signal?: AbortSignal; job?: string } = {}): Promise<BackupResult> {
+  backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void): Promise<BackupResult> {
     if (!req.repo || !req.repo.startsWith('/')) throw new UsageError('the repository must be an absolute path', { domain });
     const requestedAt = performance.now();
-    // The backup holds the domain's queue while it takes its snapshot and while it releases it;
-    // the copy runs beside folds and other jobs (a stopped domain's backup keeps the queue: its
-    // storage daemon holds the images).
-    let run!: Promise<{ r: BackupResult; finish?: () => Promise<void> }>;
-    const held = this.tracker.withDomainJob(domain, (ctx) => {
-      let letGo!: () => void;
-      const taken = new Promise<void>((r) => { letGo = r; });
-      run = this.runBackupJob(ctx, req, emit, { ...opts, requestedAt, snapshotTaken: letGo });
-      // Still in the queue when it ends first (stopped domain): its housekeeping runs here.
-      return Promise.race([taken, run.then((out) => out.finish?.(), () => undefined)]);
+    return this.registry.run('backup', domain, { consumer: req.consumer }, (job) => {
+      const report = jobProgress(job, emit);
+      // The backup holds the domain's queue while it takes its snapshot and while it releases it;
+      // the copy runs beside folds and other jobs (a stopped domain's backup keeps the queue: its
+      // storage daemon holds the images).
+      let run!: Promise<{ r: BackupResult; finish?: () => Promise<void> }>;
+      const held = this.tracker.withDomainJob(domain, (ctx) => {
+        job.started();
+        let letGo!: () => void;
+        const taken = new Promise<void>((r) => { letGo = r; });
+        run = this.runBackupJob(ctx, req, report, { signal: job.signal, job: job.id, requestedAt, snapshotTaken: letGo });
+        // Still in the queue when it ends first (stopped domain): its housekeeping runs here.
+        return Promise.race([taken, run.then((out) => out.finish?.(), () => undefined)]);
+      });
+      return (async () => {
+        await held;
+        const out = await run;
+        return out.r;
+      })();
     });
-    return (async () => {
-      await held;
-      const out = await run;
-      return out.r;
-    })();
   }
 
   private async runBackupJob(
@@ -305,8 +315,14 @@ export class JobRunner {
         domain, hint: `Add it with \`virtcbt consumer add ${domain} ${consumer}\``,
       });
     }
+    return this.registry.run('pass-export', domain, { consumer }, (job) => this.passExport(job, domain, consumer));
+  }
+
+  private passExport(job: Job, domain: string, consumer: string): Promise<PassReply> {
     let stopped: { images: QsdImage[]; reply: PassReply } | undefined;
-    const job = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
+    const taken = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
+      job.started();
+      job.progress({ step: 'snapshot' });
       const since = this.log.listConsumers(domain).find((c) => c.name === consumer)!.last;
       if (!ctx.running) {
         const rot = await ctx.reconciler.rotateAndFold(ctx.disks, { pass: { consumer } });
@@ -332,6 +348,8 @@ export class JobRunner {
         const freeze = taken;
         passId = taken.passId!;
         await snap.setHolder(`pass-${passId}`, passId);
+        job.signal.throwIfAborted();
+        job.progress({ step: 'export' });
         const changes = this.log.passChanges(passId);
         const refs = new Map<string, { node: string; name: string }>();
         for (const ch of changes) {
@@ -351,12 +369,14 @@ export class JobRunner {
         throw err;
       }
     });
-    return job.then(async (r) => {
+    return taken.then(async (r) => {
       if (r) return r;
       // Stopped: serve the images read-only from a storage daemon of their own until commit or abort.
       const { images, reply } = stopped!;
       const pass = reply.pass;
       try {
+        job.signal.throwIfAborted();
+        job.progress({ step: 'export' });
         const { s, release } = await holdStorageDaemon(this.cfg.runDir, domain, images);
         try {
           await ensureNbdServer(s.qmp, s.nbdSocket);
@@ -399,7 +419,7 @@ export class JobRunner {
       if (!ctx.running) return;
       if (h?.snap) return h.snap.release();
       // Held by a virtcbtd that was restarted since: its registry record, or (an older virtcbt's) its exports, name the tag.
-      const tags = new Set((await this.registry.list()).records.filter((r) => r.domain === domain && r.pass === id).map((r) => r.tag));
+      const tags = new Set((await this.snapshots.list()).records.filter((r) => r.domain === domain && r.pass === id).map((r) => r.tag));
       for (const e of await queryBlockExports(ctx.qmp)) {
         const m = PASS_EXPORT.exec(e.id);
         const t = /^vcbt-fl-([a-z0-9]+)-/.exec(e['node-name']);
@@ -407,7 +427,7 @@ export class JobRunner {
       }
       for (const tag of tags) {
         await teardownTag(ctx.qmp, this.fleeceDir, domain, tag);
-        await this.registry.remove(domain, tag);
+        await this.snapshots.remove(domain, tag);
       }
     });
   }
@@ -422,25 +442,25 @@ export class JobRunner {
   async start(): Promise<void> {
     // First, before anything else runs: a guest frozen by a killed daemon must not wait.
     await this.thawLeftFrozen();
-    const { records, junk } = await this.registry.list().catch(() => ({ records: [], junk: [] as string[] }));
-    if (junk.length > 0) this.logger.warn('ignoring files in the snapshot registry that are not snapshot records', { dir: this.registry.dir, files: junk });
+    const { records, junk } = await this.snapshots.list().catch(() => ({ records: [], junk: [] as string[] }));
+    if (junk.length > 0) this.logger.warn('ignoring files in the snapshot registry that are not snapshot records', { dir: this.snapshots.dir, files: junk });
     for (const rec of records.filter((r) => r.pid !== process.pid)) {
       for (const pid of rec.frontEnds) await killFrontEnd(pid, this.cfg.runDir);
       const open = rec.pass !== undefined && this.log.openPasses(rec.domain).some((p) => p.id === rec.pass);
-      if (open) await this.registry.adopt(rec).catch(() => undefined);
+      if (open) await this.snapshots.adopt(rec).catch(() => undefined);
     }
     for (const d of this.log.listDomains()) {
       void (async () => {
         const mine = records.filter((r) => r.domain === d.name && r.pid !== process.pid);
         if (!(await this.libvirt.isActive(d.name).catch(() => false))) {
           // Nothing of a fleecing survives its QEMU; a stopped domain's records are only records now.
-          for (const r of mine) if (!(r.pass !== undefined && this.log.openPasses(d.name).some((p) => p.id === r.pass))) await this.registry.remove(d.name, r.tag);
+          for (const r of mine) if (!(r.pass !== undefined && this.log.openPasses(d.name).some((p) => p.id === r.pass))) await this.snapshots.remove(d.name, r.tag);
           return;
         }
         await this.tracker.withDomainJob(d.name, async (ctx) => {
           if (!ctx.running) return;
           const removed = await cleanupDeadSnapshots(ctx.qmp, await this.snapshotHost(true), d.name, await this.liveTags(ctx.qmp, d.name));
-          for (const r of mine) if (!(await this.registry.heldTags(d.name)).has(r.tag)) await this.registry.remove(d.name, r.tag);
+          for (const r of mine) if (!(await this.snapshots.heldTags(d.name)).has(r.tag)) await this.snapshots.remove(d.name, r.tag);
           if (removed.length > 0) this.logger.info('removed snapshots left by an earlier daemon', { domain: d.name, tags: removed });
         });
       })().catch((err) => this.logger.warn('cleaning up old snapshots failed', { domain: d.name, error: (err as Error).message }));
@@ -460,6 +480,39 @@ export class JobRunner {
       await h.release?.().catch(() => undefined);
     }
   }
+}
+
+/**
+ * `emit`, also telling the job its step and bytes (summed over the disks) from the backup's
+ * events; the start event carries the job's id, for `virtcbt jobs cancel`.
+ */
+function jobProgress(job: Job, emit: (ev: BackupEvent) => void): (ev: BackupEvent) => void {
+  const disks = new Map<string, { done: number; total: number }>();
+  const report = (step: string) => {
+    let done = 0;
+    let total = 0;
+    for (const d of disks.values()) { done += d.done; total += d.total; }
+    job.progress({ step, done, total });
+  };
+  return (ev) => {
+    switch (ev.type) {
+      case 'start': job.progress({ step: 'snapshot' }); emit({ ...ev, job: job.id } as BackupEvent); return;
+      case 'snapshot': job.progress({ step: 'plan' }); break;
+      case 'plan':
+        for (const d of ev.disks) disks.set(d.target, { done: 0, total: d.changedBytes });
+        report('copy');
+        break;
+      case 'progress': disks.set(ev.disk, { done: ev.done, total: ev.total }); report('copy'); break;
+      case 'disk-done': {
+        const d = disks.get(ev.disk.target);
+        if (d) d.done = d.total;
+        report([...disks.values()].every((x) => x.done >= x.total) ? 'manifest' : 'copy');
+        break;
+      }
+      case 'result': job.progress({ step: 'release' }); break;
+    }
+    emit(ev);
+  };
 }
 
 /**

@@ -24,6 +24,18 @@ import { Tracker } from './tracker.js';
 import type { ReconcileStep } from '../reconciler/index.js';
 
 const VERSION = '0.1.0';
+/**
+ * On SIGTERM, running jobs get this long to unwind after their cancel (guest thawed, snapshot
+ * released, pass aborted, partial files removed): a backup that sees its signal between two
+ * copy requests needs well under a second.
+ */
+const JOB_UNWIND_MS = 4_000;
+/**
+ * virtcbtd is gone this long after SIGTERM whatever still hangs (a QMP or NBD wait QEMU never
+ * answers): systemd and an admin expect a stop to take seconds, not the length of a copy. What a
+ * job then leaves behind, the next virtcbtd removes when it starts (see JobRunner.start).
+ */
+const EXIT_DEADLINE_MS = 4_500;
 
 /** Test-only fault injection: VIRTCBT_FAULT_STEP=fold kills the daemon right before that fold step. */
 function faultInjector(): ((step: ReconcileStep) => void) | undefined {
@@ -109,9 +121,20 @@ async function main(): Promise<void> {
   const shutdown = async (sig: string) => {
     if (stopping) return;
     stopping = true;
+    const t0 = Date.now();
+    setTimeout(() => {
+      logger.error('virtcbtd did not stop in time: exiting anyway; the next virtcbtd removes what its jobs left', {
+        signal: sig, ms: EXIT_DEADLINE_MS, jobs: jobs.registry.list().filter((j) => j.endedAt === undefined).map((j) => j.id),
+      });
+      process.exit(1);
+    }, EXIT_DEADLINE_MS).unref();
     logger.info('stopping', { signal: sig });
     spool.stop();
-    await server.close();
+    // The jobs first, while their clients still listen: a backup's client is told it was cancelled.
+    if (!(await jobs.registry.cancelAll(`virtcbtd is stopping (${sig})`, JOB_UNWIND_MS))) {
+      logger.warn('jobs still unwinding after their cancel', { jobs: jobs.registry.list().filter((j) => j.endedAt === undefined).map((j) => j.id) });
+    }
+    await server.close({ graceMs: Math.max(0, Math.min(500, EXIT_DEADLINE_MS - 300 - (Date.now() - t0))) });
     await jobs.stop();
     await tracker.stop();
     log.close();

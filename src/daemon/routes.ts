@@ -65,6 +65,12 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
       ? jobs.endPass(r.params.domain, passId(r.params.id), 'abort', optStr(r.body.consumer, 'consumer'))
       : t.abortPass(r.params.domain, passId(r.params.id), optStr(r.body.consumer, 'consumer')))));
   if (jobs) {
+    // Listing is reading, like status: the group may. Cancelling ends another caller's work (a
+    // scheduled backup, a tool's pass export): root only, like enable and disable.
+    server
+      .route('GET', '/v1/jobs', async () => ({ jobs: jobs.registry.list() }))
+      .route('GET', '/v1/jobs/:id', async (r) => jobs.registry.get(r.params.id))
+      .route('POST', '/v1/jobs/:id/cancel', rootOnly('jobs cancel', async (r) => jobs.registry.cancel(r.params.id, 'virtcbt jobs cancel')));
     server.route('POST', '/v1/domains/:domain/backups', async (r) => ({
       stream: jobs.backupStream(r.params.domain, {
         consumer: str(r.body.consumer, 'consumer'),

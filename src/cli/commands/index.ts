@@ -17,6 +17,7 @@ export const commands: CommandEntry[] = [
   { name: 'pass', summary: 'begin, commit or abort a consumer\'s pass (for third-party backup tools)', load: async () => (await import('./consumer.js')).passCommand },
   { name: 'reconcile', summary: 'fold the domain\'s dirty bitmaps into the change log now', load: async () => (await import('./tracking.js')).reconcileCommand },
   { name: 'backup', summary: 'back up a domain for a consumer (full or incremental) into a repository', load: async () => (await import('./backup.js')).backupCommand },
+  { name: 'jobs', summary: 'list virtcbtd\'s running and recent jobs (backups, pass exports); cancel one', load: async () => (await import('./jobs.js')).jobsCommand },
   { name: 'list', summary: 'list the restore points in a backup repository', load: async () => (await import('./repo.js')).listCommand },
   { name: 'verify', summary: 'check every backup: qemu-img check, chain links, and the checksum of the data', load: async () => (await import('./repo.js')).verifyCommand },
   { name: 'restore', summary: 'restore one disk of a backup into a qcow2 or raw file', load: async () => (await import('./repo.js')).restoreCommand },
