@@ -5,7 +5,7 @@
 // was and no manifest naming the partial files, which the next run removes.
 import { join } from 'node:path';
 import { logContinuity, type ChangeLog, type DiskChanges } from '../changelog/index.js';
-import { NbdEndpoint, copyExtents, dataExtents, isNoSpace, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
+import { NbdEndpoint, copyExtents, dataExtents, flushingEndpoint, isNoSpace, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
 import { Fleece, cleanupStaleFleeces } from '../fleece/index.js';
 import { GuestAgent, LibvirtTransport } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
@@ -14,7 +14,7 @@ import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport, type FrozenBitmap, type Reconciler, type TrackedDisk } from '../reconciler/index.js';
 import { Qcow2Writer, createQcow2 } from '../qcow2/index.js';
 import {
-  ExtentDigest, Repository, chainDamage, flushingEndpoint, fsyncDir, imageName, newDigestInfo, pointId, writeManifest,
+  ExtentDigest, Repository, chainDamage, fsyncDir, imageName, newDigestInfo, pointId, writeManifest,
   type BackupDisk, type Manifest,
 } from '../repo/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
