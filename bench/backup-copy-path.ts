@@ -8,9 +8,9 @@ import { randomFillSync } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadavg } from 'node:os';
-import { copyExtents, dataExtents } from '../src/copy/index.js';
+import { copyExtents, dataExtents, flushingEndpoint, serveImage } from '../src/copy/index.js';
 import { Qcow2Writer } from '../src/qcow2/index.js';
-import { ExtentDigest, flushingEndpoint, serveImage } from '../src/repo/index.js';
+import { ExtentDigest } from '../src/repo/index.js';
 import { workDir } from './nbd-support.js';
 
 const MiB = 1024 * 1024;

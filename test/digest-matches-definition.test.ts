@@ -33,7 +33,7 @@ const source: Endpoint = {
     const he = Math.min(offset + buf.length, HOLE.offset + HOLE.length);
     return { holes: hs < he ? [{ offset: hs, length: he - hs }] : [] };
   },
-  async write() {}, async zero() {}, async flush() {}, async close() {},
+  async write() {}, async zero() {}, async discard() {}, async flush() {}, async close() {},
 };
 
 function definition(extents: [number, number][]): string {

@@ -8,16 +8,17 @@ import { execa } from 'execa';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { INPROGRESS_FILE, pidAlive, pruneChain, serveImage, type ServedImage } from '../src/repo/index.js';
+import type { ServedImage } from '../src/copy/index.js';
+import { INPROGRESS_FILE, pidAlive, pruneChain, serveChain } from '../src/repo/index.js';
 import { MiB, tempDir } from './support/backup.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { handmadeRepo } from './support/handmade-repo.js';
 
 useCleanup();
 
-/** A qemu-nbd started as virtcbt starts one (serveImage), killed at teardown if still there. */
+/** A qemu-nbd started as virtcbt starts one (serveChain), killed at teardown if still there. */
 async function served(chain: string | string[]): Promise<ServedImage> {
-  const img = await serveImage(chain, { runDir: tempDir('nbd') });
+  const img = await serveChain(chain, { runDir: tempDir('nbd') });
   onCleanup(() => img.kill());
   return img;
 }

@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { chainSpec, restoreDisk, serveImage, verifyRepo } from '../src/repo/index.js';
+import { chainSpec, restoreDisk, serveChain, verifyRepo } from '../src/repo/index.js';
 import { MiB, sameContent, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { handmadeRepo } from './support/handmade-repo.js';
@@ -78,7 +78,7 @@ describe('the explicit chain', () => {
     const ref = h.points[2]!.refs.vda!;
     expect((await sameContent(ref, 'raw', chainSpec(files), 'qcow2')).same).toBe(true);
     // Through qemu-nbd as restore and verify read it.
-    const img = await serveImage(files, { runDir: tempDir('run') });
+    const img = await serveChain(files, { runDir: tempDir('run') });
     try {
       const buf = Buffer.alloc(img.endpoint.size);
       await img.endpoint.read(buf, 0);

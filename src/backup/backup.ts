@@ -6,7 +6,7 @@
 // naming the partial files, which the next run removes.
 import { join } from 'node:path';
 import { logContinuity, type ChangeLog, type DiskChanges } from '../changelog/index.js';
-import { NbdEndpoint, copyExtents, dataExtents, isNoSpace, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
+import { NbdEndpoint, copyExtents, dataExtents, flushingEndpoint, isNoSpace, wholeDisk, type CopyExtent, type CopyProgress } from '../copy/index.js';
 import { align, totalBytes } from '../extent/index.js';
 import { GuestAgent, LibvirtTransport } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
@@ -16,7 +16,7 @@ import { Snapshot, cleanupDeadSnapshots, presetMarker, type FreezeMarker, type F
 import type { Reconciler, TrackedDisk } from '../reconciler/index.js';
 import { Qcow2Writer, createQcow2 } from '../qcow2/index.js';
 import {
-  ExtentDigest, Repository, chainDamage, flushingEndpoint, fsyncDir, imageName, newDigestInfo, pointId, writeManifest,
+  ExtentDigest, Repository, chainDamage, fsyncDir, imageName, newDigestInfo, pointId, writeManifest,
   type BackupDisk, type Manifest,
 } from '../repo/index.js';
 import { NotFoundError, UsageError, VirtcbtError, errorMessage } from '../util/errors.js';

@@ -29,6 +29,11 @@ export interface CopyOptions {
   /** Requests in flight (each holds one buffer of requestSize). */
   inflight?: number;
   onProgress?(p: Readonly<CopyProgress>): void;
+  /**
+   * The job's signal: no new request starts once it aborts, and the copy rejects with its reason
+   * once the requests in flight have ended. Give the same signal to the endpoints (NbdEndpoint,
+   * serveImage, openImageEndpoint) so that those fail at once instead of running to completion.
+   */
   signal?: AbortSignal;
 }
 
@@ -110,6 +115,8 @@ export async function copyExtents(
     }
   };
   await Promise.all(Array.from({ length: inflight }, run));
+  // An abort is the reason, whatever the requests it cut short failed with on the way.
+  if (signal?.aborted) throw abortReason(signal, `copy from ${src.name} to ${dst.name}`);
   if (failure !== undefined) throw failure;
   return progress;
 }

@@ -1,4 +1,6 @@
 // The Endpoint interface that hides whether a disk is an NBD export, a local file or null: from the copy engine.
+// An endpoint that can be cancelled takes the job's AbortSignal when it is opened (NbdEndpoint, serveImage,
+// openImageEndpoint): its operations in flight then fail with the signal's reason.
 import type { Extent } from '../extent/index.js';
 import type { StatusExtent } from '../nbd/index.js';
 
@@ -25,6 +27,12 @@ export interface Endpoint {
   write(buf: Uint8Array, offset: number): Promise<void>;
   /** Makes [offset, offset+length) read as zeroes. */
   zero(offset: number, length: number): Promise<void>;
+  /**
+   * Frees [offset, offset+length) where the endpoint can (what a synced copy does with blocks the
+   * guest freed): afterwards the range reads as zeroes, always, whether or not space was freed
+   * (an endpoint that cannot free writes zeroes instead). Not a hint that may be ignored.
+   */
+  discard(offset: number, length: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
   /** Block status of the endpoint, when it has any (NBD with a negotiated context). */

@@ -1,4 +1,5 @@
 // A raw local file (or block device) as an Endpoint, through an fs.promises FileHandle.
+import { execa } from 'execa';
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { UsageError } from '../util/errors.js';
@@ -28,6 +29,8 @@ export interface FileEndpointOptions {
 export class FileEndpoint implements Endpoint {
   readonly maxRequest = 64 * 1024 * 1024;
   readonly alignment = 1;
+  /** False once punching holes failed as unsupported here (file system, device): discard writes zeroes. */
+  private canPunch = true;
 
   private constructor(
     readonly name: string,
@@ -87,6 +90,25 @@ export class FileEndpoint implements Endpoint {
     for (let at = 0; at < length; at += ZERO_CHUNK.length) {
       await this.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, length - at)), offset + at);
     }
+  }
+
+  /**
+   * Punches a hole (fallocate PUNCH_HOLE | KEEP_SIZE: the blocks are freed, the range reads as
+   * zeroes, partial blocks at the edges are zeroed by the kernel). Node has no fallocate, so
+   * util-linux's (Debian: essential) does it on our open file through /proc: one short process
+   * per range (callers should merge ranges first). Where punching is not
+   * supported (or the tool is missing), the range is written with zeroes instead.
+   */
+  async discard(offset: number, length: number): Promise<void> {
+    if (length <= 0) return;
+    if (this.canPunch) {
+      const r = await execa('fallocate', ['--punch-hole', '--keep-size', '--offset', String(offset), '--length', String(length), `/proc/${process.pid}/fd/${this.fh.fd}`], {
+        reject: false, stdin: 'ignore', stdout: 'ignore',
+      });
+      if (r.exitCode === 0) return;
+      if (r.failed && (r.exitCode === undefined || /not supported|ENOENT/i.test(`${r.stderr} ${r.message}`))) this.canPunch = false;
+    }
+    await this.zero(offset, length);
   }
 
   async flush(): Promise<void> {

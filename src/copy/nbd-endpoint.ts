@@ -1,10 +1,11 @@
-// An NBD export as an Endpoint: reads report holes from structured replies, zero uses WRITE_ZEROES when offered.
+// An NBD export as an Endpoint: reads report holes from structured replies, zero and discard use WRITE_ZEROES when offered.
 import { NbdClient, type NbdClientOptions, type NbdTarget, type StatusExtent } from '../nbd/index.js';
 import type { Endpoint, EndpointReadResult } from './endpoint.js';
 
 /** Zero fill for servers without WRITE_ZEROES. */
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 
+/** `signal` (the job's) fails reads and writes in flight with its reason and closes the connection. */
 export interface NbdEndpointOptions extends NbdClientOptions {
   /** The target is fresh and sparse (e.g. just made with qemu-img create): zero ranges are skipped. */
   zeroInitialized?: boolean;
@@ -60,6 +61,16 @@ export class NbdEndpoint implements Endpoint {
       all.push(this.client.pwrite(ZERO_CHUNK.subarray(0, Math.min(step, length - at)), offset + at));
     }
     await Promise.all(all);
+  }
+
+  /**
+   * WRITE_ZEROES without NO_HOLE rather than TRIM: after a TRIM the NBD protocol lets a read return
+   * anything (and QEMU's own exports, discard=ignore by default, drop it), while zeroes that may
+   * be punched are both freed where the server can (qemu-nbd --discard=unmap: qcow2 clusters and
+   * raw blocks were freed here exactly as by TRIM) and read back as zeroes everywhere.
+   */
+  discard(offset: number, length: number): Promise<void> {
+    return this.zero(offset, length);
   }
 
   flush(): Promise<void> {

@@ -17,6 +17,7 @@ export class NullEndpoint implements Endpoint {
 
   async write(): Promise<void> {}
   async zero(): Promise<void> {}
+  async discard(): Promise<void> {}
   async flush(): Promise<void> {}
   async close(): Promise<void> {}
 }

@@ -2,6 +2,7 @@
 // window, request timeouts, orderly DISC and disorderly close rejecting everything pending.
 import * as net from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { abortReason } from '../util/abort.js';
 import { TimeoutError } from '../util/errors.js';
 import { NbdCommandError, NbdProtocolError } from './errors.js';
 import { describe, listExports, negotiate, type ExportInfo, type ExportListing, type HandshakeIo, type ServerDescription } from './handshake.js';
@@ -15,6 +16,10 @@ export interface ConnectionOptions {
   metaContexts?: readonly string[];
   /** Handshake deadline, and how long requests may go without any byte from the server. */
   timeoutMs?: number;
+  /**
+   * The job's signal, for the connection's whole life: when it aborts, the handshake or every
+   * request in flight (and every later one) fails with its reason and the socket is closed.
+   */
   signal?: AbortSignal;
   /** Requests in flight at most (the window). */
   inflight?: number;
@@ -155,6 +160,7 @@ export class NbdConnection implements ReplySink {
       c.watchdog = setInterval(() => c.checkTimeout(), Math.max(50, Math.min(5000, c.timeoutMs / 4)));
       c.watchdog.unref();
     });
+    c.bindSignal(opts.signal);
     return c;
   }
 
@@ -186,6 +192,15 @@ export class NbdConnection implements ReplySink {
     }
   }
 
+  /** After the handshake: an abort fails the connection (requests in flight reject with the reason). */
+  private bindSignal(signal: AbortSignal | undefined): void {
+    if (!signal) return;
+    const onAbort = () => this.fail(abortReason(signal, `NBD requests to ${this.what}`));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    void this.closedPromise.then(() => signal.removeEventListener('abort', onAbort));
+  }
+
   /** Runs a handshake step under the deadline and signal; on failure the socket is destroyed. */
   private async during<T>(opts: ConnectionOptions, what: string, fn: () => Promise<T>): Promise<T> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -195,7 +210,7 @@ export class NbdConnection implements ReplySink {
       })),
       timeoutMs,
     );
-    const onAbort = () => this.fail(opts.signal?.reason instanceof Error ? opts.signal.reason : new TimeoutError(`NBD ${what} with ${this.what} aborted`));
+    const onAbort = () => this.fail(abortReason(opts.signal!, `NBD ${what} with ${this.what}`));
     if (opts.signal?.aborted) onAbort();
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {

@@ -97,6 +97,11 @@ export class Qcow2Writer implements Endpoint {
     return this.track(this.put(undefined, offset, length));
   }
 
+  /** A fresh image has nothing to free: a zero cluster (or nothing) is what a discarded range becomes. */
+  discard(offset: number, length: number): Promise<void> {
+    return this.zero(offset, length);
+  }
+
   /** Makes what was written so far durable (writes still go on meanwhile). */
   flush(): Promise<void> {
     return this.track(this.fh.datasync());

@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { QmpClient } from '../qmp/index.js';
-import { pollUntil } from '../util/abort.js';
+import { abortReason, pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
 
 export interface QsdImage {
@@ -22,14 +22,32 @@ export interface QsdSession {
   nbdSocket: string;
   nodes: { target: string; node: string }[];
   pid: number;
+  /** The job's signal (given to withStorageDaemon): pass it on to NBD clients of this daemon. */
+  signal?: AbortSignal;
+}
+
+export interface QsdOptions {
+  /**
+   * The job's signal: on abort, the daemon is told to quit at once (it still writes its bitmaps
+   * back; SIGKILL only after QUIT_TIMEOUT_MS), and withStorageDaemon rejects with the reason once it
+   * has exited, without waiting for `fn`, whose requests to the daemon fail as it goes.
+   */
+  signal?: AbortSignal;
 }
 
 export const NODE_PREFIX = 'vcbt-';
 
 /** Longest a storage daemon may take to write its bitmaps back and exit. */
 const QUIT_TIMEOUT_MS = 30_000;
+/** How long `quit` may take to be answered before the daemon gets SIGTERM. */
+const QUIT_ANSWER_MS = 5_000;
 
-export async function withStorageDaemon<T>(runDir: string, domain: string, images: QsdImage[], fn: (s: QsdSession) => Promise<T>): Promise<T> {
+export async function withStorageDaemon<T>(
+  runDir: string, domain: string, images: QsdImage[], fn: (s: QsdSession) => Promise<T>, opts: QsdOptions = {},
+): Promise<T> {
+  const { signal } = opts;
+  const what = `qemu-storage-daemon for ${domain}`;
+  if (signal?.aborted) throw abortReason(signal, what);
   const dir = await mkdtemp(join(runDir, 'qsd-'));
   const qmpSocket = join(dir, 'qmp.sock');
   const args: string[] = [];
@@ -46,6 +64,27 @@ export async function withStorageDaemon<T>(runDir: string, domain: string, image
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
   const exited = child.then((r) => r.exitCode ?? null);
   let qmp: QmpClient | undefined;
+  // Quit through QMP (bitmaps written back), SIGTERM when there is no monitor, SIGKILL at the deadline.
+  let stopping: Promise<void> | undefined;
+  const stop = () => stopping ??= (async () => {
+    if (qmp?.isOpen) {
+      await qmp.execute('quit', undefined, { timeoutMs: QUIT_ANSWER_MS }).catch(() => { child.kill('SIGTERM'); });
+      await qmp.close().catch(() => undefined);
+    }
+    const t = setTimeout(() => child.kill('SIGKILL'), QUIT_TIMEOUT_MS);
+    if (child.exitCode === null && !qmp) child.kill('SIGTERM');
+    await exited;
+    clearTimeout(t);
+  })();
+  let onAbort: (() => void) | undefined;
+  const aborted = signal && new Promise<never>((_, reject) => {
+    onAbort = () => {
+      reject(abortReason(signal, what));
+      void stop();
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  aborted?.catch(() => undefined);
   try {
     let dead = false;
     void exited.then(() => { dead = true; });
@@ -57,18 +96,15 @@ export async function withStorageDaemon<T>(runDir: string, domain: string, image
           hint: locked ? 'The images are in use (is the domain running, or another tool holding them?)' : 'Check the image paths with `virsh domblklist`',
         });
       }
-      return QmpClient.connect(qmpSocket, { domain, timeoutMs: 5_000 }).catch(() => undefined);
-    }, 'starting qemu-storage-daemon', { timeoutMs: 30_000, intervalMs: 20 });
-    return await fn({ qmp, nbdSocket: join(dir, 'nbd.sock'), nodes, pid: child.pid! });
+      return QmpClient.connect(qmpSocket, { domain, timeoutMs: 5_000, signal }).catch(() => undefined);
+    }, 'starting qemu-storage-daemon', { timeoutMs: 30_000, intervalMs: 20, signal });
+    const result = fn({ qmp, nbdSocket: join(dir, 'nbd.sock'), nodes, pid: child.pid!, signal });
+    if (!aborted) return await result;
+    result.catch(() => undefined);
+    return await Promise.race([result, aborted]);
   } finally {
-    if (qmp?.isOpen) {
-      await qmp.execute('quit').catch(() => undefined);
-      await qmp.close().catch(() => undefined);
-    }
-    const t = setTimeout(() => child.kill('SIGKILL'), QUIT_TIMEOUT_MS);
-    if (child.exitCode === null && !qmp) child.kill('SIGTERM');
-    await exited;
-    clearTimeout(t);
+    if (onAbort) signal!.removeEventListener('abort', onAbort);
+    await stop();
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -11,8 +11,7 @@
 // and only the 48-byte records wait to be folded in order. Requests may be smaller than S.
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import type { CopyExtent, Endpoint, EndpointReadResult } from '../copy/index.js';
-import type { StatusExtent } from '../nbd/index.js';
+import { digestingEndpoint, type CopyExtent, type Endpoint } from '../copy/index.js';
 
 export const DIGEST_ALGORITHM = 'sha256-segments-v1';
 export const DIGEST_SEGMENT = 1024 * 1024;
@@ -313,46 +312,8 @@ export class ExtentDigest {
     return this.extents.reduce((s, [, l]) => s + l, 0);
   }
 
-  /** `dst` with every write and zero seen by the digest first (zeroes reach `dst` only if it needs them). */
+  /** `dst` with every write and zero seen by the digest first (the copy room's digestingEndpoint). */
   wrap(dst: Endpoint): Endpoint {
-    return new DigestingEndpoint(dst, this);
-  }
-}
-
-class DigestingEndpoint implements Endpoint {
-  // The engine must hand us every hole, so that the digest sees it: we never claim zero-initialized.
-  readonly zeroInitialized = false;
-
-  constructor(private readonly inner: Endpoint, private readonly digest: ExtentDigest) {}
-
-  get name() { return this.inner.name; }
-  get size() { return this.inner.size; }
-  get alignment() { return this.inner.alignment; }
-  get maxRequest() { return this.inner.maxRequest; }
-
-  read(buf: Uint8Array, offset: number): Promise<EndpointReadResult> {
-    return this.inner.read(buf, offset);
-  }
-
-  async write(buf: Uint8Array, offset: number): Promise<void> {
-    const behind = this.digest.feed(offset, buf.length, buf);
-    await this.inner.write(buf, offset);
-    await behind;
-  }
-
-  async zero(offset: number, length: number): Promise<void> {
-    const behind = this.digest.feed(offset, length);
-    if (!this.inner.zeroInitialized) await this.inner.zero(offset, length);
-    await behind;
-  }
-
-  flush() { return this.inner.flush(); }
-  close() { return this.inner.close(); }
-  extents(context: string, offset?: number, length?: number): AsyncIterable<StatusExtent> {
-    if (!this.inner.extents) throw new Error(`${this.inner.name} has no block status`);
-    return this.inner.extents(context, offset, length);
-  }
-  hasExtents(context: string): boolean {
-    return this.inner.hasExtents?.(context) ?? false;
+    return digestingEndpoint(dst, this);
   }
 }

@@ -1,38 +1,13 @@
-// Serves one qcow2 image of the repository over NBD with qemu-nbd on a private unix socket, so
-// that backups write and restores read it through the same NbdEndpoint and copy engine as
-// everything else; qemu-nbd does the qcow2 work (allocation, backing chains, zero clusters).
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, realpath, rm } from 'node:fs/promises';
+// The repository's rules for the qemu-nbd processes that serve its images (the copy room's serveImage): a chain is
+// opened as the manifests give it, a leftover qemu-nbd is killed only when it serves files of its chain directory,
+// and restores and verifies keep their sockets in private temp directories the next run can sweep.
+import { readFileSync } from 'node:fs';
+import { mkdtemp, readdir, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
-import { NbdEndpoint, type Endpoint } from '../copy/index.js';
-import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
+import { qemuNbdFiles, serveImage, type ServeOptions, type ServedImage } from '../copy/index.js';
 import { pollUntil } from '../util/abort.js';
-import { VirtcbtError } from '../util/errors.js';
 import { chainSpec } from './chain.js';
-
-/** util-linux setpriv (Debian: essential): execs the program with a parent-death signal set. */
-const SETPRIV = '/usr/bin/setpriv';
-
-export interface ServeOptions {
-  /** Directory for the socket and pid file (short path: unix sockets are limited to 107 bytes). */
-  runDir: string;
-  writable?: boolean;
-  /** The image is fresh and sparse (just created): zero ranges need no writes. */
-  zeroInitialized?: boolean;
-  timeoutMs?: number;
-}
-
-export interface ServedImage {
-  endpoint: NbdEndpoint;
-  pid: number;
-  /** Flushes (when writable), disconnects and waits until qemu-nbd has closed the image. */
-  close(): Promise<void>;
-  /** Kills qemu-nbd without flushing (after a failure). */
-  kill(): Promise<void>;
-}
 
 /** Whether `pid` runs (a zombie does not: under an init that does not reap, kill(pid, 0) would say yes). */
 export function pidAlive(pid: number): boolean {
@@ -63,12 +38,8 @@ function require_stat(pid: number): string | undefined {
  * setpriv about to exec one) whose command line serves files inside `chainDir` alone is killed. Says what it did.
  */
 export async function killStaleQemuNbd(pid: number, chainDir: string): Promise<{ killed: boolean; why: string }> {
-  const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-  if (argv.at(-1) === '') argv.pop();
-  const at = argv[0] === SETPRIV && argv[1] === '--pdeathsig' ? argv.indexOf('--') + 1 : 0;
-  if (at <= 0 && argv[0] !== 'qemu-nbd' && !argv[0]?.endsWith('/qemu-nbd')) return { killed: false, why: `process ${pid} is not a qemu-nbd` };
-  if (at > 0 && argv[at] !== 'qemu-nbd') return { killed: false, why: `process ${pid} is not a qemu-nbd` };
-  const files = servedFiles(argv.slice(at + 1));
+  const files = await qemuNbdFiles(pid);
+  if (files === undefined) return { killed: false, why: `process ${pid} is not a qemu-nbd` };
   const dir = await realpath(chainDir).catch(() => undefined);
   if (!dir || files.length === 0) return { killed: false, why: `qemu-nbd ${pid} serves no file of ${chainDir}` };
   for (const f of files) {
@@ -86,142 +57,12 @@ export async function killStaleQemuNbd(pid: number, chainDir: string): Promise<{
   return { killed: true, why: `killed qemu-nbd ${pid}, left serving ${files.join(', ')}` };
 }
 
-/** The image files a qemu-nbd command line (after the program name) opens, as serveImage writes it. */
-function servedFiles(args: readonly string[]): string[] {
-  // serveImage's options, each with its value in the next argument.
-  const withValue = new Set(['-k', '--socket', '-f', '--format', '--cache', '--aio', '--discard', '-b', '--bind', '-p', '--port', '-x', '--export-name']);
-  let image: string | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if (withValue.has(a)) i++;
-    else if (a.startsWith('-')) continue;
-    else if (image !== undefined) return []; // more than one image argument: not one of ours
-    else image = a;
-  }
-  if (image === undefined) return [];
-  if (!image.startsWith('json:')) return [image];
-  const out: string[] = [];
-  const collect = (node: unknown): void => {
-    if (node === null || typeof node !== 'object') return;
-    for (const [k, v] of Object.entries(node)) {
-      if (k === 'filename') out.push(typeof v === 'string' ? v : '');
-      else collect(v);
-    }
-  };
-  try {
-    collect(JSON.parse(image.slice('json:'.length)));
-  } catch {
-    return [];
-  }
-  return out;
-}
-
 /**
- * Starts qemu-nbd on `image` and connects to it. qemu-nbd runs without --persistent: it exits by
- * itself when our connection closes, also when this process is killed. Given a list of files (top
+ * Serves a repository image with the copy room's qemu-nbd endpoint. Given a list of files (top
  * first, see chain.ts), exactly those are opened as the chain, whatever their headers name.
  */
-export async function serveImage(chain: string | readonly string[], o: ServeOptions): Promise<ServedImage> {
-  const image = typeof chain === 'string' ? chain : chain[0]!;
-  const socket = join(o.runDir, `img-${randomBytes(4).toString('hex')}.sock`);
-  const args = ['-k', socket, '--cache=writeback', '--aio=threads'];
-  if (o.writable) args.push('--discard=unmap');
-  else args.push('-r');
-  if (typeof chain === 'string') args.push('-f', 'qcow2', chain);
-  else args.push(chainSpec(chain));
-  // With setpriv's parent-death signal, a qemu-nbd whose virtcbt process is killed before it
-  // connected does not wait for a client forever (without it, only the clean-up of the next run
-  // would find it, and only if its pid was recorded in time).
-  const child = existsSync(SETPRIV)
-    ? spawn(SETPRIV, ['--pdeathsig', 'SIGKILL', '--', 'qemu-nbd', ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
-    : spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.once('error', (err) => { stderr += err.message; });
-  const pid = child.pid ?? -1;
-  let endpoint: NbdEndpoint;
-  try {
-    // The socket file appears at bind(), a moment before listen(): a refused connect is retried.
-    let tries = 0;
-    endpoint = await pollUntil(async () => {
-      if (child.exitCode !== null || child.signalCode !== null || pid < 0) {
-        throw new VirtcbtError(`qemu-nbd could not open ${image}: ${stderr.trim() || `exit ${child.exitCode}`}`, {
-          hint: /lock/i.test(stderr) ? 'Another process has the image open (a running backup, prune or restore?)' : 'Check that the file is a readable qcow2 image (qemu-img check)',
-        });
-      }
-      if (!existsSync(socket)) return undefined;
-      try {
-        return await NbdEndpoint.open(`nbd+unix:///?socket=${encodeURIComponent(socket)}`, {
-          metaContexts: [CONTEXT_BASE_ALLOCATION],
-          zeroInitialized: o.zeroInitialized,
-          timeoutMs: o.timeoutMs,
-        });
-      } catch (err) {
-        if (++tries > 20) throw err;
-        return undefined;
-      }
-    }, `qemu-nbd to serve ${image}`, { timeoutMs: o.timeoutMs ?? 60_000, intervalMs: 2 });
-  } catch (err) {
-    child.kill('SIGKILL');
-    await exited;
-    await rm(socket, { force: true });
-    throw err;
-  }
-  const gone = async () => {
-    const t = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    await exited;
-    clearTimeout(t);
-    await rm(socket, { force: true });
-  };
-  return {
-    endpoint,
-    pid,
-    async close() {
-      if (o.writable) await endpoint.flush();
-      await endpoint.close();
-      await gone();
-    },
-    async kill() {
-      endpoint.client.destroy();
-      child.kill('SIGKILL');
-      await gone();
-    },
-  };
-}
-
-/**
- * Every `everyBytes` written, asks the target to flush (without waiting): the host writes the
- * data back while the copy goes on, instead of all of it in the final flush. Measured here: a
- * 512 MiB copy into qemu-nbd took 2.36 s with one final flush, 1.76 s flushing every 64 MiB.
- */
-export function flushingEndpoint(inner: Endpoint, everyBytes: number): { endpoint: Endpoint; settle(): Promise<void> } {
-  let since = 0;
-  const pending: Promise<void>[] = [];
-  const endpoint: Endpoint = {
-    get name() { return inner.name; },
-    get size() { return inner.size; },
-    get maxRequest() { return inner.maxRequest; },
-    get alignment() { return inner.alignment; },
-    get zeroInitialized() { return inner.zeroInitialized; },
-    read: (buf, offset) => inner.read(buf, offset),
-    async write(buf, offset) {
-      await inner.write(buf, offset);
-      since += buf.length;
-      if (since >= everyBytes) {
-        since = 0;
-        const p = inner.flush();
-        p.catch(() => undefined);
-        pending.push(p);
-      }
-    },
-    zero: (offset, length) => inner.zero(offset, length),
-    flush: () => inner.flush(),
-    close: () => inner.close(),
-    extents: inner.extents?.bind(inner),
-    hasExtents: inner.hasExtents?.bind(inner),
-  };
-  return { endpoint, settle: async () => { await Promise.all(pending); } };
+export function serveChain(chain: string | readonly string[], o: ServeOptions): Promise<ServedImage> {
+  return serveImage(typeof chain === 'string' ? chain : chainSpec(chain), { ...o, format: 'qcow2' });
 }
 
 /** Private temp directories for qemu-nbd sockets: `virtcbt-KIND-PID-XXXXXX`, so that the next run can tell whose they are. */

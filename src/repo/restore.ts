@@ -6,12 +6,12 @@ import { execa } from 'execa';
 import { constants, type Stats } from 'node:fs';
 import { chmod, lstat, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { FileEndpoint, copyExtents, isNoSpace, wholeDisk, type CopyProgress, type Endpoint } from '../copy/index.js';
+import { FileEndpoint, copyExtents, isNoSpace, wholeDisk, type CopyProgress, type Endpoint, type ServedImage } from '../copy/index.js';
 import { NotFoundError, UsageError, VirtcbtError } from '../util/errors.js';
 import { fileKind } from '../util/regular-file.js';
 import { checkDiskChain } from './chain.js';
 import { checkImage } from './verify.js';
-import { makeRunDir, pidAlive, serveImage, sweepStaleRunDirs, type ServedImage } from './image-server.js';
+import { makeRunDir, pidAlive, serveChain, sweepStaleRunDirs } from './image-server.js';
 import { fsyncDir } from './manifest.js';
 import { inChain } from './names.js';
 import type { Repository } from './repository.js';
@@ -176,7 +176,7 @@ export async function restoreDisk(repo: Repository, o: RestoreOptions): Promise<
           hint: 'Grow the device (e.g. lvextend) or restore into a file',
         });
       }
-      src = await serveImage(chain, { runDir });
+      src = await serveChain(chain, { runDir });
       const p = await copyExtents(src.endpoint, dev, wholeDisk(src.endpoint), copyOpts);
       await dev.flush();
       dst = undefined;
@@ -221,10 +221,10 @@ async function restoreToFile(
       const r = await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', part, String(sizeBytes)], { reject: false });
       if (r.exitCode !== 0) throw new VirtcbtError(`cannot create ${o.to}: ${r.stderr.trim()}`, { domain: o.domain, disk: o.disk });
       await chmod(part, PRIVATE);
-      served = await serveImage(part, { runDir, writable: true, zeroInitialized: true });
+      served = await serveChain(part, { runDir, writable: true, zeroInitialized: true });
       dst = served.endpoint;
     }
-    src = await serveImage(chain, { runDir });
+    src = await serveChain(chain, { runDir });
     const p = await copyExtents(src.endpoint, dst, wholeDisk(src.endpoint), copyOpts);
     if (served) {
       await served.close();

@@ -8,7 +8,7 @@ import { fromPairs } from '../extent/index.js';
 import { errorMessage } from '../util/errors.js';
 import { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest } from './digest.js';
 import { chainSpec, checkDiskChain, entryProblem, problemAt, walkDisk } from './chain.js';
-import { makeRunDir, serveImage, sweepStaleRunDirs } from './image-server.js';
+import { makeRunDir, serveChain, sweepStaleRunDirs } from './image-server.js';
 import type { Manifest } from './manifest.js';
 import { inChain } from './names.js';
 import type { PruneJournal, Repository, RepoProblem } from './repository.js';
@@ -79,7 +79,7 @@ export async function verifyManifest(repo: Repository, m: Manifest, chain: Manif
           // Read through the chain the manifests give, whatever the headers name; the other images
           // of that chain are checked as restore checks them (each is also verified as its own point).
           const files = await checkDiskChain(dir, chain, m, d.target, { journal });
-          const img = await serveImage(files.map((f) => join(dir, f)), { runDir });
+          const img = await serveChain(files.map((f) => join(dir, f)), { runDir });
           try {
             const digest = new ExtentDigest();
             await copyExtents(img.endpoint, digest.wrap(new NullEndpoint(img.endpoint.size)), digest.track(fromPairs(d.extents)), {

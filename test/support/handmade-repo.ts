@@ -8,7 +8,7 @@ import { closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, r
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { NullEndpoint, copyExtents } from '../../src/copy/index.js';
-import { DIGEST_SEGMENT, ExtentDigest, MANIFEST_FORMAT, Repository, chainSpec, newDigestInfo, serveImage, writeManifest, type Manifest } from '../../src/repo/index.js';
+import { DIGEST_SEGMENT, ExtentDigest, MANIFEST_FORMAT, Repository, chainSpec, newDigestInfo, serveChain, writeManifest, type Manifest } from '../../src/repo/index.js';
 import { MiB, tempDir } from './backup.js';
 
 export interface HandmadePoint {
@@ -69,7 +69,7 @@ export function extentOf(seq: number, n = 0, o: { disks?: number; writeBytes?: n
 
 /** The checksum a backup records for `extents` of the image chain `files` (top first). */
 async function checksum(files: string[], extents: [number, number][]): Promise<string> {
-  const img = await serveImage(files, { runDir: tempDir('handmade-run') });
+  const img = await serveChain(files, { runDir: tempDir('handmade-run') });
   try {
     const digest = new ExtentDigest();
     await copyExtents(img.endpoint, digest.wrap(new NullEndpoint(img.endpoint.size)), digest.track(extents.map(([offset, length]) => ({ offset, length }))), { requestSize: 4 * DIGEST_SEGMENT });
