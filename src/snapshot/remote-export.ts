@@ -47,9 +47,11 @@ export interface RemoteExportOptions {
   /** Server credentials as QEMU's tls-creds-x509 reads them: ca-cert.pem (the CA clients must come from), server-cert.pem, server-key.pem. */
   tlsDir: string;
   /**
-   * Client identities let in: exact subject distinguished names as gnutls prints them, e.g.
-   * "CN=scanner" or "CN=scanner-1,O=Example" (`certtool -i --infile client-cert.pem`, line
-   * "Subject:", or certificateSubject in src/tls). Any other certificate is refused at the handshake.
+   * Client identities let in: exact subject distinguished names in the form QEMU's tls-authz compares,
+   * the attributes in the certificate's order: "CN=scanner", or "O=Example,CN=scanner-1" (note: not
+   * the reversed order `certtool -i` prints; certificateSubject in src/tls gives the right one, and a
+   * refused client's name appears as "authz check for DN is denied"). Any other certificate is
+   * refused at the handshake.
    */
   identities: readonly string[];
   /** The address another host reaches; port 0 or absent: a free port, chosen when binding. */

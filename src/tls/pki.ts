@@ -132,12 +132,33 @@ export async function issueClientCredentials(ca: CertAuthority, dir: string, o: 
 }
 
 /**
- * The certificate's subject distinguished name as QEMU's tls-authz compares it (gnutls's RFC 4514
- * string, e.g. "CN=scanner" or "O=Example,CN=scanner"): what an admin lists as an allowed identity.
+ * The certificate's subject distinguished name as QEMU's tls-authz compares it: what an admin lists
+ * as an allowed identity. QEMU takes gnutls's legacy form, the attributes in the certificate's own
+ * order ("O=Example,CN=scanner", as its "authz check for ... is denied" message prints it), while
+ * certtool prints RFC 4514's reversed order ("CN=scanner,O=Example"): the names are turned round here.
  */
 export async function certificateSubject(certPath: string): Promise<string> {
   const out = await certtool(['--certificate-info', '--infile', certPath], `read ${certPath}`);
   const m = /^\s*Subject: (.*)$/m.exec(out);
   if (!m) throw new VirtcbtError(`certtool printed no subject for ${certPath}`, { hint: 'Check the file is a PEM certificate' });
-  return m[1]!.trim();
+  return splitRdns(m[1]!.trim()).reverse().join(',');
+}
+
+/** The relative names of an RFC 4514 string, split at commas that are not escaped ("\,"). */
+function splitRdns(dn: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  for (let i = 0; i < dn.length; i++) {
+    const c = dn[i]!;
+    if (c === '\\' && i + 1 < dn.length) {
+      cur += c + dn[++i]!;
+    } else if (c === ',') {
+      out.push(cur);
+      cur = '';
+    } else {
+      cur += c;
+    }
+  }
+  out.push(cur);
+  return out;
 }
