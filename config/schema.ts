@@ -241,7 +241,11 @@ export const schema: Schema<VirtcbtConfig> = {
       },
       deadlineSeconds: {
         doc: 'An export for another host is torn down after this many seconds, read or not.',
-        format: isPositiveInt('snapshot.remote.deadlineSeconds'),
+        // At most 2^31-1 ms: Node fires a longer timer at once.
+        format: (v: unknown) => {
+          isPositiveInt('snapshot.remote.deadlineSeconds')(v);
+          if ((v as number) > 2_147_483) throw new Error('snapshot.remote.deadlineSeconds must be at most 2147483 (24 days)');
+        },
         default: 3600,
         env: 'VIRTCBT_REMOTE_DEADLINE',
       },

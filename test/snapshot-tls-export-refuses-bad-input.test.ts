@@ -62,6 +62,8 @@ describe('an export for another host with bad settings', () => {
       [{ identities: [] }, /at least one allowed client identity/],
       [{ identities: ['scanner'] }, /not a distinguished name/],
       [{ tlsDir: join(dir, 'no-such-dir') }, /ca-cert\.pem is missing/],
+      // Longer than a Node timer can wait: it would fire at once.
+      [{ deadlineMs: 30 * 24 * 3600 * 1000 }, /deadline .* is not between/],
     ] as const) {
       const o = await opts(extra);
       const err = await startRemoteExport(o).then(() => undefined, (e: unknown) => e);

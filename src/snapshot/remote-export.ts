@@ -16,8 +16,9 @@
 // against the CA (--tls-verify-peer) but has no check of the certificate's identity: its ip filter
 // matches addresses, uids, gids, pids and security labels, and neither the plugin nor the filter
 // API sees the peer certificate. Any certificate the CA ever signed would get in. qemu-nbd has the
-// same TLS as qemu-storage-daemon, but only qemu-storage-daemon takes an inherited listening
-// socket (`addr.type=fd`), which lets this process bind the address itself: port 0 gets a free
+// same TLS as qemu-storage-daemon, but takes an inherited listening socket only by systemd socket
+// activation (LISTEN_PID must be its own pid, unknown before it is spawned); qemu-storage-daemon
+// takes one as `addr.type=fd`, which lets this process bind the address itself: port 0 gets a free
 // port without a race, and a bad address fails here, before anything is started.
 //
 // The front end dies with virtcbtd (setpriv's parent-death signal, as for the repository's
@@ -40,6 +41,7 @@ const SETPRIV = '/usr/bin/setpriv';
 const QSD = 'qemu-storage-daemon';
 /** The front end's pid file in the run directory: its name on the command line is how a stale one is recognised. */
 const PID_FILE = /^remote-export-([0-9a-f]{32})\.pid$/;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface RemoteExportOptions {
   /** The private unix export to serve (as nbd-server.ts's ensureNbdServer/addReadOnlyExport made it). */
@@ -118,8 +120,11 @@ async function checkOptions(o: RemoteExportOptions): Promise<void> {
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new UsageError(`port ${port} is not a TCP port`, { ...where(o), hint: 'Give 1-65535, or 0 for any free port (snapshot.remote.port)' });
   }
-  if (o.deadlineMs !== undefined && !(o.deadlineMs > 0)) {
-    throw new UsageError(`deadline ${o.deadlineMs} ms is not positive`, { ...where(o), hint: 'Give a positive deadline (snapshot.remote.deadlineSeconds)' });
+  // Node fires a timer of more than 2^31-1 ms at once: a long deadline would end the export at its start.
+  if (o.deadlineMs !== undefined && !(o.deadlineMs > 0 && o.deadlineMs <= MAX_TIMER_MS)) {
+    throw new UsageError(`deadline ${o.deadlineMs} ms is not between 1 ms and ${MAX_TIMER_MS} ms (24 days)`, {
+      ...where(o), hint: 'Give a shorter deadline (snapshot.remote.deadlineSeconds)',
+    });
   }
   for (const f of Object.values(SERVER_FILES)) {
     const path = join(o.tlsDir, f);
