@@ -11,6 +11,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { pidAlive } from '../src/repo/index.js';
 import { startRemoteExport, type RemoteExport, type RemoteExportOptions } from '../src/snapshot/remote-export.js';
 import { certificateSubject } from '../src/tls/index.js';
+import { pollUntil } from '../src/util/abort.js';
+import { createLogger } from '../src/util/log.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { makeNetns, type NetNs } from './support/netns.js';
 import { qemuIo, tempDir } from './support/nbd-servers.js';
@@ -98,7 +100,9 @@ describe('an export for another host over TLS', () => {
   });
 
   it('refuses a client without a certificate, with another CA\'s, with another identity, or without TLS', async () => {
-    const exp = await remote();
+    const logged: string[] = [];
+    const log = createLogger('info', (l) => logged.push(l));
+    const exp = await remote({ log });
     const cases = {
       'no certificate': withCerts(exp.uri, clients.noCert),
       'another CA': withCerts(exp.uri, clients.otherCa),
@@ -110,6 +114,10 @@ describe('an export for another host over TLS', () => {
       expect(r.exitCode, `${what}: ${r.stdout}`).not.toBe(0);
       expect(r.stdout, what).toBe('');
     }
+    // The refused identity is logged as the DN an admin would have to allow.
+    // (qemu-storage-daemon's stderr may reach us a moment after the client gave up.)
+    const refusal = /warn: export for another host: .*TLS x509 authz check for CN=intruder is denied.* domain=vm1 disk=vda/;
+    await pollUntil(() => refusal.test(logged.join('\n')), 'the refusal to be logged', { timeoutMs: 10_000, intervalMs: 20 });
     // The refusals were the identity check, not a broken export.
     const ok = await ns.exec('nbdinfo', ['--size', withCerts(exp.uri, clients.scanner)]);
     expect(ok.stdout.trim()).toBe(String(64 * MiB));

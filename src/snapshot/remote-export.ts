@@ -35,6 +35,7 @@ import { pidAlive } from '../repo/index.js';
 import { SERVER_FILES } from '../tls/index.js';
 import { abortReason, pollUntil } from '../util/abort.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
 
 /** util-linux setpriv (Debian: essential): execs the program with a parent-death signal set. */
 const SETPRIV = '/usr/bin/setpriv';
@@ -69,6 +70,11 @@ export interface RemoteExportOptions {
   disk?: string;
   /** How long qemu-storage-daemon may take to come up (default 30 s). */
   startTimeoutMs?: number;
+  /**
+   * Gets the front end's messages once it serves, as warnings: refused clients ("TLS x509 authz
+   * check for DN is denied" names the DN an admin would allow), lost connections to the source.
+   */
+  log?: Logger;
 }
 
 /** Why an export ended. */
@@ -211,7 +217,17 @@ export async function startRemoteExport(o: RemoteExportOptions): Promise<RemoteE
     server.close();
   }
   let stderr = '';
-  child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
+  let serving = false;
+  let partial = '';
+  child.stderr!.on('data', (c: Buffer) => {
+    stderr = (stderr + c.toString()).slice(-4000);
+    if (!serving || !o.log) return;
+    const lines = (partial + c.toString()).split('\n');
+    partial = lines.pop()!.slice(-4000);
+    for (const line of lines) {
+      if (line.trim() !== '') o.log.warn(`export for another host: ${line.replace(/^qemu-storage-daemon: /, '')}`, { ...where(o), export: exportName });
+    }
+  });
   child.once('error', (err) => { stderr += err.message; });
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
   const pid = child.pid ?? -1;
@@ -235,6 +251,7 @@ export async function startRemoteExport(o: RemoteExportOptions): Promise<RemoteE
     throw err;
   }
 
+  serving = true;
   let ending: RemoteExportEnd | undefined;
   let resolveClosed!: (end: RemoteExportEnd) => void;
   const closed = new Promise<RemoteExportEnd>((resolve) => { resolveClosed = resolve; });
