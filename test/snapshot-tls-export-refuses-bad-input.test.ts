@@ -1,6 +1,6 @@
 // Bad settings for an export for another host are refused before anything starts, naming what to
 // fix: no configured address (snapshot.remote.bind), no identities, incomplete credentials, an
-// address of another host, a port in use, an aborted signal. Nothing is left behind.
+// address of another host or every address, a port in use, an aborted signal. Nothing is left behind.
 import { readdirSync, rmSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
@@ -62,6 +62,8 @@ describe('an export for another host with bad settings', () => {
       [{ identities: [] }, /at least one allowed client identity/],
       [{ identities: ['scanner'] }, /not a distinguished name/],
       [{ tlsDir: join(dir, 'no-such-dir') }, /ca-cert\.pem is missing/],
+      [{ bind: { host: '0.0.0.0' } }, /must not listen on every address/],
+      [{ bind: { host: '::' } }, /must not listen on every address/],
       // Longer than a Node timer can wait: it would fire at once.
       [{ deadlineMs: 30 * 24 * 3600 * 1000 }, /deadline .* is not between/],
     ] as const) {

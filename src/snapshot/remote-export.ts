@@ -28,7 +28,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, readdir, realpath, rm, stat } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
+import { createServer, isIP, type Server } from 'node:net';
 import { basename, dirname, join } from 'node:path';
 import type { VirtcbtConfig } from '../config/index.js';
 import { pidAlive } from '../repo/index.js';
@@ -122,6 +122,12 @@ async function checkOptions(o: RemoteExportOptions): Promise<void> {
   if (o.bind.host.trim() === '') {
     throw new UsageError('no address to bind the export for another host to', { ...where(o), hint: 'Set snapshot.remote.bind' });
   }
+  // A wildcard address would serve the snapshot on every network of this host, and the URI would name no host.
+  if (isIP(o.bind.host) !== 0 && ['0.0.0.0', '::'].includes(o.bind.host.replace(/^::ffff:/, '').replace(/^0:0:0:0:0:0:0:0$/, '::'))) {
+    throw new UsageError(`an export for another host must not listen on every address (${o.bind.host})`, {
+      ...where(o), hint: 'Set snapshot.remote.bind to this host\'s address on the network the other host uses',
+    });
+  }
   const port = o.bind.port ?? 0;
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new UsageError(`port ${port} is not a TCP port`, { ...where(o), hint: 'Give 1-65535, or 0 for any free port (snapshot.remote.port)' });
@@ -139,6 +145,9 @@ async function checkOptions(o: RemoteExportOptions): Promise<void> {
         ...where(o), hint: `Put ca-cert.pem (the CA of the clients), server-cert.pem and server-key.pem in ${o.tlsDir} (snapshot.remote.tlsDir)`,
       });
     }
+  }
+  if (!(await stat(o.runDir).then((st) => st.isDirectory(), () => false))) {
+    throw new UsageError(`run directory ${o.runDir} for an export to another host does not exist`, { ...where(o), hint: 'Create it (runDir in the configuration)' });
   }
   if (!existsSync(o.source.socket)) {
     throw new VirtcbtError(`the private export ${o.source.exportName} to serve to another host is gone (no socket ${o.source.socket})`, {
@@ -274,7 +283,7 @@ export async function startRemoteExport(o: RemoteExportOptions): Promise<RemoteE
   };
   void exited.then(() => end('exited'));
   if (o.deadlineMs !== undefined) {
-    // Not unref'd timers keep no one alive: the process ends with virtcbtd anyway (parent-death signal).
+    // unref'd: this timer alone keeps no process alive; a front end whose owner exits dies with it (parent-death signal).
     deadline = setTimeout(() => { void end('deadline'); }, o.deadlineMs);
     deadline.unref();
   }
