@@ -1,9 +1,15 @@
 // Test helper: a second "host" on this machine, a network namespace joined to this one by a veth
 // pair with one address on each end; commands run inside it with `ip netns exec`. Needs root.
 import { randomBytes } from 'node:crypto';
-import { execa, type Options, type Result } from 'execa';
+import { execa } from 'execa';
 import { onCleanup, onExitSync } from './cleanup.js';
 import { execFileSync } from 'node:child_process';
+
+export interface NsResult {
+  exitCode: number | undefined;
+  stdout: string;
+  stderr: string;
+}
 
 export interface NetNs {
   name: string;
@@ -12,7 +18,7 @@ export interface NetNs {
   /** The namespace's own address. */
   nsAddress: string;
   /** Runs a command inside the namespace (never rejects: look at exitCode). */
-  exec(cmd: string, args: string[], opts?: Options): Promise<Result>;
+  exec(cmd: string, args: string[]): Promise<NsResult>;
   remove(): Promise<void>;
 }
 
@@ -53,6 +59,9 @@ export async function makeNetns(): Promise<NetNs> {
   await ip('-n', name, 'link', 'set', 'lo', 'up');
   return {
     name, hostAddress, nsAddress, remove,
-    exec: (cmd, args, opts = {}) => execa('ip', ['netns', 'exec', name, cmd, ...args], { reject: false, ...opts }) as unknown as Promise<Result>,
+    exec: async (cmd, args) => {
+      const r = await execa('ip', ['netns', 'exec', name, cmd, ...args], { reject: false });
+      return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+    },
   };
 }
