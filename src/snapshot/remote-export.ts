@@ -198,6 +198,8 @@ function frontEndArgs(o: RemoteExportOptions, exportName: string, pidFile: strin
 /**
  * Starts a front end serving `o.source` to another host. Resolves once it accepts connections; the
  * export is torn down by close(), disposal, the deadline or the signal, whichever comes first.
+ * Close it before removing the private export it reads: removed first, its readers would get I/O
+ * errors instead of a closed connection.
  */
 export async function startRemoteExport(o: RemoteExportOptions): Promise<RemoteExport> {
   if (o.signal?.aborted) throw abortReason(o.signal, 'starting an export for another host');
