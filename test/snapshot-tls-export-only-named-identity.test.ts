@@ -1,5 +1,6 @@
 // An export for another host (src/snapshot/remote-export.ts), reached from a network namespace: a
-// client with a named identity's certificate reads the whole private unix export through it; no
+// client with a named identity's certificate reads the whole private unix export (and its allocation
+// map) through it; no
 // certificate, another CA's, the same CA's with another identity, or no TLS at all is refused; a
 // write is refused; after close(), the deadline and an abort the front end is gone and its port closed.
 import { createHash } from 'node:crypto';
@@ -97,6 +98,11 @@ describe('an export for another host over TLS', () => {
       const cmp = await execa('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'qcow2', out, image], { reject: false });
       expect(cmp.stdout, who).toMatch(/Images are identical/);
     }
+    // Block status passes through: the other host can read only what is allocated.
+    const map = await ns.exec('nbdinfo', ['--map', withCerts(exp.uri, clients.scanner)]);
+    expect(map.exitCode, map.stderr).toBe(0);
+    expect(map.stdout).toBe((await execa('nbdinfo', ['--map', source.uri!])).stdout);
+    expect(map.stdout).toMatch(/hole,zero/);
   });
 
   it('refuses a client without a certificate, with another CA\'s, with another identity, or without TLS', async () => {
