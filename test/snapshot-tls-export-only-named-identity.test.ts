@@ -1,8 +1,8 @@
 // An export for another host (src/snapshot/remote-export.ts), reached from a network namespace: a
 // client with a named identity's certificate reads the whole private unix export (and its allocation
-// map) through it; no
-// certificate, another CA's, the same CA's with another identity, or no TLS at all is refused; a
-// write is refused; after close(), the deadline and an abort the front end is gone and its port closed.
+// map) through it; no certificate, another CA's, the same CA's with another identity, or no TLS at
+// all is refused; a write is refused; after close(), the deadline and an abort the front end is gone
+// and its port closed.
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
