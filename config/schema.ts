@@ -13,6 +13,7 @@ export interface VirtcbtConfig {
   qmp: { timeoutMs: number };
   agent: { timeoutMs: number; freezeTimeoutMs: number };
   fleece: { dir: string };
+  snapshot: { remote: { bind: string; port: number; tlsDir: string; deadlineSeconds: number } };
   backup: { repo: string; allowedRepoRoots: string[]; jobs: BackupJobConfig[] };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
@@ -216,6 +217,38 @@ export const schema: Schema<VirtcbtConfig> = {
       format: String,
       default: '',
       env: 'VIRTCBT_FLEECE_DIR',
+    },
+  },
+  snapshot: {
+    remote: {
+      bind: {
+        doc: 'Address of this host that exports for another host (NBD over TLS, e.g. to a scanner) listen on. Empty: no such exports (they are refused, naming this setting).',
+        format: String,
+        default: '',
+        env: 'VIRTCBT_REMOTE_BIND',
+      },
+      port: {
+        doc: 'TCP port of an export for another host; 0: any free port, named in the export\'s URI.',
+        format: 'port',
+        default: 0,
+        env: 'VIRTCBT_REMOTE_PORT',
+      },
+      tlsDir: {
+        doc: 'Server credentials of exports for another host: ca-cert.pem (the CA that signs the clients\' certificates), server-cert.pem (naming snapshot.remote.bind), server-key.pem.',
+        format: String,
+        default: '/etc/pki/virtcbt/server',
+        env: 'VIRTCBT_REMOTE_TLS_DIR',
+      },
+      deadlineSeconds: {
+        doc: 'An export for another host is torn down after this many seconds, read or not.',
+        // At most 2^31-1 ms: Node fires a longer timer at once.
+        format: (v: unknown) => {
+          isPositiveInt('snapshot.remote.deadlineSeconds')(v);
+          if ((v as number) > 2_147_483) throw new Error('snapshot.remote.deadlineSeconds must be at most 2147483 (24 days)');
+        },
+        default: 3600,
+        env: 'VIRTCBT_REMOTE_DEADLINE',
+      },
     },
   },
   backup: {
