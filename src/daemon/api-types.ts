@@ -28,7 +28,8 @@ export interface PassReply extends ChangesReply {
   pass: number;
   generation: number;
   /** With --export: an NBD URI per disk, valid until commit or abort. */
-  exports?: { target: string; uri: string; bitmap?: string }[];
+  /** uri: the private unix export; remoteUri: the export for another host (nbds://, `--export-to`). */
+  exports?: { target: string; uri: string; bitmap?: string; remoteUri?: string }[];
 }
 
 export interface ConsumerInfo {

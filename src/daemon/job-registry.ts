@@ -1,6 +1,7 @@
 // Every job virtcbtd runs on a domain (backup, pass export; later sync and scan) as one record:
 // an id the admin can type, its state and progress, and the one AbortSignal that reaches its work.
 import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { NotFoundError, VirtcbtError, errorMessage } from '../util/errors.js';
 
 export type JobKind = 'backup' | 'pass-export' | 'sync' | 'scan';
@@ -100,6 +101,8 @@ export class JobRegistry {
       return Promise.reject(new JobCancelledError(`no new ${kind} job: ${this.closedReason}`, { domain, hint: 'Run it again once virtcbtd is back' }));
     }
     const ctl = new AbortController();
+    // Every NBD connection, endpoint and wait of the job listens to it: many disks pass Node's default warning limit of 10.
+    setMaxListeners(256, ctl.signal);
     let end!: () => void;
     const ended = new Promise<void>((r) => { end = r; });
     const info: JobInfo = { id: this.newId(kind), kind, domain, consumer: meta.consumer, state: 'queued', progress: {}, queuedAt: new Date(this.now()).toISOString() };

@@ -14,7 +14,7 @@ import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { releaseNbdServer } from '../snapshot/index.js';
 import { withStorageDaemon, type QsdImage, type QsdSession } from '../qsd/index.js';
 import {
-  Snapshot, SnapshotRegistry, addReadOnlyExport, holdStorageDaemon, killFrontEnd, buildExtentBitmap, cleanupDeadSnapshots, ensureNbdServer, nbdUnixUri, teardownTag, type SnapshotHost,
+  Snapshot, SnapshotRegistry, type RemoteExport, addReadOnlyExport, holdStorageDaemon, killStaleRemoteExport, remoteExportSettings, startRemoteExport, sweepStaleRemoteExports, buildExtentBitmap, cleanupDeadSnapshots, ensureNbdServer, nbdUnixUri, teardownTag, type SnapshotHost,
 } from '../snapshot/index.js';
 import { NotFoundError, UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -309,16 +309,24 @@ export class JobRunner {
    * on a unix socket, with the pass's changes as the dirty bitmap `virtcbt-pass-P`. Kept until
    * the pass is committed or aborted.
    */
-  beginPassExport(domain: string, consumer: string): Promise<PassReply> {
+  beginPassExport(domain: string, consumer: string, o: { exportTo?: string[] } = {}): Promise<PassReply> {
+    // Settings checked before anything happens: a pass exported to another host needs snapshot.remote.
+    const remote = o.exportTo?.length ? { identities: o.exportTo, settings: remoteExportSettings(this.cfg) } : undefined;
     if (!this.log.listConsumers(domain).some((c) => c.name === consumer)) {
       throw new NotFoundError(`domain ${domain} has no consumer '${consumer}'`, {
         domain, hint: `Add it with \`virtcbt consumer add ${domain} ${consumer}\``,
       });
     }
-    return this.registry.run('pass-export', domain, { consumer }, (job) => this.passExport(job, domain, consumer));
+    return this.registry.run('pass-export', domain, { consumer }, (job) => this.passExport(job, domain, consumer, remote));
   }
 
-  private passExport(job: Job, domain: string, consumer: string): Promise<PassReply> {
+  private passExport(job: Job, domain: string, consumer: string, remote?: { identities: string[]; settings: ReturnType<typeof remoteExportSettings> }): Promise<PassReply> {
+    // An export for another host that reaches its deadline ends the pass: nobody reads its snapshot any more.
+    const onEnd = (pass: number) => (how: string) => {
+      if (how !== 'deadline' && how !== 'exited') return;
+      this.logger.warn(`the export for another host of pass ${pass} ended (${how}): the pass is aborted`, { domain, pass });
+      void this.endPass(domain, pass, 'abort').catch((err) => this.logger.warn('aborting the pass failed', { domain, pass, error: (err as Error).message }));
+    };
     let stopped: { images: QsdImage[]; reply: PassReply } | undefined;
     const taken = this.tracker.withDomainJob(domain, async (ctx): Promise<PassReply | undefined> => {
       job.started();
@@ -362,6 +370,12 @@ export class JobRunner {
         this.held.set(passId, { domain, snap });
         const reply = this.reply(domain, consumer, changes, since, passId, rot.generation!);
         reply.exports = exported.map((e) => ({ target: e.target, uri: e.uri, bitmap: passBitmapName(passId!) }));
+        if (remote) {
+          for (const e of reply.exports) {
+            const r = await snap.exportRemote(e.target, { ...remote, runDir: this.cfg.runDir, log: this.logger, onEnd: onEnd(passId) });
+            e.remoteUri = r.uri;
+          }
+        }
         return Object.assign(reply, { consistency: freeze.consistency, freezeWindowMs: freeze.freezeWindowMs, note: freeze.note });
       } catch (err) {
         await snap.release().catch(() => undefined);
@@ -378,6 +392,8 @@ export class JobRunner {
         job.signal.throwIfAborted();
         job.progress({ step: 'export' });
         const { s, release } = await holdStorageDaemon(this.cfg.runDir, domain, images);
+        const fronts: RemoteExport[] = [];
+        let letGo = false;
         try {
           await ensureNbdServer(s.qmp, s.nbdSocket);
           reply.exports = [];
@@ -390,11 +406,29 @@ export class JobRunner {
             await addReadOnlyExport(s.qmp, { id: name, node, name, bitmaps: [ref] });
             reply.exports.push({ target: d.target, uri: nbdUnixUri(s.nbdSocket, name), bitmap: passBitmapName(pass) });
           }
+          if (remote) {
+            for (const e of reply.exports) {
+              const r = await startRemoteExport({
+                source: { socket: s.nbdSocket, exportName: passExportName(pass, e.target) }, tlsDir: remote.settings.tlsDir, identities: remote.identities,
+                bind: remote.settings.bind, deadlineMs: remote.settings.deadlineMs, runDir: this.cfg.runDir, domain, disk: e.target, log: this.logger,
+              });
+              fronts.push(r);
+              void r.closed.then((how) => { if (!letGo) onEnd(pass)(how); });
+              e.remoteUri = r.uri;
+            }
+          }
         } catch (err) {
+          for (const f of fronts) await f.close().catch(() => undefined);
           await release();
           throw err;
         }
-        this.held.set(pass, { domain, release });
+        this.held.set(pass, {
+          domain, release: async () => {
+            letGo = true;
+            for (const f of fronts) await f.close().catch(() => undefined);
+            await release();
+          },
+        });
         return Object.assign(reply, { consistency: 'filesystem', note: 'the domain is stopped: its images are served read-only (it cannot start) until the pass is committed or aborted' });
       } catch (err) {
         if (this.log.getPass(pass).state === 'open') this.log.abortPass(pass);
@@ -444,17 +478,26 @@ export class JobRunner {
     await this.thawLeftFrozen();
     const { records, junk } = await this.snapshots.list().catch(() => ({ records: [], junk: [] as string[] }));
     if (junk.length > 0) this.logger.warn('ignoring files in the snapshot registry that are not snapshot records', { dir: this.snapshots.dir, files: junk });
+    // Front ends for other hosts die with their virtcbtd (parent-death signal); any left are ended here.
+    await sweepStaleRemoteExports(this.cfg.runDir).catch(() => undefined);
     for (const rec of records.filter((r) => r.pid !== process.pid)) {
-      for (const pid of rec.frontEnds) await killFrontEnd(pid, this.cfg.runDir);
+      for (const pid of rec.frontEnds) await killStaleRemoteExport(pid, this.cfg.runDir).catch(() => undefined);
       const open = rec.pass !== undefined && this.log.openPasses(rec.domain).some((p) => p.id === rec.pass);
-      if (open) await this.snapshots.adopt(rec).catch(() => undefined);
+      // A pass exported to another host lost its front end with the old virtcbtd: nobody can read
+      // it any more, so it is aborted and its snapshot goes like any other dead job's.
+      if (open && rec.frontEnds.length > 0) {
+        this.log.abortPass(rec.pass!);
+        this.logger.warn('aborted a pass whose exports for another host ended with the earlier virtcbtd', { domain: rec.domain, pass: rec.pass });
+      } else if (open) {
+        await this.snapshots.adopt(rec).catch(() => undefined);
+      }
     }
     for (const d of this.log.listDomains()) {
       void (async () => {
         const mine = records.filter((r) => r.domain === d.name && r.pid !== process.pid);
         if (!(await this.libvirt.isActive(d.name).catch(() => false))) {
           // Nothing of a fleecing survives its QEMU; a stopped domain's records are only records now.
-          for (const r of mine) if (!(r.pass !== undefined && this.log.openPasses(d.name).some((p) => p.id === r.pass))) await this.snapshots.remove(d.name, r.tag);
+          for (const r of mine) if (!(r.pass !== undefined && r.frontEnds.length === 0 && this.log.openPasses(d.name).some((p) => p.id === r.pass))) await this.snapshots.remove(d.name, r.tag);
           return;
         }
         await this.tracker.withDomainJob(d.name, async (ctx) => {

@@ -16,6 +16,13 @@ function optStr(v: unknown, name: string): string | undefined {
   return v === undefined ? undefined : str(v, name);
 }
 
+/** Client identities (subject DNs) for exports to another host: absent, or a list of non-empty strings. */
+function identities(v: unknown): string[] | undefined {
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.trim() !== '')) throw new UsageError('exportTo must be a list of client identities (subject DNs, e.g. "CN=scanner")');
+  return v as string[];
+}
+
 function passId(v: string): number {
   const id = Number(v);
   if (!Number.isInteger(id) || id <= 0) throw new UsageError(`pass id '${v}' is not a positive integer`);
@@ -56,7 +63,7 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
     .route('DELETE', '/v1/domains/:domain/consumers/:name', rootOnly('consumer remove', async (r) => t.removeConsumer(r.params.domain, r.params.name)))
     .route('GET', '/v1/domains/:domain/changes', async (r) => t.changes(r.params.domain, str(r.query.get('consumer'), 'consumer')))
     .route('POST', '/v1/domains/:domain/passes', rootOnly('pass begin', async (r) => (r.body.export === true && jobs
-      ? jobs.beginPassExport(r.params.domain, str(r.body.consumer, 'consumer'))
+      ? jobs.beginPassExport(r.params.domain, str(r.body.consumer, 'consumer'), { exportTo: identities(r.body.exportTo) })
       : t.beginPass(r.params.domain, str(r.body.consumer, 'consumer')))))
     .route('POST', '/v1/domains/:domain/passes/:id/commit', rootOnly('pass commit', async (r) => (jobs
       ? jobs.endPass(r.params.domain, passId(r.params.id), 'commit', optStr(r.body.consumer, 'consumer'))

@@ -1,7 +1,7 @@
 // The snapshot room: point-in-time views of a domain's disks (freeze, one transaction, fleecing,
 // thaw), their exports, QEMU's NBD server, and the registry of live snapshots. Backups, pass
 // exports, syncs and scans take their views here.
-export { Snapshot, cleanupDeadSnapshots, type ExportRequest, type OpenOptions, type SnapshotContext, type SnapshotHost, type TakeOptions, type TakeResult, type UnixExport } from './snapshot.js';
+export { Snapshot, cleanupDeadSnapshots, type ExportRequest, type RemoteExportRequest, type OpenOptions, type SnapshotContext, type SnapshotHost, type TakeOptions, type TakeResult, type UnixExport } from './snapshot.js';
 export { SnapshotRegistry, type SnapshotRecord } from './registry.js';
 export { presetMarker, rotateFrozen, type FreezeMarker, type FreezeOptions, type FreezeOutcome, type Rotate } from './freeze.js';
 export {
@@ -10,4 +10,5 @@ export {
 } from './fleece.js';
 export { buildExtentBitmap, passMapNodeName, type ExtentBitmapSpec } from './extent-bitmap.js';
 export { ensureNbdServer, releaseNbdServer, addReadOnlyExport, removeExport, nbdUnixUri, type ExportSpec } from './nbd-server.js';
-export { holdStorageDaemon, killFrontEnd } from './held-images.js';
+export { holdStorageDaemon } from './held-images.js';
+export { killStaleRemoteExport, remoteExportSettings, startRemoteExport, sweepStaleRemoteExports, type RemoteExport, type RemoteExportEnd, type RemoteExportOptions } from './remote-export.js';

@@ -15,6 +15,8 @@ import { Fleece, fleeceNodeName, fleeceTags, teardownTag } from './fleece.js';
 import { rotateFrozen, type FreezeMarker, type FreezeOutcome } from './freeze.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri, removeExport } from './nbd-server.js';
 import { SnapshotRegistry, type SnapshotRecord } from './registry.js';
+import { startRemoteExport, type RemoteExport, type RemoteExportEnd } from './remote-export.js';
+import type { Logger } from '../util/log.js';
 
 /** What a snapshot needs of the domain (virtcbtd's DomainJobContext has all of it). */
 export interface SnapshotContext {
@@ -84,6 +86,8 @@ export interface TakeResult {
   rot: RotateResult;
 }
 
+export type { RemoteExport, RemoteExportEnd };
+
 export interface UnixExport {
   target: string;
   exportName: string;
@@ -95,6 +99,18 @@ export interface ExportRequest {
   name?: (target: string) => string;
   /** Bitmaps to offer as `qemu:dirty-bitmap:NAME` contexts, per disk. */
   bitmaps?: (target: string) => BitmapRef[];
+}
+
+export interface RemoteExportRequest {
+  /** Client identities let in (exact subject DNs, see remote-export.ts). */
+  identities: readonly string[];
+  /** From the config's snapshot.remote (remoteExportSettings). */
+  settings: { bind: { host: string; port: number }; tlsDir: string; deadlineMs: number };
+  /** Where the front end's pid file lives (virtcbtd's run directory). */
+  runDir: string;
+  log?: Logger;
+  /** Called when the export ends by itself (its deadline, its front end exiting), not by release. */
+  onEnd?: (how: RemoteExportEnd) => void;
 }
 
 export class Snapshot implements AsyncDisposable {
@@ -213,6 +229,30 @@ export class Snapshot implements AsyncDisposable {
       if (!e) throw new VirtcbtError(`the snapshot has no disk ${t}`, { domain: this.domain, disk: t });
       return e;
     });
+  }
+
+  /**
+   * An export of one disk for another host: read-only, NBD over TLS with a client certificate of a
+   * named identity, a random export name, bound to the configured address, torn down with the
+   * snapshot or at its deadline. A front end (remote-export.ts) serves the private unix export, so
+   * QEMU's own NBD server, and the folds and backups on it, never pay for TLS.
+   */
+  async exportRemote(target: string, req: RemoteExportRequest): Promise<RemoteExport> {
+    const [unix] = await this.exportUnix([target]);
+    const socket = new URL(unix!.uri).searchParams.get('socket')!;
+    let released = false;
+    const remote = await startRemoteExport({
+      source: { socket, exportName: unix!.exportName }, tlsDir: req.settings.tlsDir, identities: req.identities,
+      bind: req.settings.bind, deadlineMs: req.settings.deadlineMs, runDir: req.runDir, domain: this.domain, disk: target, log: req.log,
+    });
+    // Before the unix export goes: its readers see a closed connection, not I/O errors.
+    this.onRelease(async () => {
+      released = true;
+      await remote.close();
+    });
+    void remote.closed.then((how) => { if (!released) req.onEnd?.(how); });
+    await this.recordProcess(remote.pid);
+    return remote;
   }
 
   /** The node a disk's point-in-time view is read from (for extra exports, e.g. a pass's bitmap). */

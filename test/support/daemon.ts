@@ -61,7 +61,7 @@ export async function restartLibvirtd(): Promise<void> {
   await ensureLibvirtd();
 }
 
-export async function startTestDaemon(opts: { env?: Record<string, string>; granularity?: number } = {}): Promise<TestDaemon> {
+export async function startTestDaemon(opts: { env?: Record<string, string>; granularity?: number; config?: Record<string, unknown> } = {}): Promise<TestDaemon> {
   await ensureTestHook();
   const stateDir = join(TEST_BASE, `state-${process.pid}`);
   const runDir = join(TEST_BASE, `run-${process.pid}`);
@@ -79,6 +79,7 @@ export async function startTestDaemon(opts: { env?: Record<string, string>; gran
     daemon: { socket, spoolDir: join(stateDir, 'spool'), enabledDir: ENABLED_DIR },
     reconcile: { intervalSeconds: 3600, granularity: opts.granularity ?? 65536 },
     log: { level: 'debug' },
+    ...opts.config,
   }, null, 2));
   let child: ChildProcess | undefined;
   let output = '';

@@ -48,7 +48,7 @@ NAME: letters, digits, '.', '_' and '-' (at most 64). A new consumer's first pas
 };
 
 export const passCommand: Command = {
-  usage: `usage: virtcbt pass begin DOMAIN --consumer NAME [--export] [--json]
+  usage: `usage: virtcbt pass begin DOMAIN --consumer NAME [--export [--export-to IDENTITY]...] [--json]
        virtcbt pass commit DOMAIN --consumer NAME --pass ID [--json]
        virtcbt pass abort DOMAIN --consumer NAME --pass ID [--json]
 
@@ -56,7 +56,10 @@ begin folds the dirty bitmaps, starts a new generation and prints the pass id an
 to copy. With --export it also takes a point-in-time snapshot (the guest frozen around it, never
 paused) and prints per disk a read-only NBD URI (unix socket) of the disks at that instant,
 whose meta context qemu:dirty-bitmap:virtcbt-pass-ID marks the changes; the exports stay until
-the pass is committed or aborted. Commit only after the copied data is durable: it moves the consumer forward. A pass
+the pass is committed or aborted. With --export-to IDENTITY (a client certificate's subject DN,
+e.g. "CN=backup-host"; repeatable) each disk is also exported for another host: NBD over TLS on
+snapshot.remote.bind, read-only, only for those identities (remoteUri); at snapshot.remote.deadlineSeconds
+the export ends and the pass is aborted. Commit only after the copied data is durable: it moves the consumer forward. A pass
 left open is shown by \`virtcbt status\` and never moves the consumer.`,
   async run(ctx) {
     const [verb, ...rest] = ctx.argv;
@@ -64,6 +67,7 @@ left open is shown by \`virtcbt status\` and never moves the consumer.`,
       consumer: { type: 'string' },
       pass: { type: 'string' },
       export: { type: 'boolean' },
+      'export-to': { type: 'string', multiple: true },
       json: { type: 'boolean' },
     }, this.usage);
     const json = Boolean(values.json);
@@ -71,10 +75,10 @@ left open is shown by \`virtcbt status\` and never moves the consumer.`,
     if (!values.consumer) throw new UsageError(`--consumer is required\n\n${this.usage}`);
     if (verb === 'begin') {
       const r = await callDaemon<PassReply>(api(ctx), 'POST', `/v1/domains/${enc(domain)}/passes`, {
-        body: { consumer: values.consumer, export: Boolean(values.export) },
+        body: { consumer: values.consumer, export: Boolean(values.export) || Boolean(values['export-to']), exportTo: values['export-to'] },
       });
       emit(ctx.io, json, r, () => [`pass ${r.pass} (generation ${r.generation}) for ${values.consumer}`, ...describeChanges(r),
-        ...(r.exports ?? []).map((e) => `${e.target}: ${e.uri}`)]);
+        ...(r.exports ?? []).map((e) => `${e.target}: ${e.uri}${e.remoteUri ? `\n${e.target} (other host): ${e.remoteUri}` : ''}`)]);
       return EXIT.OK;
     }
     if (verb === 'commit' || verb === 'abort') {
