@@ -23,6 +23,7 @@ import type { PassReply } from './api-types.js';
 import { diskChangesReply } from './changes-reply.js';
 import { FreezeMarkers } from './freeze-marker.js';
 import { JobRegistry, type Job } from './job-registry.js';
+import { KeyedTurns } from './turns.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
 /** Export ids (and names) of pass exports: `virtcbt-pass-P-TARGET`; the pass id finds them again after a restart. */
@@ -58,6 +59,7 @@ const GC_AFTER_BYTES = 64 * 1024 * 1024;
 
 export class JobRunner {
   private held = new Map<number, HeldExport>();
+  private readonly turns = new KeyedTurns();
   private readonly freezeMarkers: FreezeMarkers;
   private shells = new Map<string, { t: VirshShellTransport; idle?: NodeJS.Timeout }>();
   private owner?: Promise<{ uid: number; gid: number } | undefined>;
@@ -182,7 +184,7 @@ export class JobRunner {
   backup(domain: string, req: BackupRequest, emit: (ev: BackupEvent) => void): Promise<BackupResult> {
     if (!req.repo || !req.repo.startsWith('/')) throw new UsageError('the repository must be an absolute path', { domain });
     const requestedAt = performance.now();
-    return this.registry.run('backup', domain, { consumer: req.consumer }, (job) => {
+    return this.registry.run('backup', domain, { consumer: req.consumer }, (job) => this.turns.run(`${domain}\0${req.consumer}`, () => {
       const report = jobProgress(job, emit);
       // The backup holds the domain's queue while it takes its snapshot and while it releases it;
       // the copy runs beside folds and other jobs (a stopped domain's backup keeps the queue: its
@@ -201,7 +203,10 @@ export class JobRunner {
         const out = await run;
         return out.r;
       })();
-    });
+    }, {
+      // Two backups of one consumer would write one chain: the later one waits for the earlier.
+      signal: job.signal, waiting: () => job.progress({ step: `waiting for the running backup of ${req.consumer}` }),
+    }));
   }
 
   private async runBackupJob(
