@@ -21,6 +21,21 @@ class RunList {
   }
 }
 
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, n) => {
+  let c = 0;
+  for (let x = n; x; x >>= 1) c += x & 1;
+  return c;
+});
+
+/** Set bits among the first `count` bits (the last group's bitmap is padded with ones past its end). */
+function countBits(bits: Uint8Array, count: number): number {
+  let n = 0;
+  const whole = count >> 3;
+  for (let i = 0; i < whole; i++) n += POPCOUNT[bits[i]];
+  for (let i = whole * 8; i < count; i++) n += (bits[i >> 3] >> (i & 7)) & 1;
+  return n;
+}
+
 /** Adds the set bits of `bits` (bit i = block first+i, i < count) as runs. */
 function addBitmapRuns(runs: RunList, bits: Uint8Array, first: number, count: number): void {
   let i = 0;
@@ -86,6 +101,11 @@ export async function usedBlockRuns(sb: Superblock, gds: GroupDesc[], disk: Disk
         const sum = crc32cRaw(sb.csumSeed, bits, 0, bitmapBytes);
         const want = sb.descSize >= 64 ? sum >>> 0 : sum & 0xffff;
         if (want !== gds[g].blockBitmapCsum) throw damaged(where, `block bitmap of group ${g} (block ${gds[g].blockBitmap}) checksum mismatch`);
+      }
+      // The descriptor's free count must agree with the bitmap: a zeroed or stale bitmap would call used blocks free.
+      const free = count - countBits(bits, count);
+      if (free !== gds[g].freeBlocks) {
+        throw damaged(where, `block bitmap of group ${g} shows ${free} free blocks, its descriptor ${gds[g].freeBlocks}`);
       }
       addBitmapRuns(runs, bits, first, count);
     }
