@@ -11,9 +11,8 @@ const MAX_REQUEST = 8 * 1024 * 1024;
 
 export class DiskReader {
   private readonly cache = new Map<number, Promise<Buffer>>();
-  /** Bytes read from the endpoint (for tests and benchmarks: reads must grow with the work, not the disk). */
-  bytesRead = 0;
-  requests = 0;
+  /** What was read from the endpoint, shared with sub-readers (tests and benchmarks: reads must grow with the work, not the disk). */
+  readonly stats: { bytesRead: number; requests: number };
 
   /**
    * @param base byte offset of the region in the endpoint
@@ -25,7 +24,9 @@ export class DiskReader {
     readonly length = endpoint.size - base,
     /** For messages: "disk.img, partition 2" and the like. */
     readonly label = endpoint.name,
+    stats?: { bytesRead: number; requests: number },
   ) {
+    this.stats = stats ?? { bytesRead: 0, requests: 0 };
     if (base < 0 || length < 0 || base + length > endpoint.size) {
       throw damaged(label, `region ${base}+${length} lies past the end of ${endpoint.name} (${endpoint.size} bytes)`);
     }
@@ -36,7 +37,7 @@ export class DiskReader {
     if (offset < 0 || length < 0 || offset + length > this.length) {
       throw damaged(label, `region ${offset}+${length} lies past the end of ${this.label} (${this.length} bytes)`);
     }
-    return new DiskReader(this.endpoint, this.base + offset, length, label);
+    return new DiskReader(this.endpoint, this.base + offset, length, label, this.stats);
   }
 
   private check(offset: number, length: number, what: string): void {
@@ -53,8 +54,8 @@ export class DiskReader {
     for (let at = 0; at < length; at += step) {
       const n = Math.min(step, length - at);
       await this.endpoint.read(buf.subarray(at, at + n), this.base + offset + at);
-      this.bytesRead += n;
-      this.requests++;
+      this.stats.bytesRead += n;
+      this.stats.requests++;
     }
     return buf;
   }
