@@ -110,6 +110,16 @@ describe('a damaged filesystem is an error', { timeout: 60_000 }, () => {
     }
   }, QUICK);
 
+  it('a descriptor altered within range (its block bitmap one block off) fails its checksum (crc32c and crc16)', async () => {
+    for (const mkfs of [['mkfs.ext4'], ['mkfs.ext4', '-O', '^metadata_csum,uninit_bg']]) {
+      const p = await image(mkfs);
+      const gd = readAt(p, 4096, 4);
+      gd.writeUInt32LE(gd.readUInt32LE(0) + 1, 0);
+      writeAt(p, 4096, gd);
+      expect((await failure(p)).message).toMatch(/group descriptor 0 checksum mismatch/);
+    }
+  }, QUICK);
+
   it('a zeroed block bitmap: checksum mismatch on ext4, free count mismatch on ext2 — never "all free"', async () => {
     for (const mkfs of [['mkfs.ext4'], ['mkfs.ext2']]) {
       const p = await image(mkfs);

@@ -61,6 +61,14 @@ describe('usedExtents() matches dumpe2fs', () => {
     });
   }
 
+  it('ext4 meta_bg with several descriptor blocks, each in its own meta group (1 KiB blocks)', async () => {
+    const image = join(dir.path, 'meta-bg.img');
+    await makeFs(image, 256 * MiB, ['mkfs.ext4', '-b', '1024', '-O', 'meta_bg,^resize_inode'], tree);
+    const { fs, used } = await usedOf(image);
+    expect(fs.groups.length).toBeGreaterThan(1024 / fs.sb.descSize);
+    expect(used).toEqual((await dumpe2fsUsed(image)).used);
+  });
+
   it('a large fresh ext4 whose groups have no initialised bitmap (BLOCK_UNINIT)', async () => {
     const image = join(dir.path, 'large.img');
     await makeFs(image, 8 * 1024 * MiB, ['mkfs.ext4']);
