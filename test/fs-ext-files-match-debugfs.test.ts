@@ -2,6 +2,7 @@
 // feature sets and block sizes, through a file and through a real NBD export; block owners equal debugfs's icheck.
 import { closeSync, lstatSync, mkdirSync, openSync, readFileSync, readlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileEndpoint, NbdEndpoint } from '../src/copy/index.js';
 import type { Endpoint } from '../src/copy/index.js';
@@ -57,6 +58,9 @@ describe('files and directories match debugfs', () => {
     it(name, async () => {
       const image = join(dir.path, `${name.replace(/\W+/g, '-')}.img`);
       await makeFs(image, 128 * MiB, mkfs, tree);
+      // mkfs -d writes linear directories; e2fsck -D indexes the large ones (htree), as a long-lived filesystem has them.
+      const fsck = await execa('e2fsck', ['-fyD', image], { reject: false });
+      expect(fsck.exitCode, fsck.stdout).toBeLessThanOrEqual(1);
       const prealloc = mkfs[0] === 'mkfs.ext4' && !name.includes('inline');
       if (prealloc) {
         // (debugfs cannot fallocate a file whose data is inline.) A preallocated (uninitialised) extent: allocated, reads as zeroes.
@@ -128,6 +132,7 @@ describe('files and directories match debugfs', () => {
           expect(data.every((r) => r.uninit)).toBe(true);
           expect((await fs.readFile('/prealloc')).equals(Buffer.alloc(163840))).toBe(true);
         }
+        expect((await fs.inode(await fs.lookup('/big-dir'))).flags & 0x1000, 'big-dir is an htree directory').toBe(0x1000);
         if (name.includes('inline')) expect((await fs.map(await fs.lookup('/tiny.txt'))).inline).toBe(true);
         if (name.startsWith('ext4 default')) {
           const islands = await fs.inode(await fs.lookup('/islands.bin'));
