@@ -82,6 +82,22 @@ describe('a damaged filesystem is an error', { timeout: 60_000 }, () => {
     expect(err.message).toContain(p);
   }, QUICK);
 
+  it('a journal that needs recovery (not frozen, not cleanly unmounted): no used map unless the caller accepts a stale one', async () => {
+    const p = await image();
+    await debugfs(p, 'feature needs_recovery', true);
+    const err = await failure(p);
+    expect(err.problem).toBe('unsupported');
+    expect(err.message).toMatch(/journal holds changes not yet written to the block bitmaps/);
+    const ep = await FileEndpoint.open(p);
+    try {
+      const fs = await ExtFilesystem.open(ep);
+      expect(fs.sb.needsRecovery).toBe(true);
+      expect((await fs.usedExtents({ trustUnreplayedJournal: true })).length).toBeGreaterThan(0);
+    } finally {
+      await ep.close();
+    }
+  }, QUICK);
+
   it('a zeroed superblock', async () => {
     const p = await image();
     writeAt(p, 1024, Buffer.alloc(1024));

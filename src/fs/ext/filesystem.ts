@@ -73,8 +73,17 @@ export class ExtFilesystem {
   /**
    * Every used block as byte extents relative to the filesystem's start (the caller adds the
    * partition's offset), sorted and merged. Reads only the superblock, descriptors and bitmaps.
+   * Refused while the journal needs recovery, unless the caller accepts a map that may be stale.
    */
-  async usedExtents(): Promise<Extent[]> {
+  async usedExtents(opts: { trustUnreplayedJournal?: boolean } = {}): Promise<Extent[]> {
+    // A frozen ext4 has its journal flushed and this flag cleared (ext4_freeze): set, the copy was
+    // not frozen and blocks allocated since the last checkpoint may be marked in the journal only.
+    if (this.sb.needsRecovery && !opts.trustUnreplayedJournal) {
+      throw unsupported(
+        this.label,
+        'the journal holds changes not yet written to the block bitmaps (needs_recovery: the filesystem was neither frozen nor cleanly unmounted when this copy was taken); its used-block map could miss blocks',
+      );
+    }
     const runs = await usedBlockRuns(this.sb, this.groups, this.disk);
     const bs = this.sb.blockSize;
     return runs.map((r) => ({ offset: r.offset * bs, length: r.length * bs }));
