@@ -4,3 +4,4 @@ export { FilesystemError, type FilesystemProblem } from './errors.js';
 export { detectFilesystem, type FilesystemKind } from './detect.js';
 export { readPartitions, type Partition, type PartitionTable } from './partitions.js';
 export * from './ext/index.js';
+export { diskUsedMap, type DiskMapOptions, type DiskRegion, type DiskUsedMap } from './disk-map.js';
