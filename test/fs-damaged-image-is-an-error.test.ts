@@ -145,8 +145,8 @@ describe('a damaged filesystem is an error', { timeout: 60_000 }, () => {
     }
   }, QUICK);
 
-  it('an extent tree whose leaf claims to be an index pointing at itself (a loop)', async () => {
-    const p = await image();
+  it('an extent tree whose leaf claims to be an index pointing at itself (a loop; no checksums to catch it first)', async () => {
+    const p = await image(['mkfs.ext4', '-O', '^metadata_csum']);
     const leaf = await extentLeaf(p);
     const node = readAt(p, leaf * 4096, 4096);
     node.writeUInt16LE(1, 6); // depth 1
@@ -170,6 +170,24 @@ describe('a damaged filesystem is an error', { timeout: 60_000 }, () => {
     expect(longer).toMatch(/maps more blocks than its block count/);
   }, QUICK);
 
+  it('metadata_csum: one changed byte in an inode, an extent tree block or a directory block is a checksum mismatch', async () => {
+    const flip = (p: string, at: number) => writeAt(p, at, Buffer.from([readAt(p, at, 1)[0]! ^ 0x01]));
+    const inodeAt = async (p: string, path: string) => {
+      const m = /located at block (\d+), offset 0x([0-9a-f]+)/.exec(await debugfs(p, `imap ${path}`))!;
+      return Number(m[1]) * 4096 + parseInt(m[2]!, 16);
+    };
+    const p1 = await image();
+    flip(p1, (await inodeAt(p1, '/tiny.txt')) + 16); // mtime
+    expect((await failure(p1, (fs) => fs.readFile('/tiny.txt'))).message).toMatch(/inode \d+ checksum mismatch/);
+    const p2 = await image();
+    flip(p2, (await extentLeaf(p2)) * 4096 + 4000); // an unused entry slot, still under the checksum
+    expect((await failure(p2, (fs) => fs.readFile('/islands.bin'))).message).toMatch(/extent tree block \d+ checksum mismatch/);
+    const p3 = await image();
+    const block = Number(/\(0\):(\d+)/.exec(await debugfs(p3, 'stat /docs'))![1]);
+    flip(p3, block * 4096 + 12 + 8); // the first byte of ".."'s name
+    expect((await failure(p3, async (fs) => fs.readdir(await fs.lookup('/docs')))).message).toMatch(/directory \d+: block 0 checksum mismatch/);
+  }, QUICK);
+
   it('a block-mapped (ext2) file whose indirect block points everywhere', async () => {
     const p = await image(['mkfs.ext2']);
     const ind = Number((await debugfs(p, 'stat /large.bin')).match(/\(IND\):(\d+)/)![1]);
@@ -180,8 +198,8 @@ describe('a damaged filesystem is an error', { timeout: 60_000 }, () => {
     expect((await failure(p, (fs) => fs.readFile('/large.bin'))).message).toMatch(/maps more blocks than its block count/);
   }, QUICK);
 
-  it('a directory entry with an impossible record length', async () => {
-    const p = await image();
+  it('a directory entry with an impossible record length (no checksums to catch it first)', async () => {
+    const p = await image(['mkfs.ext4', '-O', '^metadata_csum']);
     const block = Number(/\(0\):(\d+)/.exec(await debugfs(p, 'stat /docs'))![1]);
     const b = readAt(p, block * 4096, 4096);
     b.writeUInt16LE(3, 4); // "." with a record length of 3

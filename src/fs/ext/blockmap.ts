@@ -1,8 +1,9 @@
 // Where an inode's data lives: extent trees (any depth, uninitialised extents) and ext2/3 block maps (direct to triple indirect), bounded by i_blocks.
 import type { Extent } from '../../nbd/extents.js';
+import { crc32cRaw } from '../crc.js';
 import { damaged } from '../errors.js';
 import type { DiskReader } from '../reader.js';
-import { allowedBlocks, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, S_IFLNK, S_IFMT, type Inode } from './inode.js';
+import { allowedBlocks, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, inodeCsumSeed, S_IFLNK, S_IFMT, type Inode } from './inode.js';
 import { has, RO_COMPAT, type Superblock } from './superblock.js';
 
 /** A run of file blocks: logical block `logical` onwards sits at physical block `physical`. */
@@ -69,7 +70,8 @@ export async function mapInode(sb: Superblock, disk: DiskReader, inode: Inode): 
     } else data.push(run);
   };
   if (inode.flags & EXT4_EXTENTS_FL) {
-    await walkExtents(sb, disk, inode.ino, inode.iBlock, undefined, new Set(), budget, meta, push, { next: 0 });
+    const seed = has(sb.roCompat, RO_COMPAT.metadata_csum) ? inodeCsumSeed(sb.csumSeed, inode.ino, inode.generation) : undefined;
+    await walkExtents(sb, disk, inode.ino, inode.iBlock, undefined, new Set(), budget, meta, push, { next: 0, seed });
   } else {
     await walkBlockMap(sb, disk, inode, budget, meta, push);
   }
@@ -93,7 +95,7 @@ async function walkExtents(
   budget: Budget,
   meta: Extent[],
   push: (r: MappedRun) => void,
-  order: { next: number },
+  order: { next: number; seed?: number },
 ): Promise<void> {
   const where = disk.label;
   const bad = (what: string) => damaged(where, `inode ${ino}: extent tree ${what}`);
@@ -125,6 +127,13 @@ async function walkExtents(
       budget.take(1);
       meta.push({ offset: child, length: 1 });
       const block = await disk.readCached(child * sb.blockSize, sb.blockSize, 'extent tree node');
+      if (order.seed !== undefined) {
+        // The tail checksum follows the node's entry slots (eh_max of them).
+        const tail = 12 + block.readUInt16LE(4) * 12;
+        if (tail + 4 <= block.length && crc32cRaw(order.seed, block, 0, tail) !== block.readUInt32LE(tail)) {
+          throw bad(`block ${child} checksum mismatch`);
+        }
+      }
       await walkExtents(sb, disk, ino, block, d - 1, seen, budget, meta, push, order);
     }
   }

@@ -1,4 +1,5 @@
 // Directory blocks: linear entries (htree directories read through their leaves, index blocks are empty entries to skip).
+import { crc32cRaw } from '../crc.js';
 import { damaged } from '../errors.js';
 
 export interface DirEntry {
@@ -25,5 +26,18 @@ export function parseDirBlock(b: Buffer, hasFileType: boolean, where: string, in
       out.push({ name: b.toString('utf8', at + 8, at + 8 + nameLen), ino: entIno, type: hasFileType ? b[at + 7] : 0 });
     }
     at += len;
+  }
+}
+
+/**
+ * metadata_csum: a leaf block ends in a 12-byte fake entry (inode 0, rec_len 12, type 0xDE)
+ * holding crc32c(inode seed, the block before it). htree index blocks carry theirs elsewhere and
+ * are not checked here (their entries are skipped anyway).
+ */
+export function checkDirBlock(b: Buffer, seed: number, where: string, ino: number, block: number): void {
+  const t = b.length - 12;
+  if (b.readUInt32LE(t) !== 0 || b.readUInt16LE(t + 4) !== 12 || b[t + 6] !== 0 || b[t + 7] !== 0xde) return;
+  if (crc32cRaw(seed, b, 0, t) !== b.readUInt32LE(t + 8)) {
+    throw damaged(where, `directory ${ino}: block ${block} checksum mismatch`);
   }
 }

@@ -4,10 +4,10 @@ import type { Extent } from '../../nbd/extents.js';
 import { damaged, FilesystemError, unsupported } from '../errors.js';
 import { DiskReader } from '../reader.js';
 import { isFastSymlink, mapInode, type InodeMap, type MappedRun } from './blockmap.js';
-import { parseDirBlock, type DirEntry } from './dir.js';
+import { checkDirBlock, parseDirBlock, type DirEntry } from './dir.js';
 import { BG_INODE_UNINIT, readGroupDescs, type GroupDesc } from './groups.js';
-import { EXT4_ENCRYPT_FL, EXT4_INLINE_DATA_FL, fileType, inodeXattr, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode.js';
-import { has, INCOMPAT, parseSuperblock, type Superblock } from './superblock.js';
+import { EXT4_ENCRYPT_FL, EXT4_INLINE_DATA_FL, fileType, inodeChecksumOk, inodeCsumSeed, inodeXattr, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode.js';
+import { has, INCOMPAT, parseSuperblock, RO_COMPAT, type Superblock } from './superblock.js';
 import { usedBlockRuns } from './usedmap.js';
 
 export const ROOT_INO = 2;
@@ -98,9 +98,20 @@ export class ExtFilesystem {
     return this.groups[g].inodeTable * this.sb.blockSize + index * this.sb.inodeSize;
   }
 
+  private get csum(): boolean {
+    return has(this.sb.roCompat, RO_COMPAT.metadata_csum);
+  }
+
+  private parse(ino: number, raw: Buffer): Inode {
+    if (this.csum && !inodeChecksumOk(raw.subarray(0, this.sb.inodeSize), ino, this.sb.csumSeed)) {
+      throw damaged(this.label, `inode ${ino} checksum mismatch`);
+    }
+    return parseInode(ino, raw, this.sb.inodeSize, this.label);
+  }
+
   async inode(ino: number): Promise<Inode> {
     const at = this.inodeLocation(ino);
-    return parseInode(ino, await this.disk.readCached(at, this.sb.inodeSize, 'inode'), this.sb.inodeSize, this.label);
+    return this.parse(ino, await this.disk.readCached(at, this.sb.inodeSize, 'inode'));
   }
 
   /** Data runs and mapping blocks of an inode (block numbers). */
@@ -123,9 +134,13 @@ export class ExtFilesystem {
       if (more && more.length) parseDirBlock(more, fileTypeFeature, this.label, inode.ino, out);
       return out;
     }
+    const seed = this.csum ? inodeCsumSeed(this.sb.csumSeed, inode.ino, inode.generation) : undefined;
+    let index = 0;
     for await (const chunk of this.readChunks(inode)) {
-      for (let at = 0; at < chunk.length; at += this.sb.blockSize) {
-        parseDirBlock(chunk.subarray(at, at + this.sb.blockSize), fileTypeFeature, this.label, inode.ino, out);
+      for (let at = 0; at < chunk.length; at += this.sb.blockSize, index++) {
+        const block = chunk.subarray(at, at + this.sb.blockSize);
+        if (seed !== undefined) checkDirBlock(block, seed, this.label, inode.ino, index);
+        parseDirBlock(block, fileTypeFeature, this.label, inode.ino, out);
       }
     }
     return out;
@@ -275,7 +290,7 @@ export class ExtFilesystem {
           const ino = g * ipg + idx + 1;
           const slot = tableAt + k * isz;
           const inodeHit = hits(slot, slot + isz);
-          const inode = parseInode(ino, table.subarray(k * isz, (k + 1) * isz), isz, this.label);
+          const inode = this.parse(ino, table.subarray(k * isz, (k + 1) * isz));
           if (inode.mode === 0) continue;
           let blockHit = false;
           // Inodes below the first normal one (bad blocks, resize, journal) own blocks too; they are mapped the same way.

@@ -1,4 +1,5 @@
 // Inodes (128/256-byte, extra fields) and their in-inode extended attributes (where inline data continues).
+import { crc32cRaw } from '../crc.js';
 import { damaged } from '../errors.js';
 
 export const S_IFMT = 0o170000;
@@ -31,6 +32,7 @@ export interface Inode {
   /** The inode's raw bytes (copied), for in-inode attributes. */
   raw: Buffer;
   extraIsize: number;
+  generation: number;
 }
 
 export function parseInode(ino: number, b: Buffer, inodeSize: number, where: string): Inode {
@@ -54,7 +56,43 @@ export function parseInode(ino: number, b: Buffer, inodeSize: number, where: str
     fileAcl: raw.readUInt32LE(104) + raw.readUInt16LE(118) * 2 ** 32,
     raw,
     extraIsize,
+    generation: raw.readUInt32LE(100),
   };
+}
+
+/** The seed of an inode's own checksums (inode, extent blocks, directory blocks): crc32c over its number and generation. */
+export function inodeCsumSeed(fsSeed: number, ino: number, generation: number): number {
+  const le = Buffer.alloc(8);
+  le.writeUInt32LE(ino, 0);
+  le.writeUInt32LE(generation, 4);
+  return crc32cRaw(crc32cRaw(fsSeed, le, 0, 4), le, 4, 8);
+}
+
+const ZERO2 = Buffer.alloc(2);
+
+/**
+ * metadata_csum's inode checksum (low 16 bits at 0x7c, high 16 at 0x82 when the extra fields
+ * reach it), computed over the inode with both fields as zeroes, as the kernel's ext4_inode_csum.
+ */
+export function inodeChecksumOk(raw: Buffer, ino: number, fsSeed: number): boolean {
+  const size = raw.length;
+  let c = inodeCsumSeed(fsSeed, ino, raw.readUInt32LE(100));
+  c = crc32cRaw(c, raw, 0, 0x7c);
+  c = crc32cRaw(c, ZERO2);
+  c = crc32cRaw(c, raw, 0x7e, 128);
+  let hasHi = false;
+  if (size > 128) {
+    c = crc32cRaw(c, raw, 128, 0x82);
+    hasHi = raw.readUInt16LE(128) >= 4;
+    let at = 0x82;
+    if (hasHi) {
+      c = crc32cRaw(c, ZERO2);
+      at += 2;
+    }
+    c = crc32cRaw(c, raw, at, size);
+  }
+  const stored = raw.readUInt16LE(0x7c) + (hasHi ? raw.readUInt16LE(0x82) * 65536 : 0);
+  return (hasHi ? c >>> 0 : c & 0xffff) === stored;
 }
 
 export function fileType(mode: number): 'file' | 'dir' | 'symlink' | 'chardev' | 'blockdev' | 'fifo' | 'socket' | 'unknown' {
