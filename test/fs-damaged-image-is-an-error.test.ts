@@ -114,6 +114,13 @@ describe('a damaged filesystem is an error', { timeout: 60_000 }, () => {
     expect(err.message).toMatch(/incompatible features .*compression, unknown bit 0x80000000/);
   }, QUICK);
 
+  it('bigalloc (bitmaps of clusters) is refused by name', async () => {
+    const p = await image(['mkfs.ext4', '-O', 'bigalloc']);
+    const err = await failure(p);
+    expect(err.problem).toBe('unsupported');
+    expect(err.message).toMatch(/features whose block bitmaps this reader cannot interpret: bigalloc/);
+  }, QUICK);
+
   it('garbage group descriptors (with and without checksums)', async () => {
     for (const mkfs of [['mkfs.ext4'], ['mkfs.ext2']]) {
       const p = await image(mkfs);

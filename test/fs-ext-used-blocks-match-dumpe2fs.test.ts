@@ -34,6 +34,7 @@ const cases: [string, string[]][] = [
   ['ext4 1 KiB blocks', ['mkfs.ext4', '-b', '1024']],
   ['ext4 meta_bg', ['mkfs.ext4', '-O', 'meta_bg,^resize_inode']],
   ['ext4 inline_data', ['mkfs.ext4', '-O', 'inline_data']],
+  ['ext4 sparse_super2 (two backup groups)', ['mkfs.ext4', '-b', '1024', '-O', 'sparse_super2']],
   ['ext3 (journal, block maps)', ['mkfs.ext3']],
   ['ext3 1 KiB blocks', ['mkfs.ext3', '-b', '1024']],
   ['ext2 1 KiB blocks', ['mkfs.ext2', '-b', '1024']],
