@@ -277,9 +277,11 @@ export class ExtFilesystem {
     for (let g = 0; g < this.sb.groupCount; g++) {
       const gd = this.groups[g];
       if (gd.flags & BG_INODE_UNINIT) continue;
-      // Inodes past ipg - itable_unused were never used (kept only with group checksums).
-      const used = ipg - gd.itableUnused;
       const bitmap = await this.disk.readCached(gd.inodeBitmap * bs, bs, 'inode bitmap');
+      // Inodes past ipg - itable_unused were never used (kept only with group checksums); past the
+      // last set bit none is in use now: neither part of the table is read (ext2/3 have no itable_unused).
+      let used = ipg - gd.itableUnused;
+      while (used > 0 && !((bitmap[(used - 1) >> 3] >> ((used - 1) & 7)) & 1)) used--;
       for (let i0 = 0; i0 < used; i0 += perBatch) {
         const n = Math.min(perBatch, used - i0);
         const tableAt = gd.inodeTable * bs + i0 * isz;
