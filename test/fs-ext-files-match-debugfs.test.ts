@@ -145,13 +145,20 @@ describe('files and directories match debugfs', () => {
         const blocks: number[] = [];
         for (const u of used) for (let b = u.offset / bs; b < (u.offset + u.length) / bs; b += 37) blocks.push(b);
         const sample = blocks.filter((_, i) => i % Math.ceil(blocks.length / 300) === 0);
+        // And every mapping block (extent tree nodes, indirect blocks) of the files with any, first in line.
+        const mapping: number[] = [];
+        for (const f of ['/far.bin', '/islands.bin', '/large.bin', '/medium.bin']) {
+          for (const m of (await fs.map(await fs.lookup(f))).meta) for (let b = m.offset; b < m.offset + m.length; b++) mapping.push(b);
+        }
+        if (!name.includes('inline')) expect(mapping.length).toBeGreaterThan(0);
+        sample.unshift(...mapping);
         const icheck = new Map<number, number>();
         for (const line of (await debugfs(image, `icheck ${sample.join(' ')}`)).split('\n').slice(1)) {
           const [b, ino] = line.split('\t');
           if (/^\d+$/.test(ino ?? '')) icheck.set(Number(b), Number(ino));
         }
         expect(icheck.size).toBeGreaterThan(20);
-        for (const b of sample.filter((_, i) => i % 10 === 0)) {
+        for (const b of [...mapping, ...sample.filter((_, i) => i % 10 === 0)]) {
           const owners = (await fs.blockOwners([{ offset: b * bs, length: bs }])).filter((o) => o.blocks).map((o) => o.ino);
           expect(owners, `block ${b}`).toEqual(icheck.has(b) ? [icheck.get(b)] : []);
         }
