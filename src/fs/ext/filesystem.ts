@@ -1,0 +1,315 @@
+// An ext2/3/4 filesystem read through an Endpoint: used-block map, inodes, directories, paths, file contents, block owners.
+import type { Endpoint } from '../../copy/index.js';
+import type { Extent } from '../../nbd/extents.js';
+import { damaged, FilesystemError, unsupported } from '../errors.js';
+import { DiskReader } from '../reader.js';
+import { isFastSymlink, mapInode, type InodeMap, type MappedRun } from './blockmap.js';
+import { checkDirBlock, parseDirBlock, type DirEntry } from './dir.js';
+import { BG_INODE_UNINIT, readGroupDescs, type GroupDesc } from './groups.js';
+import { EXT4_ENCRYPT_FL, EXT4_INLINE_DATA_FL, fileType, inodeChecksumOk, inodeCsumSeed, inodeXattr, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode.js';
+import { has, INCOMPAT, parseSuperblock, RO_COMPAT, type Superblock } from './superblock.js';
+import { usedBlockRuns } from './usedmap.js';
+
+export const ROOT_INO = 2;
+/** Symlinks followed in one lookup before it counts as a loop (the kernel's limit is 40). */
+const MAX_SYMLINKS = 40;
+/** A path deeper than this is a directory loop in a damaged filesystem. */
+const MAX_DEPTH = 4096;
+/** File data is read in requests of this size (and handed out in chunks of it). */
+const DATA_CHUNK = 1024 * 1024;
+/** Inode tables are read for block-owner walks in batches of this size. */
+const ITABLE_BATCH = 4 * 1024 * 1024;
+const XATTR_INDEX_SYSTEM = 7;
+
+export interface ExtOpenOptions {
+  /** Byte offset of the filesystem on the endpoint (a partition's start) and its length (to the end by default). */
+  offset?: number;
+  length?: number;
+  /** For messages, e.g. "vda, partition 1". */
+  label?: string;
+}
+
+export interface BlockOwner {
+  ino: number;
+  /** Its data or mapping blocks intersect the extents. */
+  blocks: boolean;
+  /** Its slot in the inode table does (its attributes, inline data or extent root changed). */
+  inode: boolean;
+}
+
+export interface WalkEntry {
+  path: string;
+  ino: number;
+  type: ReturnType<typeof fileType>;
+}
+
+export class ExtFilesystem {
+  private constructor(
+    readonly disk: DiskReader,
+    readonly sb: Superblock,
+    readonly groups: GroupDesc[],
+  ) {}
+
+  static async open(source: Endpoint | DiskReader, opts: ExtOpenOptions = {}): Promise<ExtFilesystem> {
+    const whole = source instanceof DiskReader ? source : new DiskReader(source);
+    const offset = opts.offset ?? 0;
+    const label = opts.label ?? (offset ? `${whole.label} at byte ${offset}` : whole.label);
+    const disk = whole.sub(offset, opts.length ?? whole.length - offset, label);
+    if (disk.length < 2048) throw damaged(label, `only ${disk.length} bytes: too small for an ext filesystem`);
+    const sb = parseSuperblock(await disk.read(1024, 1024, 'superblock'), label, disk.length);
+    const groups = await readGroupDescs(sb, disk);
+    return new ExtFilesystem(disk, sb, groups);
+  }
+
+  get label(): string {
+    return this.disk.label;
+  }
+
+  /** Bytes of the filesystem itself (blocks x block size), from its start. */
+  get byteLength(): number {
+    return this.sb.blocksCount * this.sb.blockSize;
+  }
+
+  /**
+   * Every used block as byte extents relative to the filesystem's start (the caller adds the
+   * partition's offset), sorted and merged. Reads only the superblock, descriptors and bitmaps.
+   * Refused while the journal needs recovery, unless the caller accepts a map that may be stale.
+   */
+  async usedExtents(opts: { trustUnreplayedJournal?: boolean } = {}): Promise<Extent[]> {
+    // A frozen ext4 has its journal flushed and this flag cleared (ext4_freeze): set, the copy was
+    // not frozen and blocks allocated since the last checkpoint may be marked in the journal only.
+    if (this.sb.needsRecovery && !opts.trustUnreplayedJournal) {
+      throw unsupported(
+        this.label,
+        'the journal holds changes not yet written to the block bitmaps (needs_recovery: the filesystem was neither frozen nor cleanly unmounted when this copy was taken); its used-block map could miss blocks',
+      );
+    }
+    const runs = await usedBlockRuns(this.sb, this.groups, this.disk);
+    const bs = this.sb.blockSize;
+    return runs.map((r) => ({ offset: r.offset * bs, length: r.length * bs }));
+  }
+
+  private inodeLocation(ino: number): number {
+    if (!Number.isInteger(ino) || ino < 1 || ino > this.sb.inodesCount) {
+      throw damaged(this.label, `inode number ${ino} outside 1..${this.sb.inodesCount}`);
+    }
+    const g = Math.floor((ino - 1) / this.sb.inodesPerGroup);
+    const index = (ino - 1) % this.sb.inodesPerGroup;
+    return this.groups[g].inodeTable * this.sb.blockSize + index * this.sb.inodeSize;
+  }
+
+  private get csum(): boolean {
+    return has(this.sb.roCompat, RO_COMPAT.metadata_csum);
+  }
+
+  private parse(ino: number, raw: Buffer): Inode {
+    if (this.csum && !inodeChecksumOk(raw.subarray(0, this.sb.inodeSize), ino, this.sb.csumSeed)) {
+      throw damaged(this.label, `inode ${ino} checksum mismatch`);
+    }
+    return parseInode(ino, raw, this.sb.inodeSize, this.label);
+  }
+
+  async inode(ino: number): Promise<Inode> {
+    const at = this.inodeLocation(ino);
+    return this.parse(ino, await this.disk.readCached(at, this.sb.inodeSize, 'inode'));
+  }
+
+  /** Data runs and mapping blocks of an inode (block numbers). */
+  async map(inode: Inode | number): Promise<InodeMap> {
+    const i = typeof inode === 'number' ? await this.inode(inode) : inode;
+    return mapInode(this.sb, this.disk, i);
+  }
+
+  async readdir(dir: Inode | number): Promise<DirEntry[]> {
+    const inode = typeof dir === 'number' ? await this.inode(dir) : dir;
+    if ((inode.mode & S_IFMT) !== S_IFDIR) throw new FilesystemError('damaged', `${this.label}: inode ${inode.ino} is not a directory`);
+    const out: DirEntry[] = [];
+    const fileTypeFeature = has(this.sb.incompat, INCOMPAT.filetype);
+    if (inode.flags & EXT4_INLINE_DATA_FL) {
+      // Inline directories: the parent's inode number, then entries; more entries in system.data.
+      const parent = inode.iBlock.readUInt32LE(0);
+      out.push({ name: '.', ino: inode.ino, type: 2 }, { name: '..', ino: parent, type: 2 });
+      parseDirBlock(inode.iBlock.subarray(4, 60), fileTypeFeature, this.label, inode.ino, out);
+      const more = inodeXattr(inode, XATTR_INDEX_SYSTEM, 'data', this.label);
+      if (more && more.length) parseDirBlock(more, fileTypeFeature, this.label, inode.ino, out);
+      return out;
+    }
+    const seed = this.csum ? inodeCsumSeed(this.sb.csumSeed, inode.ino, inode.generation) : undefined;
+    let index = 0;
+    for await (const chunk of this.readChunks(inode)) {
+      for (let at = 0; at < chunk.length; at += this.sb.blockSize, index++) {
+        const block = chunk.subarray(at, at + this.sb.blockSize);
+        if (seed !== undefined) checkDirBlock(block, seed, this.label, inode.ino, index);
+        parseDirBlock(block, fileTypeFeature, this.label, inode.ino, out);
+      }
+    }
+    return out;
+  }
+
+  /** The inode a path names (absolute, '/'-separated), following symlinks on the way (and at the end unless `noFollow`). */
+  async lookup(path: string, opts: { noFollow?: boolean } = {}): Promise<number> {
+    let hops = 0;
+    const walk = async (start: number, parts: string[], followLast: boolean): Promise<number> => {
+      const stack: number[] = [start];
+      for (let i = 0; i < parts.length; i++) {
+        const part = parts[i];
+        if (part === '' || part === '.') continue;
+        const cur = stack[stack.length - 1];
+        if (part === '..') {
+          if (stack.length > 1) stack.pop();
+          continue;
+        }
+        const entry = (await this.readdir(cur)).find((e) => e.name === part);
+        if (!entry) throw new FilesystemError('damaged', `${this.label}: no ${part} in ${'/' + parts.slice(0, i).filter(Boolean).join('/')}`, { hint: 'check the path' });
+        const child = await this.inode(entry.ino);
+        const last = i === parts.length - 1;
+        if ((child.mode & S_IFMT) === S_IFLNK && (!last || followLast)) {
+          if (++hops > MAX_SYMLINKS) throw damaged(this.label, `too many levels of symbolic links in ${path}`);
+          const target = (await this.readFile(child)).toString('utf8');
+          const base = target.startsWith('/') ? [ROOT_INO] : stack.slice();
+          const resolved = await walk(base[base.length - 1], target.split('/'), true);
+          // The link's target stands in for the link; its own parent chain is not kept (.. after it goes to the link's directory).
+          stack.push(resolved);
+          continue;
+        }
+        stack.push(entry.ino);
+        if (stack.length > MAX_DEPTH) throw damaged(this.label, `path ${path} deeper than ${MAX_DEPTH} levels`);
+      }
+      return stack[stack.length - 1];
+    };
+    return walk(ROOT_INO, path.split('/'), !opts.noFollow);
+  }
+
+  /** A file's contents as chunks of at most 1 MiB, holes and uninitialised extents as zeroes; memory stays bounded. */
+  async *readChunks(file: Inode | number): AsyncGenerator<Buffer> {
+    const inode = typeof file === 'number' ? await this.inode(file) : file;
+    const size = inode.size;
+    if (inode.flags & EXT4_ENCRYPT_FL) throw unsupported(this.label, `inode ${inode.ino} is encrypted (fscrypt): its contents cannot be read`);
+    if (inode.flags & EXT4_INLINE_DATA_FL || isFastSymlink(inode, this.sb)) {
+      let data = Buffer.from(inode.iBlock.subarray(0, Math.min(60, size)));
+      if (inode.flags & EXT4_INLINE_DATA_FL && size > 60) {
+        const more = inodeXattr(inode, XATTR_INDEX_SYSTEM, 'data', this.label) ?? Buffer.alloc(0);
+        data = Buffer.concat([data, more]);
+      }
+      if (data.length < size) throw damaged(this.label, `inode ${inode.ino}: inline data holds ${data.length} of its ${size} bytes`);
+      if (size) yield data.subarray(0, size);
+      return;
+    }
+    const bs = this.sb.blockSize;
+    const { data } = await this.map(inode);
+    let pos = 0;
+    let run = 0;
+    while (pos < size) {
+      const n = Math.min(DATA_CHUNK, size - pos);
+      const out = Buffer.alloc(n);
+      // Fill [pos, pos+n) from the runs that overlap it; the rest stays zero (holes).
+      while (run < data.length && (data[run].logical + data[run].count) * bs <= pos) run++;
+      for (let r = run; r < data.length && data[r].logical * bs < pos + n; r++) {
+        const m: MappedRun = data[r];
+        if (m.uninit) continue;
+        const from = Math.max(pos, m.logical * bs);
+        const to = Math.min(pos + n, (m.logical + m.count) * bs);
+        const phys = m.physical * bs + (from - m.logical * bs);
+        const buf = await this.disk.read(phys, to - from, `data of inode ${inode.ino}`);
+        buf.copy(out, from - pos);
+      }
+      yield out;
+      pos += n;
+    }
+  }
+
+  /** A whole file in memory (refused above `maxBytes`, 256 MiB unless given). */
+  async readFile(file: Inode | number | string, maxBytes = 256 * 1024 * 1024): Promise<Buffer> {
+    const inode = typeof file === 'string' ? await this.inode(await this.lookup(file)) : typeof file === 'number' ? await this.inode(file) : file;
+    if (inode.size > maxBytes) throw new FilesystemError('unsupported', `${this.label}: inode ${inode.ino} has ${inode.size} bytes, more than ${maxBytes} read into memory at once`, { hint: 'read it with readChunks' });
+    const parts: Buffer[] = [];
+    for await (const c of this.readChunks(inode)) parts.push(c);
+    return Buffer.concat(parts);
+  }
+
+  /** Every path below the root, directories before their contents; a directory seen twice (a loop) is an error. */
+  async *walk(): AsyncGenerator<WalkEntry> {
+    const seen = new Set<number>([ROOT_INO]);
+    const stack: { path: string; ino: number; depth: number }[] = [{ path: '', ino: ROOT_INO, depth: 0 }];
+    while (stack.length) {
+      const dir = stack.pop()!;
+      const entries = await this.readdir(dir.ino);
+      for (const e of entries) {
+        if (e.name === '.' || e.name === '..') continue;
+        const path = `${dir.path}/${e.name}`;
+        const inode = await this.inode(e.ino);
+        const type = fileType(inode.mode);
+        yield { path, ino: e.ino, type };
+        if (type === 'dir') {
+          if (seen.has(e.ino)) throw damaged(this.label, `directory ${path} (inode ${e.ino}) appears twice: directory loop`);
+          if (dir.depth + 1 > MAX_DEPTH) throw damaged(this.label, `directories nested deeper than ${MAX_DEPTH}`);
+          seen.add(e.ino);
+          stack.push({ path, ino: e.ino, depth: dir.depth + 1 });
+        }
+      }
+    }
+  }
+
+  /**
+   * The inodes whose data or mapping blocks, or whose inode-table slot, intersect `extents` (byte
+   * extents relative to the filesystem's start): a walk of every in-use inode. Memory stays bounded
+   * (inode tables are read in 4 MiB batches); the work grows with the number of inodes.
+   */
+  async blockOwners(extents: readonly Extent[]): Promise<BlockOwner[]> {
+    const bs = this.sb.blockSize;
+    const q = [...extents].filter((e) => e.length > 0).sort((a, b) => a.offset - b.offset);
+    const hits = (start: number, end: number) => {
+      // Binary search for the first query extent ending after start.
+      let lo = 0;
+      let hi = q.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (q[mid].offset + q[mid].length <= start) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo < q.length && q[lo].offset < end;
+    };
+    const out: BlockOwner[] = [];
+    if (q.length === 0) return out;
+    const isz = this.sb.inodeSize;
+    const ipg = this.sb.inodesPerGroup;
+    const perBatch = Math.max(1, Math.floor(ITABLE_BATCH / isz));
+    for (let g = 0; g < this.sb.groupCount; g++) {
+      const gd = this.groups[g];
+      if (gd.flags & BG_INODE_UNINIT) continue;
+      const bitmap = await this.disk.readCached(gd.inodeBitmap * bs, bs, 'inode bitmap');
+      // Inodes past ipg - itable_unused were never used (kept only with group checksums); past the
+      // last set bit none is in use now: neither part of the table is read (ext2/3 have no itable_unused).
+      let used = ipg - gd.itableUnused;
+      while (used > 0 && !((bitmap[(used - 1) >> 3] >> ((used - 1) & 7)) & 1)) used--;
+      for (let i0 = 0; i0 < used; i0 += perBatch) {
+        const n = Math.min(perBatch, used - i0);
+        const tableAt = gd.inodeTable * bs + i0 * isz;
+        const table = await this.disk.read(tableAt, n * isz, 'inode table');
+        for (let k = 0; k < n; k++) {
+          const idx = i0 + k;
+          if (!((bitmap[idx >> 3] >> (idx & 7)) & 1)) continue;
+          const ino = g * ipg + idx + 1;
+          const slot = tableAt + k * isz;
+          const inodeHit = hits(slot, slot + isz);
+          const inode = this.parse(ino, table.subarray(k * isz, (k + 1) * isz));
+          if (inode.mode === 0) continue;
+          let blockHit = false;
+          // Inodes below the first normal one (bad blocks, resize, journal) own blocks too; they are mapped the same way.
+          const m = await mapInode(this.sb, this.disk, inode);
+          for (const r of m.data) if (hits(r.physical * bs, (r.physical + r.count) * bs)) { blockHit = true; break; }
+          if (!blockHit) for (const r of m.meta) if (hits(r.offset * bs, (r.offset + r.length) * bs)) { blockHit = true; break; }
+          if (blockHit || inodeHit) out.push({ ino, blocks: blockHit, inode: inodeHit });
+        }
+      }
+    }
+    return out;
+  }
+
+  /** A symlink's target. */
+  async readlink(file: Inode | number): Promise<string> {
+    const inode = typeof file === 'number' ? await this.inode(file) : file;
+    if ((inode.mode & S_IFMT) !== S_IFLNK) throw new FilesystemError('damaged', `${this.label}: inode ${inode.ino} is not a symlink`);
+    return (await this.readFile(inode, 65536)).toString('utf8');
+  }
+}

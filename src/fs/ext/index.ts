@@ -1,0 +1,7 @@
+// ext2/3/4, read without mounting: see filesystem.ts.
+export { ExtFilesystem, ROOT_INO, type BlockOwner, type ExtOpenOptions, type WalkEntry } from './filesystem.js';
+export type { DirEntry } from './dir.js';
+export type { Inode } from './inode.js';
+export { fileType } from './inode.js';
+export type { InodeMap, MappedRun } from './blockmap.js';
+export type { Superblock } from './superblock.js';
