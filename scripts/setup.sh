@@ -20,7 +20,7 @@ PACKAGES=(
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   libnbd-bin nbdkit
   clamav clamav-daemon
-  e2fsprogs xfsprogs dosfstools
+  e2fsprogs xfsprogs dosfstools fdisk util-linux
   busybox-static cpio kmod iproute2 gnutls-bin
   sqlite3 virtnbdbackup
   python3 make g++
