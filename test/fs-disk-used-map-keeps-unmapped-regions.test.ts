@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileEndpoint } from '../src/copy/index.js';
 import { diskUsedMap, type DiskUsedMap } from '../src/fs/index.js';
-import type { Extent } from '../src/nbd/extents.js';
+import type { Extent } from '../src/extent/index.js';
 import { dumpe2fsUsed, makeFs, MiB, writeTree } from './support/ext-images.js';
 import { tempDir, type TempDir } from './support/nbd-servers.js';
 

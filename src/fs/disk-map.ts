@@ -1,6 +1,6 @@
 // A whole disk's used map: every readable ext2/3/4 filesystem by its bitmaps, everything else (tables, gaps, other filesystems, damage) used, with the reason.
 import type { Endpoint } from '../copy/index.js';
-import { mergeExtents, type Extent } from '../nbd/extents.js';
+import { merge, type Extent } from '../extent/index.js';
 import { errorMessage } from '../util/errors.js';
 import { detectFilesystem, type FilesystemKind } from './detect.js';
 import { FilesystemError } from './errors.js';
@@ -56,7 +56,7 @@ export async function diskUsedMap(endpoint: Endpoint, opts: DiskMapOptions = {})
     used.push(...r.used);
   }
   // Everything no partition covers: the table itself, boot loader gaps, unpartitioned space, EBRs.
-  const covered = mergeExtents(parts.map((p) => ({ offset: p.offset, length: p.length })));
+  const covered = merge(parts.map((p) => ({ offset: p.offset, length: p.length })));
   let at = 0;
   for (const c of [...covered, { offset: disk.length, length: 0 }]) {
     if (c.offset > at) {
@@ -67,7 +67,7 @@ export async function diskUsedMap(endpoint: Endpoint, opts: DiskMapOptions = {})
     at = Math.max(at, c.offset + c.length);
   }
   regions.sort((a, b) => a.offset - b.offset);
-  return { used: mergeExtents(used), regions, table };
+  return { used: merge(used), regions, table };
 }
 
 async function mapPartition(disk: DiskReader, p: Partition, table: PartitionTable, opts: DiskMapOptions): Promise<{ regions: DiskRegion[]; used: Extent[] }> {

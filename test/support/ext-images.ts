@@ -2,7 +2,7 @@
 import { mkdirSync, symlinkSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import type { Extent } from '../../src/nbd/extents.js';
+import type { Extent } from '../../src/extent/index.js';
 import { lcg } from './nbd-servers.js';
 
 export const KiB = 1024;

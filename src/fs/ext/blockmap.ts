@@ -1,5 +1,5 @@
 // Where an inode's data lives: extent trees (any depth, uninitialised extents) and ext2/3 block maps (direct to triple indirect), bounded by i_blocks.
-import type { Extent } from '../../nbd/extents.js';
+import type { Extent } from '../../extent/index.js';
 import { crc32cRaw } from '../crc.js';
 import { damaged } from '../errors.js';
 import type { DiskReader } from '../reader.js';

@@ -1,6 +1,6 @@
 // An ext2/3/4 filesystem read through an Endpoint: used-block map, inodes, directories, paths, file contents, block owners.
 import type { Endpoint } from '../../copy/index.js';
-import type { Extent } from '../../nbd/extents.js';
+import type { Extent } from '../../extent/index.js';
 import { damaged, FilesystemError, unsupported } from '../errors.js';
 import { DiskReader } from '../reader.js';
 import { isFastSymlink, mapInode, type InodeMap, type MappedRun } from './blockmap.js';

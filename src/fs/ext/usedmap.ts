@@ -1,5 +1,5 @@
 // The used-block map of an ext filesystem from its block bitmaps alone (read in large requests), groups without an initialised bitmap computed.
-import type { Extent } from '../../nbd/extents.js';
+import type { Extent } from '../../extent/index.js';
 import { crc32cRaw } from '../crc.js';
 import { damaged } from '../errors.js';
 import type { DiskReader } from '../reader.js';
