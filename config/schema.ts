@@ -15,6 +15,7 @@ export interface VirtcbtConfig {
   fleece: { dir: string };
   snapshot: { remote: { bind: string; port: number; tlsDir: string; deadlineSeconds: number } };
   backup: { repo: string; allowedRepoRoots: string[]; jobs: BackupJobConfig[] };
+  sync: { tlsCertificates: string; onStop: SyncTargetConfig[]; jobs: SyncJobConfig[] };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -34,7 +35,50 @@ export interface BackupJobConfig {
   randomDelaySec?: number;
 }
 
+/** A disk-copy sync target: one disk of one domain kept up to date at TARGET. */
+export interface SyncTargetConfig {
+  domain: string;
+  disk: string;
+  /** An image file (qcow2 or raw; made when missing) or an nbd:// / nbds:// URI. */
+  to: string;
+  format?: 'qcow2' | 'raw';
+  /** Also free on the target what the guest freed (thin targets). */
+  discard?: boolean;
+}
+
+/** A scheduled sync: `virtcbt install` writes virtcbt-sync@NAME.service and .timer for it. */
+export interface SyncJobConfig extends SyncTargetConfig {
+  name: string;
+  /** systemd OnCalendar expression, down to a minute ("*:0/5" every five minutes). */
+  calendar: string;
+}
+
 const JOB_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+function checkSyncTargets(what: string, withSchedule: boolean) {
+  return (v: unknown): void => {
+    if (!Array.isArray(v)) throw new Error(`${what} must be an array`);
+    const names = new Set<string>();
+    v.forEach((t: unknown, i) => {
+      const at = `${what}[${i}]`;
+      if (!t || typeof t !== 'object') throw new Error(`${at} must be an object`);
+      const o = t as Record<string, unknown>;
+      const keys = ['domain', 'disk', 'to', 'format', 'discard', ...(withSchedule ? ['name', 'calendar'] : [])];
+      for (const k of Object.keys(o)) if (!keys.includes(k)) throw new Error(`${at}: unknown key '${k}'`);
+      if (typeof o.domain !== 'string' || o.domain === '' || o.domain.includes('/')) throw new Error(`${at}.domain must be a domain name`);
+      if (typeof o.disk !== 'string' || !/^[a-z][a-z0-9]{0,15}$/.test(o.disk)) throw new Error(`${at}.disk must be a disk target such as vda`);
+      if (typeof o.to !== 'string' || !(o.to.startsWith('/') || /^nbds?:\/\//.test(o.to))) throw new Error(`${at}.to must be an absolute image path or an nbd:// / nbds:// URI`);
+      if (o.format !== undefined && o.format !== 'qcow2' && o.format !== 'raw') throw new Error(`${at}.format must be qcow2 or raw`);
+      if (o.discard !== undefined && typeof o.discard !== 'boolean') throw new Error(`${at}.discard must be true or false`);
+      if (withSchedule) {
+        if (typeof o.name !== 'string' || !JOB_NAME.test(o.name)) throw new Error(`${at}.name must be letters, digits, '.', '_' or '-' (a systemd instance name)`);
+        if (names.has(o.name)) throw new Error(`${at}.name '${o.name}' is used twice`);
+        names.add(o.name);
+        if (typeof o.calendar !== 'string' || o.calendar.trim() === '' || /[\n\r]/.test(o.calendar)) throw new Error(`${at}.calendar must be a systemd OnCalendar expression`);
+      }
+    });
+  };
+}
 
 function checkBackupJobs(v: unknown): void {
   if (!Array.isArray(v)) throw new Error('backup.jobs must be an array');
@@ -267,6 +311,23 @@ export const schema: Schema<VirtcbtConfig> = {
       doc: 'Scheduled backups: [{name, domains, consumer, repo?, keep?, calendar, randomDelaySec?}]; `virtcbt install` writes a systemd timer for each.',
       format: checkBackupJobs,
       default: [] as BackupJobConfig[],
+    },
+  },
+  sync: {
+    tlsCertificates: {
+      doc: 'Client credentials for nbds:// sync targets: ca-cert.pem (the CA of the target\'s server certificate), client-cert.pem, client-key.pem.',
+      format: String,
+      default: '/etc/pki/virtcbt/client',
+    },
+    onStop: {
+      doc: 'Disks synced when their domain stops (from its images, by virtcbtd): [{domain, disk, to, format?, discard?}]. A domain start never waits for such a sync: it is cancelled and the next sync covers it.',
+      format: checkSyncTargets('sync.onStop', false),
+      default: [] as SyncTargetConfig[],
+    },
+    jobs: {
+      doc: 'Scheduled syncs: [{name, domain, disk, to, format?, discard?, calendar}]; `virtcbt install` writes a systemd timer for each.',
+      format: checkSyncTargets('sync.jobs', true),
+      default: [] as SyncJobConfig[],
     },
   },
   log: {
