@@ -36,7 +36,12 @@ export interface FrozenCapture {
   freezeCallMs?: number;
   /** Guest-measured: the GETFSMAP readers, inside the window (overlapping the caller's work). */
   readMs?: number;
-  /** Host-measured: the freeze request sent → the guest's thaw reported. */
+  /**
+   * Host-measured: the guest seen frozen → its thaw reported (an upper bound: polling included).
+   * The guest's own clock stops while the domain is paused, so this one counts a suspend in the window.
+   */
+  hostWindowMs?: number;
+  /** Host-measured: the call → the guest's thaw reported (filesystem discovery included). */
   hostMs: number;
   /** What released the freeze: the host's word, or the guest's own deadline. */
   released?: 'go' | 'deadline';
@@ -108,9 +113,11 @@ export class AgentMapFreezer extends GuestAgent {
     let value: T | undefined;
     let failure: unknown;
     let early: { exitcode?: number; stdout: string; stderr: string } | undefined;
+    let seenFrozen = 0;
     try {
       early = await this.waitFrozen(pid, dir, deadline);
       if (!early) {
+        seenFrozen = performance.now();
         value = await untilAborted(fn(deadline), deadline, `work while the filesystems of ${who} are frozen`);
         ok = true;
       }
@@ -151,6 +158,7 @@ export class AgentMapFreezer extends GuestAgent {
     }
     if (!ok) throw failure;
     const capture = this.captureOf(report, order, filesystems, started);
+    capture.hostWindowMs = round(performance.now() - seenFrozen);
     this.last = capture;
     this.opts.onCapture?.(capture);
     return { value: value as T, capture };

@@ -42,7 +42,7 @@ end=$(( ${"$"}{t0%.*} + W ))
 # Watchdog, apart from this shell: thaws what is listed if nothing thawed 3 s past the deadline
 # (this shell stuck in a reader, or killed).
 (
-  while [ ! -e "$D/thawed" ]; do
+  while [ -d "$D" ] && [ ! -e "$D/thawed" ]; do
     read t _ < /proc/uptime
     [ "${"$"}{t%.*}" -ge $((end + 3)) ] && break
     sleep 1
@@ -88,6 +88,8 @@ for m in "$@"; do
 done
 echo "@@end"
 rm -rf "$D"
+trap - EXIT
+exit 0
 `;
 
 export interface ScriptReport {
