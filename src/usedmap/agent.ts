@@ -186,10 +186,15 @@ export class AgentMapFreezer extends GuestAgent {
 
   private async waitExit(pid: number, timeoutMs: number): Promise<{ exitcode?: number; stdout: string; stderr: string }> {
     const signal = AbortSignal.timeout(timeoutMs);
-    for (;;) {
-      const s = await this.execStatus(pid, signal);
-      if (s) return s;
-      await sleep(POLL_MS, signal);
+    try {
+      for (;;) {
+        const s = await this.execStatus(pid, signal);
+        if (s) return s;
+        await sleep(POLL_MS, signal);
+      }
+    } catch (err) {
+      if (!signal.aborted) throw err;
+      throw new TimeoutError(`the guest's freeze script (pid ${pid}) did not report its thaw within ${timeoutMs} ms`, { domain: this.domain, cause: err });
     }
   }
 
