@@ -11,6 +11,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
 import { complement } from '../src/usedmap/index.js';
 import { AgentMapFreezer, diskUsedMap, FREEZE_SCRIPT, parseScriptReport } from '../src/usedmap/index.js';
+import { rotateFrozen } from '../src/snapshot/index.js';
 import { TimeoutError } from '../src/util/errors.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { ext4FreeExtents, xfsFreeExtents } from './support/fs-tools.js';
@@ -113,6 +114,39 @@ describe('guest-agent used map', () => {
     const used = diskUsedMap(capture, { target: 'vdb', size: diskSize }).used;
     expect(used[0]).toEqual({ offset: 0, length: XFS_START + (ref.free[0]?.offset ?? XFS_BYTES) });
     expect(used.at(-1)!.offset + used.at(-1)!.length).toBe(diskSize);
+    await expectThawed();
+  });
+
+  it('serves the snapshot room\'s rotateFrozen as its agent: the transaction runs frozen, the maps come with it', async () => {
+    const f = await freezer();
+    let inTransaction: string | undefined;
+    const { freeze } = await rotateFrozen(async (around) => {
+      await around!(async () => {
+        // Frozen now: a second freeze is refused at once (EBUSY); a write would hang until the thaw.
+        inTransaction = await sh('if fsfreeze --freeze /mnt/data 2>/dev/null; then fsfreeze --unfreeze /mnt/data; echo thawed; else echo frozen; fi');
+      });
+      return { disks: [] };
+    }, f, { freezeTimeoutMs: 60_000 });
+    expect(inTransaction?.trim()).toBe('frozen');
+    expect(freeze.consistency).toBe('filesystem');
+    expect(f.last?.via).toBe('guest-script');
+    expect(f.last?.filesystems.map((x) => [x.mountpoint, x.mapped])).toEqual(expect.arrayContaining([['/mnt/data', true], ['/mnt/xfs', true]]));
+    await expectThawed();
+  });
+
+  it('a filesystem it cannot map (no GETFSMAP reader in the guest) counts as used whole, with the reason', async () => {
+    await sh('mv /bin/xfs_io /bin/xfs_io.away');
+    onCleanup(() => sh('[ -e /bin/xfs_io.away ] && mv /bin/xfs_io.away /bin/xfs_io; true'));
+    const f = await freezer();
+    const { capture } = await f.freezeAndMap(async () => undefined, { timeoutMs: 60_000 });
+    const xfs = capture.filesystems.find((x) => x.mountpoint === '/mnt/xfs')!;
+    expect(xfs).toMatchObject({ mapped: false, free: [], used: [{ offset: XFS_START, length: XFS_BYTES }] });
+    expect(xfs.reason).toMatch(/xfs_io \(xfsprogs\) is not installed in the guest/);
+    const diskSize = XFS_START + XFS_BYTES + MiB;
+    expect(diskUsedMap(capture, { target: 'vdb', size: diskSize })).toEqual({
+      used: [{ offset: 0, length: diskSize }],
+      unmapped: [{ mountpoint: '/mnt/xfs', reason: xfs.reason }],
+    });
     await expectThawed();
   });
 
