@@ -153,7 +153,7 @@ export class AgentMapFreezer extends GuestAgent {
       const why = endError ?? goError ?? new VirtcbtError(`the freeze script ended without its report (exit ${end?.exitcode}): ${end?.stderr.trim() ?? ''}`);
       throw new ThawFailedError(why, ok ? undefined : failure, {
         domain: this.domain,
-        hint: `the guest thaws itself at the latest ${guestDeadlineS + 3} s after the freeze began; check with guest-fsfreeze-status is not enough (the agent does not know of this freeze): try a write in the guest`,
+        hint: `the guest thaws itself at the latest ${guestDeadlineS + 3} s after the freeze began (its script's deadline and watchdog); guest-fsfreeze-status cannot tell (qemu-ga does not hold this freeze): \`fsfreeze --unfreeze MOUNTPOINT\` in the guest thaws at once`,
       });
     }
     if (!ok) throw failure;

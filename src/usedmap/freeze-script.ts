@@ -16,6 +16,8 @@ export const EXIT_FREEZE_FAILED = 71;
 // Busybox's fsfreeze takes only --freeze/--unfreeze; util-linux's takes both spellings.
 export const FREEZE_SCRIPT = String.raw`
 D=$1; W=$2; shift 2
+# qemu-ga may run with a short PATH: fsfreeze and xfs_io live in sbin.
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 fail() { echo "$1" >&2; exit "$2"; }
 command -v fsfreeze >/dev/null 2>&1 || fail "fsfreeze not found in the guest" ${EXIT_CANNOT}
 mkdir -m 700 "$D" || fail "cannot create $D in the guest" ${EXIT_CANNOT}
