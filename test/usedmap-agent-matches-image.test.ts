@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
 import { complement } from '../src/usedmap/index.js';
-import { AgentMapFreezer, diskUsedMap, FREEZE_SCRIPT, parseScriptReport } from '../src/usedmap/index.js';
+import { AgentMapFreezer, diskUsedMap, FREEZE_SCRIPT, guestFilesystems, parseScriptReport } from '../src/usedmap/index.js';
 import { rotateFrozen } from '../src/snapshot/index.js';
 import { TimeoutError } from '../src/util/errors.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
@@ -59,9 +59,10 @@ async function expectThawed(): Promise<void> {
   expect(out.trim()).toBe('wrote');
 }
 
-async function freezer(): Promise<AgentMapFreezer> {
+async function freezer(opts: { lookUpFirst?: boolean } = {}): Promise<AgentMapFreezer> {
   const { stdout: xml } = await virsh(['dumpxml', vm.name]);
-  return new AgentMapFreezer(agent, { domainXml: xml });
+  const filesystems = opts.lookUpFirst ? await guestFilesystems(agent, { domainXml: xml }) : undefined;
+  return new AgentMapFreezer(agent, { domainXml: xml, filesystems });
 }
 
 describe('guest-agent used map', () => {
@@ -118,7 +119,8 @@ describe('guest-agent used map', () => {
   });
 
   it('serves the snapshot room\'s rotateFrozen as its agent: the transaction runs frozen, the maps come with it', async () => {
-    const f = await freezer();
+    // Filesystems looked up before the rotation, so the freeze does not wait for that.
+    const f = await freezer({ lookUpFirst: true });
     let inTransaction: string | undefined;
     const { freeze } = await rotateFrozen(async (around) => {
       await around!(async () => {

@@ -52,6 +52,12 @@ export interface AgentFreezerOptions {
   domainXml?: string;
   /** Extra time the guest waits for the host's word past the freeze timeout before it thaws on its own. Default 5 s. */
   guestGraceMs?: number;
+  /**
+   * Filesystems found beforehand (guestFilesystems), so the freeze does not wait for the ~10 agent
+   * calls of the look-up. Only for a list taken just before: a filesystem mounted since is not
+   * frozen (nor mapped: its disk region stays used).
+   */
+  filesystems?: GuestFilesystem[];
   /** Called with every capture (also kept as `last`). */
   onCapture?: (c: FrozenCapture) => void;
 }
@@ -81,7 +87,7 @@ export class AgentMapFreezer extends GuestAgent {
     const started = performance.now();
     const timeoutMs = opts.timeoutMs ?? 60_000;
     const who = this.domain ?? this.transport.description;
-    const filesystems = await guestFilesystems(this, { domainXml: this.opts.domainXml });
+    const filesystems = this.opts.filesystems ?? (await guestFilesystems(this, { domainXml: this.opts.domainXml }));
     // Deepest mountpoints first, as qemu-ga does (its mount list, reversed).
     const order = [...filesystems].sort((a, b) => depth(b.mountpoint) - depth(a.mountpoint));
     const dir = `/run/virtcbt-freeze-${randomBytes(6).toString('hex')}`;
