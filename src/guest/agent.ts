@@ -1,7 +1,7 @@
-// The guest-agent client: ping, info, guest-exec with output, fsfreeze that always thaws, filesystem and disk info.
+// The guest-agent client: ping, info, guest-exec with output, fsfreeze that always thaws, filesystem and disk info, small file reads and writes.
 import { TimeoutError } from '../util/errors.js';
 import { abortReason, deadlineSignal } from '../util/abort.js';
-import { AgentUnavailableError, GuestExecError, ThawFailedError } from './errors.js';
+import { AgentError, AgentUnavailableError, GuestExecError, ThawFailedError } from './errors.js';
 import type { AgentCallOptions, AgentTransport } from './transport.js';
 import type { GuestAgentInfo, GuestDiskInfo, GuestExecStatus, GuestFilesystemInfo } from './types.js';
 
@@ -41,6 +41,8 @@ export interface FrozenOptions {
 const POLL_FIRST_MS = 10;
 const POLL_MAX_MS = 500;
 const POLL_GROWTH = 1.5;
+// guest-file-read count per call: qemu-ga caps a read at 48 MiB; sysfs attributes are a few bytes.
+const FILE_CHUNK = 64 * 1024;
 
 export class GuestAgent {
   constructor(readonly transport: AgentTransport) {}
@@ -203,6 +205,40 @@ export class GuestAgent {
   /** guest-get-disks: the guest's block devices and partitions with their bus addresses. */
   getDisks(opts?: AgentCallOptions): Promise<GuestDiskInfo[]> {
     return this.transport.execute<GuestDiskInfo[]>('guest-get-disks', undefined, opts);
+  }
+
+  /**
+   * Reads a small guest file whole (guest-file-open/read/close), e.g. a sysfs attribute. Fails
+   * past `maxBytes` (default 1 MiB) rather than hold a large file in memory.
+   */
+  async readFile(path: string, opts: AgentCallOptions & { maxBytes?: number } = {}): Promise<Buffer> {
+    const maxBytes = opts.maxBytes ?? 1024 * 1024;
+    const handle = await this.transport.execute<number>('guest-file-open', { path, mode: 'r' }, opts);
+    try {
+      const parts: Buffer[] = [];
+      let total = 0;
+      for (;;) {
+        const r = await this.transport.execute<{ count: number; 'buf-b64': string; eof: boolean }>('guest-file-read', { handle, count: FILE_CHUNK }, opts);
+        const b = Buffer.from(r['buf-b64'], 'base64');
+        parts.push(b);
+        total += b.length;
+        if (total > maxBytes) throw new AgentError(`guest file ${path} is larger than ${maxBytes} bytes`, { domain: this.domain });
+        if (r.eof || b.length === 0) return Buffer.concat(parts);
+      }
+    } finally {
+      await this.transport.execute('guest-file-close', { handle }, { timeoutMs: opts.timeoutMs }).catch(() => undefined);
+    }
+  }
+
+  /** Creates or truncates a guest file and writes `data` (guest-file-open "w"/write/close). */
+  async writeFile(path: string, data: string | Uint8Array, opts: AgentCallOptions = {}): Promise<void> {
+    const handle = await this.transport.execute<number>('guest-file-open', { path, mode: 'w' }, opts);
+    try {
+      const buf = Buffer.from(data);
+      if (buf.length > 0) await this.transport.execute('guest-file-write', { handle, 'buf-b64': buf.toString('base64') }, opts);
+    } finally {
+      await this.transport.execute('guest-file-close', { handle }, { timeoutMs: opts.timeoutMs }).catch(() => undefined);
+    }
   }
 
   close(): Promise<void> {

@@ -14,7 +14,7 @@ import { buildInitramfs, QEMU_GA } from './initramfs.js';
 import { downloadKernelDeb, extractKernel, BASE_MODULES, moduleLoadOrder, resolveKernelPackage, XFS_MODULES } from './kernel.js';
 
 /** Bump when anything in the recipe changes (init script, disk layout, module list): the cache key changes with it. */
-export const RECIPE_VERSION = 5;
+export const RECIPE_VERSION = 6;
 
 /** Kernel command line for the test guest: output on the first serial port only. */
 export const GUEST_APPEND = 'console=ttyS0 quiet';
@@ -70,8 +70,11 @@ export async function buildGuestImages(cacheDir: string = defaultGuestCacheDir()
   const kpkg = await resolveKernelPackage();
   const ga = await execa('dpkg-query', ['-W', '-f=${Version}', 'qemu-guest-agent'], { reject: false });
   const gaVersion = ga.exitCode === 0 ? ga.stdout.trim() : 'unknown';
+  // xfs_io is copied from the host too: a new xfsprogs makes a new guest.
+  const xfs = await execa('dpkg-query', ['-W', '-f=${Version}', 'xfsprogs'], { reject: false });
+  const xfsVersion = xfs.exitCode === 0 ? xfs.stdout.trim() : 'unknown';
   const key = createHash('sha256')
-    .update(JSON.stringify([RECIPE_VERSION, kpkg.name, kpkg.version, gaVersion]))
+    .update(JSON.stringify([RECIPE_VERSION, kpkg.name, kpkg.version, gaVersion, xfsVersion]))
     .digest('hex')
     .slice(0, 16);
   const dir = join(cacheDir, key);

@@ -1,5 +1,5 @@
-// Packs the test guest's initramfs: static busybox, the host's qemu-ga with its libraries, the
-// virtio/xfs modules and an /init that mounts the test disks, starts the agent and says so on ttyS0.
+// Packs the test guest's initramfs: static busybox, the host's qemu-ga and xfs_io with their
+// libraries, the virtio/xfs modules and an /init that mounts the test disks, starts the agent and says so on ttyS0.
 import { execa } from 'execa';
 import { chmod, copyFile, mkdir, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -17,6 +17,8 @@ export const XFS_LABEL = 'virtcbt-xfs';
 
 export const BUSYBOX = '/bin/busybox';
 export const QEMU_GA = '/usr/sbin/qemu-ga';
+/** The GETFSMAP reader the guest-agent used-block map runs in the guest (busybox has fsfreeze, not this). */
+export const XFS_IO = '/usr/sbin/xfs_io';
 
 export interface InitramfsInput {
   /** Staging directory (created; becomes the initramfs root). */
@@ -48,12 +50,8 @@ export async function buildInitramfs(input: InitramfsInput): Promise<void> {
   const applets = (await execa(BUSYBOX, ['--list'])).stdout.split('\n').filter((a) => a && a !== 'busybox');
   for (const a of applets) await symlink('busybox', join(stage, 'bin', a));
 
-  await copyFile(QEMU_GA, join(stage, 'bin/qemu-ga'));
-  await chmod(join(stage, 'bin/qemu-ga'), 0o755);
-  for (const lib of await sharedLibraries(QEMU_GA)) {
-    await mkdir(join(stage, dirname(lib)), { recursive: true });
-    await copyFile(lib, join(stage, lib)); // copyFile follows the host's symlinks: the real file lands here
-  }
+  await copyProgram(QEMU_GA, join(stage, 'bin/qemu-ga'), stage, 'Install qemu-guest-agent on the host');
+  await copyProgram(XFS_IO, join(stage, 'bin/xfs_io'), stage, 'Install xfsprogs on the host');
 
   // guest-shutdown runs /sbin/shutdown; busybox has none, and there is no init system to ask.
   await writeFile(join(stage, 'bin/shutdown'), '#!/bin/sh\nsync\nexec poweroff -f\n', { mode: 0o755 });
@@ -64,6 +62,8 @@ export async function buildInitramfs(input: InitramfsInput): Promise<void> {
     await copyFile(join(input.modulesDir, m), join(modDst, m));
   }
 
+  // xfs_io looks its filesystems up in the mount table.
+  await symlink('/proc/mounts', join(stage, 'etc/mtab'));
   await writeFile(join(stage, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
   await writeFile(join(stage, 'etc/group'), 'root:x:0:\n');
   await writeFile(join(stage, 'etc/hostname'), 'virtcbt-guest\n');
@@ -76,15 +76,25 @@ export async function buildInitramfs(input: InitramfsInput): Promise<void> {
     .pipe('gzip', ['-6', '-n'], { stdout: { file: input.output } });
 }
 
+/** Copies the host's `bin` to `dst` in the stage, with every shared library it needs at the same path. */
+async function copyProgram(bin: string, dst: string, stage: string, hint: string): Promise<void> {
+  await copyFile(bin, dst);
+  await chmod(dst, 0o755);
+  for (const lib of await sharedLibraries(bin, hint)) {
+    await mkdir(join(stage, dirname(lib)), { recursive: true });
+    await copyFile(lib, join(stage, lib)); // copyFile follows the host's symlinks: the real file lands here
+  }
+}
+
 /** Absolute paths of the shared libraries (and the dynamic loader) `ldd` reports for `bin`. */
-export async function sharedLibraries(bin: string): Promise<string[]> {
+export async function sharedLibraries(bin: string, hint = 'Install qemu-guest-agent on the host'): Promise<string[]> {
   const r = await execa('ldd', [bin], { reject: false });
-  if (r.exitCode !== 0) throw new VirtcbtError(`ldd ${bin} failed: ${r.stderr || r.stdout}`, { hint: 'Install qemu-guest-agent on the host' });
+  if (r.exitCode !== 0) throw new VirtcbtError(`ldd ${bin} failed: ${r.stderr || r.stdout}`, { hint });
   const libs: string[] = [];
   for (const line of r.stdout.split('\n')) {
     const m = /=>\s*(\/\S+)/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
     if (m) libs.push(m[1]);
-    else if (/not found/.test(line)) throw new VirtcbtError(`ldd ${bin}: ${line.trim()}`, { hint: 'Reinstall qemu-guest-agent and its libraries' });
+    else if (/not found/.test(line)) throw new VirtcbtError(`ldd ${bin}: ${line.trim()}`, { hint: `${hint} (a library is missing)` });
   }
   return libs;
 }
