@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
 import { complement } from '../src/usedmap/index.js';
-import { AgentMapFreezer, diskUsedMap, FREEZE_SCRIPT, guestFilesystems, parseScriptReport } from '../src/usedmap/index.js';
+import { AgentMapFreezer, agentDiskUsedMap, FREEZE_SCRIPT, guestFilesystems, parseScriptReport } from '../src/usedmap/index.js';
 import { rotateFrozen } from '../src/snapshot/index.js';
 import { TimeoutError } from '../src/util/errors.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
@@ -101,7 +101,7 @@ describe('guest-agent used map', () => {
     expect(data).toMatchObject({ type: 'ext4', device: 'vda', target: 'vda', offset: 0, size: DATA_BYTES, mapped: true });
     const ext4 = await ext4FreeExtents(copyExt4);
     expect(data.free).toEqual(ext4.free);
-    expect(diskUsedMap(capture, { target: 'vda', size: DATA_BYTES }).used).toEqual(complement(ext4.free, DATA_BYTES));
+    expect(agentDiskUsedMap(capture, { target: 'vda', size: DATA_BYTES }).used).toEqual(complement(ext4.free, DATA_BYTES));
 
     const xfs = capture.filesystems.find((x) => x.mountpoint === '/mnt/xfs')!;
     expect(xfs).toMatchObject({ type: 'xfs', device: 'vdb1', guestDisk: 'vdb', target: 'vdb', offset: XFS_START, size: XFS_BYTES, mapped: true });
@@ -112,7 +112,7 @@ describe('guest-agent used map', () => {
     expect(xfs.free).toEqual(ref.free.map((e) => ({ offset: e.offset + XFS_START, length: e.length })));
     // The partition table before it and the space after it are used: nothing outside a mapped filesystem is free.
     const diskSize = XFS_START + XFS_BYTES + MiB;
-    const used = diskUsedMap(capture, { target: 'vdb', size: diskSize }).used;
+    const used = agentDiskUsedMap(capture, { target: 'vdb', size: diskSize }).used;
     expect(used[0]).toEqual({ offset: 0, length: XFS_START + (ref.free[0]?.offset ?? XFS_BYTES) });
     expect(used.at(-1)!.offset + used.at(-1)!.length).toBe(diskSize);
     await expectThawed();
@@ -145,7 +145,7 @@ describe('guest-agent used map', () => {
     expect(xfs).toMatchObject({ mapped: false, free: [], used: [{ offset: XFS_START, length: XFS_BYTES }] });
     expect(xfs.reason).toMatch(/xfs_io \(xfsprogs\) is not installed in the guest/);
     const diskSize = XFS_START + XFS_BYTES + MiB;
-    expect(diskUsedMap(capture, { target: 'vdb', size: diskSize })).toEqual({
+    expect(agentDiskUsedMap(capture, { target: 'vdb', size: diskSize })).toEqual({
       used: [{ offset: 0, length: diskSize }],
       unmapped: [{ mountpoint: '/mnt/xfs', reason: xfs.reason }],
     });

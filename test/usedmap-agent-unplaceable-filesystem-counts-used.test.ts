@@ -4,7 +4,7 @@
 // freezes (through qemu-ga, thawed after) and every filesystem then counts as used, with why.
 import { describe, expect, it } from 'vitest';
 import { AgentCommandError, GuestAgent, type AgentTransport } from '../src/guest/index.js';
-import { AgentMapFreezer, diskUsedMap, guestFilesystems, partitionParent } from '../src/usedmap/index.js';
+import { AgentMapFreezer, agentDiskUsedMap, guestFilesystems, partitionParent } from '../src/usedmap/index.js';
 
 const pci = (slot: number) => ({ 'pci-controller': { domain: 0, bus: 0, slot, function: 0 }, 'bus-type': 'virtio', bus: 0, target: 0, unit: 0 });
 const XML = `<domain type='qemu'><name>vm1</name><devices>
@@ -96,7 +96,7 @@ describe('guest filesystems placed on disks', () => {
     expect(capture.filesystems.every((x) => !x.mapped && x.free.length === 0)).toBe(true);
     expect(capture.note).toMatch(/guest-exec refused \(Command guest-exec has been disabled\)/);
     const size = 4 * 1024 * 1024 * 1024;
-    const vdc = diskUsedMap(capture, { target: 'vdc', size });
+    const vdc = agentDiskUsedMap(capture, { target: 'vdc', size });
     expect(vdc.used).toEqual([{ offset: 0, length: size }]);
     expect(vdc.unmapped.map((u) => u.mountpoint).sort()).toEqual(['/boot', '/srv']);
   });

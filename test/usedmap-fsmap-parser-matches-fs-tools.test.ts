@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { mergeExtents, totalLength as total, type Extent } from '../src/nbd/index.js';
+import { merge, totalBytes as total, type Extent } from '../src/extent/index.js';
 import { complement, freeExtents, parseFsmap, usedExtents, FsmapParseError } from '../src/usedmap/index.js';
 import { patternBuffer } from '../src/guestimage/index.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
@@ -113,5 +113,5 @@ function subtract(a: Extent[], b: Extent[]): Extent[] {
       if (e > s) out.push({ offset: s, length: e - s });
     }
   }
-  return mergeExtents(out);
+  return merge(out);
 }

@@ -4,7 +4,7 @@
 // the caller did while frozen (the snapshot transaction).
 import { randomBytes } from 'node:crypto';
 import { AgentCommandError, GuestAgent, ThawFailedError, type FrozenOptions } from '../guest/index.js';
-import { mergeExtents, type Extent } from '../nbd/index.js';
+import { merge, type Extent } from '../extent/index.js';
 import { abortReason } from '../util/abort.js';
 import { TimeoutError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { EXIT_CANNOT, FREEZE_SCRIPT, parseScriptReport, type ScriptReport } from './freeze-script.js';
@@ -16,7 +16,7 @@ export interface FilesystemMap extends GuestFilesystem {
   mapped: boolean;
   /**
    * Used byte extents on the disk (partition start added), merged. The whole device when not
-   * mapped; empty when its place is unknown (`problem`): diskUsedMap then frees nothing for it.
+   * mapped; empty when its place is unknown (`problem`): agentDiskUsedMap then frees nothing for it.
    */
   used: Extent[];
   /** Free byte extents on the disk (what a sync may skip). Empty when not mapped. */
@@ -266,10 +266,10 @@ export class AgentMapFreezer extends GuestAgent {
  * of the filesystems mapped on it (regions outside any mapped filesystem count as used), with the
  * reasons for what could not be mapped.
  */
-export function diskUsedMap(capture: FrozenCapture, disk: { target?: string; guestDisk?: string; size: number }): { used: Extent[]; unmapped: { mountpoint: string; reason: string }[] } {
+export function agentDiskUsedMap(capture: FrozenCapture, disk: { target?: string; guestDisk?: string; size: number }): { used: Extent[]; unmapped: { mountpoint: string; reason: string }[] } {
   const on = (f: FilesystemMap) => (disk.target !== undefined && f.target === disk.target) || (disk.target === undefined && disk.guestDisk !== undefined && f.guestDisk === disk.guestDisk);
   const mine = capture.filesystems.filter((f) => on(f) || (f.problem !== undefined && f.target === disk.target));
-  const free = mergeExtents(mine.filter((f) => f.mapped).flatMap((f) => f.free));
+  const free = merge(mine.filter((f) => f.mapped).flatMap((f) => f.free));
   return {
     used: complement(free, disk.size),
     unmapped: mine.filter((f) => !f.mapped).map((f) => ({ mountpoint: f.mountpoint, reason: f.reason ?? 'not mapped' })),

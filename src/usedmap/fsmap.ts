@@ -1,6 +1,6 @@
 // Parses what `xfs_io -r -c fsmap MOUNTPOINT` prints (GETFSMAP, ext4 and XFS) into free and used
 // byte extents of the filesystem's device.
-import { mergeExtents, type Extent } from '../nbd/index.js';
+import { merge, subtract, type Extent } from '../extent/index.js';
 import { VirtcbtError } from '../util/errors.js';
 
 /** GETFSMAP reports in 512-byte "daddr" units whatever the filesystem's block size. */
@@ -46,7 +46,7 @@ export const isFree = (r: FsmapRecord): boolean => r.owner === 'free space';
 
 /** Free byte extents of `device`, merged. */
 export function freeExtents(records: readonly FsmapRecord[], device: string): Extent[] {
-  return mergeExtents(records.filter((r) => r.device === device && isFree(r)));
+  return merge(records.filter((r) => r.device === device && isFree(r)));
 }
 
 /**
@@ -57,15 +57,7 @@ export function usedExtents(records: readonly FsmapRecord[], device: string, siz
   return complement(freeExtents(records, device), size);
 }
 
-/** [0, size) minus `extents` (sorted and merged), merged. */
+/** [0, size) minus `extents`. */
 export function complement(extents: readonly Extent[], size: number): Extent[] {
-  const out: Extent[] = [];
-  let at = 0;
-  for (const e of extents) {
-    const start = Math.min(e.offset, size);
-    if (start > at) out.push({ offset: at, length: start - at });
-    at = Math.max(at, Math.min(e.offset + e.length, size));
-  }
-  if (at < size) out.push({ offset: at, length: size - at });
-  return out;
+  return subtract([{ offset: 0, length: size }], merge(extents));
 }

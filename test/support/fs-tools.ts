@@ -1,7 +1,7 @@
 // Free space of ext4 and XFS images as their own tools report it (dumpe2fs, xfs_db), as byte
 // extents: the reference the GETFSMAP-based used-block maps are checked against.
 import { execa } from 'execa';
-import { mergeExtents, type Extent } from '../../src/nbd/index.js';
+import { merge, type Extent } from '../../src/extent/index.js';
 
 /** ext2/3/4: every group's "Free blocks:" list from dumpe2fs (reads the block bitmaps). */
 export async function ext4FreeExtents(image: string): Promise<{ free: Extent[]; size: number }> {
@@ -17,7 +17,7 @@ export async function ext4FreeExtents(image: string): Promise<{ free: Extent[]; 
       free.push({ offset: a * bs, length: ((b ?? a) - a + 1) * bs });
     }
   }
-  return { free: mergeExtents(free), size: count * bs };
+  return { free: merge(free), size: count * bs };
 }
 
 /**
@@ -52,5 +52,5 @@ export async function xfsFreeExtents(image: string): Promise<{ free: Extent[]; s
       free.push({ offset: (ag * agblocks + b) * bs, length: bs });
     }
   }
-  return { free: mergeExtents(free), size: dblocks * bs };
+  return { free: merge(free), size: dblocks * bs };
 }
