@@ -2,7 +2,7 @@
 // image) by the filesystem room's whole-disk map (src/fs/disk-map.ts): ext2/3/4 by their bitmaps,
 // every other region (partition tables, gaps, swap, XFS, LVM, damaged filesystems) used, with why.
 import type { Endpoint } from '../copy/index.js';
-import { agentDiskUsedMap } from '../fs/index.js';
+import { diskUsedMap } from '../fs/index.js';
 import type { UsedMap } from './types.js';
 
 export interface ImageMapOptions {
@@ -14,7 +14,7 @@ export interface ImageMapOptions {
 
 export async function usedMapFromImage(endpoint: Endpoint, o: ImageMapOptions = {}): Promise<UsedMap> {
   const t0 = performance.now();
-  const m = await agentDiskUsedMap(endpoint, { label: o.label, trustUnreplayedJournal: o.trustUnreplayedJournal });
+  const m = await diskUsedMap(endpoint, { label: o.label, trustUnreplayedJournal: o.trustUnreplayedJournal });
   return {
     sizeBytes: endpoint.size,
     used: m.used,
