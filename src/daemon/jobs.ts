@@ -24,6 +24,9 @@ import { diskChangesReply } from './changes-reply.js';
 import { FreezeMarkers } from './freeze-marker.js';
 import { JobRegistry, type Job } from './job-registry.js';
 import { KeyedTurns } from './turns.js';
+import { NbdEndpoint } from '../copy/index.js';
+import { SyncRecords, runSync, type SyncEvent, type SyncRequest, type SyncResult } from '../sync/index.js';
+import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } from '../usedmap/index.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
 /** Export ids (and names) of pass exports: `virtcbt-pass-P-TARGET`; the pass id finds them again after a restart. */
@@ -300,6 +303,96 @@ export class JobRunner {
    */
   backupStream(domain: string, req: BackupRequest): AsyncIterable<Record<string, unknown>> {
     return eventStream<BackupEvent>((emit) => this.backup(domain, req, emit), (ev) => ev.type === 'result' && ev.running);
+  }
+
+  // ---- disk-copy syncs -------------------------------------------------------------------------
+
+  /**
+   * Syncs one disk to a target (see src/sync): a job like a backup, holding the domain's queue only
+   * while it takes and releases its snapshot; syncs to one target take turns.
+   */
+  sync(domain: string, req: SyncRequest, emit: (ev: SyncEvent) => void, o: { signal?: AbortSignal } = {}): Promise<SyncResult> {
+    return this.registry.run('sync', domain, { consumer: `${req.disk} → ${req.to}` }, (job) => this.turns.run(`${domain}\0sync\0${req.disk}\0${req.to}`, () => {
+      const signal = o.signal ? AbortSignal.any([job.signal, o.signal]) : job.signal;
+      const report = (ev: SyncEvent) => {
+        if (ev.type === 'start') emit({ ...ev, job: job.id } as SyncEvent);
+        else emit(ev);
+        if (ev.type === 'snapshot') job.progress({ step: 'used map' });
+        else if (ev.type === 'plan') job.progress({ step: 'copy', done: 0, total: ev.copyBytes });
+        else if (ev.type === 'progress') job.progress({ step: 'copy', done: ev.done, total: ev.total });
+      };
+      let run!: Promise<SyncResult>;
+      const held = this.tracker.withDomainJob(domain, (ctx) => {
+        job.started();
+        job.progress({ step: 'snapshot' });
+        let letGo!: () => void;
+        const taken = new Promise<void>((r) => { letGo = r; });
+        const inQueue = <T>(fn: () => Promise<T>) => this.tracker.queues.run(domain, async () => {
+          try {
+            return await fn();
+          } finally {
+            await releaseNbdServer(ctx.qmp).catch(() => undefined);
+          }
+        });
+        run = (async () => runSync(ctx, req, {
+          snapshots: await this.snapshotHost(ctx.running), job: job.id, snapshotTaken: letGo, inQueue, signal,
+          runDir: this.cfg.runDir, records: new SyncRecords(join(this.cfg.stateDir, 'sync')),
+          agent: this.agentFor(ctx) ?? null, freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, agentTimeoutMs: this.cfg.agent.timeoutMs,
+          freezeMarker: this.freezeMarkers.for(domain), nbd: this.cfg.nbd, tlsCertificates: this.cfg.sync.tlsCertificates,
+          domainXml: () => this.libvirt.xml(domain),
+        }, report))();
+        return Promise.race([taken, run.then(() => undefined, () => undefined)]);
+      });
+      return (async () => {
+        await held;
+        const r = await run;
+        this.logger.info('sync done', { domain, disk: r.disk, target: r.target, seed: r.seed, copied: r.copiedBytes, ms: r.elapsedMs });
+        emit({ type: 'result', ...r });
+        return r;
+      })().catch((err) => {
+        this.logger.error('sync failed', { domain, disk: req.disk, target: req.to, error: (err as Error).message });
+        throw err;
+      });
+    }, { signal: job.signal, waiting: () => job.progress({ step: 'waiting for the running sync to this target' }) }));
+  }
+
+  syncStream(domain: string, req: SyncRequest): AsyncIterable<Record<string, unknown>> {
+    return eventStream<SyncEvent>((emit) => this.sync(domain, req, emit));
+  }
+
+  /**
+   * The used-block map of one disk at an instant, as a sync would use it: a snapshot without a
+   * consumer (no rotation), the map read from it (or from the guest during the freeze), released.
+   */
+  usedMap(domain: string, disk: string, via: 'image' | 'agent' = 'image'): Promise<UsedMap & { disk: string; consistency: string; freezeWindowMs: number | null; image?: UsedMap; agree?: boolean }> {
+    return this.tracker.withDomainJob(domain, async (ctx) => {
+      const d = ctx.disks.find((k) => k.target === disk);
+      if (!d) throw new UsageError(`domain ${domain} has no tracked disk ${disk}`, { domain, hint: `Tracked disks: ${ctx.disks.map((k) => k.target).join(', ') || 'none'}` });
+      const base = this.agentFor(ctx);
+      if (via === 'agent' && !base) throw new UsageError('the guest agent\'s used map needs the running domain\'s guest agent', { domain, disk, hint: 'Use the image map (the default)' });
+      const agent = via === 'agent' ? new AgentMapFreezer(base!, { domainXml: await this.libvirt.xml(domain) }) : base;
+      const snap = Snapshot.open(ctx, await this.snapshotHost(ctx.running), { job: `usedmap ${domain} ${disk}`, targets: [disk] });
+      let src: NbdEndpoint | undefined;
+      try {
+        const taken = await snap.take({
+          rotate: false, agent, freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, marker: this.freezeMarkers.for(domain),
+          noAgentReason: ctx.running ? 'no usable guest agent: crash-consistent' : 'the domain is stopped',
+        }).finally(() => agent?.close());
+        // The image's map of the same instant, always (with the agent's: both, and whether they agree).
+        const [e] = await snap.exportUnix([disk]);
+        src = await NbdEndpoint.open(e!.uri, { timeoutMs: this.cfg.nbd.timeoutMs });
+        const image = await usedMapFromImage(src, { label: `domain ${domain}, disk ${disk}` });
+        const out = { disk, consistency: taken.consistency, freezeWindowMs: taken.freezeWindowMs };
+        if (!(agent instanceof AgentMapFreezer)) return { ...image, ...out };
+        if (!agent.last) throw new VirtcbtError('the guest agent froze nothing: no used map', { domain, disk });
+        const map = usedMapFromCapture(agent.last, d, agent.last.hostMs);
+        const agree = JSON.stringify(map.used) === JSON.stringify(image.used);
+        return { ...map, ...out, image, agree };
+      } finally {
+        await src?.close().catch(() => undefined);
+        await snap.release();
+      }
+    });
   }
 
   // ---- passes with exports ---------------------------------------------------------------------

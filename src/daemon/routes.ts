@@ -86,5 +86,26 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
         noFreeze: r.body.noFreeze === true,
       }),
     }));
+    // A sync writes wherever its target is, and a used map freezes the guest: root only.
+    server.route('POST', '/v1/domains/:domain/syncs', rootOnly('sync', async (r) => ({
+      stream: jobs.syncStream(r.params.domain, {
+        disk: str(r.body.disk, 'disk'),
+        to: str(r.body.to, 'to'),
+        format: oneOf(r.body.format, ['qcow2', 'raw'] as const, 'format'),
+        discard: r.body.discard === true,
+        full: r.body.full === true,
+        noFreeze: r.body.noFreeze === true,
+        map: oneOf(r.body.map, ['image', 'agent'] as const, 'map'),
+      }),
+    })));
+    server.route('POST', '/v1/domains/:domain/usedmap', rootOnly('usedmap', async (r) =>
+      jobs.usedMap(r.params.domain, str(r.body.disk, 'disk'), oneOf(r.body.map, ['image', 'agent'] as const, 'map'))));
   }
+}
+
+/** An optional value from a fixed set. */
+function oneOf<T extends string>(v: unknown, allowed: readonly T[], name: string): T | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) throw new UsageError(`${name} must be one of ${allowed.join(', ')}`);
+  return v as T;
 }

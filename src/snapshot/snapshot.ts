@@ -173,19 +173,22 @@ export class Snapshot implements AsyncDisposable {
     };
     const { rot, freeze } = await rotateFrozen(
       (around) => (rotate
-        ? ctx.reconciler.rotateAndFold(this.disks, {
+        // A pass covers the whole domain: every disk's bitmap rotates, only the snapshot's disks are fleeced.
+        ? ctx.reconciler.rotateAndFold(ctx.disks, {
           pass: o.consumer !== undefined ? { consumer: o.consumer } : undefined,
           extra: this.fleece?.actions(),
           keepFolded: o.keepFolded,
           exportFrozen: o.foldThroughExports
             ? async (frozen) => {
-              const out = await this.exportUnix(frozen.map((f) => f.target), { bitmaps: (t) => frozen.filter((f) => f.target === t).map((f) => ({ node: f.node, name: f.bitmap })) });
+              // The others (disks outside the snapshot) are folded through exports of their own.
+              const mine = frozen.filter((f) => this.disks.some((d) => d.target === f.target));
+              const out = await this.exportUnix(mine.map((f) => f.target), { bitmaps: (t) => mine.filter((f) => f.target === t).map((f) => ({ node: f.node, name: f.bitmap })) });
               return new Map(out.map((e) => [e.target, e.uri]));
             }
             : undefined,
           aroundTransaction: inTransaction(around),
         })
-        : inTransaction(around)(() => transaction(ctx.qmp, this.fleece?.actions() ?? [])).then((): RotateResult => ({ disks: [] }))),
+        : inTransaction(around)(async () => { if (this.fleece) await transaction(ctx.qmp, this.fleece.actions()); }).then((): RotateResult => ({ disks: [] }))),
       ctx.running ? o.agent : undefined,
       {
         freezeTimeoutMs: o.freezeTimeoutMs, noAgentReason: o.noAgentReason, marker: o.marker,

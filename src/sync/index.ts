@@ -1,0 +1,6 @@
+// The sync room (patent US8694746): keep a second copy of a disk up to date with only the blocks
+// modified since its last sync and in use by the guest's filesystems now.
+export { runSync, type SyncContext, type SyncDeps, type SyncEvent, type SyncRequest, type SyncResult } from './sync.js';
+export { planSync, type SyncPlan, type SyncPlanInput } from './plan.js';
+export { SyncRecords, type SyncRecord } from './record.js';
+export { describeTarget, displayUri, identityChange, parseTarget, syncConsumerName, targetKey, type SyncTarget, type TargetIdentity } from './target.js';

@@ -1,0 +1,95 @@
+// What virtcbtd remembers of each sync target, beside the change log (which holds the consumer's
+// position): the target's identity after the last sync, the change log it was synced under, and
+// the used map of that instant (so that --discard frees only what was freed since). One file per
+// domain and consumer in the state directory, written atomically, read as untrusted input.
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { mkdir, open, rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Extent } from '../extent/index.js';
+import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
+import type { TargetIdentity } from './target.js';
+
+export interface SyncRecord {
+  format: 'virtcbt-sync/1';
+  domain: string;
+  disk: string;
+  consumer: string;
+  /** The target as named (a path, or the URI without its query). */
+  target: string;
+  identity: TargetIdentity;
+  /** The change log the target was synced under (see changelog/identity.ts). */
+  logId: string;
+  generation: number;
+  syncedAt: string;
+  /** The used map of the synced instant, as [offset, length] pairs (absent when too large to keep). */
+  used?: [number, number][];
+}
+
+/** Records are small; a used map of a badly fragmented filesystem is left out above this. */
+const MAX_RECORD_BYTES = 16 * 1024 * 1024;
+const MAX_USED_EXTENTS = 200_000;
+
+export class SyncRecords {
+  constructor(readonly dir: string) {}
+
+  private path(domain: string, consumer: string): string {
+    return join(this.dir, encodeURIComponent(domain), `${consumer}.json`);
+  }
+
+  /** The record, or undefined when there is none or it cannot be trusted (then the target is seeded again). */
+  async read(domain: string, consumer: string): Promise<{ record?: SyncRecord; problem?: string }> {
+    let text: string;
+    try {
+      text = (await readRegularFile(this.path(domain, consumer), MAX_RECORD_BYTES)).text;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+      if (err instanceof NotRegularFileError) return { problem: err.message };
+      throw err;
+    }
+    const r = parseRecord(text, domain, consumer);
+    return r ? { record: r } : { problem: `the sync record ${this.path(domain, consumer)} is not one virtcbt wrote` };
+  }
+
+  async write(rec: SyncRecord, used: readonly Extent[]): Promise<void> {
+    const dir = join(this.dir, encodeURIComponent(rec.domain));
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const full: SyncRecord = { ...rec, used: used.length <= MAX_USED_EXTENTS ? used.map((e) => [e.offset, e.length]) : undefined };
+    const tmp = join(dir, `.${rec.consumer}.${randomBytes(3).toString('hex')}`);
+    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    try {
+      await fh.writeFile(JSON.stringify(full));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, this.path(rec.domain, rec.consumer));
+  }
+}
+
+function parseRecord(text: string, domain: string, consumer: string): SyncRecord | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const r = v as Partial<SyncRecord> | null;
+  if (!r || typeof r !== 'object' || r.format !== 'virtcbt-sync/1' || r.domain !== domain || r.consumer !== consumer) return undefined;
+  if (typeof r.disk !== 'string' || typeof r.target !== 'string' || typeof r.logId !== 'string' || !Number.isSafeInteger(r.generation)) return undefined;
+  const id = r.identity as Record<string, unknown> | undefined;
+  const num = (x: unknown) => typeof x === 'number' && Number.isFinite(x) && x >= 0;
+  if (!id || typeof id !== 'object') return undefined;
+  if (id.kind === 'file' && !(num(id.dev) && num(id.ino) && num(id.size) && num(id.mtimeMs))) return undefined;
+  if (id.kind === 'nbd' && !(typeof id.uri === 'string' && num(id.size))) return undefined;
+  if (id.kind !== 'file' && id.kind !== 'nbd') return undefined;
+  if (r.used !== undefined) {
+    if (!Array.isArray(r.used)) return undefined;
+    let end = 0;
+    for (const p of r.used) {
+      if (!Array.isArray(p) || p.length !== 2 || !Number.isSafeInteger(p[0]) || !Number.isSafeInteger(p[1]) || p[0] < end || p[1] <= 0) return undefined;
+      end = p[0] + p[1];
+    }
+  }
+  return r as SyncRecord;
+}

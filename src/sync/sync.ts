@@ -1,0 +1,293 @@
+// The sync job (patent US8694746): bring a second copy of one disk up to date with only the blocks
+// modified since its last sync *and* in use now. A snapshot of the domain (src/snapshot) is taken
+// in the domain's queue, with the target's own consumer's pass begun in its transaction; the used
+// map is read from that same snapshot (src/usedmap), so map and data describe one instant; the
+// copy runs beside folds and other jobs; the target is flushed, its identity recorded, and only
+// then the pass committed. A failure or a cancel leaves the consumer where it was: the next sync
+// covers everything since the last good one.
+import { logContinuity, type ChangeLog } from '../changelog/index.js';
+import { NbdEndpoint, ProgressMeter, copyExtents, dataExtents, openImageEndpoint, type CopyProgress, type Endpoint } from '../copy/index.js';
+import { fromPairs, totalBytes, type Extent } from '../extent/index.js';
+import type { GuestAgent } from '../guest/index.js';
+import type { DomainXmlInfo } from '../libvirt/index.js';
+import type { QmpExecutor } from '../qmp/index.js';
+import type { Reconciler, TrackedDisk } from '../reconciler/index.js';
+import { Snapshot, presetMarker, type FreezeMarker, type SnapshotHost } from '../snapshot/index.js';
+import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } from '../usedmap/index.js';
+import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { planSync, type SyncPlan } from './plan.js';
+import type { SyncRecords } from './record.js';
+import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, syncConsumerName, targetKey, type TargetIdentity } from './target.js';
+
+export interface SyncContext {
+  domain: string;
+  running: boolean;
+  qmp: QmpExecutor;
+  nbdSocket: string;
+  disks: TrackedDisk[];
+  reconciler: Reconciler;
+  info: DomainXmlInfo;
+  log: ChangeLog;
+}
+
+export interface SyncRequest {
+  disk: string;
+  /** An image file (qcow2 or raw; made when missing) or an nbd:// / nbds:// URI. */
+  to: string;
+  format?: 'qcow2' | 'raw';
+  /** Also free on the target what is free in the guest now. */
+  discard?: boolean;
+  /** Seed the target with every used block, whatever its history. */
+  full?: boolean;
+  noFreeze?: boolean;
+  /**
+   * Where the used map comes from: 'image' (default) reads the snapshot's filesystems (ext2/3/4);
+   * 'agent' has the guest read GETFSMAP while it is frozen (XFS too; a longer freeze).
+   */
+  map?: 'image' | 'agent';
+}
+
+export type SyncEvent =
+  | { type: 'start'; domain: string; disk: string; target: string; consumer: string; running: boolean; sizeBytes: number }
+  | { type: 'snapshot'; time: string; consistency: 'filesystem' | 'crash'; note?: string; freezeWindowMs: number | null; pass: number }
+  | { type: 'plan'; seed: boolean; reason?: string; modifiedBytes: number; modifiedUsedBytes: number; skippedFreeBytes: number; copyBytes: number; discardBytes: number; usedMap: Omit<UsedMap, 'used'> }
+  | { type: 'progress'; done: number; total: number; written: number; bytesPerSec: number; etaSec: number | null }
+  | ({ type: 'result' } & SyncResult);
+
+export interface SyncResult {
+  domain: string;
+  disk: string;
+  target: string;
+  consumer: string;
+  seed: boolean;
+  reason?: string;
+  time: string;
+  consistency: 'filesystem' | 'crash';
+  freezeWindowMs: number | null;
+  /** Bytes modified since the target's last sync (the change log's extents). */
+  modifiedBytes: number;
+  /** Of those, in use now: what an incremental sync ships. */
+  modifiedUsedBytes: number;
+  /** Modified but free now: not shipped. */
+  skippedFreeBytes: number;
+  /** Bytes read and written to the target (a seed: every used byte). */
+  copiedBytes: number;
+  writtenBytes: number;
+  discardedBytes: number;
+  usedBytes: number;
+  usedMap: Omit<UsedMap, 'used'>;
+  elapsedMs: number;
+  notes: string[];
+}
+
+export interface SyncDeps {
+  snapshots: SnapshotHost;
+  job?: string;
+  /** The copy may run outside the domain's queue from here (see BackupDeps.snapshotTaken). */
+  snapshotTaken?: () => void;
+  inQueue?: <T>(fn: () => Promise<T>) => Promise<T>;
+  signal?: AbortSignal;
+  runDir: string;
+  records: SyncRecords;
+  /** The agent to freeze through; null: none. */
+  agent: GuestAgent | null;
+  freezeTimeoutMs: number;
+  agentTimeoutMs: number;
+  freezeMarker?: FreezeMarker;
+  nbd: { requestSize: number; inflight: number; connections: number; timeoutMs: number };
+  /** The domain's live XML (the agent map names filesystems' disks by it). */
+  domainXml?: () => Promise<string>;
+  /** Certificates for nbds:// targets (ca-cert.pem, client-cert.pem, client-key.pem). */
+  tlsCertificates?: string;
+}
+
+export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps, emit: (ev: SyncEvent) => void): Promise<SyncResult> {
+  const t0 = performance.now();
+  const { domain } = ctx;
+  const disk = ctx.disks.find((d) => d.target === req.disk);
+  if (!disk) {
+    throw new UsageError(`domain ${domain} has no tracked disk ${req.disk}`, { domain, hint: `Tracked disks: ${ctx.disks.map((d) => d.target).join(', ') || 'none'}` });
+  }
+  const target = parseTarget(req.to, { format: req.format });
+  const shown = describeTarget(target);
+  const where = { domain, disk: disk.target };
+  const source = ctx.info.disks.find((d) => d.target === disk.target)?.source;
+  if (target.kind === 'file') await refuseSourceAsTarget(target.path, ctx.info, where);
+  const key = await targetKey(target);
+  const consumer = syncConsumerName(disk.target, key);
+  if (!ctx.log.listConsumers(domain).some((c) => c.name === consumer)) ctx.log.addConsumer(domain, consumer);
+  emit({ type: 'start', domain, disk: disk.target, target: shown, consumer, running: ctx.running, sizeBytes: disk.sizeBytes });
+
+  const notes: string[] = [];
+  let snap: Snapshot | undefined;
+  let leftQueue = false;
+  const inQueue = <T>(fn: () => Promise<T>): Promise<T> => (leftQueue && deps.inQueue ? deps.inQueue(fn) : fn());
+  let passId: number | undefined;
+  let committed = false;
+  let src: NbdEndpoint | undefined;
+  let dst: { endpoint: Endpoint; close(): Promise<void> } | undefined;
+  const byAgent = req.map === 'agent';
+  if (byAgent && (!ctx.running || deps.agent === null || req.noFreeze)) {
+    throw new UsageError(`the guest agent's used map needs the running domain's guest agent and its freeze${req.noFreeze ? ' (not --no-freeze)' : ''}`, {
+      ...{ domain, disk: disk.target }, hint: 'Use the image map (the default), which reads ext2/3/4 from the snapshot itself',
+    });
+  }
+  const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
+    : byAgent ? new AgentMapFreezer(deps.agent, { domainXml: await deps.domainXml?.() }) : deps.agent;
+  const freezeMarker = agent && deps.freezeMarker ? presetMarker(deps.freezeMarker) : undefined;
+  try {
+    const pinged = agent ? agent.ping({ timeoutMs: Math.min(5_000, deps.agentTimeoutMs) }).then(() => true, (err: unknown) => {
+      notes.push(`the guest agent did not answer (${errorMessage(err)}): crash-consistent`);
+      return false;
+    }) : Promise.resolve(false);
+    snap = Snapshot.open(ctx, deps.snapshots, { job: deps.job ?? `sync ${domain} ${disk.target}`, targets: [disk.target] });
+    const agentOk = await pinged;
+    deps.signal?.throwIfAborted();
+    const taken = await snap.take({
+      consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker,
+      noAgentReason: !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
+        : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent' : 'no usable guest agent: crash-consistent',
+    });
+    passId = taken.passId!;
+    if (taken.note) notes.push(taken.note);
+    emit({ type: 'snapshot', time: taken.time, consistency: taken.consistency, note: taken.note, freezeWindowMs: taken.freezeWindowMs, pass: passId });
+    const [exp] = await snap.exportUnix([disk.target]);
+    if (deps.snapshotTaken && ctx.running) {
+      deps.snapshotTaken();
+      leftQueue = true;
+    }
+    deps.signal?.throwIfAborted();
+    src = await NbdEndpoint.open(exp!.uri, { timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections, signal: deps.signal });
+
+    // The target: its identity before anything is written, then opened for writing.
+    const { record, problem } = await deps.records.read(domain, consumer);
+    if (problem) notes.push(`${problem}: the target is seeded again`);
+    const before: TargetIdentity | undefined = target.kind === 'file'
+      ? await fileIdentity(target.path).catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err; })
+      : undefined;
+    const opened = await openTarget(target, disk, deps, req);
+    dst = opened;
+    if (opened.endpoint.size < disk.sizeBytes) {
+      throw new UsageError(`sync target ${shown} holds ${opened.endpoint.size} bytes, less than disk ${disk.target}'s ${disk.sizeBytes}`, {
+        ...where, hint: `Give a target of at least ${disk.sizeBytes} bytes (or a missing file path: virtcbt creates it)`,
+      });
+    }
+    const now: TargetIdentity | undefined = target.kind === 'file' ? before : { kind: 'nbd', uri: displayUri(target.uri), size: opened.endpoint.size };
+    const pass = ctx.log.getPass(passId);
+    const changes = ctx.log.passChanges(passId).find((c) => c.target === disk.target);
+    if (!changes) throw new VirtcbtError('the change log has no changes for the disk', where);
+    const seed = req.full ? '--full was asked for'
+      : identityChange(record?.identity, now)
+        ?? (logContinuity(record?.logId, pass.logId) !== 'same' ? 'the target was synced under another change log of the domain (tracking was disabled and re-enabled since)' : undefined)
+        ?? (changes.full ? changes.reason ?? 'the change log has no history for this target' : undefined)
+        ?? (pass.since === null || record!.generation < pass.since ? 'the target is older than the change log\'s record of its last sync' : undefined);
+
+    let usedMap: UsedMap;
+    if (agent instanceof AgentMapFreezer) {
+      if (!agent.last) throw new VirtcbtError('the guest agent froze nothing: no used map of the snapshot\'s instant', { domain, disk: disk.target, hint: 'Check the guest agent, or use the image map' });
+      if (agent.last.note) notes.push(agent.last.note);
+      usedMap = usedMapFromCapture(agent.last, disk, agent.last.hostMs);
+    } else {
+      usedMap = await usedMapFromImage(src, { label: `domain ${domain}, disk ${disk.target}` });
+    }
+    deps.signal?.throwIfAborted();
+    const modified: Extent[] = changes.extents.map((e) => (Array.isArray(e) ? { offset: e[0], length: e[1] } : e as unknown as Extent));
+    const plan: SyncPlan = planSync({
+      sizeBytes: disk.sizeBytes, modified, used: usedMap, seed, discard: req.discard ?? false,
+      previousUsed: record?.used ? fromPairs(record.used) : undefined,
+    });
+    const { used, ...mapSummary } = usedMap;
+    if (plan.seed) notes.push(`${plan.reason}: the target is seeded with every used block`);
+    emit({
+      type: 'plan', seed: plan.seed, reason: plan.reason, modifiedBytes: plan.modifiedBytes, modifiedUsedBytes: plan.modifiedUsedBytes,
+      skippedFreeBytes: plan.skippedFreeBytes, copyBytes: totalBytes(plan.copy), discardBytes: totalBytes(plan.discard), usedMap: mapSummary,
+    });
+
+    const total = totalBytes(plan.copy);
+    const meter = new ProgressMeter(total);
+    const progress = await copyExtents(src, opened.endpoint, dataExtents(plan.copy), {
+      requestSize: deps.nbd.requestSize, inflight: deps.nbd.inflight, signal: deps.signal,
+      onProgress: (p: Readonly<CopyProgress>) => {
+        const ev = meter.update(p.done, p.written);
+        if (ev) emit({ type: 'progress', ...ev });
+      },
+    });
+    emit({ type: 'progress', ...meter.final(progress.done, progress.written) });
+    for (const d of plan.discard) {
+      deps.signal?.throwIfAborted();
+      await opened.endpoint.discard(d.offset, d.length);
+    }
+    await opened.endpoint.flush();
+    await opened.close();
+    dst = undefined;
+    await src.close();
+    src = undefined;
+
+    // The target is durable: record what it is now, then move the consumer (a kill in between
+    // copies the same changes again next time, never fewer).
+    const after: TargetIdentity = target.kind === 'file' ? await fileIdentity(target.path) : now!;
+    await deps.records.write({
+      format: 'virtcbt-sync/1', domain, disk: disk.target, consumer, target: shown, identity: after,
+      logId: pass.logId, generation: pass.generation, syncedAt: new Date().toISOString(),
+    }, used);
+    ctx.log.commitPass(passId);
+    committed = true;
+    if (source === undefined) notes.push('the disk has no image file in the domain definition');
+    return {
+      domain, disk: disk.target, target: shown, consumer, seed: plan.seed, reason: plan.reason, time: taken.time,
+      consistency: taken.consistency, freezeWindowMs: taken.freezeWindowMs,
+      modifiedBytes: plan.modifiedBytes, modifiedUsedBytes: plan.modifiedUsedBytes, skippedFreeBytes: plan.skippedFreeBytes,
+      copiedBytes: progress.done, writtenBytes: progress.written, discardedBytes: totalBytes(plan.discard), usedBytes: plan.usedBytes,
+      usedMap: mapSummary, elapsedMs: Math.round(performance.now() - t0), notes,
+    };
+  } catch (err) {
+    if (passId !== undefined && !committed) {
+      try {
+        if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
+      } catch { /* reported by the log's next call */ }
+    }
+    if (err instanceof VirtcbtError) throw err;
+    throw new VirtcbtError(`sync of disk ${disk.target} to ${shown} failed: ${errorMessage(err)}`, {
+      ...where, cause: err, hint: 'The target\'s consumer did not move: the next sync copies everything since its last good one',
+    });
+  } finally {
+    await src?.close().catch(() => undefined);
+    await dst?.close().catch(() => undefined);
+    if (snap) {
+      const s = snap;
+      await inQueue(() => s.release()).catch((err) => notes.push(errorMessage(err)));
+    }
+    await freezeMarker?.dropIfUnused().catch(() => undefined);
+    await agent?.close().catch(() => undefined);
+  }
+}
+
+/** The target must not be one of the domain's own images (a sync onto itself would destroy it). */
+async function refuseSourceAsTarget(path: string, info: DomainXmlInfo, where: { domain: string; disk: string }): Promise<void> {
+  const { stat } = await import('node:fs/promises');
+  const t = await stat(path).catch(() => undefined);
+  if (!t) return;
+  for (const d of info.disks) {
+    if (!d.source) continue;
+    const s = await stat(d.source).catch(() => undefined);
+    if (s && s.dev === t.dev && s.ino === t.ino) {
+      throw new UsageError(`sync target ${path} is the image of disk ${d.target} of the domain itself`, { ...where, hint: 'Name another file (a copy on other storage)' });
+    }
+  }
+}
+
+async function openTarget(target: ReturnType<typeof parseTarget>, disk: TrackedDisk, deps: SyncDeps, req: SyncRequest): Promise<{ endpoint: Endpoint; close(): Promise<void> }> {
+  if (target.kind === 'file') {
+    const img = await openImageEndpoint(target.path, {
+      runDir: deps.runDir, writable: true, format: target.format ?? req.format, create: { size: disk.sizeBytes, mode: 0o600 },
+      disk: disk.target, signal: deps.signal, timeoutMs: deps.nbd.timeoutMs,
+    });
+    return { endpoint: img.endpoint, close: () => img.close() };
+  }
+  let uri = target.uri;
+  if (deps.tlsCertificates && uri.startsWith('nbds') && !/[?&]tls-certificates=/.test(uri)) {
+    uri += `${uri.includes('?') ? '&' : '?'}tls-certificates=${encodeURIComponent(deps.tlsCertificates)}`;
+  }
+  const ep = await NbdEndpoint.open(uri, { timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections, signal: deps.signal });
+  return { endpoint: ep, close: () => ep.close() };
+}
