@@ -53,6 +53,8 @@ export interface JobRunnerOptions {
   backupFault?: (step: BackupStep, consumer: string) => void | Promise<void>;
   /** Where the jobs are listed and cancelled (default: a registry of this runner's own). */
   registry?: JobRegistry;
+  /** Test-only fault injection: called before a sync's copy. */
+  syncFault?: (step: 'copy') => void | Promise<void>;
 }
 
 /** An agent shell unused this long is closed (a scheduled job's domains reuse it; an idle daemon keeps none). */
@@ -339,7 +341,7 @@ export class JobRunner {
           runDir: this.cfg.runDir, records: new SyncRecords(join(this.cfg.stateDir, 'sync')),
           agent: this.agentFor(ctx) ?? null, freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, agentTimeoutMs: this.cfg.agent.timeoutMs,
           freezeMarker: this.freezeMarkers.for(domain), nbd: this.cfg.nbd, tlsCertificates: this.cfg.sync.tlsCertificates,
-          domainXml: () => this.libvirt.xml(domain),
+          domainXml: () => this.libvirt.xml(domain), fault: this.opts.syncFault,
         }, report))();
         return Promise.race([taken, run.then(() => undefined, () => undefined)]);
       });
@@ -354,6 +356,34 @@ export class JobRunner {
         throw err;
       });
     }, { signal: job.signal, waiting: () => job.progress({ step: 'waiting for the running sync to this target' }) }));
+  }
+
+  /**
+   * The domain's session ended: each of its sync.onStop targets is synced from the images, one
+   * after the other, in the background. A start of the domain meanwhile ends the sync's storage
+   * daemon (the hook does, through its holder file): the sync fails, its consumer stays, and the
+   * next sync covers it.
+   */
+  syncOnStop(domain: string): void {
+    const targets = this.cfg.sync.onStop.filter((t) => t.domain === domain);
+    if (targets.length === 0) return;
+    void (async () => {
+      for (const t of targets) {
+        if (await this.libvirt.isActive(domain).catch(() => true)) {
+          this.logger.info('on-stop sync skipped: the domain is running again (the next sync covers it)', { domain, disk: t.disk, target: t.to });
+          return;
+        }
+        try {
+          const r = await this.sync(domain, { disk: t.disk, to: t.to, format: t.format, discard: t.discard ?? false }, () => undefined);
+          this.logger.info('on-stop sync done', { domain, disk: t.disk, target: r.target, seed: r.seed, copied: r.copiedBytes });
+        } catch (err) {
+          const started = await this.libvirt.isActive(domain).catch(() => false);
+          this.logger.warn(started ? 'on-stop sync yielded to the domain\'s start; the next sync covers it' : 'on-stop sync failed; the next sync covers it',
+            { domain, disk: t.disk, target: t.to, error: (err as Error).message });
+          if (started) return;
+        }
+      }
+    })();
   }
 
   syncStream(domain: string, req: SyncRequest): AsyncIterable<Record<string, unknown>> {

@@ -65,6 +65,16 @@ function backupFault(): ((step: BackupStep, consumer: string) => void | Promise<
   };
 }
 
+/** Test-only: VIRTCBT_PAUSE_SYNC=copy:FILE holds every sync before its copy (writing FILE.reached) until FILE exists. */
+function syncFault(): ((step: 'copy') => Promise<void>) | undefined {
+  const pause = /^(copy):(\/.+)$/.exec(process.env.VIRTCBT_PAUSE_SYNC ?? '');
+  if (!pause) return undefined;
+  return async () => {
+    await writeFile(`${pause[2]}.reached`, '');
+    await pollUntil(() => existsSync(pause[2]!), 'the test to release the paused sync', { timeoutMs: 600_000, intervalMs: 20 });
+  };
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { config: { type: 'string' } }, allowPositionals: false });
   const cfg = loadConfig({ file: values.config });
@@ -90,12 +100,16 @@ async function main(): Promise<void> {
   });
   // SQLite says only "database or disk is full": name the file and the next step.
   const server = new ControlServer({ mapError: (err) => explainChangeLogError(err, logPath) });
-  const jobs = new JobRunner(tracker, cfg, log, libvirt, logger, { backupFault: backupFault() });
+  const jobs = new JobRunner(tracker, cfg, log, libvirt, logger, { backupFault: backupFault(), syncFault: syncFault() });
   registerRoutes(server, tracker, { pid: process.pid, startedAt: new Date().toISOString(), version: VERSION }, jobs, {
     groupRepoRoots: allowedRepoRoots(cfg),
   });
   const spool = new Spool(cfg.daemon.spoolDir, {
-    handle: (ev) => tracker.onHookEvent(ev),
+    handle: async (ev) => {
+      await tracker.onHookEvent(ev);
+      // The session ended and libvirt let go of the images: the domain's on-stop syncs run (in the background).
+      if (ev.op === 'release') jobs.syncOnStop(ev.domain);
+    },
     classify: hookFailureVerdict,
     report: (level, msg, fields) => logger[level](msg, { ...fields, error: fields.error === undefined ? undefined : errorMessage(explainChangeLogError(fields.error, logPath)) }),
   });

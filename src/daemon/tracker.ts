@@ -36,6 +36,15 @@ import { diskChangesReply } from './changes-reply.js';
 import { DomainQueues } from './queue.js';
 import { withStorageDaemon } from '../qsd/index.js';
 
+/**
+ * Where the pid of a qemu-storage-daemon holding a stopped domain's images is kept while a job
+ * (fold, backup, sync) runs on them: beside the hook's marker files, so that the hook, when the
+ * domain is about to start, ends that daemon instead of letting the start fail on the image lock.
+ */
+export function holderFile(enabledDir: string, domain: string): string {
+  return join(enabledDir, '.holders', domain);
+}
+
 interface Session {
   domain: string;
   /** Our dedicated QMP connection, or libvirt's monitor through virsh until the next restart. */
@@ -258,7 +267,7 @@ export class Tracker {
     return withStorageDaemon(this.cfg.runDir, domain, images, async (s) => fn({
       domain, running: false, qmp: s.qmp, client: s.qmp, nbdSocket: s.nbdSocket,
       disks: await storageDaemonDisks(s.qmp, s.nodes), reconciler: this.reconciler(domain, s.qmp, s.nbdSocket), info, log: this.log,
-    }));
+    }), { holderFile: holderFile(this.cfg.daemon.enabledDir, domain) });
   }
 
   /**

@@ -14,7 +14,7 @@ import { buildInitramfs, QEMU_GA } from './initramfs.js';
 import { downloadKernelDeb, extractKernel, BASE_MODULES, moduleLoadOrder, resolveKernelPackage, XFS_MODULES } from './kernel.js';
 
 /** Bump when anything in the recipe changes (init script, disk layout, module list): the cache key changes with it. */
-export const RECIPE_VERSION = 6;
+export const RECIPE_VERSION = 7;
 
 /** Kernel command line for the test guest: output on the first serial port only. */
 export const GUEST_APPEND = 'console=ttyS0 quiet';

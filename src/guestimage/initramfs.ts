@@ -53,8 +53,11 @@ export async function buildInitramfs(input: InitramfsInput): Promise<void> {
   await copyProgram(QEMU_GA, join(stage, 'bin/qemu-ga'), stage, 'Install qemu-guest-agent on the host');
   await copyProgram(XFS_IO, join(stage, 'bin/xfs_io'), stage, 'Install xfsprogs on the host');
 
-  // guest-shutdown runs /sbin/shutdown; busybox has none, and there is no init system to ask.
-  await writeFile(join(stage, 'bin/shutdown'), '#!/bin/sh\nsync\nexec poweroff -f\n', { mode: 0o755 });
+  // guest-shutdown runs /sbin/shutdown; busybox has none, and there is no init system to ask. The
+  // test disks are remounted read-only first, as a real shutdown unmounts them: their journals are
+  // then clean (an image read after the VM stopped has no journal left to replay).
+  await writeFile(join(stage, 'bin/shutdown'),
+    '#!/bin/sh\nsync\nfor m in /mnt/data /mnt/xfs; do mount -o remount,ro "$m" 2>/dev/null; done\nexec poweroff -f\n', { mode: 0o755 });
 
   const modDst = join(stage, 'lib/modules', input.release);
   for (const m of [...input.baseModules, ...input.xfsModules]) {

@@ -2,8 +2,8 @@
 // layer QEMU uses, so folds, backups and scans run through the same QMP and NBD code as for a
 // running VM. It must quit through QMP: that is what writes persistent bitmaps back cleanly.
 import { execa } from 'execa';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { QmpClient } from '../qmp/index.js';
 import { abortReason, pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
@@ -33,6 +33,11 @@ export interface QsdOptions {
    * has exited, without waiting for `fn`, whose requests to the daemon fail as it goes.
    */
   signal?: AbortSignal;
+  /**
+   * A file that holds the daemon's pid while it runs: the libvirt hook ends the daemon through it
+   * when the domain is about to start (it must never wait for a job on the stopped domain's images).
+   */
+  holderFile?: string;
 }
 
 export const NODE_PREFIX = 'vcbt-';
@@ -63,6 +68,11 @@ export async function withStorageDaemon<T>(
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
   const exited = child.then((r) => r.exitCode ?? null);
+  const holder = opts.holderFile;
+  if (holder && child.pid) {
+    await mkdir(dirname(holder), { recursive: true, mode: 0o755 }).catch(() => undefined);
+    await writeFile(holder, `${child.pid}\n`).catch(() => undefined);
+  }
   let qmp: QmpClient | undefined;
   // Quit through QMP (bitmaps written back), SIGTERM when there is no monitor, SIGKILL at the deadline.
   let stopping: Promise<void> | undefined;
@@ -106,5 +116,7 @@ export async function withStorageDaemon<T>(
     if (onAbort) signal!.removeEventListener('abort', onAbort);
     await stop();
     await rm(dir, { recursive: true, force: true });
+    // Only our own pid: a later job's daemon may have written its own meanwhile.
+    if (holder && (await readFile(holder, 'utf8').catch(() => '')).trim() === String(child.pid)) await rm(holder, { force: true });
   }
 }

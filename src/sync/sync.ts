@@ -99,6 +99,8 @@ export interface SyncDeps {
   domainXml?: () => Promise<string>;
   /** Certificates for nbds:// targets (ca-cert.pem, client-cert.pem, client-key.pem). */
   tlsCertificates?: string;
+  /** Test-only fault injection: called before the copy. */
+  fault?: (step: 'copy') => void | Promise<void>;
 }
 
 export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps, emit: (ev: SyncEvent) => void): Promise<SyncResult> {
@@ -203,6 +205,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
       skippedFreeBytes: plan.skippedFreeBytes, copyBytes: totalBytes(plan.copy), discardBytes: totalBytes(plan.discard), usedMap: mapSummary,
     });
 
+    await deps.fault?.('copy');
     const total = totalBytes(plan.copy);
     const meter = new ProgressMeter(total);
     const progress = await copyExtents(src, opened.endpoint, dataExtents(plan.copy), {

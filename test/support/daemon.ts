@@ -40,6 +40,8 @@ export async function ensureTestHook(): Promise<void> {
   // Markers left by test daemons that are gone (their spool directory went with them).
   await mkdir(ENABLED_DIR, { recursive: true });
   for (const m of await readdir(ENABLED_DIR)) {
+    // .holders: pid files of storage daemons on stopped domains' images (the hook ends them on start).
+    if (m.startsWith('.')) continue;
     const spool = (await readFile(join(ENABLED_DIR, m), 'utf8').catch(() => '')).trim();
     if (!spool || !existsSync(spool)) await rm(join(ENABLED_DIR, m), { force: true });
   }

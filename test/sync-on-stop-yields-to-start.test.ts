@@ -1,0 +1,124 @@
+// Sync on session end (sync.onStop): when the domain shuts down, virtcbtd syncs its disk from the
+// images and the target is a clean copy of what the guest had; a `virsh start` during that sync
+// succeeds at once (the hook ends the sync's storage daemon), the sync yields without moving its
+// consumer, and the next on-stop sync brings the target fully up to date.
+import { execa } from 'execa';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { beforeAll, expect, it } from 'vitest';
+import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
+import { pollUntil } from '../src/util/abort.js';
+import { MiB, guestFile, tempDir } from './support/backup.js';
+import { useCleanup } from './support/cleanup.js';
+import { startTestDaemon, type TestDaemon } from './support/daemon.js';
+import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';
+
+useCleanup();
+
+let daemon: TestDaemon;
+let guest: LibvirtGuest;
+let agent: GuestAgent;
+let dir: string;
+let target: string;
+let pause: string;
+
+beforeAll(async () => {
+  dir = tempDir('onstop');
+  target = join(dir, 'replica.qcow2');
+  pause = join(dir, 'release-sync');
+  writeFileSync(pause, '');
+  guest = await startLibvirtGuest({ name: 'onstop', scratchFormat: 'qcow2', start: false });
+  agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
+  daemon = await startTestDaemon({
+    env: { VIRTCBT_PAUSE_SYNC: `copy:${pause}` },
+    config: { sync: { onStop: [{ domain: guest.name, disk: 'vda', to: target }] } },
+  });
+  await daemon.cli(['enable', guest.name]);
+  await guest.start();
+  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
+});
+
+async function guestHashes(): Promise<Record<string, string>> {
+  const r = await agent.exec('/bin/sh', ['-c', 'cd /mnt/data && find . -type f | while read f; do sha256sum "$f"; done'], { timeoutMs: 60_000 });
+  expect(r.exitCode, r.stderr).toBe(0);
+  return Object.fromEntries(r.stdout.trim().split('\n').filter(Boolean).map((l) => {
+    const [h, ...p] = l.split(/\s+/);
+    return [p.join(' ').replace(/^\.\//, ''), h!];
+  }));
+}
+
+async function targetHashes(label: string): Promise<Record<string, string>> {
+  const raw = join(dir, `${label}.raw`);
+  await execa('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', target, raw]);
+  const fsck = await execa('e2fsck', ['-fn', raw], { reject: false });
+  expect(fsck.exitCode, `e2fsck of the target (${label}):\n${fsck.stdout}${fsck.stderr}`).toBe(0);
+  const out = join(dir, `rdump-${label}`);
+  await execa('mkdir', ['-p', out]);
+  await execa('debugfs', ['-R', `rdump / ${out}`, raw]);
+  const hashes: Record<string, string> = {};
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) hashes[relative(out, p)] = createHash('sha256').update(readFileSync(p)).digest('hex');
+    }
+  };
+  walk(out);
+  await execa('rm', ['-rf', out, raw]);
+  return hashes;
+}
+
+const syncJobs = async (): Promise<any[]> => (await daemon.cliJson(['jobs'])).jobs.filter((j: { kind: string }) => j.kind === 'sync');
+/** The newest sync job once it has ended, when there are more than `count` sync jobs. */
+async function syncEnded(count: number): Promise<any> {
+  const all = (await syncJobs()).sort((a, b) => b.queuedAt.localeCompare(a.queuedAt));
+  return all.length > count && all[0].endedAt ? all[0] : undefined;
+}
+
+async function shutdown(): Promise<void> {
+  await virsh(['shutdown', '--mode', 'agent', guest.name]);
+  await pollUntil(async () => (await virsh(['domstate', guest.name])).stdout.trim() === 'shut off', 'the guest to shut down', { timeoutMs: 60_000, intervalMs: 200 });
+}
+
+it('on shutdown the target is synced from the images; a start during the sync wins at once; the next sync covers it', async () => {
+  // 1. A plain session end: the target becomes a clean copy of what the guest had.
+  await guestFile(agent, 'first.bin', 4 * MiB);
+  const first = await guestHashes();
+  const before = (await syncJobs()).length;
+  await shutdown();
+  const done = await pollUntil(() => syncEnded(before), 'the on-stop sync to end', { timeoutMs: 120_000, intervalMs: 250 });
+  expect(done.state, JSON.stringify(done)).toBe('done');
+  expect(await targetHashes('first')).toEqual(first);
+
+  // 2. The next session's end: the sync holds the images (paused before its copy) when the domain starts again.
+  await guest.start();
+  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to reconnect', { timeoutMs: 60_000, intervalMs: 250 });
+  await guestFile(agent, 'second.bin', 8 * MiB);
+  rmSync(pause, { force: true });
+  rmSync(`${pause}.reached`, { force: true });
+  await shutdown();
+  await pollUntil(() => existsSync(`${pause}.reached`), 'the on-stop sync to hold the images', { timeoutMs: 120_000, intervalMs: 50 });
+  const t0 = performance.now();
+  const started = await virsh(['start', guest.name], { reject: false });
+  const startMs = performance.now() - t0;
+  expect(started.exitCode, started.stderr).toBe(0);
+  expect(startMs).toBeLessThan(10_000);
+  const yielding = (await syncJobs()).length - 1;
+  writeFileSync(pause, '');
+  const yielded = await pollUntil(() => syncEnded(yielding), 'the yielded sync to end', { timeoutMs: 60_000, intervalMs: 250 });
+  expect(yielded.state).toBe('failed');
+  expect(daemon.log()).toMatch(/on-stop sync yielded to the domain's start/);
+
+  // 3. The guest runs on; its next session end syncs everything since the last good sync.
+  await pollUntil(async () => agent.ping({ timeoutMs: 2_000 }).then(() => true, () => false), 'the guest agent', { timeoutMs: 120_000, intervalMs: 500 });
+  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to reconnect', { timeoutMs: 60_000, intervalMs: 250 });
+  await guestFile(agent, 'third.bin', 2 * MiB);
+  const third = await guestHashes();
+  expect(Object.keys(third)).toEqual(expect.arrayContaining(['first.bin', 'second.bin', 'third.bin']));
+  const ended = (await syncJobs()).length;
+  await shutdown();
+  const last = await pollUntil(() => syncEnded(ended), 'the next on-stop sync to end', { timeoutMs: 120_000, intervalMs: 250 });
+  expect(last.state, JSON.stringify(last)).toBe('done');
+  expect(await targetHashes('third')).toEqual(third);
+});
