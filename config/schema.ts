@@ -16,6 +16,7 @@ export interface VirtcbtConfig {
   snapshot: { remote: { bind: string; port: number; tlsDir: string; deadlineSeconds: number } };
   backup: { repo: string; allowedRepoRoots: string[]; jobs: BackupJobConfig[] };
   sync: { tlsCertificates: string; onStop: SyncTargetConfig[]; jobs: SyncJobConfig[] };
+  scan: { scanners: ScannerConfigEntry[]; timeoutSeconds: number; fullEveryHours: number };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -33,6 +34,34 @@ export interface BackupJobConfig {
   calendar: string;
   /** Seconds of random delay before a run (RandomizedDelaySec), so many jobs do not start at once. */
   randomDelaySec?: number;
+}
+
+/** A scanner host (virtcbt-scanner) this hypervisor hands scans to. */
+export interface ScannerConfigEntry {
+  name: string;
+  /** https://HOST:PORT of its API. */
+  url: string;
+  /** The scanner's client identity (subject DN): the only one a scan's exports let in. */
+  identity: string;
+  /** This host's credentials for the scanner's API: ca-cert.pem, client-cert.pem, client-key.pem. */
+  tlsDir: string;
+}
+
+function checkScanners(v: unknown): void {
+  if (!Array.isArray(v)) throw new Error('scan.scanners must be an array');
+  const names = new Set<string>();
+  v.forEach((x: unknown, i) => {
+    const at = `scan.scanners[${i}]`;
+    const o = x as Record<string, unknown>;
+    if (!o || typeof o !== 'object') throw new Error(`${at} must be an object`);
+    for (const k of Object.keys(o)) if (!['name', 'url', 'identity', 'tlsDir'].includes(k)) throw new Error(`${at}: unknown key '${k}'`);
+    if (typeof o.name !== 'string' || !JOB_NAME.test(o.name)) throw new Error(`${at}.name must be letters, digits, '.', '_' or '-'`);
+    if (names.has(o.name)) throw new Error(`${at}.name '${o.name}' is used twice`);
+    names.add(o.name);
+    if (typeof o.url !== 'string' || !/^https:\/\/[^/]+/.test(o.url)) throw new Error(`${at}.url must be https://HOST:PORT`);
+    if (typeof o.identity !== 'string' || !/^[A-Za-z]+=/.test(o.identity)) throw new Error(`${at}.identity must be the scanner's certificate subject DN, e.g. CN=scanner`);
+    if (typeof o.tlsDir !== 'string' || !o.tlsDir.startsWith('/')) throw new Error(`${at}.tlsDir must be an absolute directory`);
+  });
 }
 
 /** A disk-copy sync target: one disk of one domain kept up to date at TARGET. */
@@ -311,6 +340,23 @@ export const schema: Schema<VirtcbtConfig> = {
       doc: 'Scheduled backups: [{name, domains, consumer, repo?, keep?, calendar, randomDelaySec?}]; `virtcbt install` writes a systemd timer for each.',
       format: checkBackupJobs,
       default: [] as BackupJobConfig[],
+    },
+  },
+  scan: {
+    scanners: {
+      doc: 'Scanner hosts scans are handed to, tried in this order: [{name, url (https://HOST:PORT), identity (its client certificate DN), tlsDir (ca-cert.pem, client-cert.pem, client-key.pem of this host)}].',
+      format: checkScanners,
+      default: [] as ScannerConfigEntry[],
+    },
+    timeoutSeconds: {
+      doc: 'A scan (snapshot, scanner\'s work, verdict) fails after this long; its snapshot is torn down and its consumer does not move.',
+      format: isPositiveInt('scan.timeoutSeconds'),
+      default: 3600,
+    },
+    fullEveryHours: {
+      doc: 'A full scan (every file) at least this often; between them scans read only the files whose blocks changed. 0: only with --full.',
+      format: (v: unknown) => { if (!Number.isInteger(v) || (v as number) < 0) throw new Error('scan.fullEveryHours must be a whole number of hours'); },
+      default: 168,
     },
   },
   sync: {

@@ -52,6 +52,7 @@ function help(): string {
     '  3  virtcbtd is not running',
     '  4  domain, disk, consumer or backup not found',
     '  5  protocol error from QEMU, NBD server or guest agent',
+    '  10  scan found malware (virtcbt scan; the domain is quarantined as configured)',
     '  141  the reader of stdout or stderr went away (as on SIGPIPE); virtcbtd finishes what it was asked',
   ].join('\n');
 }

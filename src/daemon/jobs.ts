@@ -24,6 +24,7 @@ import { diskChangesReply } from './changes-reply.js';
 import { FreezeMarkers } from './freeze-marker.js';
 import { JobRegistry, type Job } from './job-registry.js';
 import { KeyedTurns } from './turns.js';
+import { runScan, type ScanEvent, type ScanRequest, type ScanResult, type ScanVerdict } from '../scan/index.js';
 import { NbdEndpoint } from '../copy/index.js';
 import { SyncRecords, runSync, type SyncEvent, type SyncRequest, type SyncResult } from '../sync/index.js';
 import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } from '../usedmap/index.js';
@@ -423,6 +424,61 @@ export class JobRunner {
         await snap.release();
       }
     });
+  }
+
+  // ---- offloaded scans --------------------------------------------------------------------------
+
+  /**
+   * Scans a running domain on a scanner host (see src/scan): snapshot, exports for the scanner's
+   * identity only, the job handed over, the verdict awaited, the action on detection, the snapshot
+   * torn down. A job like a backup; scans of one domain take turns.
+   */
+  scan(domain: string, req: ScanRequest, emit: (ev: ScanEvent) => void): Promise<ScanResult> {
+    const remote = remoteExportSettings(this.cfg);
+    return this.registry.run('scan', domain, { consumer: req.scanner }, (job) => this.turns.run(`${domain}\0scan`, () => {
+      let run!: Promise<ScanResult>;
+      const held = this.tracker.withDomainJob(domain, (ctx) => {
+        job.started();
+        job.progress({ step: 'snapshot' });
+        let letGo!: () => void;
+        const taken = new Promise<void>((r) => { letGo = r; });
+        const inQueue = <T>(fn: () => Promise<T>) => this.tracker.queues.run(domain, async () => {
+          try {
+            return await fn();
+          } finally {
+            await releaseNbdServer(ctx.qmp).catch(() => undefined);
+          }
+        });
+        run = (async () => runScan(ctx, req, {
+          snapshots: await this.snapshotHost(ctx.running), job: job.id, snapshotTaken: () => { job.progress({ step: 'scanning' }); letGo(); }, inQueue, signal: job.signal,
+          runDir: this.cfg.runDir, stateDir: this.cfg.stateDir, agent: this.agentFor(ctx) ?? null,
+          freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, agentTimeoutMs: this.cfg.agent.timeoutMs, freezeMarker: this.freezeMarkers.for(domain),
+          remote, scanners: this.cfg.scan.scanners, fullEveryMs: this.cfg.scan.fullEveryHours * 3_600_000, timeoutMs: this.cfg.scan.timeoutSeconds * 1000,
+          onDetection: (verdict) => this.onDetection(domain, verdict), log: this.logger,
+        }, (ev) => emit(ev.type === 'start' ? { ...ev, job: job.id } as ScanEvent : ev)))();
+        return Promise.race([taken, run.then(() => undefined, () => undefined)]);
+      });
+      return (async () => {
+        await held;
+        const r = await run;
+        this.logger.info('scan done', { domain, scanner: r.scanner, full: r.full, infected: r.verdict.infected?.length ?? 0, ms: r.elapsedMs });
+        emit({ type: 'result', ...r });
+        return r;
+      })().catch((err) => {
+        this.logger.error('scan failed', { domain, error: (err as Error).message });
+        throw err;
+      });
+    }, { signal: job.signal, waiting: () => job.progress({ step: 'waiting for the running scan of the domain' }) }));
+  }
+
+  scanStream(domain: string, req: ScanRequest): AsyncIterable<Record<string, unknown>> {
+    return eventStream<ScanEvent>((emit) => this.scan(domain, req, emit));
+  }
+
+  /** What a scan does on detection: logged here; the quarantine (scan.quarantine) acts. */
+  private async onDetection(domain: string, verdict: ScanVerdict): Promise<unknown> {
+    this.logger.warn('malware found', { domain, infected: verdict.infected.map((f) => `${f.disk}:${f.path} (${f.signature})`) });
+    return undefined;
   }
 
   // ---- passes with exports ---------------------------------------------------------------------

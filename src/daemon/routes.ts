@@ -98,6 +98,9 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
         map: oneOf(r.body.map, ['image', 'agent'] as const, 'map'),
       }),
     })));
+    server.route('POST', '/v1/domains/:domain/scans', rootOnly('scan', async (r) => ({
+      stream: jobs.scanStream(r.params.domain, { scanner: optStr(r.body.scanner, 'scanner'), full: r.body.full === true, noFreeze: r.body.noFreeze === true }),
+    })));
     server.route('POST', '/v1/domains/:domain/usedmap', rootOnly('usedmap', async (r) =>
       jobs.usedMap(r.params.domain, str(r.body.disk, 'disk'), oneOf(r.body.map, ['image', 'agent'] as const, 'map'))));
   }

@@ -12,6 +12,8 @@ export const EXIT = {
   DAEMON_DOWN: 3,
   NOT_FOUND: 4,
   PROTOCOL: 5,
+  /** `virtcbt scan` found malware (not a failure of the command). */
+  INFECTED: 10,
 } as const;
 
 export interface ErrorContext {

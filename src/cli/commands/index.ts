@@ -20,6 +20,7 @@ export const commands: CommandEntry[] = [
   { name: 'jobs', summary: 'list virtcbtd\'s running and recent jobs (backups, pass exports); cancel one', load: async () => (await import('./jobs.js')).jobsCommand },
   { name: 'sync', summary: 'bring a second copy of a disk up to date: only blocks modified since its last sync and in use now', load: async () => (await import('./sync.js')).syncCommand },
   { name: 'usedmap', summary: 'which byte ranges of a disk the guest\'s filesystems use now (what a sync copies)', load: async () => (await import('./sync.js')).usedmapCommand },
+  { name: 'scan', summary: 'hand a snapshot of a running domain to a scanner host and act on its verdict', load: async () => (await import('./scan.js')).scanCommand },
   { name: 'list', summary: 'list the restore points in a backup repository', load: async () => (await import('./repo.js')).listCommand },
   { name: 'verify', summary: 'check every backup: qemu-img check, chain links, and the checksum of the data', load: async () => (await import('./repo.js')).verifyCommand },
   { name: 'restore', summary: 'restore one disk of a backup into a qcow2 or raw file', load: async () => (await import('./repo.js')).restoreCommand },

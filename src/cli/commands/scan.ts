@@ -1,0 +1,54 @@
+// `virtcbt scan`: asks virtcbtd to hand a snapshot of a running domain to a scanner host and wait
+// for its verdict; the action on detection is the quarantine's (scan.quarantine in the config).
+import type { ScanEvent, ScanResult } from '../../scan/index.js';
+import { UsageError } from '../../util/errors.js';
+import { domainArg, parse } from '../args.js';
+import { EXIT, type Command } from '../command.js';
+import { callDaemon, daemonSocket } from '../daemon-client.js';
+import { formatBytes } from '../output.js';
+import { formatMs } from './backup.js';
+
+export function scanSummary(r: ScanResult): string[] {
+  const v = r.verdict;
+  const lines = [`${r.domain}: ${r.full ? `full scan${r.reason ? ` (${r.reason})` : ''}` : 'incremental scan'} by ${r.scanner} in ${formatMs(r.elapsedMs)}: ` +
+    (v.infected?.length ? `${v.infected.length} infected file${v.infected.length === 1 ? '' : 's'}` : 'nothing found')];
+  for (const f of v.infected ?? []) lines.push(`  INFECTED ${f.disk}:${f.path}  ${f.signature}${f.size !== undefined ? `  ${formatBytes(f.size)}` : ''}${f.sha256 ? `  sha256 ${f.sha256}` : ''}`);
+  for (const n of v.notScanned ?? []) lines.push(`  not scanned: ${n.disk}${n.partition !== undefined ? ` partition ${n.partition}` : ''}: ${n.reason}`);
+  for (const k of v.skipped ?? []) lines.push(`  skipped: ${k.path}: ${k.reason}`);
+  for (const l of v.limitsHit ?? []) lines.push(`  limit hit: ${l}`);
+  if (v.scanned) lines.push(`  scanned: ${Object.entries(v.scanned).map(([k, n]) => `${k} ${n}`).join(', ')}`);
+  for (const n of r.notes) lines.push(`  note: ${n}`);
+  return lines;
+}
+
+export const scanCommand: Command = {
+  usage: `usage: virtcbt scan DOMAIN [--scanner NAME] [--full] [--no-freeze] [--json]
+
+Takes a snapshot of the running domain without pausing it, exports its disks to a scanner host
+(NBD over TLS, only the scanner's identity gets in), and waits for the scanner's verdict; on
+detection the domain is quarantined as scan.quarantine says. A scan reads only the files whose
+blocks changed since that scanner's last completed scan, unless --full (or scan.fullEveryHours).
+Exit 0 when nothing was found, 10 when malware was found.
+  --scanner NAME  one of scan.scanners (default: the first that answers)
+  --json          JSON lines: every event, the result last`,
+  async run(ctx) {
+    const { values, positionals } = parse(ctx.argv, {
+      scanner: { type: 'string' }, full: { type: 'boolean' }, 'no-freeze': { type: 'boolean' }, json: { type: 'boolean' },
+    }, this.usage);
+    const domain = domainArg(positionals, this.usage);
+    const json = Boolean(values.json);
+    const result = await callDaemon<ScanEvent>(daemonSocket(ctx.config()), 'POST', `/v1/domains/${encodeURIComponent(domain)}/scans`, {
+      body: { scanner: values.scanner, full: Boolean(values.full), noFreeze: Boolean(values['no-freeze']) },
+      onEvent: (raw) => {
+        if (json) ctx.io.out(JSON.stringify(raw));
+        else if (ctx.io.isTty && (raw as { type?: string }).type === 'scanner') {
+          const e = (raw as { event: Record<string, unknown> }).event;
+          if (e.type === 'progress') process.stderr.write(`\r\x1b[2K${String(e.disk ?? '')} ${String(e.files ?? '')} files, ${formatBytes(Number(e.bytes ?? 0))}`);
+        }
+      },
+    });
+    if (result.type !== 'result') throw new UsageError('virtcbtd ended the scan without a result');
+    if (!json) for (const l of scanSummary(result)) ctx.io.out(l);
+    return result.verdict.infected?.length ? EXIT.INFECTED : EXIT.OK;
+  },
+};

@@ -1,0 +1,243 @@
+// The scan job on the hypervisor (patent US8789049): a snapshot of the running domain without
+// pausing it, its disks exported to the scanner host over NBD with TLS (only the scanner's
+// identity gets in), the job handed to the scanner, progress streamed back, the verdict awaited;
+// then the action on detection, and the snapshot torn down (also on failure or timeout). The
+// scanner is a change-log consumer: an incremental scan sends the extents changed since its last
+// completed scan, and the consumer moves only once the verdict is in.
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rename } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { join } from 'node:path';
+import type { ChangeLog } from '../changelog/index.js';
+import { logContinuity } from '../changelog/index.js';
+import { toPairs } from '../extent/index.js';
+import type { GuestAgent } from '../guest/index.js';
+import type { DomainXmlInfo } from '../libvirt/index.js';
+import type { QmpExecutor } from '../qmp/index.js';
+import type { Reconciler, TrackedDisk } from '../reconciler/index.js';
+import { Snapshot, presetMarker, type FreezeMarker, type SnapshotHost, type TakeResult } from '../snapshot/index.js';
+import type { Logger } from '../util/log.js';
+import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
+import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { ScannerUnreachableError, postScan, type ScannerConfig } from './client.js';
+
+export interface ScanContext {
+  domain: string;
+  running: boolean;
+  qmp: QmpExecutor;
+  nbdSocket: string;
+  disks: TrackedDisk[];
+  reconciler: Reconciler;
+  info: DomainXmlInfo;
+  log: ChangeLog;
+}
+
+export interface ScanRequest {
+  /** A configured scanner's name (default: the first that answers, in the configured order). */
+  scanner?: string;
+  /** Every file, not only those whose blocks changed since this scanner's last completed scan. */
+  full?: boolean;
+  noFreeze?: boolean;
+}
+
+/** What a scanner reports (see the scanner host's protocol). */
+export interface ScanVerdict {
+  infected: { disk: string; partition?: number; path: string; signature: string; size?: number; sha256?: string }[];
+  notScanned?: { disk: string; partition?: number; reason: string }[];
+  skipped?: { path: string; reason: string }[];
+  scanned?: Record<string, number>;
+  limitsHit?: string[];
+  [k: string]: unknown;
+}
+
+export interface ScanResult {
+  domain: string;
+  scanner: string;
+  consumer: string;
+  full: boolean;
+  reason?: string;
+  time: string;
+  consistency: 'filesystem' | 'crash';
+  freezeWindowMs: number | null;
+  verdict: ScanVerdict;
+  /** What was done about it (the quarantine's record), when something was found. */
+  action?: unknown;
+  elapsedMs: number;
+  notes: string[];
+}
+
+export type ScanEvent =
+  | { type: 'start'; domain: string; scanner: string; consumer: string; full: boolean; reason?: string }
+  | { type: 'snapshot'; time: string; consistency: 'filesystem' | 'crash'; freezeWindowMs: number | null; pass: number }
+  | { type: 'scanner'; event: Record<string, unknown> }
+  | ({ type: 'result' } & ScanResult);
+
+export interface ScanDeps {
+  snapshots: SnapshotHost;
+  job?: string;
+  snapshotTaken?: () => void;
+  inQueue?: <T>(fn: () => Promise<T>) => Promise<T>;
+  signal?: AbortSignal;
+  runDir: string;
+  stateDir: string;
+  agent: GuestAgent | null;
+  freezeTimeoutMs: number;
+  agentTimeoutMs: number;
+  freezeMarker?: FreezeMarker;
+  /** snapshot.remote settings (remoteExportSettings). */
+  remote: { bind: { host: string; port: number }; tlsDir: string; deadlineMs: number };
+  scanners: ScannerConfig[];
+  /** A full scan at least this often (0: only when asked or when the change log has no history). */
+  fullEveryMs: number;
+  /** The scan as a whole (scanner's work included) ends with an error after this long. */
+  timeoutMs: number;
+  /** The action on detection (quarantine); its record goes into the result. */
+  onDetection?: (verdict: ScanVerdict) => Promise<unknown>;
+  log?: Logger;
+}
+
+/** What virtcbtd keeps per domain and scanner: when the last full scan completed, under which change log. */
+interface ScanRecord {
+  format: 'virtcbt-scan/1';
+  lastFullAt?: string;
+  logId?: string;
+}
+
+export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps, emit: (ev: ScanEvent) => void): Promise<ScanResult> {
+  const t0 = performance.now();
+  const { domain } = ctx;
+  if (!ctx.running) {
+    throw new UsageError(`domain ${domain} is not running: a scan reads a running domain's snapshot`, { domain, hint: 'Start the domain, or scan its images with another tool' });
+  }
+  const candidates = req.scanner ? deps.scanners.filter((s) => s.name === req.scanner) : deps.scanners;
+  if (candidates.length === 0) {
+    throw new UsageError(req.scanner ? `no scanner '${req.scanner}' in the config (scan.scanners has ${deps.scanners.map((s) => s.name).join(', ') || 'none'})` : 'no scanner is configured (scan.scanners)', {
+      domain, hint: 'Add the scanner host to scan.scanners: {name, url, identity, tlsDir}',
+    });
+  }
+  const notes: string[] = [];
+  const records = join(deps.stateDir, 'scan', encodeURIComponent(domain));
+  let snap: Snapshot | undefined;
+  let leftQueue = false;
+  const inQueue = <T>(fn: () => Promise<T>): Promise<T> => (leftQueue && deps.inQueue ? deps.inQueue(fn) : fn());
+  let passId: number | undefined;
+  let taken: TakeResult | undefined;
+  let committed = false;
+  const signal = AbortSignal.any([...(deps.signal ? [deps.signal] : []), AbortSignal.timeout(deps.timeoutMs)]);
+  const agent = deps.agent === null || req.noFreeze ? undefined : deps.agent;
+  const freezeMarker = agent && deps.freezeMarker ? presetMarker(deps.freezeMarker) : undefined;
+  try {
+    // The consumer is the first candidate's until one answers: each scanner has its own history.
+    let tried = 0;
+    for (const scanner of candidates) {
+      tried++;
+      const consumer = `scan.${scanner.name}`.slice(0, 64);
+      if (!ctx.log.listConsumers(domain).some((c) => c.name === consumer)) ctx.log.addConsumer(domain, consumer);
+      const rec = await readRecord(records, scanner.name);
+      const dueFull = deps.fullEveryMs > 0 && (!rec.lastFullAt || Date.now() - Date.parse(rec.lastFullAt) >= deps.fullEveryMs);
+      if (!snap) {
+        const pinged = agent ? agent.ping({ timeoutMs: Math.min(5_000, deps.agentTimeoutMs) }).then(() => true, (err: unknown) => {
+          notes.push(`the guest agent did not answer (${errorMessage(err)}): crash-consistent`);
+          return false;
+        }) : Promise.resolve(false);
+        snap = Snapshot.open(ctx, deps.snapshots, { job: deps.job ?? `scan ${domain}` });
+        const agentOk = await pinged;
+        signal.throwIfAborted();
+        taken = await snap.take({
+          consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker,
+          noAgentReason: req.noFreeze ? 'not frozen (--no-freeze): crash-consistent' : 'no usable guest agent: crash-consistent',
+        });
+        passId = taken.passId!;
+        if (taken.note) notes.push(taken.note);
+        emit({ type: 'snapshot', time: taken.time, consistency: taken.consistency, freezeWindowMs: taken.freezeWindowMs, pass: passId });
+      }
+      const pass = ctx.log.getPass(passId!);
+      if (pass.consumer !== consumer) {
+        // The snapshot's pass belongs to the scanner that did not answer: a full scan for this one.
+        notes.push(`scanner ${candidates[tried - 2]?.name} did not answer: scanned by ${scanner.name} in full`);
+      }
+      const changes = ctx.log.passChanges(passId!);
+      const full = req.full ? '--full was asked for'
+        : pass.consumer !== consumer ? 'another scanner\'s pass'
+          : dueFull ? 'the configured period between full scans has passed'
+            : changes.find((c) => c.full)?.reason ?? (logContinuity(rec.logId, pass.logId) === 'other' ? 'the change log was reset since the last full scan' : undefined);
+      emit({ type: 'start', domain, scanner: scanner.name, consumer, full: full !== undefined, reason: full });
+      const disks: { target: string; uri: string; size: number; extents?: [number, number][] }[] = [];
+      for (const d of ctx.disks) {
+        const r = await snap.exportRemote(d.target, { identities: [scanner.identity], settings: deps.remote, runDir: deps.runDir, log: deps.log });
+        const ch = changes.find((c) => c.target === d.target);
+        disks.push({ target: d.target, uri: r.uri, size: d.sizeBytes, extents: full !== undefined || !ch ? undefined : toPairs(ch.extents) });
+      }
+      if (!leftQueue && deps.snapshotTaken) {
+        deps.snapshotTaken();
+        leftQueue = true;
+      }
+      let verdict: ScanVerdict;
+      try {
+        verdict = await postScan(scanner, '/v1/scans', { id: randomBytes(8).toString('hex'), domain, full: full !== undefined, disks }, {
+          signal, onEvent: (event) => { if (event.type !== 'result') emit({ type: 'scanner', event }); },
+        }) as unknown as ScanVerdict;
+      } catch (err) {
+        if (err instanceof ScannerUnreachableError && tried < candidates.length) {
+          notes.push(errorMessage(err));
+          continue;
+        }
+        throw err;
+      }
+      // The verdict is in: the consumer moves (an infected file stays reported by the quarantine until release).
+      const action = verdict.infected?.length ? await deps.onDetection?.(verdict) : undefined;
+      if (pass.consumer === consumer) {
+        ctx.log.commitPass(passId!);
+        committed = true;
+      }
+      if (full !== undefined) await writeRecord(records, scanner.name, { format: 'virtcbt-scan/1', lastFullAt: new Date().toISOString(), logId: pass.logId });
+      return {
+        domain, scanner: scanner.name, consumer, full: full !== undefined, reason: full, time: taken!.time,
+        consistency: taken!.consistency, freezeWindowMs: taken!.freezeWindowMs,
+        verdict, action, elapsedMs: Math.round(performance.now() - t0), notes,
+      };
+    }
+    throw new VirtcbtError('no scanner answered', { domain });
+  } catch (err) {
+    if (passId !== undefined && !committed) {
+      try {
+        if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
+      } catch { /* reported by the log's next call */ }
+    }
+    if (err instanceof VirtcbtError) throw err;
+    throw new VirtcbtError(`scan of ${domain} failed: ${errorMessage(err)}`, {
+      domain, cause: err, hint: 'The scanner\'s consumer did not move: the next scan covers everything since its last completed one',
+    });
+  } finally {
+    if (snap) {
+      const s = snap;
+      await inQueue(() => s.release()).catch((e) => notes.push(errorMessage(e)));
+    }
+    await freezeMarker?.dropIfUnused().catch(() => undefined);
+    await agent?.close().catch(() => undefined);
+  }
+}
+
+async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
+  try {
+    const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), 64 * 1024)).text) as Partial<ScanRecord>;
+    if (v.format === 'virtcbt-scan/1' && (v.lastFullAt === undefined || !Number.isNaN(Date.parse(v.lastFullAt)))) return v as ScanRecord;
+  } catch (err) {
+    if (!(err instanceof NotRegularFileError) && !(err instanceof SyntaxError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  // None, or not one virtcbtd wrote: the next scan is full.
+  return { format: 'virtcbt-scan/1' };
+}
+
+async function writeRecord(dir: string, scanner: string, rec: ScanRecord): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const tmp = join(dir, `.${scanner}.${randomBytes(3).toString('hex')}`);
+  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  try {
+    await fh.writeFile(JSON.stringify(rec));
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, join(dir, `${scanner}.json`));
+}
