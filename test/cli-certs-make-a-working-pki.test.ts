@@ -47,6 +47,8 @@ describe('virtcbt certs', () => {
     const client = JSON.parse(c.stdout) as { kind: string; identity: string; files: Record<string, string> };
     expect(client).toMatchObject({ kind: 'client', identity: 'O=Example Org,CN=hv1' });
     expect((await certs(['client', other, '--ca', ca, '--cn', 'hv2'])).stdout).toBe('CN=hv2');
+    // The identity of an existing certificate (another PKI's) in the same form.
+    expect((await certs(['identity', join(hv, 'client-cert.pem')])).stdout).toBe('O=Example Org,CN=hv1');
 
     expect(readdirSync(ca).sort()).toEqual(['ca-cert.pem', 'ca-key.pem']);
     expect(readdirSync(server).sort()).toEqual(['ca-cert.pem', 'server-cert.pem', 'server-key.pem']);

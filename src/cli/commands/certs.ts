@@ -11,6 +11,7 @@ import { EXIT, type Command } from '../command.js';
 const USAGE = `usage: virtcbt certs ca DIR [--cn NAME] [--days N] [--json]
        virtcbt certs server DIR --ca CADIR --cn NAME [--address IP|DNS ...] [--days N] [--json]
        virtcbt certs client DIR --ca CADIR --cn NAME [--org ORG] [--days N] [--json]
+       virtcbt certs identity CERT [--json]
 
 Makes TLS credentials with certtool (gnutls-bin) in the layout QEMU's tls-creds-x509 and libnbd's
 tls-certificates=DIR read. Private keys are mode 0600; nothing is ever overwritten (a file already
@@ -30,6 +31,8 @@ client  DIR gets ca-cert.pem (the CA of the servers), client-cert.pem, client-ke
         --org ORG   an organization in the subject (the identity becomes "O=ORG,CN=NAME")
         One DIR may hold a host's server and client credentials (their ca-cert.pem must then be
         the same CA), as QEMU's layout allows.
+identity  prints the identity of an existing certificate (e.g. /etc/pki/qemu/client-cert.pem of
+        libvirt's PKI, whose directories have this same layout).
 --days N    validity (default 365)
 
 Exit codes: 0 made, 1 certtool failed, 2 bad usage or a file already there (nothing written).`;
@@ -60,8 +63,17 @@ export const certsCommand: Command = {
       org: { type: 'string' }, days: { type: 'string' }, json: { type: 'boolean' },
     }, USAGE);
     const kind = positionals[0];
+    if (kind === 'identity') {
+      if (positionals.length !== 2) throw new UsageError(`certs identity takes one certificate file\n\n${USAGE}`);
+      const file = resolve(positionals[1]!);
+      if (!(await stat(file).then((st) => st.isFile(), () => false))) throw new UsageError(`${file} is not a certificate file`, { hint: 'Name a PEM certificate, e.g. client-cert.pem' });
+      const { certificateSubject } = await import('../../tls/index.js');
+      const identity = await certificateSubject(file);
+      ctx.io.out(values.json ? JSON.stringify({ kind, file, identity }) : identity);
+      return EXIT.OK;
+    }
     if (kind !== 'ca' && kind !== 'server' && kind !== 'client') {
-      throw new UsageError(`${kind === undefined ? 'missing' : `unknown: ${JSON.stringify(kind)},`} what to make: ca, server or client\n\n${USAGE}`);
+      throw new UsageError(`${kind === undefined ? 'missing' : `unknown: ${JSON.stringify(kind)},`} what to make: ca, server or client (or identity of a certificate)\n\n${USAGE}`);
     }
     const dir = resolve(positional(positionals, 1, 'DIR', USAGE));
     if (positionals.length > 2) throw new UsageError(`certs ${kind} takes one DIR\n\n${USAGE}`);
