@@ -132,6 +132,21 @@ describe('a sync target over TLS', () => {
     ]);
   });
 
+  it('serves an existing raw image (format detected) and a discard punches a hole in it', async () => {
+    const raw = join(dir, 'target-raw.img');
+    await writeFile(raw, Buffer.alloc(8 * MiB, 0x77));
+    await execa('truncate', ['-s', String(SIZE), raw]);
+    const t = await target(raw);
+    expect(t.info).toMatchObject({ format: 'raw', created: false });
+    const w = await qemuIoRemote(t.info, clients.hv, ['discard 0 4M', `write -P 0 ${4 * MiB} 1M`, 'flush']);
+    expect(w.exitCode, w.stdout + w.stderr).toBe(0);
+    t.cli.child.kill('SIGTERM');
+    expect(await t.cli.exited, t.cli.stderr()).toBe(0);
+    await nothingLeft(t);
+    const map = JSON.parse((await execa('qemu-img', ['map', '--output=json', '-f', 'raw', raw])).stdout) as { start: number; length: number; data: boolean }[];
+    expect(map.filter((e) => e.data).map(({ start, length }) => ({ start, length }))).toEqual([{ start: 5 * MiB, length: 3 * MiB }]);
+  });
+
   it('refuses a client without a certificate, with another CA\'s, with another identity, or without TLS, and nothing is written', async () => {
     const t = await target();
     const cases = {
