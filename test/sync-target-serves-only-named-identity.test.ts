@@ -45,11 +45,11 @@ beforeAll(async () => {
 
 let n = 0;
 /** `virtcbt sync-target` on a fresh path (created, qcow2) or `image`, serving on the host end of the link. */
-async function target(image?: string, extra: string[] = []) {
+async function target(image?: string, extra: string[] = [], o: { ownGroup?: boolean } = {}) {
   const run = join(dir, `run-${++n}`);
   const img = image ?? join(dir, `target-${n}.qcow2`);
   const cli = startTargetCli([img, '--bind', ns.hostAddress, '--allow', 'O=Example,CN=hv1', '--tls-dir', serverDir,
-    ...(image ? [] : ['--create', '64M']), ...extra], run);
+    ...(image ? [] : ['--create', '64M']), ...extra], run, o);
   const info = await serving(cli);
   return { cli, info, run, image: img };
 }
@@ -176,6 +176,20 @@ describe('a sync target over TLS', () => {
     await sigterm(t);
     await check(t.image);
     expect(await dataRanges(t.image)).toEqual([]);
+  });
+
+  it('a Ctrl-C (SIGINT to its whole process group, storage daemon included) ends it with exit 0 and a clean image', async () => {
+    const t = await target(undefined, [], { ownGroup: true });
+    const src = join(dir, 'c.raw');
+    await writeFile(src, Buffer.alloc(4 * MiB, 0x43));
+    const copy = await ns.exec('nbdcopy', ['--', src, withCerts(t.info.uri, clients.hv)]);
+    expect(copy.exitCode, copy.stderr).toBe(0);
+    process.kill(-t.cli.child.pid!, 'SIGINT');
+    expect(await t.cli.exited, t.cli.stderr()).toBe(0);
+    expect(t.cli.stderr()).toMatch(/closed .*target-\d+\.qcow2/);
+    await nothingLeft(t);
+    await check(t.image);
+    expect(await dataRanges(t.image)).toEqual([{ start: 0, length: 4 * MiB }]);
   });
 
   it('after a kill -9 of the CLI, its storage daemon still closes the image cleanly and exits', async () => {

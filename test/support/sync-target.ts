@@ -25,10 +25,13 @@ export interface TargetCli {
   exited: Promise<number | undefined>;
 }
 
-/** Starts `virtcbt sync-target ARGS --json` with its run directory in `runDir`. */
-export function startTargetCli(args: string[], runDir: string): TargetCli {
+/**
+ * Starts `virtcbt sync-target ARGS --json` with its run directory in `runDir`; `ownGroup`: in a
+ * process group of its own, as a shell runs a foreground command (a Ctrl-C signals the whole group).
+ */
+export function startTargetCli(args: string[], runDir: string, o: { ownGroup?: boolean } = {}): TargetCli {
   const child = execa('node', [CLI, 'sync-target', ...args, '--json'], {
-    reject: false, buffer: false, env: { VIRTCBT_RUN_DIR: runDir },
+    reject: false, buffer: false, env: { VIRTCBT_RUN_DIR: runDir }, detached: Boolean(o.ownGroup),
   });
   const untrack = trackChild(child.pid!);
   onCleanup(async () => {

@@ -119,7 +119,9 @@ export const syncTargetCommand: Command = {
         ctx.io.err('stop with Ctrl-C or SIGTERM');
       }
       const end = await target.closed;
-      if (end === 'exited') {
+      // A Ctrl-C on a terminal reaches the storage daemon too (same process group): it quits
+      // cleanly on SIGINT by itself, which is a stop asked for, not a failure.
+      if (end === 'exited' && !stop.signal.aborted) {
         ctx.io.err(`virtcbt sync-target: qemu-storage-daemon serving ${target.image} ended by itself; check the image with \`qemu-img check\``);
         return EXIT.FAILED;
       }
