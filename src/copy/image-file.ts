@@ -47,34 +47,7 @@ export interface ImageEndpoint extends ServedImage {
  */
 export async function openImageEndpoint(path: string, o: ImageEndpointOptions): Promise<ImageEndpoint> {
   if (o.signal?.aborted) throw abortReason(o.signal, `opening ${path}`);
-  const ctx = { domain: o.domain, disk: o.disk };
-  let created = false;
-  let format = o.format;
-  const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' && o.create) return undefined;
-    throw new UsageError(`cannot open image ${path}: ${errorMessage(err)}`, { ...ctx, cause: err, hint: err.code === 'ENOENT' ? 'Check the path, or let virtcbt create the image' : 'Check the path and its permissions' });
-  });
-  if (st && !st.isFile()) {
-    throw new UsageError(`image ${path} is ${fileKind(st)}, not a regular file`, { ...ctx, hint: st.isSymbolicLink() ? 'Name the image file itself: symlinks are not followed' : 'Name a qcow2 or raw image file' });
-  }
-  let header: Qcow2Header | undefined;
-  if (!st) {
-    format ??= 'qcow2';
-    await createImage(path, format, o.create!, ctx);
-    created = true;
-  } else {
-    header = await readQcow2Header(path).catch((err: unknown) => {
-      if (err instanceof Qcow2HeaderError && /no qcow2 magic|shorter than a qcow2 header/.test(err.what)) return undefined;
-      throw new UsageError(`image ${path} ${err instanceof Qcow2HeaderError ? err.what : `cannot be read: ${errorMessage(err)}`}`, {
-        ...ctx, cause: err, hint: 'Check the file with `qemu-img info`',
-      });
-    });
-    format ??= header ? 'qcow2' : 'raw';
-    if (format === 'qcow2' && !header) {
-      throw new UsageError(`image ${path} is not a qcow2 image (no qcow2 magic)`, { ...ctx, hint: 'Open it as raw, or name the qcow2 image' });
-    }
-    if (format === 'qcow2' && header) await checkQcow2(path, header, ctx);
-  }
+  const { format, created } = await prepareImageFile(path, o);
   try {
     const served = await serveImage(path, {
       runDir: o.runDir, writable: o.writable, format, timeoutMs: o.timeoutMs, signal: o.signal,
@@ -88,6 +61,42 @@ export async function openImageEndpoint(path: string, o: ImageEndpointOptions): 
     if (created) await rm(path, { force: true });
     throw err;
   }
+}
+
+/**
+ * Checks an image file before something opens it for writing, or makes it when missing and
+ * `create` is given: refuses, changing nothing, what is not a regular file (a symlink is not
+ * followed), a qcow2 with features QEMU 7.2 does not know, and a qcow2 whose backing or data file
+ * cannot be opened, naming the file. Returns the format (detected when not given) and whether the
+ * file was made here (the caller removes it if it then cannot use it).
+ */
+export async function prepareImageFile(path: string, o: Pick<ImageEndpointOptions, 'format' | 'create' | 'domain' | 'disk'>): Promise<{ format: ImageFormat; created: boolean }> {
+  const ctx = { domain: o.domain, disk: o.disk };
+  let format = o.format;
+  const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' && o.create) return undefined;
+    throw new UsageError(`cannot open image ${path}: ${errorMessage(err)}`, { ...ctx, cause: err, hint: err.code === 'ENOENT' ? 'Check the path, or let virtcbt create the image' : 'Check the path and its permissions' });
+  });
+  if (st && !st.isFile()) {
+    throw new UsageError(`image ${path} is ${fileKind(st)}, not a regular file`, { ...ctx, hint: st.isSymbolicLink() ? 'Name the image file itself: symlinks are not followed' : 'Name a qcow2 or raw image file' });
+  }
+  if (!st) {
+    format ??= 'qcow2';
+    await createImage(path, format, o.create!, ctx);
+    return { format, created: true };
+  }
+  const header = await readQcow2Header(path).catch((err: unknown) => {
+    if (err instanceof Qcow2HeaderError && /no qcow2 magic|shorter than a qcow2 header/.test(err.what)) return undefined;
+    throw new UsageError(`image ${path} ${err instanceof Qcow2HeaderError ? err.what : `cannot be read: ${errorMessage(err)}`}`, {
+      ...ctx, cause: err, hint: 'Check the file with `qemu-img info`',
+    });
+  });
+  format ??= header ? 'qcow2' : 'raw';
+  if (format === 'qcow2' && !header) {
+    throw new UsageError(`image ${path} is not a qcow2 image (no qcow2 magic)`, { ...ctx, hint: 'Open it as raw, or name the qcow2 image' });
+  }
+  if (format === 'qcow2' && header) await checkQcow2(path, header, ctx);
+  return { format, created: false };
 }
 
 /** Makes a sparse image of `size` bytes at `path`, exclusively (never replaces a file, never through a symlink). */

@@ -6,6 +6,6 @@ export { NullEndpoint } from './null-endpoint.js';
 export { copyExtents, dataExtents, isNoSpace, wholeDisk, DEFAULT_INFLIGHT, DEFAULT_REQUEST_SIZE, type CopyOptions, type CopyProgress } from './copy-extents.js';
 export { ProgressMeter, type ProgressFigures } from './progress.js';
 export { serveImage, qemuNbdFiles, type ServeOptions, type ServedImage } from './qemu-nbd.js';
-export { openImageEndpoint, type ImageEndpoint, type ImageEndpointOptions, type ImageFormat } from './image-file.js';
+export { openImageEndpoint, prepareImageFile, type ImageEndpoint, type ImageEndpointOptions, type ImageFormat } from './image-file.js';
 export { flushingEndpoint } from './flushing-endpoint.js';
 export { digestingEndpoint, type ByteDigest } from './digesting-endpoint.js';

@@ -1,6 +1,6 @@
 // A small x509 PKI with certtool (gnutls-bin): a CA, and server and client credentials laid out
 // as QEMU's tls-creds-x509 and libnbd's tls-certificates=DIR read them, private keys mode 0600.
-import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -104,11 +104,38 @@ export async function createCa(dir: string, o: { cn: string; days?: number }): P
 async function issue(ca: CertAuthority, dir: string, files: typeof SERVER_FILES | typeof CLIENT_FILES, template: string[], trust: CertAuthority): Promise<string> {
   await mkdir(dir, { recursive: true });
   const key = join(dir, files.key);
+  const cert = join(dir, files.cert);
+  const caFile = join(dir, files.ca);
+  const trustPem = await readFile(trust.cert, 'utf8');
+  // Everything is checked before anything is written: a refusal leaves no half-made credentials.
+  // One directory may hold a host's server and client credentials (QEMU reads both from one
+  // tls-creds-x509 dir): its ca-cert.pem is then shared, and must be the same CA.
+  for (const f of [key, cert]) {
+    if (await lstat(f).then(() => true, () => false)) {
+      throw new UsageError(`${f} already exists`, { hint: 'Choose an empty directory, or remove the old credentials first; nothing was overwritten' });
+    }
+  }
+  const presentCa = await readFile(caFile, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  if (presentCa !== undefined && presentCa !== trustPem) {
+    throw new UsageError(`${caFile} already exists and holds another CA than ${trust.cert}`, { hint: 'Use another directory for credentials of another CA; nothing was overwritten' });
+  }
   await newKey(key);
-  const pem = await withTemplate(template, (t) => certtool(['--generate-certificate', '--load-privkey', key,
-    '--load-ca-certificate', ca.cert, '--load-ca-privkey', ca.key, '--template', t], `sign a certificate for ${dir}`));
-  await writeNew(join(dir, files.cert), pem);
-  await writeNew(join(dir, files.ca), await readFile(trust.cert, 'utf8'));
+  let wroteCert = false;
+  try {
+    const pem = await withTemplate(template, (t) => certtool(['--generate-certificate', '--load-privkey', key,
+      '--load-ca-certificate', ca.cert, '--load-ca-privkey', ca.key, '--template', t], `sign a certificate for ${dir}`));
+    await writeNew(cert, pem);
+    wroteCert = true;
+    if (presentCa === undefined) await writeNew(caFile, trustPem);
+  } catch (err) {
+    // A key without its certificate (the CA could not sign) would block the next attempt.
+    await rm(key, { force: true });
+    if (wroteCert) await rm(cert, { force: true });
+    throw err;
+  }
   return dir;
 }
 

@@ -25,6 +25,8 @@ export const commands: CommandEntry[] = [
   { name: 'verify', summary: 'check every backup: qemu-img check, chain links, and the checksum of the data', load: async () => (await import('./repo.js')).verifyCommand },
   { name: 'restore', summary: 'restore one disk of a backup into a qcow2 or raw file', load: async () => (await import('./repo.js')).restoreCommand },
   { name: 'prune', summary: 'keep only the newest N restore points of a consumer, merging older increments', load: async () => (await import('./repo.js')).pruneCommand },
+  { name: 'sync-target', summary: 'serve an image on this host as a writable TLS NBD target of a sync (runs in the foreground, no virtcbtd)', load: async () => (await import('./sync-target.js')).syncTargetCommand },
+  { name: 'certs', summary: 'make a CA and the TLS credentials of a hypervisor, a sync target or a scanner (QEMU\'s layout)', load: async () => (await import('./certs.js')).certsCommand },
   { name: 'install', summary: 'install the libvirt hook, the systemd units and the virtcbt/virtcbtd commands', load: async () => (await import('./install.js')).installCommand },
   { name: 'nbd', summary: 'Talk to an NBD export directly: info, list, map (like nbdinfo --map), copy', load: async () => (await import('./nbd.js')).nbdCommand },
 ];
