@@ -223,6 +223,7 @@ export async function runBackup(ctx: BackupContext, req: BackupRequest, deps: Ba
       // The snapshot's exports also carry the frozen bitmaps: the fold reads them there. (Only disks
       // whose bitmap recorded something: the others are exported below if the plan copies them.)
       foldThroughExports: true,
+      signal: deps.signal,
     });
     const { time, consistency } = taken;
     const freeze: Pick<FreezeOutcome, 'note' | 'freezeWindowMs' | 'freezeCallMs'> = taken;

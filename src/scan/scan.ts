@@ -144,7 +144,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         const agentOk = await pinged;
         signal.throwIfAborted();
         taken = await snap.take({
-          consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker,
+          consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker, signal,
           noAgentReason: req.noFreeze ? 'not frozen (--no-freeze): crash-consistent' : 'no usable guest agent: crash-consistent',
         });
         passId = taken.passId!;

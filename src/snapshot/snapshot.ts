@@ -72,6 +72,8 @@ export interface TakeOptions {
    * during the take, each offering its frozen bitmap as a meta context.
    */
   foldThroughExports?: boolean;
+  /** The job's cancel: honoured up to the transaction (a freeze already sent is always thawed). */
+  signal?: AbortSignal;
 }
 
 export interface TakeResult {
@@ -161,12 +163,15 @@ export class Snapshot implements AsyncDisposable {
    */
   async take(o: TakeOptions): Promise<TakeResult> {
     if (this.taken) throw new VirtcbtError('the snapshot was taken already', { domain: this.domain });
+    o.signal?.throwIfAborted();
     const { ctx } = this;
     const rotate = o.rotate !== false || o.consumer !== undefined;
     const inTransaction = (around?: (run: () => Promise<void>) => Promise<void>) => (run: () => Promise<void>) => {
       const go = async () => {
         await this.ready;
         await o.beforeTransaction?.();
+        // Not begun once cancelled: rotateFrozen thaws the guest when this throws.
+        o.signal?.throwIfAborted();
         await run();
       };
       return around ? around(go) : go();

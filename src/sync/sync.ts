@@ -146,7 +146,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     const agentOk = await pinged;
     deps.signal?.throwIfAborted();
     const taken = await snap.take({
-      consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker,
+      consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker, signal: deps.signal,
       noAgentReason: !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
         : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent' : 'no usable guest agent: crash-consistent',
     });
