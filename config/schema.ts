@@ -1,6 +1,7 @@
 // The convict schema of virtcbt's configuration: every setting, its default, and the
 // VIRTCBT_* environment variable that overrides it. Loaded by src/config.
 import type { Schema } from 'convict';
+import { scanQuarantineSchema, type ScanQuarantineConfig } from './scan-quarantine.js';
 
 export interface VirtcbtConfig {
   stateDir: string;
@@ -16,6 +17,7 @@ export interface VirtcbtConfig {
   snapshot: { remote: { bind: string; port: number; tlsDir: string; deadlineSeconds: number } };
   backup: { repo: string; allowedRepoRoots: string[]; jobs: BackupJobConfig[] };
   sync: { tlsCertificates: string; onStop: SyncTargetConfig[]; jobs: SyncJobConfig[] };
+  scan: ScanQuarantineConfig;
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -330,6 +332,7 @@ export const schema: Schema<VirtcbtConfig> = {
       default: [] as SyncJobConfig[],
     },
   },
+  scan: scanQuarantineSchema,
   log: {
     level: { doc: 'Log level.', format: ['debug', 'info', 'warn', 'error'], default: 'info', env: 'VIRTCBT_LOG_LEVEL' },
   },
