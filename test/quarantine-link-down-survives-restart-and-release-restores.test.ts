@@ -41,6 +41,12 @@ beforeAll(async () => {
   });
   hookUrl = await listen(server);
   daemon = await startTestDaemon({ config: { scan: { quarantine: 'link-down', webhook: hookUrl } } });
+  // socketGroup root: the group socket exists (the socket a request comes through is its credential).
+  const cfg = JSON.parse(await readFile(daemon.configFile, 'utf8'));
+  cfg.daemon.socketGroup = 'root';
+  await writeFile(daemon.configFile, JSON.stringify(cfg, null, 2));
+  await daemon.stop();
+  await daemon.start();
 });
 
 /** Two NICs, the second already down (in the definition, hence live too). */
@@ -123,6 +129,33 @@ describe('quarantine', () => {
     await expect(callDaemon(daemon.socket, 'POST', '/v1/domains/virtcbt-test-no-such-domain/quarantine', { body: { infected: [] } })).rejects.toThrow(/non-empty list/);
     await expect(callDaemon(daemon.socket, 'POST', '/v1/domains/virtcbt-test-no-such-domain/quarantine', { body: { infected: [{ path: '/x', signature: 'a\nb' }] } })).rejects.toThrow(/signature/);
     expect((await daemon.cliJson(['quarantine', 'status', 'virtcbt-test-no-such-domain'])).state).toBe('clean');
+    // The group socket may read the status, not report or release.
+    const group = daemon.socket.replace(/\.sock$/, '-group.sock');
+    expect(await callDaemon(group, 'GET', '/v1/quarantine')).toHaveProperty('domains');
+    await expect(callDaemon(group, 'POST', '/v1/domains/x/quarantine/release')).rejects.toThrow(/quarantine release needs root/);
+    await expect(callDaemon(group, 'POST', '/v1/domains/x/quarantine', { body: verdict(['/x']) })).rejects.toThrow(/quarantine report needs root/);
+  });
+
+  it('shutdown: graceful first, forced off when the guest does not go; a damaged record is set aside, never read as clean', async () => {
+    const g = await startLibvirtGuest({ name: 'qdown', start: false });
+    await virsh(['start', g.name]);
+    const deps = directDeps({ shutdownTimeoutMs: 3_000 });
+    // A damaged record: status still says quarantined (with the problem), release refuses it.
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(join(deps.stateDir, 'quarantine'), { recursive: true });
+    await writeFile(join(deps.stateDir, 'quarantine', `${encodeURIComponent(g.name)}.json`), '{"format":"virtcbt-quarantine/1","domain":');
+    const { quarantineStatus } = await import('../src/scan/quarantine.js');
+    expect(await quarantineStatus(g.name, deps.stateDir)).toMatchObject({ state: 'quarantined', problem: expect.stringMatching(/cannot be trusted/) });
+    await expect(release(g.name, deps)).rejects.toThrow(/cannot be trusted/);
+
+    const rec = await quarantine(g.name, verdict(['/evil']), { action: 'shutdown' }, deps);
+    expect((await virsh(['domstate', g.name])).stdout.trim()).toBe('shut off');
+    expect(rec.events.find((e) => e.what === 'damaged-record')).toBeDefined();
+    expect(rec.events.filter((e) => e.what === 'shutdown' && e.ok).at(-1)!.detail).toMatch(/shut down|forced off/);
+    const released = await release(g.name, deps);
+    expect(released.state).toBe('released');
+    // Release does not start a domain the quarantine shut down.
+    expect((await virsh(['domstate', g.name])).stdout.trim()).toBe('shut off');
   });
 
   it('suspend pauses the domain; release resumes it', async () => {
