@@ -1,6 +1,7 @@
 // The convict schema of virtcbt's configuration: every setting, its default, and the
 // VIRTCBT_* environment variable that overrides it. Loaded by src/config.
 import type { Schema } from 'convict';
+import { scanQuarantineSchema, type ScanQuarantineConfig } from './scan-quarantine.js';
 
 export interface VirtcbtConfig {
   stateDir: string;
@@ -16,7 +17,7 @@ export interface VirtcbtConfig {
   snapshot: { remote: { bind: string; port: number; tlsDir: string; deadlineSeconds: number } };
   backup: { repo: string; allowedRepoRoots: string[]; jobs: BackupJobConfig[] };
   sync: { tlsCertificates: string; onStop: SyncTargetConfig[]; jobs: SyncJobConfig[] };
-  scan: { scanners: ScannerConfigEntry[]; timeoutSeconds: number; fullEveryHours: number };
+  scan: ScanQuarantineConfig & { scanners: ScannerConfigEntry[]; timeoutSeconds: number; fullEveryHours: number };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -343,6 +344,7 @@ export const schema: Schema<VirtcbtConfig> = {
     },
   },
   scan: {
+    ...scanQuarantineSchema,
     scanners: {
       doc: 'Scanner hosts scans are handed to, tried in this order: [{name, url (https://HOST:PORT), identity (its client certificate DN), tlsDir (ca-cert.pem, client-cert.pem, client-key.pem of this host)}].',
       format: checkScanners,

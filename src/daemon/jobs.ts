@@ -25,6 +25,7 @@ import { FreezeMarkers } from './freeze-marker.js';
 import { JobRegistry, type Job } from './job-registry.js';
 import { KeyedTurns } from './turns.js';
 import { runScan, type ScanEvent, type ScanRequest, type ScanResult, type ScanVerdict } from '../scan/index.js';
+import { QuarantineActionError, actionFor, depsFromConfig, quarantine } from '../scan/quarantine.js';
 import { NbdEndpoint } from '../copy/index.js';
 import { SyncRecords, runSync, type SyncEvent, type SyncRequest, type SyncResult } from '../sync/index.js';
 import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } from '../usedmap/index.js';
@@ -454,7 +455,7 @@ export class JobRunner {
           runDir: this.cfg.runDir, stateDir: this.cfg.stateDir, agent: this.agentFor(ctx) ?? null,
           freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, agentTimeoutMs: this.cfg.agent.timeoutMs, freezeMarker: this.freezeMarkers.for(domain),
           remote, scanners: this.cfg.scan.scanners, fullEveryMs: this.cfg.scan.fullEveryHours * 3_600_000, timeoutMs: this.cfg.scan.timeoutSeconds * 1000,
-          onDetection: (verdict) => this.onDetection(domain, verdict), log: this.logger,
+          onDetection: (verdict, scanner) => this.onDetection(domain, verdict, scanner), log: this.logger,
         }, (ev) => emit(ev.type === 'start' ? { ...ev, job: job.id } as ScanEvent : ev)))();
         return Promise.race([taken, run.then(() => undefined, () => undefined)]);
       });
@@ -475,10 +476,19 @@ export class JobRunner {
     return eventStream<ScanEvent>((emit) => this.scan(domain, req, emit));
   }
 
-  /** What a scan does on detection: logged here; the quarantine (scan.quarantine) acts. */
-  private async onDetection(domain: string, verdict: ScanVerdict): Promise<unknown> {
-    this.logger.warn('malware found', { domain, infected: verdict.infected.map((f) => `${f.disk}:${f.path} (${f.signature})`) });
-    return undefined;
+  /**
+   * What a scan does on detection: the quarantine (scan.quarantine, scan.domains) acts and records
+   * the verdict; a failed action is reported in the result, the verdict stays recorded.
+   */
+  private async onDetection(domain: string, verdict: ScanVerdict, scanner: string): Promise<unknown> {
+    this.logger.warn('malware found', { domain, scanner, infected: verdict.infected.map((f) => `${f.disk}:${f.path} (${f.signature})`) });
+    const v = { scanner, at: new Date().toISOString(), infected: verdict.infected.map((f) => ({ path: f.path, signature: f.signature, disk: f.disk, size: f.size, sha256: f.sha256 })) };
+    try {
+      return await quarantine(domain, v, actionFor(this.cfg, domain), depsFromConfig(this.cfg, this.libvirt, this.logger));
+    } catch (err) {
+      if (err instanceof QuarantineActionError) return { error: (err as Error).message };
+      throw err;
+    }
   }
 
   // ---- passes with exports ---------------------------------------------------------------------

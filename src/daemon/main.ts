@@ -21,6 +21,7 @@ import { JobRunner } from './jobs.js';
 import { registerRoutes } from './routes.js';
 import { Spool } from './spool.js';
 import { Tracker } from './tracker.js';
+import { actionFor, depsFromConfig } from '../scan/quarantine.js';
 import type { ReconcileStep } from '../reconciler/index.js';
 
 const VERSION = '0.1.0';
@@ -103,6 +104,7 @@ async function main(): Promise<void> {
   const jobs = new JobRunner(tracker, cfg, log, libvirt, logger, { backupFault: backupFault(), syncFault: syncFault() });
   registerRoutes(server, tracker, { pid: process.pid, startedAt: new Date().toISOString(), version: VERSION }, jobs, {
     groupRepoRoots: allowedRepoRoots(cfg),
+    quarantine: { deps: depsFromConfig(cfg, libvirt, logger), actionFor: (d) => actionFor(cfg, d) },
   });
   const spool = new Spool(cfg.daemon.spoolDir, {
     handle: async (ev) => {

@@ -5,6 +5,7 @@ import type { ControlServer, Handler } from './control-server.js';
 import type { JobRunner } from './jobs.js';
 import type { Tracker } from './tracker.js';
 import { groupRepo } from './repo-guard.js';
+import { parseVerdict, quarantine, quarantineStatus, quarantineStatusAll, release, type DomainAction, type QuarantineDeps } from '../scan/quarantine.js';
 
 function str(v: unknown, name: string): string {
   if (typeof v !== 'string' || v === '') throw new UsageError(`${name} is required`);
@@ -49,6 +50,8 @@ function rootOnly(what: string, handler: Handler): Handler {
 export interface RouteOptions {
   /** Where callers on the group socket may back up (see repo-guard.ts). */
   groupRepoRoots?: readonly string[];
+  /** Quarantine on detection (src/scan/quarantine.ts): its dependencies and each domain's configured action. */
+  quarantine?: { deps: QuarantineDeps; actionFor(domain: string): DomainAction };
 }
 
 export function registerRoutes(server: ControlServer, t: Tracker, daemon: StatusReply['daemon'], jobs?: JobRunner, opts: RouteOptions = {}): void {
@@ -71,6 +74,22 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
     .route('POST', '/v1/domains/:domain/passes/:id/abort', rootOnly('pass abort', async (r) => (jobs
       ? jobs.endPass(r.params.domain, passId(r.params.id), 'abort', optStr(r.body.consumer, 'consumer'))
       : t.abortPass(r.params.domain, passId(r.params.id), optStr(r.body.consumer, 'consumer')))));
+  const q = opts.quarantine;
+  if (q) {
+    // Status is reading (the group may, like `status`); reporting a verdict acts on the domain and
+    // release lifts an isolation: root only. POST .../quarantine is what `virtcbt scan` does on
+    // detection, open to external scanners too; an action in the body (not "command": commands
+    // come only from the config) overrides the configured one.
+    server
+      .route('GET', '/v1/quarantine', async () => ({ domains: await quarantineStatusAll(q.deps.stateDir) }))
+      .route('GET', '/v1/domains/:domain/quarantine', async (r) => quarantineStatus(r.params.domain, q.deps.stateDir))
+      .route('POST', '/v1/domains/:domain/quarantine', rootOnly('quarantine report', async (r) => {
+        const verdict = parseVerdict(r.body);
+        const override = oneOf(r.body.action, ['link-down', 'suspend', 'shutdown', 'none'] as const, 'action');
+        return quarantine(r.params.domain, verdict, override ? { action: override } : q.actionFor(r.params.domain), q.deps);
+      }))
+      .route('POST', '/v1/domains/:domain/quarantine/release', rootOnly('quarantine release', async (r) => release(r.params.domain, q.deps)));
+  }
   if (jobs) {
     // Listing is reading, like status: the group may. Cancelling ends another caller's work (a
     // scheduled backup, a tool's pass export): root only, like enable and disable.

@@ -25,6 +25,8 @@ export interface GuestDomainSpec {
   vcpus?: number;
   /** Leave the guest-agent channel out (a domain virtcbt can only back up crash-consistent). */
   noAgentChannel?: boolean;
+  /** Network interfaces (user-mode: no bridge or tap needed), each with its MAC and link state. */
+  interfaces?: { mac: string; linkDown?: boolean }[];
 }
 
 function esc(s: string): string {
@@ -49,6 +51,12 @@ export function guestDomainXml(d: GuestDomainSpec): string {
     <channel type='unix'>
       <target type='virtio' name='${AGENT_PORT_NAME}'/>
     </channel>`;
+  const nics = (d.interfaces ?? []).map((n) => `
+    <interface type='user'>
+      <mac address='${esc(n.mac)}'/>
+      <model type='virtio'/>${n.linkDown ? `
+      <link state='down'/>` : ''}
+    </interface>`).join('');
   return `<domain type='qemu' xmlns:qemu='${QEMU_NS}'>
   <name>${esc(d.name)}</name>
   <memory unit='MiB'>${d.memoryMiB}</memory>
@@ -68,7 +76,7 @@ export function guestDomainXml(d: GuestDomainSpec): string {
     <serial type='file'>
       <source path='${esc(d.serialLog)}'/>
       <target port='0'/>
-    </serial>${agent}
+    </serial>${agent}${nics}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>${qmp}

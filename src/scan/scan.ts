@@ -92,7 +92,7 @@ export interface ScanDeps {
   /** The scan as a whole (scanner's work included) ends with an error after this long. */
   timeoutMs: number;
   /** The action on detection (quarantine); its record goes into the result. */
-  onDetection?: (verdict: ScanVerdict) => Promise<unknown>;
+  onDetection?: (verdict: ScanVerdict, scanner: string) => Promise<unknown>;
   log?: Logger;
 }
 
@@ -185,7 +185,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         throw err;
       }
       // The verdict is in: the consumer moves (an infected file stays reported by the quarantine until release).
-      const action = verdict.infected?.length ? await deps.onDetection?.(verdict) : undefined;
+      const action = verdict.infected?.length ? await deps.onDetection?.(verdict, scanner.name) : undefined;
       if (pass.consumer === consumer) {
         ctx.log.commitPass(passId!);
         committed = true;

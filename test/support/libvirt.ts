@@ -33,6 +33,8 @@ export interface LibvirtGuestOptions {
   scratchFormat?: 'raw' | 'qcow2';
   /** Start the domain after defining it (default true); else call start() later. */
   start?: boolean;
+  /** User-mode network interfaces (work without bridges), by MAC, optionally with the link down. */
+  interfaces?: { mac: string; linkDown?: boolean }[];
 }
 
 export interface LibvirtGuest {
@@ -170,7 +172,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise
   await writeFile(serialLog, '');
   await execa('chown', ['-R', 'libvirt-qemu:libvirt-qemu', dir]);
 
-  const xml = domainXml({ name, kernel, initrd, disks, serialLog, qmpSocket, memoryMiB: opts.memoryMiB ?? 256, scratchFormat });
+  const xml = domainXml({ name, kernel, initrd, disks, serialLog, qmpSocket, memoryMiB: opts.memoryMiB ?? 256, scratchFormat, interfaces: opts.interfaces });
   const xmlFile = join(dir, 'domain.xml');
   await writeFile(xmlFile, xml);
   if (persistent) await virsh(['define', xmlFile]);
@@ -219,12 +221,13 @@ interface DomainXmlInput {
   qmpSocket?: string;
   memoryMiB: number;
   scratchFormat?: 'raw' | 'qcow2';
+  interfaces?: { mac: string; linkDown?: boolean }[];
 }
 
 /** The rig's two-disk guest (qcow2 data on vda, scratch on vdb), through the shared builder. */
 export function domainXml(d: DomainXmlInput): string {
   return guestDomainXml({
-    name: d.name, kernel: d.kernel, initrd: d.initrd, serialLog: d.serialLog, qmpSocket: d.qmpSocket, memoryMiB: d.memoryMiB,
+    name: d.name, kernel: d.kernel, initrd: d.initrd, serialLog: d.serialLog, qmpSocket: d.qmpSocket, memoryMiB: d.memoryMiB, interfaces: d.interfaces,
     disks: [{ target: 'vda', file: d.disks.data, format: 'qcow2' }, { target: 'vdb', file: d.disks.scratch, format: d.scratchFormat ?? 'raw' }],
   });
 }

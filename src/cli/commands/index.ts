@@ -18,6 +18,7 @@ export const commands: CommandEntry[] = [
   { name: 'reconcile', summary: 'fold the domain\'s dirty bitmaps into the change log now', load: async () => (await import('./tracking.js')).reconcileCommand },
   { name: 'backup', summary: 'back up a domain for a consumer (full or incremental) into a repository', load: async () => (await import('./backup.js')).backupCommand },
   { name: 'jobs', summary: 'list virtcbtd\'s running and recent jobs (backups, pass exports); cancel one', load: async () => (await import('./jobs.js')).jobsCommand },
+  { name: 'quarantine', summary: 'domains a scan found infected: status, and release (links restored as they were)', load: async () => (await import('./quarantine.js')).quarantineCommand },
   { name: 'sync', summary: 'bring a second copy of a disk up to date: only blocks modified since its last sync and in use now', load: async () => (await import('./sync.js')).syncCommand },
   { name: 'usedmap', summary: 'which byte ranges of a disk the guest\'s filesystems use now (what a sync copies)', load: async () => (await import('./sync.js')).usedmapCommand },
   { name: 'scan', summary: 'hand a snapshot of a running domain to a scanner host and act on its verdict', load: async () => (await import('./scan.js')).scanCommand },
