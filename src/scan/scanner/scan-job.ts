@@ -32,6 +32,8 @@ export interface ScanJobOptions {
   signal?: AbortSignal;
   /** Plain nbd:// accepted (tests of the scanning alone); off in the service: snapshots travel encrypted. */
   allowPlainNbd?: boolean;
+  /** Told of every file whose contents are opened (the service logs it at debug level). */
+  onFile?: (disk: string, partition: number, path: string) => void;
   /** Opens a disk (tests); NbdEndpoint with nbdTlsDir by default. */
   open?: (uri: string, signal?: AbortSignal) => Promise<Endpoint>;
 }
@@ -144,6 +146,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     if (scannedCount >= o.limits.maxFiles) return v.skip(t, 'count limit', { name: 'maxFiles', value: o.limits.maxFiles });
     scannedCount++;
     v.scanned.filesOpened++;
+    o.onFile?.(t.disk, t.partition, t.path);
     const hash = createHash('sha256');
     let bytes = 0;
     const fileSignal = signal;
@@ -270,7 +273,7 @@ async function scanDisk(
     }
     let wanted: Set<number> | undefined;
     try {
-      if (local) wanted = new Set((await fs.blockOwners(local)).map((b) => b.ino));
+      if (local) wanted = await changedFiles(fs, local);
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
       v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${errorMessage(err)}` });
@@ -297,4 +300,23 @@ async function scanDisk(
     o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
     await pool(tasks);
   }
+}
+
+/** EXT4_INLINE_DATA_FL: the file's bytes live in its inode. */
+const INLINE_DATA_FL = 0x10000000;
+
+/**
+ * The inodes whose contents may have changed within `extents`: every owner of a changed data or
+ * mapping block, and owners of a changed inode-table slot only when their bytes live in the inode
+ * (inline data). A changed slot alone says little at the change log's granularity (a 64 KiB chunk
+ * of the inode table holds 256 inodes, most untouched); a file whose contents changed has either
+ * new data blocks, which are in the extents, or inline data.
+ */
+async function changedFiles(fs: ExtFilesystem, extents: Extent[]): Promise<Set<number>> {
+  const out = new Set<number>();
+  for (const owner of await fs.blockOwners(extents)) {
+    if (owner.blocks) out.add(owner.ino);
+    else if (owner.inode && ((await fs.inode(owner.ino)).flags & INLINE_DATA_FL)) out.add(owner.ino);
+  }
+  return out;
 }
