@@ -7,6 +7,9 @@ import { intersect, merge, type Extent } from '../../extent/index.js';
 import { DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, readPartitions, type Partition } from '../../fs/index.js';
 import { parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
+
+/** A filesystem error's own words: its hint (about used maps and e2fsck) is for the sync room. */
+const why = (err: FilesystemError) => err.message;
 import type { InfectedFile, LimitHit, LimitName, NotScanned, ScanEvent, ScanJob, ScanResult, SkippedFile, SkipReason } from '../protocol.js';
 import type { ClamdClient } from './clamd.js';
 
@@ -139,7 +142,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
       inode = await t.fs.inode(t.ino);
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
-      return v.skip(t, 'unreadable', undefined, errorMessage(err));
+      return v.skip(t, 'unreadable', undefined, why(err));
     }
     if (inode.size > o.limits.maxFileBytes) return v.skip(t, 'size limit', { name: 'maxFileBytes', value: o.limits.maxFileBytes }, `${inode.size} bytes`);
     if (inode.size > o.limits.streamMaxLength) return v.skip(t, 'stream limit', { name: 'streamMaxLength', value: o.limits.streamMaxLength }, `${inode.size} bytes`);
@@ -163,7 +166,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
       verdict = await o.clamd.scan(chunks(), fileSignal);
     } catch (err) {
       if (timeCtl.signal.aborted && !o.signal?.aborted) return v.skip(t, 'time limit', { name: 'maxSeconds', value: o.limits.maxSeconds });
-      if (err instanceof FilesystemError) return v.skip(t, 'unreadable', undefined, errorMessage(err));
+      if (err instanceof FilesystemError) return v.skip(t, 'unreadable', undefined, why(err));
       throw err;
     } finally {
       v.scanned.bytesRead += bytes;
@@ -246,7 +249,7 @@ async function scanDisk(
     parts = (await readPartitions(disk)).partitions.filter((p) => !p.extended);
   } catch (err) {
     if (!(err instanceof FilesystemError)) throw err;
-    v.notScanned.push({ disk: target, offset: 0, length: disk.length, kind: 'partition table', reason: `partition table not readable: ${errorMessage(err)}` });
+    v.notScanned.push({ disk: target, offset: 0, length: disk.length, kind: 'partition table', reason: `partition table not readable: ${why(err)}` });
     return;
   }
   for (const p of parts) {
@@ -268,7 +271,7 @@ async function scanDisk(
       fs = await ExtFilesystem.open(part, { label: where });
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
-      v.notScanned.push({ ...region, kind, reason: `${kind} not readable: ${errorMessage(err)}` });
+      v.notScanned.push({ ...region, kind, reason: `${kind} not readable: ${why(err)}` });
       continue;
     }
     let wanted: Set<number> | undefined;
@@ -276,7 +279,7 @@ async function scanDisk(
       if (local) wanted = await changedFiles(fs, local);
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
-      v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${errorMessage(err)}` });
+      v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
       continue;
     }
     // One walk gives every path (ino → first path; hard links are scanned once). A walk that breaks
@@ -295,7 +298,7 @@ async function scanDisk(
       }
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
-      v.notScanned.push({ ...region, kind, reason: `${kind} directory tree damaged, ${tasks.length} files found before it were scanned: ${errorMessage(err)}` });
+      v.notScanned.push({ ...region, kind, reason: `${kind} directory tree damaged, ${tasks.length} files found before it were scanned: ${why(err)}` });
     }
     o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
     await pool(tasks);
