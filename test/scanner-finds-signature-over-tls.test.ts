@@ -15,6 +15,9 @@ import { EICAR, postScan, scannerWorld, SIGNATURE, startScanner, type RunningSca
 
 useCleanup();
 
+/** writeTree's regular files (407, far.bin among them) and the infected one. */
+const FILES_IN_INFECTED = 408;
+
 let w: ScannerWorld;
 let scanner: RunningScanner;
 const images: Record<'infected' | 'clean' | 'xfs', string> = {} as never;
@@ -63,7 +66,7 @@ describe('virtcbt-scanner over TLS', () => {
     // The 'found' event came before the verdict.
     expect(r.events.findIndex((e) => e.type === 'found')).toBeLessThan(r.events.findIndex((e) => e.type === 'result'));
     // writeTree's 400 small files and more were all streamed; far.bin (70 MiB, sparse) is over maxFileBytes.
-    expect(res.scanned.files).toBeGreaterThan(400);
+    expect(res.scanned.files).toBe(FILES_IN_INFECTED - 1);
     expect(res.scanned.filesOpened).toBe(res.scanned.files);
     expect(res.skipped).toEqual([{ disk: 'vda', partition: 0, path: '/far.bin', reason: 'size limit', detail: `${70 * MiB + 8} bytes` }]);
     expect(res.limitsHit).toEqual([{ limit: 'maxFileBytes', value: 64 * MiB, files: 1 }]);
@@ -100,6 +103,24 @@ describe('virtcbt-scanner over TLS', () => {
     expect(res.limitsHit).toEqual([{ limit: 'maxFiles', value: 10, files: 41 }]);
     expect(res.skipped).toHaveLength(41);
     expect(res.skipped.every((s) => s.reason === 'count limit')).toBe(true);
+    expect(res.complete).toBe(false);
+  });
+
+  it('reports the time limit when hit: files not started in time are skipped, none reported clean', async () => {
+    // One file at a time: 450 files over NBD with TLS take well over the one second allowed.
+    const limited = await startScanner(w.dir, w.config({ limits: { maxSeconds: 1, concurrency: 1 } }), w.ns);
+    const r = await postScan(limited.url, await job(images.infected, 'time-1'), w.hv);
+    const res = r.result!;
+    expect(res, r.body).toBeDefined();
+    const hit = res.limitsHit.find((l) => l.limit === 'maxSeconds');
+    expect(hit).toMatchObject({ limit: 'maxSeconds', value: 1 });
+    const timed = res.skipped.filter((s) => s.reason === 'time limit');
+    expect(timed.length).toBe(hit!.files);
+    // Every file was scanned whole or listed as skipped, or the listing itself was cut and the filesystem says so.
+    const listing = res.notScanned.filter((n) => /time limit \(maxSeconds 1\) reached while listing its files/.test(n.reason));
+    if (res.scanned.files + res.skipped.length < FILES_IN_INFECTED) expect(listing).toHaveLength(1);
+    else expect(listing).toEqual([]);
+    expect(timed.length + listing.length).toBeGreaterThan(0);
     expect(res.complete).toBe(false);
   });
 

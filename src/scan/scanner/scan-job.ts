@@ -97,11 +97,13 @@ class Verdict {
   skip(t: FileTask, reason: SkipReason, limit?: { name: LimitName; value: number }, detail?: string): void {
     this.skippedTotal++;
     if (this.skipped.length < MAX_LISTED_SKIPS) this.skipped.push({ disk: t.disk, partition: t.partition, path: t.path, reason, ...(detail ? { detail } : {}) });
-    if (limit) {
-      const hit = this.limits.get(limit.name) ?? { limit: limit.name, value: limit.value, files: 0 };
-      hit.files++;
-      this.limits.set(limit.name, hit);
-    }
+    if (limit) this.hit(limit.name, limit.value).files++;
+  }
+
+  hit(name: LimitName, value: number): LimitHit {
+    const hit = this.limits.get(name) ?? { limit: name, value, files: 0 };
+    this.limits.set(name, hit);
+    return hit;
   }
 }
 
@@ -205,7 +207,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
       o.emit({ type: 'disk', id: job.id, disk: d.target, mode: modes[d.target]!, size: d.size });
       let endpoint: Endpoint;
       try {
-        endpoint = o.open ? await o.open(d.uri, signal) : await NbdEndpoint.open(target(d.uri, o), { signal });
+        endpoint = o.open ? await o.open(d.uri, o.signal) : await NbdEndpoint.open(target(d.uri, o), { signal: o.signal });
       } catch (err) {
         v.notScanned.push({ disk: d.target, kind: 'disk', reason: `export not readable: ${errorMessage(err)}` });
         continue;
@@ -218,7 +220,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
         const disk = new DiskReader(endpoint, 0, endpoint.size, `${job.domain} ${d.target}`);
         stats.push(disk.stats);
         const changed = incremental ? merge(d.extents!.map(([offset, length]) => ({ offset, length }))) : undefined;
-        await scanDisk(d.target, disk, changed, v, o, job, pool, signal);
+        await scanDisk(d.target, disk, changed, v, o, job, pool, signal, timeCtl.signal);
       } finally {
         await endpoint.close().catch(() => undefined);
       }
@@ -242,7 +244,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
 
 async function scanDisk(
   target: string, disk: DiskReader, changed: Extent[] | undefined, v: Verdict, o: ScanJobOptions, job: ScanJob,
-  pool: (tasks: FileTask[]) => Promise<void>, signal: AbortSignal,
+  pool: (tasks: FileTask[]) => Promise<void>, signal: AbortSignal, timeUp: AbortSignal,
 ): Promise<void> {
   let parts: Partition[];
   try {
@@ -295,6 +297,11 @@ async function scanDisk(
           seen.add(e.ino);
           tasks.push({ disk: target, partition: p.number, fs, ino: e.ino, path: e.path });
         }
+      }
+      // Stopped by the time limit while listing: what was not listed is not scanned, and says so.
+      if (timeUp.aborted && !o.signal?.aborted) {
+        v.hit('maxSeconds', o.limits.maxSeconds);
+        v.notScanned.push({ ...region, kind, reason: `time limit (maxSeconds ${o.limits.maxSeconds}) reached while listing its files: only the ${tasks.length} listed were considered` });
       }
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
