@@ -3,7 +3,7 @@
 // image is clean and complete; an XFS image is reported as not scanned, never clean; hit limits
 // (file size, file count) are reported with the files they skipped.
 import { createHash } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -41,7 +41,7 @@ beforeAll(async () => {
   images.xfs = join(t.path, 'xfs.img');
   await execa('truncate', ['-s', String(300 * MiB), images.xfs]);
   await execa('mkfs.xfs', ['-q', '-f', images.xfs]);
-  scanner = await startScanner(t.path, w.config(), w.ns);
+  scanner = await startScanner(t.path, w.config(), w.ns, 'nobody');
 }, 120_000);
 
 async function job(image: string, id: string): Promise<ScanJob> {
@@ -52,6 +52,9 @@ async function job(image: string, id: string): Promise<ScanJob> {
 
 describe('virtcbt-scanner over TLS', () => {
   it('finds the signature in the infected file, with path, signature, size and sha256', async () => {
+    // It runs unprivileged (nobody here, its own user in the unit) and needs nothing more.
+    expect(readFileSync(`/proc/${scanner.pid}/status`, 'utf8')).toMatch(/^Uid:\t65534\t65534\t65534\t65534$/m);
+    expect(scanner.log()).not.toMatch(/runs as root/);
     const r = await postScan(scanner.url, await job(images.infected, 'full-1'), w.hv);
     expect(r.status, r.body).toBe(200);
     expect(r.events[0]).toMatchObject({ type: 'accepted', id: 'full-1', domain: 'vm1' });

@@ -80,11 +80,13 @@ export interface RunningScanner {
 }
 
 /** Runs the built virtcbt-scanner with `config` (listen.port 0), inside `ns` when given; resolves with its address once it listens. */
-export async function startScanner(dir: string, config: object, ns?: NetNs): Promise<RunningScanner> {
+export async function startScanner(dir: string, config: object, ns?: NetNs, asUser?: string): Promise<RunningScanner> {
   const file = join(dir, `scanner-${Math.random().toString(16).slice(2)}.json`);
-  writeFileSync(file, JSON.stringify(config));
-  const cmd = ns ? ['ip', ['netns', 'exec', ns.name, process.execPath, SCANNER_MAIN, '--config', file]] as const
-    : [process.execPath, [SCANNER_MAIN, '--config', file]] as const;
+  writeFileSync(file, JSON.stringify(config), { mode: 0o644 });
+  // As the unit runs it: an unprivileged user with no capabilities and no supplementary groups.
+  const node = asUser ? ['setpriv', `--reuid=${asUser}`, `--regid=${asUser === 'nobody' ? 'nogroup' : asUser}`, '--clear-groups', '--inh-caps=-all', '--', process.execPath] : [process.execPath];
+  const cmd = ns ? ['ip', ['netns', 'exec', ns.name, ...node, SCANNER_MAIN, '--config', file]] as const
+    : [node[0]!, [...node.slice(1), SCANNER_MAIN, '--config', file]] as const;
   const child = spawn(cmd[0], [...cmd[1]], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined } });
   let log = '';
   child.stderr!.on('data', (c: Buffer) => { log += c.toString(); });
@@ -175,6 +177,20 @@ export async function scannerWorld(dir: string): Promise<ScannerWorld> {
   mkdirSync(noCert);
   copyFileSync(join(hv, 'ca-cert.pem'), join(noCert, 'ca-cert.pem'));
   const clamd = await startClamd(join(dir, 'clamd'));
+  // The scanner runs as nobody in the tests (as its own user in the unit): it reaches its
+  // credentials, its config and clamd's socket, and nothing else of this test.
+  const { chmodSync, chownSync } = await import('node:fs');
+  const { execa } = await import('execa');
+  const uid = Number((await execa('id', ['-u', 'nobody'])).stdout);
+  const gid = Number((await execa('id', ['-g', 'nobody'])).stdout);
+  chmodSync(dir, 0o711);
+  chmodSync(join(dir, 'clamd'), 0o711);
+  for (const d of [scannerNbdDir, scannerTlsDir]) {
+    chownSync(d, uid, gid);
+    for (const f of ['ca-cert.pem', 'client-cert.pem', 'client-key.pem', 'server-cert.pem', 'server-key.pem']) {
+      if (existsSync(join(d, f))) chownSync(join(d, f), uid, gid);
+    }
+  }
   return {
     dir, ns, clamd, exportServerDir, scannerNbdDir, scannerTlsDir, hv, intruder, otherCa, noCert,
     config: (extra = {}) => ({
