@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { ExtentPair, ScanResult } from '../src/scan/protocol.js';
+import { pollUntil } from '../src/util/abort.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { makeFs, MiB } from './support/ext-images.js';
 import { lcg, tempDir } from './support/nbd-servers.js';
@@ -80,7 +81,9 @@ beforeAll(async () => {
   scanner = await startScanner(t.path, { ...w.config(), log: { level: 'debug' } }, w.ns);
 }, 180_000);
 
-function openedPaths(jobId: string): string[] {
+/** The files the scanner logged as opened for a job (its stderr may trail the HTTP answer: wait for the job's last line). */
+async function openedPaths(jobId: string): Promise<string[]> {
+  await pollUntil(() => new RegExp(`info: scan job done job=${jobId} `).test(scanner.log()), 'the job\'s log', { timeoutMs: 10_000, intervalMs: 20 });
   return [...scanner.log().matchAll(new RegExp(`debug: file opened job=${jobId} disk=vda partition=0 path=(\\S+)`, 'g'))].map((m) => m[1]!).sort();
 }
 
@@ -103,7 +106,7 @@ describe('an incremental scan', () => {
     const incr = await scan('incr', changed);
     expect(incr.modes).toEqual({ vda: 'incremental' });
     expect(incr.infected).toEqual([expect.objectContaining({ path: '/data/dropped.txt', signature: `${SIGNATURE}.UNOFFICIAL` })]);
-    const opened = openedPaths('incr');
+    const opened = await openedPaths('incr');
     // The changed files, and at most the neighbours sharing their 64 KiB granules (40 KiB files: one or two each side).
     expect(opened).toEqual(expect.arrayContaining(['/data/dropped.txt', '/data/file-007.bin', '/data/file-200.bin']));
     expect(opened.length).toBeLessThanOrEqual(3 * 4);
@@ -119,7 +122,7 @@ describe('an incremental scan', () => {
     // The first MiB holds the superblock, descriptors and bitmaps: no file owns it.
     const incr = await scan('meta', [[0, 64 * 1024]]);
     expect(incr.scanned.filesOpened).toBe(0);
-    expect(openedPaths('meta')).toEqual([]);
+    expect(await openedPaths('meta')).toEqual([]);
     expect(incr.infected).toEqual([]);
   });
 });
