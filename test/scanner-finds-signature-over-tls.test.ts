@@ -20,7 +20,7 @@ const FILES_IN_INFECTED = 408;
 
 let w: ScannerWorld;
 let scanner: RunningScanner;
-const images: Record<'infected' | 'clean' | 'xfs', string> = {} as never;
+const images: Record<'infected' | 'clean' | 'xfs' | 'gpt', string> = {} as never;
 
 beforeAll(async () => {
   const t = tempDir('scanner');
@@ -41,6 +41,12 @@ beforeAll(async () => {
   images.xfs = join(t.path, 'xfs.img');
   await execa('truncate', ['-s', String(300 * MiB), images.xfs]);
   await execa('mkfs.xfs', ['-q', '-f', images.xfs]);
+  // A GPT disk: partition 1 the clean ext4, partition 2 the XFS.
+  images.gpt = join(t.path, 'gpt.img');
+  await execa('truncate', ['-s', String(340 * MiB), images.gpt]);
+  await execa('sfdisk', ['-q', images.gpt], { input: `label: gpt\nstart=2048, size=${32 * 2048}\nsize=${300 * 2048}\n` });
+  await execa('dd', [`if=${images.clean}`, `of=${images.gpt}`, 'bs=1M', 'seek=1', 'conv=notrunc,sparse', 'status=none']);
+  await execa('dd', [`if=${images.xfs}`, `of=${images.gpt}`, 'bs=1M', 'seek=33', 'conv=notrunc,sparse', 'status=none']);
   scanner = await startScanner(t.path, w.config(), w.ns, 'nobody');
 }, 120_000);
 
@@ -94,6 +100,17 @@ describe('virtcbt-scanner over TLS', () => {
     expect(res, r.body).toBeDefined();
     expect(res.notScanned).toEqual([{ disk: 'vda', partition: 0, offset: 0, length: 300 * MiB, kind: 'xfs', reason: 'xfs is not readable by the scanner' }]);
     expect(res.scanned.files).toBe(0);
+    expect(res.complete).toBe(false);
+  });
+
+  it('scans an ext4 partition of a GPT disk and reports its XFS partition as not scanned, by number', async () => {
+    const r = await postScan(scanner.url, await job(images.gpt, 'gpt-1'), w.hv);
+    const res = r.result!;
+    expect(res, r.body).toBeDefined();
+    expect(res.scanned.files).toBe(51);
+    expect(res.infected).toEqual([]);
+    expect(res.notScanned).toEqual([{ disk: 'vda', partition: 2, offset: 33 * MiB, length: 300 * MiB, kind: 'xfs', reason: 'xfs is not readable by the scanner' }]);
+    expect(r.events.filter((e) => e.type === 'filesystem')).toEqual([expect.objectContaining({ partition: 1, kind: 'ext4', files: 51 })]);
     expect(res.complete).toBe(false);
   });
 
