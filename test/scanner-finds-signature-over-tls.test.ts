@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { ScanJob } from '../src/scan/protocol.js';
+import { pollUntil } from '../src/util/abort.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { makeFs, MiB, writeTree } from './support/ext-images.js';
 import { tempDir } from './support/nbd-servers.js';
@@ -142,6 +143,21 @@ describe('virtcbt-scanner over TLS', () => {
     else expect(listing).toEqual([]);
     expect(timed.length + listing.length).toBeGreaterThan(0);
     expect(res.complete).toBe(false);
+  });
+
+  it('ends a job whose hypervisor goes away, and takes the same id again afterwards', async () => {
+    const slow = await startScanner(w.dir, w.config({ limits: { concurrency: 1 } }), w.ns);
+    const ctl = new AbortController();
+    const gone = await postScan(slow.url, await job(images.infected, 'cancel-1'), w.hv, '/v1/scans', {
+      signal: ctl.signal, onEvent: (e) => { if (e.type === 'progress') ctl.abort(); },
+    }).then(() => 'finished', (e: Error) => e.name);
+    expect(gone).toBe('AbortError');
+    await pollUntil(() => /info: scan job done job=cancel-1 .*files=(\d+)/.exec(slow.log()) ?? /error: scan job failed job=cancel-1/.test(slow.log()),
+      'the job to end', { timeoutMs: 20_000, intervalMs: 20 });
+    const done = /info: scan job done job=cancel-1 .*files=(\d+)/.exec(slow.log());
+    if (done) expect(Number(done[1])).toBeLessThan(FILES_IN_INFECTED - 1);
+    const again = await postScan(slow.url, await job(images.clean, 'cancel-1'), w.hv);
+    expect(again.result, again.body).toMatchObject({ complete: true });
   });
 
   it('reports a disk whose export it cannot read as not scanned', async () => {

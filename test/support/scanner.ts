@@ -114,7 +114,7 @@ export interface PostResult {
 }
 
 /** POSTs a job (or anything) to the scanner with the client credentials in `certDir` (ca-cert.pem, and client-cert/key.pem when there). */
-export function postScan(url: string, job: ScanJob | object, certDir: string, path = '/v1/scans'): Promise<PostResult> {
+export function postScan(url: string, job: ScanJob | object, certDir: string, path = '/v1/scans', o: { signal?: AbortSignal; onEvent?: (e: ScanEvent) => void } = {}): Promise<PostResult> {
   const certFile = join(certDir, 'client-cert.pem');
   const withCert = existsSync(certFile);
   return new Promise((resolve, reject) => {
@@ -123,10 +123,16 @@ export function postScan(url: string, job: ScanJob | object, certDir: string, pa
       ca: readFileSync(join(certDir, 'ca-cert.pem')),
       ...(withCert ? { cert: readFileSync(certFile), key: readFileSync(join(certDir, 'client-key.pem')) } : {}),
       headers: { 'content-type': 'application/json' },
+      signal: o.signal,
     }, (res) => {
       let body = '';
+      let seen = 0;
       res.setEncoding('utf8');
-      res.on('data', (c: string) => { body += c; });
+      res.on('data', (c: string) => {
+        body += c;
+        const lines = body.split('\n');
+        for (; seen < lines.length - 1; seen++) if (lines[seen]) o.onEvent?.(JSON.parse(lines[seen]!) as ScanEvent);
+      });
       res.on('end', () => {
         const events = res.headers['content-type'] === 'application/x-ndjson' ? body.split('\n').filter(Boolean).map((l) => JSON.parse(l) as ScanEvent) : [];
         const result = events.find((e): e is ScanResult => e.type === 'result');
