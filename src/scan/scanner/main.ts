@@ -2,7 +2,7 @@
 // virtcbt-scanner: the scanner host's service. Takes scan jobs from named hypervisors over HTTPS with
 // mutual TLS, reads their snapshot exports over NBD with TLS and has clamd scan the files. Mounts nothing.
 import { parseArgs } from 'node:util';
-import { errorMessage, exitCodeOf, VirtcbtError } from '../../util/errors.js';
+import { errorMessage, exitCodeOf } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
 import { loadScannerConfig } from './config.js';
 import { startScannerServer } from './server.js';
@@ -37,7 +37,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err) => {
-  const hint = err instanceof VirtcbtError && err.hint ? `\nhint: ${err.hint}` : '';
-  process.stderr.write(`virtcbt-scanner: ${errorMessage(err)}${hint}\n`);
+  // errorMessage ends with the error's hint (the next step).
+  process.stderr.write(`virtcbt-scanner: ${errorMessage(err)}\n`);
   process.exit(exitCodeOf(err));
 });

@@ -89,7 +89,7 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
     try {
       job = checkJob(JSON.parse(await readBody(req)));
     } catch (err) {
-      return sendJson(res, 400, { error: errorMessage(err), hint: err instanceof VirtcbtError ? err.hint : 'Send a JSON scan job' });
+      return sendJson(res, 400, { error: (err as Error).message, hint: err instanceof VirtcbtError ? err.hint : 'Send a JSON scan job' });
     }
     if (jobs.has(job.id)) return sendJson(res, 409, { error: `job ${job.id} is already running`, hint: 'Use a new job id' });
     if (jobs.size >= o.maxJobs) return sendJson(res, 503, { error: `${jobs.size} jobs are running (maxJobs)`, hint: 'Try again later or another scanner' });
@@ -109,7 +109,7 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
       emit(result);
     } catch (err) {
       o.log.error('scan job failed', { job: job.id, domain: job.domain, error: errorMessage(err) });
-      emit({ type: 'error', id: job.id, message: errorMessage(err), hint: err instanceof VirtcbtError ? err.hint : undefined });
+      emit({ type: 'error', id: job.id, message: (err as Error).message, hint: err instanceof VirtcbtError ? err.hint : undefined });
     } finally {
       jobs.delete(job.id);
       res.end();
