@@ -1,0 +1,108 @@
+// The scanner host's HTTPS API as types: what the hypervisor side sends (POST /v1/scans) and the NDJSON events it reads back.
+
+/** The path a scan job is posted to. */
+export const SCAN_PATH = '/v1/scans';
+/** The response body's content type: one JSON object per line, the last one of type 'result' (or 'error'). */
+export const NDJSON = 'application/x-ndjson';
+
+/** A byte extent as sent on the wire: [offset, length]. */
+export type ExtentPair = [number, number];
+
+export interface ScanDisk {
+  /** The disk's target name in the domain (vda). */
+  target: string;
+  /** nbds://HOST:PORT/EXPORT; the scanner reads it with its own client credentials (a tls-certificates parameter here is ignored). */
+  uri: string;
+  /** The disk's size in bytes (checked against the export's). */
+  size: number;
+  /** Incremental: the disk's byte extents changed since the scanner's last completed scan. Absent: a full scan of this disk. */
+  extents?: ExtentPair[];
+}
+
+export interface ScanJob {
+  /** The hypervisor's job id (echoed in every event). */
+  id: string;
+  domain: string;
+  disks: ScanDisk[];
+}
+
+export interface InfectedFile {
+  disk: string;
+  /** Partition number (0: a filesystem on the whole disk). */
+  partition: number;
+  path: string;
+  /** The signature name clamd reported. */
+  signature: string;
+  size: number;
+  sha256: string;
+}
+
+/** A region the scanner could not read files from: never counted as clean. */
+export interface NotScanned {
+  disk: string;
+  /** Partition number, when the region is one. */
+  partition?: number;
+  /** Byte range of the region on the disk. */
+  offset?: number;
+  length?: number;
+  /** What is there, as detected: ext4, xfs, lvm, luks, unknown, 'disk' (the export could not be read at all). */
+  kind: string;
+  reason: string;
+}
+
+export type SkipReason = 'size limit' | 'count limit' | 'time limit' | 'unreadable' | 'stream limit';
+
+/** A file that was not (fully) scanned, and why. */
+export interface SkippedFile {
+  disk: string;
+  partition: number;
+  path: string;
+  reason: SkipReason;
+  detail?: string;
+}
+
+export type LimitName = 'maxFileBytes' | 'maxFiles' | 'maxSeconds' | 'streamMaxLength';
+
+export interface LimitHit {
+  limit: LimitName;
+  value: number;
+  /** How many files it kept from being scanned. */
+  files: number;
+}
+
+export interface ScanCounts {
+  /** Files whose contents clamd saw in full. */
+  files: number;
+  /** File bytes streamed to clamd. */
+  bytesRead: number;
+  /** Bytes read over NBD (metadata and data). */
+  nbdBytesRead: number;
+  /** Files whose contents were opened (read), scanned or not. */
+  filesOpened: number;
+}
+
+export interface ScanResult {
+  type: 'result';
+  id: string;
+  domain: string;
+  /** 'full' or 'incremental' per disk. */
+  modes: Record<string, 'full' | 'incremental'>;
+  infected: InfectedFile[];
+  scanned: ScanCounts;
+  notScanned: NotScanned[];
+  skipped: SkippedFile[];
+  limitsHit: LimitHit[];
+  /** True when everything asked for was read and scanned: no region not scanned, no file skipped. */
+  complete: boolean;
+  seconds: number;
+}
+
+export type ScanEvent =
+  | { type: 'accepted'; id: string; domain: string; disks: number }
+  | { type: 'disk'; id: string; disk: string; mode: 'full' | 'incremental'; size: number }
+  | { type: 'filesystem'; id: string; disk: string; partition: number; kind: string; files?: number }
+  | { type: 'progress'; id: string; files: number; bytesRead: number; nbdBytesRead: number }
+  | { type: 'found'; id: string; file: InfectedFile }
+  | ScanResult
+  /** The job failed as a whole (bad request after acceptance, clamd gone): no verdict. */
+  | { type: 'error'; id: string; message: string; hint?: string };

@@ -1,0 +1,43 @@
+#!/usr/bin/env node
+// virtcbt-scanner: the scanner host's service. Takes scan jobs from named hypervisors over HTTPS with
+// mutual TLS, reads their snapshot exports over NBD with TLS and has clamd scan the files. Mounts nothing.
+import { parseArgs } from 'node:util';
+import { errorMessage, exitCodeOf } from '../../util/errors.js';
+import { createLogger } from '../../util/log.js';
+import { loadScannerConfig } from './config.js';
+import { startScannerServer } from './server.js';
+
+const HELP = `usage: virtcbt-scanner [--config FILE]
+
+Serves POST /v1/scans over HTTPS with mutual TLS (see the README, "Scanner host").
+Configuration: --config FILE, else $VIRTCBT_SCANNER_CONFIG, else /etc/virtcbt-scanner/config.json.
+Exit codes: 0 stopped by a signal, 1 failed, 2 bad configuration.`;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { config: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+  if (values.help) {
+    process.stdout.write(HELP + '\n');
+    return;
+  }
+  const cfg = loadScannerConfig({ file: values.config });
+  const log = createLogger(cfg.log.level);
+  if (process.getuid?.() === 0) {
+    log.warn('virtcbt-scanner runs as root: it needs no privilege; run it as its own user (systemd/virtcbt-scanner.service does)');
+  }
+  const server = await startScannerServer({
+    host: cfg.listen.host, port: cfg.listen.port, tlsDir: cfg.tlsDir, allowedClients: cfg.allowedClients,
+    nbdTlsDir: cfg.nbdTlsDir, clamdSocket: cfg.clamd.socket, clamdTimeoutMs: cfg.clamd.timeoutSeconds * 1000,
+    limits: cfg.limits, maxJobs: cfg.maxJobs, log,
+  });
+  // Tests and scripts read the port (listen.port 0) from this line.
+  log.info('listening', { host: server.host, port: server.port, allowed: cfg.allowedClients.join(';') });
+  const stop = () => { void server.close().then(() => process.exit(0)); };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+main().catch((err) => {
+  // errorMessage ends with the error's hint (the next step).
+  process.stderr.write(`virtcbt-scanner: ${errorMessage(err)}\n`);
+  process.exit(exitCodeOf(err));
+});

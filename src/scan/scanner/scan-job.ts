@@ -1,0 +1,332 @@
+// Runs one scan job: each disk read over NBD with TLS, its partitions and ext2/3/4 filesystems found by
+// src/fs, files (all, or only those owning changed blocks) streamed to clamd several at a time.
+import { createHash } from 'node:crypto';
+import type { Endpoint } from '../../copy/index.js';
+import { NbdEndpoint } from '../../copy/index.js';
+import { intersect, merge, type Extent } from '../../extent/index.js';
+import { DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, readPartitions, type Partition } from '../../fs/index.js';
+import { parseNbdUri } from '../../nbd/index.js';
+import { errorMessage, UsageError } from '../../util/errors.js';
+
+/** A filesystem error's own words: its hint (about used maps and e2fsck) is for the sync room. */
+const why = (err: FilesystemError) => err.message;
+import type { InfectedFile, LimitHit, LimitName, NotScanned, ScanEvent, ScanJob, ScanResult, SkippedFile, SkipReason } from '../protocol.js';
+import type { ClamdClient } from './clamd.js';
+
+export interface ScanLimits {
+  /** Files larger than this are skipped (reported), not read. */
+  maxFileBytes: number;
+  /** At most this many files per job are scanned; the rest are skipped (reported). */
+  maxFiles: number;
+  /** After this long no new file is started and files in flight are abandoned (reported). */
+  maxSeconds: number;
+  /** clamd's StreamMaxLength: a larger file would be cut off by clamd, so it is skipped and reported instead. */
+  streamMaxLength: number;
+  /** Files streamed to clamd at once (clamd's MaxThreads is the useful upper bound). */
+  concurrency: number;
+}
+
+export interface ScanJobOptions {
+  clamd: ClamdClient;
+  /** ca-cert.pem, client-cert.pem, client-key.pem the scanner presents to NBD exports. */
+  nbdTlsDir: string;
+  limits: ScanLimits;
+  emit: (event: ScanEvent) => void;
+  signal?: AbortSignal;
+  /** Plain nbd:// accepted (tests of the scanning alone); off in the service: snapshots travel encrypted. */
+  allowPlainNbd?: boolean;
+  /** Told of every file whose contents are opened (the service logs it at debug level). */
+  onFile?: (disk: string, partition: number, path: string) => void;
+  /** Opens a disk (tests); NbdEndpoint with nbdTlsDir by default. */
+  open?: (uri: string, signal?: AbortSignal) => Promise<Endpoint>;
+}
+
+/** At most this many skipped files are listed one by one (the counts in limitsHit stay exact). */
+const MAX_LISTED_SKIPS = 1000;
+/** Progress events at most this often. */
+const PROGRESS_MS = 500;
+
+interface FileTask {
+  disk: string;
+  partition: number;
+  fs: ExtFilesystem;
+  ino: number;
+  path: string;
+}
+
+/** Checks a posted job's shape; a bad job is a UsageError naming the field (the API answers 400). */
+export function checkJob(v: unknown): ScanJob {
+  const bad = (what: string) => new UsageError(`scan job: ${what}`, { hint: 'Send { id, domain, disks: [{ target, uri, size, extents? }] }' });
+  if (!v || typeof v !== 'object') throw bad('the body must be a JSON object');
+  const j = v as Record<string, unknown>;
+  if (typeof j.id !== 'string' || !/^[A-Za-z0-9._:-]{1,128}$/.test(j.id)) throw bad('id must be 1-128 letters, digits, ".", "_", ":" or "-"');
+  if (typeof j.domain !== 'string' || j.domain === '' || j.domain.length > 256) throw bad('domain must be a domain name');
+  if (!Array.isArray(j.disks) || j.disks.length === 0 || j.disks.length > 64) throw bad('disks must be a list of 1-64 disks');
+  const targets = new Set<string>();
+  j.disks.forEach((d: unknown, i) => {
+    const at = `disks[${i}]`;
+    if (!d || typeof d !== 'object') throw bad(`${at} must be an object`);
+    const disk = d as Record<string, unknown>;
+    for (const k of Object.keys(disk)) if (!['target', 'uri', 'size', 'extents'].includes(k)) throw bad(`${at}: unknown key '${k}'`);
+    if (typeof disk.target !== 'string' || !/^[A-Za-z0-9_-]{1,32}$/.test(disk.target)) throw bad(`${at}.target must be a disk target such as vda`);
+    if (targets.has(disk.target)) throw bad(`${at}.target ${disk.target} appears twice`);
+    targets.add(disk.target);
+    if (typeof disk.uri !== 'string' || !/^nbds?(\+unix)?:\/\//.test(disk.uri)) throw bad(`${at}.uri must be an nbds:// URI`);
+    if (!Number.isSafeInteger(disk.size) || (disk.size as number) <= 0) throw bad(`${at}.size must be a positive whole number of bytes`);
+    if (disk.extents !== undefined) {
+      if (!Array.isArray(disk.extents)) throw bad(`${at}.extents must be a list of [offset, length]`);
+      for (const e of disk.extents as unknown[]) {
+        if (!Array.isArray(e) || e.length !== 2 || !e.every((n) => Number.isSafeInteger(n) && (n as number) >= 0)
+          || (e[0] as number) + (e[1] as number) > (disk.size as number)) {
+          throw bad(`${at}.extents: ${JSON.stringify(e)} is not an [offset, length] inside the disk`);
+        }
+      }
+    }
+  });
+  return j as unknown as ScanJob;
+}
+
+class Verdict {
+  readonly infected: InfectedFile[] = [];
+  readonly notScanned: NotScanned[] = [];
+  readonly skipped: SkippedFile[] = [];
+  readonly limits = new Map<LimitName, LimitHit>();
+  readonly scanned = { files: 0, bytesRead: 0, nbdBytesRead: 0, filesOpened: 0 };
+  skippedTotal = 0;
+
+  skip(t: FileTask, reason: SkipReason, limit?: { name: LimitName; value: number }, detail?: string): void {
+    this.skippedTotal++;
+    if (this.skipped.length < MAX_LISTED_SKIPS) this.skipped.push({ disk: t.disk, partition: t.partition, path: t.path, reason, ...(detail ? { detail } : {}) });
+    if (limit) this.hit(limit.name, limit.value).files++;
+  }
+
+  hit(name: LimitName, value: number): LimitHit {
+    const hit = this.limits.get(name) ?? { limit: name, value, files: 0 };
+    this.limits.set(name, hit);
+    return hit;
+  }
+}
+
+/** The disk's URI with the scanner's own credentials: a directory named by the caller is never used. */
+function target(uri: string, o: ScanJobOptions) {
+  const t = parseNbdUri(uri);
+  if (!t.tls && !o.allowPlainNbd) {
+    throw new UsageError(`${uri} is not an NBD export over TLS`, { hint: 'Export the snapshot with TLS (nbds://) for the scanner\'s identity' });
+  }
+  return { ...t, tlsCertificates: t.tls ? o.nbdTlsDir : undefined, tlsVerifyPeer: true };
+}
+
+export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanResult> {
+  const started = Date.now();
+  const v = new Verdict();
+  const modes: ScanResult['modes'] = {};
+  // The time limit: no new file after it; files in flight are abandoned.
+  const timeCtl = new AbortController();
+  const timer = setTimeout(() => timeCtl.abort(), o.limits.maxSeconds * 1000);
+  timer.unref();
+  const signal = o.signal ? AbortSignal.any([o.signal, timeCtl.signal]) : timeCtl.signal;
+  let lastProgress = 0;
+  const stats: { bytesRead: number; requests: number }[] = [];
+  const nbdBytes = () => stats.reduce((n, s) => n + s.bytesRead, 0);
+  const progress = (force = false) => {
+    const now = Date.now();
+    if (!force && now - lastProgress < PROGRESS_MS) return;
+    lastProgress = now;
+    o.emit({ type: 'progress', id: job.id, files: v.scanned.files, bytesRead: v.scanned.bytesRead, nbdBytesRead: nbdBytes() });
+  };
+  let scannedCount = 0;
+
+  const scanFile = async (t: FileTask): Promise<void> => {
+    if (timeCtl.signal.aborted) return v.skip(t, 'time limit', { name: 'maxSeconds', value: o.limits.maxSeconds });
+    if (o.signal?.aborted) return;
+    let inode;
+    try {
+      inode = await t.fs.inode(t.ino);
+    } catch (err) {
+      if (!(err instanceof FilesystemError)) throw err;
+      return v.skip(t, 'unreadable', undefined, why(err));
+    }
+    if (inode.size > o.limits.maxFileBytes) return v.skip(t, 'size limit', { name: 'maxFileBytes', value: o.limits.maxFileBytes }, `${inode.size} bytes`);
+    if (inode.size > o.limits.streamMaxLength) return v.skip(t, 'stream limit', { name: 'streamMaxLength', value: o.limits.streamMaxLength }, `${inode.size} bytes`);
+    if (scannedCount >= o.limits.maxFiles) return v.skip(t, 'count limit', { name: 'maxFiles', value: o.limits.maxFiles });
+    scannedCount++;
+    v.scanned.filesOpened++;
+    o.onFile?.(t.disk, t.partition, t.path);
+    const hash = createHash('sha256');
+    let bytes = 0;
+    const fileSignal = signal;
+    async function* chunks() {
+      for await (const c of t.fs.readChunks(inode!)) {
+        if (fileSignal.aborted) throw fileSignal.reason ?? new Error('aborted');
+        hash.update(c);
+        bytes += c.length;
+        yield c;
+      }
+    }
+    let verdict;
+    try {
+      verdict = await o.clamd.scan(chunks(), fileSignal);
+    } catch (err) {
+      if (timeCtl.signal.aborted && !o.signal?.aborted) return v.skip(t, 'time limit', { name: 'maxSeconds', value: o.limits.maxSeconds });
+      if (err instanceof FilesystemError) return v.skip(t, 'unreadable', undefined, why(err));
+      throw err;
+    } finally {
+      v.scanned.bytesRead += bytes;
+      progress();
+    }
+    if (verdict.status === 'error') {
+      const limit = /size limit/i.test(verdict.message);
+      return v.skip(t, limit ? 'stream limit' : 'unreadable', limit ? { name: 'streamMaxLength', value: o.limits.streamMaxLength } : undefined, `clamd: ${verdict.message}`);
+    }
+    if (bytes !== inode.size) return v.skip(t, 'unreadable', undefined, `read ${bytes} of ${inode.size} bytes`);
+    v.scanned.files++;
+    if (verdict.status === 'found') {
+      const file: InfectedFile = { disk: t.disk, partition: t.partition, path: t.path, signature: verdict.signature, size: inode.size, sha256: hash.digest('hex') };
+      v.infected.push(file);
+      o.emit({ type: 'found', id: job.id, file });
+    }
+  };
+
+  /** Runs the tasks with `concurrency` files in flight (each one clamd connection, one clamd thread). */
+  const pool = async (tasks: FileTask[]) => {
+    let next = 0;
+    const worker = async () => {
+      while (next < tasks.length) {
+        const t = tasks[next++]!;
+        await scanFile(t);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(o.limits.concurrency, tasks.length)) }, worker));
+  };
+
+  try {
+    for (const d of job.disks) {
+      if (o.signal?.aborted) break;
+      const incremental = d.extents !== undefined;
+      modes[d.target] = incremental ? 'incremental' : 'full';
+      o.emit({ type: 'disk', id: job.id, disk: d.target, mode: modes[d.target]!, size: d.size });
+      let endpoint: Endpoint;
+      try {
+        endpoint = o.open ? await o.open(d.uri, o.signal) : await NbdEndpoint.open(target(d.uri, o), { signal: o.signal });
+      } catch (err) {
+        v.notScanned.push({ disk: d.target, kind: 'disk', reason: `export not readable: ${errorMessage(err)}` });
+        continue;
+      }
+      try {
+        if (endpoint.size !== d.size) {
+          v.notScanned.push({ disk: d.target, kind: 'disk', reason: `the export has ${endpoint.size} bytes, the job says ${d.size}: not the disk asked for` });
+          continue;
+        }
+        const disk = new DiskReader(endpoint, 0, endpoint.size, `${job.domain} ${d.target}`);
+        stats.push(disk.stats);
+        const changed = incremental ? merge(d.extents!.map(([offset, length]) => ({ offset, length }))) : undefined;
+        await scanDisk(d.target, disk, changed, v, o, job, pool, signal, timeCtl.signal);
+      } finally {
+        await endpoint.close().catch(() => undefined);
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  v.scanned.nbdBytesRead = nbdBytes();
+  progress(true);
+  if (v.skippedTotal > v.skipped.length) {
+    v.notScanned.push({ disk: '*', kind: 'files', reason: `${v.skippedTotal - v.skipped.length} more skipped files not listed (see limitsHit)` });
+  }
+  return {
+    type: 'result', id: job.id, domain: job.domain, modes,
+    infected: v.infected, scanned: v.scanned, notScanned: v.notScanned, skipped: v.skipped,
+    limitsHit: [...v.limits.values()],
+    complete: v.notScanned.length === 0 && v.skippedTotal === 0 && !o.signal?.aborted,
+    seconds: (Date.now() - started) / 1000,
+  };
+}
+
+async function scanDisk(
+  target: string, disk: DiskReader, changed: Extent[] | undefined, v: Verdict, o: ScanJobOptions, job: ScanJob,
+  pool: (tasks: FileTask[]) => Promise<void>, signal: AbortSignal, timeUp: AbortSignal,
+): Promise<void> {
+  let parts: Partition[];
+  try {
+    parts = (await readPartitions(disk)).partitions.filter((p) => !p.extended);
+  } catch (err) {
+    if (!(err instanceof FilesystemError)) throw err;
+    v.notScanned.push({ disk: target, offset: 0, length: disk.length, kind: 'partition table', reason: `partition table not readable: ${why(err)}` });
+    return;
+  }
+  for (const p of parts) {
+    if (signal.aborted) return;
+    const region = { disk: target, partition: p.number, offset: p.offset, length: p.length };
+    // Incremental: a partition without a changed byte has nothing new to scan.
+    const local = changed && intersect(changed, [{ offset: p.offset, length: p.length }]).map((e) => ({ offset: e.offset - p.offset, length: e.length }));
+    if (local && local.length === 0) continue;
+    const where = p.number === 0 ? `${job.domain} ${target}` : `${job.domain} ${target}, partition ${p.number}`;
+    let kind: string = 'unknown';
+    let fs: ExtFilesystem;
+    try {
+      const part = disk.sub(p.offset, p.length, where);
+      kind = await detectFilesystem(part);
+      if (kind !== 'ext2' && kind !== 'ext3' && kind !== 'ext4') {
+        v.notScanned.push({ ...region, kind, reason: kind === 'unknown' ? 'no filesystem the scanner recognises' : `${kind} is not readable by the scanner` });
+        continue;
+      }
+      fs = await ExtFilesystem.open(part, { label: where });
+    } catch (err) {
+      if (!(err instanceof FilesystemError)) throw err;
+      v.notScanned.push({ ...region, kind, reason: `${kind} not readable: ${why(err)}` });
+      continue;
+    }
+    let wanted: Set<number> | undefined;
+    try {
+      if (local) wanted = await changedFiles(fs, local);
+    } catch (err) {
+      if (!(err instanceof FilesystemError)) throw err;
+      v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
+      continue;
+    }
+    // One walk gives every path (ino → first path; hard links are scanned once). A walk that breaks
+    // off at damage still scans what it found, and the filesystem is reported as not (fully) scanned.
+    const tasks: FileTask[] = [];
+    const seen = new Set<number>();
+    try {
+      if (!wanted || wanted.size > 0) {
+        for await (const e of fs.walk()) {
+          if (signal.aborted) break;
+          if (e.type !== 'file' || seen.has(e.ino)) continue;
+          if (wanted && !wanted.has(e.ino)) continue;
+          seen.add(e.ino);
+          tasks.push({ disk: target, partition: p.number, fs, ino: e.ino, path: e.path });
+        }
+      }
+      // Stopped by the time limit while listing: what was not listed is not scanned, and says so.
+      if (timeUp.aborted && !o.signal?.aborted) {
+        v.hit('maxSeconds', o.limits.maxSeconds);
+        v.notScanned.push({ ...region, kind, reason: `time limit (maxSeconds ${o.limits.maxSeconds}) reached while listing its files: only the ${tasks.length} listed were considered` });
+      }
+    } catch (err) {
+      if (!(err instanceof FilesystemError)) throw err;
+      v.notScanned.push({ ...region, kind, reason: `${kind} directory tree damaged, ${tasks.length} files found before it were scanned: ${why(err)}` });
+    }
+    o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
+    await pool(tasks);
+  }
+}
+
+/** EXT4_INLINE_DATA_FL: the file's bytes live in its inode. */
+const INLINE_DATA_FL = 0x10000000;
+
+/**
+ * The inodes whose contents may have changed within `extents`: every owner of a changed data or
+ * mapping block, and owners of a changed inode-table slot only when their bytes live in the inode
+ * (inline data). A changed slot alone says little at the change log's granularity (a 64 KiB chunk
+ * of the inode table holds 256 inodes, most untouched); a file whose contents changed has either
+ * new data blocks, which are in the extents, or inline data.
+ */
+async function changedFiles(fs: ExtFilesystem, extents: Extent[]): Promise<Set<number>> {
+  const out = new Set<number>();
+  for (const owner of await fs.blockOwners(extents)) {
+    if (owner.blocks) out.add(owner.ino);
+    else if (owner.inode && ((await fs.inode(owner.ino)).flags & INLINE_DATA_FL)) out.add(owner.ino);
+  }
+  return out;
+}

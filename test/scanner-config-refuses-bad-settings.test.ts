@@ -1,0 +1,54 @@
+// virtcbt-scanner's configuration: a file with every setting loads; no allowed hypervisor, a
+// certtool-style non-DN, a relative credentials path, an unknown key or a zero limit are refused
+// with the file and the setting named.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadScannerConfig } from '../src/scan/scanner/index.js';
+import { UsageError } from '../src/util/errors.js';
+import { tempDir } from './support/nbd-servers.js';
+
+const t = tempDir('scanner-config');
+afterAll(() => t.remove());
+
+const good = {
+  listen: { host: '192.0.2.20', port: 8443 },
+  tlsDir: '/etc/virtcbt-scanner/tls',
+  allowedClients: ['CN=hv1', 'O=Example,CN=hv2'],
+  nbdTlsDir: '/etc/virtcbt-scanner/nbd-client',
+  clamd: { socket: '/run/clamav/clamd.ctl', timeoutSeconds: 300 },
+  limits: { maxFileBytes: 1000, maxFiles: 10, maxSeconds: 60, streamMaxLength: 1000, concurrency: 2 },
+  maxJobs: 1,
+};
+
+function file(v: object): string {
+  const p = join(t.path, `${Math.random().toString(16).slice(2)}.json`);
+  writeFileSync(p, JSON.stringify(v));
+  return p;
+}
+
+describe('the scanner configuration', () => {
+  it('loads a complete file, variables overriding it', () => {
+    const cfg = loadScannerConfig({ file: file(good), env: { VIRTCBT_SCANNER_PORT: '9443' } });
+    expect(cfg).toMatchObject({ ...good, listen: { host: '192.0.2.20', port: 9443 }, log: { level: 'info' } });
+  });
+
+  it.each([
+    ['no allowed hypervisor', { allowedClients: [] }, /allowedClients is empty/],
+    ['a name that is not a DN', { allowedClients: ['hv1'] }, /allowedClients: "hv1" is not a subject DN/],
+    ['a relative credentials path', { nbdTlsDir: 'certs' }, /nbdTlsDir must be an absolute path/],
+    ['an unknown key', { scanEverything: true }, /scanEverything/],
+    ['a zero limit', { limits: { ...good.limits, concurrency: 0 } }, /limits.concurrency must be a positive whole number/],
+  ])('refuses %s', (_what, change, message) => {
+    const p = file({ ...good, ...change });
+    let err: unknown;
+    try {
+      loadScannerConfig({ file: p, env: {} });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(UsageError);
+    expect((err as Error).message).toMatch(message);
+    expect((err as Error).message).toContain(p);
+  });
+});
