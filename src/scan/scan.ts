@@ -20,6 +20,7 @@ import type { Logger } from '../util/log.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { ScannerUnreachableError, postScan, type ScannerConfig } from './client.js';
+import type { ScanJob, ScanResult as ProtocolResult } from './protocol.js';
 
 export interface ScanContext {
   domain: string;
@@ -40,15 +41,8 @@ export interface ScanRequest {
   noFreeze?: boolean;
 }
 
-/** What a scanner reports (see the scanner host's protocol). */
-export interface ScanVerdict {
-  infected: { disk: string; partition?: number; path: string; signature: string; size?: number; sha256?: string }[];
-  notScanned?: { disk: string; partition?: number; reason: string }[];
-  skipped?: { path: string; reason: string }[];
-  scanned?: Record<string, number>;
-  limitsHit?: string[];
-  [k: string]: unknown;
-}
+/** What a scanner reports: the scanner host's protocol (src/scan/protocol.ts). */
+export type ScanVerdict = ProtocolResult;
 
 export interface ScanResult {
   domain: string;
@@ -174,7 +168,8 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
       }
       let verdict: ScanVerdict;
       try {
-        verdict = await postScan(scanner, '/v1/scans', { id: randomBytes(8).toString('hex'), domain, full: full !== undefined, disks }, {
+        const jobBody: ScanJob = { id: randomBytes(8).toString('hex'), domain, disks };
+        verdict = await postScan(scanner, '/v1/scans', jobBody, {
           signal, onEvent: (event) => { if (event.type !== 'result') emit({ type: 'scanner', event }); },
         }) as unknown as ScanVerdict;
       } catch (err) {

@@ -13,9 +13,9 @@ export function scanSummary(r: ScanResult): string[] {
   const lines = [`${r.domain}: ${r.full ? `full scan${r.reason ? ` (${r.reason})` : ''}` : 'incremental scan'} by ${r.scanner} in ${formatMs(r.elapsedMs)}: ` +
     (v.infected?.length ? `${v.infected.length} infected file${v.infected.length === 1 ? '' : 's'}` : 'nothing found')];
   for (const f of v.infected ?? []) lines.push(`  INFECTED ${f.disk}:${f.path}  ${f.signature}${f.size !== undefined ? `  ${formatBytes(f.size)}` : ''}${f.sha256 ? `  sha256 ${f.sha256}` : ''}`);
-  for (const n of v.notScanned ?? []) lines.push(`  not scanned: ${n.disk}${n.partition !== undefined ? ` partition ${n.partition}` : ''}: ${n.reason}`);
-  for (const k of v.skipped ?? []) lines.push(`  skipped: ${k.path}: ${k.reason}`);
-  for (const l of v.limitsHit ?? []) lines.push(`  limit hit: ${l}`);
+  for (const n of v.notScanned ?? []) lines.push(`  NOT SCANNED: ${n.disk}${n.partition !== undefined ? ` partition ${n.partition}` : ''} (${n.kind}): ${n.reason}`);
+  for (const k of v.skipped ?? []) lines.push(`  skipped: ${k.disk}:${k.path}: ${k.reason}${k.detail ? ` (${k.detail})` : ''}`);
+  for (const l of v.limitsHit ?? []) lines.push(`  limit hit: ${l.limit} ${l.value} (${l.files} files)`);
   if (v.scanned) lines.push(`  scanned: ${Object.entries(v.scanned).map(([k, n]) => `${k} ${n}`).join(', ')}`);
   for (const n of r.notes) lines.push(`  note: ${n}`);
   return lines;
