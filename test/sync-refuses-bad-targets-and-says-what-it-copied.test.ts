@@ -373,7 +373,7 @@ describe('virtcbt sync after a kill and with --discard', () => {
     const r = await synced('vda', t);
     // Half-written since the last good sync: seeded again, saying so.
     expect(r.seed).toBe(true);
-    expect(r.reason).toMatch(/written since the last sync/);
+    expect(r.reason).toMatch(/since the last sync/);
     expect(withoutLostFound(await targetHashes(t))).toEqual(await guestHashes());
   });
 

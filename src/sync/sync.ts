@@ -162,7 +162,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     const opened = await openTarget(target, disk, deps, req, where);
     dst = opened;
     if (opened.endpoint.size < disk.sizeBytes) {
-      throw new UsageError(`sync target ${shown} holds ${opened.endpoint.size} bytes, less than disk ${disk.target}'s ${disk.sizeBytes}`, {
+      throw new UsageError(`sync target ${shown} holds ${opened.endpoint.size} bytes (its size as served), less than disk ${disk.target}'s ${disk.sizeBytes} bytes`, {
         ...where, hint: `Give a target of at least ${disk.sizeBytes} bytes (or a missing file path: virtcbt creates it)`,
       });
     }
