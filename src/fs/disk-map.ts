@@ -70,6 +70,9 @@ export async function diskUsedMap(endpoint: Endpoint, opts: DiskMapOptions = {})
   return { used: merge(used), regions, table };
 }
 
+/** How the reasons name volume formats (as their tools do): "LVM physical volume is not readable". */
+const SHOWN: Partial<Record<FilesystemKind, string>> = { lvm: 'LVM physical volume (LVM2)', luks: 'LUKS container', xfs: 'XFS', btrfs: 'Btrfs', ntfs: 'NTFS', vfat: 'FAT' };
+
 async function mapPartition(disk: DiskReader, p: Partition, table: PartitionTable, opts: DiskMapOptions): Promise<{ regions: DiskRegion[]; used: Extent[] }> {
   const where = table.scheme === 'none' ? disk.label : `${disk.label}, partition ${p.number}`;
   const whole = { offset: p.offset, length: p.length };
@@ -77,7 +80,7 @@ async function mapPartition(disk: DiskReader, p: Partition, table: PartitionTabl
   const part = disk.sub(p.offset, p.length, where);
   const kind = await detectFilesystem(part);
   if (kind !== 'ext2' && kind !== 'ext3' && kind !== 'ext4') {
-    return all(kind, kind === 'unknown' ? 'no filesystem virtcbt recognises: kept whole' : `${kind} is not readable by virtcbt: kept whole`);
+    return all(kind, kind === 'unknown' ? 'no filesystem virtcbt recognises: kept whole' : `${SHOWN[kind] ?? kind} is not readable by virtcbt: kept whole`);
   }
   try {
     const fs = await ExtFilesystem.open(part, { label: where });

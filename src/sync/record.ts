@@ -4,7 +4,7 @@
 // domain and consumer in the state directory, written atomically, read as untrusted input.
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, rename } from 'node:fs/promises';
+import { mkdir, open, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Extent } from '../extent/index.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
@@ -17,6 +17,8 @@ export interface SyncRecord {
   consumer: string;
   /** The target as named (a path, or the URI without its query). */
   target: string;
+  /** The target's key (targetKey): which records name the same target, whatever disk synced to it. */
+  key?: string;
   identity: TargetIdentity;
   /** The change log the target was synced under (see changelog/identity.ts). */
   logId: string;
@@ -51,6 +53,25 @@ export class SyncRecords {
     return r ? { record: r } : { problem: `the sync record ${this.path(domain, consumer)} is not one virtcbt wrote` };
   }
 
+  /**
+   * The most recent record, of any domain and disk, of a sync to the target with this key: a target
+   * last synced from another disk holds that disk's copy. Records that cannot be trusted are skipped.
+   */
+  async lastOnTarget(key: string): Promise<SyncRecord | undefined> {
+    let latest: SyncRecord | undefined;
+    const domains = await readdir(this.dir, { withFileTypes: true }).catch(() => []);
+    for (const d of domains) {
+      if (!d.isDirectory()) continue;
+      const files = await readdir(join(this.dir, d.name)).catch(() => []);
+      for (const f of files) {
+        if (!f.endsWith('.json') || f.startsWith('.')) continue;
+        const { record } = await this.read(decodeURIComponent(d.name), f.slice(0, -'.json'.length)).catch(() => ({ record: undefined }));
+        if (record?.key === key && (!latest || record.syncedAt > latest.syncedAt)) latest = record;
+      }
+    }
+    return latest;
+  }
+
   async write(rec: SyncRecord, used: readonly Extent[]): Promise<void> {
     const dir = join(this.dir, encodeURIComponent(rec.domain));
     await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -76,6 +97,8 @@ function parseRecord(text: string, domain: string, consumer: string): SyncRecord
   }
   const r = v as Partial<SyncRecord> | null;
   if (!r || typeof r !== 'object' || r.format !== 'virtcbt-sync/1' || r.domain !== domain || r.consumer !== consumer) return undefined;
+  if (r.key !== undefined && typeof r.key !== 'string') return undefined;
+  if (typeof r.syncedAt !== 'string') return undefined;
   if (typeof r.disk !== 'string' || typeof r.target !== 'string' || typeof r.logId !== 'string' || !Number.isSafeInteger(r.generation)) return undefined;
   const id = r.identity as Record<string, unknown> | undefined;
   const num = (x: unknown) => typeof x === 'number' && Number.isFinite(x) && x >= 0;

@@ -5,6 +5,7 @@
 // copy runs beside folds and other jobs; the target is flushed, its identity recorded, and only
 // then the pass committed. A failure or a cancel leaves the consumer where it was: the next sync
 // covers everything since the last good one.
+import { lstat } from 'node:fs/promises';
 import { logContinuity, type ChangeLog } from '../changelog/index.js';
 import { NbdEndpoint, ProgressMeter, copyExtents, dataExtents, openImageEndpoint, type CopyProgress, type Endpoint } from '../copy/index.js';
 import { fromPairs, totalBytes, type Extent } from '../extent/index.js';
@@ -15,6 +16,7 @@ import type { Reconciler, TrackedDisk } from '../reconciler/index.js';
 import { Snapshot, presetMarker, type FreezeMarker, type SnapshotHost } from '../snapshot/index.js';
 import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } from '../usedmap/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
+import { readQcow2Header } from '../qcow2/index.js';
 import { planSync, type SyncPlan } from './plan.js';
 import type { SyncRecords } from './record.js';
 import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, syncConsumerName, targetKey, type TargetIdentity } from './target.js';
@@ -114,11 +116,20 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   const shown = describeTarget(target);
   const where = { domain, disk: disk.target };
   const source = ctx.info.disks.find((d) => d.target === disk.target)?.source;
-  if (target.kind === 'file') await refuseSourceAsTarget(target.path, ctx.info, where);
+  const byAgent = req.map === 'agent';
+  // Bad input is refused before anything is made or moved: no consumer, no snapshot, no target file.
+  if (byAgent && (!ctx.running || deps.agent === null || req.noFreeze)) {
+    throw new UsageError(`the guest agent's used map needs the running domain's guest agent and its freeze (${
+      !ctx.running ? 'the domain is not running' : req.noFreeze ? 'not with --no-freeze' : 'the domain has no guest agent channel'})`, {
+      ...where, hint: 'Use the image map (the default), which reads ext2/3/4 from the snapshot itself',
+    });
+  }
+  if (target.kind === 'file') {
+    await refuseSourceAsTarget(target.path, ctx.info, where);
+    await refuseSmallImage(target.path, disk, where);
+  }
   const key = await targetKey(target);
   const consumer = syncConsumerName(disk.target, key);
-  if (!ctx.log.listConsumers(domain).some((c) => c.name === consumer)) ctx.log.addConsumer(domain, consumer);
-  emit({ type: 'start', domain, disk: disk.target, target: shown, consumer, running: ctx.running, sizeBytes: disk.sizeBytes });
 
   const notes: string[] = [];
   let snap: Snapshot | undefined;
@@ -128,20 +139,36 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   let committed = false;
   let src: NbdEndpoint | undefined;
   let dst: { endpoint: Endpoint; close(): Promise<void> } | undefined;
-  const byAgent = req.map === 'agent';
-  if (byAgent && (!ctx.running || deps.agent === null || req.noFreeze)) {
-    throw new UsageError(`the guest agent's used map needs the running domain's guest agent and its freeze${req.noFreeze ? ' (not --no-freeze)' : ''}`, {
-      ...{ domain, disk: disk.target }, hint: 'Use the image map (the default), which reads ext2/3/4 from the snapshot itself',
-    });
-  }
   const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
     : byAgent ? new AgentMapFreezer(deps.agent, { domainXml: await deps.domainXml?.() }) : deps.agent;
   const freezeMarker = agent && deps.freezeMarker ? presetMarker(deps.freezeMarker) : undefined;
   try {
     const pinged = agent ? agent.ping({ timeoutMs: Math.min(5_000, deps.agentTimeoutMs) }).then(() => true, (err: unknown) => {
+      if (byAgent) {
+        throw new UsageError(`the guest agent's used map needs the guest agent, which did not answer (${errorMessage(err)})`, {
+          ...where, cause: err, hint: 'Start qemu-guest-agent in the guest, or use the image map (the default)',
+        });
+      }
       notes.push(`the guest agent did not answer (${errorMessage(err)}): crash-consistent`);
       return false;
     }) : Promise.resolve(false);
+    if (byAgent) await pinged;
+
+    // The target: its identity before anything is written, then opened for writing (an image
+    // another process holds is refused here by QEMU's lock, before any snapshot or consumer).
+    const before: TargetIdentity | undefined = target.kind === 'file'
+      ? await fileIdentity(target.path).catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err; })
+      : undefined;
+    const opened = await openTarget(target, disk, deps, req, where);
+    dst = opened;
+    if (opened.endpoint.size < disk.sizeBytes) {
+      throw new UsageError(`sync target ${shown} holds ${opened.endpoint.size} bytes (its size as served), less than disk ${disk.target}'s ${disk.sizeBytes} bytes`, {
+        ...where, hint: `Give a target of at least ${disk.sizeBytes} bytes (or a missing file path: virtcbt creates it)`,
+      });
+    }
+    if (!ctx.log.listConsumers(domain).some((c) => c.name === consumer)) ctx.log.addConsumer(domain, consumer);
+    emit({ type: 'start', domain, disk: disk.target, target: shown, consumer, running: ctx.running, sizeBytes: disk.sizeBytes });
+
     snap = Snapshot.open(ctx, deps.snapshots, { job: deps.job ?? `sync ${domain} ${disk.target}`, targets: [disk.target] });
     const agentOk = await pinged;
     deps.signal?.throwIfAborted();
@@ -161,25 +188,19 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     deps.signal?.throwIfAborted();
     src = await NbdEndpoint.open(exp!.uri, { timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections, signal: deps.signal });
 
-    // The target: its identity before anything is written, then opened for writing.
     const { record, problem } = await deps.records.read(domain, consumer);
-    if (problem) notes.push(`${problem}: the target is seeded again`);
-    const before: TargetIdentity | undefined = target.kind === 'file'
-      ? await fileIdentity(target.path).catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err; })
-      : undefined;
-    const opened = await openTarget(target, disk, deps, req);
-    dst = opened;
-    if (opened.endpoint.size < disk.sizeBytes) {
-      throw new UsageError(`sync target ${shown} holds ${opened.endpoint.size} bytes, less than disk ${disk.target}'s ${disk.sizeBytes}`, {
-        ...where, hint: `Give a target of at least ${disk.sizeBytes} bytes (or a missing file path: virtcbt creates it)`,
-      });
-    }
+    // The last sync to this target by any disk: a target that holds another disk's copy is never synced onto incrementally.
+    const latest = await deps.records.lastOnTarget(key);
+    const otherDisk = latest && (latest.domain !== domain || latest.consumer !== consumer) && (!record || latest.syncedAt > record.syncedAt)
+      ? `the target holds a copy of disk ${latest.disk} of domain ${latest.domain} (synced ${latest.syncedAt}), not of this disk` : undefined;
     const now: TargetIdentity | undefined = target.kind === 'file' ? before : { kind: 'nbd', uri: displayUri(target.uri), size: opened.endpoint.size };
     const pass = ctx.log.getPass(passId);
     const changes = ctx.log.passChanges(passId).find((c) => c.target === disk.target);
     if (!changes) throw new VirtcbtError('the change log has no changes for the disk', where);
     const seed = req.full ? '--full was asked for'
-      : identityChange(record?.identity, now)
+      : (problem ? `${problem}: the record is not trusted` : undefined)
+        ?? otherDisk
+        ?? identityChange(record?.identity, now)
         ?? (logContinuity(record?.logId, pass.logId) !== 'same' ? 'the target was synced under another change log of the domain (tracking was disabled and re-enabled since)' : undefined)
         ?? (changes.full ? changes.reason ?? 'the change log has no history for this target' : undefined)
         ?? (pass.since === null || record!.generation < pass.since ? 'the target is older than the change log\'s record of its last sync' : undefined);
@@ -230,7 +251,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     // copies the same changes again next time, never fewer).
     const after: TargetIdentity = target.kind === 'file' ? await fileIdentity(target.path) : now!;
     await deps.records.write({
-      format: 'virtcbt-sync/1', domain, disk: disk.target, consumer, target: shown, identity: after,
+      format: 'virtcbt-sync/1', domain, disk: disk.target, consumer, target: shown, key, identity: after,
       logId: pass.logId, generation: pass.generation, syncedAt: new Date().toISOString(),
     }, used);
     ctx.log.commitPass(passId);
@@ -279,11 +300,35 @@ async function refuseSourceAsTarget(path: string, info: DomainXmlInfo, where: { 
   }
 }
 
-async function openTarget(target: ReturnType<typeof parseTarget>, disk: TrackedDisk, deps: SyncDeps, req: SyncRequest): Promise<{ endpoint: Endpoint; close(): Promise<void> }> {
+/**
+ * An existing image smaller than the disk is refused before it is opened for writing (qemu-nbd
+ * opening a qcow2 read-write may touch its header): raw by its length, qcow2 by its virtual size.
+ */
+async function refuseSmallImage(path: string, disk: TrackedDisk, where: { domain: string; disk: string }): Promise<void> {
+  const st = await lstat(path).catch(() => undefined);
+  if (!st?.isFile()) return; // missing: created; anything else: refused by name when opened
+  const header = await readQcow2Header(path).catch(() => undefined);
+  const size = header ? header.size : st.size;
+  if (size < disk.sizeBytes) {
+    throw new UsageError(`sync target ${path} holds ${size} bytes (${header ? 'qcow2 virtual size' : 'raw file size'}), less than disk ${disk.target}'s ${disk.sizeBytes} bytes`, {
+      ...where, hint: `Give a target of at least ${disk.sizeBytes} bytes (qemu-img resize), or a missing file path: virtcbt creates it`,
+    });
+  }
+}
+
+async function openTarget(target: ReturnType<typeof parseTarget>, disk: TrackedDisk, deps: SyncDeps, req: SyncRequest, where: { domain: string; disk: string }): Promise<{ endpoint: Endpoint; close(): Promise<void> }> {
   if (target.kind === 'file') {
     const img = await openImageEndpoint(target.path, {
       runDir: deps.runDir, writable: true, format: target.format ?? req.format, create: { size: disk.sizeBytes, mode: 0o600 },
       disk: disk.target, signal: deps.signal, timeoutMs: deps.nbd.timeoutMs,
+    }).catch((err: unknown) => {
+      // QEMU's image lock: another VM, qemu-nbd or qemu-storage-daemon has the file open.
+      if (/Failed to get .*lock|Is another process using the image/i.test(errorMessage(err))) {
+        throw new UsageError(`sync target ${target.path} is in use: another process (a VM, qemu-nbd or qemu-storage-daemon) has it open and QEMU's image lock refuses a writer (${errorMessage(err)})`, {
+          ...where, cause: err, hint: 'Stop what has the image open (virsh domblklist, fuser), or name another target',
+        });
+      }
+      throw err;
     });
     return { endpoint: img.endpoint, close: () => img.close() };
   }
