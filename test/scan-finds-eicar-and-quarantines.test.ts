@@ -1,6 +1,6 @@
 // Offloaded scanning end to end: virtcbt-scanner in its own network namespace with a real clamd;
 // `virtcbt scan` on the hypervisor snapshots the running domain, exports its disks to the scanner's
-// identity over TLS and hands the job over. A clean domain is untouched. The EICAR-like file
+// identity over TLS and hands the job over (to the next configured scanner when one does not answer). A clean domain is untouched. The EICAR-like file
 // written into the guest through the agent is found by an incremental scan (few files opened),
 // the domain's links go down and stay down across a restart, and `quarantine release` brings back
 // exactly the earlier states. No snapshot is left behind.
@@ -32,7 +32,11 @@ beforeAll(async () => {
   daemon = await startTestDaemon({
     config: {
       snapshot: { remote: { bind: w.ns.hostAddress, port: 0, tlsDir: w.exportServerDir, deadlineSeconds: 600 } },
-      scan: { scanners: [{ name: 's1', url: scanner.url, identity: 'CN=scanner', tlsDir: w.hv }], quarantine: 'link-down', fullEveryHours: 0 },
+      // The first configured scanner does not answer: the next one is used.
+      scan: {
+        scanners: [{ name: 'down', url: `https://${w.ns.nsAddress}:1`, identity: 'CN=scanner', tlsDir: w.hv }, { name: 's1', url: scanner.url, identity: 'CN=scanner', tlsDir: w.hv }],
+        quarantine: 'link-down', fullEveryHours: 0,
+      },
     },
   });
   await daemon.cli(['enable', guest.name]);
@@ -57,6 +61,8 @@ it('a clean domain is scanned and untouched; EICAR written into the guest is fou
   expect(many.exitCode, many.stderr).toBe(0);
   const clean = await scan();
   expect(clean.exitCode).toBe(0);
+  expect(clean.result.scanner).toBe('s1');
+  expect(clean.result.notes.join('\n')).toMatch(/scanner down at .* cannot be reached/);
   expect(clean.result.verdict.infected).toEqual([]);
   expect(clean.result.verdict.scanned.files).toBeGreaterThan(0);
   expect(await link()).toMatch(/up$/);

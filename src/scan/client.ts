@@ -80,3 +80,23 @@ export function postScan(s: ScannerConfig, path: string, body: unknown, o: { sig
     req.end(JSON.stringify(body));
   });
 }
+
+/**
+ * Whether the scanner answers and lets us in (GET /v1/status with our certificate), within
+ * `timeoutMs`: asked before a snapshot is taken for it, so the snapshot's pass is that scanner's.
+ */
+export function probeScanner(s: ScannerConfig, o: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+  const creds = loadCredentials(s.tlsDir);
+  return new Promise((resolve, reject) => {
+    const req = request(new URL('/v1/status', s.url), { method: 'GET', ca: creds.ca, cert: creds.cert, key: creds.key, signal: o.signal, timeout: o.timeoutMs ?? 5_000 }, (res) => {
+      res.resume();
+      if (res.statusCode === 200) resolve();
+      else reject(new ScannerUnreachableError(`scanner ${s.name} refused us (HTTP ${res.statusCode})`, { hint: 'Add this host\'s identity to the scanner\'s allowed hypervisors' }));
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${o.timeoutMs ?? 5_000} ms`)));
+    req.on('error', (err) => reject(new ScannerUnreachableError(`scanner ${s.name} at ${s.url} cannot be reached: ${errorMessage(err)}`, {
+      cause: err, hint: 'Check that virtcbt-scanner runs there, its address and port, and that both sides trust each other\'s CA',
+    })));
+    req.end();
+  });
+}

@@ -19,7 +19,7 @@ import { Snapshot, presetMarker, type FreezeMarker, type SnapshotHost, type Take
 import type { Logger } from '../util/log.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
-import { ScannerUnreachableError, postScan, type ScannerConfig } from './client.js';
+import { ScannerUnreachableError, postScan, probeScanner, type ScannerConfig } from './client.js';
 import type { ScanJob, ScanResult as ProtocolResult } from './protocol.js';
 
 export interface ScanContext {
@@ -121,9 +121,24 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
   const agent = deps.agent === null || req.noFreeze ? undefined : deps.agent;
   const freezeMarker = agent && deps.freezeMarker ? presetMarker(deps.freezeMarker) : undefined;
   try {
-    // The consumer is the first candidate's until one answers: each scanner has its own history.
+    // The first scanner that answers, asked before the snapshot: its pass (each scanner has its own history) is the snapshot's.
+    const reachable: ScannerConfig[] = [];
+    for (const c of candidates) {
+      try {
+        await probeScanner(c, { signal });
+        reachable.push(c);
+        break;
+      } catch (err) {
+        if (!(err instanceof ScannerUnreachableError)) throw err;
+        notes.push(errorMessage(err));
+        deps.log?.warn('scanner does not answer; trying the next', { domain, scanner: c.name, error: errorMessage(err) });
+        if (c === candidates[candidates.length - 1]) throw err;
+      }
+    }
+    // One that stops answering after the snapshot: the rest are tried with the same snapshot (a full scan).
+    reachable.push(...candidates.slice(candidates.indexOf(reachable[0]!) + 1));
     let tried = 0;
-    for (const scanner of candidates) {
+    for (const scanner of reachable) {
       tried++;
       const consumer = `scan.${scanner.name}`.slice(0, 64);
       if (!ctx.log.listConsumers(domain).some((c) => c.name === consumer)) ctx.log.addConsumer(domain, consumer);
@@ -148,7 +163,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
       const pass = ctx.log.getPass(passId!);
       if (pass.consumer !== consumer) {
         // The snapshot's pass belongs to the scanner that did not answer: a full scan for this one.
-        notes.push(`scanner ${candidates[tried - 2]?.name} did not answer: scanned by ${scanner.name} in full`);
+        notes.push(`scanner ${reachable[tried - 2]?.name} did not answer: scanned by ${scanner.name} in full`);
       }
       const changes = ctx.log.passChanges(passId!);
       const full = req.full ? '--full was asked for'
@@ -173,7 +188,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
           signal, onEvent: (event) => { if (event.type !== 'result') emit({ type: 'scanner', event }); },
         }) as unknown as ScanVerdict;
       } catch (err) {
-        if (err instanceof ScannerUnreachableError && tried < candidates.length) {
+        if (err instanceof ScannerUnreachableError && tried < reachable.length) {
           notes.push(errorMessage(err));
           continue;
         }
