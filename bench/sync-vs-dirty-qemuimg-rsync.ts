@@ -44,6 +44,12 @@ interface Sample {
   bytes: number;
   /** What else the way needed that is not in wallS (rsync: the raw copy of the image). */
   extraS?: number;
+  /**
+   * Wall time until the copy is on disk: qemu-img convert (its output cache mode is unsafe by
+   * default) and rsync do not fsync what they wrote, virtcbt's engine flushes the target before it
+   * moves the consumer: their time with an fsync of the output file (`sync FILE`) after it.
+   */
+  durableS?: number;
 }
 
 interface SyncFigures {
@@ -185,18 +191,23 @@ async function main(): Promise<void> {
         const fresh = join(work, `convert-${round}.qcow2`);
         const bytes = await allocatedBytes(vda);
         await execa('sync');
+        const t0 = performance.now();
         const wallS = await seconds(() => execa('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', vda, fresh]));
-        samples.push({ way: 'qemu-img convert', round, wallS, bytes });
+        await execa('sync', [fresh]);
+        samples.push({ way: 'qemu-img convert', round, wallS, bytes, durableS: (performance.now() - t0) / 1000 });
         await rm(fresh);
         const extraS = await seconds(() => execa('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', vda, targets.newRaw]));
         await execa('sync');
         let stats = '';
+        const t0r = performance.now();
         const rs = await seconds(async () => {
           stats = (await execa('rsync', ['--inplace', '--no-whole-file', '--stats', targets.newRaw, targets.prevRaw])).stdout;
         });
+        await execa('sync', [targets.prevRaw]);
+        const rsDurable = (performance.now() - t0r) / 1000;
         const literal = /Literal data: ([\d,]+) bytes/.exec(stats);
         if (!literal) throw new Error(`no "Literal data" in rsync's --stats:\n${stats}`);
-        samples.push({ way: 'rsync', round, wallS: rs, bytes: Number(literal[1]!.replaceAll(',', '')), extraS });
+        samples.push({ way: 'rsync', round, wallS: rs, bytes: Number(literal[1]!.replaceAll(',', '')), extraS, durableS: rsDurable });
         await rm(targets.newRaw);
         console.error(`round ${round}: ${samples.filter((x) => x.round === round).map((x) => `${x.way} ${x.wallS.toFixed(2)} s ${(x.bytes / MiB).toFixed(0)} MiB`).join(', ')}`);
       } finally {
@@ -224,16 +235,22 @@ function print(r: { rounds: number; samples: Sample[]; syncs: SyncFigures[]; emp
   console.log(`CLI environment: ${envNote()}`);
   console.log(`per round: ${FILES * FILE_MIB} MiB written in ${FILES} files, ${DELETE * FILE_MIB} MiB of them deleted, ${mib(kept)} kept; ${r.rounds} rounds; 3 GiB ext4 qcow2, TCG guest\n`);
   const base = r.samples.filter((s) => s.way === 'virtcbt sync');
-  const bw = med(base.map((s) => s.wallS));
-  const bb = med(base.map((s) => s.bytes));
-  console.log('| way | bytes moved (median) | × virtcbt | wall time (median) | × virtcbt | per round |');
-  console.log('| --- | ---: | ---: | ---: | ---: | --- |');
+  // Ratios per round (the image grows every round: qemu-img convert's share with it), then their median.
+  const ratio = (w: Way, pick: (x: Sample) => number) => med(Array.from({ length: r.rounds }, (_, i) => {
+    const a = base.find((x) => x.round === i + 1)!;
+    const b = r.samples.find((x) => x.way === w && x.round === i + 1)!;
+    return pick(b) / pick(a);
+  }));
+  console.log('| way | bytes moved (median) | × virtcbt | wall time (median) | × virtcbt | until on disk (fsync) | × virtcbt | per round: wall / bytes |');
+  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
   for (const w of WAYS) {
     const xs = r.samples.filter((s) => s.way === w);
     const wall = med(xs.map((s) => s.wallS));
     const bytes = med(xs.map((s) => s.bytes));
+    const durable = med(xs.map((s) => s.durableS ?? s.wallS));
     const extra = xs.some((s) => s.extraS !== undefined) ? ` (+ ${med(xs.map((s) => s.extraS ?? 0)).toFixed(2)} s for the raw copy)` : '';
-    console.log(`| ${w} | ${mib(bytes)} | ${(bytes / bb).toFixed(2)}x | ${wall.toFixed(2)} s${extra} | ${(wall / bw).toFixed(2)}x | ${xs.map((s) => `${s.wallS.toFixed(2)} s / ${mib(s.bytes)}`).join('; ')} |`);
+    console.log(`| ${w} | ${mib(bytes)} | ${ratio(w, (x) => x.bytes).toFixed(2)}x | ${wall.toFixed(2)} s${extra} | ${ratio(w, (x) => x.wallS).toFixed(2)}x | ` +
+      `${durable.toFixed(2)} s | ${ratio(w, (x) => x.durableS ?? x.wallS).toFixed(2)}x | ${xs.map((s) => `${s.wallS.toFixed(2)} s / ${mib(s.bytes)}`).join('; ')} |`);
   }
   const f = (k: keyof SyncFigures) => med(r.syncs.map((s) => (s[k] ?? NaN) as number));
   console.log(`\nvirtcbt sync, medians: modified ${mib(f('modifiedBytes'))}, modified and used ${mib(f('modifiedUsedBytes'))}, copied ${mib(f('copiedBytes'))} ` +
