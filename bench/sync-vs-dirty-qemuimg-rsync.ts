@@ -61,6 +61,7 @@ interface SyncFigures {
   elapsedMs: number;
   freezeWindowMs: number | null;
   usedMapMs: number;
+  phasesMs?: Record<string, number>;
 }
 
 const med = (xs: number[]) => {
@@ -106,13 +107,37 @@ async function allocatedBytes(image: string): Promise<number> {
   return (JSON.parse(r.stdout) as { length: number; data: boolean }[]).filter((e) => e.data).reduce((s, e) => s + e.length, 0);
 }
 
-async function virtcbtSync(d: LabDaemon, domain: string, target: string): Promise<{ wallS: number; r: SyncFigures & { seed: boolean } }> {
+/**
+ * `virtcbt sync --json`, timed as a whole; each JSON line is stamped when it arrives, so that the
+ * phases show from outside virtcbtd: start → snapshot (freeze, transaction) → plan (export, target
+ * opened, used map read) → last progress (the copy) → result (flush, target closed, record, commit,
+ * snapshot released).
+ */
+async function virtcbtSync(d: LabDaemon, domain: string, target: string): Promise<{ wallS: number; r: SyncFigures & { seed: boolean }; phasesMs: Record<string, number> }> {
   await execa('sync');
   const t0 = performance.now();
-  const out = await execa(process.execPath, [join(process.cwd(), 'dist/src/cli/main.js'), '--config', d.configFile, 'sync', domain, '--disk', 'vda', '--to', target, '--json'], { env: childEnv, extendEnv: false });
+  const child = execa(process.execPath, [join(process.cwd(), 'dist/src/cli/main.js'), '--config', d.configFile, 'sync', domain, '--disk', 'vda', '--to', target, '--json'], { env: childEnv, extendEnv: false });
+  const seen: Record<string, number> = {};
+  let partial = '';
+  child.stdout!.on('data', (b: Buffer) => {
+    const lines = (partial + b.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const l of lines) if (l.trim()) seen[(JSON.parse(l) as { type: string }).type] = performance.now() - t0;
+  });
+  const out = await child;
   const wallS = (performance.now() - t0) / 1000;
   const res = JSON.parse(out.stdout.trim().split('\n').pop()!);
-  return { wallS, r: { ...res, usedMapMs: res.usedMap.elapsedMs } };
+  const at = (k: string, dflt: number) => seen[k] ?? dflt;
+  const end = wallS * 1000;
+  const phasesMs = {
+    'to start': at('start', 0),
+    snapshot: at('snapshot', 0) - at('start', 0),
+    'export, target, used map': at('plan', 0) - at('snapshot', 0),
+    copy: at('progress', at('plan', 0)) - at('plan', 0),
+    'flush, record, commit, release': at('result', end) - at('progress', at('plan', 0)),
+    'after the result': end - at('result', end),
+  };
+  return { wallS, r: { ...res, usedMapMs: res.usedMap.elapsedMs }, phasesMs };
 }
 
 /** (b): the consumer's pass, its changed extents of vda copied whole from the pass export, committed. */
@@ -146,7 +171,7 @@ async function main(): Promise<void> {
   let daemon: LabDaemon | undefined;
   const samples: Sample[] = [];
   const syncs: SyncFigures[] = [];
-  const empty: { wallS: number; elapsedMs: number; copiedBytes: number }[] = [];
+  const empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] = [];
   try {
     lab = await createLabDomain({ name, memoryMiB: 512 });
     const vda = lab.disks[0]!.file;
@@ -179,7 +204,7 @@ async function main(): Promise<void> {
         async () => {
           const s = await virtcbtSync(daemon!, name, targets.sync);
           if (s.r.seed) throw new Error(`round ${round}: virtcbt seeded its target again`);
-          syncs.push(s.r);
+          syncs.push({ ...s.r, phasesMs: s.phasesMs });
           samples.push({ way: 'virtcbt sync', round, wallS: s.wallS, bytes: s.r.copiedBytes });
         },
         async () => samples.push({ way: 'dirty-only', round, ...(await dirtyOnly(daemon!, name, 'dirty', targets.dirty, runDir)) }),
@@ -217,7 +242,7 @@ async function main(): Promise<void> {
 
     for (let i = 0; i < emptyRounds; i++) {
       const s = await virtcbtSync(daemon, name, targets.sync);
-      empty.push({ wallS: s.wallS, elapsedMs: s.r.elapsedMs, copiedBytes: s.r.copiedBytes });
+      empty.push({ wallS: s.wallS, elapsedMs: s.r.elapsedMs, copiedBytes: s.r.copiedBytes, phasesMs: s.phasesMs });
     }
     const report = { when: new Date().toISOString(), rounds, diskBytes: DISK_BYTES, samples, syncs, empty, sizes: { sync: statSync(targets.sync).blocks * 512, dirty: statSync(targets.dirty).blocks * 512 } };
     if (jsonOut) writeFileSync(jsonOut, JSON.stringify(report, null, 2));
@@ -229,7 +254,7 @@ async function main(): Promise<void> {
   }
 }
 
-function print(r: { rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number }[] }): void {
+function print(r: { rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] }): void {
   const mib = (b: number) => `${(b / MiB).toFixed(1)} MiB`;
   const kept = (FILES - DELETE) * FILE_MIB * MiB;
   console.log(`CLI environment: ${envNote()}`);
@@ -255,11 +280,13 @@ function print(r: { rounds: number; samples: Sample[]; syncs: SyncFigures[]; emp
   const f = (k: keyof SyncFigures) => med(r.syncs.map((s) => (s[k] ?? NaN) as number));
   console.log(`\nvirtcbt sync, medians: modified ${mib(f('modifiedBytes'))}, modified and used ${mib(f('modifiedUsedBytes'))}, copied ${mib(f('copiedBytes'))} ` +
     `(${(f('copiedBytes') / f('modifiedUsedBytes')).toFixed(3)}x modified ∩ used; ${(f('copiedBytes') / kept).toFixed(3)}x the ${mib(kept)} of kept file data, the rest filesystem metadata and journal), ` +
-    `skipped because free ${mib(f('skippedFreeBytes'))}; in virtcbtd ${f('elapsedMs').toFixed(0)} ms, of which used map ${f('usedMapMs').toFixed(0)} ms; freeze window ${f('freezeWindowMs').toFixed(0)} ms`);
+    `skipped because free ${mib(f('skippedFreeBytes'))}; in virtcbtd ${f('elapsedMs').toFixed(0)} ms, of which used map ${f('usedMapMs').toFixed(0)} ms; freeze window ${f('freezeWindowMs').toFixed(0)} ms; ` +
+    `phases seen from the CLI's output (medians, ms): ${Object.keys(r.syncs[0]?.phasesMs ?? {}).map((k) => `${k} ${med(r.syncs.map((x) => x.phasesMs![k]!)).toFixed(0)}`).join(', ')}`);
   const e = r.empty;
   console.log(`sync with nothing changed, ${e.length} runs: wall median ${(med(e.map((x) => x.wallS)) * 1000).toFixed(0)} ms ` +
     `(${Math.min(...e.map((x) => x.wallS * 1000)).toFixed(0)}–${Math.max(...e.map((x) => x.wallS * 1000)).toFixed(0)}; target < 300), ` +
-    `in virtcbtd ${med(e.map((x) => x.elapsedMs)).toFixed(0)} ms, copied ${mib(med(e.map((x) => x.copiedBytes)))}`);
+    `in virtcbtd ${med(e.map((x) => x.elapsedMs)).toFixed(0)} ms, copied ${mib(med(e.map((x) => x.copiedBytes)))}; ` +
+    `phases seen from the CLI's output (medians, ms): ${Object.keys(e[0]?.phasesMs ?? {}).map((k) => `${k} ${med(e.map((x) => x.phasesMs[k]!)).toFixed(0)}`).join(', ')}`);
 }
 
 main().catch((err) => {
