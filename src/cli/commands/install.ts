@@ -4,8 +4,8 @@ import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readFile, writeFile, access } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_CONFIG_FILE, type BackupJobConfig } from '../../config/index.js';
-import { backupJobUnits } from './backup-units.js';
+import { DEFAULT_CONFIG_FILE, type BackupJobConfig, type SyncJobConfig } from '../../config/index.js';
+import { backupJobUnits, jobUnitName, syncJobUnits } from './job-units.js';
 import { parse } from '../args.js';
 import { EXIT, type Command } from '../command.js';
 import { emit } from '../output.js';
@@ -29,7 +29,7 @@ export interface InstallPlan {
   files: { path: string; mode: number; content: string }[];
 }
 
-export async function installPlan(opts: { root: string; enabledDir: string; configFile: string; backupJobs?: readonly BackupJobConfig[] }): Promise<InstallPlan> {
+export async function installPlan(opts: { root: string; enabledDir: string; configFile: string; backupJobs?: readonly BackupJobConfig[]; syncJobs?: readonly SyncJobConfig[] }): Promise<InstallPlan> {
   const node = process.execPath;
   const fill = (s: string) => s
     .replaceAll('@ENABLED_DIR@', opts.enabledDir)
@@ -47,6 +47,7 @@ export async function installPlan(opts: { root: string; enabledDir: string; conf
       { path: '/usr/local/sbin/virtcbt', mode: 0o755, content: wrapper('dist/src/cli/main.js') },
       { path: '/usr/local/sbin/virtcbtd', mode: 0o755, content: wrapper('dist/src/daemon/main.js') },
       ...(await backupJobUnits(PACKAGE_ROOT, opts.backupJobs ?? [], fill)),
+      ...(await syncJobUnits(PACKAGE_ROOT, opts.syncJobs ?? [], fill)),
     ],
   };
 }
@@ -58,15 +59,16 @@ export const installCommand: Command = {
 
 Writes /etc/libvirt/hooks/qemu.d/virtcbt, /etc/systemd/system/virtcbtd.service and wrappers in
 /usr/local/sbin, and a starting /etc/virtcbt/config.json if there is none. For every backup job
-in the config (backup.jobs) it writes virtcbt-backup@JOB.service and virtcbt-backup@JOB.timer. libvirtd reads hooks
-when it starts: restart it afterwards (systemctl restart libvirtd).
+in the config (backup.jobs) it writes virtcbt-backup@JOB.service and virtcbt-backup@JOB.timer, and
+for every sync job (sync.jobs) virtcbt-sync@JOB.service and virtcbt-sync@JOB.timer. libvirtd reads
+hooks when it starts: restart it afterwards (systemctl restart libvirtd).
   --root DIR   install under DIR instead of / (for packaging and tests)
   --dry-run    print what would be written`,
   async run(ctx) {
     const { values } = parse(ctx.argv, { root: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } }, this.usage);
     const cfg = ctx.config();
     const root = values.root ?? '/';
-    const plan = await installPlan({ root, enabledDir: cfg.daemon.enabledDir, configFile: DEFAULT_CONFIG_FILE, backupJobs: cfg.backup.jobs });
+    const plan = await installPlan({ root, enabledDir: cfg.daemon.enabledDir, configFile: DEFAULT_CONFIG_FILE, backupJobs: cfg.backup.jobs, syncJobs: cfg.sync.jobs });
     const written: string[] = [];
     if (!values['dry-run']) {
       for (const f of plan.files) {
@@ -88,7 +90,8 @@ when it starts: restart it afterwards (systemctl restart libvirtd).
     emit(ctx.io, Boolean(values.json), { root, files: plan.files.map((f) => f.path), written }, () => [
       ...plan.files.map((f) => `${values['dry-run'] ? 'would write' : 'wrote'} ${join(root, f.path)}`),
       'next: restart libvirtd so that it reads the hook, then `systemctl enable --now virtcbtd`',
-      ...cfg.backup.jobs.map((j) => `      and \`systemctl enable --now virtcbt-backup@${j.name}.timer\` for backup job ${j.name}`),
+      ...cfg.backup.jobs.map((j) => `      and \`systemctl enable --now ${jobUnitName('backup', j.name, 'timer')}\` for backup job ${j.name}`),
+      ...cfg.sync.jobs.map((j) => `      and \`systemctl enable --now ${jobUnitName('sync', j.name, 'timer')}\` for sync job ${j.name}`),
     ]);
     return EXIT.OK;
   },

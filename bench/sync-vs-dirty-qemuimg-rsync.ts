@@ -1,0 +1,295 @@
+// Disk-copy sync beside the other ways to bring a second copy of a disk up to date, on one
+// libvirt domain in one run. Per round the guest writes 1 GiB of files on its ext4 disk (128 files
+// of 8 MiB from /dev/urandom) and deletes 600 MiB of them (75 files, every other one or so), with no
+// TRIM; then each way brings its own copy up to date and is timed, and the bytes it moved counted:
+//   (a) virtcbt sync (incremental: its target was seeded before the first round);
+//   (b) dirty-only: what a dirty-bitmap tool ships: every block modified since its last pass,
+//       without the used-map intersection. virtcbt's own pass of a consumer of its own
+//       (`pass begin --export`: the same snapshot, freeze and change log) whose changed extents
+//       are copied by virtcbt's copy engine from the pass export into a qcow2 copy, then the pass
+//       committed: the same machinery as (a), minus the used map;
+//   (c) `qemu-img convert` of the whole image (every allocated cluster) into a fresh qcow2;
+//   (d) `rsync --inplace --no-whole-file` of the raw image onto the raw copy of the round before
+//       (bytes moved: rsync's "Literal data"; both raw copies made by `qemu-img convert`, untimed).
+// (a) and (b) run with the guest running (their own freeze); (c) and (d) with it paused (a
+// qcow2 in use cannot be read consistently otherwise). Then a sync with nothing changed, several
+// times. Medians over the rounds, ratios to virtcbt.
+//   node dist/bench/sync-vs-dirty-qemuimg-rsync.js [--rounds N] [--empty-rounds N] [--json FILE]
+import { execa } from 'execa';
+import { statSync, writeFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NbdEndpoint, copyExtents, dataExtents, openImageEndpoint } from '../src/copy/index.js';
+import { createLabDomain, startLabDaemon, virsh, type LabDaemon, type LabDomain } from '../src/demo/lab.js';
+import { fromPairs, totalBytes } from '../src/extent/index.js';
+import { DATA_LABEL } from '../src/guestimage/index.js';
+import { childEnv, envNote } from './nbd-support.js';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+/** The data disk: room for three rounds' kept files (3 × 424 MiB) plus one round's 1 GiB. */
+const DISK_BYTES = 3 * GiB;
+const FILE_MIB = 8;
+const FILES = 128;
+const DELETE = 75;
+
+type Way = 'virtcbt sync' | 'dirty-only' | 'qemu-img convert' | 'rsync';
+const WAYS: Way[] = ['virtcbt sync', 'dirty-only', 'qemu-img convert', 'rsync'];
+
+interface Sample {
+  way: Way;
+  round: number;
+  wallS: number;
+  bytes: number;
+  /** What else the way needed that is not in wallS (rsync: the raw copy of the image). */
+  extraS?: number;
+  /**
+   * Wall time until the copy is on disk: qemu-img convert (its output cache mode is unsafe by
+   * default) and rsync do not fsync what they wrote, virtcbt's engine flushes the target before it
+   * moves the consumer: their time with an fsync of the output file (`sync FILE`) after it.
+   */
+  durableS?: number;
+}
+
+interface SyncFigures {
+  modifiedBytes: number;
+  modifiedUsedBytes: number;
+  skippedFreeBytes: number;
+  copiedBytes: number;
+  usedBytes: number;
+  elapsedMs: number;
+  freezeWindowMs: number | null;
+  usedMapMs: number;
+  phasesMs?: Record<string, number>;
+}
+
+const med = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const argNum = (name: string, dflt: number) => (process.argv.includes(name) ? Number(process.argv[process.argv.indexOf(name) + 1]) : dflt);
+const seconds = async (fn: () => Promise<unknown>) => {
+  const t0 = performance.now();
+  await fn();
+  return (performance.now() - t0) / 1000;
+};
+
+/**
+ * A fresh ext4 data disk bigger than the built guest's, labelled so that the guest's /init mounts
+ * it on /mnt/data; inode tables and journal written now (no lazy init in the guest, whose
+ * background writes would count as modified blocks).
+ */
+async function bigDataDisk(file: string, work: string): Promise<void> {
+  const raw = join(work, 'data.raw');
+  await writeFile(raw, '');
+  await truncate(raw, DISK_BYTES);
+  await execa('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', DATA_LABEL, '-E', 'root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0', raw]);
+  await rm(file, { force: true });
+  await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, file]);
+  await rm(raw);
+  await execa('chown', ['libvirt-qemu:libvirt-qemu', file]);
+}
+
+/** Files to delete: DELETE of FILES, spread evenly, so the freed space is scattered among kept files. */
+const deleted = (i: number) => Math.floor(((i + 1) * DELETE) / FILES) > Math.floor((i * DELETE) / FILES);
+
+async function guestRound(lab: LabDomain, round: number): Promise<void> {
+  const dir = `/mnt/data/r${round}`;
+  const names = Array.from({ length: FILES }, (_, i) => `${dir}/f${i}.bin`);
+  await lab.exec('/bin/sh', ['-c', [`mkdir -p ${dir}`, ...names.map((n) => `dd if=/dev/urandom of=${n} bs=1M count=${FILE_MIB} 2>/dev/null || exit 1`), 'sync'].join('\n')], 900_000);
+  await lab.exec('/bin/sh', ['-c', `rm ${names.filter((_, i) => deleted(i)).join(' ')} && sync`]);
+}
+
+/** Bytes of the image's allocated clusters (what qemu-img convert reads), from qemu-img map. */
+async function allocatedBytes(image: string): Promise<number> {
+  const r = await execa('qemu-img', ['map', '-U', '--output=json', '-f', 'qcow2', image]);
+  return (JSON.parse(r.stdout) as { length: number; data: boolean }[]).filter((e) => e.data).reduce((s, e) => s + e.length, 0);
+}
+
+/**
+ * `virtcbt sync --json`, timed as a whole; each JSON line is stamped when it arrives, so that the
+ * phases show from outside virtcbtd: start → snapshot (freeze, transaction) → plan (export, target
+ * opened, used map read) → last progress (the copy) → result (flush, target closed, record, commit,
+ * snapshot released).
+ */
+async function virtcbtSync(d: LabDaemon, domain: string, target: string): Promise<{ wallS: number; r: SyncFigures & { seed: boolean }; phasesMs: Record<string, number> }> {
+  await execa('sync');
+  const t0 = performance.now();
+  const child = execa(process.execPath, [join(process.cwd(), 'dist/src/cli/main.js'), '--config', d.configFile, 'sync', domain, '--disk', 'vda', '--to', target, '--json'], { env: childEnv, extendEnv: false });
+  const seen: Record<string, number> = {};
+  let partial = '';
+  child.stdout!.on('data', (b: Buffer) => {
+    const lines = (partial + b.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const l of lines) if (l.trim()) seen[(JSON.parse(l) as { type: string }).type] = performance.now() - t0;
+  });
+  const out = await child;
+  const wallS = (performance.now() - t0) / 1000;
+  const res = JSON.parse(out.stdout.trim().split('\n').pop()!);
+  const at = (k: string, dflt: number) => seen[k] ?? dflt;
+  const end = wallS * 1000;
+  const phasesMs = {
+    'to start': at('start', 0),
+    snapshot: at('snapshot', 0) - at('start', 0),
+    'export, target, used map': at('plan', 0) - at('snapshot', 0),
+    copy: at('progress', at('plan', 0)) - at('plan', 0),
+    'flush, record, commit, release': at('result', end) - at('progress', at('plan', 0)),
+    'after the result': end - at('result', end),
+  };
+  return { wallS, r: { ...res, usedMapMs: res.usedMap.elapsedMs }, phasesMs };
+}
+
+/** (b): the consumer's pass, its changed extents of vda copied whole from the pass export, committed. */
+async function dirtyOnly(d: LabDaemon, domain: string, consumer: string, target: string, runDir: string): Promise<{ wallS: number; bytes: number }> {
+  await execa('sync');
+  const cli = (args: string[]) => execa(process.execPath, [join(process.cwd(), 'dist/src/cli/main.js'), '--config', d.configFile, ...args], { env: childEnv, extendEnv: false });
+  const t0 = performance.now();
+  const p = JSON.parse((await cli(['pass', 'begin', domain, '--consumer', consumer, '--export', '--json'])).stdout);
+  const extents = fromPairs((p.disks as { target: string; extents: [number, number][] }[]).find((x) => x.target === 'vda')!.extents);
+  const uri = (p.exports as { target: string; uri: string }[]).find((e) => e.target === 'vda')!.uri;
+  const src = await NbdEndpoint.open(uri);
+  const dst = await openImageEndpoint(target, { runDir, writable: true, format: 'qcow2' });
+  try {
+    await copyExtents(src, dst.endpoint, dataExtents(extents));
+    await dst.endpoint.flush();
+  } finally {
+    await dst.close();
+    await src.close();
+  }
+  await cli(['pass', 'commit', domain, '--consumer', consumer, '--pass', String(p.pass)]);
+  return { wallS: (performance.now() - t0) / 1000, bytes: totalBytes(extents) };
+}
+
+async function main(): Promise<void> {
+  const rounds = argNum('--rounds', 3);
+  const emptyRounds = argNum('--empty-rounds', 7);
+  const jsonOut = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
+  const work = await mkdtemp(join(tmpdir(), 'virtcbt-bench-sync-'));
+  const name = `virtcbt-bench-sync-${process.pid}`;
+  let lab: LabDomain | undefined;
+  let daemon: LabDaemon | undefined;
+  const samples: Sample[] = [];
+  const syncs: SyncFigures[] = [];
+  const empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] = [];
+  try {
+    lab = await createLabDomain({ name, memoryMiB: 512 });
+    const vda = lab.disks[0]!.file;
+    await bigDataDisk(vda, work);
+    daemon = await startLabDaemon(join(work, 'daemon'));
+    await daemon.cli(['enable', name]);
+    await daemon.cli(['consumer', 'add', name, 'dirty']);
+    await lab.start();
+    const targets = { sync: join(work, 'sync.qcow2'), dirty: join(work, 'dirty.qcow2'), prevRaw: join(work, 'prev.raw'), newRaw: join(work, 'new.raw') };
+    const runDir = join(work, 'run');
+    await mkdir(runDir, { recursive: true });
+
+    // Starting points (untimed): the dirty-only consumer placed, virtcbt's target seeded, the
+    // dirty-only target a copy of it (the guest is idle: the same content), the raw copy for rsync.
+    const first = JSON.parse((await daemon.cli(['pass', 'begin', name, '--consumer', 'dirty', '--json'])).stdout);
+    await daemon.cli(['pass', 'commit', name, '--consumer', 'dirty', '--pass', String(first.pass)]);
+    const seed = await virtcbtSync(daemon, name, targets.sync);
+    if (!seed.r.seed) throw new Error('the first sync did not seed its target');
+    await execa('cp', ['--sparse=always', targets.sync, targets.dirty]);
+    await virsh(['suspend', name]);
+    await execa('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', vda, targets.prevRaw]);
+    await virsh(['resume', name]);
+
+    for (let round = 1; round <= rounds; round++) {
+      const tw = performance.now();
+      await guestRound(lab, round);
+      console.error(`round ${round}: the guest wrote and deleted its files in ${((performance.now() - tw) / 1000).toFixed(0)} s`);
+      // (a) and (b) take turns going first.
+      const live = [
+        async () => {
+          const s = await virtcbtSync(daemon!, name, targets.sync);
+          if (s.r.seed) throw new Error(`round ${round}: virtcbt seeded its target again`);
+          syncs.push({ ...s.r, phasesMs: s.phasesMs });
+          samples.push({ way: 'virtcbt sync', round, wallS: s.wallS, bytes: s.r.copiedBytes });
+        },
+        async () => samples.push({ way: 'dirty-only', round, ...(await dirtyOnly(daemon!, name, 'dirty', targets.dirty, runDir)) }),
+      ];
+      for (const run of round % 2 ? live : live.reverse()) await run();
+
+      await virsh(['suspend', name]);
+      try {
+        const fresh = join(work, `convert-${round}.qcow2`);
+        const bytes = await allocatedBytes(vda);
+        await execa('sync');
+        const t0 = performance.now();
+        const wallS = await seconds(() => execa('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', vda, fresh]));
+        await execa('sync', [fresh]);
+        samples.push({ way: 'qemu-img convert', round, wallS, bytes, durableS: (performance.now() - t0) / 1000 });
+        await rm(fresh);
+        const extraS = await seconds(() => execa('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', vda, targets.newRaw]));
+        await execa('sync');
+        let stats = '';
+        const t0r = performance.now();
+        const rs = await seconds(async () => {
+          stats = (await execa('rsync', ['--inplace', '--no-whole-file', '--stats', targets.newRaw, targets.prevRaw])).stdout;
+        });
+        await execa('sync', [targets.prevRaw]);
+        const rsDurable = (performance.now() - t0r) / 1000;
+        const literal = /Literal data: ([\d,]+) bytes/.exec(stats);
+        if (!literal) throw new Error(`no "Literal data" in rsync's --stats:\n${stats}`);
+        samples.push({ way: 'rsync', round, wallS: rs, bytes: Number(literal[1]!.replaceAll(',', '')), extraS, durableS: rsDurable });
+        await rm(targets.newRaw);
+        console.error(`round ${round}: ${samples.filter((x) => x.round === round).map((x) => `${x.way} ${x.wallS.toFixed(2)} s ${(x.bytes / MiB).toFixed(0)} MiB`).join(', ')}`);
+      } finally {
+        await virsh(['resume', name]);
+      }
+    }
+
+    for (let i = 0; i < emptyRounds; i++) {
+      const s = await virtcbtSync(daemon, name, targets.sync);
+      empty.push({ wallS: s.wallS, elapsedMs: s.r.elapsedMs, copiedBytes: s.r.copiedBytes, phasesMs: s.phasesMs });
+    }
+    const report = { when: new Date().toISOString(), rounds, diskBytes: DISK_BYTES, samples, syncs, empty, sizes: { sync: statSync(targets.sync).blocks * 512, dirty: statSync(targets.dirty).blocks * 512 } };
+    if (jsonOut) writeFileSync(jsonOut, JSON.stringify(report, null, 2));
+    print(report);
+  } finally {
+    await daemon?.stop();
+    await lab?.remove();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+function print(r: { rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] }): void {
+  const mib = (b: number) => `${(b / MiB).toFixed(1)} MiB`;
+  const kept = (FILES - DELETE) * FILE_MIB * MiB;
+  console.log(`CLI environment: ${envNote()}`);
+  console.log(`per round: ${FILES * FILE_MIB} MiB written in ${FILES} files, ${DELETE * FILE_MIB} MiB of them deleted, ${mib(kept)} kept; ${r.rounds} rounds; 3 GiB ext4 qcow2, TCG guest\n`);
+  const base = r.samples.filter((s) => s.way === 'virtcbt sync');
+  // Ratios per round (the image grows every round: qemu-img convert's share with it), then their median.
+  const ratio = (w: Way, pick: (x: Sample) => number) => med(Array.from({ length: r.rounds }, (_, i) => {
+    const a = base.find((x) => x.round === i + 1)!;
+    const b = r.samples.find((x) => x.way === w && x.round === i + 1)!;
+    return pick(b) / pick(a);
+  }));
+  console.log('| way | bytes moved (median) | × virtcbt | wall time (median) | × virtcbt | until on disk (fsync) | × virtcbt | per round: wall / bytes |');
+  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
+  for (const w of WAYS) {
+    const xs = r.samples.filter((s) => s.way === w);
+    const wall = med(xs.map((s) => s.wallS));
+    const bytes = med(xs.map((s) => s.bytes));
+    const durable = med(xs.map((s) => s.durableS ?? s.wallS));
+    const extra = xs.some((s) => s.extraS !== undefined) ? ` (+ ${med(xs.map((s) => s.extraS ?? 0)).toFixed(2)} s for the raw copy)` : '';
+    console.log(`| ${w} | ${mib(bytes)} | ${ratio(w, (x) => x.bytes).toFixed(2)}x | ${wall.toFixed(2)} s${extra} | ${ratio(w, (x) => x.wallS).toFixed(2)}x | ` +
+      `${durable.toFixed(2)} s | ${ratio(w, (x) => x.durableS ?? x.wallS).toFixed(2)}x | ${xs.map((s) => `${s.wallS.toFixed(2)} s / ${mib(s.bytes)}`).join('; ')} |`);
+  }
+  const f = (k: keyof SyncFigures) => med(r.syncs.map((s) => (s[k] ?? NaN) as number));
+  console.log(`\nvirtcbt sync, medians: modified ${mib(f('modifiedBytes'))}, modified and used ${mib(f('modifiedUsedBytes'))}, copied ${mib(f('copiedBytes'))} ` +
+    `(${(f('copiedBytes') / f('modifiedUsedBytes')).toFixed(3)}x modified ∩ used; ${(f('copiedBytes') / kept).toFixed(3)}x the ${mib(kept)} of kept file data, the rest filesystem metadata and journal), ` +
+    `skipped because free ${mib(f('skippedFreeBytes'))}; in virtcbtd ${f('elapsedMs').toFixed(0)} ms, of which used map ${f('usedMapMs').toFixed(0)} ms; freeze window ${f('freezeWindowMs').toFixed(0)} ms; ` +
+    `phases seen from the CLI's output (medians, ms): ${Object.keys(r.syncs[0]?.phasesMs ?? {}).map((k) => `${k} ${med(r.syncs.map((x) => x.phasesMs![k]!)).toFixed(0)}`).join(', ')}`);
+  const e = r.empty;
+  console.log(`sync with nothing changed, ${e.length} runs: wall median ${(med(e.map((x) => x.wallS)) * 1000).toFixed(0)} ms ` +
+    `(${Math.min(...e.map((x) => x.wallS * 1000)).toFixed(0)}–${Math.max(...e.map((x) => x.wallS * 1000)).toFixed(0)}; target < 300), ` +
+    `in virtcbtd ${med(e.map((x) => x.elapsedMs)).toFixed(0)} ms, copied ${mib(med(e.map((x) => x.copiedBytes)))}; ` +
+    `phases seen from the CLI's output (medians, ms): ${Object.keys(e[0]?.phasesMs ?? {}).map((k) => `${k} ${med(e.map((x) => x.phasesMs[k]!)).toFixed(0)}`).join(', ')}`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});
