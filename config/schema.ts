@@ -17,7 +17,7 @@ export interface VirtcbtConfig {
   snapshot: { remote: { bind: string; port: number; tlsDir: string; deadlineSeconds: number } };
   backup: { repo: string; allowedRepoRoots: string[]; jobs: BackupJobConfig[] };
   sync: { tlsCertificates: string; onStop: SyncTargetConfig[]; jobs: SyncJobConfig[] };
-  scan: ScanQuarantineConfig & { scanners: ScannerConfigEntry[]; timeoutSeconds: number; fullEveryHours: number };
+  scan: ScanQuarantineConfig & { scanners: ScannerConfigEntry[]; timeoutSeconds: number; fullEveryHours: number; jobs: ScanJobConfig[] };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -35,6 +35,32 @@ export interface BackupJobConfig {
   calendar: string;
   /** Seconds of random delay before a run (RandomizedDelaySec), so many jobs do not start at once. */
   randomDelaySec?: number;
+}
+
+/** A scheduled scan: `virtcbt install` writes virtcbt-scan@NAME.service and .timer for it. */
+export interface ScanJobConfig {
+  name: string;
+  domains: string[];
+  /** One of scan.scanners (default: the first that answers). */
+  scanner?: string;
+  calendar: string;
+}
+
+function checkScanJobs(v: unknown): void {
+  if (!Array.isArray(v)) throw new Error('scan.jobs must be an array');
+  const names = new Set<string>();
+  v.forEach((x: unknown, i) => {
+    const at = `scan.jobs[${i}]`;
+    const o = x as Record<string, unknown>;
+    if (!o || typeof o !== 'object') throw new Error(`${at} must be an object`);
+    for (const k of Object.keys(o)) if (!['name', 'domains', 'scanner', 'calendar'].includes(k)) throw new Error(`${at}: unknown key '${k}'`);
+    if (typeof o.name !== 'string' || !JOB_NAME.test(o.name)) throw new Error(`${at}.name must be letters, digits, '.', '_' or '-' (a systemd instance name)`);
+    if (names.has(o.name)) throw new Error(`${at}.name '${o.name}' is used twice`);
+    names.add(o.name);
+    if (!Array.isArray(o.domains) || o.domains.length === 0 || !o.domains.every((d) => typeof d === 'string' && d !== '' && !d.includes('/'))) throw new Error(`${at}.domains must be a non-empty list of domain names`);
+    if (o.scanner !== undefined && (typeof o.scanner !== 'string' || !JOB_NAME.test(o.scanner))) throw new Error(`${at}.scanner must be a scanner's name`);
+    if (typeof o.calendar !== 'string' || o.calendar.trim() === '' || /[\n\r]/.test(o.calendar)) throw new Error(`${at}.calendar must be a systemd OnCalendar expression`);
+  });
 }
 
 /** A scanner host (virtcbt-scanner) this hypervisor hands scans to. */
@@ -354,6 +380,11 @@ export const schema: Schema<VirtcbtConfig> = {
       doc: 'A scan (snapshot, scanner\'s work, verdict) fails after this long; its snapshot is torn down and its consumer does not move.',
       format: isPositiveInt('scan.timeoutSeconds'),
       default: 3600,
+    },
+    jobs: {
+      doc: 'Scheduled scans: [{name, domains, scanner?, calendar}]; `virtcbt install` writes a systemd timer for each.',
+      format: checkScanJobs,
+      default: [] as ScanJobConfig[],
     },
     fullEveryHours: {
       doc: 'A full scan (every file) at least this often; between them scans read only the files whose blocks changed. 0: only with --full.',

@@ -7,7 +7,7 @@ import { schema, type VirtcbtConfig } from '../../config/schema.js';
 import { UsageError } from '../util/errors.js';
 import { publishedConfigFor } from './effective.js';
 
-export type { BackupJobConfig, SyncJobConfig, VirtcbtConfig } from '../../config/schema.js';
+export type { BackupJobConfig, ScanJobConfig, SyncJobConfig, VirtcbtConfig } from '../../config/schema.js';
 
 export { publishEffectiveConfig } from './effective.js';
 

@@ -4,8 +4,8 @@ import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readFile, writeFile, access } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_CONFIG_FILE, type BackupJobConfig, type SyncJobConfig } from '../../config/index.js';
-import { backupJobUnits, jobUnitName, syncJobUnits } from './job-units.js';
+import { DEFAULT_CONFIG_FILE, type BackupJobConfig, type ScanJobConfig, type SyncJobConfig } from '../../config/index.js';
+import { backupJobUnits, jobUnitName, scanJobUnits, syncJobUnits } from './job-units.js';
 import { parse } from '../args.js';
 import { EXIT, type Command } from '../command.js';
 import { emit } from '../output.js';
@@ -29,7 +29,7 @@ export interface InstallPlan {
   files: { path: string; mode: number; content: string }[];
 }
 
-export async function installPlan(opts: { root: string; enabledDir: string; configFile: string; backupJobs?: readonly BackupJobConfig[]; syncJobs?: readonly SyncJobConfig[] }): Promise<InstallPlan> {
+export async function installPlan(opts: { root: string; enabledDir: string; configFile: string; backupJobs?: readonly BackupJobConfig[]; syncJobs?: readonly SyncJobConfig[]; scanJobs?: readonly ScanJobConfig[] }): Promise<InstallPlan> {
   const node = process.execPath;
   const fill = (s: string) => s
     .replaceAll('@ENABLED_DIR@', opts.enabledDir)
@@ -48,6 +48,7 @@ export async function installPlan(opts: { root: string; enabledDir: string; conf
       { path: '/usr/local/sbin/virtcbtd', mode: 0o755, content: wrapper('dist/src/daemon/main.js') },
       ...(await backupJobUnits(PACKAGE_ROOT, opts.backupJobs ?? [], fill)),
       ...(await syncJobUnits(PACKAGE_ROOT, opts.syncJobs ?? [], fill)),
+      ...(await scanJobUnits(PACKAGE_ROOT, opts.scanJobs ?? [], fill)),
     ],
   };
 }
@@ -68,7 +69,7 @@ hooks when it starts: restart it afterwards (systemctl restart libvirtd).
     const { values } = parse(ctx.argv, { root: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } }, this.usage);
     const cfg = ctx.config();
     const root = values.root ?? '/';
-    const plan = await installPlan({ root, enabledDir: cfg.daemon.enabledDir, configFile: DEFAULT_CONFIG_FILE, backupJobs: cfg.backup.jobs, syncJobs: cfg.sync.jobs });
+    const plan = await installPlan({ root, enabledDir: cfg.daemon.enabledDir, configFile: DEFAULT_CONFIG_FILE, backupJobs: cfg.backup.jobs, syncJobs: cfg.sync.jobs, scanJobs: cfg.scan.jobs });
     const written: string[] = [];
     if (!values['dry-run']) {
       for (const f of plan.files) {
@@ -92,6 +93,7 @@ hooks when it starts: restart it afterwards (systemctl restart libvirtd).
       'next: restart libvirtd so that it reads the hook, then `systemctl enable --now virtcbtd`',
       ...cfg.backup.jobs.map((j) => `      and \`systemctl enable --now ${jobUnitName('backup', j.name, 'timer')}\` for backup job ${j.name}`),
       ...cfg.sync.jobs.map((j) => `      and \`systemctl enable --now ${jobUnitName('sync', j.name, 'timer')}\` for sync job ${j.name}`),
+      ...cfg.scan.jobs.map((j) => `      and \`systemctl enable --now ${jobUnitName('scan', j.name, 'timer')}\` for scan job ${j.name}`),
     ]);
     return EXIT.OK;
   },

@@ -2,7 +2,7 @@
 // oneshot service that runs `virtcbt backup|sync --job NAME` and a timer with the job's calendar.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BackupJobConfig, SyncJobConfig } from '../../config/index.js';
+import type { BackupJobConfig, ScanJobConfig, SyncJobConfig } from '../../config/index.js';
 
 export interface UnitFile {
   path: string;
@@ -10,7 +10,7 @@ export interface UnitFile {
   content: string;
 }
 
-export type JobKind = 'backup' | 'sync';
+export type JobKind = 'backup' | 'sync' | 'scan';
 
 /** Unit names as systemd sees them: virtcbt-backup@JOB.service, virtcbt-sync@JOB.timer, ... */
 export function jobUnitName(kind: JobKind, job: string, unit: 'service' | 'timer'): string {
@@ -69,5 +69,12 @@ export function backupJobUnits(packageRoot: string, jobs: readonly BackupJobConf
 export function syncJobUnits(packageRoot: string, jobs: readonly SyncJobConfig[], fill: (s: string) => string): Promise<UnitFile[]> {
   return jobUnits(packageRoot, 'sync', jobs.map((j) => ({
     name: j.name, calendar: j.calendar, delaySec: 0, accuracy: '1s', summary: `${j.domain} ${j.disk} to ${j.to}`,
+  })), fill);
+}
+
+/** Scan jobs: a scan of each of the job's domains, one after the other (scans are light on the hypervisor). */
+export function scanJobUnits(packageRoot: string, jobs: readonly ScanJobConfig[], fill: (s: string) => string): Promise<UnitFile[]> {
+  return jobUnits(packageRoot, 'scan', jobs.map((j) => ({
+    name: j.name, calendar: j.calendar, delaySec: 0, accuracy: '1min', summary: j.domains.join(' '),
   })), fill);
 }

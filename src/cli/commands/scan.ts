@@ -1,9 +1,9 @@
 // `virtcbt scan`: asks virtcbtd to hand a snapshot of a running domain to a scanner host and wait
 // for its verdict; the action on detection is the quarantine's (scan.quarantine in the config).
 import type { ScanEvent, ScanResult } from '../../scan/index.js';
-import { UsageError } from '../../util/errors.js';
+import { UsageError, VirtcbtError, errorMessage } from '../../util/errors.js';
 import { domainArg, parse } from '../args.js';
-import { EXIT, type Command } from '../command.js';
+import { EXIT, type Command, type CommandContext } from '../command.js';
 import { callDaemon, daemonSocket } from '../daemon-client.js';
 import { formatBytes } from '../output.js';
 import { formatMs } from './backup.js';
@@ -21,8 +21,25 @@ export function scanSummary(r: ScanResult): string[] {
   return lines;
 }
 
+async function scanOne(ctx: CommandContext, domain: string, o: { scanner?: string; full: boolean; noFreeze: boolean; json: boolean }): Promise<number> {
+  const result = await callDaemon<ScanEvent>(daemonSocket(ctx.config()), 'POST', `/v1/domains/${encodeURIComponent(domain)}/scans`, {
+    body: { scanner: o.scanner, full: o.full, noFreeze: o.noFreeze },
+    onEvent: (raw) => {
+      if (o.json) ctx.io.out(JSON.stringify(raw));
+      else if (ctx.io.isTty && (raw as { type?: string }).type === 'scanner') {
+        const e = (raw as { event: Record<string, unknown> }).event;
+        if (e.type === 'progress') process.stderr.write(`\r\x1b[2K${String(e.disk ?? '')} ${String(e.files ?? '')} files, ${formatBytes(Number(e.bytes ?? 0))}`);
+      }
+    },
+  });
+  if (result.type !== 'result') throw new UsageError('virtcbtd ended the scan without a result');
+  if (!o.json) for (const l of scanSummary(result)) ctx.io.out(l);
+  return result.verdict.infected?.length ? EXIT.INFECTED : EXIT.OK;
+}
+
 export const scanCommand: Command = {
   usage: `usage: virtcbt scan DOMAIN [--scanner NAME] [--full] [--no-freeze] [--json]
+       virtcbt scan --job NAME [--json]
 
 Takes a snapshot of the running domain without pausing it, exports its disks to a scanner host
 (NBD over TLS, only the scanner's identity gets in), and waits for the scanner's verdict; on
@@ -30,25 +47,33 @@ detection the domain is quarantined as scan.quarantine says. A scan reads only t
 blocks changed since that scanner's last completed scan, unless --full (or scan.fullEveryHours).
 Exit 0 when nothing was found, 10 when malware was found.
   --scanner NAME  one of scan.scanners (default: the first that answers)
+  --job NAME      scan each domain of the scan job NAME from the config (scan.jobs), as its
+                  systemd timer does
   --json          JSON lines: every event, the result last`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, {
-      scanner: { type: 'string' }, full: { type: 'boolean' }, 'no-freeze': { type: 'boolean' }, json: { type: 'boolean' },
+      scanner: { type: 'string' }, full: { type: 'boolean' }, 'no-freeze': { type: 'boolean' }, job: { type: 'string' }, json: { type: 'boolean' },
     }, this.usage);
-    const domain = domainArg(positionals, this.usage);
     const json = Boolean(values.json);
-    const result = await callDaemon<ScanEvent>(daemonSocket(ctx.config()), 'POST', `/v1/domains/${encodeURIComponent(domain)}/scans`, {
-      body: { scanner: values.scanner, full: Boolean(values.full), noFreeze: Boolean(values['no-freeze']) },
-      onEvent: (raw) => {
-        if (json) ctx.io.out(JSON.stringify(raw));
-        else if (ctx.io.isTty && (raw as { type?: string }).type === 'scanner') {
-          const e = (raw as { event: Record<string, unknown> }).event;
-          if (e.type === 'progress') process.stderr.write(`\r\x1b[2K${String(e.disk ?? '')} ${String(e.files ?? '')} files, ${formatBytes(Number(e.bytes ?? 0))}`);
+    const one = (domain: string, scanner: string | undefined) => scanOne(ctx, domain, { scanner, full: Boolean(values.full), noFreeze: Boolean(values['no-freeze']), json });
+    if (values.job !== undefined) {
+      if (positionals.length > 0) throw new UsageError(`--job takes its domains from the config: give none\n\n${this.usage}`);
+      const job = ctx.config().scan.jobs.find((j) => j.name === values.job);
+      if (!job) throw new UsageError(`no scan job '${values.job}' in the config (scan.jobs has ${ctx.config().scan.jobs.map((j) => j.name).join(', ') || 'none'})`);
+      let infected = false;
+      const failed: string[] = [];
+      for (const domain of job.domains) {
+        try {
+          if ((await one(domain, values.scanner ?? job.scanner)) === EXIT.INFECTED) infected = true;
+        } catch (err) {
+          // One domain's failure must not cost the others their scan.
+          ctx.io.err(`virtcbt scan: ${domain}: ${errorMessage(err)}`);
+          failed.push(domain);
         }
-      },
-    });
-    if (result.type !== 'result') throw new UsageError('virtcbtd ended the scan without a result');
-    if (!json) for (const l of scanSummary(result)) ctx.io.out(l);
-    return result.verdict.infected?.length ? EXIT.INFECTED : EXIT.OK;
+      }
+      if (failed.length > 0) throw new VirtcbtError(`scan job ${job.name}: ${failed.length} of ${job.domains.length} domains failed (${failed.join(', ')})`);
+      return infected ? EXIT.INFECTED : EXIT.OK;
+    }
+    return one(domainArg(positionals, this.usage), values.scanner);
   },
 };
