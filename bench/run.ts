@@ -6,7 +6,7 @@ import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const BENCHES = ['changelog-fold', 'reconcile-fold', 'nbd-read', 'nbd-block-status', 'fs-usedmap-vs-dumpe2fs', 'tls-export-vs-unix', 'backup-vs-virtnbdbackup', 'sync-vs-dirty-qemuimg-rsync'];
+const BENCHES = ['changelog-fold', 'reconcile-fold', 'nbd-read', 'nbd-block-status', 'fs-usedmap-vs-dumpe2fs', 'tls-export-vs-unix', 'backup-vs-virtnbdbackup', 'sync-vs-dirty-qemuimg-rsync', 'scan-vs-clamdscan'];
 
 const asked = process.argv.slice(2);
 const unknown = asked.filter((n) => !BENCHES.includes(n));

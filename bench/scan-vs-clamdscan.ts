@@ -1,0 +1,314 @@
+// Benchmark: virtcbt-scanner's scans against ClamAV's own local scanners on the same files, same
+// clamd, same signatures, in one run. A generated file set (FILES files, about MIB MiB of random
+// data, one EICAR-like file) goes into an ext4 image (`mkfs.ext4 -d`), served read-only by a
+// qemu-storage-daemon unix export behind the TLS front end of src/snapshot/remote-export.ts on
+// 127.0.0.1 (the scanner's client certificate is the only identity let in); the scanner
+// (dist/src/scan/scanner/main.js) gets the job over HTTPS with the hypervisor's client certificate.
+// Rows: the scanner's full scan over NBD+TLS; `clamdscan --multiscan --fdpass` and `clamscan -r`
+// on the same tree on the local filesystem (the directory mkfs read, in the page cache, as the
+// image is); an incremental scan after 1% of the files were rewritten with debugfs (rm + write:
+// new blocks, as a guest's rewrite gives). The changed extents are exact: the 64 KiB granules in
+// which the two images differ (what a 64 KiB dirty bitmap records). Medians of --runs runs.
+// Loopback: the NBD figures are TLS and the extra hop on this host, not a network.
+// Run: npx tsc -p tsconfig.json && node dist/bench/scan-vs-clamdscan.js [--runs 3] [--files 3000] [--mib 300] [--sigs 100000]
+import { spawn } from 'node:child_process';
+import { randomBytes, randomFillSync } from 'node:crypto';
+import { once } from 'node:events';
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { request } from 'node:https';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import type { ExtentPair, ScanJob, ScanResult } from '../src/scan/protocol.js';
+import { startRemoteExport } from '../src/snapshot/remote-export.js';
+import { createCa, issueClientCredentials, issueServerCredentials } from '../src/tls/index.js';
+import { envNote, flag, load, median, ROOT, timed, workDir } from './nbd-support.js';
+
+const runs = flag('runs', 3);
+const FILES = flag('files', 3000);
+const MIB = flag('mib', 300);
+const SIGS = flag('sigs', 100_000);
+const GRANULE = 64 * 1024;
+const MiB = 2 ** 20;
+const SCANNER = join(ROOT, 'dist', 'src', 'scan', 'scanner', 'main.js');
+const THREADS = 4;
+/** EICAR's middle, assembled so this file is not itself "infected". */
+const MARK = ['EICAR-STANDARD', '-ANTIVIRUS-TEST-FILE'].join('');
+
+const dir = workDir('scan');
+const pids: number[] = [];
+
+/** File sizes: mostly small, some large, summing to about MIB MiB (a deterministic spread). */
+function sizes(): number[] {
+  const w = Array.from({ length: FILES }, (_, i) => (i % 50 === 0 ? 40 : 1 + (i * 7919) % 5));
+  const sum = w.reduce((a, b) => a + b, 0);
+  return w.map((x) => Math.max(1, Math.round((x / sum) * MIB * MiB)));
+}
+
+/** The 64 KiB granules in which two images differ, merged. */
+function diffExtents(a: string, b: string): ExtentPair[] {
+  const fa = openSync(a, 'r');
+  const fb = openSync(b, 'r');
+  const ba = Buffer.alloc(GRANULE);
+  const bb = Buffer.alloc(GRANULE);
+  const out: ExtentPair[] = [];
+  try {
+    for (let at = 0; at < statSync(a).size; at += GRANULE) {
+      readSync(fa, ba, 0, GRANULE, at);
+      readSync(fb, bb, 0, GRANULE, at);
+      if (ba.equals(bb)) continue;
+      const last = out.at(-1);
+      if (last && last[0] + last[1] === at) last[1] += GRANULE;
+      else out.push([at, GRANULE]);
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+  return out;
+}
+
+/** Polls `f` until it returns a value (or throws), for at most `ms`. */
+async function until<T>(f: () => Promise<T | undefined> | T | undefined, what: string, ms: number): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function clamdCommand(socket: string, cmd: string): Promise<string> {
+  return new Promise((resolve) => {
+    import('node:net').then(({ connect }) => {
+      const s = connect(socket);
+      let out = '';
+      s.on('data', (c) => { out += c.toString(); });
+      s.on('end', () => resolve(out.replace(/\0/g, '').trim()));
+      s.on('error', () => resolve(''));
+      s.on('connect', () => s.end(`z${cmd}\0`));
+    });
+  });
+}
+
+/** POSTs a job with the hypervisor's client certificate; resolves with the verdict and the wall time. */
+function post(url: string, job: ScanJob, certDir: string): Promise<{ result: ScanResult; wallS: number }> {
+  const t0 = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    const req = request(new URL('/v1/scans', url), {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      ca: readFileSync(join(certDir, 'ca-cert.pem')), cert: readFileSync(join(certDir, 'client-cert.pem')), key: readFileSync(join(certDir, 'client-key.pem')),
+    }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (c: string) => { body += c; });
+      res.on('end', () => {
+        const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
+        const result = body.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { type: string }).find((e) => e.type === 'result') as ScanResult | undefined;
+        if (!result) reject(new Error(`no verdict (HTTP ${res.statusCode}): ${body.slice(0, 2000)}`));
+        else resolve({ result, wallS });
+      });
+    });
+    req.on('error', reject);
+    req.end(JSON.stringify(job));
+  });
+}
+
+function cpuTree(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const x = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(x[11]) + Number(x[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+try {
+  const t = dir.path;
+  // The file set.
+  const tree = join(t, 'tree');
+  const sz = sizes();
+  const block = Buffer.alloc(8 * MiB);
+  randomFillSync(block);
+  for (let i = 0; i < FILES; i++) {
+    const sub = join(tree, `d${String(i % 40).padStart(2, '0')}`);
+    mkdirSync(sub, { recursive: true });
+    // Random bytes varied per file (a random offset into one random block, and the file's number).
+    const n = sz[i]!;
+    const b = Buffer.alloc(n);
+    for (let at = 0; at < n; at += block.length) block.copy(b, at, (i * 4099) % (block.length / 2), Math.min(block.length, (i * 4099) % (block.length / 2) + n - at));
+    b.writeUInt32LE(i, 0);
+    writeFileSync(join(sub, `f${String(i).padStart(5, '0')}.bin`), b);
+  }
+  writeFileSync(join(tree, 'd00', 'dropped.txt'), `payload X5O!P%@AP[4\\PZX54(P^)7CC)7}$${MARK}!$H+H*\n`);
+  const fileBytes = sz.reduce((a, b) => a + b, 0);
+  const imgBytes = Math.ceil((fileBytes * 1.25 + 64 * MiB) / MiB) * MiB;
+  const before = join(t, 'before.img');
+  await execa('truncate', ['-s', String(imgBytes), before]);
+  await execa('mkfs.ext4', ['-q', '-F', '-d', tree, before]);
+
+  // Signatures: SIGS random 16-byte body patterns and one on the EICAR-like string.
+  mkdirSync(join(t, 'clamd', 'db'), { recursive: true });
+  const ndb: string[] = [];
+  for (let i = 0; i < SIGS; i++) ndb.push(`Bench.Random.${i}:0:*:${randomBytes(16).toString('hex')}`);
+  ndb.push(`Bench.EICAR:0:*:${Buffer.from(MARK).toString('hex')}`);
+  const db = join(t, 'clamd', 'db', 'bench.ndb');
+  writeFileSync(db, ndb.join('\n') + '\n');
+
+  // clamd on a private socket.
+  const socket = join(t, 'clamd', 'clamd.sock');
+  const conf = join(t, 'clamd', 'clamd.conf');
+  writeFileSync(conf, [`LocalSocket ${socket}`, `DatabaseDirectory ${join(t, 'clamd', 'db')}`, 'Foreground yes', `LogFile ${join(t, 'clamd', 'clamd.log')}`,
+    `MaxThreads ${THREADS}`, `StreamMaxLength ${128 * MiB}`, `MaxScanSize ${1024 * MiB}`, `MaxFileSize ${128 * MiB}`, `TemporaryDirectory ${t}`, 'SelfCheck 0'].join('\n') + '\n');
+  const clamd = spawn('clamd', ['-c', conf], { stdio: 'ignore' });
+  pids.push(clamd.pid!);
+  await until(async () => (clamd.exitCode !== null ? Promise.reject(new Error('clamd exited')) : existsSync(socket) && (await clamdCommand(socket, 'PING')) === 'PONG' ? true : undefined), 'clamd', 180_000);
+
+  // Credentials: one CA; export server, scanner's NBD client (CN=scanner), scanner's HTTPS server, hypervisor client (CN=hv1).
+  const ca = await createCa(join(t, 'ca'), { cn: 'bench CA', days: 1 });
+  const exportServer = await issueServerCredentials(ca, join(t, 'export-server'), { cn: 'localhost', ipAddresses: ['127.0.0.1'], days: 1 });
+  const scannerNbd = await issueClientCredentials(ca, join(t, 'scanner-nbd'), { cn: 'scanner', days: 1 });
+  const scannerTls = await issueServerCredentials(ca, join(t, 'scanner-tls'), { cn: 'localhost', ipAddresses: ['127.0.0.1'], days: 1 });
+  const hv = await issueClientCredentials(ca, join(t, 'hv1'), { cn: 'hv1', days: 1 });
+
+  // The scanner.
+  const cfg = join(t, 'scanner.json');
+  writeFileSync(cfg, JSON.stringify({
+    listen: { host: '127.0.0.1', port: 0 }, tlsDir: scannerTls, allowedClients: ['CN=hv1'], nbdTlsDir: scannerNbd,
+    clamd: { socket, timeoutSeconds: 120 },
+    limits: { maxFileBytes: 128 * MiB, maxFiles: 1_000_000, maxSeconds: 3600, streamMaxLength: 128 * MiB, concurrency: THREADS },
+    maxJobs: 2, log: { level: 'info' },
+  }));
+  const scanner = spawn(process.execPath, [SCANNER, '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined } });
+  pids.push(scanner.pid!);
+  let slog = '';
+  scanner.stderr!.on('data', (c: Buffer) => { slog += c.toString(); });
+  const port = await until(() => {
+    if (scanner.exitCode !== null) throw new Error(`virtcbt-scanner exited: ${slog}`);
+    return /info: listening host=\S+ port=(\d+)/.exec(slog)?.[1];
+  }, 'virtcbt-scanner', 30_000);
+  const url = `https://127.0.0.1:${port}`;
+
+  /** Serves an image: a read-only qemu-storage-daemon unix export, and the TLS front end for CN=scanner. */
+  async function serve(image: string, name: string) {
+    const sock = join(t, `${name}.sock`);
+    const pidFile = join(t, `${name}.pid`);
+    await execa('qemu-storage-daemon', [
+      '--blockdev', JSON.stringify({ driver: 'file', 'node-name': 'file0', filename: image, 'read-only': true }),
+      '--blockdev', JSON.stringify({ driver: 'raw', 'node-name': 'disk0', file: 'file0', 'read-only': true }),
+      '--nbd-server', JSON.stringify({ addr: { type: 'unix', path: sock } }),
+      '--export', JSON.stringify({ type: 'nbd', id: 'e0', 'node-name': 'disk0', name: 'disk', writable: false }),
+      '--daemonize', '--pidfile', pidFile,
+    ]);
+    pids.push(Number(readFileSync(pidFile, 'utf8').trim()));
+    const runDir = join(t, `${name}-run`);
+    mkdirSync(runDir);
+    return startRemoteExport({ source: { socket: sock, exportName: 'disk' }, tlsDir: exportServer, identities: ['CN=scanner'], bind: { host: '127.0.0.1' }, runDir, domain: 'bench', disk: 'vda' });
+  }
+
+  // 1% of the files rewritten in place of themselves (new content, new blocks), by debugfs.
+  const after = join(t, 'after.img');
+  copyFileSync(before, after);
+  const changedFiles: { path: string; size: number }[] = [];
+  const cmds: string[] = [];
+  const src = join(t, 'new');
+  mkdirSync(src);
+  const step = Math.round(100);
+  for (let i = 7; i < FILES; i += step) {
+    const sub = `d${String(i % 40).padStart(2, '0')}`;
+    const name = `f${String(i).padStart(5, '0')}.bin`;
+    const b = randomBytes(sz[i]!);
+    writeFileSync(join(src, name), b);
+    cmds.push(`cd /${sub}`, `rm ${name}`, `write ${join(src, name)} ${name}`);
+    changedFiles.push({ path: `/${sub}/${name}`, size: b.length });
+  }
+  writeFileSync(join(t, 'debugfs.cmd'), cmds.join('\n') + '\n');
+  await execa('debugfs', ['-w', '-f', join(t, 'debugfs.cmd'), after]);
+  const extents = diffExtents(before, after);
+  const changedExtentBytes = extents.reduce((n, e) => n + e[1], 0);
+  const changedFileBytes = changedFiles.reduce((n, f) => n + f.size, 0);
+  await execa('sync');
+
+  const expBefore = await serve(before, 'before');
+  const expAfter = await serve(after, 'after');
+  pids.push(expBefore.pid, expAfter.pid);
+  const disk = (uri: string, image: string, ex?: ExtentPair[]): ScanJob => ({ id: `j${Math.random().toString(16).slice(2)}`, domain: 'bench', disks: [{ target: 'vda', uri, size: statSync(image).size, ...(ex ? { extents: ex } : {}) }] });
+  const clamdCpu = () => cpuTree(clamd.pid!);
+  const scannerCpu = () => cpuTree(scanner.pid!) + cpuTree(expBefore.pid) + cpuTree(expAfter.pid);
+
+  // Warm-up: page cache for the image and the tree, clamd's engine.
+  await post(url, disk(expBefore.uri, before), hv);
+  const wrap = (cmd: string) => ['-c', `${cmd}; r=$?; [ $r -le 1 ]`];
+  const clamdscan = `clamdscan --config-file=${conf} --multiscan --fdpass --no-summary --infected ${tree} >/dev/null`;
+  const clamscan = `clamscan -r --no-summary --infected -d ${db} ${tree} >/dev/null`;
+  // clamdscan (Debian's clamdscan package) may not be installed: then the same request it sends for
+  // --multiscan, MULTISCAN DIR on clamd's socket (clamd opens the files itself instead of getting
+  // them passed with --fdpass; it runs as the same user here). The row's name says which ran.
+  const haveClamdscan = (await execa('sh', ['-c', 'command -v clamdscan'], { reject: false })).exitCode === 0;
+  const multiscan = async (): Promise<{ wallS: number; cpuS: number }> => {
+    if (haveClamdscan) return timed('sh', wrap(clamdscan), t);
+    const t0 = process.hrtime.bigint();
+    const out = await clamdCommand(socket, `MULTISCAN ${tree}`);
+    if (!/FOUND/.test(out)) throw new Error(`clamd MULTISCAN found nothing: ${out.slice(0, 500)}`);
+    return { wallS: Number(process.hrtime.bigint() - t0) / 1e9, cpuS: 0 };
+  };
+  await multiscan();
+
+  interface Row { name: string; walls: number[]; cpu: number[]; clamdCpu: number[]; bytes: number; nbd?: number; files?: number; found?: string }
+  const rows: Row[] = [
+    { name: 'virtcbt-scanner full scan, NBD+TLS', walls: [], cpu: [], clamdCpu: [], bytes: fileBytes },
+    { name: haveClamdscan ? 'clamdscan --multiscan --fdpass, local files' : 'clamd MULTISCAN (clamdscan --multiscan\'s request, no fdpass), local files', walls: [], cpu: [], clamdCpu: [], bytes: fileBytes },
+    { name: 'clamscan -r, local files', walls: [], cpu: [], clamdCpu: [], bytes: fileBytes },
+    { name: 'virtcbt-scanner incremental (1% of files changed; MiB/s of the changed files), NBD+TLS', walls: [], cpu: [], clamdCpu: [], bytes: changedFileBytes },
+  ];
+  const loadBefore = load();
+  for (let i = 0; i < runs; i++) {
+    for (let k = 0; k < rows.length; k++) {
+      const j = (i + k) % rows.length;
+      const r = rows[j]!;
+      const c0 = clamdCpu();
+      if (j === 0 || j === 3) {
+        const s0 = scannerCpu();
+        const { result, wallS } = j === 0 ? await post(url, disk(expBefore.uri, before), hv) : await post(url, disk(expAfter.uri, after, extents), hv);
+        r.walls.push(wallS);
+        r.cpu.push(scannerCpu() - s0);
+        r.nbd = result.scanned.nbdBytesRead;
+        r.files = result.scanned.filesOpened;
+        r.found = result.infected.map((f) => `${f.path} ${f.signature}`).join(', ') || 'none';
+        if (!result.complete) throw new Error(`scan not complete: ${JSON.stringify(result).slice(0, 2000)}`);
+      } else {
+        const s = j === 1 ? await multiscan() : await timed('sh', wrap(clamscan), t);
+        r.walls.push(s.wallS);
+        r.cpu.push(s.cpuS);
+      }
+      r.clamdCpu.push(clamdCpu() - c0);
+    }
+  }
+  const fmt = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' ');
+  console.log(`Scan: ${FILES + 1} files, ${(fileBytes / MiB).toFixed(0)} MiB of file data (random bytes, one EICAR-like file), ext4 image of ${(imgBytes / MiB).toFixed(0)} MiB; ` +
+    `${SIGS} random 16-byte .ndb body signatures + 1; clamd MaxThreads ${THREADS}, scanner concurrency ${THREADS}; ${runs} runs, order rotated; ` +
+    `load average before ${loadBefore}, after ${load()}; ${envNote()}`);
+  console.log('CPU: scanner rows: virtcbt-scanner + the TLS front ends (/proc/PID/stat); clamdscan/clamscan rows: the command\'s own; clamd CPU separately');
+  console.log('');
+  console.log('| what | wall (median) | MiB/s of file data | CPU (median) | clamd CPU (median) | files opened | NBD bytes read | all walls (s) |');
+  console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
+  const w = rows.map((r) => median(r.walls));
+  rows.forEach((r, j) => {
+    console.log(`| ${r.name} | ${w[j]!.toFixed(2)} s | ${(r.bytes / MiB / w[j]!).toFixed(1)} | ${median(r.cpu).toFixed(2)} s | ${median(r.clamdCpu).toFixed(2)} s | ` +
+      `${r.files ?? '-'} | ${r.nbd === undefined ? '-' : `${(r.nbd / MiB).toFixed(1)} MiB`} | ${fmt(r.walls)} |`);
+  });
+  console.log('');
+  console.log(`found: full ${rows[0]!.found}; incremental ${rows[3]!.found}`);
+  console.log(`full scan / clamdscan --multiscan throughput: ${(w[1]! / w[0]!).toFixed(2)}x (target >= 0.8x); full scan / clamscan -r: ${(w[2]! / w[0]!).toFixed(2)}x`);
+  console.log(`incremental speed-up vs full: ${(w[0]! / w[3]!).toFixed(1)}x (target >= 20x)`);
+  console.log(`incremental: ${changedFiles.length} files rewritten, ${(changedFileBytes / MiB).toFixed(2)} MiB; changed extents ${extents.length}, ${(changedExtentBytes / MiB).toFixed(2)} MiB (64 KiB granules where the images differ); ` +
+    `NBD bytes read ${(rows[3]!.nbd! / MiB).toFixed(2)} MiB = ${(rows[3]!.nbd! / changedFileBytes).toFixed(2)}x the changed files' size (target <= 3x + metadata); files opened ${rows[3]!.files}`);
+  await expBefore.close();
+  await expAfter.close();
+} finally {
+  for (const pid of pids.reverse()) {
+    try { process.kill(pid, 'SIGTERM'); } catch { /* gone */ }
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  dir.remove();
+}
