@@ -18,8 +18,8 @@ fi
 PACKAGES=(
   qemu-system-x86 qemu-utils qemu-guest-agent qemu-block-extra
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
-  libnbd-bin nbdkit
-  clamav clamav-daemon
+  libnbd-bin nbdkit rsync
+  clamav clamav-daemon clamdscan
   e2fsprogs xfsprogs dosfstools fdisk util-linux
   busybox-static cpio kmod iproute2 gnutls-bin
   sqlite3 virtnbdbackup
