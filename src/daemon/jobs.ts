@@ -221,15 +221,7 @@ export class JobRunner {
     o: { signal?: AbortSignal; job?: string; requestedAt: number; snapshotTaken: () => void },
   ): Promise<{ r: BackupResult; finish?: () => Promise<void> }> {
     const { domain } = ctx;
-    // Back in the domain's queue for QEMU work after the copy (the session stays, the context is this one);
-    // QEMU's NBD server goes back once the last export is gone, as after any job.
-    const inQueue = <T>(fn: () => Promise<T>) => this.tracker.queues.run(domain, async () => {
-      try {
-        return await fn();
-      } finally {
-        await releaseNbdServer(ctx.qmp).catch(() => undefined);
-      }
-    });
+    const inQueue = this.queueAgain(domain, ctx.qmp);
     const t0 = Date.now();
     this.logger.info('backup started', { domain, consumer: req.consumer, repo: req.repo, full: req.full });
     let release: (() => Promise<void>) | undefined;
@@ -276,6 +268,21 @@ export class JobRunner {
     if (!left) return { r, finish: () => finish((fn) => fn()) };
     await finish(inQueue);
     return { r };
+  }
+
+  /**
+   * Runs work in the domain's queue again once a job has let go of it (releasing its snapshot after
+   * the copy): the session stays, and QEMU's NBD server goes back once the last export is gone, as
+   * after any job.
+   */
+  private queueAgain(domain: string, qmp: QmpExecutor): <T>(fn: () => Promise<T>) => Promise<T> {
+    return (fn) => this.tracker.queues.run(domain, async () => {
+      try {
+        return await fn();
+      } finally {
+        await releaseNbdServer(qmp).catch(() => undefined);
+      }
+    });
   }
 
   /**
@@ -331,13 +338,7 @@ export class JobRunner {
         job.progress({ step: 'snapshot' });
         let letGo!: () => void;
         const taken = new Promise<void>((r) => { letGo = r; });
-        const inQueue = <T>(fn: () => Promise<T>) => this.tracker.queues.run(domain, async () => {
-          try {
-            return await fn();
-          } finally {
-            await releaseNbdServer(ctx.qmp).catch(() => undefined);
-          }
-        });
+        const inQueue = this.queueAgain(domain, ctx.qmp);
         run = (async () => runSync(ctx, req, {
           snapshots: await this.snapshotHost(ctx.running), job: job.id, snapshotTaken: letGo, inQueue, signal,
           runDir: this.cfg.runDir, records: new SyncRecords(join(this.cfg.stateDir, 'sync')),
@@ -443,13 +444,7 @@ export class JobRunner {
         job.progress({ step: 'snapshot' });
         let letGo!: () => void;
         const taken = new Promise<void>((r) => { letGo = r; });
-        const inQueue = <T>(fn: () => Promise<T>) => this.tracker.queues.run(domain, async () => {
-          try {
-            return await fn();
-          } finally {
-            await releaseNbdServer(ctx.qmp).catch(() => undefined);
-          }
-        });
+        const inQueue = this.queueAgain(domain, ctx.qmp);
         run = (async () => runScan(ctx, req, {
           snapshots: await this.snapshotHost(ctx.running), job: job.id, snapshotTaken: () => { job.progress({ step: 'scanning' }); letGo(); }, inQueue, signal: job.signal,
           runDir: this.cfg.runDir, stateDir: this.cfg.stateDir, agent: this.agentFor(ctx) ?? null,
