@@ -3,14 +3,13 @@
 // checked with e2fsck -fn and every file in it equals the guest's (debugfs rdump); bytes copied
 // stay far below bytes modified when much was deleted. The agent's and the image's used maps of one
 // frozen instant agree on ext4. A target that is not the copy virtcbt left is seeded again.
-import { execa } from 'execa';
-import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, statSync, utimesSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { statSync, utimesSync } from 'node:fs';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
 import { pollUntil } from '../src/util/abort.js';
 import { MiB, guestFile, tempDir } from './support/backup.js';
+import { guestHashes as guestHashesOf, targetHashes as targetHashesOf } from './support/sync.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -42,40 +41,9 @@ async function sync(extra: string[] = []): Promise<any> {
   return last;
 }
 
-/** sha256 of every regular file under /mnt/data in the guest, by path relative to it. */
-async function guestHashes(): Promise<Record<string, string>> {
-  const r = await agent.exec('/bin/sh', ['-c', 'cd /mnt/data && find . -type f | while read f; do sha256sum "$f"; done'], { timeoutMs: 60_000 });
-  expect(r.exitCode, r.stderr).toBe(0);
-  const out: Record<string, string> = {};
-  for (const l of r.stdout.trim().split('\n').filter(Boolean)) {
-    const [h, ...p] = l.split(/\s+/);
-    out[p.join(' ').replace(/^\.\//, '')] = h!;
-  }
-  return out;
-}
+const guestHashes = () => guestHashesOf(agent);
 
-/** The target image checked by e2fsprogs alone: e2fsck -fn clean, and the hashes of its files (debugfs rdump). */
-async function targetHashes(round: string): Promise<Record<string, string>> {
-  const raw = join(dir, `check-${round}.raw`);
-  await execa('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', target, raw]);
-  const fsck = await execa('e2fsck', ['-fn', raw], { reject: false });
-  expect(fsck.exitCode, `e2fsck of the target after ${round}:\n${fsck.stdout}${fsck.stderr}`).toBe(0);
-  const out = join(dir, `rdump-${round}`);
-  await execa('mkdir', ['-p', out]);
-  await execa('debugfs', ['-R', `rdump / ${out}`, raw]);
-  const hashes: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) hashes[relative(out, p)] = createHash('sha256').update(readFileSync(p)).digest('hex');
-    }
-  };
-  walk(out);
-  delete hashes['lost+found'];
-  await execa('rm', ['-rf', out, raw]);
-  return hashes;
-}
+const targetHashes = (_label: string) => targetHashesOf(target, dir);
 
 describe('virtcbt sync of a running domain\'s ext4 disk', () => {
   it('seeds a new target with the used blocks only; the target is a clean copy', async () => {

@@ -2,14 +2,13 @@
 // images and the target is a clean copy of what the guest had; a `virsh start` during that sync
 // succeeds at once (the hook ends the sync's storage daemon), the sync yields without moving its
 // consumer, and the next on-stop sync brings the target fully up to date.
-import { execa } from 'execa';
-import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
 import { pollUntil } from '../src/util/abort.js';
 import { MiB, guestFile, tempDir } from './support/backup.js';
+import { guestHashes as guestHashesOf, targetHashes as targetHashesOf } from './support/sync.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';
@@ -39,35 +38,9 @@ beforeAll(async () => {
   await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
 });
 
-async function guestHashes(): Promise<Record<string, string>> {
-  const r = await agent.exec('/bin/sh', ['-c', 'cd /mnt/data && find . -type f | while read f; do sha256sum "$f"; done'], { timeoutMs: 60_000 });
-  expect(r.exitCode, r.stderr).toBe(0);
-  return Object.fromEntries(r.stdout.trim().split('\n').filter(Boolean).map((l) => {
-    const [h, ...p] = l.split(/\s+/);
-    return [p.join(' ').replace(/^\.\//, ''), h!];
-  }));
-}
+const guestHashes = () => guestHashesOf(agent);
 
-async function targetHashes(label: string): Promise<Record<string, string>> {
-  const raw = join(dir, `${label}.raw`);
-  await execa('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', target, raw]);
-  const fsck = await execa('e2fsck', ['-fn', raw], { reject: false });
-  expect(fsck.exitCode, `e2fsck of the target (${label}):\n${fsck.stdout}${fsck.stderr}`).toBe(0);
-  const out = join(dir, `rdump-${label}`);
-  await execa('mkdir', ['-p', out]);
-  await execa('debugfs', ['-R', `rdump / ${out}`, raw]);
-  const hashes: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) hashes[relative(out, p)] = createHash('sha256').update(readFileSync(p)).digest('hex');
-    }
-  };
-  walk(out);
-  await execa('rm', ['-rf', out, raw]);
-  return hashes;
-}
+const targetHashes = (_label: string) => targetHashesOf(target, dir);
 
 const syncJobs = async (): Promise<any[]> => (await daemon.cliJson(['jobs'])).jobs.filter((j: { kind: string }) => j.kind === 'sync');
 /** The newest sync job once it has ended, when there are more than `count` sync jobs. */

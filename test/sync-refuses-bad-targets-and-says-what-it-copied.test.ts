@@ -6,9 +6,9 @@
 // image is checked by e2fsprogs, not by virtcbt's numbers.
 import { execa } from 'execa';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, linkSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { chown, rm, symlink, truncate, writeFile } from 'node:fs/promises';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
 import { guestDomainXml } from '../src/guestimage/domain.js';
@@ -19,6 +19,7 @@ import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';
 import { startStorageDaemon } from './support/storage-daemon.js';
+import { fsHashes as fsHashesIn, guestHashes as guestHashesOf } from './support/sync.js';
 
 useCleanup();
 
@@ -135,30 +136,7 @@ function fileState(path: string): { sha: string; mtimeMs: number; size: number }
   return { sha: createHash('sha256').update(readFileSync(path)).digest('hex'), mtimeMs: st.mtimeMs, size: st.size };
 }
 
-function hashTree(root: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) out[relative(root, p)] = createHash('sha256').update(readFileSync(p)).digest('hex');
-    }
-  };
-  walk(root);
-  return out;
-}
-
-/** A raw filesystem image checked by e2fsprogs alone: e2fsck -fn clean, and its files' hashes (debugfs rdump). */
-async function fsHashes(raw: string, what: string): Promise<Record<string, string>> {
-  const fsck = await execa('e2fsck', ['-fn', raw], { reject: false });
-  expect(fsck.exitCode, `e2fsck of ${what}:\n${fsck.stdout}${fsck.stderr}`).toBe(0);
-  const out = join(dir, `rdump-${randomBytes(3).toString('hex')}`);
-  mkdirSync(out);
-  await execa('debugfs', ['-R', `rdump / ${out}`, raw]);
-  const h = hashTree(out);
-  await rm(out, { recursive: true, force: true });
-  return h;
-}
+const fsHashes = (raw: string, what: string) => fsHashesIn(raw, what, dir);
 
 async function toRaw(image: string, format: 'qcow2' | 'raw'): Promise<string> {
   const raw = join(dir, `check-${randomBytes(3).toString('hex')}.raw`);
@@ -171,17 +149,7 @@ async function targetHashes(target: string): Promise<Record<string, string>> {
   return fsHashes(await toRaw(target, 'qcow2'), `the target ${target}`);
 }
 
-/** sha256 of every regular file under /mnt/data in the guest. */
-async function guestHashes(): Promise<Record<string, string>> {
-  const r = await agent.exec('/bin/sh', ['-c', 'cd /mnt/data && find . -type f | while read f; do sha256sum "$f"; done'], { timeoutMs: 60_000 });
-  expect(r.exitCode, r.stderr).toBe(0);
-  const out: Record<string, string> = {};
-  for (const l of r.stdout.trim().split('\n').filter(Boolean)) {
-    const [h, ...p] = l.split(/\s+/);
-    out[p.join(' ').replace(/^\.\//, '')] = h!;
-  }
-  return out;
-}
+const guestHashes = () => guestHashesOf(agent);
 
 function withoutLostFound(h: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(h).filter(([k]) => !k.startsWith('lost+found')));

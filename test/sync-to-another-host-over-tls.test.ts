@@ -4,13 +4,12 @@
 // image it is a clean copy of the guest's filesystem. A client without the right certificate is
 // refused by the target.
 import { execa, type ResultPromise } from 'execa';
-import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
 import { pollUntil } from '../src/util/abort.js';
 import { MiB, guestFile, tempDir } from './support/backup.js';
+import { fsHashes, guestHashes as guestHashesOf } from './support/sync.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
@@ -67,14 +66,7 @@ afterAll(async () => {
   await server;
 });
 
-async function guestHashes(): Promise<Record<string, string>> {
-  const r = await agent.exec('/bin/sh', ['-c', 'cd /mnt/data && find . -type f | while read f; do sha256sum "$f"; done'], { timeoutMs: 60_000 });
-  expect(r.exitCode, r.stderr).toBe(0);
-  return Object.fromEntries(r.stdout.trim().split('\n').filter(Boolean).map((l) => {
-    const [h, ...p] = l.split(/\s+/);
-    return [p.join(' ').replace(/^\.\//, ''), h!];
-  }));
-}
+const guestHashes = () => guestHashesOf(agent);
 
 async function sync(): Promise<any> {
   const r = await daemon.cli(['sync', guest.name, '--disk', 'vda', '--to', uri, '--json']);
@@ -105,19 +97,6 @@ it('seeds and then updates a copy on another host over NBD with TLS; others are 
   server = undefined;
   const raw = join(dir, 'check.raw');
   await execa('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, raw]);
-  const fsck = await execa('e2fsck', ['-fn', raw], { reject: false });
-  expect(fsck.exitCode, fsck.stdout + fsck.stderr).toBe(0);
-  const out = join(dir, 'rdump');
-  await execa('mkdir', ['-p', out]);
-  await execa('debugfs', ['-R', `rdump / ${out}`, raw]);
-  const got: Record<string, string> = {};
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) got[relative(out, p)] = createHash('sha256').update(readFileSync(p)).digest('hex');
-    }
-  };
-  walk(out);
+  const got = await fsHashes(raw, 'the copy on the other host', dir);
   expect(got).toEqual(hashes);
 });
