@@ -133,10 +133,13 @@ export class NbdConnection implements ReplySink {
     // Plain connections read through `onread`: one reused scratch buffer, or the READ
     // destination itself, so payload bytes are copied at most once and never concatenated.
     // A connection that will start TLS reads with 'data' events, which the TLS layer takes over.
+    // No Nagle: a request is one small write awaited by its reply; delayed, every metadata read of
+    // a filesystem walk over TCP waited for the peer's delayed ACK (~40 ms each).
     this.raw = target.tls
-      ? net.connect(where)
+      ? net.connect({ ...where, noDelay: true })
       : net.connect({
           ...where,
+          noDelay: true,
           onread: {
             buffer: () => this.nextBuffer(),
             callback: (n: number, buf: Uint8Array) => { this.onRead(n, buf); return true; },

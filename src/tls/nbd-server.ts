@@ -193,6 +193,8 @@ export async function startTlsNbdServer(o: TlsNbdServerOptions): Promise<TlsNbdS
   // libuv keeps the listening socket's descriptor here; Node offers no public way to hand a bound
   // socket to a child, and stdio slots take descriptors.
   const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  // TCP_NODELAY on the listening socket: Linux copies it to every connection accepted from it.
+  (server as unknown as { _handle?: { setNoDelay?: (on: boolean) => void } })._handle?.setNoDelay?.(true);
   if (typeof fd !== 'number' || fd < 0) {
     server.close();
     throw new VirtcbtError('cannot hand the listening socket to qemu-storage-daemon (no descriptor)', { ...where(o), hint: 'Report this: it needs Node on Linux' });
