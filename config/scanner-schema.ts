@@ -20,6 +20,10 @@ const positive = (name: string) => (v: unknown) => {
   if (!Number.isSafeInteger(v) || (v as number) <= 0) throw new Error(`${name} must be a positive whole number`);
 };
 
+const positiveNumber = (name: string) => (v: unknown) => {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new Error(`${name} must be a positive number`);
+};
+
 const absolute = (name: string) => (v: unknown) => {
   if (typeof v !== 'string' || !v.startsWith('/')) throw new Error(`${name} must be an absolute path`);
 };
@@ -50,7 +54,7 @@ export const scannerSchema: Schema<ScannerConfig> = {
   limits: {
     maxFileBytes: { doc: 'Files larger than this are skipped and reported.', format: positive('limits.maxFileBytes'), default: 100 * MiB },
     maxFiles: { doc: 'At most this many files are scanned per job; the rest are reported as skipped.', format: positive('limits.maxFiles'), default: 1_000_000 },
-    maxSeconds: { doc: 'A job stops starting files after this many seconds; what is left is reported as skipped.', format: positive('limits.maxSeconds'), default: 3600 },
+    maxSeconds: { doc: 'A job stops starting files after this many seconds (fractions allowed); what is left is reported as skipped.', format: positiveNumber('limits.maxSeconds'), default: 3600 },
     streamMaxLength: { doc: 'clamd\'s StreamMaxLength (keep equal): larger files are skipped and reported rather than cut off by clamd.', format: positive('limits.streamMaxLength'), default: 100 * MiB },
     concurrency: { doc: 'Files streamed to clamd at once (set to clamd\'s MaxThreads).', format: positive('limits.concurrency'), default: 4 },
   },

@@ -48,8 +48,15 @@ export class DiskReader {
 
   /** Reads exactly [offset, offset+length) uncached (file data, bitmaps: read once). */
   async read(offset: number, length: number, what = 'data'): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    await this.readInto(buf, offset, what);
+    return buf;
+  }
+
+  /** Fills `buf` from [offset, offset+buf.length) uncached (file data straight into the caller's buffer). */
+  async readInto(buf: Uint8Array, offset: number, what = 'data'): Promise<void> {
+    const length = buf.length;
     this.check(offset, length, what);
-    const buf = Buffer.alloc(length);
     const step = Math.min(MAX_REQUEST, this.endpoint.maxRequest);
     for (let at = 0; at < length; at += step) {
       const n = Math.min(step, length - at);
@@ -57,7 +64,6 @@ export class DiskReader {
       this.stats.bytesRead += n;
       this.stats.requests++;
     }
-    return buf;
   }
 
   /** Reads a small metadata range through the cache; the result may be shared: do not modify it. */

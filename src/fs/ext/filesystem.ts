@@ -201,18 +201,21 @@ export class ExtFilesystem {
     let run = 0;
     while (pos < size) {
       const n = Math.min(DATA_CHUNK, size - pos);
-      const out = Buffer.alloc(n);
-      // Fill [pos, pos+n) from the runs that overlap it; the rest stays zero (holes).
+      // Fill [pos, pos+n) from the runs that overlap it, read straight into place; the rest is zero
+      // (holes, uninitialised extents): zero-filled only when there is such a rest.
       while (run < data.length && (data[run].logical + data[run].count) * bs <= pos) run++;
+      const pieces: { at: number; phys: number; length: number }[] = [];
+      let covered = 0;
       for (let r = run; r < data.length && data[r].logical * bs < pos + n; r++) {
         const m: MappedRun = data[r];
         if (m.uninit) continue;
         const from = Math.max(pos, m.logical * bs);
         const to = Math.min(pos + n, (m.logical + m.count) * bs);
-        const phys = m.physical * bs + (from - m.logical * bs);
-        const buf = await this.disk.read(phys, to - from, `data of inode ${inode.ino}`);
-        buf.copy(out, from - pos);
+        pieces.push({ at: from - pos, phys: m.physical * bs + (from - m.logical * bs), length: to - from });
+        covered += to - from;
       }
+      const out = covered === n ? Buffer.allocUnsafe(n) : Buffer.alloc(n);
+      for (const p of pieces) await this.disk.readInto(out.subarray(p.at, p.at + p.length), p.phys, `data of inode ${inode.ino}`);
       yield out;
       pos += n;
     }
