@@ -20,6 +20,8 @@ const DATA_CHUNK = 1024 * 1024;
 /** Inode tables are read for block-owner walks in batches of this size. */
 const ITABLE_BATCH = 4 * 1024 * 1024;
 const XATTR_INDEX_SYSTEM = 7;
+/** A directory entry's file type (filetype feature) by its code; 0 and unknown codes: read the inode. */
+const ENTRY_TYPES: Record<number, WalkEntry['type'] | undefined> = { 1: 'file', 2: 'dir', 3: 'chardev', 4: 'blockdev', 5: 'fifo', 6: 'socket', 7: 'symlink' };
 
 export interface ExtOpenOptions {
   /** Byte offset of the filesystem on the endpoint (a partition's start) and its length (to the end by default). */
@@ -230,24 +232,38 @@ export class ExtFilesystem {
     return Buffer.concat(parts);
   }
 
-  /** Every path below the root, directories before their contents; a directory seen twice (a loop) is an error. */
-  async *walk(): AsyncGenerator<WalkEntry> {
+  /**
+   * Every path below the root, directories before their contents; a directory seen twice (a loop)
+   * is an error. Directories are read `prefetch` at a time ahead of the one being listed (over a
+   * network each read is a round trip), and an entry's type comes from the entry itself where the
+   * filesystem stores it (filetype feature): only entries without one cost an inode read. An entry
+   * that says "directory" over an inode that is not one is damage, found when it is read.
+   */
+  async *walk(opts: { prefetch?: number } = {}): AsyncGenerator<WalkEntry> {
+    const ahead = Math.max(1, opts.prefetch ?? 16);
     const seen = new Set<number>([ROOT_INO]);
-    const stack: { path: string; ino: number; depth: number }[] = [{ path: '', ino: ROOT_INO, depth: 0 }];
-    while (stack.length) {
-      const dir = stack.pop()!;
-      const entries = await this.readdir(dir.ino);
+    interface Pending { path: string; ino: number; depth: number; entries?: Promise<DirEntry[]> }
+    const queue: Pending[] = [{ path: '', ino: ROOT_INO, depth: 0 }];
+    const start = (d: Pending) => {
+      if (d.entries) return;
+      d.entries = this.readdir(d.ino);
+      // Awaited in turn below; a walk abandoned early leaves no unhandled rejection behind.
+      d.entries.catch(() => undefined);
+    };
+    while (queue.length) {
+      for (let i = 0; i < Math.min(ahead, queue.length); i++) start(queue[i]);
+      const dir = queue.shift()!;
+      const entries = await dir.entries!;
       for (const e of entries) {
         if (e.name === '.' || e.name === '..') continue;
         const path = `${dir.path}/${e.name}`;
-        const inode = await this.inode(e.ino);
-        const type = fileType(inode.mode);
+        const type = ENTRY_TYPES[e.type] ?? fileType((await this.inode(e.ino)).mode);
         yield { path, ino: e.ino, type };
         if (type === 'dir') {
           if (seen.has(e.ino)) throw damaged(this.label, `directory ${path} (inode ${e.ino}) appears twice: directory loop`);
           if (dir.depth + 1 > MAX_DEPTH) throw damaged(this.label, `directories nested deeper than ${MAX_DEPTH}`);
           seen.add(e.ino);
-          stack.push({ path, ino: e.ino, depth: dir.depth + 1 });
+          queue.push({ path, ino: e.ino, depth: dir.depth + 1 });
         }
       }
     }

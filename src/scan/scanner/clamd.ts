@@ -102,6 +102,9 @@ export class ClamdClient {
   async scan(chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<ClamdVerdict> {
     const s = await this.open(signal);
     const reply = this.reply(s);
+    // An abort closes the socket while a chunk is still being read: the reply fails before it is
+    // awaited, which must not count as an unhandled rejection (it would end the process).
+    reply.catch(() => undefined);
     const send = (parts: Uint8Array[]) => new Promise<void>((resolve) => {
       if (s.destroyed || s.writableEnded) return resolve();
       s.cork();
