@@ -1,8 +1,9 @@
-// The scanner streams several files to clamd at once (one INSTREAM connection each, so every clamd
-// thread is busy) and frames them as clamd reads them: 4-byte big-endian chunk lengths of at most
-// 1 MiB and a zero-length end. A stand-in clamd on a unix socket (the real one shows neither its
-// concurrency nor the framing) holds every answer until `concurrency` streams are open at once:
-// a scanner that sent one file at a time would never get one.
+// The scanner streams several files to clamd at once (one IDSESSION connection per file in flight,
+// so every clamd thread is busy) and frames them as clamd reads them: INSTREAM after INSTREAM in a
+// session, 4-byte big-endian chunk lengths of at most 1 MiB and a zero-length end. A stand-in clamd
+// on a unix socket (the real one shows neither its concurrency nor the framing) holds every answer
+// until `concurrency` sessions are open at once: a scanner that sent one file at a time would never
+// get one.
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
@@ -40,40 +41,63 @@ beforeAll(async () => {
 interface Stand {
   socket: string;
   maxOpen: number;
+  /** Connections accepted in all. */
+  connections: number;
   streams: { sha256: string; chunks: number[] }[];
 }
 
-/** A clamd stand-in: parses zINSTREAM framing, answers "stream: OK" once `hold` streams have been open at the same time. */
+/**
+ * A clamd stand-in: parses IDSESSION and zINSTREAM framing as clamd does, answers "N: stream: OK"
+ * once `hold` sessions have been open at the same time, and ends a session on zEND.
+ */
 async function standIn(hold: number): Promise<Stand> {
-  const st: Stand = { socket: join(dir, `clamd-${Math.random().toString(16).slice(2)}.sock`), maxOpen: 0, streams: [] };
+  const st: Stand = { socket: join(dir, `clamd-${Math.random().toString(16).slice(2)}.sock`), maxOpen: 0, connections: 0, streams: [] };
   let open = 0;
   let released = false;
   const waiting: (() => void)[] = [];
   const server = createServer((s: Socket) => {
     open++;
+    st.connections++;
     st.maxOpen = Math.max(st.maxOpen, open);
     if (open >= hold && !released) { released = true; waiting.splice(0).forEach((f) => f()); }
     s.on('close', () => { open--; });
     let buf = Buffer.alloc(0);
-    let started = false;
-    const hash = createHash('sha256');
-    const chunks: number[] = [];
+    let session = false;
+    let inStream = false;
+    let requests = 0;
+    let hash = createHash('sha256');
+    let chunks: number[] = [];
+    const command = (name: string) => {
+      if (buf.length < name.length) return false;
+      expect(buf.subarray(0, name.length).toString('latin1')).toBe(name);
+      buf = buf.subarray(name.length);
+      return true;
+    };
     s.on('data', (c: Buffer) => {
       buf = Buffer.concat([buf, c]);
-      if (!started) {
-        if (buf.length < 10) return;
-        expect(buf.subarray(0, 10).toString('latin1')).toBe('zINSTREAM\0');
-        buf = buf.subarray(10);
-        started = true;
-      }
-      while (buf.length >= 4) {
+      for (;;) {
+        if (!session) {
+          if (!command('zIDSESSION\0')) return;
+          session = true;
+        }
+        if (!inStream) {
+          if (buf.length >= 5 && buf.subarray(0, 5).toString('latin1') === 'zEND\0') return void s.end();
+          if (!command('zINSTREAM\0')) return;
+          inStream = true;
+          requests++;
+          hash = createHash('sha256');
+          chunks = [];
+        }
+        if (buf.length < 4) return;
         const n = buf.readUInt32BE(0);
         if (n === 0) {
           st.streams.push({ sha256: hash.digest('hex'), chunks });
-          const answer = () => s.end('stream: OK\0');
+          const id = requests;
+          const answer = () => s.write(`${id}: stream: OK\0`);
           if (released) answer(); else waiting.push(answer);
-          buf = Buffer.alloc(0);
-          return;
+          buf = buf.subarray(4);
+          inStream = false;
+          continue;
         }
         if (buf.length < 4 + n) return;
         chunks.push(n);
@@ -88,7 +112,7 @@ async function standIn(hold: number): Promise<Stand> {
 }
 
 describe('streaming to clamd', () => {
-  it('keeps `concurrency` INSTREAM connections busy at once, each file framed as clamd reads it', async () => {
+  it('keeps `concurrency` clamd sessions busy at once, each file framed as clamd reads it', async () => {
     const stand = await standIn(4);
     const ep = await FileEndpoint.open(image);
     onCleanup(() => ep.close());
@@ -100,6 +124,8 @@ describe('streaming to clamd', () => {
     expect(result.scanned.files).toBe(24);
     expect(result.complete).toBe(true);
     expect(stand.maxOpen).toBe(4);
+    // 24 files on 4 sessions: a connection per file would have made 24.
+    expect(stand.connections).toBe(4);
     // Every file arrived whole, in chunks of at most 1 MiB.
     expect(stand.streams.map((s) => s.sha256).sort()).toEqual([...contents.values()].sort());
     expect(Math.max(...stand.streams.flatMap((s) => s.chunks))).toBe(MiB);

@@ -1,4 +1,4 @@
-// A clamd client for INSTREAM over its unix socket: one connection per file, so several files can be scanned at once (one clamd thread each).
+// A clamd client for INSTREAM over its unix socket: sessions (IDSESSION) carry file after file, one session per file in flight, so every clamd thread is busy.
 import { connect, type Socket } from 'node:net';
 import { VirtcbtError } from '../../util/errors.js';
 
@@ -55,7 +55,7 @@ export class ClamdClient {
         s.off('error', fail);
         resolve(s);
       });
-      // Removed with the connection: a job's signal outlives thousands of them.
+      // Removed with the connection: a job's signal outlives many of them.
       const onAbort = () => s.destroy();
       signal?.addEventListener('abort', onAbort, { once: true });
       s.once('close', () => signal?.removeEventListener('abort', onAbort));
@@ -65,46 +65,92 @@ export class ClamdClient {
   /** Sends a whole command (zPING, zVERSION) and returns the reply. */
   async command(cmd: 'PING' | 'VERSION', signal?: AbortSignal): Promise<string> {
     const s = await this.open(signal);
-    const reply = this.reply(s);
+    const reply = new Promise<string>((resolve, reject) => {
+      let text = '';
+      s.on('data', (c: Buffer) => { text += c.toString('utf8'); });
+      s.once('close', () => (text === '' ? reject(new VirtcbtError(`clamd on ${this.socketPath} closed the connection without an answer`, { hint: 'Look at clamd\'s log' })) : resolve(text)));
+      s.on('error', () => undefined);
+    });
     s.end(`z${cmd}\0`);
     return (await reply).replace(/\0+$/, '').trim();
   }
 
-  private reply(s: Socket): Promise<string> {
-    return new Promise((resolve, reject) => {
-      let text = '';
-      const timer = setTimeout(() => s.destroy(new Error(`no answer within ${this.timeoutMs} ms`)), this.timeoutMs);
-      s.on('data', (c: Buffer) => {
-        text += c.toString('utf8');
-        if (text.length > MAX_REPLY) s.destroy(new Error('reply too long'));
-        // The reply ends with NUL; clamd then closes the connection.
-        if (text.includes('\0')) s.end();
+  /**
+   * A clamd session (IDSESSION): file after file on one connection, each scanned by one of
+   * clamd's threads while the next is sent. Saves a connection, a thread hand-over and a close per
+   * file; one session per file in flight keeps every thread busy.
+   */
+  async session(signal?: AbortSignal): Promise<ClamdSession> {
+    return new ClamdSession(await this.open(signal), this.socketPath, this.timeoutMs);
+  }
+
+  /** Streams `chunks` to clamd with INSTREAM on a connection of its own and returns its verdict. */
+  async scan(chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<ClamdVerdict> {
+    const session = await this.session(signal);
+    try {
+      return await session.scan(chunks);
+    } finally {
+      session.close();
+    }
+  }
+}
+
+/**
+ * One IDSESSION connection. Replies come as "N: reply" NUL-terminated, one per command; a session
+ * sends one INSTREAM at a time and reads its reply before the next (as clamd requires). After a
+ * failure, an error reply (clamd may close the session after one) or a timeout, the session is
+ * `broken`: the caller opens another.
+ */
+export class ClamdSession {
+  private text = '';
+  private waiting?: { resolve: (line: string) => void; reject: (err: Error) => void };
+  private ended?: Error;
+  broken = false;
+
+  constructor(private readonly s: Socket, private readonly socketPath: string, private readonly timeoutMs: number) {
+    s.write('zIDSESSION\0');
+    s.on('data', (c: Buffer) => {
+      this.text += c.toString('utf8');
+      if (this.text.length > MAX_REPLY) return void s.destroy(new Error('reply too long'));
+      const at = this.text.indexOf('\0');
+      if (at < 0) return;
+      const line = this.text.slice(0, at);
+      this.text = this.text.slice(at + 1);
+      const w = this.waiting;
+      this.waiting = undefined;
+      if (w) w.resolve(line);
+      else s.destroy(new Error(`unasked reply ${JSON.stringify(line.slice(0, 200))}`));
+    });
+    s.on('error', (err) => {
+      // clamd closes its end after a size-limit error while we still write: the reply is what counts.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'EPIPE' && code !== 'ECONNRESET') this.ended ??= err;
+    });
+    s.once('close', () => {
+      this.broken = true;
+      const err = new VirtcbtError(`clamd on ${socketPath} closed the connection without an answer${this.ended ? `: ${this.ended.message}` : ''}`, {
+        cause: this.ended, hint: 'Look at clamd\'s log',
       });
-      s.once('close', () => {
-        clearTimeout(timer);
-        if (text === '') reject(new VirtcbtError(`clamd on ${this.socketPath} closed the connection without an answer`, { hint: 'Look at clamd\'s log' }));
-        else resolve(text);
-      });
-      s.on('error', (err) => {
-        // clamd closes its end after a size-limit error while we still write: the reply is what counts.
-        if ((err as NodeJS.ErrnoException).code === 'EPIPE' || (err as NodeJS.ErrnoException).code === 'ECONNRESET') return;
-        clearTimeout(timer);
-        reject(new VirtcbtError(`clamd on ${this.socketPath}: ${err.message}`, { cause: err, hint: 'Look at clamd\'s log' }));
-      });
+      this.ended ??= err;
+      const w = this.waiting;
+      this.waiting = undefined;
+      w?.reject(err);
     });
   }
 
   /**
-   * Streams `chunks` to clamd with INSTREAM and returns its verdict. Each chunk goes out in one
-   * write together with its length (and the command before the first, the end mark after the last):
-   * a file of up to 1 MiB is one system call, not five.
+   * Streams `chunks` with INSTREAM and returns clamd's verdict. Each chunk goes out in one write
+   * together with its length (and the command before the first, the end mark after the last): a
+   * file of up to 1 MiB is one system call.
    */
-  async scan(chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<ClamdVerdict> {
-    const s = await this.open(signal);
-    const reply = this.reply(s);
+  async scan(chunks: AsyncIterable<Uint8Array>): Promise<ClamdVerdict> {
+    if (this.broken) throw this.ended ?? new VirtcbtError(`clamd session on ${this.socketPath} is closed`);
+    const s = this.s;
+    const reply = new Promise<string>((resolve, reject) => { this.waiting = { resolve, reject }; });
     // An abort closes the socket while a chunk is still being read: the reply fails before it is
     // awaited, which must not count as an unhandled rejection (it would end the process).
     reply.catch(() => undefined);
+    const timer = setTimeout(() => { this.broken = true; s.destroy(new Error(`no answer within ${this.timeoutMs} ms`)); }, this.timeoutMs);
     const send = (parts: Uint8Array[]) => new Promise<void>((resolve) => {
       if (s.destroyed || s.writableEnded) return resolve();
       s.cork();
@@ -115,7 +161,7 @@ export class ClamdClient {
       // One part held back, so the last one leaves with the end mark.
       let held: Uint8Array[] = [INSTREAM];
       for await (const chunk of chunks) {
-        if (s.destroyed || s.writableEnded) break;
+        if (s.destroyed) break;
         for (let at = 0; at < chunk.length; at += MAX_CHUNK) {
           const part = chunk.subarray(at, Math.min(chunk.length, at + MAX_CHUNK));
           if (held.length > 1) {
@@ -127,11 +173,22 @@ export class ClamdClient {
         }
       }
       await send([...held, END]);
+      const verdict = parseReply((await reply).replace(/^\d+: /, ''));
+      if (verdict.status === 'error') this.close();
+      return verdict;
     } catch (err) {
+      this.broken = true;
       s.destroy();
-      await reply.catch(() => undefined);
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
-    return parseReply(await reply);
+  }
+
+  /** Ends the session (zEND); a broken one is just closed. */
+  close(): void {
+    if (!this.broken && !this.s.destroyed) this.s.end('zEND\0');
+    else this.s.destroy();
+    this.broken = true;
   }
 }

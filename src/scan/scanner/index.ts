@@ -1,5 +1,5 @@
 // The scanner host room: virtcbt-scanner's HTTPS API, scan jobs over NBD with TLS, and the clamd client.
-export { ClamdClient, chunkHeader, parseReply, type ClamdVerdict } from './clamd.js';
+export { ClamdClient, ClamdSession, chunkHeader, parseReply, type ClamdVerdict } from './clamd.js';
 export { checkJob, runScanJob, type ScanJobOptions, type ScanLimits } from './scan-job.js';
 export { peerSubject, startScannerServer, type ScannerServer, type ScannerServerOptions } from './server.js';
 export { loadScannerConfig, DEFAULT_SCANNER_CONFIG, type ScannerConfig } from './config.js';

@@ -11,7 +11,7 @@ import { errorMessage, UsageError } from '../../util/errors.js';
 /** A filesystem error's own words: its hint (about used maps and e2fsck) is for the sync room. */
 const why = (err: FilesystemError) => err.message;
 import type { InfectedFile, LimitHit, LimitName, NotScanned, ScanEvent, ScanJob, ScanResult, SkippedFile, SkipReason } from '../protocol.js';
-import type { ClamdClient } from './clamd.js';
+import type { ClamdClient, ClamdSession, ClamdVerdict } from './clamd.js';
 
 export interface ScanLimits {
   /** Files larger than this are skipped (reported), not read. */
@@ -136,7 +136,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
   };
   let scannedCount = 0;
 
-  const scanFile = async (t: FileTask): Promise<void> => {
+  const scanFile = async (t: FileTask, clamdScan: (chunks: AsyncIterable<Uint8Array>) => Promise<ClamdVerdict>): Promise<void> => {
     if (timeCtl.signal.aborted) return v.skip(t, 'time limit', { name: 'maxSeconds', value: o.limits.maxSeconds });
     if (o.signal?.aborted) return;
     let inode;
@@ -165,7 +165,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     }
     let verdict;
     try {
-      verdict = await o.clamd.scan(chunks(), fileSignal);
+      verdict = await clamdScan(chunks());
     } catch (err) {
       if (timeCtl.signal.aborted && !o.signal?.aborted) return v.skip(t, 'time limit', { name: 'maxSeconds', value: o.limits.maxSeconds });
       if (err instanceof FilesystemError) return v.skip(t, 'unreadable', undefined, why(err));
@@ -187,13 +187,22 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     }
   };
 
-  /** Runs the tasks with `concurrency` files in flight (each one clamd connection, one clamd thread). */
+  /** Runs the tasks with `concurrency` files in flight (each worker one clamd session, one clamd thread at a time). */
   const pool = async (tasks: FileTask[]) => {
     let next = 0;
     const worker = async () => {
-      while (next < tasks.length) {
-        const t = tasks[next++]!;
-        await scanFile(t);
+      let session: ClamdSession | undefined;
+      const clamdScan = async (chunks: AsyncIterable<Uint8Array>) => {
+        if (!session || session.broken) session = await o.clamd.session(signal);
+        return session.scan(chunks);
+      };
+      try {
+        while (next < tasks.length) {
+          const t = tasks[next++]!;
+          await scanFile(t, clamdScan);
+        }
+      } finally {
+        session?.close();
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, Math.min(o.limits.concurrency, tasks.length)) }, worker));
