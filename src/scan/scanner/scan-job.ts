@@ -285,36 +285,44 @@ async function scanDisk(
       v.notScanned.push({ ...region, kind, reason: `${kind} not readable: ${why(err)}` });
       continue;
     }
+    // Incremental: the changed blocks' owners are found while the tree is walked (both are metadata
+    // round trips over the network); the walk stops early when no file changed.
     let wanted: Set<number> | undefined;
+    const owners = local ? changedFiles(fs, local) : undefined;
+    owners?.then((w) => { if (w.size === 0) wanted = w; }, () => undefined);
+    // One walk gives every path (ino → first path; hard links are scanned once). A walk that breaks
+    // off at damage still scans what it found, and the filesystem is reported as not (fully) scanned.
+    const listed: FileTask[] = [];
+    const seen = new Set<number>();
+    let walkError: unknown;
+    let walkCut = false;
     try {
-      if (local) wanted = await changedFiles(fs, local);
+      for await (const e of fs.walk()) {
+        if (signal.aborted) { walkCut = true; break; }
+        if (wanted?.size === 0) break;
+        if (e.type !== 'file' || seen.has(e.ino)) continue;
+        seen.add(e.ino);
+        listed.push({ disk: target, partition: p.number, fs, ino: e.ino, path: e.path });
+      }
+    } catch (err) {
+      if (!(err instanceof FilesystemError)) throw err;
+      walkError = err;
+    }
+    try {
+      if (owners) wanted = await owners;
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
       v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
       continue;
     }
-    // One walk gives every path (ino → first path; hard links are scanned once). A walk that breaks
-    // off at damage still scans what it found, and the filesystem is reported as not (fully) scanned.
-    const tasks: FileTask[] = [];
-    const seen = new Set<number>();
-    try {
-      if (!wanted || wanted.size > 0) {
-        for await (const e of fs.walk()) {
-          if (signal.aborted) break;
-          if (e.type !== 'file' || seen.has(e.ino)) continue;
-          if (wanted && !wanted.has(e.ino)) continue;
-          seen.add(e.ino);
-          tasks.push({ disk: target, partition: p.number, fs, ino: e.ino, path: e.path });
-        }
-      }
-      // Stopped by the time limit while listing: what was not listed is not scanned, and says so.
-      if (timeUp.aborted && !o.signal?.aborted) {
-        v.hit('maxSeconds', o.limits.maxSeconds);
-        v.notScanned.push({ ...region, kind, reason: `time limit (maxSeconds ${o.limits.maxSeconds}) reached while listing its files: only the ${tasks.length} listed were considered` });
-      }
-    } catch (err) {
-      if (!(err instanceof FilesystemError)) throw err;
-      v.notScanned.push({ ...region, kind, reason: `${kind} directory tree damaged, ${tasks.length} files found before it were scanned: ${why(err)}` });
+    const tasks = wanted ? listed.filter((t) => wanted!.has(t.ino)) : listed;
+    // Stopped by the time limit while listing: what was not listed is not scanned, and says so.
+    if (walkCut && timeUp.aborted && !o.signal?.aborted) {
+      v.hit('maxSeconds', o.limits.maxSeconds);
+      v.notScanned.push({ ...region, kind, reason: `time limit (maxSeconds ${o.limits.maxSeconds}) reached while listing its files: only the ${tasks.length} listed were considered` });
+    }
+    if (walkError) {
+      v.notScanned.push({ ...region, kind, reason: `${kind} directory tree damaged, ${tasks.length} files found before it were scanned: ${why(walkError as FilesystemError)}` });
     }
     o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
     await pool(tasks);
