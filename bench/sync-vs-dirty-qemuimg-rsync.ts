@@ -18,9 +18,11 @@
 import { execa } from 'execa';
 import { statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NbdEndpoint, copyExtents, dataExtents, openImageEndpoint } from '../src/copy/index.js';
+import { NbdEndpoint, NullEndpoint, copyExtents, dataExtents, openImageEndpoint, wholeDisk } from '../src/copy/index.js';
+import { QEMU_NBD_MALLOC } from '../src/copy/qemu-nbd.js';
+import { CONTEXT_BASE_ALLOCATION } from '../src/nbd/index.js';
 import { createLabDomain, startLabDaemon, virsh, type LabDaemon, type LabDomain } from '../src/demo/lab.js';
 import { fromPairs, totalBytes } from '../src/extent/index.js';
 import { DATA_LABEL } from '../src/guestimage/index.js';
@@ -64,6 +66,7 @@ interface SyncFigures {
   phasesMs?: Record<string, number>;
 }
 
+const loadAverage = () => loadavg().map((x) => x.toFixed(2)).join(' ');
 const med = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
@@ -161,10 +164,68 @@ async function dirtyOnly(d: LabDaemon, domain: string, consumer: string, target:
   return { wallS: (performance.now() - t0) / 1000, bytes: totalBytes(extents) };
 }
 
+interface Ceiling { what: string; bytes: number; wallS: number }
+
+/**
+ * The copy path's ceiling, round 1 (untimed for the four ways): a pass export of a consumer of
+ * its own (the same kind of export a sync reads: QEMU's NBD server in the TCG QEMU process), every
+ * allocated block of vda read whole, as nbdcopy reads it: by nbdcopy and by virtcbt's copy engine,
+ * to null: (the source's rate) and into a fresh qcow2 through qemu-nbd with virtcbt's flags and
+ * flushed (nbdcopy's qemu-nbd with and without virtcbt's malloc settings). The pass is aborted.
+ */
+async function ceiling(d: LabDaemon, domain: string, consumer: string, work: string, runDir: string): Promise<Ceiling[]> {
+  const cli = (args: string[]) => execa(process.execPath, [join(process.cwd(), 'dist/src/cli/main.js'), '--config', d.configFile, ...args], { env: childEnv, extendEnv: false });
+  const p = JSON.parse((await cli(['pass', 'begin', domain, '--consumer', consumer, '--export', '--json'])).stdout);
+  const uri = (p.exports as { target: string; uri: string }[]).find((e) => e.target === 'vda')!.uri;
+  const out: Ceiling[] = [];
+  const qcow = join(work, 'ceiling.qcow2');
+  const fresh = async () => {
+    await rm(qcow, { force: true });
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', qcow, String(DISK_BYTES)]);
+  };
+  const ours = async (what: string, toQcow2: boolean) => {
+    if (toQcow2) await rm(qcow, { force: true });
+    await execa('sync');
+    const t0 = performance.now();
+    const src = await NbdEndpoint.open(uri, { metaContexts: [CONTEXT_BASE_ALLOCATION] });
+    const dst = toQcow2 ? await openImageEndpoint(qcow, { runDir, writable: true, format: 'qcow2', create: { size: DISK_BYTES } }) : undefined;
+    try {
+      const r = await copyExtents(src, dst?.endpoint ?? new NullEndpoint(src.size), wholeDisk(src));
+      await dst?.endpoint.flush();
+      await dst?.close();
+      out.push({ what, bytes: r.read, wallS: (performance.now() - t0) / 1000 });
+    } finally {
+      await src.close();
+    }
+  };
+  const nbdcopy = async (what: string, to: string[], env?: Record<string, string>) => {
+    if (to.length > 1) await fresh();
+    await execa('sync');
+    const t0 = performance.now();
+    await execa('nbdcopy', ['--flush', uri, ...to], { env: { ...childEnv, ...env }, extendEnv: false });
+    out.push({ what, bytes: NaN, wallS: (performance.now() - t0) / 1000 });
+  };
+  const qemuNbd = ['--', '[', 'qemu-nbd', '-f', 'qcow2', '--cache=writeback', '--aio=threads', '--discard=unmap', '--detect-zeroes=unmap', qcow, ']'];
+  try {
+    await nbdcopy('nbdcopy → null:', ['null:']);
+    await ours('virtcbt engine → null:', false);
+    await nbdcopy('nbdcopy → qcow2 via qemu-nbd, glibc malloc defaults', qemuNbd);
+    await nbdcopy('nbdcopy → qcow2 via qemu-nbd, virtcbt\'s malloc settings', qemuNbd, QEMU_NBD_MALLOC);
+    await ours('virtcbt engine → qcow2 via qemu-nbd (as a sync)', true);
+  } finally {
+    await cli(['pass', 'abort', domain, '--consumer', consumer, '--pass', String(p.pass)]);
+    await rm(qcow, { force: true });
+  }
+  // nbdcopy says nothing of its bytes: every allocated byte, as the engine's wholeDisk read.
+  const all = out.find((c) => c.what.startsWith('virtcbt engine → null'))!.bytes;
+  return out.map((c) => ({ ...c, bytes: Number.isNaN(c.bytes) ? all : c.bytes }));
+}
+
 async function main(): Promise<void> {
   const rounds = argNum('--rounds', 3);
   const emptyRounds = argNum('--empty-rounds', 7);
   const jsonOut = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
+  const loadStart = loadAverage();
   const work = await mkdtemp(join(tmpdir(), 'virtcbt-bench-sync-'));
   const name = `virtcbt-bench-sync-${process.pid}`;
   let lab: LabDomain | undefined;
@@ -172,6 +233,7 @@ async function main(): Promise<void> {
   const samples: Sample[] = [];
   const syncs: SyncFigures[] = [];
   const empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] = [];
+  let ceilings: Ceiling[] = [];
   try {
     lab = await createLabDomain({ name, memoryMiB: 512 });
     const vda = lab.disks[0]!.file;
@@ -179,6 +241,7 @@ async function main(): Promise<void> {
     daemon = await startLabDaemon(join(work, 'daemon'));
     await daemon.cli(['enable', name]);
     await daemon.cli(['consumer', 'add', name, 'dirty']);
+    await daemon.cli(['consumer', 'add', name, 'ceiling']);
     await lab.start();
     const targets = { sync: join(work, 'sync.qcow2'), dirty: join(work, 'dirty.qcow2'), prevRaw: join(work, 'prev.raw'), newRaw: join(work, 'new.raw') };
     const runDir = join(work, 'run');
@@ -210,6 +273,7 @@ async function main(): Promise<void> {
         async () => samples.push({ way: 'dirty-only', round, ...(await dirtyOnly(daemon!, name, 'dirty', targets.dirty, runDir)) }),
       ];
       for (const run of round % 2 ? live : live.reverse()) await run();
+      if (round === 1) ceilings = await ceiling(daemon, name, 'ceiling', work, runDir);
 
       await virsh(['suspend', name]);
       try {
@@ -244,7 +308,7 @@ async function main(): Promise<void> {
       const s = await virtcbtSync(daemon, name, targets.sync);
       empty.push({ wallS: s.wallS, elapsedMs: s.r.elapsedMs, copiedBytes: s.r.copiedBytes, phasesMs: s.phasesMs });
     }
-    const report = { when: new Date().toISOString(), rounds, diskBytes: DISK_BYTES, samples, syncs, empty, sizes: { sync: statSync(targets.sync).blocks * 512, dirty: statSync(targets.dirty).blocks * 512 } };
+    const report = { when: new Date().toISOString(), load: { start: loadStart, end: loadAverage() }, ceilings, rounds, diskBytes: DISK_BYTES, samples, syncs, empty, sizes: { sync: statSync(targets.sync).blocks * 512, dirty: statSync(targets.dirty).blocks * 512 } };
     if (jsonOut) writeFileSync(jsonOut, JSON.stringify(report, null, 2));
     print(report);
   } finally {
@@ -254,10 +318,10 @@ async function main(): Promise<void> {
   }
 }
 
-function print(r: { rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] }): void {
+function print(r: { load: { start: string; end: string }; ceilings: Ceiling[]; rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] }): void {
   const mib = (b: number) => `${(b / MiB).toFixed(1)} MiB`;
   const kept = (FILES - DELETE) * FILE_MIB * MiB;
-  console.log(`CLI environment: ${envNote()}`);
+  console.log(`CLI environment: ${envNote()}; load average at the start ${r.load.start}, at the end ${r.load.end} (1, 5, 15 min)`);
   console.log(`per round: ${FILES * FILE_MIB} MiB written in ${FILES} files, ${DELETE * FILE_MIB} MiB of them deleted, ${mib(kept)} kept; ${r.rounds} rounds; 3 GiB ext4 qcow2, TCG guest\n`);
   const base = r.samples.filter((s) => s.way === 'virtcbt sync');
   // Ratios per round (the image grows every round: qemu-img convert's share with it), then their median.
@@ -282,7 +346,25 @@ function print(r: { rounds: number; samples: Sample[]; syncs: SyncFigures[]; emp
     `(${(f('copiedBytes') / f('modifiedUsedBytes')).toFixed(3)}x modified ∩ used; ${(f('copiedBytes') / kept).toFixed(3)}x the ${mib(kept)} of kept file data, the rest filesystem metadata and journal), ` +
     `skipped because free ${mib(f('skippedFreeBytes'))}; in virtcbtd ${f('elapsedMs').toFixed(0)} ms, of which used map ${f('usedMapMs').toFixed(0)} ms; freeze window ${f('freezeWindowMs').toFixed(0)} ms; ` +
     `phases seen from the CLI's output (medians, ms): ${Object.keys(r.syncs[0]?.phasesMs ?? {}).map((k) => `${k} ${med(r.syncs.map((x) => x.phasesMs![k]!)).toFixed(0)}`).join(', ')}`);
+  // The targets, said plainly: per round, virtcbt against the fastest of the other three, by wall
+  // time and by time until the copy is on disk (virtcbt flushes its target before it records the
+  // sync; qemu-img convert and rsync get an fsync of their output for that column).
+  for (const [what, pick] of [['wall time', (x: Sample) => x.wallS], ['until on disk', (x: Sample) => x.durableS ?? x.wallS]] as const) {
+    const rounds = Array.from({ length: r.rounds }, (_, i) => {
+      const mine = base.find((x) => x.round === i + 1)!;
+      const others = r.samples.filter((x) => x.round === i + 1 && x.way !== 'virtcbt sync').sort((a, b) => pick(a) - pick(b));
+      return { round: i + 1, mine: pick(mine), best: others[0]! };
+    });
+    const met = rounds.filter((x) => x.mine <= pick(x.best)).length;
+    console.log(`least ${what} of the four: ${met === r.rounds ? 'met' : 'NOT met'} (virtcbt fastest in ${met} of ${r.rounds} rounds: ` +
+      rounds.map((x) => `round ${x.round}: virtcbt ${x.mine.toFixed(2)} s, fastest other ${x.best.way} ${pick(x.best).toFixed(2)} s = ${(pick(x.best) / x.mine).toFixed(2)}x virtcbt`).join('; ') + ')');
+  }
+  if (r.ceilings.length > 0) {
+    console.log(`copy path's ceiling, round 1 (every allocated block of vda from a pass export of QEMU's NBD server; flushed): ` +
+      r.ceilings.map((c) => `${c.what} ${c.wallS.toFixed(2)} s (${(c.bytes / 1e6 / c.wallS).toFixed(0)} MB/s)`).join('; ') + ` of ${mib(r.ceilings[0]!.bytes)}`);
+  }
   const e = r.empty;
+  console.log(`sync with nothing changed under 0.3 s: ${med(e.map((x) => x.wallS)) < 0.3 ? 'met' : 'NOT met'} (median of ${e.length} runs)`);
   console.log(`sync with nothing changed, ${e.length} runs: wall median ${(med(e.map((x) => x.wallS)) * 1000).toFixed(0)} ms ` +
     `(${Math.min(...e.map((x) => x.wallS * 1000)).toFixed(0)}–${Math.max(...e.map((x) => x.wallS * 1000)).toFixed(0)}; target < 300), ` +
     `in virtcbtd ${med(e.map((x) => x.elapsedMs)).toFixed(0)} ms, copied ${mib(med(e.map((x) => x.copiedBytes)))}; ` +

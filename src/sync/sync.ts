@@ -138,7 +138,15 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   let passId: number | undefined;
   let committed = false;
   let src: NbdEndpoint | undefined;
-  let dst: { endpoint: Endpoint; close(): Promise<void> } | undefined;
+  let opening: Promise<{ endpoint: Endpoint; close(): Promise<void> }> | undefined;
+  let targetClosed = false;
+  let targetRefused = false;
+  let madeConsumer = false;
+  let releasing: Promise<void> | undefined;
+  const release = (s: Snapshot) => (releasing ??= inQueue(async () => {
+    await s.release().catch((err: unknown) => { notes.push(errorMessage(err)); });
+    await ctx.reconciler.removeFolded(ctx.disks).catch((err: unknown) => { notes.push(`removing the folded bitmaps failed (the next fold retries): ${errorMessage(err)}`); });
+  }));
   const agent = deps.agent === null || !ctx.running || req.noFreeze ? undefined
     : byAgent ? new AgentMapFreezer(deps.agent, { domainXml: await deps.domainXml?.() }) : deps.agent;
   const freezeMarker = agent && deps.freezeMarker ? presetMarker(deps.freezeMarker) : undefined;
@@ -154,19 +162,27 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     }) : Promise.resolve(false);
     if (byAgent) await pinged;
 
-    // The target: its identity before anything is written, then opened for writing (an image
-    // another process holds is refused here by QEMU's lock, before any snapshot or consumer).
+    // The target's identity before anything is written. The target is then opened for writing (a
+    // qemu-nbd started, ~30 ms) beside the snapshot rather than before it: an image another process
+    // holds is refused by QEMU's lock meanwhile, and the sync then fails as bad input that changed
+    // nothing (the pass aborted, a consumer this sync made removed, the target as it was).
     const before: TargetIdentity | undefined = target.kind === 'file'
       ? await fileIdentity(target.path).catch((err: NodeJS.ErrnoException) => { if (err.code === 'ENOENT') return undefined; throw err; })
       : undefined;
-    const opened = await openTarget(target, disk, deps, req, where);
-    dst = opened;
-    if (opened.endpoint.size < disk.sizeBytes) {
-      throw new UsageError(`sync target ${shown} holds ${opened.endpoint.size} bytes (its size as served), less than disk ${disk.target}'s ${disk.sizeBytes} bytes`, {
-        ...where, hint: `Give a target of at least ${disk.sizeBytes} bytes (or a missing file path: virtcbt creates it)`,
-      });
+    opening = openTarget(target, disk, deps, req, where).then(async (o) => {
+      if (o.endpoint.size < disk.sizeBytes) {
+        await o.close().catch(() => undefined);
+        throw new UsageError(`sync target ${shown} holds ${o.endpoint.size} bytes (its size as served), less than disk ${disk.target}'s ${disk.sizeBytes} bytes`, {
+          ...where, hint: `Give a target of at least ${disk.sizeBytes} bytes (or a missing file path: virtcbt creates it)`,
+        });
+      }
+      return o;
+    });
+    opening.catch(() => undefined);
+    if (!ctx.log.listConsumers(domain).some((c) => c.name === consumer)) {
+      ctx.log.addConsumer(domain, consumer);
+      madeConsumer = true;
     }
-    if (!ctx.log.listConsumers(domain).some((c) => c.name === consumer)) ctx.log.addConsumer(domain, consumer);
     emit({ type: 'start', domain, disk: disk.target, target: shown, consumer, running: ctx.running, sizeBytes: disk.sizeBytes });
 
     snap = Snapshot.open(ctx, deps.snapshots, { job: deps.job ?? `sync ${domain} ${disk.target}`, targets: [disk.target] });
@@ -174,6 +190,12 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     deps.signal?.throwIfAborted();
     const taken = await snap.take({
       consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker, signal: deps.signal,
+      // As a backup's: the freeze call overlaps the rest of the preparation unless the rotation has a
+      // recovery to do first; the folded bitmaps are removed with the snapshot (their removal makes
+      // QEMU flush the VM's image); the fold reads the frozen bitmaps through the snapshot's export.
+      early: ctx.disks.every((d) => ctx.reconciler.settled(d)),
+      keepFolded: true,
+      foldThroughExports: true,
       noAgentReason: !ctx.running ? 'the domain is stopped: its disks are consistent as they are'
         : req.noFreeze ? 'not frozen (--no-freeze): crash-consistent' : 'no usable guest agent: crash-consistent',
     });
@@ -187,6 +209,10 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     }
     deps.signal?.throwIfAborted();
     src = await NbdEndpoint.open(exp!.uri, { timeoutMs: deps.nbd.timeoutMs, connections: deps.nbd.connections, signal: deps.signal });
+    const opened = await opening.catch((err: unknown) => {
+      targetRefused = true;
+      throw err;
+    });
 
     const { record, problem } = await deps.records.read(domain, consumer);
     // The last sync to this target by any disk: a target that holds another disk's copy is never synced onto incrementally.
@@ -241,11 +267,13 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
       deps.signal?.throwIfAborted();
       await opened.endpoint.discard(d.offset, d.length);
     }
-    await opened.endpoint.flush();
-    await opened.close();
-    dst = undefined;
+    // The snapshot is read: it goes (in the domain's queue) while the target is flushed and closed.
     await src.close();
     src = undefined;
+    const released = release(snap);
+    await opened.endpoint.flush();
+    targetClosed = true;
+    await opened.close();
 
     // The target is durable: record what it is now, then move the consumer (a kill in between
     // copies the same changes again next time, never fewer).
@@ -256,6 +284,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     }, used);
     ctx.log.commitPass(passId);
     committed = true;
+    await released;
     if (source === undefined) notes.push('the disk has no image file in the domain definition');
     return {
       domain, disk: disk.target, target: shown, consumer, seed: plan.seed, reason: plan.reason, time: taken.time,
@@ -270,17 +299,20 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
         if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
       } catch { /* reported by the log's next call */ }
     }
+    // A target that could not be opened is bad input: the consumer this sync made goes too.
+    if (targetRefused && madeConsumer && !committed) {
+      try {
+        ctx.log.removeConsumer(domain, consumer);
+      } catch { /* reported by the log's next call */ }
+    }
     if (err instanceof VirtcbtError) throw err;
     throw new VirtcbtError(`sync of disk ${disk.target} to ${shown} failed: ${errorMessage(err)}`, {
       ...where, cause: err, hint: 'The target\'s consumer did not move: the next sync copies everything since its last good one',
     });
   } finally {
     await src?.close().catch(() => undefined);
-    await dst?.close().catch(() => undefined);
-    if (snap) {
-      const s = snap;
-      await inQueue(() => s.release()).catch((err) => notes.push(errorMessage(err)));
-    }
+    if (!targetClosed) await opening?.then((o) => o.close(), () => undefined).catch(() => undefined);
+    if (snap) await release(snap);
     await freezeMarker?.dropIfUnused().catch(() => undefined);
     await agent?.close().catch(() => undefined);
   }
