@@ -20,6 +20,8 @@ const FILES = 400;
 
 let w: ScannerWorld;
 let scanner: RunningScanner;
+/** The same scanner at the default log level: no debug line wants the opened files' paths. */
+let quiet: RunningScanner;
 let before: string;
 let after: string;
 let changed: ExtentPair[];
@@ -79,6 +81,7 @@ beforeAll(async () => {
   await execa('debugfs', ['-w', '-f', cmds, after]);
   changed = diffExtents(before, after);
   scanner = await startScanner(t.path, { ...w.config(), log: { level: 'debug' } }, w.ns);
+  quiet = await startScanner(t.path, w.config(), w.ns);
 }, 180_000);
 
 /** The files the scanner logged as opened for a job (its stderr may trail the HTTP answer: wait for the job's last line). */
@@ -87,9 +90,9 @@ async function openedPaths(jobId: string): Promise<string[]> {
   return [...scanner.log().matchAll(new RegExp(`debug: file opened job=${jobId} disk=vda partition=0 path=(\\S+)`, 'g'))].map((m) => m[1]!).sort();
 }
 
-async function scan(id: string, extents?: ExtentPair[]): Promise<ScanResult> {
-  const exp = await w.serve(after);
-  const r = await postScan(scanner.url, { id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(after).size, ...(extents ? { extents } : {}) }] }, w.hv);
+async function scan(id: string, extents?: ExtentPair[], o: { image?: string; via?: RunningScanner } = {}): Promise<ScanResult> {
+  const exp = await w.serve(o.image ?? after);
+  const r = await postScan((o.via ?? scanner).url, { id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(after).size, ...(extents ? { extents } : {}) }] }, w.hv);
   expect(r.result, r.body).toBeDefined();
   return r.result!;
 }
@@ -116,6 +119,21 @@ describe('an incremental scan', () => {
     expect(incr.scanned.nbdBytesRead).toBeLessThan(full.scanned.nbdBytesRead / 10);
     expect(incr.scanned.nbdBytesRead).toBeLessThan(incr.scanned.bytesRead + 3 * MiB);
     console.log(`full: ${full.scanned.filesOpened} files, ${full.scanned.nbdBytesRead} NBD bytes; incremental (${changed.length} extents, ${changedBytes} bytes): ${opened.length} files, ${incr.scanned.nbdBytesRead} NBD bytes`);
+  });
+
+  it('walks the directory tree only for a path it must report: clean files are scanned by inode number', async () => {
+    // The changed granules of the earlier image: the old file-007 and file-200 and their neighbours, all clean.
+    const logged = await scan('clean-debug', changed, { image: before });
+    const clean = await scan('clean-quiet', changed, { image: before, via: quiet });
+    expect(clean.infected).toEqual([]);
+    expect(clean.complete).toBe(true);
+    expect(clean.scanned.filesOpened).toBe(logged.scanned.filesOpened);
+    expect(clean.scanned.filesOpened).toBeGreaterThan(0);
+    // The debug log names every opened file: that job walked the tree, this one read no directory.
+    expect(clean.scanned.nbdBytesRead).toBeLessThan(logged.scanned.nbdBytesRead);
+    // A found file still gets its path.
+    const found = await scan('found-quiet', changed, { via: quiet });
+    expect(found.infected).toEqual([expect.objectContaining({ path: '/data/dropped.txt', signature: `${SIGNATURE}.UNOFFICIAL` })]);
   });
 
   it('opens no file when the changed extents hold no file data', async () => {

@@ -8,6 +8,8 @@ export interface Logger {
   info(msg: string, fields?: Record<string, unknown>): void;
   warn(msg: string, fields?: Record<string, unknown>): void;
   error(msg: string, fields?: Record<string, unknown>): void;
+  /** The lowest level written (createLogger's): lets a caller skip work done only for debug lines. */
+  readonly level?: Level;
 }
 
 export function createLogger(level: Level = 'info', write: (line: string) => void = (l) => process.stderr.write(l + '\n')): Logger {
@@ -21,6 +23,7 @@ export function createLogger(level: Level = 'info', write: (line: string) => voi
     write(`${lvl}: ${msg}${kv ? ' ' + kv : ''}`);
   };
   return {
+    level,
     debug: (m, f) => emit('debug', m, f),
     info: (m, f) => emit('info', m, f),
     warn: (m, f) => emit('warn', m, f),

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { intersect, merge, type Extent } from '../../extent/index.js';
-import { DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, readPartitions, type Partition } from '../../fs/index.js';
+import { DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, fileType, readPartitions, type Partition } from '../../fs/index.js';
 import { parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
@@ -51,8 +51,44 @@ interface FileTask {
   partition: number;
   fs: ExtFilesystem;
   ino: number;
-  path: string;
+  /** Known from the walk (full scans), or looked up when a report needs it (incremental scans). */
+  path?: string;
+  paths?: PathFinder;
 }
+
+/**
+ * The paths of some inodes, found by one walk of the tree started only when a path is first asked
+ * for, and stopped once all are found: an incremental scan of clean files never walks the tree.
+ */
+class PathFinder {
+  private found?: Promise<Map<number, string>>;
+
+  constructor(private readonly fs: ExtFilesystem, private readonly wanted: ReadonlySet<number>) {}
+
+  private all(): Promise<Map<number, string>> {
+    this.found ??= (async () => {
+      const m = new Map<number, string>();
+      for await (const e of this.fs.walk()) {
+        if (!this.wanted.has(e.ino) || m.has(e.ino)) continue;
+        m.set(e.ino, e.path);
+        if (m.size === this.wanted.size) break;
+      }
+      return m;
+    })();
+    return this.found;
+  }
+
+  async path(ino: number): Promise<string> {
+    try {
+      return (await this.all()).get(ino) ?? `(inode ${ino}, in no directory: deleted while open)`;
+    } catch (err) {
+      if (!(err instanceof FilesystemError)) throw err;
+      return `(inode ${ino}: no path, the directory tree is damaged: ${why(err)})`;
+    }
+  }
+}
+
+const pathOf = (t: FileTask): Promise<string> => (t.path !== undefined ? Promise.resolve(t.path) : t.paths!.path(t.ino));
 
 /** Checks a posted job's shape; a bad job is a UsageError naming the field (the API answers 400). */
 export function checkJob(v: unknown): ScanJob {
@@ -94,9 +130,16 @@ class Verdict {
   readonly scanned = { files: 0, bytesRead: 0, nbdBytesRead: 0, filesOpened: 0 };
   skippedTotal = 0;
 
+  /** Skipped files whose path is looked up once the scan is over. */
+  readonly unnamed: { entry: SkippedFile; task: FileTask }[] = [];
+
   skip(t: FileTask, reason: SkipReason, limit?: { name: LimitName; value: number }, detail?: string): void {
     this.skippedTotal++;
-    if (this.skipped.length < MAX_LISTED_SKIPS) this.skipped.push({ disk: t.disk, partition: t.partition, path: t.path, reason, ...(detail ? { detail } : {}) });
+    if (this.skipped.length < MAX_LISTED_SKIPS) {
+      const entry: SkippedFile = { disk: t.disk, partition: t.partition, path: t.path ?? '', reason, ...(detail ? { detail } : {}) };
+      this.skipped.push(entry);
+      if (t.path === undefined) this.unnamed.push({ entry, task: t });
+    }
     if (limit) this.hit(limit.name, limit.value).files++;
   }
 
@@ -151,7 +194,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     if (scannedCount >= o.limits.maxFiles) return v.skip(t, 'count limit', { name: 'maxFiles', value: o.limits.maxFiles });
     scannedCount++;
     v.scanned.filesOpened++;
-    o.onFile?.(t.disk, t.partition, t.path);
+    if (o.onFile) o.onFile(t.disk, t.partition, await pathOf(t));
     const hash = createHash('sha256');
     let bytes = 0;
     const fileSignal = signal;
@@ -181,7 +224,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     if (bytes !== inode.size) return v.skip(t, 'unreadable', undefined, `read ${bytes} of ${inode.size} bytes`);
     v.scanned.files++;
     if (verdict.status === 'found') {
-      const file: InfectedFile = { disk: t.disk, partition: t.partition, path: t.path, signature: verdict.signature, size: inode.size, sha256: hash.digest('hex') };
+      const file: InfectedFile = { disk: t.disk, partition: t.partition, path: await pathOf(t), signature: verdict.signature, size: inode.size, sha256: hash.digest('hex') };
       v.infected.push(file);
       o.emit({ type: 'found', id: job.id, file });
     }
@@ -237,6 +280,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
   } finally {
     clearTimeout(timer);
   }
+  for (const u of v.unnamed) u.entry.path = await u.task.paths!.path(u.task.ino);
   v.scanned.nbdBytesRead = nbdBytes();
   progress(true);
   if (v.skippedTotal > v.skipped.length) {
@@ -285,11 +329,23 @@ async function scanDisk(
       v.notScanned.push({ ...region, kind, reason: `${kind} not readable: ${why(err)}` });
       continue;
     }
-    // Incremental: the changed blocks' owners are found while the tree is walked (both are metadata
-    // round trips over the network); the walk stops early when no file changed.
-    let wanted: Set<number> | undefined;
-    const owners = local ? changedFiles(fs, local) : undefined;
-    owners?.then((w) => { if (w.size === 0) wanted = w; }, () => undefined);
+    if (local) {
+      // Incremental: the regular files owning changed blocks, scanned by inode number; their paths
+      // are looked up only for a report that needs one (or the debug log of opened files).
+      let inos: number[];
+      try {
+        inos = await changedFiles(fs, local);
+      } catch (err) {
+        if (!(err instanceof FilesystemError)) throw err;
+        v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
+        continue;
+      }
+      const paths = new PathFinder(fs, new Set(inos));
+      const tasks: FileTask[] = inos.map((ino) => ({ disk: target, partition: p.number, fs, ino, paths }));
+      o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
+      await pool(tasks);
+      continue;
+    }
     // One walk gives every path (ino → first path; hard links are scanned once). A walk that breaks
     // off at damage still scans what it found, and the filesystem is reported as not (fully) scanned.
     const listed: FileTask[] = [];
@@ -299,7 +355,6 @@ async function scanDisk(
     try {
       for await (const e of fs.walk()) {
         if (signal.aborted) { walkCut = true; break; }
-        if (wanted?.size === 0) break;
         if (e.type !== 'file' || seen.has(e.ino)) continue;
         seen.add(e.ino);
         listed.push({ disk: target, partition: p.number, fs, ino: e.ino, path: e.path });
@@ -308,14 +363,7 @@ async function scanDisk(
       if (!(err instanceof FilesystemError)) throw err;
       walkError = err;
     }
-    try {
-      if (owners) wanted = await owners;
-    } catch (err) {
-      if (!(err instanceof FilesystemError)) throw err;
-      v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
-      continue;
-    }
-    const tasks = wanted ? listed.filter((t) => wanted!.has(t.ino)) : listed;
+    const tasks = listed;
     // Stopped by the time limit while listing: what was not listed is not scanned, and says so.
     if (walkCut && timeUp.aborted && !o.signal?.aborted) {
       v.hit('maxSeconds', o.limits.maxSeconds);
@@ -333,17 +381,20 @@ async function scanDisk(
 const INLINE_DATA_FL = 0x10000000;
 
 /**
- * The inodes whose contents may have changed within `extents`: every owner of a changed data or
+ * The regular files (inode numbers, ascending) whose contents may have changed within `extents`: every owner of a changed data or
  * mapping block, and owners of a changed inode-table slot only when their bytes live in the inode
  * (inline data). A changed slot alone says little at the change log's granularity (a 64 KiB chunk
  * of the inode table holds 256 inodes, most untouched); a file whose contents changed has either
  * new data blocks, which are in the extents, or inline data.
  */
-async function changedFiles(fs: ExtFilesystem, extents: Extent[]): Promise<Set<number>> {
-  const out = new Set<number>();
+async function changedFiles(fs: ExtFilesystem, extents: Extent[]): Promise<number[]> {
+  const out: number[] = [];
   for (const owner of await fs.blockOwners(extents)) {
-    if (owner.blocks) out.add(owner.ino);
-    else if (owner.inode && ((await fs.inode(owner.ino)).flags & INLINE_DATA_FL)) out.add(owner.ino);
+    // Reserved inodes (the journal, resize inode ...) are not files anyone wrote.
+    if (owner.ino < fs.sb.firstIno) continue;
+    const inode = await fs.inode(owner.ino);
+    if (fileType(inode.mode) !== 'file') continue;
+    if (owner.blocks || inode.flags & INLINE_DATA_FL) out.push(owner.ino);
   }
-  return out;
+  return out.sort((a, b) => a - b);
 }

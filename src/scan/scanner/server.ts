@@ -103,7 +103,8 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
     emit({ type: 'accepted', id: job.id, domain: job.domain, disks: job.disks.length });
     try {
       const jobOpts: ScanJobOptions = { clamd, nbdTlsDir: o.nbdTlsDir, limits: o.limits, emit, signal: ctl.signal, allowPlainNbd: o.allowPlainNbd,
-        onFile: (disk, partition, path) => o.log.debug('file opened', { job: job.id, disk, partition, path }) };
+        // Only when debug lines are written: an incremental scan looks up paths for this log alone.
+        onFile: o.log.level === 'debug' ? (disk, partition, path) => o.log.debug('file opened', { job: job.id, disk, partition, path }) : undefined };
       const result = await runScanJob(job, jobOpts);
       o.log.info('scan job done', { job: job.id, domain: job.domain, infected: result.infected.length, files: result.scanned.files, notScanned: result.notScanned.length });
       emit(result);
