@@ -22,6 +22,7 @@ let w: ScannerWorld;
 let scanner: RunningScanner;
 /** The same scanner at the default log level: no debug line wants the opened files' paths. */
 let quiet: RunningScanner;
+let dir: string;
 let before: string;
 let after: string;
 let changed: ExtentPair[];
@@ -59,6 +60,7 @@ function diffExtents(a: string, b: string): ExtentPair[] {
 beforeAll(async () => {
   const t = tempDir('scanner-incr');
   onCleanup(() => t.remove());
+  dir = t.path;
   w = await scannerWorld(t.path);
   const tree = join(t.path, 'tree');
   mkdirSync(join(tree, 'data'), { recursive: true });
@@ -131,9 +133,13 @@ describe('an incremental scan', () => {
     expect(clean.scanned.filesOpened).toBeGreaterThan(0);
     // The debug log names every opened file: that job walked the tree, this one read no directory.
     expect(clean.scanned.nbdBytesRead).toBeLessThan(logged.scanned.nbdBytesRead);
-    // A found file still gets its path.
+    // A found file still gets its path, and so does a skipped one.
     const found = await scan('found-quiet', changed, { via: quiet });
     expect(found.infected).toEqual([expect.objectContaining({ path: '/data/dropped.txt', signature: `${SIGNATURE}.UNOFFICIAL` })]);
+    const limited = await startScanner(dir, w.config({ limits: { maxFiles: 1 } }), w.ns);
+    const some = await scan('skips-quiet', changed, { image: before, via: limited });
+    expect(some.skipped.length).toBe(clean.scanned.filesOpened - 1);
+    for (const f of some.skipped) expect(f).toMatchObject({ reason: 'count limit', path: expect.stringMatching(/^\/data\/file-\d{3}\.bin$/) });
   });
 
   it('opens no file when the changed extents hold no file data', async () => {

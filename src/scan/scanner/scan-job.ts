@@ -82,8 +82,8 @@ class PathFinder {
     try {
       return (await this.all()).get(ino) ?? `(inode ${ino}, in no directory: deleted while open)`;
     } catch (err) {
-      if (!(err instanceof FilesystemError)) throw err;
-      return `(inode ${ino}: no path, the directory tree is damaged: ${why(err)})`;
+      // A report is not lost for want of a path: damage, or the export gone mid-walk, is said instead.
+      return err instanceof FilesystemError ? `(inode ${ino}: no path, the directory tree is damaged: ${why(err)})` : `(inode ${ino}: no path: ${errorMessage(err)})`;
     }
   }
 }
@@ -280,7 +280,6 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
   } finally {
     clearTimeout(timer);
   }
-  for (const u of v.unnamed) u.entry.path = await u.task.paths!.path(u.task.ino);
   v.scanned.nbdBytesRead = nbdBytes();
   progress(true);
   if (v.skippedTotal > v.skipped.length) {
@@ -344,6 +343,8 @@ async function scanDisk(
       const tasks: FileTask[] = inos.map((ino) => ({ disk: target, partition: p.number, fs, ino, paths }));
       o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
       await pool(tasks);
+      // Skipped files are named while the export is still open.
+      for (const u of v.unnamed.splice(0)) u.entry.path = await u.task.paths!.path(u.task.ino);
       continue;
     }
     // One walk gives every path (ino → first path; hard links are scanned once). A walk that breaks
