@@ -230,9 +230,13 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     }
   };
 
-  /** Runs the tasks with `concurrency` files in flight (each worker one clamd session, one clamd thread at a time). */
-  const pool = async (tasks: FileTask[]) => {
-    let next = 0;
+  /**
+   * Runs the tasks with `concurrency` files in flight (each worker one clamd session, one clamd
+   * thread at a time). Tasks are pulled as workers get free: a walk feeding them is read no further
+   * ahead than the scanning, so a full scan starts at once and never holds the whole file list.
+   */
+  const pool = async (tasks: Iterable<FileTask> | AsyncIterable<FileTask>) => {
+    const source = (async function* () { yield* tasks; })();
     const worker = async () => {
       let session: ClamdSession | undefined;
       const clamdScan = async (chunks: AsyncIterable<Uint8Array>) => {
@@ -240,15 +244,12 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
         return session.scan(chunks);
       };
       try {
-        while (next < tasks.length) {
-          const t = tasks[next++]!;
-          await scanFile(t, clamdScan);
-        }
+        for (let next = await source.next(); !next.done; next = await source.next()) await scanFile(next.value, clamdScan);
       } finally {
         session?.close();
       }
     };
-    await Promise.all(Array.from({ length: Math.max(1, Math.min(o.limits.concurrency, tasks.length)) }, worker));
+    await Promise.all(Array.from({ length: Math.max(1, o.limits.concurrency) }, worker));
   };
 
   try {
@@ -296,7 +297,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
 
 async function scanDisk(
   target: string, disk: DiskReader, changed: Extent[] | undefined, v: Verdict, o: ScanJobOptions, job: ScanJob,
-  pool: (tasks: FileTask[]) => Promise<void>, signal: AbortSignal, timeUp: AbortSignal,
+  pool: (tasks: Iterable<FileTask> | AsyncIterable<FileTask>) => Promise<void>, signal: AbortSignal, timeUp: AbortSignal,
 ): Promise<void> {
   let parts: Partition[];
   try {
@@ -347,34 +348,37 @@ async function scanDisk(
       for (const u of v.unnamed.splice(0)) u.entry.path = await u.task.paths!.path(u.task.ino);
       continue;
     }
-    // One walk gives every path (ino → first path; hard links are scanned once). A walk that breaks
-    // off at damage still scans what it found, and the filesystem is reported as not (fully) scanned.
-    const listed: FileTask[] = [];
+    // One walk gives every path (ino → first path; hard links are scanned once), scanned as it is
+    // listed. A walk that breaks off at damage still scans what it found, and the filesystem is
+    // reported as not (fully) scanned.
     const seen = new Set<number>();
+    let listed = 0;
     let walkError: unknown;
     let walkCut = false;
-    try {
-      for await (const e of fs.walk()) {
-        if (signal.aborted) { walkCut = true; break; }
-        if (e.type !== 'file' || seen.has(e.ino)) continue;
-        seen.add(e.ino);
-        listed.push({ disk: target, partition: p.number, fs, ino: e.ino, path: e.path });
+    const listing = async function* (): AsyncGenerator<FileTask> {
+      try {
+        for await (const e of fs.walk()) {
+          if (signal.aborted) { walkCut = true; return; }
+          if (e.type !== 'file' || seen.has(e.ino)) continue;
+          seen.add(e.ino);
+          listed++;
+          yield { disk: target, partition: p.number, fs, ino: e.ino, path: e.path };
+        }
+      } catch (err) {
+        if (!(err instanceof FilesystemError)) throw err;
+        walkError = err;
       }
-    } catch (err) {
-      if (!(err instanceof FilesystemError)) throw err;
-      walkError = err;
-    }
-    const tasks = listed;
+    };
+    await pool(listing());
     // Stopped by the time limit while listing: what was not listed is not scanned, and says so.
     if (walkCut && timeUp.aborted && !o.signal?.aborted) {
       v.hit('maxSeconds', o.limits.maxSeconds);
-      v.notScanned.push({ ...region, kind, reason: `time limit (maxSeconds ${o.limits.maxSeconds}) reached while listing its files: only the ${tasks.length} listed were considered` });
+      v.notScanned.push({ ...region, kind, reason: `time limit (maxSeconds ${o.limits.maxSeconds}) reached while listing its files: only the ${listed} listed were considered` });
     }
     if (walkError) {
-      v.notScanned.push({ ...region, kind, reason: `${kind} directory tree damaged, ${tasks.length} files found before it were scanned: ${why(walkError as FilesystemError)}` });
+      v.notScanned.push({ ...region, kind, reason: `${kind} directory tree damaged, ${listed} files found before it were scanned: ${why(walkError as FilesystemError)}` });
     }
-    o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
-    await pool(tasks);
+    o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: listed });
   }
 }
 
