@@ -68,7 +68,12 @@ const MUTATIONS: Record<string, Mutation> = {
   },
   headerBacking: async (r, pick) => {
     const file = `nightly-000${pick([2, 3])}.vda.qcow2`;
-    await execa('qemu-img', ['rebase', '-u', '-F', 'qcow2', '-b', pick([`${OUT}/live.qcow2`, join(r.sandbox, 'live.qcow2')]), join(r.dirs.nightly!, file)]);
+    const target = join(r.dirs.nightly!, file);
+    // An earlier mutation of this round left no qcow2 header to edit (truncated, replaced): skipped, as
+    // editManifest skips a manifest with nothing left to edit.
+    const info = await execa('qemu-img', ['info', '-U', '--output=json', target], { reject: false });
+    if (info.exitCode !== 0 || JSON.parse(info.stdout).format !== 'qcow2') return `${file} (skipped: no longer a qcow2)`;
+    await execa('qemu-img', ['rebase', '-u', '-F', 'qcow2', '-b', pick([`${OUT}/live.qcow2`, join(r.sandbox, 'live.qcow2')]), target]);
     return file;
   },
   imageTruncate: async (r, pick) => {
@@ -96,14 +101,18 @@ const MUTATIONS: Record<string, Mutation> = {
   },
 };
 
-/** Applies one or two random mutations; returns what was done, for the failure message. */
-async function mutate(r: SandboxedRepo, random: () => number): Promise<{ kind: string; file: string }[]> {
+/** Applies one or two random mutations; returns what was done, for the failure message (which names the seed, to replay it). */
+async function mutate(r: SandboxedRepo, random: () => number, label: string): Promise<{ kind: string; file: string }[]> {
   const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)]!;
   const kinds = Object.keys(MUTATIONS);
   const applied: { kind: string; file: string }[] = [];
   for (let n = 1 + Math.floor(random() * 2); n > 0; n--) {
     const kind = pick(kinds);
-    applied.push({ kind, file: await MUTATIONS[kind]!(r, pick) });
+    try {
+      applied.push({ kind, file: await MUTATIONS[kind]!(r, pick) });
+    } catch (err) {
+      throw new Error(`${label}: mutation ${kind} after ${JSON.stringify(applied)} failed (replay with VIRTCBT_MUTATION_SEED): ${(err as Error).message}`);
+    }
   }
   return applied;
 }
@@ -122,7 +131,7 @@ describe('a mutated repository never reaches outside itself', () => {
     const random = rng(seed);
     for (let round = 0; round < ROUNDS; round++) {
       const r = await handmadeRepo({ sandbox: true });
-      const what = `seed ${seed}, round ${round}: ${JSON.stringify(await mutate(r, random))}`;
+      const what = `seed ${seed}, round ${round}: ${JSON.stringify(await mutate(r, random, `seed ${seed}, round ${round}`))}`;
       const before = snapshotTree(r.sandbox);
       const out = tempDir('mut-restore');
       const runs = [
@@ -153,7 +162,7 @@ describe('a mutated repository never reaches outside itself', () => {
       const random = rng(seed + 1);
       for (let round = 0; round < BACKUP_ROUNDS; round++) {
         const r = await handmadeRepo({ sandbox: true, domain: guest.name });
-        const what = `seed ${seed + 1}, backup round ${round}: ${JSON.stringify(await mutate(r, random))}`;
+        const what = `seed ${seed + 1}, backup round ${round}: ${JSON.stringify(await mutate(r, random, `seed ${seed + 1}, backup round ${round}`))}`;
         const before = snapshotTree(r.sandbox);
         const run = await daemon.cli(['backup', guest.name, '--consumer', 'nightly', '--repo', r.root], { reject: false });
         expectSaneOutcome({ ...run, command: 'backup' }, what);
