@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { READY_MARKER, guestDomainXml } from '../../src/guestimage/index.js';
+import { AGENT_PORT_NAME, READY_MARKER, guestDomainXml } from '../../src/guestimage/index.js';
 import { onCleanup, onExitSync } from './cleanup.js';
 import { guestImages } from './images.js';
 import { copySparse } from './qemu.js';
@@ -35,6 +35,8 @@ export interface LibvirtGuestOptions {
   start?: boolean;
   /** User-mode network interfaces (work without bridges), by MAC, optionally with the link down. */
   interfaces?: { mac: string; linkDown?: boolean }[];
+  /** Leave out the guest-agent channel (a guest without an agent); ready is then the serial console's word alone. */
+  noAgentChannel?: boolean;
 }
 
 export interface LibvirtGuest {
@@ -172,7 +174,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise
   await writeFile(serialLog, '');
   await execa('chown', ['-R', 'libvirt-qemu:libvirt-qemu', dir]);
 
-  const xml = domainXml({ name, kernel, initrd, disks, serialLog, qmpSocket, memoryMiB: opts.memoryMiB ?? 256, scratchFormat, interfaces: opts.interfaces });
+  const xml = domainXml({ name, kernel, initrd, disks, serialLog, qmpSocket, memoryMiB: opts.memoryMiB ?? 256, scratchFormat, interfaces: opts.interfaces, noAgentChannel: opts.noAgentChannel });
   const xmlFile = join(dir, 'domain.xml');
   await writeFile(xmlFile, xml);
   if (persistent) await virsh(['define', xmlFile]);
@@ -182,7 +184,7 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise
     await execa('chown', ['libvirt-qemu:libvirt-qemu', serialLog]);
     if (persistent) await virsh(['start', name]);
     else await virsh(['create', xmlFile]);
-    await waitReady(name, serialLog, started, opts.bootTimeoutMs ?? 120_000);
+    await waitReady(name, serialLog, started, opts.bootTimeoutMs ?? 120_000, !opts.noAgentChannel);
     return Date.now() - started;
   };
   const bootMs = opts.start === false && persistent ? 0 : await start();
@@ -191,11 +193,13 @@ export async function startLibvirtGuest(opts: LibvirtGuestOptions = {}): Promise
 
 
 /** Ready = the guest says so on the serial console AND libvirt's own agent connection answers. */
-async function waitReady(name: string, serialLog: string, started: number, timeoutMs: number): Promise<void> {
+async function waitReady(name: string, serialLog: string, started: number, timeoutMs: number, agent = true): Promise<void> {
   const deadline = started + timeoutMs;
   let lastErr = '';
   for (;;) {
     const serial = await readFile(serialLog, 'utf8').catch(() => '');
+    // Without the agent's port the guest says so once its disks are up (after looking for the port a while).
+    if (!agent && serial.includes(`no virtio-serial port named ${AGENT_PORT_NAME}`)) break;
     if (serial.includes(READY_MARKER)) {
       const r = await virsh(['qemu-agent-command', name, '--timeout', '5', JSON.stringify({ execute: 'guest-ping' })], { reject: false });
       if (r.exitCode === 0) break;
@@ -222,12 +226,13 @@ interface DomainXmlInput {
   memoryMiB: number;
   scratchFormat?: 'raw' | 'qcow2';
   interfaces?: { mac: string; linkDown?: boolean }[];
+  noAgentChannel?: boolean;
 }
 
 /** The rig's two-disk guest (qcow2 data on vda, scratch on vdb), through the shared builder. */
 export function domainXml(d: DomainXmlInput): string {
   return guestDomainXml({
-    name: d.name, kernel: d.kernel, initrd: d.initrd, serialLog: d.serialLog, qmpSocket: d.qmpSocket, memoryMiB: d.memoryMiB, interfaces: d.interfaces,
+    name: d.name, kernel: d.kernel, initrd: d.initrd, serialLog: d.serialLog, qmpSocket: d.qmpSocket, memoryMiB: d.memoryMiB, interfaces: d.interfaces, noAgentChannel: d.noAgentChannel,
     disks: [{ target: 'vda', file: d.disks.data, format: 'qcow2' }, { target: 'vdb', file: d.disks.scratch, format: d.scratchFormat ?? 'raw' }],
   });
 }
