@@ -67,8 +67,17 @@ export class ClamdClient {
     const s = await this.open(signal);
     const reply = new Promise<string>((resolve, reject) => {
       let text = '';
-      s.on('data', (c: Buffer) => { text += c.toString('utf8'); });
-      s.once('close', () => (text === '' ? reject(new VirtcbtError(`clamd on ${this.socketPath} closed the connection without an answer`, { hint: 'Look at clamd\'s log' })) : resolve(text)));
+      // A hung clamd must not hang the caller (GET /v1/status asks for the version).
+      const timer = setTimeout(() => s.destroy(), this.timeoutMs);
+      s.on('data', (c: Buffer) => {
+        text += c.toString('utf8');
+        if (text.length > MAX_REPLY) s.destroy();
+      });
+      s.once('close', () => {
+        clearTimeout(timer);
+        if (text === '' || text.length > MAX_REPLY) reject(new VirtcbtError(`clamd on ${this.socketPath} gave no answer to ${cmd}`, { hint: 'Look at clamd\'s log' }));
+        else resolve(text);
+      });
       s.on('error', () => undefined);
     });
     s.end(`z${cmd}\0`);
@@ -82,16 +91,6 @@ export class ClamdClient {
    */
   async session(signal?: AbortSignal): Promise<ClamdSession> {
     return new ClamdSession(await this.open(signal), this.socketPath, this.timeoutMs);
-  }
-
-  /** Streams `chunks` to clamd with INSTREAM on a connection of its own and returns its verdict. */
-  async scan(chunks: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<ClamdVerdict> {
-    const session = await this.session(signal);
-    try {
-      return await session.scan(chunks);
-    } finally {
-      session.close();
-    }
   }
 }
 
