@@ -199,6 +199,29 @@ describe('virtcbt sync refuses bad targets, changing nothing', () => {
     }
   });
 
+  it('the backing file of a stopped domain\'s image (named relative in the overlay): refused as part of the disk\'s chain, nothing written', async () => {
+    // vdb of the stopped domain becomes an overlay of a full copy of itself: what the guest reads is unchanged.
+    const base = join(stopped.dir, 'scratch-base.qcow2');
+    await execa('qemu-img', ['convert', '-q', '-f', 'qcow2', '-O', 'qcow2', stopped.disks.scratch, base]);
+    onCleanup(async () => {
+      await execa('qemu-img', ['rebase', '-u', '-b', '', stopped.disks.scratch]);
+      await rm(base, { force: true });
+    });
+    await execa('qemu-img', ['rebase', '-u', '-b', 'scratch-base.qcow2', '-F', 'qcow2', stopped.disks.scratch]);
+    const link = join(dir, 'base-link.qcow2');
+    await symlink(base, link);
+    for (const t of [base, link]) {
+      const before = fileState(base);
+      const consumersBefore = await consumers(stopped.name);
+      const r = await sync(stopped.name, 'vdb', t);
+      expect(r.exitCode, r.stderr).toBe(2);
+      expect(r.stderr).toContain(`sync target ${t} is the backing file of ${stopped.disks.scratch}, in disk vdb's chain`);
+      expect(r.result).toBeUndefined();
+      expect(fileState(base)).toEqual(before);
+      expect(await consumers(stopped.name)).toEqual(consumersBefore);
+    }
+  });
+
   it('an image qemu-storage-daemon holds writable: a clear error naming the file and that it is in use, nothing written', async () => {
     const t = join(dir, 'held.qcow2');
     await execa('qemu-img', ['create', '-q', '-f', 'qcow2', t, '256M']);

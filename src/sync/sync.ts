@@ -6,6 +6,7 @@
 // then the pass committed. A failure or a cancel leaves the consumer where it was: the next sync
 // covers everything since the last good one.
 import { lstat } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
 import { logContinuity, type ChangeLog } from '../changelog/index.js';
 import { NbdEndpoint, ProgressMeter, copyExtents, dataExtents, openImageEndpoint, type CopyProgress, type Endpoint } from '../copy/index.js';
 import { fromPairs, totalBytes, type Extent } from '../extent/index.js';
@@ -20,6 +21,9 @@ import { readQcow2Header } from '../qcow2/index.js';
 import { planSync, type SyncPlan } from './plan.js';
 import type { SyncRecords } from './record.js';
 import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, syncConsumerName, targetKey, type TargetIdentity } from './target.js';
+
+/** Backing chains deeper than this are not followed (QEMU's own limit is far lower in practice). */
+const MAX_CHAIN = 64;
 
 export interface SyncContext {
   domain: string;
@@ -318,16 +322,43 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   }
 }
 
-/** The target must not be one of the domain's own images (a sync onto itself would destroy it). */
+/**
+ * The target must not be one of the domain's own images, nor a file one of them reads: a backing
+ * file (an external snapshot's base, a template) or a qcow2 external data file. A sync onto it would
+ * destroy the disk. The chain is followed from the qcow2 headers themselves (libvirt's XML of a
+ * stopped domain does not list it), at most MAX_CHAIN deep; names that are not files are skipped.
+ */
 async function refuseSourceAsTarget(path: string, info: DomainXmlInfo, where: { domain: string; disk: string }): Promise<void> {
   const { stat } = await import('node:fs/promises');
   const t = await stat(path).catch(() => undefined);
   if (!t) return;
+  const same = async (p: string) => {
+    const s = await stat(p).catch(() => undefined);
+    return s !== undefined && s.dev === t.dev && s.ino === t.ino;
+  };
   for (const d of info.disks) {
     if (!d.source) continue;
-    const s = await stat(d.source).catch(() => undefined);
-    if (s && s.dev === t.dev && s.ino === t.ino) {
+    if (await same(d.source)) {
       throw new UsageError(`sync target ${path} is the image of disk ${d.target} of the domain itself`, { ...where, hint: 'Name another file (a copy on other storage)' });
+    }
+    let image = d.source;
+    for (let depth = 0; depth < MAX_CHAIN; depth++) {
+      const header = await readQcow2Header(image).catch(() => undefined);
+      if (!header) break;
+      const resolve = (name: string) => (isAbsolute(name) ? name : join(dirname(image), name));
+      const fileName = (name: string | null | undefined) => (name && !/^[a-z0-9+.-]+:/i.test(name) ? resolve(name) : undefined);
+      const dataFile = fileName(header.dataFileName);
+      if (dataFile && await same(dataFile)) {
+        throw new UsageError(`sync target ${path} is the external data file of ${image}, in disk ${d.target}'s chain`, { ...where, hint: 'Name another file (a copy on other storage)' });
+      }
+      const backing = fileName(header.backing);
+      if (!backing) break;
+      if (await same(backing)) {
+        throw new UsageError(`sync target ${path} is the backing file of ${image}, in disk ${d.target}'s chain: a sync onto it would change what disk ${d.target} reads`, {
+          ...where, hint: 'Name another file (a copy on other storage)',
+        });
+      }
+      image = backing;
     }
   }
 }
