@@ -6,7 +6,7 @@ import { DiskReader } from '../reader.js';
 import { isFastSymlink, mapInode, type InodeMap, type MappedRun } from './blockmap.js';
 import { checkDirBlock, parseDirBlock, type DirEntry } from './dir.js';
 import { BG_INODE_UNINIT, readGroupDescs, type GroupDesc } from './groups.js';
-import { EXT4_ENCRYPT_FL, EXT4_INLINE_DATA_FL, fileType, inodeChecksumOk, inodeCsumSeed, inodeXattr, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode.js';
+import { EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, fileType, inodeChecksumOk, inodeCsumSeed, inodeXattr, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode.js';
 import { has, INCOMPAT, parseSuperblock, RO_COMPAT, type Superblock } from './superblock.js';
 import { usedBlockRuns } from './usedmap.js';
 
@@ -17,8 +17,30 @@ const MAX_SYMLINKS = 40;
 const MAX_DEPTH = 4096;
 /** File data is read in requests of this size (and handed out in chunks of it). */
 const DATA_CHUNK = 1024 * 1024;
+
+/** Buffers of one chunk each that `readChunks` fills in turn (one ring per reader at a time). */
+export class ChunkRing {
+  private readonly buffers: Buffer[];
+  private at = 0;
+
+  constructor(readonly size = 2) {
+    this.buffers = Array.from({ length: Math.max(2, size) }, () => Buffer.allocUnsafe(DATA_CHUNK));
+  }
+
+  /** The next buffer's first `n` bytes (n ≤ 1 MiB), contents undefined. */
+  next(n: number): Buffer {
+    const b = this.buffers[this.at]!;
+    this.at = (this.at + 1) % this.buffers.length;
+    return b.subarray(0, n);
+  }
+}
 /** Inode tables are read for block-owner walks in batches of this size. */
 const ITABLE_BATCH = 4 * 1024 * 1024;
+/** Inode-table batches read ahead of the one being parsed by blockOwners. */
+const ITABLE_AHEAD = 4;
+/** An extent tree node's magic; an extent of more than INIT_MAX_LEN blocks is uninitialised (length - INIT_MAX_LEN). */
+const EXTENT_MAGIC = 0xf30a;
+const INIT_MAX_LEN = 32768;
 const XATTR_INDEX_SYSTEM = 7;
 /** A directory entry's file type (filetype feature) by its code; 0 and unknown codes: read the inode. */
 const ENTRY_TYPES: Record<number, WalkEntry['type'] | undefined> = { 1: 'file', 2: 'dir', 3: 'chardev', 4: 'blockdev', 5: 'fifo', 6: 'socket', 7: 'symlink' };
@@ -37,6 +59,8 @@ export interface BlockOwner {
   blocks: boolean;
   /** Its slot in the inode table does (its attributes, inline data or extent root changed). */
   inode: boolean;
+  /** The inode as read. */
+  parsed: Inode;
 }
 
 export interface WalkEntry {
@@ -182,8 +206,13 @@ export class ExtFilesystem {
     return walk(ROOT_INO, path.split('/'), !opts.noFollow);
   }
 
-  /** A file's contents as chunks of at most 1 MiB, holes and uninitialised extents as zeroes; memory stays bounded. */
-  async *readChunks(file: Inode | number): AsyncGenerator<Buffer> {
+  /**
+   * A file's contents as chunks of at most 1 MiB, holes and uninitialised extents as zeroes; memory
+   * stays bounded. With `ring`, chunks are read into its buffers in turn instead of fresh ones (no
+   * allocation, no garbage per chunk): a chunk then stays valid only until the consumer has taken
+   * `ring.size - 1` more.
+   */
+  async *readChunks(file: Inode | number, opts: { ring?: ChunkRing } = {}): AsyncGenerator<Buffer> {
     const inode = typeof file === 'number' ? await this.inode(file) : file;
     const size = inode.size;
     if (inode.flags & EXT4_ENCRYPT_FL) throw unsupported(this.label, `inode ${inode.ino} is encrypted (fscrypt): its contents cannot be read`);
@@ -216,7 +245,8 @@ export class ExtFilesystem {
         pieces.push({ at: from - pos, phys: m.physical * bs + (from - m.logical * bs), length: to - from });
         covered += to - from;
       }
-      const out = covered === n ? Buffer.allocUnsafe(n) : Buffer.alloc(n);
+      const out = opts.ring ? opts.ring.next(n) : covered === n ? Buffer.allocUnsafe(n) : Buffer.alloc(n);
+      if (opts.ring && covered !== n) out.fill(0);
       for (const p of pieces) await this.disk.readInto(out.subarray(p.at, p.at + p.length), p.phys, `data of inode ${inode.ino}`);
       yield out;
       pos += n;
@@ -293,36 +323,85 @@ export class ExtFilesystem {
     const isz = this.sb.inodeSize;
     const ipg = this.sb.inodesPerGroup;
     const perBatch = Math.max(1, Math.floor(ITABLE_BATCH / isz));
-    for (let g = 0; g < this.sb.groupCount; g++) {
-      const gd = this.groups[g];
-      if (gd.flags & BG_INODE_UNINIT) continue;
-      const bitmap = await this.disk.readCached(gd.inodeBitmap * bs, bs, 'inode bitmap');
-      // Inodes past ipg - itable_unused were never used (kept only with group checksums); past the
-      // last set bit none is in use now: neither part of the table is read (ext2/3 have no itable_unused).
-      let used = ipg - gd.itableUnused;
-      while (used > 0 && !((bitmap[(used - 1) >> 3] >> ((used - 1) & 7)) & 1)) used--;
-      for (let i0 = 0; i0 < used; i0 += perBatch) {
-        const n = Math.min(perBatch, used - i0);
-        const tableAt = gd.inodeTable * bs + i0 * isz;
-        const table = await this.disk.read(tableAt, n * isz, 'inode table');
-        for (let k = 0; k < n; k++) {
-          const idx = i0 + k;
-          if (!((bitmap[idx >> 3] >> (idx & 7)) & 1)) continue;
-          const ino = g * ipg + idx + 1;
-          const slot = tableAt + k * isz;
-          const inodeHit = hits(slot, slot + isz);
-          const inode = this.parse(ino, table.subarray(k * isz, (k + 1) * isz));
-          if (inode.mode === 0) continue;
-          let blockHit = false;
-          // Inodes below the first normal one (bad blocks, resize, journal) own blocks too; they are mapped the same way.
-          const m = await mapInode(this.sb, this.disk, inode);
-          for (const r of m.data) if (hits(r.physical * bs, (r.physical + r.count) * bs)) { blockHit = true; break; }
-          if (!blockHit) for (const r of m.meta) if (hits(r.offset * bs, (r.offset + r.length) * bs)) { blockHit = true; break; }
-          if (blockHit || inodeHit) out.push({ ino, blocks: blockHit, inode: inodeHit });
+    // The batches of inode table to read, in order; reads run up to ITABLE_AHEAD batches ahead of
+    // the one being parsed (each is a round trip over a network), memory bounded by that window.
+    interface Batch { g: number; i0: number; n: number; bitmap: Buffer; tableAt: number; table?: Promise<Buffer> }
+    const disk = this.disk;
+    const plan = async function* (this: ExtFilesystem): AsyncGenerator<Batch> {
+      for (let g = 0; g < this.sb.groupCount; g++) {
+        const gd = this.groups[g];
+        if (gd.flags & BG_INODE_UNINIT) continue;
+        const bitmap = await disk.readCached(gd.inodeBitmap * bs, bs, 'inode bitmap');
+        // Inodes past ipg - itable_unused were never used (kept only with group checksums); past the
+        // last set bit none is in use now: neither part of the table is read (ext2/3 have no itable_unused).
+        let used = ipg - gd.itableUnused;
+        while (used > 0 && !((bitmap[(used - 1) >> 3] >> ((used - 1) & 7)) & 1)) used--;
+        for (let i0 = 0; i0 < used; i0 += perBatch) {
+          const n = Math.min(perBatch, used - i0);
+          yield { g, i0, n, bitmap, tableAt: gd.inodeTable * bs + i0 * isz };
         }
+      }
+    }.call(this);
+    const ahead: Batch[] = [];
+    let planned = false;
+    const fill = async () => {
+      while (!planned && ahead.length < ITABLE_AHEAD) {
+        const next = await plan.next();
+        if (next.done) { planned = true; break; }
+        const b = next.value;
+        b.table = disk.read(b.tableAt, b.n * isz, 'inode table');
+        b.table.catch(() => undefined); // awaited in turn below; one abandoned by an error must not go unhandled
+        ahead.push(b);
+      }
+    };
+    for (await fill(); ahead.length > 0; await fill()) {
+      const { g, i0, n, bitmap, tableAt } = ahead[0]!;
+      const table = await ahead.shift()!.table!;
+      for (let k = 0; k < n; k++) {
+        const idx = i0 + k;
+        if (!((bitmap[idx >> 3] >> (idx & 7)) & 1)) continue;
+        const ino = g * ipg + idx + 1;
+        const slot = tableAt + k * isz;
+        const inodeHit = hits(slot, slot + isz);
+        const raw = table.subarray(k * isz, (k + 1) * isz);
+        if (!inodeHit && this.ownsNoneOf(ino, raw, hits)) continue;
+        const inode = this.parse(ino, raw);
+        if (inode.mode === 0) continue;
+        let blockHit = false;
+        // Inodes below the first normal one (bad blocks, resize, journal) own blocks too; they are mapped the same way.
+        const m = await mapInode(this.sb, this.disk, inode);
+        for (const r of m.data) if (hits(r.physical * bs, (r.physical + r.count) * bs)) { blockHit = true; break; }
+        if (!blockHit) for (const r of m.meta) if (hits(r.offset * bs, (r.offset + r.length) * bs)) { blockHit = true; break; }
+        if (blockHit || inodeHit) out.push({ ino, blocks: blockHit, inode: inodeHit, parsed: inode });
       }
     }
     return out;
+  }
+
+  /**
+   * blockOwners' fast path: true when the inode in `raw` (its checksum checked) keeps its whole
+   * extent tree in the inode (depth 0, the common case) and neither those extents nor its extended
+   * attribute block meet the query, so that it owns none of the blocks asked about; false when that
+   * takes the full parse and map (deeper trees, block maps, inline data, a hit).
+   */
+  private ownsNoneOf(ino: number, raw: Buffer, hits: (start: number, end: number) => boolean): boolean {
+    const flags = raw.readUInt32LE(32);
+    if (!(flags & EXT4_EXTENTS_FL) || flags & EXT4_INLINE_DATA_FL || raw.readUInt16LE(0) === 0) return false;
+    const root = 40;
+    const entries = raw.readUInt16LE(root + 2);
+    if (raw.readUInt16LE(root) !== EXTENT_MAGIC || raw.readUInt16LE(root + 6) !== 0 || entries > 4) return false;
+    if (this.csum && !inodeChecksumOk(raw.subarray(0, this.sb.inodeSize), ino, this.sb.csumSeed)) return false; // the full path says which
+    const bs = this.sb.blockSize;
+    const acl = raw.readUInt32LE(104) + raw.readUInt16LE(118) * 2 ** 32;
+    if (acl && hits(acl * bs, (acl + 1) * bs)) return false;
+    for (let e = 0; e < entries; e++) {
+      const at = root + 12 + e * 12;
+      const len = raw.readUInt16LE(at + 4);
+      const count = len > INIT_MAX_LEN ? len - INIT_MAX_LEN : len;
+      const physical = raw.readUInt16LE(at + 6) * 2 ** 32 + raw.readUInt32LE(at + 8);
+      if (hits(physical * bs, (physical + count) * bs)) return false;
+    }
+    return true;
   }
 
   /** A symlink's target. */
