@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { intersect, merge, type Extent } from '../../extent/index.js';
-import { DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, fileType, readPartitions, type Partition } from '../../fs/index.js';
+import { ChunkRing, DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, fileType, readPartitions, type Inode, type Partition } from '../../fs/index.js';
 import { parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
@@ -51,6 +51,8 @@ interface FileTask {
   partition: number;
   fs: ExtFilesystem;
   ino: number;
+  /** Already read (incremental scans find owners by reading every inode). */
+  inode?: Inode;
   /** Known from the walk (full scans), or looked up when a report needs it (incremental scans). */
   path?: string;
   paths?: PathFinder;
@@ -179,12 +181,12 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
   };
   let scannedCount = 0;
 
-  const scanFile = async (t: FileTask, clamdScan: (chunks: AsyncIterable<Uint8Array>) => Promise<ClamdVerdict>): Promise<void> => {
+  const scanFile = async (t: FileTask, clamdScan: (chunks: AsyncIterable<Uint8Array>) => Promise<ClamdVerdict>, ring: ChunkRing): Promise<void> => {
     if (timeCtl.signal.aborted) return v.skip(t, 'time limit', { name: 'maxSeconds', value: o.limits.maxSeconds });
     if (o.signal?.aborted) return;
     let inode;
     try {
-      inode = await t.fs.inode(t.ino);
+      inode = t.inode ?? await t.fs.inode(t.ino);
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
       return v.skip(t, 'unreadable', undefined, why(err));
@@ -195,13 +197,13 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     scannedCount++;
     v.scanned.filesOpened++;
     if (o.onFile) o.onFile(t.disk, t.partition, await pathOf(t));
-    const hash = createHash('sha256');
     let bytes = 0;
     const fileSignal = signal;
+    // Chunks come from the worker's ring: clamd's session sends one while the next is read, and
+    // holds at most one back (the ring has room for both and one more).
     async function* chunks() {
-      for await (const c of t.fs.readChunks(inode!)) {
+      for await (const c of t.fs.readChunks(inode!, { ring })) {
         if (fileSignal.aborted) throw fileSignal.reason ?? new Error('aborted');
-        hash.update(c);
         bytes += c.length;
         yield c;
       }
@@ -224,7 +226,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     if (bytes !== inode.size) return v.skip(t, 'unreadable', undefined, `read ${bytes} of ${inode.size} bytes`);
     v.scanned.files++;
     if (verdict.status === 'found') {
-      const file: InfectedFile = { disk: t.disk, partition: t.partition, path: await pathOf(t), signature: verdict.signature, size: inode.size, sha256: hash.digest('hex') };
+      const file: InfectedFile = { disk: t.disk, partition: t.partition, path: await pathOf(t), signature: verdict.signature, size: inode.size, sha256: await digest(t.fs, inode) };
       v.infected.push(file);
       o.emit({ type: 'found', id: job.id, file });
     }
@@ -239,12 +241,13 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     const source = (async function* () { yield* tasks; })();
     const worker = async () => {
       let session: ClamdSession | undefined;
+      const ring = new ChunkRing(3);
       const clamdScan = async (chunks: AsyncIterable<Uint8Array>) => {
         if (!session || session.broken) session = await o.clamd.session(signal);
         return session.scan(chunks);
       };
       try {
-        for (let next = await source.next(); !next.done; next = await source.next()) await scanFile(next.value, clamdScan);
+        for (let next = await source.next(); !next.done; next = await source.next()) await scanFile(next.value, clamdScan, ring);
       } finally {
         session?.close();
       }
@@ -332,16 +335,16 @@ async function scanDisk(
     if (local) {
       // Incremental: the regular files owning changed blocks, scanned by inode number; their paths
       // are looked up only for a report that needs one (or the debug log of opened files).
-      let inos: number[];
+      let owners: Inode[];
       try {
-        inos = await changedFiles(fs, local);
+        owners = await changedFiles(fs, local);
       } catch (err) {
         if (!(err instanceof FilesystemError)) throw err;
         v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
         continue;
       }
-      const paths = new PathFinder(fs, new Set(inos));
-      const tasks: FileTask[] = inos.map((ino) => ({ disk: target, partition: p.number, fs, ino, paths }));
+      const paths = new PathFinder(fs, new Set(owners.map((i) => i.ino)));
+      const tasks: FileTask[] = owners.map((inode) => ({ disk: target, partition: p.number, fs, ino: inode.ino, inode, paths }));
       o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
       await pool(tasks);
       // Skipped files are named while the export is still open.
@@ -382,24 +385,34 @@ async function scanDisk(
   }
 }
 
+/**
+ * A found file's sha256, read again from the snapshot (which does not change under it): hashing
+ * only what was found spares every clean file's bytes a pass through SHA-256.
+ */
+async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const c of fs.readChunks(inode)) hash.update(c);
+  return hash.digest('hex');
+}
+
 /** EXT4_INLINE_DATA_FL: the file's bytes live in its inode. */
 const INLINE_DATA_FL = 0x10000000;
 
 /**
- * The regular files (inode numbers, ascending) whose contents may have changed within `extents`: every owner of a changed data or
+ * The regular files (their inodes, by number) whose contents may have changed within `extents`: every owner of a changed data or
  * mapping block, and owners of a changed inode-table slot only when their bytes live in the inode
  * (inline data). A changed slot alone says little at the change log's granularity (a 64 KiB chunk
  * of the inode table holds 256 inodes, most untouched); a file whose contents changed has either
  * new data blocks, which are in the extents, or inline data.
  */
-async function changedFiles(fs: ExtFilesystem, extents: Extent[]): Promise<number[]> {
-  const out: number[] = [];
+async function changedFiles(fs: ExtFilesystem, extents: Extent[]): Promise<Inode[]> {
+  const out: Inode[] = [];
   for (const owner of await fs.blockOwners(extents)) {
     // Reserved inodes (the journal, resize inode ...) are not files anyone wrote.
     if (owner.ino < fs.sb.firstIno) continue;
-    const inode = await fs.inode(owner.ino);
+    const inode = owner.parsed;
     if (fileType(inode.mode) !== 'file') continue;
-    if (owner.blocks || inode.flags & INLINE_DATA_FL) out.push(owner.ino);
+    if (owner.blocks || inode.flags & INLINE_DATA_FL) out.push(inode);
   }
-  return out.sort((a, b) => a - b);
+  return out.sort((a, b) => a.ino - b.ino);
 }
