@@ -11,6 +11,8 @@
 // which the two images differ (what a 64 KiB dirty bitmap records). Medians of --runs runs.
 // Loopback: the NBD figures are TLS and the extra hop on this host, not a network.
 // Run: npx tsc -p tsconfig.json && node dist/bench/scan-vs-clamdscan.js [--runs 3] [--files 3000] [--mib 300] [--sigs 100000]
+// [--rows 1,2,4] (only those rows) [--trace] (event arrival times, CPU of scanner and front end apart);
+// BENCH_SCANNER_NODE_ARGS="--cpu-prof ..." in the environment profiles virtcbt-scanner.
 import { spawn } from 'node:child_process';
 import { randomBytes, randomFillSync } from 'node:crypto';
 import { once } from 'node:events';
@@ -31,6 +33,10 @@ const SIGS = flag('sigs', 100_000);
 /** Scans of a running TCG guest (freeze window, whole-command wall); 0 leaves the guest out. */
 const GUEST_SCANS = flag('guest-scans', 5);
 const GRANULE = 64 * 1024;
+/** Prints when each event of a scan's response arrived (stderr). */
+const TRACE = process.argv.includes('--trace');
+/** Rows to run, by number (1 full, 2 clamdscan, 3 clamscan, 4 incremental); all unless given. */
+const ROWS = process.argv.includes('--rows') ? (process.argv[process.argv.indexOf('--rows') + 1] ?? '').split(',').map(Number) : [];
 const MiB = 2 ** 20;
 const SCANNER = join(ROOT, 'dist', 'src', 'scan', 'scanner', 'main.js');
 const THREADS = 4;
@@ -103,10 +109,16 @@ function post(url: string, job: ScanJob, certDir: string): Promise<{ result: Sca
       method: 'POST', headers: { 'content-type': 'application/json' },
       ca: readFileSync(join(certDir, 'ca-cert.pem')), cert: readFileSync(join(certDir, 'client-cert.pem')), key: readFileSync(join(certDir, 'client-key.pem')),
     }, (res) => {
+      const tHeaders = process.hrtime.bigint();
       let body = '';
-      res.setEncoding('utf8').on('data', (c: string) => { body += c; });
+      const trace: string[] = [];
+      res.setEncoding('utf8').on('data', (c: string) => {
+        body += c;
+        if (TRACE) trace.push(`${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)}ms ${c.split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { type: string }).type).join(',')}`);
+      });
       res.on('end', () => {
         const wallS = Number(process.hrtime.bigint() - t0) / 1e9;
+        if (TRACE) console.error(`trace ${job.disks[0]?.extents ? 'incremental' : 'full'}: headers ${(Number(tHeaders - t0) / 1e6).toFixed(1)}ms; ${trace.join('; ')}; end ${(wallS * 1000).toFixed(1)}ms`);
         const result = body.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { type: string }).find((e) => e.type === 'result') as ScanResult | undefined;
         if (!result) reject(new Error(`no verdict (HTTP ${res.statusCode}): ${body.slice(0, 2000)}`));
         else resolve({ result, wallS });
@@ -228,7 +240,7 @@ try {
     limits: { maxFileBytes: 128 * MiB, maxFiles: 1_000_000, maxSeconds: 3600, streamMaxLength: 128 * MiB, concurrency: THREADS },
     maxJobs: 2, log: { level: 'info' },
   }));
-  const scanner = spawn(process.execPath, [SCANNER, '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined } });
+  const scanner = spawn(process.execPath, [...(process.env.BENCH_SCANNER_NODE_ARGS ?? '').split(' ').filter(Boolean), SCANNER, '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined } });
   pids.push(scanner.pid!);
   let slog = '';
   scanner.stderr!.on('data', (c: Buffer) => { slog += c.toString(); });
@@ -315,12 +327,15 @@ try {
     for (let k = 0; k < rows.length; k++) {
       const j = (i + k) % rows.length;
       const r = rows[j]!;
+      if (ROWS.length && !ROWS.includes(j + 1)) continue;
       const c0 = clamdCpu();
       if (j === 0 || j === 3) {
         const s0 = scannerCpu();
+        const f0 = cpuTree(expBefore.pid) + cpuTree(expAfter.pid);
         const { result, wallS } = j === 0 ? await post(url, disk(expBefore.uri, before), hv) : await post(url, disk(expAfter.uri, after, extents), hv);
         r.walls.push(wallS);
         r.cpu.push(scannerCpu() - s0);
+        if (TRACE) console.error(`cpu ${j === 0 ? 'full' : 'incremental'}: scanner+front end ${(scannerCpu() - s0).toFixed(2)} s, of which front end ${(cpuTree(expBefore.pid) + cpuTree(expAfter.pid) - f0).toFixed(2)} s; clamd ${(clamdCpu() - c0).toFixed(2)} s`);
         r.nbd = result.scanned.nbdBytesRead;
         r.fileData = result.scanned.bytesRead;
         r.files = result.scanned.filesOpened;
