@@ -222,6 +222,25 @@ describe('virtcbt sync refuses bad targets, changing nothing', () => {
     }
   });
 
+  it('another (stopped) domain\'s disk: refused naming that domain and disk, nothing written; this disk\'s copy as virtcbt left it may be a standby domain\'s disk', async () => {
+    const theirs = stopped.disks.data;
+    const before = fileState(theirs);
+    const consumersBefore = await consumers(guest.name);
+    const r = await sync(guest.name, 'vda', theirs);
+    expect(r.exitCode, r.stderr).toBe(2);
+    expect(r.stderr).toContain(`sync target ${theirs} is the image of disk vda of domain ${stopped.name}: a sync would overwrite that domain's disk`);
+    expect(r.result).toBeUndefined();
+    expect(fileState(theirs)).toEqual(before);
+    expect(await consumers(guest.name)).toEqual(consumersBefore);
+    // A replica made by virtcbt, then given to a standby domain: still synced to.
+    const replica = join(dir, 'standby.qcow2');
+    expect((await synced('vda', replica)).seed).toBe(true);
+    await virsh(['attach-disk', stopped.name, replica, 'vdz', '--config', '--subdriver', 'qcow2']);
+    onCleanup(() => virsh(['detach-disk', stopped.name, 'vdz', '--config']));
+    const again = await synced('vda', replica);
+    expect(again.seed).toBe(false);
+  });
+
   it('an image qemu-storage-daemon holds writable: a clear error naming the file and that it is in use, nothing written', async () => {
     const t = join(dir, 'held.qcow2');
     await execa('qemu-img', ['create', '-q', '-f', 'qcow2', t, '256M']);

@@ -345,6 +345,9 @@ export class JobRunner {
           agent: this.agentFor(ctx) ?? null, freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, agentTimeoutMs: this.cfg.agent.timeoutMs,
           freezeMarker: this.freezeMarkers.for(domain), nbd: this.cfg.nbd, tlsCertificates: this.cfg.sync.tlsCertificates,
           domainXml: () => this.libvirt.xml(domain), fault: this.opts.syncFault,
+          otherDomains: async () => Promise.all((await this.libvirt.listAll()).filter((n) => n !== domain).map(async (n) => ({
+            domain: n, disks: (await this.libvirt.info(n).catch(() => undefined))?.disks ?? [],
+          }))),
         }, report))();
         return Promise.race([taken, run.then(() => undefined, () => undefined)]);
       });

@@ -5,7 +5,8 @@
 // copy runs beside folds and other jobs; the target is flushed, its identity recorded, and only
 // then the pass committed. A failure or a cancel leaves the consumer where it was: the next sync
 // covers everything since the last good one.
-import { lstat } from 'node:fs/promises';
+import { lstat, stat } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
 import { logContinuity, type ChangeLog } from '../changelog/index.js';
 import { NbdEndpoint, ProgressMeter, copyExtents, dataExtents, openImageEndpoint, type CopyProgress, type Endpoint } from '../copy/index.js';
@@ -24,6 +25,11 @@ import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, 
 
 /** Backing chains deeper than this are not followed (QEMU's own limit is far lower in practice). */
 const MAX_CHAIN = 64;
+
+export interface OtherDomain {
+  domain: string;
+  disks: { target: string; source?: string }[];
+}
 
 export interface SyncContext {
   domain: string;
@@ -105,6 +111,8 @@ export interface SyncDeps {
   domainXml?: () => Promise<string>;
   /** Certificates for nbds:// targets (ca-cert.pem, client-cert.pem, client-key.pem). */
   tlsCertificates?: string;
+  /** The other libvirt domains and their disks: a target that is one of theirs is refused. */
+  otherDomains?: () => Promise<OtherDomain[]>;
   /** Test-only fault injection: called before the copy. */
   fault?: (step: 'copy') => void | Promise<void>;
 }
@@ -134,6 +142,12 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   }
   const key = await targetKey(target);
   const consumer = syncConsumerName(disk.target, key);
+  if (target.kind === 'file' && deps.otherDomains) {
+    // Another domain's disk is refused unless it is this disk's copy as virtcbt left it.
+    const now = await fileIdentity(target.path).catch(() => undefined);
+    const mine = now && identityChange((await deps.records.read(domain, consumer).catch(() => undefined))?.record?.identity, now) === undefined;
+    if (now && !mine) await refuseOtherDomainsDisk(target.path, await deps.otherDomains(), where);
+  }
 
   const notes: string[] = [];
   let snap: Snapshot | undefined;
@@ -323,42 +337,68 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
 }
 
 /**
- * The target must not be one of the domain's own images, nor a file one of them reads: a backing
- * file (an external snapshot's base, a template) or a qcow2 external data file. A sync onto it would
- * destroy the disk. The chain is followed from the qcow2 headers themselves (libvirt's XML of a
- * stopped domain does not list it), at most MAX_CHAIN deep; names that are not files are skipped.
+ * What `path` is to the disk whose image is `source`: the image itself, or a file it reads — a
+ * backing file (an external snapshot's base, a template) or a qcow2 external data file. The chain
+ * is followed from the qcow2 headers themselves (libvirt's XML of a stopped domain does not list
+ * it), at most MAX_CHAIN deep; names that are not files are skipped.
  */
-async function refuseSourceAsTarget(path: string, info: DomainXmlInfo, where: { domain: string; disk: string }): Promise<void> {
-  const { stat } = await import('node:fs/promises');
-  const t = await stat(path).catch(() => undefined);
-  if (!t) return;
+async function chainRole(target: Stats, source: string): Promise<string | undefined> {
   const same = async (p: string) => {
     const s = await stat(p).catch(() => undefined);
-    return s !== undefined && s.dev === t.dev && s.ino === t.ino;
+    return s !== undefined && s.dev === target.dev && s.ino === target.ino;
   };
+  if (await same(source)) return 'image';
+  let image = source;
+  for (let depth = 0; depth < MAX_CHAIN; depth++) {
+    const header = await readQcow2Header(image).catch(() => undefined);
+    if (!header) return undefined;
+    const fileName = (name: string | null | undefined) =>
+      (name && !/^[a-z0-9+.-]+:/i.test(name) ? (isAbsolute(name) ? name : join(dirname(image), name)) : undefined);
+    const dataFile = fileName(header.dataFileName);
+    if (dataFile && await same(dataFile)) return `external data file of ${image}`;
+    const backing = fileName(header.backing);
+    if (!backing) return undefined;
+    if (await same(backing)) return `backing file of ${image}`;
+    image = backing;
+  }
+  return undefined;
+}
+
+/** The target must not be one of the domain's own images nor a file in their chains: a sync onto it would destroy the disk. */
+async function refuseSourceAsTarget(path: string, info: DomainXmlInfo, where: { domain: string; disk: string }): Promise<void> {
+  const t = await stat(path).catch(() => undefined);
+  if (!t) return;
   for (const d of info.disks) {
     if (!d.source) continue;
-    if (await same(d.source)) {
+    const role = await chainRole(t, d.source);
+    if (role === 'image') {
       throw new UsageError(`sync target ${path} is the image of disk ${d.target} of the domain itself`, { ...where, hint: 'Name another file (a copy on other storage)' });
     }
-    let image = d.source;
-    for (let depth = 0; depth < MAX_CHAIN; depth++) {
-      const header = await readQcow2Header(image).catch(() => undefined);
-      if (!header) break;
-      const resolve = (name: string) => (isAbsolute(name) ? name : join(dirname(image), name));
-      const fileName = (name: string | null | undefined) => (name && !/^[a-z0-9+.-]+:/i.test(name) ? resolve(name) : undefined);
-      const dataFile = fileName(header.dataFileName);
-      if (dataFile && await same(dataFile)) {
-        throw new UsageError(`sync target ${path} is the external data file of ${image}, in disk ${d.target}'s chain`, { ...where, hint: 'Name another file (a copy on other storage)' });
-      }
-      const backing = fileName(header.backing);
-      if (!backing) break;
-      if (await same(backing)) {
-        throw new UsageError(`sync target ${path} is the backing file of ${image}, in disk ${d.target}'s chain: a sync onto it would change what disk ${d.target} reads`, {
-          ...where, hint: 'Name another file (a copy on other storage)',
-        });
-      }
-      image = backing;
+    if (role) {
+      throw new UsageError(`sync target ${path} is the ${role}, in disk ${d.target}'s chain: a sync onto it would change what disk ${d.target} reads`, {
+        ...where, hint: 'Name another file (a copy on other storage)',
+      });
+    }
+  }
+}
+
+/**
+ * An existing file that another libvirt domain uses as a disk (or in a disk's chain) is that
+ * domain's data: it is not overwritten unless it is this disk's copy as virtcbt left it (a standby
+ * domain defined on the replica). Asked only when the target is not that copy.
+ */
+async function refuseOtherDomainsDisk(path: string, others: OtherDomain[], where: { domain: string; disk: string }): Promise<void> {
+  const t = await stat(path).catch(() => undefined);
+  if (!t) return;
+  for (const o of others) {
+    for (const d of o.disks) {
+      if (!d.source) continue;
+      const role = await chainRole(t, d.source);
+      if (!role) continue;
+      throw new UsageError(`sync target ${path} is ${role === 'image' ? 'the image' : `the ${role}, in the chain`} of disk ${d.target} of domain ${o.domain}: a sync would overwrite that domain's disk`, {
+        ...where,
+        hint: `Name another file. If it is meant to become this disk's copy, detach it from ${o.domain} first (virsh detach-disk ${o.domain} ${d.target} --config) or remove the file; virtcbt then seeds it`,
+      });
     }
   }
 }
