@@ -107,4 +107,20 @@ describe('libvirt hook', () => {
     // bound is the hook's own run time above. Three hook calls blocking a second each show here too.
     expect(down).toBeLessThan(up + 2000);
   });
+
+  it('a start spooled while the daemon was down, for a domain stopped before it came back: the daemon is ready at once', async () => {
+    restoreAfter();
+    await daemon.stop();
+    await timedStart();
+    await guest.destroy();
+    expect(readdirSync(daemon.spoolDir).some((f) => f.includes('-started-'))).toBe(true);
+    const t0 = performance.now();
+    await daemon.start();
+    const readyMs = performance.now() - t0;
+    console.log(`virtcbtd ready ${readyMs.toFixed(0)} ms after its start, with a stale 'started' in the spool`);
+    // Connecting to a domain that is gone would wait out the QMP deadline (30 s) before the daemon listens.
+    expect(readyMs).toBeLessThan(15_000);
+    expect(await connected()).toBe(false);
+    expect(readdirSync(daemon.spoolDir).filter((f) => f.endsWith('.event'))).toEqual([]);
+  });
 });

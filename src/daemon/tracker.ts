@@ -153,6 +153,12 @@ export class Tracker {
       switch (ev.op) {
         case 'started':
         case 'reconnect':
+          // A start replayed from the spool after the domain stopped or went away: nothing to
+          // connect to (waiting out the QMP deadline would hold the daemon's start for 30 s).
+          if (!(await this.libvirt.isActive(ev.domain).catch((err: unknown) => !(err instanceof DomainNotFoundError)))) {
+            this.logger.info('hook event for a domain no longer running: nothing to connect to', { domain: ev.domain, op: ev.op });
+            break;
+          }
           await this.connectAndReconcile(ev.domain);
           break;
         case 'migrate':
