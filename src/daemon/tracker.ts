@@ -153,9 +153,10 @@ export class Tracker {
       switch (ev.op) {
         case 'started':
         case 'reconnect':
-          // A start replayed from the spool after the domain stopped or went away: nothing to
-          // connect to (waiting out the QMP deadline would hold the daemon's start for 30 s).
-          if (!(await this.libvirt.isActive(ev.domain).catch((err: unknown) => !(err instanceof DomainNotFoundError)))) {
+          // A start replayed from the spool after the domain stopped: nothing to connect to (waiting
+          // out the QMP deadline would hold the daemon's start for 30 s). A domain that is gone
+          // fails the event (the spool moves it aside); libvirt unreachable: try as before.
+          if (!(await this.libvirt.isActive(ev.domain).catch((err: unknown) => { if (err instanceof DomainNotFoundError) throw err; return true; }))) {
             this.logger.info('hook event for a domain no longer running: nothing to connect to', { domain: ev.domain, op: ev.op });
             break;
           }
