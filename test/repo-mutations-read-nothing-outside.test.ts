@@ -28,6 +28,8 @@ let daemon: TestDaemon;
 let guest: LibvirtGuest;
 let base: string;
 let pristine: string;
+/** Made once (qemu-img converts); each case works on its own copy. */
+let pristineSandbox: string;
 /** A token that appears only in the sandbox's files: found in a restored disk = read from outside. */
 const SECRET = Buffer.from(`VIRTCBT-SANDBOX-SECRET-${randomBytes(8).toString('hex')}`);
 
@@ -226,13 +228,13 @@ function guestDir(): string {
   return encodeURIComponent(guest.name);
 }
 
-/** A fresh copy of the pristine repository with a sandbox beside it. */
+/** A fresh copy of the pristine repository with a copy of the pristine sandbox beside it. */
 function workCopy(): Work {
   const root = tempDir('mut');
   const repo = join(root, 'repo');
   const sandbox = join(root, 'sandbox');
   cpSync(pristine, repo, { recursive: true });
-  makeSandbox(sandbox);
+  cpSync(pristineSandbox, sandbox, { recursive: true });
   const dom = guestDir();
   return { root, repo, sandbox, dom, chain: (c) => join(repo, dom, c) };
 }
@@ -307,6 +309,8 @@ beforeAll(async () => {
   }
   await backupJson(daemon, [guest.name, '--consumer', 'c2', '--repo', pristine]);
   expect(readdirSync(join(pristine, guestDir(), 'c1')).filter((f) => f.endsWith('.json')).sort()).toEqual(['c1-0001.json', 'c1-0002.json', 'c1-0003.json']);
+  pristineSandbox = join(base, 'sandbox');
+  makeSandbox(pristineSandbox);
 });
 
 describe('a mutated repository: nothing outside it is read, written or removed; every command works or names the bad file', () => {
