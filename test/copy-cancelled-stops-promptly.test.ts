@@ -3,7 +3,8 @@
 // are failed, not waited for), and no qemu-nbd or qemu-storage-daemon process is left behind.
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { describe, expect, it } from 'vitest';
+import { link } from 'node:fs/promises';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { NbdEndpoint, NullEndpoint, copyExtents, openImageEndpoint, serveImage, wholeDisk } from '../src/copy/index.js';
 import { CONTEXT_BASE_ALLOCATION } from '../src/nbd/index.js';
 import { withStorageDaemon } from '../src/qsd/index.js';
@@ -23,10 +24,23 @@ const CANCEL_AT = 32 * MiB;
 /** From abort to rejection, at most. */
 const PROMPT_MS = 2_000;
 
+/** The one source image of the file, written once (every test only reads it). */
+let pristineSource: string;
+
+beforeAll(async () => {
+  pristineSource = join(tempDir('cancel-source'), 'source.qcow2');
+  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', pristineSource, String(SIZE)]);
+  // Cache mode unsafe: the data is in the file when qemu-io exits; only fsyncs are skipped.
+  await execa('qemu-io', ['-t', 'unsafe', '-f', 'qcow2', '-c', `write -P 0x3c 0 ${DATA}`, pristineSource]);
+});
+
+/**
+ * The source under the test's own `dir` (a hard link to the file's source image: nothing copied):
+ * the processes serving it name `dir`, which is how processesIn finds what a test left.
+ */
 async function makeSource(dir: string): Promise<string> {
   const path = join(dir, 'source.qcow2');
-  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', path, String(SIZE)]);
-  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x3c 0 ${DATA}`, path]);
+  await link(pristineSource, path);
   return path;
 }
 

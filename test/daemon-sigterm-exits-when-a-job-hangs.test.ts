@@ -59,7 +59,9 @@ describe('SIGTERM of virtcbtd while a job hangs', () => {
     expect(daemon.log()).toMatch(/did not stop in time: exiting anyway/);
     expect((await child).exitCode).not.toBe(0);
 
-    await daemon.start();
+    // The next virtcbtd with the default NBD window (64 requests in flight): one request at a time
+    // was only there to make the first backup slow enough to stop in its copy.
+    await daemon.start({ VIRTCBT_NBD_INFLIGHT: '64' });
     await waitConnected();
     expect(await fsfreezeStatus(guest)).toBe('thawed');
     await pollUntil(async () => (await vcbtNodes()).length === 0, 'the fleecing left by the stopped daemon to be removed', { timeoutMs: 30_000, intervalMs: 100 });

@@ -30,11 +30,15 @@ async function timedStart(): Promise<number> {
 
 const connected = async () => (await daemon.cliJson(['status', guest.name])).connected as boolean;
 
-/** Each test starts from a shut-off domain and a running daemon, and leaves them so. */
+/**
+ * Each test starts from a shut-off domain and a running daemon, and leaves them so. The daemon
+ * comes back before the domain goes: started the other way round, it replays a spooled "started"
+ * for a domain that is gone and waits out its QMP connect deadline (30 s) before it is ready.
+ */
 function restoreAfter(): void {
   onCleanup(async () => {
-    await guest.destroy();
     if (!daemon.running) await daemon.start();
+    await guest.destroy();
   });
 }
 

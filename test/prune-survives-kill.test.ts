@@ -38,18 +38,25 @@ function cli(args: string[], env: Record<string, string> = {}) {
   return execa('node', [CLI, '--config', daemon.configFile, ...args], { reject: false, env: { ...process.env, ...env } });
 }
 
-/** Lists, verifies and restores in-process (the CLI is exercised by the prune runs themselves). */
+/**
+ * Lists, verifies and restores in-process (the CLI is exercised by the prune runs themselves). The
+ * verify and the restores only read the repository: they run side by side (each restore mostly
+ * waits for its qemu-nbd).
+ */
 async function expectKeptPointsExact(r: string, ids: string[]): Promise<void> {
   const repo = await Repository.open(r);
   expect((await repo.list(guest.name)).map((m) => m.id)).toEqual(ids);
-  const v = await verifyRepo(repo, guest.name);
-  expect(v.ok, JSON.stringify(v.disks.filter((d) => !d.ok))).toBe(true);
   const out = tempDir('restore');
-  for (const id of ids) {
-    const to = join(out, `${id}.qcow2`);
-    await restoreDisk(repo, { domain: guest.name, disk: 'vdb', to, at: id });
-    expect((await sameContent(refs.get(id)!, 'raw', to, 'qcow2')).same, id).toBe(true);
-  }
+  const [v, ...same] = await Promise.all([
+    verifyRepo(repo, guest.name),
+    ...ids.map(async (id) => {
+      const to = join(out, `${id}.qcow2`);
+      await restoreDisk(repo, { domain: guest.name, disk: 'vdb', to, at: id });
+      return (await sameContent(refs.get(id)!, 'raw', to, 'qcow2')).same;
+    }),
+  ]);
+  expect(v.ok, JSON.stringify(v.disks.filter((d) => !d.ok))).toBe(true);
+  for (const [i, id] of ids.entries()) expect(same[i], id).toBe(true);
 }
 
 beforeAll(async () => {

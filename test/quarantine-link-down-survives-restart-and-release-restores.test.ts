@@ -49,9 +49,14 @@ beforeAll(async () => {
   await daemon.start();
 });
 
-/** Two NICs, the second already down (in the definition, hence live too). */
-function twoNicGuest(name: string): Promise<LibvirtGuest> {
-  return startLibvirtGuest({ name, interfaces: [{ mac: NIC_A }, { mac: NIC_B, linkDown: true }] });
+/**
+ * Two NICs, the second already down (in the definition, hence live too). Running is enough: links
+ * are the QEMU process's, whether or not the guest inside has booted.
+ */
+async function twoNicGuest(name: string): Promise<LibvirtGuest> {
+  const g = await startLibvirtGuest({ name, interfaces: [{ mac: NIC_A }, { mac: NIC_B, linkDown: true }], start: false });
+  await virsh(['start', g.name]);
+  return g;
 }
 
 async function getLink(domain: string, mac: string, config = false): Promise<string> {
@@ -77,8 +82,7 @@ function directDeps(extra: Partial<QuarantineDeps> = {}): QuarantineDeps & { lin
 
 describe('quarantine', () => {
   it('link-down: every link down live and persistent, still down after a restart; status; release restores exactly; a clean domain is untouched', async () => {
-    const g = await twoNicGuest('qlink');
-    const clean = await twoNicGuest('qclean');
+    const [g, clean] = await Promise.all([twoNicGuest('qlink'), twoNicGuest('qclean')]);
     expect(await links(g.name)).toEqual({ [NIC_A]: 'up/up', [NIC_B]: 'down/down' });
     // The one that was down before: made up only in the running domain, so live and persistent differ.
     await virsh(['domif-setlink', g.name, NIC_B, 'up']);
@@ -94,7 +98,7 @@ describe('quarantine', () => {
 
     // Destroy and start: the persistent definition says down, so the new QEMU starts with them down.
     await g.destroy();
-    await g.start();
+    await virsh(['start', g.name]);
     expect(await links(g.name)).toEqual({ [NIC_A]: 'down/down', [NIC_B]: 'down/down' });
 
     // A second verdict adds to the first; the domain stays quarantined.

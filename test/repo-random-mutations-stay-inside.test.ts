@@ -5,7 +5,7 @@
 // they cannot use.
 import { execa } from 'execa';
 import { readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
@@ -28,9 +28,26 @@ const NAMES = [`${OUT}/victim`, '..', '.', '', '/etc/passwd', 'nightly-0001', 'n
 const FILES = [`${OUT}/live.qcow2`, `${OUT}/nightly-0001.vda.qcow2`, '/tmp', 'nightly-0001.vda.qcow2', 'nightly-0003.vda.qcow2', 'nightly-0002.vda.merged.qcow2', 'nightly-0002.vdb.qcow2', 'x.qcow2', '', null, 7];
 const NUMBERS = [-1, 0, 1.5, 2 ** 60, '12', null, 1 << 40, Number.MAX_SAFE_INTEGER];
 
-type Mutation = (r: SandboxedRepo, pick: <T>(xs: T[]) => T) => Promise<string>;
+/** What a round works on: its own copy of the repository and the sandbox beside it. */
+type RoundRepo = Pick<SandboxedRepo, 'root' | 'dirs' | 'sandbox'>;
 
-function editManifest(r: SandboxedRepo, seq: number, change: (m: any) => void): string {
+type Mutation = (r: RoundRepo, pick: <T>(xs: T[]) => T) => Promise<string>;
+
+/**
+ * A copy (cp -a, reflinked where the filesystem can) of `pristine`'s directory, repository and
+ * sandbox, for one round: made in a moment, where building one runs qemu-img and a checksum per
+ * image. Manifests and image headers name files relative to their chain directory, so the copy is
+ * the same repository.
+ */
+async function roundCopy(pristine: SandboxedRepo): Promise<RoundRepo> {
+  const from = dirname(pristine.sandbox);
+  const to = tempDir('mut-round');
+  await execa('cp', ['-a', '--reflink=auto', `${from}/.`, to]);
+  const moved = (p: string) => join(to, relative(from, p));
+  return { root: moved(pristine.root), dirs: { nightly: moved(pristine.dirs.nightly!) }, sandbox: moved(pristine.sandbox) };
+}
+
+function editManifest(r: RoundRepo, seq: number, change: (m: any) => void): string {
   const file = `nightly-000${seq}.json`;
   const p = join(r.dirs.nightly!, file);
   const m = JSON.parse(readFileSync(p, 'utf8'));
@@ -102,7 +119,7 @@ const MUTATIONS: Record<string, Mutation> = {
 };
 
 /** Applies one or two random mutations; returns what was done, for the failure message (which names the seed, to replay it). */
-async function mutate(r: SandboxedRepo, random: () => number, label: string): Promise<{ kind: string; file: string }[]> {
+async function mutate(r: RoundRepo, random: () => number, label: string): Promise<{ kind: string; file: string }[]> {
   const pick = <T>(xs: T[]): T => xs[Math.floor(random() * xs.length)]!;
   const kinds = Object.keys(MUTATIONS);
   const applied: { kind: string; file: string }[] = [];
@@ -129,18 +146,20 @@ const seed = Number(process.env.VIRTCBT_MUTATION_SEED ?? Date.now() % 100_000);
 describe('a mutated repository never reaches outside itself', () => {
   it(`${ROUNDS} rounds of random mutations: list, verify, restore and prune stay inside and name what they cannot use`, async () => {
     const random = rng(seed);
+    const pristine = await handmadeRepo({ sandbox: true });
     for (let round = 0; round < ROUNDS; round++) {
-      const r = await handmadeRepo({ sandbox: true });
+      const r = await roundCopy(pristine);
       const what = `seed ${seed}, round ${round}: ${JSON.stringify(await mutate(r, random, `seed ${seed}, round ${round}`))}`;
       const before = snapshotTree(r.sandbox);
       const out = tempDir('mut-restore');
-      const runs = [
-        await cli(['list', '--repo', r.root, 'vm1', '--json']),
-        await cli(['verify', '--repo', r.root, 'vm1']),
-        await cli(['restore', '--repo', r.root, 'vm1', '--disk', 'vda', '--to', join(out, 'newest.qcow2')]),
-        await cli(['restore', '--repo', r.root, 'vm1', '--disk', 'vda', '--at', 'nightly-0002', '--to', join(out, 'two.qcow2')]),
-        await cli(['prune', '--repo', r.root, 'vm1', '--consumer', 'nightly', '--keep', '2']),
-      ];
+      // list, verify and restore only read the repository (no chain lock): side by side; the prune, which writes it, after them.
+      const runs = await Promise.all([
+        cli(['list', '--repo', r.root, 'vm1', '--json']),
+        cli(['verify', '--repo', r.root, 'vm1']),
+        cli(['restore', '--repo', r.root, 'vm1', '--disk', 'vda', '--to', join(out, 'newest.qcow2')]),
+        cli(['restore', '--repo', r.root, 'vm1', '--disk', 'vda', '--at', 'nightly-0002', '--to', join(out, 'two.qcow2')]),
+      ]);
+      runs.push(await cli(['prune', '--repo', r.root, 'vm1', '--consumer', 'nightly', '--keep', '2']));
       for (const run of runs) expectSaneOutcome(run, what);
       expect(runs[0]!.exitCode, `${what}: list`).toBe(0);
       expectUntouched(r.sandbox, before, `${what}\n${runs.map((x) => `${x.command}: ${x.exitCode} ${x.stdout.slice(0, 300)} ${x.stderr.slice(0, 300)}`).join('\n')}`);
@@ -160,8 +179,9 @@ describe('a mutated repository never reaches outside itself', () => {
 
     it(`${BACKUP_ROUNDS} rounds: a backup into a mutated chain changes nothing outside the repository`, async () => {
       const random = rng(seed + 1);
+      const pristine = await handmadeRepo({ sandbox: true, domain: guest.name });
       for (let round = 0; round < BACKUP_ROUNDS; round++) {
-        const r = await handmadeRepo({ sandbox: true, domain: guest.name });
+        const r = await roundCopy(pristine);
         const what = `seed ${seed + 1}, backup round ${round}: ${JSON.stringify(await mutate(r, random, `seed ${seed + 1}, backup round ${round}`))}`;
         const before = snapshotTree(r.sandbox);
         const run = await daemon.cli(['backup', guest.name, '--consumer', 'nightly', '--repo', r.root], { reject: false });

@@ -82,9 +82,11 @@ export async function expectImageUnlocked(image: string): Promise<void> {
 
 /**
  * Writes `length` bytes of `pattern` at `offset` of a stopped domain's qcow2 image, as the guest
- * would (its persistent bitmaps record it): the image must be free of any QEMU first.
+ * would (its persistent bitmaps record it): the image must be free of any QEMU first. Cache mode
+ * unsafe: qemu-io still writes data, metadata and bitmaps into the file before it exits, but skips
+ * the fsyncs, which only a host crash would need (a 1 GiB write takes a third less time).
  */
 export async function offlineWrite(image: string, offset: number, length: number, pattern: number): Promise<void> {
   await expectImageUnlocked(image);
-  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, image]);
+  await execa('qemu-io', ['-t', 'unsafe', '-f', 'qcow2', '-c', `write -P ${pattern} ${offset} ${length}`, image]);
 }

@@ -1,7 +1,7 @@
 // Starts the test guest under real QEMU (TCG) with its disks as -blockdev nodes the way libvirt
 // gives them, a dedicated QMP socket and the guest-agent socket; tears it all down afterwards.
 import { execa, type ResultPromise } from 'execa';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,6 +58,45 @@ export async function qemuAvailable(): Promise<boolean> {
 /** Copies a disk image keeping it sparse (base images are mostly holes). */
 export async function copySparse(src: string, dst: string): Promise<void> {
   await execa('cp', ['--sparse=always', src, dst]);
+}
+
+/**
+ * Whether the file's bytes contain `needle` (which holds no zero byte). Only what the filesystem
+ * stores is read: a hole reads as zeros and cannot hold it, and a restored disk of hundreds of MiB
+ * is mostly holes. Runs of stored data are found with `qemu-img map` (SEEK_DATA/SEEK_HOLE; where
+ * the filesystem cannot tell, it reports everything as data and everything is read).
+ */
+export async function sparseFileContains(path: string, needle: Buffer): Promise<boolean> {
+  if (needle.includes(0)) throw new Error('sparseFileContains: the needle must not contain a zero byte');
+  const r = await execa('qemu-img', ['map', '-f', 'raw', '--output=json', path], { reject: false });
+  // Not mapped (not a regular file, say): read it all.
+  const map = r.exitCode === 0
+    ? JSON.parse(r.stdout) as { start: number; length: number; data: boolean; zero: boolean }[]
+    : [{ start: 0, length: statSync(path).size, data: true, zero: false }];
+  // Adjacent stored extents are one run, so a needle across their boundary is found.
+  const runs: [number, number][] = [];
+  for (const e of map) {
+    if (!e.data && e.zero) continue;
+    const last = runs[runs.length - 1];
+    if (last && last[0] + last[1] === e.start) last[1] += e.length;
+    else runs.push([e.start, e.length]);
+  }
+  const CHUNK = 16 * 1024 * 1024;
+  const fd = openSync(path, 'r');
+  try {
+    for (const [start, length] of runs) {
+      // Chunks overlap by needle.length - 1 bytes: a needle across a chunk boundary is found too.
+      for (let off = start; off < start + length; off += CHUNK) {
+        const n = Math.min(CHUNK + needle.length - 1, start + length - off);
+        const buf = Buffer.alloc(n);
+        const got = readSync(fd, buf, 0, n, off);
+        if (buf.subarray(0, got).includes(needle)) return true;
+      }
+    }
+    return false;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Disk images under test: one file node and one format node each, attached as virtio-blk. */
