@@ -29,6 +29,24 @@ const EXTENT_MAGIC = 0xf30a;
 const MAX_DEPTH = 5;
 const INIT_MAX_LEN = 32768;
 
+/**
+ * The extents of an extent root that is a leaf (depth 0) in the 60 bytes of `iBlock`, as
+ * [physical, count] block pairs, without the checks `mapInode` makes; undefined when the root is
+ * not such a leaf (no magic, deeper tree, more entries than fit). For a quick "does this inode
+ * touch these blocks at all": a hit, or anything undefined, takes `mapInode`.
+ */
+export function rootLeafRuns(iBlock: Buffer): number[] | undefined {
+  const entries = iBlock.readUInt16LE(2);
+  if (iBlock.readUInt16LE(0) !== EXTENT_MAGIC || iBlock.readUInt16LE(6) !== 0 || 12 + entries * 12 > iBlock.length) return undefined;
+  const out: number[] = [];
+  for (let i = 0; i < entries; i++) {
+    const e = 12 + i * 12;
+    const raw = iBlock.readUInt16LE(e + 4);
+    out.push(iBlock.readUInt16LE(e + 6) * 2 ** 32 + iBlock.readUInt32LE(e + 8), raw > INIT_MAX_LEN ? raw - INIT_MAX_LEN : raw);
+  }
+  return out;
+}
+
 export function isFastSymlink(inode: Inode, sb: Superblock): boolean {
   if ((inode.mode & S_IFMT) !== S_IFLNK || inode.flags & (EXT4_EXTENTS_FL | EXT4_INLINE_DATA_FL)) return false;
   const xattrBlocks = inode.fileAcl ? sb.blockSize / 512 : 0;

@@ -3,7 +3,7 @@ import type { Endpoint } from '../../copy/index.js';
 import type { Extent } from '../../extent/index.js';
 import { damaged, FilesystemError, unsupported } from '../errors.js';
 import { DiskReader } from '../reader.js';
-import { isFastSymlink, mapInode, type InodeMap, type MappedRun } from './blockmap.js';
+import { isFastSymlink, mapInode, rootLeafRuns, type InodeMap, type MappedRun } from './blockmap.js';
 import { checkDirBlock, parseDirBlock, type DirEntry } from './dir.js';
 import { BG_INODE_UNINIT, readGroupDescs, type GroupDesc } from './groups.js';
 import { EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, fileType, inodeChecksumOk, inodeCsumSeed, inodeXattr, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode.js';
@@ -23,8 +23,13 @@ export class ChunkRing {
   private readonly buffers: Buffer[];
   private at = 0;
 
-  constructor(readonly size = 2) {
+  constructor(size = 2) {
     this.buffers = Array.from({ length: Math.max(2, size) }, () => Buffer.allocUnsafe(DATA_CHUNK));
+  }
+
+  /** How many buffers it turns through (at least two). */
+  get size(): number {
+    return this.buffers.length;
   }
 
   /** The next buffer's first `n` bytes (n ≤ 1 MiB), contents undefined. */
@@ -38,9 +43,6 @@ export class ChunkRing {
 const ITABLE_BATCH = 4 * 1024 * 1024;
 /** Inode-table batches read ahead of the one being parsed by blockOwners. */
 const ITABLE_AHEAD = 4;
-/** An extent tree node's magic; an extent of more than INIT_MAX_LEN blocks is uninitialised (length - INIT_MAX_LEN). */
-const EXTENT_MAGIC = 0xf30a;
-const INIT_MAX_LEN = 32768;
 const XATTR_INDEX_SYSTEM = 7;
 /** A directory entry's file type (filetype feature) by its code; 0 and unknown codes: read the inode. */
 const ENTRY_TYPES: Record<number, WalkEntry['type'] | undefined> = { 1: 'file', 2: 'dir', 3: 'chardev', 4: 'blockdev', 5: 'fifo', 6: 'socket', 7: 'symlink' };
@@ -326,10 +328,10 @@ export class ExtFilesystem {
     // The batches of inode table to read, in order; reads run up to ITABLE_AHEAD batches ahead of
     // the one being parsed (each is a round trip over a network), memory bounded by that window.
     interface Batch { g: number; i0: number; n: number; bitmap: Buffer; tableAt: number; table?: Promise<Buffer> }
-    const disk = this.disk;
-    const plan = async function* (this: ExtFilesystem): AsyncGenerator<Batch> {
-      for (let g = 0; g < this.sb.groupCount; g++) {
-        const gd = this.groups[g];
+    const { disk, groups } = this;
+    const plan = (async function* (): AsyncGenerator<Batch> {
+      for (let g = 0; g < groups.length; g++) {
+        const gd = groups[g];
         if (gd.flags & BG_INODE_UNINIT) continue;
         const bitmap = await disk.readCached(gd.inodeBitmap * bs, bs, 'inode bitmap');
         // Inodes past ipg - itable_unused were never used (kept only with group checksums); past the
@@ -341,7 +343,7 @@ export class ExtFilesystem {
           yield { g, i0, n, bitmap, tableAt: gd.inodeTable * bs + i0 * isz };
         }
       }
-    }.call(this);
+    })();
     const ahead: Batch[] = [];
     let planned = false;
     const fill = async () => {
@@ -387,20 +389,13 @@ export class ExtFilesystem {
   private ownsNoneOf(ino: number, raw: Buffer, hits: (start: number, end: number) => boolean): boolean {
     const flags = raw.readUInt32LE(32);
     if (!(flags & EXT4_EXTENTS_FL) || flags & EXT4_INLINE_DATA_FL || raw.readUInt16LE(0) === 0) return false;
-    const root = 40;
-    const entries = raw.readUInt16LE(root + 2);
-    if (raw.readUInt16LE(root) !== EXTENT_MAGIC || raw.readUInt16LE(root + 6) !== 0 || entries > 4) return false;
+    const runs = rootLeafRuns(raw.subarray(40, 100));
+    if (!runs) return false;
     if (this.csum && !inodeChecksumOk(raw.subarray(0, this.sb.inodeSize), ino, this.sb.csumSeed)) return false; // the full path says which
     const bs = this.sb.blockSize;
     const acl = raw.readUInt32LE(104) + raw.readUInt16LE(118) * 2 ** 32;
     if (acl && hits(acl * bs, (acl + 1) * bs)) return false;
-    for (let e = 0; e < entries; e++) {
-      const at = root + 12 + e * 12;
-      const len = raw.readUInt16LE(at + 4);
-      const count = len > INIT_MAX_LEN ? len - INIT_MAX_LEN : len;
-      const physical = raw.readUInt16LE(at + 6) * 2 ** 32 + raw.readUInt32LE(at + 8);
-      if (hits(physical * bs, (physical + count) * bs)) return false;
-    }
+    for (let i = 0; i < runs.length; i += 2) if (hits(runs[i]! * bs, (runs[i]! + runs[i + 1]!) * bs)) return false;
     return true;
   }
 
