@@ -155,8 +155,9 @@ export class Tracker {
         case 'reconnect':
           // A start replayed from the spool after the domain stopped: nothing to connect to (waiting
           // out the QMP deadline would hold the daemon's start for 30 s). A domain that is gone
-          // fails the event (the spool moves it aside); libvirt unreachable: try as before.
-          if (!(await this.libvirt.isActive(ev.domain).catch((err: unknown) => { if (err instanceof DomainNotFoundError) throw err; return true; }))) {
+          // fails the event (the spool moves it aside); libvirt unreachable: try as before. A
+          // reconnect (libvirtd restarted) is for a running domain and may come while libvirt is down.
+          if (ev.op === 'started' && !(await this.libvirt.isActive(ev.domain).catch((err: unknown) => { if (err instanceof DomainNotFoundError) throw err; return true; }))) {
             this.logger.info('hook event for a domain no longer running: nothing to connect to', { domain: ev.domain, op: ev.op });
             break;
           }

@@ -2,9 +2,9 @@
 // served over NBD with TLS for one identity, virtcbt-scanner started (in a network namespace) and
 // scan jobs posted to it over HTTPS with a client certificate.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClamdClient } from '../../src/scan/scanner/index.js';
 import type { ScanEvent, ScanJob, ScanResult } from '../../src/scan/protocol.js';
@@ -79,11 +79,28 @@ export interface RunningScanner {
   stop(): Promise<void>;
 }
 
+/**
+ * An unprivileged user must reach the built scanner: a checkout in a private directory (`mktemp -d`
+ * makes it 0700) gets search permission for others on the directories above it that lack it (no
+ * listing, no reading), as an installed copy under /usr/local has.
+ */
+function letOthersReach(file: string): void {
+  for (let d = dirname(file); ; d = dirname(d)) {
+    const mode = statSync(d).mode & 0o7777;
+    if (!(mode & 0o001)) {
+      chmodSync(d, mode | 0o001);
+      console.error(`test rig: gave others search permission on ${d} (the scanner runs unprivileged from the build in it)`);
+    }
+    if (d === dirname(d)) break;
+  }
+}
+
 /** Runs the built virtcbt-scanner with `config` (listen.port 0), inside `ns` when given; resolves with its address once it listens. */
 export async function startScanner(dir: string, config: object, ns?: NetNs, asUser?: string): Promise<RunningScanner> {
   const file = join(dir, `scanner-${Math.random().toString(16).slice(2)}.json`);
   writeFileSync(file, JSON.stringify(config), { mode: 0o644 });
   // As the unit runs it: an unprivileged user with no capabilities and no supplementary groups.
+  if (asUser) letOthersReach(SCANNER_MAIN);
   const node = asUser ? ['setpriv', `--reuid=${asUser}`, `--regid=${asUser === 'nobody' ? 'nogroup' : asUser}`, '--clear-groups', '--inh-caps=-all', '--', process.execPath] : [process.execPath];
   const cmd = ns ? ['ip', ['netns', 'exec', ns.name, ...node, SCANNER_MAIN, '--config', file]] as const
     : [node[0]!, [...node.slice(1), SCANNER_MAIN, '--config', file]] as const;
