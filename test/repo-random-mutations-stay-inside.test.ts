@@ -50,7 +50,14 @@ async function roundCopy(pristine: SandboxedRepo): Promise<RoundRepo> {
 function editManifest(r: RoundRepo, seq: number, change: (m: any) => void): string {
   const file = `nightly-000${seq}.json`;
   const p = join(r.dirs.nightly!, file);
-  const m = JSON.parse(readFileSync(p, 'utf8'));
+  let m: any;
+  try {
+    m = JSON.parse(readFileSync(p, 'utf8'));
+  } catch (err) {
+    // An earlier mutation of this round truncated it: no JSON left to edit, skipped as below.
+    if (err instanceof SyntaxError) return `${file} (skipped: no longer JSON)`;
+    throw err;
+  }
   try {
     change(m);
   } catch (err) {

@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { afterEach } from 'vitest';
 import { pollUntil } from '../../src/util/abort.js';
 import { onCleanup, trackChild } from './cleanup.js';
 import { ensureLibvirtd } from './libvirt.js';
@@ -15,6 +16,16 @@ export const TEST_BASE = '/var/lib/virtcbt-test';
 export const HOOK_PATH = '/etc/libvirt/hooks/qemu.d/virtcbt';
 /** Shared by every test daemon: markers name their own daemon's spool, so parallel test processes do not mix events. */
 export const ENABLED_DIR = join(TEST_BASE, 'enabled');
+
+/** Daemons of this test file: a failed test shows the end of their logs (what a CI run keeps of a flake). */
+const logs = new Map<() => string, { stopped: boolean }>();
+afterEach(({ task }) => {
+  for (const [log, state] of logs) {
+    if (task.result?.state === 'fail') console.error(`--- virtcbtd log (last 6000 characters) ---\n${log().slice(-6000)}`);
+    // Whichever of this hook and the cleanup's runs first, a daemon stopped for this test is shown once.
+    if (state.stopped) logs.delete(log);
+  }
+});
 
 export interface TestDaemon {
   configFile: string;
@@ -129,7 +140,10 @@ export async function startTestDaemon(opts: { env?: Record<string, string>; gran
       if (d.running) await d.kill('SIGTERM');
     },
   };
+  const shown = { stopped: false };
+  logs.set(d.log, shown);
   onCleanup(async () => {
+    shown.stopped = true;
     await d.stop();
     await rm(runDir, { recursive: true, force: true });
     await rm(configFile, { force: true });
