@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Repository, verifyRepo } from '../src/repo/index.js';
 import { pollUntil } from '../src/util/abort.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';

@@ -8,7 +8,7 @@ import { pollUntil } from '../src/util/abort.js';
 import { UsageError } from '../src/util/errors.js';
 import { effectiveConfigPath } from '../src/config/effective.js';
 import { loadConfig, publishEffectiveConfig } from '../src/config/index.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon } from './support/daemon.js';
 

@@ -11,7 +11,7 @@ import { withStorageDaemon } from '../src/qsd/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri } from '../src/snapshot/index.js';
 import { pidAlive } from '../src/repo/index.js';
 import { pollUntil } from '../src/util/abort.js';
-import { MiB, tempDir } from './support/backup.js';
+import { MiB, tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 
 useCleanup();

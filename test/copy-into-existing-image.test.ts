@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { copyExtents, openImageEndpoint, serveImage, wholeDisk } from '../src/copy/index.js';
-import { MiB, tempDir } from './support/backup.js';
+import { MiB, tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 
 useCleanup();

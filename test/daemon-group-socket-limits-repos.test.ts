@@ -10,7 +10,7 @@ import { dirname, join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon } from './support/daemon.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { startLibvirtGuest } from './support/libvirt.js';
 
 useCleanup();

@@ -11,7 +11,7 @@ import { DomainNotFoundError } from '../src/libvirt/index.js';
 import { NbdProtocolError } from '../src/nbd/index.js';
 import { QmpProtocolError } from '../src/qmp/index.js';
 import { EXIT, UsageError, VirtcbtError, exitCodeOf } from '../src/util/errors.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { handmadeRepo } from './support/handmade-repo.js';

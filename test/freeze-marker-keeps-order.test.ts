@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { presetMarker } from '../src/snapshot/index.js';
 import { FreezeMarkers, type MarkerFs } from '../src/daemon/freeze-marker.js';
 import { useCleanup } from './support/cleanup.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 
 useCleanup();
 

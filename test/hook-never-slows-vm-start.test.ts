@@ -6,7 +6,7 @@ import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { pollUntil } from '../src/util/abort.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { HOOK_PATH, startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { PRUNE_JOURNAL, pruneChain, restoreDisk } from '../src/repo/index.js';
-import { sameContent, tempDir } from './support/backup.js';
+import { sameContent, tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { handmadeRepo, type HandmadeRepo } from './support/handmade-repo.js';
 

@@ -7,7 +7,7 @@ import { readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PRUNE_JOURNAL, abortPrune, pruneChain, restoreDisk, type PruneStep } from '../src/repo/index.js';
-import { sameContent, tempDir } from './support/backup.js';
+import { sameContent, tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { handmadeRepo, type HandmadeRepo } from './support/handmade-repo.js';
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { Qcow2Writer, createQcow2 } from '../src/qcow2/index.js';
-import { KiB, MiB, sameContent, tempDir } from './support/backup.js';
+import { KiB, MiB, sameContent, tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 
 useCleanup();

@@ -12,7 +12,7 @@ import { Libvirt } from '../src/libvirt/index.js';
 import { quarantine, release, type QuarantineDeps, type Verdict } from '../src/scan/quarantine.js';
 import { pollUntil } from '../src/util/abort.js';
 import { createLogger } from '../src/util/log.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { LIBVIRT_URI, startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';

@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MiB, tempDir } from './support/backup.js';
+import { MiB, tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { handmadeRepo, pattern, type HandmadeRepo } from './support/handmade-repo.js';
 

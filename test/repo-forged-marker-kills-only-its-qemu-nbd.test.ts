@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { ServedImage } from '../src/copy/index.js';
 import { INPROGRESS_FILE, pidAlive, pruneChain, serveChain } from '../src/repo/index.js';
-import { MiB, tempDir } from './support/backup.js';
+import { MiB, tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { handmadeRepo } from './support/handmade-repo.js';
 

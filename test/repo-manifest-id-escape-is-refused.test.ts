@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { expectUntouched, handmadeRepo, snapshotTree, type SandboxedRepo } from './support/handmade-repo.js';
 

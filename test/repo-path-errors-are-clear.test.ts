@@ -6,7 +6,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Repository } from '../src/repo/index.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';

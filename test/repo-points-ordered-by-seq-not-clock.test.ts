@@ -4,7 +4,7 @@
 import { execa } from 'execa';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MiB, tempDir } from './support/backup.js';
+import { MiB, tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { handmadeRepo, pattern } from './support/handmade-repo.js';
 

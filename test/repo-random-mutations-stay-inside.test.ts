@@ -7,7 +7,7 @@ import { execa } from 'execa';
 import { readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';

@@ -5,7 +5,7 @@ import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { partName, restoreDisk } from '../src/repo/index.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { handmadeRepo } from './support/handmade-repo.js';
 

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { partName } from '../src/repo/index.js';
 import { pollUntil } from '../src/util/abort.js';
-import { MiB, sameContent, tempDir } from './support/backup.js';
+import { MiB, sameContent, tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { handmadeRepo } from './support/handmade-repo.js';
 

@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MiB, tempDir } from './support/backup.js';
+import { MiB, tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { handmadeRepo } from './support/handmade-repo.js';
 

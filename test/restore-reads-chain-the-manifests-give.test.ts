@@ -6,7 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { chainSpec, restoreDisk, serveChain, verifyRepo } from '../src/repo/index.js';
-import { MiB, sameContent, tempDir } from './support/backup.js';
+import { MiB, sameContent, tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { handmadeRepo } from './support/handmade-repo.js';
 

@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import { existsSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MiB, tempDir } from './support/backup.js';
+import { MiB, tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { corruptFirstL1Entry, handmadeRepo } from './support/handmade-repo.js';
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
 import { pollUntil } from '../src/util/abort.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { pollUntil } from '../src/util/abort.js';
-import { tempDir } from './support/backup.js';
+import { tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';

@@ -5,7 +5,7 @@
 import { execa } from 'execa';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MiB } from './support/backup.js';
+import { MiB } from './support/files.js';
 import { useCleanup } from './support/cleanup.js';
 import { corruptFirstL1Entry, handmadeRepo } from './support/handmade-repo.js';
 

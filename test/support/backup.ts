@@ -2,23 +2,14 @@
 // at an instant (the VM is suspended, which makes QEMU flush its image metadata), and image
 // comparison with qemu-img.
 import { execa } from 'execa';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import type { GuestAgent } from '../../src/guest/index.js';
-import { onCleanup } from './cleanup.js';
 import { virsh, type LibvirtGuest } from './libvirt.js';
+import { KiB, MiB } from './files.js';
 
-export const KiB = 1024;
-export const MiB = 1024 * KiB;
-
-/** A temp directory removed at teardown. */
-export function tempDir(prefix: string): string {
-  const d = mkdtempSync(join(tmpdir(), `virtcbt-${prefix}-`));
-  onCleanup(() => rmSync(d, { recursive: true, force: true }));
-  return d;
-}
+// Guest-side helpers; the plain ones live in files.ts (re-exported here for the files that use both).
+export { KiB, MiB, sameContent, tempDir } from './files.js';
 
 /** dd of random data at OFFSET of a guest block device, bypassing the guest's page cache. */
 export async function guestDd(agent: GuestAgent, dev: string, offsetBytes: number, lengthBytes: number): Promise<void> {
@@ -55,11 +46,6 @@ export async function referenceCopy(guest: LibvirtGuest, dir: string, label: str
   }
 }
 
-/** qemu-img compare: exit 0 when the guest-visible contents are equal. */
-export async function sameContent(a: string, aFormat: string, b: string, bFormat: string): Promise<{ same: boolean; detail: string }> {
-  const r = await execa('qemu-img', ['compare', '-U', '-f', aFormat, '-F', bFormat, a, b], { reject: false });
-  return { same: r.exitCode === 0, detail: (r.stdout + r.stderr).trim() };
-}
 
 /** `virtcbt backup ... --json`: JSON lines of progress events; the last one is the result. */
 export async function backupJson(daemon: { cli(args: string[], o?: { reject?: boolean }): Promise<{ stdout: string }> }, args: string[]): Promise<any> {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import { NullEndpoint, copyExtents } from '../../src/copy/index.js';
 import { DIGEST_SEGMENT, ExtentDigest, MANIFEST_FORMAT, Repository, chainSpec, newDigestInfo, serveChain, writeManifest, type Manifest } from '../../src/repo/index.js';
-import { MiB, tempDir } from './backup.js';
+import { MiB, tempDir } from './files.js';
 
 export interface HandmadePoint {
   id: string;
