@@ -22,6 +22,8 @@ let guest: LibvirtGuest;
 let server: Server;
 /** Open job requests: the stand-in holds them until told otherwise. */
 const held: { destroy(): void }[] = [];
+/** A verdict the stand-in answers with instead of hanging. */
+let answer: object | undefined;
 
 async function leftovers(): Promise<string[]> {
   const out: string[] = [];
@@ -48,9 +50,18 @@ beforeAll(async () => {
     key: readFileSync(join(scannerServer, 'server-key.pem')), requestCert: true, rejectUnauthorized: true,
   }, (req, res) => {
     if (req.method === 'GET') { res.end('{"ok":true}'); return; }
-    // Accepts the job, says so, and then hangs.
+    // Accepts the job, says so, and then hangs (or answers, as `answer` says).
     res.writeHead(200, { 'content-type': 'application/x-ndjson' });
     res.write('{"type":"accepted"}\n');
+    if (answer) {
+      let body = '';
+      req.on('data', (c: Buffer) => { body += c.toString(); });
+      req.on('end', () => {
+        const job = JSON.parse(body);
+        res.end(JSON.stringify({ ...answer, type: 'result', id: job.id, domain: job.domain }) + '\n');
+      });
+      return;
+    }
     held.push({ destroy: () => req.socket.destroy() });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -70,29 +81,53 @@ beforeAll(async () => {
 
 async function consumerLast(): Promise<number | null | undefined> {
   const s = await daemon.cliJson(['status', guest.name]);
-  return s.consumers?.find((c: { name: string }) => c.name === 'scan.hangs')?.last;
+  return s.consumers?.find((c: { name: string }) => c.name === 'scan.hangs')?.last ?? null;
 }
 
 describe('a scan that does not end well leaves nothing behind', () => {
+  it('is cut short by the scanner\'s time limit: nothing found, but the consumer stays for the next scan', async () => {
+    const verdict = (limitsHit: object[]) => ({
+      modes: { vda: 'full' }, infected: [], notScanned: [], limitsHit, complete: limitsHit.length === 0, seconds: 1,
+      skipped: limitsHit.length ? [{ disk: 'vda', partition: 0, path: '/big', reason: 'time limit' }] : [],
+      scanned: { files: 3, bytesRead: 4096, nbdBytesRead: 8192, filesOpened: 3 },
+    });
+    answer = verdict([{ limit: 'maxSeconds', value: 1, files: 1 }]);
+    onCleanup(() => { answer = undefined; });
+    const last = await consumerLast();
+    const r = await daemon.cli(['scan', guest.name], { reject: false });
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/limit hit: maxSeconds 1/);
+    expect(r.stdout).toMatch(/cut short \(time limit 1 s\): the scanner's consumer did not move/);
+    expect(await consumerLast()).toBe(last);
+    await pollUntil(async () => (await leftovers()).length === 0, 'the scan\'s snapshot to go', { timeoutMs: 30_000, intervalMs: 100 });
+    // The same answer without the limit: the consumer moves.
+    answer = verdict([]);
+    expect((await daemon.cli(['scan', guest.name], { reject: false })).exitCode).toBe(0);
+    expect(await consumerLast()).toBeGreaterThan(last ?? -1);
+  });
+
   it('times out', async () => {
+    const last = await consumerLast();
     const r = await daemon.cli(['scan', guest.name], { reject: false });
     expect(r.exitCode).not.toBe(0);
     expect(r.stderr).toMatch(/time|abort/i);
     await pollUntil(async () => (await leftovers()).length === 0, 'the timed-out scan\'s snapshot to go', { timeoutMs: 30_000, intervalMs: 100 });
-    expect(await consumerLast()).toBeNull();
+    expect(await consumerLast()).toBe(last);
   });
 
   it('is cancelled', async () => {
+    const last = await consumerLast();
     const run = daemon.cli(['scan', guest.name], { reject: false });
     const job = await pollUntil(async () => (await daemon.cliJson(['jobs'])).jobs.find((j: any) => j.kind === 'scan' && j.state === 'running' && j.progress?.step === 'scanning'),
       'the scan to hand its job over', { timeoutMs: 30_000, intervalMs: 50 });
     await daemon.cli(['jobs', 'cancel', job.id], { reject: false });
     expect((await run).exitCode).not.toBe(0);
     await pollUntil(async () => (await leftovers()).length === 0, 'the cancelled scan\'s snapshot to go', { timeoutMs: 30_000, intervalMs: 100 });
-    expect(await consumerLast()).toBeNull();
+    expect(await consumerLast()).toBe(last);
   });
 
   it('loses its scanner mid-job', async () => {
+    const last = await consumerLast();
     const before = held.length;
     const run = daemon.cli(['scan', guest.name], { reject: false });
     await pollUntil(() => held.length > before, 'the scanner to hold the job', { timeoutMs: 30_000, intervalMs: 20 });
@@ -100,6 +135,6 @@ describe('a scan that does not end well leaves nothing behind', () => {
     const r = await run;
     expect(r.exitCode).not.toBe(0);
     await pollUntil(async () => (await leftovers()).length === 0, 'the scan\'s snapshot to go', { timeoutMs: 30_000, intervalMs: 100 });
-    expect(await consumerLast()).toBeNull();
+    expect(await consumerLast()).toBe(last);
   });
 });

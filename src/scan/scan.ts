@@ -194,13 +194,18 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         }
         throw err;
       }
-      // The verdict is in: the consumer moves (an infected file stays reported by the quarantine until release).
+      // The verdict is in: the consumer moves (an infected file stays reported by the quarantine
+      // until release), unless the scan was cut short: then it stays, and the next scan covers
+      // these changes again (what was not looked at is never taken as scanned).
       const action = verdict.infected?.length ? await deps.onDetection?.(verdict, scanner.name) : undefined;
-      if (pass.consumer === consumer) {
+      const cutShort = cutShortBy(verdict);
+      if (cutShort) {
+        notes.push(`the scan was cut short (${cutShort}): the scanner's consumer did not move, so the next scan covers these changes again`);
+      } else if (pass.consumer === consumer) {
         ctx.log.commitPass(passId!);
         committed = true;
       }
-      if (full !== undefined) await writeRecord(records, scanner.name, { format: 'virtcbt-scan/1', lastFullAt: new Date().toISOString(), logId: pass.logId });
+      if (full !== undefined && !cutShort) await writeRecord(records, scanner.name, { format: 'virtcbt-scan/1', lastFullAt: new Date().toISOString(), logId: pass.logId });
       return {
         domain, scanner: scanner.name, consumer, full: full !== undefined, reason: full, time: taken!.time,
         consistency: taken!.consistency, freezeWindowMs: taken!.freezeWindowMs,
@@ -209,16 +214,17 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
     }
     throw new VirtcbtError('no scanner answered', { domain });
   } catch (err) {
-    if (passId !== undefined && !committed) {
-      try {
-        if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
-      } catch { /* reported by the log's next call */ }
-    }
     if (err instanceof VirtcbtError) throw err;
     throw new VirtcbtError(`scan of ${domain} failed: ${errorMessage(err)}`, {
       domain, cause: err, hint: 'The scanner\'s consumer did not move: the next scan covers everything since its last completed one',
     });
   } finally {
+    // Failed, or cut short: the pass is dropped and the consumer stays where it was.
+    if (passId !== undefined && !committed) {
+      try {
+        if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
+      } catch { /* reported by the log's next call */ }
+    }
     if (snap) {
       const s = snap;
       await inQueue(() => s.release()).catch((e) => notes.push(errorMessage(e)));
@@ -250,4 +256,21 @@ async function writeRecord(dir: string, scanner: string, rec: ScanRecord): Promi
     await fh.close();
   }
   await rename(tmp, join(dir, `${scanner}.json`));
+}
+
+/**
+ * Why a verdict did not look at everything it was asked to, or undefined: out of time or at the
+ * file-count limit (the files after it were never opened), or a disk whose export could not be
+ * read. Files skipped for their size and filesystems the scanner cannot read are reported in the
+ * verdict and would be skipped again: they do not hold the consumer back.
+ */
+export function cutShortBy(v: Partial<Pick<ScanVerdict, 'limitsHit' | 'notScanned'>>): string | undefined {
+  const why: string[] = [];
+  for (const l of Array.isArray(v.limitsHit) ? v.limitsHit : []) {
+    if (l?.limit === 'maxSeconds') why.push(`time limit ${l.value} s`);
+    if (l?.limit === 'maxFiles') why.push(`file-count limit ${l.value}`);
+  }
+  const unread = (Array.isArray(v.notScanned) ? v.notScanned : []).filter((n) => n?.kind === 'disk').map((n) => n.disk);
+  if (unread.length) why.push(`export of ${unread.join(', ')} not read`);
+  return why.length ? why.join('; ') : undefined;
 }

@@ -311,11 +311,18 @@ async function scanDisk(
     return;
   }
   for (const p of parts) {
-    if (signal.aborted) return;
+    if (o.signal?.aborted) return;
     const region = { disk: target, partition: p.number, offset: p.offset, length: p.length };
     // Incremental: a partition without a changed byte has nothing new to scan.
     const local = changed && intersect(changed, [{ offset: p.offset, length: p.length }]).map((e) => ({ offset: e.offset - p.offset, length: e.length }));
     if (local && local.length === 0) continue;
+    // Out of time before this partition was read (a slow export, a busy scanner host): it is not
+    // scanned and says so; passing over it in silence would leave a scan that reads as complete.
+    if (timeUp.aborted) {
+      v.hit('maxSeconds', o.limits.maxSeconds);
+      v.notScanned.push({ ...region, kind: 'unknown', reason: `time limit (maxSeconds ${o.limits.maxSeconds}) reached before it was read` });
+      continue;
+    }
     const where = p.number === 0 ? `${job.domain} ${target}` : `${job.domain} ${target}, partition ${p.number}`;
     let kind: string = 'unknown';
     let fs: ExtFilesystem;
