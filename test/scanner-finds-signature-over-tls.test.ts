@@ -137,8 +137,9 @@ describe('virtcbt-scanner over TLS', () => {
     expect(hit).toMatchObject({ limit: 'maxSeconds', value: 0.1 });
     const timed = res.skipped.filter((s) => s.reason === 'time limit');
     expect(timed.length).toBe(hit!.files);
-    // Every file was scanned whole or listed as skipped, or the listing itself was cut and the filesystem says so.
-    const listing = res.notScanned.filter((n) => /time limit \(maxSeconds 0.1\) reached while listing its files/.test(n.reason));
+    // Every file was scanned whole or listed as skipped, or the listing was cut (or never began, on a
+    // machine slow enough) and the filesystem says so.
+    const listing = res.notScanned.filter((n) => /time limit \(maxSeconds 0.1\) reached (while listing its files|before it was read)/.test(n.reason));
     if (res.scanned.files + res.skipped.length < FILES_IN_INFECTED) expect(listing).toHaveLength(1);
     else expect(listing).toEqual([]);
     expect(timed.length + listing.length).toBeGreaterThan(0);

@@ -118,7 +118,10 @@ async function main(): Promise<void> {
 
   await tracker.start();
   await jobs.start();
-  await spool.start();
+  // The spool's replay goes on while the daemon listens (recovery of running domains, likewise,
+  // runs in their queues): a domain whose QEMU does not answer delays only its own events.
+  const { replayed } = await spool.start();
+  void replayed.then(() => logger.debug('hook spool replayed'));
   await server.listen(cfg.daemon.socket, { caller: 'root', mode: 0o600 });
   if (cfg.daemon.socketGroup) {
     await server.listen(groupSocketPath(cfg), { caller: 'group', mode: 0o660, group: cfg.daemon.socketGroup });

@@ -83,11 +83,16 @@ export class Spool {
     return join(this.dir, 'failed');
   }
 
-  async start(): Promise<void> {
+  /**
+   * Watches the spool and starts replaying what is in it; resolves with the replay under way (its
+   * promise in `replayed`), so that a daemon can listen meanwhile: an event for a domain whose QEMU
+   * hangs may take a QMP deadline, and the control socket must not wait for it.
+   */
+  async start(): Promise<{ replayed: Promise<void> }> {
     await mkdir(this.dir, { recursive: true, mode: 0o750 });
     this.watcher = watch(this.dir, () => void this.drain());
     this.watcher.on('error', (err) => this.h.report('error', 'watching the hook spool failed', { dir: this.dir, error: err.message }));
-    await this.drain();
+    return { replayed: this.drain() };
   }
 
   stop(): void {
