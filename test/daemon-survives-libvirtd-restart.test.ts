@@ -4,15 +4,13 @@
 // another domain all work, and that event is handled, not lost.
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LibvirtTransport, VirshShellTransport } from '../src/guest/index.js';
 import { pollUntil } from '../src/util/abort.js';
 import { backupJson, tempDir } from './support/backup.js';
 import { diskChanges, KiB, MiB, waitConnected } from './support/cbt.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
-import { startTestDaemon } from './support/daemon.js';
+import { spoolEvent, startTestDaemon } from './support/daemon.js';
 import { ensureLibvirtd, LIBVIRT_URI, startLibvirtGuest } from './support/libvirt.js';
 
 useCleanup();
@@ -55,8 +53,7 @@ describe('libvirtd restart under virtcbtd', () => {
     const downAt = Date.now();
     await stopLibvirtd();
     // The event libvirtd itself sends when it restarts, spooled while it is down: handling it needs libvirt.
-    const event = join(daemon.spoolDir, `${Date.now()}000-1-reconnect-begin.event`);
-    await writeFile(event, `domain=${a.name}\nop=reconnect\nsub=begin\nextra=-\n\n`);
+    const event = await spoolEvent(daemon.spoolDir, `${Date.now()}000-1-reconnect-begin.event`, `domain=${a.name}\nop=reconnect\nsub=begin\nextra=-\n\n`);
     await pollUntil(() => daemon.log().includes('hook event failed; it stays in the spool and is retried'),
       'the event to fail and stay in the spool', { timeoutMs: 15_000, intervalMs: 50 });
     expect(existsSync(event)).toBe(true);

@@ -2,12 +2,11 @@
 // is not deleted silently: it is moved into the spool's failed/ directory with an error line that
 // names the file, and the events after it are handled.
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { pollUntil } from '../src/util/abort.js';
 import { useCleanup } from './support/cleanup.js';
-import { startTestDaemon } from './support/daemon.js';
+import { spoolEvent, startTestDaemon } from './support/daemon.js';
 import { startLibvirtGuest, virsh } from './support/libvirt.js';
 
 useCleanup();
@@ -19,9 +18,8 @@ describe('spool: a failed event', () => {
     await d.cli(['enable', g.name]);
     await virsh(['undefine', g.name]);
     const name = `${Date.now()}000-1-started-begin.event`;
-    await writeFile(join(d.spoolDir, name), `domain=${g.name}\nop=started\nsub=begin\nextra=-\n\n`);
-    const next = join(d.spoolDir, `${Date.now() + 1}000-1-started-begin.event`);
-    await writeFile(next, 'domain=virtcbt-test-not-tracked\nop=started\nsub=begin\nextra=-\n\n');
+    await spoolEvent(d.spoolDir, name, `domain=${g.name}\nop=started\nsub=begin\nextra=-\n\n`);
+    const next = await spoolEvent(d.spoolDir, `${Date.now() + 1}000-1-started-begin.event`, 'domain=virtcbt-test-not-tracked\nop=started\nsub=begin\nextra=-\n\n');
     await pollUntil(() => existsSync(join(d.spoolDir, 'failed', name)), 'the event to be moved aside', { timeoutMs: 15_000, intervalMs: 100 });
     await pollUntil(() => !existsSync(next), 'the next event to be handled', { timeoutMs: 15_000, intervalMs: 100 });
     expect(existsSync(join(d.spoolDir, name))).toBe(false);

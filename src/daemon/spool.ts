@@ -38,6 +38,14 @@ export function parseEventFile(file: string, text: string): HookEvent {
   };
 }
 
+/** A whole event as the hook writes it: domain= and op= lines, then the blank line that ends the header. */
+export function isWholeEvent(text: string): boolean {
+  const split = text.indexOf('\n\n');
+  if (split < 0) return false;
+  const head = text.slice(0, split).split('\n');
+  return head.some((l) => /^domain=./.test(l)) && head.some((l) => /^op=./.test(l));
+}
+
 /** How a failed event is treated: retried later, or given up on. */
 export type Verdict =
   /** Will likely work later and costs nothing to wait for (libvirt down): retried without limit. */
@@ -132,6 +140,13 @@ export class Spool {
       const file = join(this.dir, name);
       const text = await this.read(name, file);
       if (text === undefined) continue;
+      // The hook renames a whole event into place. A file without its header's end, a domain or an
+      // op is still being written by something else, or is not an event: handling it would remove it.
+      if (!isWholeEvent(text)) {
+        this.reportJunk(name, file, 'an incomplete event (no domain, op or end of header)');
+        continue;
+      }
+      this.reportedJunk.delete(name);
       const ev = parseEventFile(file, text);
       if (held.has(ev.domain)) continue;
       const p = this.pending.get(name);
@@ -155,11 +170,15 @@ export class Spool {
    * The event's text, or undefined when it is not a readable regular file (readRegularFile: a
    * FIFO would otherwise wait for a writer forever); junk is reported once and left alone.
    */
+  private reportJunk(name: string, file: string, what: string): void {
+    if (this.reportedJunk.has(name)) return;
+    this.reportedJunk.add(name);
+    this.h.report('warn', `skipping ${what} in the hook spool: it is not an event virtcbt wrote; remove it`, { file });
+  }
+
   private async read(name: string, file: string): Promise<string | undefined> {
     const junk = (what: string) => {
-      if (this.reportedJunk.has(name)) return undefined;
-      this.reportedJunk.add(name);
-      this.h.report('warn', `skipping ${what} in the hook spool: it is not an event virtcbt wrote; remove it`, { file });
+      this.reportJunk(name, file, what);
       return undefined;
     };
     try {

@@ -3,7 +3,7 @@
 import { execa, type ResultPromise } from 'execa';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, writeFile, chmod } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, writeFile, chmod } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { afterEach } from 'vitest';
 import { pollUntil } from '../../src/util/abort.js';
@@ -26,6 +26,18 @@ afterEach(({ task }) => {
     if (state.stopped) logs.delete(log);
   }
 });
+
+/**
+ * Puts an event into a spool as the hook does: written under a temporary name, then renamed, so
+ * that the daemon never reads it half written. Returns its path.
+ */
+export async function spoolEvent(spoolDir: string, name: string, text: string): Promise<string> {
+  const file = join(spoolDir, name);
+  const tmp = join(spoolDir, `.${name}.tmp`);
+  await writeFile(tmp, text);
+  await rename(tmp, file);
+  return file;
+}
 
 export interface TestDaemon {
   configFile: string;
