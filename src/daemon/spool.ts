@@ -76,10 +76,19 @@ interface Pending {
   delayMs: number;
 }
 
+interface Spooled {
+  name: string;
+  file: string;
+  ev: HookEvent;
+}
+
 export class Spool {
   private watcher?: FSWatcher;
-  private draining?: Promise<void>;
+  /** The spool being read: resolves with the workers it started. */
+  private scanning?: Promise<Promise<void>[]>;
   private again = false;
+  /** Domains whose events a worker is handling. */
+  private busy = new Map<string, Promise<void>>();
   private pending = new Map<string, Pending>();
   private reportedJunk = new Set<string>();
   private retryTimer?: NodeJS.Timeout;
@@ -110,33 +119,42 @@ export class Spool {
     this.watcher = undefined;
   }
 
-  /** Handles every spooled event in name (time) order; coalesces concurrent calls. */
+  /**
+   * Handles every spooled event: one domain's in name (time) order, domains side by side, so that
+   * a domain whose QEMU hangs holds only its own events. A call while the spool is being scanned
+   * makes the scan run again; events of a domain whose events are being handled wait for that
+   * worker, which looks again when it is done. Resolves once the events found are handled (or held
+   * for a retry).
+   */
   drain(): Promise<void> {
-    if (this.draining) {
+    if (this.scanning) {
       this.again = true;
-      return this.draining;
+    } else {
+      this.scanning = (async () => {
+        const workers: Promise<void>[] = [];
+        for (;;) {
+          this.again = false;
+          workers.push(...await this.scanOnce());
+          // Decided and cleared in one step: a call from now on starts a scan of its own.
+          if (!this.again || this.stopped) {
+            this.scanning = undefined;
+            this.scheduleRetry();
+            return workers;
+          }
+        }
+      })();
     }
-    this.draining = (async () => {
-      do {
-        this.again = false;
-        await this.drainOnce();
-      } while (this.again && !this.stopped);
-    })().finally(() => {
-      this.draining = undefined;
-      this.scheduleRetry();
-    });
-    return this.draining;
+    return this.scanning.then((workers) => Promise.all(workers)).then(() => undefined);
   }
 
-  private async drainOnce(): Promise<void> {
+  /** Reads the spool and starts a worker for each domain with events to handle and none running. */
+  private async scanOnce(): Promise<Promise<void>[]> {
     const names = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => n.endsWith('.event')).sort();
     for (const k of this.pending.keys()) if (!names.includes(k)) this.pending.delete(k);
     for (const k of this.reportedJunk) if (!names.includes(k)) this.reportedJunk.delete(k);
-    // A domain with an event waiting for a retry: its later events wait too (order matters:
-    // `started` before `stopped`). Other domains go on.
-    const held = new Set<string>();
+    const byDomain = new Map<string, Spooled[]>();
     for (const name of names) {
-      if (this.stopped) return;
+      if (this.stopped) return [];
       const file = join(this.dir, name);
       const text = await this.read(name, file);
       if (text === undefined) continue;
@@ -148,16 +166,37 @@ export class Spool {
       }
       this.reportedJunk.delete(name);
       const ev = parseEventFile(file, text);
-      if (held.has(ev.domain)) continue;
+      const list = byDomain.get(ev.domain) ?? [];
+      list.push({ name, file, ev });
+      byDomain.set(ev.domain, list);
+    }
+    const started: Promise<void>[] = [];
+    for (const [domain, events] of byDomain) {
+      // A domain with an event waiting for a retry: its later events wait too (order matters:
+      // `started` before `stopped`); the retry timer comes back for it.
+      const first = this.pending.get(events[0]!.name);
+      if (this.busy.has(domain) || (first && Date.now() < first.due)) continue;
+      const worker = this.handleInOrder(events).finally(() => {
+        this.busy.delete(domain);
+        // Events of this domain that came while it worked, and the retry of one it left waiting.
+        if (!this.stopped) void this.drain();
+      });
+      this.busy.set(domain, worker);
+      started.push(worker);
+    }
+    return started;
+  }
+
+  /** One domain's events in order, until one fails and stays for a retry. */
+  private async handleInOrder(events: Spooled[]): Promise<void> {
+    for (const { name, file, ev } of events) {
+      if (this.stopped) return;
       const p = this.pending.get(name);
-      if (p && Date.now() < p.due) {
-        held.add(ev.domain);
-        continue;
-      }
+      if (p && Date.now() < p.due) return;
       try {
         await this.h.handle(ev);
       } catch (err) {
-        if (await this.failed(name, file, ev, err, p)) held.add(ev.domain);
+        if (await this.failed(name, file, ev, err, p)) return;
         continue;
       }
       if (p) this.h.report('info', 'hook event handled on retry', { file, domain: ev.domain, op: ev.op, attempts: p.attempts + 1 });
