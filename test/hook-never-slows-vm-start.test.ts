@@ -54,12 +54,20 @@ beforeAll(async () => {
 });
 
 describe('libvirt hook', () => {
-  it('with the daemon running: the VM starts and virtcbtd connects', async () => {
+  it('with the daemon running: the VM starts and virtcbtd connects; each hook event is handled once', async () => {
     restoreAfter();
+    const from = daemon.log().length;
     await timedStart();
     await pollUntil(connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
     await guest.destroy();
     await pollUntil(async () => !(await connected()), 'virtcbtd to see the stop', { timeoutMs: 30_000, intervalMs: 250 });
+    await pollUntil(() => readdirSync(daemon.spoolDir).filter((f) => f.endsWith('.event')).length === 0, 'the spool to be empty', { timeoutMs: 15_000, intervalMs: 50 });
+    // The hook writes each event beside the spool and renames it in: several inotify events per
+    // event, and a handler running meanwhile, must not make virtcbtd handle it twice.
+    const handled = [...daemon.log().slice(from).matchAll(new RegExp(`hook event domain=${guest.name} op=(\\w+) sub=(\\w+)`, 'g'))].map((m) => `${m[1]} ${m[2]}`);
+    for (const op of ['prepare begin', 'start begin', 'started begin', 'stopped end', 'release end']) {
+      expect(handled.filter((h) => h === op), `${op} in ${handled.join(', ')}`).toHaveLength(1);
+    }
   });
 
   it('with the daemon down: the VM starts all the same, the events wait in the spool and are replayed', async () => {

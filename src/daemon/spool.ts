@@ -4,7 +4,7 @@
 // (libvirt restarting, a QMP socket not there yet) stays and is retried, one that can never work
 // is moved into failed/ with a log line. Anything in the spool that is not a regular file is
 // skipped (and reported once), never opened in a way that could block.
-import { watch, type FSWatcher } from 'node:fs';
+import { existsSync, watch, type FSWatcher } from 'node:fs';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
@@ -149,6 +149,10 @@ export class Spool {
 
   /** Reads the spool and starts a worker for each domain with events to handle and none running. */
   private async scanOnce(): Promise<Promise<void>[]> {
+    // Domains with a worker now are left to it, even if it ends while this scan reads: what this
+    // scan read of them may be stale (an event that worker has handled since), and its end makes
+    // the spool be read again.
+    const busy = new Set(this.busy.keys());
     const names = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => n.endsWith('.event')).sort();
     for (const k of this.pending.keys()) if (!names.includes(k)) this.pending.delete(k);
     for (const k of this.reportedJunk) if (!names.includes(k)) this.reportedJunk.delete(k);
@@ -175,7 +179,7 @@ export class Spool {
       // A domain with an event waiting for a retry: its later events wait too (order matters:
       // `started` before `stopped`); the retry timer comes back for it.
       const first = this.pending.get(events[0]!.name);
-      if (this.busy.has(domain) || (first && Date.now() < first.due)) continue;
+      if (busy.has(domain) || this.busy.has(domain) || (first && Date.now() < first.due)) continue;
       const worker = this.handleInOrder(events).finally(() => {
         this.busy.delete(domain);
         // Events of this domain that came while it worked, and the retry of one it left waiting.
@@ -191,6 +195,7 @@ export class Spool {
   private async handleInOrder(events: Spooled[]): Promise<void> {
     for (const { name, file, ev } of events) {
       if (this.stopped) return;
+      if (!existsSync(file)) continue; // handled and removed since it was read
       const p = this.pending.get(name);
       if (p && Date.now() < p.due) return;
       try {
