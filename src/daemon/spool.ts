@@ -180,7 +180,10 @@ export class Spool {
       // `started` before `stopped`); the retry timer comes back for it.
       const first = this.pending.get(events[0]!.name);
       if (busy.has(domain) || this.busy.has(domain) || (first && Date.now() < first.due)) continue;
-      const worker = this.handleInOrder(events).finally(() => {
+      const worker = this.handleInOrder(events).catch((err: unknown) => {
+        // Not an event's failure (those are classified above): the spool itself, e.g. a file it cannot remove.
+        this.h.report('error', 'handling the hook spool failed; it is read again at the next event', { dir: this.dir, domain, error: err });
+      }).finally(() => {
         this.busy.delete(domain);
         // Events of this domain that came while it worked, and the retry of one it left waiting.
         if (!this.stopped) void this.drain();
