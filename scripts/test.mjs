@@ -4,14 +4,15 @@
 // other core.
 //
 // Arguments go to the lanes: file filters (`npm test -- nbd-uri`) only to a lane holding a match;
-// other options to both, and a lane left with no file then passes empty. With --project, vitest runs as given. VIRTCBT_TEST_REPORT (the path .ci/run
-// reads) gets both lanes' JSON reports merged: counts summed, results concatenated.
+// other options to both, and a lane left with no file then passes empty. With --project, vitest
+// runs as given. VIRTCBT_TEST_REPORT (the path .ci/run reads) gets both lanes' JSON reports
+// merged: counts summed, results concatenated.
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { testLanes } from './test-lanes.mjs';
 import { createInterface } from 'node:readline';
+import { testLanes } from './test-lanes.mjs';
 
 const LANES = ['guests', 'host'];
 const COUNTS = ['numTotalTestSuites', 'numPassedTestSuites', 'numFailedTestSuites', 'numPendingTestSuites',

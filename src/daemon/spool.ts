@@ -88,7 +88,7 @@ export class Spool {
   private scanning?: Promise<Promise<void>[]>;
   private again = false;
   /** Domains whose events a worker is handling. */
-  private busy = new Map<string, Promise<void>>();
+  private busy = new Set<string>();
   private pending = new Map<string, Pending>();
   private reportedJunk = new Set<string>();
   private retryTimer?: NodeJS.Timeout;
@@ -152,7 +152,7 @@ export class Spool {
     // Domains with a worker now are left to it, even if it ends while this scan reads: what this
     // scan read of them may be stale (an event that worker has handled since), and its end makes
     // the spool be read again.
-    const busy = new Set(this.busy.keys());
+    const busy = new Set(this.busy);
     const names = (await readdir(this.dir).catch(() => [] as string[])).filter((n) => n.endsWith('.event')).sort();
     for (const k of this.pending.keys()) if (!names.includes(k)) this.pending.delete(k);
     for (const k of this.reportedJunk) if (!names.includes(k)) this.reportedJunk.delete(k);
@@ -179,7 +179,7 @@ export class Spool {
       // A domain with an event waiting for a retry: its later events wait too (order matters:
       // `started` before `stopped`); the retry timer comes back for it.
       const first = this.pending.get(events[0]!.name);
-      if (busy.has(domain) || this.busy.has(domain) || (first && Date.now() < first.due)) continue;
+      if (busy.has(domain) || (first && Date.now() < first.due)) continue;
       const worker = this.handleInOrder(events).catch((err: unknown) => {
         // Not an event's failure (those are classified above): the spool itself, e.g. a file it cannot remove.
         this.h.report('error', 'handling the hook spool failed; it is read again at the next event', { dir: this.dir, domain, error: err });
@@ -188,7 +188,7 @@ export class Spool {
         // Events of this domain that came while it worked, and the retry of one it left waiting.
         if (!this.stopped) void this.drain();
       });
-      this.busy.set(domain, worker);
+      this.busy.add(domain);
       started.push(worker);
     }
     return started;
@@ -213,15 +213,17 @@ export class Spool {
     }
   }
 
-  /**
-   * The event's text, or undefined when it is not a readable regular file (readRegularFile: a
-   * FIFO would otherwise wait for a writer forever); junk is reported once and left alone.
-   */
+  /** Junk in the spool is reported once and left alone. */
   private reportJunk(name: string, file: string, what: string): void {
     if (this.reportedJunk.has(name)) return;
     this.reportedJunk.add(name);
     this.h.report('warn', `skipping ${what} in the hook spool: it is not an event virtcbt wrote; remove it`, { file });
   }
+
+  /**
+   * The event's text, or undefined when it is not a readable regular file (readRegularFile: a
+   * FIFO would otherwise wait for a writer forever).
+   */
 
   private async read(name: string, file: string): Promise<string | undefined> {
     const junk = (what: string) => {
