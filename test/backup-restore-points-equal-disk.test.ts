@@ -1,8 +1,11 @@
 // Backups of a running two-disk libvirt domain for two consumers on different schedules, with
 // guest writes in between: every restore point, restored, equals a copy of the disks taken at the
 // same instant; incrementals copy only what changed; `verify` passes; a stopped domain is backed
-// up through qemu-storage-daemon.
+// up through qemu-storage-daemon. The scenario runs once, in order, in beforeAll (each backup
+// depends on the ones before it); each case checks its part of what it recorded, so any case runs
+// alone.
 import { execa } from 'execa';
+import { cpSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
@@ -19,6 +22,8 @@ let guest: LibvirtGuest;
 let agent: GuestAgent;
 let repo: string;
 let refs: string;
+/** What the scenario saw, step by step: backups' JSON results and observations between them. */
+const seen: Record<string, any> = {};
 /** Restore point id → reference copies of its disks (or, for a disk frozen by the backup itself, a file system check). */
 const points = new Map<string, { vda?: string; vdb?: string; fsck?: string }>();
 
@@ -57,115 +62,123 @@ beforeAll(async () => {
   await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
   // Settle the guest: nothing dirty in its page cache before the first reference copy.
   await agent.exec('/bin/sync', [], { timeoutMs: 60_000 });
+
+  // First backups. nightly with the agent's freeze: vda's ext4 is captured clean (no journal to replay).
+  const ref = await referenceCopy(guest, refs, 'ref-frozen');
+  seen.n1 = await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]);
+  points.set(seen.n1.id, { vdb: ref.vdb!, fsck: 'vda' });
+  seen.n1Thawed = (await virsh(['qemu-agent-command', guest.name, JSON.stringify({ execute: 'guest-fsfreeze-status' })])).stdout;
+  seen.w1 = await backup('weekly');
+
+  // Incrementals between guest writes.
+  await guestDd(agent, '/dev/vdb', 4 * MiB, 2 * MiB);
+  await guestFile(agent, 'a.bin', 1 * MiB);
+  seen.n2 = await backup('nightly');
+  await guestDd(agent, '/dev/vdb', 20 * MiB, 1 * MiB);
+  await guestDd(agent, '/dev/vdb', 4 * MiB, 64 * 1024); // rewrites part of the first write
+  seen.n3 = await backup('nightly');
+  seen.w2 = await backup('weekly'); // weekly has not run since its full backup: it gets all of it
+  await guestFile(agent, 'b.bin', 2 * MiB);
+  await guestDd(agent, '/dev/vdb', 40 * MiB, 3 * MiB);
+  seen.n4 = await backup('nightly');
+  seen.n5 = await backup('nightly'); // nothing changed
+
+  // Between jobs QEMU's one NBD server is free for other tools: after a backup and a fold (queued
+  // behind the backup's housekeeping; it uses the server too, and gives it back).
+  seen.n6 = await backup('nightly');
+  await daemon.cli(['reconcile', guest.name]);
+  const qmp = async (execute: string, args?: object) =>
+    JSON.parse((await virsh(['qemu-monitor-command', guest.name, JSON.stringify({ execute, arguments: args })])).stdout);
+  seen.exportsBetweenJobs = (await qmp('query-block-exports')).return;
+  seen.nbdStart = await qmp('nbd-server-start', { addr: { type: 'inet', data: { host: '127.0.0.1', port: '0' } } });
+  seen.nbdStop = await qmp('nbd-server-stop');
+
+  await guestDd(agent, '/dev/vdb', 50 * MiB, 1 * MiB);
+  seen.w3 = await backup('weekly', ['--full']);
+  // weekly's chain here continues from its --full backup; another repository's backup moves its pass on.
+  await backupJson(daemon, [guest.name, '--consumer', 'weekly', '--repo', tempDir('repo2'), '--no-freeze']);
+  seen.w4 = await backup('weekly');
+  seen.w4Backing = await Promise.all(seen.w4.disks.map(async (d: { file: string }) => (await imageInfo(join(seen.w4.chainDir, d.file)))['backing-filename']));
+
+  // Stopped: backed up through qemu-storage-daemon.
+  await guestDd(agent, '/dev/vdb', 60 * MiB, 1 * MiB);
+  await agent.exec('/bin/sync', [], { timeoutMs: 60_000 });
+  await guest.destroy();
+  await pollUntil(async () => !(await daemon.cliJson(['status', guest.name])).connected, 'disconnect', { timeoutMs: 30_000, intervalMs: 250 });
+  const stoppedRef: Record<string, string> = {};
+  for (const [t, img] of [['vda', guest.disks.data], ['vdb', guest.disks.scratch]] as const) {
+    stoppedRef[t] = join(refs, `stopped.${t}.raw`);
+    await execa('qemu-img', ['convert', '-O', 'raw', img, stoppedRef[t]!]);
+  }
+  seen.stopped = await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]);
+  points.set(seen.stopped.id, stoppedRef);
 });
 
+const disk = (r: any, target: string) => r.disks.find((d: { target: string }) => d.target === target);
+
 describe('backup and restore of a running two-disk domain, two consumers', () => {
-  it('first backups are full and narrowed to allocated data; the guest is frozen only around the snapshot', async () => {
-    // With the agent's freeze: vda's ext4 is captured clean (no journal to replay).
-    const ref = await referenceCopy(guest, refs, 'ref-frozen');
-    const n = await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]);
-    points.set(n.id, { vdb: ref.vdb!, fsck: 'vda' });
+  it('first backups are full and narrowed to allocated data; the guest is frozen only around the snapshot', () => {
+    const n = seen.n1;
     expect(n.kind).toBe('full');
     expect(n.disks.map((d: { target: string }) => d.target)).toEqual(['vda', 'vdb']);
     expect(n.disks.every((d: { full: boolean }) => d.full)).toBe(true);
     // vdb is a fresh zeroed scratch disk: nothing allocated, nothing written.
-    expect(n.disks.find((d: { target: string }) => d.target === 'vdb').written).toBe(0);
+    expect(disk(n, 'vdb').written).toBe(0);
     expect(n.consistency).toBe('filesystem');
     expect(n.freezeWindowMs).toBeGreaterThan(0);
     expect(n.freezeWindowMs).toBeLessThan(1000);
     expect(n.events.map((e: { type: string }) => e.type)).toEqual(expect.arrayContaining(['start', 'snapshot', 'plan', 'progress', 'disk-done', 'result']));
-    expect(await virsh(['qemu-agent-command', guest.name, JSON.stringify({ execute: 'guest-fsfreeze-status' })]).then((r) => r.stdout)).toContain('thawed');
-    const w = await backup('weekly');
-    expect(w.kind).toBe('full');
+    expect(seen.n1Thawed).toContain('thawed');
+    expect(seen.w1.kind).toBe('full');
   });
 
-  it('incrementals copy only what the guest wrote since the consumer\'s own last backup', async () => {
-    await guestDd(agent, '/dev/vdb', 4 * MiB, 2 * MiB);
-    await guestFile(agent, 'a.bin', 1 * MiB);
-    const n2 = await backup('nightly');
-    expect(n2.kind).toBe('incremental');
-    expect(n2.parent).toMatch(/^nightly-0001$/);
-    const vdb = n2.disks.find((d: { target: string }) => d.target === 'vdb');
-    expect(vdb.full).toBe(false);
-    expect(vdb.bytes).toBe(2 * MiB);
-    const vda = n2.disks.find((d: { target: string }) => d.target === 'vda');
-    expect(vda.bytes).toBeGreaterThanOrEqual(1 * MiB);
-    expect(vda.bytes).toBeLessThan(8 * MiB);
-
-    await guestDd(agent, '/dev/vdb', 20 * MiB, 1 * MiB);
-    await guestDd(agent, '/dev/vdb', 4 * MiB, 64 * 1024); // rewrites part of the first write
-    const n3 = await backup('nightly');
-    expect(n3.disks.find((d: { target: string }) => d.target === 'vdb').bytes).toBe(1 * MiB + 64 * 1024);
-
-    // weekly has not run since its full backup: it gets all of it.
-    const w2 = await backup('weekly');
-    expect(w2.parent).toBe('weekly-0001');
-    expect(w2.disks.find((d: { target: string }) => d.target === 'vdb').bytes).toBe(3 * MiB);
-
-    await guestFile(agent, 'b.bin', 2 * MiB);
-    await guestDd(agent, '/dev/vdb', 40 * MiB, 3 * MiB);
-    const n4 = await backup('nightly');
-    expect(n4.parent).toBe(n3.id);
+  it('incrementals copy only what the guest wrote since the consumer\'s own last backup', () => {
+    expect(seen.n2.kind).toBe('incremental');
+    expect(seen.n2.parent).toBe(seen.n1.id);
+    expect(disk(seen.n2, 'vdb').full).toBe(false);
+    expect(disk(seen.n2, 'vdb').bytes).toBe(2 * MiB);
+    expect(disk(seen.n2, 'vda').bytes).toBeGreaterThanOrEqual(1 * MiB);
+    expect(disk(seen.n2, 'vda').bytes).toBeLessThan(8 * MiB);
+    expect(disk(seen.n3, 'vdb').bytes).toBe(1 * MiB + 64 * 1024);
+    expect(seen.w2.parent).toBe(seen.w1.id);
+    expect(disk(seen.w2, 'vdb').bytes).toBe(3 * MiB);
+    expect(seen.n4.parent).toBe(seen.n3.id);
   });
 
   it('a backup with nothing changed copies nothing on the idle disk', async () => {
-    const n5 = await backup('nightly');
-    const vdb = n5.disks.find((d: { target: string }) => d.target === 'vdb');
+    const vdb = disk(seen.n5, 'vdb');
     expect(vdb.bytes).toBe(0);
     // Its image is an empty overlay on the parent's (made while the guest froze).
-    const info = await imageInfo(join(n5.chainDir, vdb.file));
-    expect(info['backing-filename']).toBe(`${n5.parent}.vdb.qcow2`);
+    const info = await imageInfo(join(seen.n5.chainDir, vdb.file));
+    expect(info['backing-filename']).toBe(`${seen.n5.parent}.vdb.qcow2`);
     expect(info['actual-size']).toBeLessThan(1 * MiB);
   });
 
-  it('between jobs QEMU\'s one NBD server is free for other tools (libvirt backup jobs, virtnbdbackup)', async () => {
-    await backup('nightly');
-    // Queued behind the backup's housekeeping; a fold uses the server too, and gives it back.
-    await daemon.cli(['reconcile', guest.name]);
-    const qmp = async (execute: string, args?: object) =>
-      JSON.parse((await virsh(['qemu-monitor-command', guest.name, JSON.stringify({ execute, arguments: args })])).stdout);
-    expect((await qmp('query-block-exports')).return).toEqual([]);
-    const started = await qmp('nbd-server-start', { addr: { type: 'inet', data: { host: '127.0.0.1', port: '0' } } });
-    expect(started.error).toBeUndefined();
-    expect((await qmp('nbd-server-stop')).error).toBeUndefined();
+  it('between jobs QEMU\'s one NBD server is free for other tools (libvirt backup jobs, virtnbdbackup)', () => {
+    expect(seen.exportsBetweenJobs).toEqual([]);
+    expect(seen.nbdStart.error).toBeUndefined();
+    expect(seen.nbdStop.error).toBeUndefined();
   });
 
-  it('--full starts a new chain', async () => {
-    await guestDd(agent, '/dev/vdb', 50 * MiB, 1 * MiB);
-    const w3 = await backup('weekly', ['--full']);
-    expect(w3.kind).toBe('full');
-    expect(w3.parent).toBeNull();
+  it('--full starts a new chain', () => {
+    expect(seen.w3.kind).toBe('full');
+    expect(seen.w3.parent).toBeNull();
   });
 
-  it('a consumer backed up into another repository meanwhile gets a new chain here, not an overlay on a stale parent', async () => {
-    // weekly's chain here continues from its --full backup; the other repository's backup moves its pass on.
-    await backupJson(daemon, [guest.name, '--consumer', 'weekly', '--repo', tempDir('repo2'), '--no-freeze']);
-    const w4 = await backup('weekly');
-    expect(w4.kind).toBe('full');
-    expect(w4.parent).toBeNull();
-    for (const d of w4.disks) {
-      expect(d.reason).toMatch(/written elsewhere/);
-      // An overlay may have been made early for this disk: the full copy replaced it.
-      expect((await imageInfo(join(w4.chainDir, d.file)))['backing-filename']).toBeUndefined();
-    }
+  it('a consumer backed up into another repository meanwhile gets a new chain here, not an overlay on a stale parent', () => {
+    expect(seen.w4.kind).toBe('full');
+    expect(seen.w4.parent).toBeNull();
+    for (const d of seen.w4.disks) expect(d.reason).toMatch(/written elsewhere/);
+    // An overlay may have been made early for a disk: the full copy replaced it.
+    expect(seen.w4Backing).toEqual([undefined, undefined]);
   });
 
-  it('a stopped domain is backed up through qemu-storage-daemon', async () => {
-    await guestDd(agent, '/dev/vdb', 60 * MiB, 1 * MiB);
-    await agent.exec('/bin/sync', [], { timeoutMs: 60_000 });
-    await guest.destroy();
-    await pollUntil(async () => !(await daemon.cliJson(['status', guest.name])).connected, 'disconnect', { timeoutMs: 30_000, intervalMs: 250 });
-    const ref: Record<string, string> = {};
-    for (const [t, img] of [['vda', guest.disks.data], ['vdb', guest.disks.scratch]] as const) {
-      ref[t] = join(refs, `stopped.${t}.raw`);
-      await execa('qemu-img', ['convert', '-O', 'raw', img, ref[t]!]);
-    }
-    const r = await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]);
-    points.set(r.id, ref);
+  it('a stopped domain is backed up through qemu-storage-daemon', () => {
+    const r = seen.stopped;
     expect(r.running).toBe(false);
     expect(r.kind).toBe('incremental');
     // nightly's last backup was before the 50 MiB write: it gets both.
-    expect(r.disks.find((d: { target: string }) => d.target === 'vdb').bytes).toBe(2 * MiB);
+    expect(disk(r, 'vdb').bytes).toBe(2 * MiB);
   });
 
   it('every restore point, restored, equals the disks at its instant', async () => {
@@ -203,13 +216,15 @@ describe('backup and restore of a running two-disk domain, two consumers', () =>
     const v = await daemon.cliJson(['verify', '--repo', repo, guest.name]);
     expect(v.ok).toBe(true);
     expect(v.checked).toBe(points.size);
-    // Corrupt the data of one incremental (not its metadata): the checksum catches it.
-    const m = list2manifest(await daemon.cliJson(['list', '--repo', repo, guest.name]), 'nightly-0002');
-    const file = join(repo, encodeURIComponent(guest.name), 'nightly', m.disks.find((d: { target: string }) => d.target === 'vdb').file);
+    // Corrupt the data of one incremental (not its metadata) in a copy of the repository: the checksum catches it.
+    const copy = join(tempDir('corrupt'), 'repo');
+    cpSync(repo, copy, { recursive: true });
+    const m = list2manifest(await daemon.cliJson(['list', '--repo', copy, guest.name]), seen.n2.id);
+    const file = join(copy, encodeURIComponent(guest.name), 'nightly', disk(m, 'vdb').file);
     await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a ${4 * MiB} 4096`, file]);
-    const bad = await daemon.cli(['verify', '--repo', repo, guest.name], { reject: false });
+    const bad = await daemon.cli(['verify', '--repo', copy, guest.name], { reject: false });
     expect(bad.exitCode).toBe(1);
-    expect(bad.stdout).toMatch(/nightly-0002 vdb: FAILED: checksum mismatch/);
+    expect(bad.stdout).toMatch(new RegExp(`${seen.n2.id} vdb: FAILED: checksum mismatch`));
   });
 });
 

@@ -94,16 +94,19 @@ describe('prune', () => {
   });
 
   it('merges the oldest increments into the base, then drops whole old chains', async () => {
-    const r1 = JSON.parse((await cli(['prune', '--repo', repo, guest.name, '--consumer', 'nightly', '--keep', '4', '--json'])).stdout);
+    // A copy: the repository the daemon backs up into stays as beforeAll left it for the next case.
+    const copy = join(tempDir('prune-whole'), 'repo');
+    cpSync(repo, copy, { recursive: true });
+    const r1 = JSON.parse((await cli(['prune', '--repo', copy, guest.name, '--consumer', 'nightly', '--keep', '4', '--json'])).stdout);
     expect(r1).toMatchObject({ removed: ['nightly-0001', 'nightly-0002', 'nightly-0003'], mergedInto: 'nightly-0004', resumed: false });
-    await expectKeptPointsExact(repo, ['nightly-0004', 'nightly-0005', 'nightly-0006', 'nightly-0007']);
-    const dir = join(repo, encodeURIComponent(guest.name), 'nightly');
-    const m4 = (await (await Repository.open(repo)).list(guest.name))[0];
+    await expectKeptPointsExact(copy, ['nightly-0004', 'nightly-0005', 'nightly-0006', 'nightly-0007']);
+    const dir = join(copy, encodeURIComponent(guest.name), 'nightly');
+    const m4 = (await (await Repository.open(copy)).list(guest.name))[0];
     expect(m4).toMatchObject({ id: 'nightly-0004', parent: null, merged: ['nightly-0001', 'nightly-0002', 'nightly-0003'] });
 
-    const r2 = JSON.parse((await cli(['prune', '--repo', repo, guest.name, '--consumer', 'nightly', '--keep', '2', '--json'])).stdout);
+    const r2 = JSON.parse((await cli(['prune', '--repo', copy, guest.name, '--consumer', 'nightly', '--keep', '2', '--json'])).stdout);
     expect(r2).toMatchObject({ removed: ['nightly-0004', 'nightly-0005'], mergedInto: null });
-    await expectKeptPointsExact(repo, ['nightly-0006', 'nightly-0007']);
+    await expectKeptPointsExact(copy, ['nightly-0006', 'nightly-0007']);
     // Nothing left behind but the kept points' images and manifests.
     expect(readdirSync(dir).filter((f) => !f.startsWith('.')).sort()).toEqual([
       'nightly-0006.json', 'nightly-0006.vda.qcow2', 'nightly-0006.vdb.qcow2', 'nightly-0007.json', 'nightly-0007.vda.qcow2', 'nightly-0007.vdb.qcow2',
@@ -111,6 +114,8 @@ describe('prune', () => {
   });
 
   it('backups go on after a prune: the next incremental builds on the merged chain', async () => {
+    const pruned = await cli(['prune', '--repo', repo, guest.name, '--consumer', 'nightly', '--keep', '2', '--json']);
+    expect(JSON.parse(pruned.stdout)).toMatchObject({ kept: ['nightly-0006', 'nightly-0007'] });
     await offlineWrite(40 * MiB, 1 * MiB, 8);
     const id = await backup();
     expect(id).toBe('nightly-0008');
