@@ -17,6 +17,8 @@ let daemon: TestDaemon;
 let guest: LibvirtGuest;
 let repo: string;
 let first: any;
+/** The backup that ran into the full repository (beforeAll: each case then starts from it). */
+let failed: { exitCode?: number; stderr: string };
 
 beforeAll(async () => {
   daemon = await startTestDaemon();
@@ -28,12 +30,13 @@ beforeAll(async () => {
   await daemon.cli(['consumer', 'add', guest.name, 'nightly']);
   await offlineWrite(guest.disks.scratch, 0, 2 * MiB, 0x3c);
   first = await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]);
+  await offlineWrite(guest.disks.scratch, 8 * MiB, 8 * MiB, 0x3c);
+  failed = await daemon.cli(['backup', guest.name, '--consumer', 'nightly', '--repo', repo], { reject: false });
 });
 
 describe('a full repository disk', () => {
   it('fails the backup with a clear error and leaves the previous chain intact', async () => {
-    await offlineWrite(guest.disks.scratch, 8 * MiB, 8 * MiB, 0x3c);
-    const r = await daemon.cli(['backup', guest.name, '--consumer', 'nightly', '--repo', repo], { reject: false });
+    const r = failed;
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/backup repository .* is full/);
     expect(r.stderr).toMatch(/previous backups are intact and consumer nightly did not move/);

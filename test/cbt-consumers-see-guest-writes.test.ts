@@ -1,6 +1,10 @@
 // Changed-block tracking end to end on a real libvirt domain: the hook, virtcbtd and the CLI.
 // Writes at known offsets of the scratch disk show up exactly (at bitmap granularity) for each
-// consumer independently; they survive a VM restart; a killed QEMU forces a full pass.
+// consumer independently; they survive a VM restart; a killed QEMU forces a full pass. The scenario
+// runs once, in order, in beforeAll (each step builds on the ones before); each case checks what
+// its step recorded, so any case runs alone.
+import { execa } from 'execa';
+import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { GuestAgent } from '../src/guest/index.js';
 import { pollUntil } from '../src/util/abort.js';
@@ -16,6 +20,8 @@ let guest: LibvirtGuest;
 let agent: GuestAgent;
 
 const guestWrite = (offset: number) => write(agent, offset);
+/** What the scenario saw at each step. */
+const seen: Record<string, any> = {};
 
 const vdb = (r: { disks: { target: string; full: boolean; reason?: string; extents: [number, number][] }[] }) => r.disks.find((d) => d.target === 'vdb')!;
 
@@ -43,54 +49,95 @@ async function cliJsonAsEver(args: string[]): Promise<any> {
   return r;
 }
 
-async function fullPass(consumer: string): Promise<void> {
+/** A consumer's first pass, committed; returns its vdb part. */
+async function fullPass(consumer: string) {
   const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', consumer]);
-  expect(vdb(p).full).toBe(true);
   await daemon.cli(['pass', 'commit', guest.name, '--consumer', consumer, '--pass', String(p.pass)]);
+  return vdb(p);
 }
 
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'cbt', scratchFormat: 'qcow2', start: false });
   agent = guestAgent(guest.name);
+  const changes = async (c: string) => vdb(await daemon.cliJson(['changes', guest.name, '--consumer', c]));
+
+  // Enabled while stopped.
+  seen.enabled = await daemon.cliJson(['enable', guest.name]);
+  seen.inactiveXml = (await virsh(['dumpxml', '--inactive', guest.name])).stdout;
+  seen.bitmapsOffline = JSON.parse((await execa('qemu-img', ['info', '--output=json', '-U', guest.disks.scratch])).stdout)['format-specific'].data.bitmaps;
+  await daemon.cli(['consumer', 'add', guest.name, 'nightly']);
+  await daemon.cli(['consumer', 'add', guest.name, 'offsite']);
+
+  // Started: connected through the hook; first passes.
+  await guest.start();
+  await waitConnected();
+  seen.firstPasses = [await fullPass('nightly'), await fullPass('offsite')];
+
+  // Writes, one consumer's pass, more writes, a new consumer.
+  await guestWrite(1 * MiB);
+  await guestWrite(3 * MiB + 64 * KiB);
+  seen.nightlyBefore = await cliJsonAsEver(['changes', guest.name, '--consumer', 'nightly']);
+  seen.nightlyPass = await cliJsonAsEver(['pass', 'begin', guest.name, '--consumer', 'nightly']);
+  await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(seen.nightlyPass.pass)]);
+  await guestWrite(5 * MiB);
+  seen.nightlyAfter = await changes('nightly');
+  seen.offsiteAfter = await changes('offsite');
+  await daemon.cli(['consumer', 'add', guest.name, 'replica']);
+  seen.replicaFirst = await changes('replica');
+
+  // A pass opened and aborted.
+  seen.openPass = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'offsite']);
+  seen.statusWithPass = await daemon.cliJson(['status', guest.name]);
+  await daemon.cli(['pass', 'abort', guest.name, '--consumer', 'offsite', '--pass', String(seen.openPass.pass)]);
+  seen.offsiteAfterAbort = await changes('offsite');
+
+  // A write, then shutdown and restart.
+  await guestWrite(7 * MiB);
+  await guest.destroy(); // SIGTERM: QEMU exits cleanly and stores its persistent bitmaps
+  await connected(daemon, guest.name, false);
+  await guest.start();
+  await waitConnected();
+  seen.nightlyAfterRestart = await changes('nightly');
+
+  // An external snapshot of vdb.
+  const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'nightly']);
+  await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(p.pass)]);
+  await virsh(['snapshot-create-as', guest.name, '--disk-only', '--no-metadata', '--atomic',
+    '--diskspec', 'vda,snapshot=no', '--diskspec', `vdb,file=${guest.dir}/scratch-overlay.qcow2`]);
+  seen.afterSnapshot = await changes('nightly');
+  const q = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'nightly']);
+  await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(q.pass)]);
+  await guestWrite(11 * MiB);
+  seen.onNewLayer = await changes('nightly');
+
+  // kill -9 of QEMU.
+  await guestWrite(9 * MiB);
+  const pid = Number(readFileSync(`/run/libvirt/qemu/${guest.name}.pid`, 'utf8'));
+  process.kill(pid, 'SIGKILL');
+  await pollUntil(async () => /shut off|crashed/.test((await virsh(['domstate', guest.name])).stdout), 'domain to stop', { timeoutMs: 30_000 });
+  seen.afterKill = {} as Record<string, any>;
+  for (const c of ['nightly', 'offsite', 'replica']) seen.afterKill[c] = await changes(c);
 });
 
 describe('changed-block tracking on a libvirt domain', () => {
-  it('enables a stopped domain: QMP socket in the XML, bitmaps created offline', async () => {
-    const r = await daemon.cliJson(['enable', guest.name]);
-    expect(r.disks.map((d: { target: string }) => d.target)).toEqual(['vda', 'vdb']);
-    const xml = (await virsh(['dumpxml', '--inactive', guest.name])).stdout;
-    expect(xml).toContain(r.qmpSocket);
-    const info = (await import('node:child_process')).execFileSync('qemu-img', ['info', '--output=json', '-U', guest.disks.scratch]).toString();
-    expect(JSON.parse(info)['format-specific'].data.bitmaps.map((b: { name: string }) => b.name)).toEqual(['virtcbt-1']);
-    await daemon.cli(['consumer', 'add', guest.name, 'nightly']);
-    await daemon.cli(['consumer', 'add', guest.name, 'offsite']);
+  it('enables a stopped domain: QMP socket in the XML, bitmaps created offline', () => {
+    expect(seen.enabled.disks.map((d: { target: string }) => d.target)).toEqual(['vda', 'vdb']);
+    expect(seen.inactiveXml).toContain(seen.enabled.qmpSocket);
+    expect(seen.bitmapsOffline.map((b: { name: string }) => b.name)).toEqual(['virtcbt-1']);
   });
 
-  it('connects through the hook when the domain starts; first passes are full', async () => {
-    await guest.start();
-    await waitConnected();
-    await fullPass('nightly');
-    await fullPass('offsite');
+  it('connects through the hook when the domain starts; first passes are full', () => {
+    expect(seen.firstPasses.map((d: { full: boolean }) => d.full)).toEqual([true, true]);
   });
 
-  it('each consumer sees exactly the writes since its own last pass', async () => {
-    await guestWrite(1 * MiB);
-    await guestWrite(3 * MiB + 64 * KiB);
-    const a = await cliJsonAsEver(['changes', guest.name, '--consumer', 'nightly']);
-    expect(vdb(a)).toMatchObject({ full: false, extents: [[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB]] });
-
-    const p = await cliJsonAsEver(['pass', 'begin', guest.name, '--consumer', 'nightly']);
-    expect(vdb(p).extents).toEqual([[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB]]);
-    await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(p.pass)]);
-
-    await guestWrite(5 * MiB);
-    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly'])).extents).toEqual([[5 * MiB, 64 * KiB]]);
-    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'offsite'])).extents)
-      .toEqual([[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB], [5 * MiB, 64 * KiB]]);
-    await daemon.cli(['consumer', 'add', guest.name, 'replica']);
+  it('each consumer sees exactly the writes since its own last pass', () => {
+    expect(vdb(seen.nightlyBefore)).toMatchObject({ full: false, extents: [[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB]] });
+    expect(vdb(seen.nightlyPass).extents).toEqual([[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB]]);
+    expect(seen.nightlyAfter.extents).toEqual([[5 * MiB, 64 * KiB]]);
+    expect(seen.offsiteAfter.extents).toEqual([[1 * MiB, 64 * KiB], [3 * MiB + 64 * KiB, 64 * KiB], [5 * MiB, 64 * KiB]]);
     // A new consumer's pass is full, narrowed to what is allocated: the written blocks, not the whole disk.
-    const full = vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'replica']));
+    const full = seen.replicaFirst as { full: boolean; extents: [number, number][] };
     expect(full.full).toBe(true);
     for (const off of [1 * MiB, 3 * MiB + 64 * KiB, 5 * MiB]) {
       expect(full.extents.some(([o, l]) => o <= off && off + 64 * KiB <= o + l), `allocated extents cover ${off}`).toBe(true);
@@ -98,47 +145,26 @@ describe('changed-block tracking on a libvirt domain', () => {
     expect(full.extents.reduce((s, [, l]) => s + l, 0)).toBeLessThan(16 * MiB);
   });
 
-  it('an open pass is visible in status and never moves the consumer', async () => {
-    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'offsite']);
-    const st = await daemon.cliJson(['status', guest.name]);
-    expect(st.openPasses.map((o: { id: number }) => o.id)).toContain(p.pass);
-    await daemon.cli(['pass', 'abort', guest.name, '--consumer', 'offsite', '--pass', String(p.pass)]);
-    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'offsite'])).extents.length).toBe(3);
+  it('an open pass is visible in status and never moves the consumer', () => {
+    expect(seen.statusWithPass.openPasses.map((o: { id: number }) => o.id)).toContain(seen.openPass.pass);
+    expect(seen.offsiteAfterAbort.extents.length).toBe(3);
   });
 
-  it('writes of one VM session are still reported after shutdown and restart', async () => {
-    await guestWrite(7 * MiB);
-    await guest.destroy(); // SIGTERM: QEMU exits cleanly and stores its persistent bitmaps
-    await connected(daemon, guest.name, false);
-    await guest.start();
-    await waitConnected();
-    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly'])).extents).toEqual([[5 * MiB, 64 * KiB], [7 * MiB, 64 * KiB]]);
+  it('writes of one VM session are still reported after shutdown and restart', () => {
+    expect(seen.nightlyAfterRestart.extents).toEqual([[5 * MiB, 64 * KiB], [7 * MiB, 64 * KiB]]);
   });
 
-  it('an external snapshot moves the active layer away from the bitmap: the floor rises', async () => {
-    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'nightly']);
-    await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(p.pass)]);
-    await virsh(['snapshot-create-as', guest.name, '--disk-only', '--no-metadata', '--atomic',
-      '--diskspec', 'vda,snapshot=no', '--diskspec', `vdb,file=${guest.dir}/scratch-overlay.qcow2`]);
-    const r = vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly']));
-    expect(r.full).toBe(true);
-    expect(r.reason).toMatch(/active layer/);
+  it('an external snapshot moves the active layer away from the bitmap: the floor rises', () => {
+    expect(seen.afterSnapshot.full).toBe(true);
+    expect(seen.afterSnapshot.reason).toMatch(/active layer/);
     // Tracking goes on, on the new active layer.
-    await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'nightly']).then((q) =>
-      daemon.cli(['pass', 'commit', guest.name, '--consumer', 'nightly', '--pass', String(q.pass)]));
-    await guestWrite(11 * MiB);
-    expect(vdb(await daemon.cliJson(['changes', guest.name, '--consumer', 'nightly'])).extents).toEqual([[11 * MiB, 64 * KiB]]);
+    expect(seen.onNewLayer.extents).toEqual([[11 * MiB, 64 * KiB]]);
   });
 
-  it('kill -9 of QEMU: the next changes is a full pass for every consumer', async () => {
-    await guestWrite(9 * MiB);
-    const pid = Number((await import('node:fs')).readFileSync(`/run/libvirt/qemu/${guest.name}.pid`, 'utf8'));
-    process.kill(pid, 'SIGKILL');
-    await pollUntil(async () => /shut off|crashed/.test((await virsh(['domstate', guest.name])).stdout), 'domain to stop', { timeoutMs: 30_000 });
+  it('kill -9 of QEMU: the next changes is a full pass for every consumer', () => {
     for (const c of ['nightly', 'offsite', 'replica']) {
-      const r = await daemon.cliJson(['changes', guest.name, '--consumer', c]);
-      expect(vdb(r).full, c).toBe(true);
-      if (c !== 'replica') expect(vdb(r).reason).toMatch(/inconsistent|lost/);
+      expect(seen.afterKill[c].full, c).toBe(true);
+      if (c !== 'replica') expect(seen.afterKill[c].reason).toMatch(/inconsistent|lost/);
     }
   });
 

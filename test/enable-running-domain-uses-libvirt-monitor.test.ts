@@ -15,24 +15,29 @@ let agent: GuestAgent;
 const vdb = (consumer: string) => diskChanges(daemon, guest.name, consumer);
 const guestWrite = (offset: number) => write(agent, offset);
 
+/** What `enable` answered and `status` said right after, on the running domain (beforeAll). */
+let enabled: any;
+let statusAfter: any;
+
 beforeAll(async () => {
   daemon = await startTestDaemon();
   guest = await startLibvirtGuest({ name: 'live', scratchFormat: 'qcow2' });
   agent = guestAgent(guest.name);
+  // Enabled while running, a consumer's pass committed, then one guest write: each case starts here.
+  enabled = await daemon.cliJson(['enable', guest.name]);
+  statusAfter = await daemon.cliJson(['status', guest.name]);
+  await daemon.cli(['consumer', 'add', guest.name, 'a']);
+  const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'a']);
+  await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'a', '--pass', String(p.pass)]);
+  await guestWrite(2 * MiB);
 });
 
 describe('enable on a running domain', () => {
   it('tracks at once through libvirt\'s monitor', async () => {
-    const r = await daemon.cliJson(['enable', guest.name]);
-    expect(r.running).toBe(true);
-    expect(r.notes.join(' ')).toMatch(/next restart/);
-    const st = await daemon.cliJson(['status', guest.name]);
-    expect(st.connected).toBe(false);
-    expect(st.pendingRestart).toBe(true);
-    await daemon.cli(['consumer', 'add', guest.name, 'a']);
-    const p = await daemon.cliJson(['pass', 'begin', guest.name, '--consumer', 'a']);
-    await daemon.cli(['pass', 'commit', guest.name, '--consumer', 'a', '--pass', String(p.pass)]);
-    await guestWrite(2 * MiB);
+    expect(enabled.running).toBe(true);
+    expect(enabled.notes.join(' ')).toMatch(/next restart/);
+    expect(statusAfter.connected).toBe(false);
+    expect(statusAfter.pendingRestart).toBe(true);
     expect((await vdb('a')).extents).toEqual([[2 * MiB, 64 * KiB]]);
   });
 

@@ -18,6 +18,8 @@ let daemon: TestDaemon;
 let guest: LibvirtGuest;
 let repo: string;
 const results: any[] = [];
+/** Raw copies of the disks as the third backup saw them (a later case writes to the disk again). */
+const atThird: { vda?: string; vdb?: string } = {};
 
 beforeAll(async () => {
   daemon = await startTestDaemon();
@@ -25,17 +27,23 @@ beforeAll(async () => {
   repo = tempDir('repo');
   await daemon.cli(['enable', guest.name]);
   await daemon.cli(['consumer', 'add', guest.name, 'nightly']);
+  // One full, then incrementals of what changed offline.
+  await offlineWrite(guest.disks.scratch, 0, 2 * MiB, 0x11);
+  results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
+  await offlineWrite(guest.disks.scratch, 1 * MiB, 64 * 1024, 0x22);
+  await offlineWrite(guest.disks.scratch, 10 * MiB, 3 * MiB, 0x33);
+  results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
+  await offlineWrite(guest.disks.scratch, 11 * MiB, 1 * MiB, 0x44);
+  results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
+  const refs = tempDir('refs');
+  for (const [t, img] of [['vda', guest.disks.data], ['vdb', guest.disks.scratch]] as const) {
+    atThird[t] = join(refs, `${t}.raw`);
+    await execa('qemu-img', ['convert', '-O', 'raw', img, atThird[t]!]);
+  }
 });
 
 describe('a backup chain is a plain qcow2 chain', () => {
-  it('backs up a stopped domain: one full, then incrementals of what changed offline', async () => {
-    await offlineWrite(guest.disks.scratch, 0, 2 * MiB, 0x11);
-    results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
-    await offlineWrite(guest.disks.scratch, 1 * MiB, 64 * 1024, 0x22);
-    await offlineWrite(guest.disks.scratch, 10 * MiB, 3 * MiB, 0x33);
-    results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
-    await offlineWrite(guest.disks.scratch, 11 * MiB, 1 * MiB, 0x44);
-    results.push(await backupJson(daemon, [guest.name, '--consumer', 'nightly', '--repo', repo]));
+  it('backs up a stopped domain: one full, then incrementals of what changed offline', () => {
     expect(results.map((r) => r.kind)).toEqual(['full', 'incremental', 'incremental']);
     expect(results.every((r) => r.running === false)).toBe(true);
     const vdb = (r: any) => r.disks.find((d: { target: string }) => d.target === 'vdb');
@@ -51,16 +59,16 @@ describe('a backup chain is a plain qcow2 chain', () => {
     // Backing files are named relative to the chain's directory: the repository can move.
     expect(info.slice(0, 2).map((i) => i['backing-filename'])).toEqual(['nightly-0002.vdb.qcow2', 'nightly-0001.vdb.qcow2']);
     for (const i of info) expect((await execa('qemu-img', ['check', i.filename], { reject: false })).exitCode).toBe(0);
-    expect((await sameContent(guest.disks.scratch, 'qcow2', top, 'qcow2')).same).toBe(true);
+    expect((await sameContent(atThird.vdb!, 'raw', top, 'qcow2')).same).toBe(true);
     const vdaTop = join(dir, results[2].disks.find((d: { target: string }) => d.target === 'vda').file);
-    expect((await sameContent(guest.disks.data, 'qcow2', vdaTop, 'qcow2')).same).toBe(true);
+    expect((await sameContent(atThird.vda!, 'raw', vdaTop, 'qcow2')).same).toBe(true);
 
     const moved = join(tempDir('moved'), 'r');
     cpSync(repo, moved, { recursive: true });
     const movedTop = join(moved, encodeURIComponent(guest.name), 'nightly', 'nightly-0003.vdb.qcow2');
     const raw = join(tempDir('raw'), 'vdb.raw');
     await execa('qemu-img', ['convert', '-O', 'raw', movedTop, raw]);
-    expect((await sameContent(guest.disks.scratch, 'qcow2', raw, 'raw')).same).toBe(true);
+    expect((await sameContent(atThird.vdb!, 'raw', raw, 'raw')).same).toBe(true);
   });
 
   it('a backup job from the config backs its domains up and prunes to its keep', async () => {

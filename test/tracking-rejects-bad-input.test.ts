@@ -117,6 +117,7 @@ describe('daemon-side bad input', () => {
   });
 
   it('a corrupt change-log file: the daemon refuses to start, says what to do, and leaves the file alone', async () => {
+    await daemon.stop(); // (an earlier case may have stopped it already)
     const db = join(daemon.stateDir, 'changelog.db');
     rmSync(`${db}-wal`, { force: true });
     rmSync(`${db}-shm`, { force: true });
