@@ -9,8 +9,8 @@
 import { execa, execaSync } from 'execa';
 import { createHash, randomBytes } from 'node:crypto';
 import { cpSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { basename, join } from 'node:path';
+import { beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { backupJson, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
@@ -311,13 +311,32 @@ beforeAll(async () => {
   expect(readdirSync(join(pristine, guestDir(), 'c1')).filter((f) => f.endsWith('.json')).sort()).toEqual(['c1-0001.json', 'c1-0002.json', 'c1-0003.json']);
   pristineSandbox = join(base, 'sandbox');
   makeSandbox(pristineSandbox);
+  // Each case's backup moves c1 on (and folds the images' bitmaps): every case starts again from
+  // here, c1 at c1-0003, so that its backup continues the mutated chain rather than starting a
+  // new one because the consumer is ahead of the repository.
+  await daemon.stop();
+  await execa('cp', ['-a', daemon.stateDir, join(base, 'state')]);
+  for (const img of [guest.disks.data, guest.disks.scratch]) await execa('cp', ['-a', img, join(base, basename(img))]);
+  await daemon.start();
+});
+
+beforeEach(async () => {
+  await daemon.stop();
+  await execa('rm', ['-rf', daemon.stateDir]);
+  await execa('cp', ['-a', join(base, 'state'), daemon.stateDir]);
+  for (const img of [guest.disks.data, guest.disks.scratch]) await execa('cp', ['-a', join(base, basename(img)), img]);
+  await daemon.start();
 });
 
 describe('a mutated repository: nothing outside it is read, written or removed; every command works or names the bad file', () => {
-  it('the unmutated copy: every command works', async () => {
+  const unmutated = async () => {
     const outcomes = await check({ name: 'none', apply: () => [] }, () => []);
     expect(outcomes.filter((o) => o.exitCode !== 0).map((o) => `${o.cmd}: ${o.out.slice(-500)}`)).toEqual([]);
-  });
+    // The backup continued the chain: c1 is where beforeAll left it, whatever ran before this case.
+    const backup = JSON.parse(outcomes.find((o) => o.cmd === 'backup')!.out.trim().split('\n').filter((l) => l.startsWith('{')).pop()!);
+    expect(backup).toMatchObject({ type: 'result', kind: 'incremental', parent: 'c1-0003' });
+  };
+  it('the unmutated copy: every command works', unmutated);
 
   for (const [i, m] of MUTATIONS.entries()) {
     it(m.name, async () => {
@@ -344,4 +363,6 @@ describe('a mutated repository: nothing outside it is read, written or removed; 
       });
     });
   }
+
+  it('the unmutated copy again, after the mutated ones: every command works and the backup continues the chain', unmutated);
 });
