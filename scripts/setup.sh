@@ -15,6 +15,7 @@ fi
 # Runtime: QEMU, libvirt, NBD tools, guest agent, ClamAV, filesystems.
 # Build: libvirt-dev and pkg-config for @unraid/libvirt; python3/g++/make come with the node image.
 # Test guest: busybox-static, cpio, kmod (depmod); the kernel is downloaded as a .deb, not installed.
+# tini: libvirtd's subreaper where no systemd runs it (scripts/libvirt-daemons.sh).
 PACKAGES=(
   qemu-system-x86 qemu-utils qemu-guest-agent qemu-block-extra
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
@@ -23,7 +24,7 @@ PACKAGES=(
   e2fsprogs xfsprogs dosfstools fdisk util-linux
   busybox-static cpio kmod iproute2 gnutls-bin
   sqlite3 virtnbdbackup
-  python3 make g++
+  python3 make g++ tini
 )
 
 missing=()
@@ -56,20 +57,5 @@ if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm
 fi
 
 # Services: on a systemd host the packages started them; elsewhere (containers, CI) start by hand.
-if [ ! -d /run/systemd/system ]; then
-  if ! pgrep -x virtlogd >/dev/null; then
-    log "starting virtlogd"
-    "${SUDO[@]}" virtlogd -d
-  fi
-  if ! pgrep -x libvirtd >/dev/null; then
-    log "starting libvirtd"
-    "${SUDO[@]}" libvirtd -d
-  fi
-  # libvirtd answers a moment after it forks: wait (bounded) for its socket.
-  for _ in $(seq 1 50); do
-    virsh -c qemu:///system version >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  virsh -c qemu:///system version >/dev/null 2>&1 || { log "libvirtd did not answer"; exit 1; }
-fi
+bash scripts/libvirt-daemons.sh
 log "ready"

@@ -17,11 +17,10 @@ export async function virsh(args: string[], opts: { reject?: boolean } = {}) {
   return execa('virsh', ['-c', LIBVIRT_URI, ...args], { reject: opts.reject ?? true, timeout: 120_000 });
 }
 
-/** Starts virtlogd and libvirtd when they are not running (hosts without systemd). */
+/** Starts virtlogd and libvirtd as set-up does when they are not running (hosts without systemd). */
 export async function ensureLibvirtd(): Promise<void> {
-  for (const d of ['virtlogd', 'libvirtd']) {
-    if ((await execa('pgrep', ['-x', d], { reject: false })).exitCode !== 0) await execa(d, ['-d']);
-  }
+  const gone = await Promise.all(['virtlogd', 'libvirtd'].map(async (d) => (await execa('pgrep', ['-x', d], { reject: false })).exitCode !== 0));
+  if (gone.some(Boolean)) await execa('bash', [join(repoRoot(), 'scripts', 'libvirt-daemons.sh')]);
   await pollUntil(async () => (await virsh(['version'], { reject: false })).exitCode === 0, 'libvirtd to answer', { timeoutMs: 30_000, intervalMs: 200 });
 }
 

@@ -86,10 +86,9 @@ export async function fixKvmDevicePermissions(): Promise<void> {
 /** Starts virtlogd/libvirtd if they are not running (no systemd here), then waits until virsh answers. */
 export async function ensureLibvirtd(): Promise<void> {
   await fixKvmDevicePermissions();
-  for (const daemon of ['virtlogd', 'libvirtd']) {
-    const running = await execa('pgrep', ['-x', daemon], { reject: false });
-    if (running.exitCode !== 0) await execa(daemon, ['-d']);
-  }
+  // Started as setup.sh starts them (libvirtd under a subreaper) when a test stopped them.
+  const gone = await Promise.all(['virtlogd', 'libvirtd'].map(async (d) => (await execa('pgrep', ['-x', d], { reject: false })).exitCode !== 0));
+  if (gone.some(Boolean)) await execa('bash', [join(import.meta.dirname, '../../scripts/libvirt-daemons.sh')]);
   const deadline = Date.now() + 30_000;
   for (;;) {
     const r = await virsh(['version'], { reject: false, timeoutMs: 10_000 });
