@@ -16,6 +16,7 @@ import type { DomainXmlInfo } from '../libvirt/index.js';
 import type { QmpExecutor } from '../qmp/index.js';
 import type { Reconciler, TrackedDisk } from '../reconciler/index.js';
 import { Snapshot, presetMarker, type FreezeMarker, type SnapshotHost, type TakeResult } from '../snapshot/index.js';
+import { deadlineSignal } from '../util/abort.js';
 import type { Logger } from '../util/log.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
@@ -117,7 +118,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
   let passId: number | undefined;
   let taken: TakeResult | undefined;
   let committed = false;
-  const signal = AbortSignal.any([...(deps.signal ? [deps.signal] : []), AbortSignal.timeout(deps.timeoutMs)]);
+  const signal = deadlineSignal({ signal: deps.signal, timeoutMs: deps.timeoutMs }, `the scan of ${domain} (scan.timeoutSeconds ${deps.timeoutMs / 1000})`)!;
   const agent = deps.agent === null || req.noFreeze ? undefined : deps.agent;
   const freezeMarker = agent && deps.freezeMarker ? presetMarker(deps.freezeMarker) : undefined;
   try {

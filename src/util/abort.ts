@@ -6,7 +6,12 @@ export interface WaitOptions {
   timeoutMs?: number;
 }
 
-/** A signal that fires when `signal` does or when `timeoutMs` passes (with a TimeoutError). */
+/**
+ * A signal that fires when `signal` does or when `timeoutMs` passes (with a TimeoutError). The
+ * timer holds its controller: never `AbortSignal.any([s, AbortSignal.timeout(ms)])`, whose timeout
+ * Node 20 lets a garbage collection drop (the composite holds its sources weakly, and the timer its
+ * signal), so that the deadline silently never comes (nodejs/node#57736).
+ */
 export function deadlineSignal(opts: WaitOptions, what: string): AbortSignal | undefined {
   const signals: AbortSignal[] = [];
   if (opts.signal) signals.push(opts.signal);
