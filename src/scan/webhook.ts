@@ -1,5 +1,6 @@
 // The optional webhook: each quarantine and release POSTed as JSON to scan.webhook. It runs
 // beside the quarantine, never before it: a dead or slow receiver only costs a log line.
+import { deadlineSignal } from '../util/abort.js';
 import type { Logger } from '../util/log.js';
 import { errorMessage } from '../util/errors.js';
 
@@ -13,7 +14,7 @@ export async function postWebhook(url: string, body: unknown, logger: Logger, fi
       method: 'POST',
       headers: { 'content-type': 'application/json', 'user-agent': 'virtcbtd' },
       body: JSON.stringify(body),
-      signal: AbortSignal.timeout(WEBHOOK_TIMEOUT_MS),
+      signal: deadlineSignal({ timeoutMs: WEBHOOK_TIMEOUT_MS }, 'the quarantine webhook'),
       redirect: 'error',
     });
     // Drain so the connection is freed; the receiver's answer means nothing to us.

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { AgentCommandError, GuestAgent, ThawFailedError, type FrozenOptions } from '../guest/index.js';
 import { merge, type Extent } from '../extent/index.js';
-import { abortReason } from '../util/abort.js';
+import { abortReason, deadlineSignal } from '../util/abort.js';
 import { TimeoutError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { EXIT_CANNOT, FREEZE_SCRIPT, parseScriptReport, type ScriptReport } from './freeze-script.js';
 import { complement, freeExtents, parseFsmap } from './fsmap.js';
@@ -191,7 +191,7 @@ export class AgentMapFreezer extends GuestAgent {
   }
 
   private async waitExit(pid: number, timeoutMs: number): Promise<{ exitcode?: number; stdout: string; stderr: string }> {
-    const signal = AbortSignal.timeout(timeoutMs);
+    const signal = deadlineSignal({ timeoutMs }, 'the guest command')!;
     try {
       for (;;) {
         const s = await this.execStatus(pid, signal);
