@@ -60,9 +60,10 @@ export const installCommand: Command = {
 
 Writes /etc/libvirt/hooks/qemu.d/virtcbt, /etc/systemd/system/virtcbtd.service and wrappers in
 /usr/local/sbin, and a starting /etc/virtcbt/config.json if there is none. For every backup job
-in the config (backup.jobs) it writes virtcbt-backup@JOB.service and virtcbt-backup@JOB.timer, and
-for every sync job (sync.jobs) virtcbt-sync@JOB.service and virtcbt-sync@JOB.timer. libvirtd reads
-hooks when it starts: restart it afterwards (systemctl restart libvirtd).
+in the config (backup.jobs) it writes virtcbt-backup@JOB.service and virtcbt-backup@JOB.timer, for
+every sync job (sync.jobs) virtcbt-sync@JOB.service and virtcbt-sync@JOB.timer, and for every scan
+job (scan.jobs) virtcbt-scan@JOB.service and virtcbt-scan@JOB.timer. libvirtd reads hooks when it
+starts: restart it afterwards (systemctl restart libvirtd).
   --root DIR   install under DIR instead of / (for packaging and tests)
   --dry-run    print what would be written`,
   async run(ctx) {
