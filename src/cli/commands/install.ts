@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readFile, writeFile, access } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DEFAULT_SCANNER_CONFIG } from '../../scan/scanner/config.js';
 import { DEFAULT_CONFIG_FILE, type BackupJobConfig, type ScanJobConfig, type SyncJobConfig } from '../../config/index.js';
 import { backupJobUnits, jobUnitName, scanJobUnits, syncJobUnits } from './job-units.js';
 import { parse } from '../args.js';
@@ -55,6 +56,39 @@ export async function installPlan(opts: { root: string; enabledDir: string; conf
 
 const exists = (p: string) => access(p).then(() => true, () => false);
 
+/** A scanner host's files: virtcbt-scanner's unit and wrapper (it has no hook, no virtcbtd). */
+export async function scannerInstallPlan(root: string): Promise<InstallPlan> {
+  const fill = (s: string) => s.replaceAll('@NODE@', process.execPath).replaceAll('@PREFIX@', PACKAGE_ROOT);
+  return {
+    root,
+    files: [
+      { path: '/etc/systemd/system/virtcbt-scanner.service', mode: 0o644, content: fill(await readFile(join(PACKAGE_ROOT, 'systemd/virtcbt-scanner.service'), 'utf8')) },
+      { path: '/usr/local/sbin/virtcbt-scanner', mode: 0o755, content: `#!/bin/sh\n# Installed by virtcbt install --scanner.\nexec ${process.execPath} ${join(PACKAGE_ROOT, 'dist/src/scan/scanner/main.js')} "$@"\n` },
+    ],
+  };
+}
+
+async function writePlan(plan: InstallPlan): Promise<string[]> {
+  const written: string[] = [];
+  for (const f of plan.files) {
+    const p = join(plan.root, f.path);
+    await mkdir(dirname(p), { recursive: true });
+    await writeFile(p, f.content);
+    await chmod(p, f.mode);
+    written.push(p);
+  }
+  return written;
+}
+
+/** Copies `example` (in this package's config/) to `conf` under `root` unless a file is there. */
+async function starterConfig(root: string, conf: string, example: string): Promise<string | undefined> {
+  const to = join(root, conf);
+  if (await exists(to)) return undefined;
+  await mkdir(dirname(to), { recursive: true });
+  await copyFile(join(PACKAGE_ROOT, 'config', example), to);
+  return to;
+}
+
 export const installCommand: Command = {
   usage: `usage: virtcbt install [--root DIR] [--dry-run] [--json]
 
@@ -64,33 +98,42 @@ in the config (backup.jobs) it writes virtcbt-backup@JOB.service and virtcbt-bac
 every sync job (sync.jobs) virtcbt-sync@JOB.service and virtcbt-sync@JOB.timer, and for every scan
 job (scan.jobs) virtcbt-scan@JOB.service and virtcbt-scan@JOB.timer. libvirtd reads hooks when it
 starts: restart it afterwards (systemctl restart libvirtd).
+With --scanner (on a scanner host): virtcbt-scanner.service, a virtcbt-scanner wrapper and a starting
+/etc/virtcbt-scanner/config.json if there is none; no hypervisor configuration is read.
+  --scanner    install the scanner host's service instead
   --root DIR   install under DIR instead of / (for packaging and tests)
   --dry-run    print what would be written`,
   async run(ctx) {
-    const { values } = parse(ctx.argv, { root: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } }, this.usage);
-    const cfg = ctx.config();
+    const { values } = parse(ctx.argv, { root: { type: 'string' }, 'dry-run': { type: 'boolean' }, json: { type: 'boolean' }, scanner: { type: 'boolean' } }, this.usage);
     const root = values.root ?? '/';
+    const verb = values['dry-run'] ? 'would write' : 'wrote';
+    if (values.scanner) {
+      // A scanner host: no hypervisor configuration is read (there is none there).
+      const plan = await scannerInstallPlan(root);
+      const written = values['dry-run'] ? [] : await writePlan(plan);
+      const conf = values['dry-run'] ? undefined : await starterConfig(root, DEFAULT_SCANNER_CONFIG, 'scanner-example.json');
+      if (conf) written.push(conf);
+      emit(ctx.io, Boolean(values.json), { root, files: plan.files.map((f) => f.path), written }, () => [
+        ...plan.files.map((f) => `${verb} ${join(root, f.path)}`),
+        ...(conf ? [`wrote ${conf} (an example: edit listen, allowedClients and the credential directories)`] : []),
+        'next: `useradd --system --no-create-home --shell /usr/sbin/nologin virtcbt-scanner`; the credentials in',
+        `      tlsDir and nbdTlsDir (\`virtcbt certs\`, keys readable by that user); clamd running; then`,
+        '      `systemctl daemon-reload && systemctl enable --now virtcbt-scanner`',
+      ]);
+      return EXIT.OK;
+    }
+    const cfg = ctx.config();
     const plan = await installPlan({ root, enabledDir: cfg.daemon.enabledDir, configFile: DEFAULT_CONFIG_FILE, backupJobs: cfg.backup.jobs, syncJobs: cfg.sync.jobs, scanJobs: cfg.scan.jobs });
     const written: string[] = [];
     if (!values['dry-run']) {
-      for (const f of plan.files) {
-        const p = join(root, f.path);
-        await mkdir(dirname(p), { recursive: true });
-        await writeFile(p, f.content);
-        await chmod(p, f.mode);
-        written.push(p);
-      }
-      const conf = join(root, DEFAULT_CONFIG_FILE);
-      if (!(await exists(conf))) {
-        await mkdir(dirname(conf), { recursive: true });
-        await copyFile(join(PACKAGE_ROOT, 'config/example.json'), conf);
-        written.push(conf);
-      }
+      written.push(...await writePlan(plan));
+      const conf = await starterConfig(root, DEFAULT_CONFIG_FILE, 'example.json');
+      if (conf) written.push(conf);
       await mkdir(join(root, cfg.daemon.spoolDir), { recursive: true, mode: 0o750 });
       await mkdir(join(root, cfg.daemon.enabledDir), { recursive: true, mode: 0o750 });
     }
     emit(ctx.io, Boolean(values.json), { root, files: plan.files.map((f) => f.path), written }, () => [
-      ...plan.files.map((f) => `${values['dry-run'] ? 'would write' : 'wrote'} ${join(root, f.path)}`),
+      ...plan.files.map((f) => `${verb} ${join(root, f.path)}`),
       'next: restart libvirtd so that it reads the hook, then `systemctl enable --now virtcbtd`',
       ...cfg.backup.jobs.map((j) => `      and \`systemctl enable --now ${jobUnitName('backup', j.name, 'timer')}\` for backup job ${j.name}`),
       ...cfg.sync.jobs.map((j) => `      and \`systemctl enable --now ${jobUnitName('sync', j.name, 'timer')}\` for sync job ${j.name}`),
