@@ -68,6 +68,8 @@ export async function withStorageDaemon<T>(
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
   const exited = child.then((r) => r.exitCode ?? null);
+  // How it ended, for an error that names it (a daemon that dies mid-job shows only as a closed QMP socket).
+  const ending = child.then((r) => (r.signal ? `killed by ${r.signal}` : `exit status ${r.exitCode}`));
   const holder = opts.holderFile;
   if (holder && child.pid) {
     await mkdir(dirname(holder), { recursive: true, mode: 0o755 }).catch(() => undefined);
@@ -112,6 +114,18 @@ export async function withStorageDaemon<T>(
     if (!aborted) return await result;
     result.catch(() => undefined);
     return await Promise.race([result, aborted]);
+  } catch (err) {
+    // The job failed because the daemon itself went away (its QMP or NBD socket closed): say so,
+    // with how it ended and what it printed, rather than only the closed socket.
+    if (qmp && !stopping) {
+      const how = await Promise.race([ending, new Promise<undefined>((r) => { setTimeout(() => r(undefined), 250).unref(); })]);
+      if (how !== undefined) {
+        throw new VirtcbtError(`qemu-storage-daemon on the images of domain ${domain} ended during the job (${how}): ${stderr.trim() || 'it printed nothing'}`, {
+          domain, cause: err, hint: 'Something else stopped it (a domain start ends it through its holder file), or it failed: its message is above',
+        });
+      }
+    }
+    throw err;
   } finally {
     if (onAbort) signal!.removeEventListener('abort', onAbort);
     await stop();

@@ -1,0 +1,32 @@
+// A qemu-storage-daemon that dies in the middle of a job on a stopped domain's images (killed, or
+// crashed) is named in the job's error with how it ended and what it printed, not left to show as
+// a QMP socket "closed by the peer".
+import { execa } from 'execa';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { withStorageDaemon } from '../src/qsd/index.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'virtcbt-qsd-death-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('withStorageDaemon', () => {
+  it('names a daemon that was killed during the job', async () => {
+    const image = join(dir, 'disk.qcow2');
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
+    const job = withStorageDaemon(dir, 'vm1', [{ target: 'vda', image }], async (s) => {
+      process.kill(s.pid, 'SIGKILL');
+      // The job's next request finds the socket closed.
+      for (;;) await s.qmp.execute('query-named-block-nodes');
+    });
+    await expect(job).rejects.toThrow(/qemu-storage-daemon on the images of domain vm1 ended during the job \(killed by SIGKILL\)/);
+  });
+
+  it('leaves a job\'s own failure as it is while the daemon runs', async () => {
+    const image = join(dir, 'disk2.qcow2');
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', image, '16M']);
+    const job = withStorageDaemon(dir, 'vm1', [{ target: 'vda', image }], async () => { throw new Error('the job\'s own error'); });
+    await expect(job).rejects.toThrow(/^the job's own error$/);
+  });
+});
