@@ -2,8 +2,9 @@
 // chunks, so that `virtcbt nbd map` resolves and links a handful of files instead of ~20 ES
 // modules (Node's ESM loader spent ~15 ms of a ~110 ms run on resolution alone); virtcbtd and
 // virtcbt-scanner into their main.js plus shared chunks in dist/src/bundle/: unbundled, virtcbtd
-// spent ~450 of its ~740 ms start resolving, reading and compiling its ~150 modules. Packages stay
-// external. Everything else (benchmarks, the demo) keeps tsc's output.
+// spent ~450 of its ~740 ms start resolving, reading and compiling its ~150 modules. The CLI's
+// packages stay external; the daemons' are bundled but for the native ones. Everything else
+// (benchmarks, the demo) keeps tsc's output.
 import { rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +20,6 @@ const common = {
   format: 'esm',
   platform: 'node',
   target: 'node20',
-  packages: 'external',
   sourcemap: true,
   tsconfig: join(root, 'tsconfig.json'),
   logLevel: 'warning',
@@ -28,7 +28,6 @@ await build({
   ...common,
   // Packages too (execa alone is ~100 modules), but for the native ones; CommonJS packages in
   // an ES module bundle need a real require for Node's built-ins.
-  packages: undefined,
   external: ['better-sqlite3', '@unraid/libvirt'],
   banner: { js: "import { createRequire as __virtcbtCreateRequire } from 'node:module'; const require = __virtcbtCreateRequire(import.meta.url);" },
   entryPoints: { 'daemon/main': join(root, 'src', 'daemon', 'main.ts'), 'scan/scanner/main': join(root, 'src', 'scan', 'scanner', 'main.ts') },
@@ -36,16 +35,10 @@ await build({
   chunkNames: 'bundle/[name]-[hash]',
 });
 await build({
+  ...common,
+  // The CLI's packages stay external: each command loads what it needs, when it runs.
+  packages: 'external',
   entryPoints: { main: join(root, 'src', 'cli', 'main.ts') },
   outdir,
   chunkNames: 'chunks/[name]-[hash]',
-  bundle: true,
-  splitting: true,
-  format: 'esm',
-  platform: 'node',
-  target: 'node20',
-  packages: 'external',
-  sourcemap: true,
-  tsconfig: join(root, 'tsconfig.json'),
-  logLevel: 'warning',
 });
