@@ -27,6 +27,8 @@ beforeAll(async () => {
   const dir = tempDir('scan-e2e');
   w = await scannerWorld(dir);
   const scanner = await startScanner(dir, w.config(), w.ns, 'nobody');
+  // A scanner whose size limit skips nearly every file: its verdict can never be complete.
+  const capped = await startScanner(dir, w.config({ limits: { maxFileBytes: 4 } }), w.ns, 'nobody');
   guest = await startLibvirtGuest({ name: 'scan', scratchFormat: 'qcow2', start: false, interfaces: [{ mac: MAC }] });
   agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
   daemon = await startTestDaemon({
@@ -34,7 +36,8 @@ beforeAll(async () => {
       snapshot: { remote: { bind: w.ns.hostAddress, port: 0, tlsDir: w.exportServerDir, deadlineSeconds: 600 } },
       // The first configured scanner does not answer: the next one is used.
       scan: {
-        scanners: [{ name: 'down', url: `https://${w.ns.nsAddress}:1`, identity: 'CN=scanner', tlsDir: w.hv }, { name: 's1', url: scanner.url, identity: 'CN=scanner', tlsDir: w.hv }],
+        scanners: [{ name: 'down', url: `https://${w.ns.nsAddress}:1`, identity: 'CN=scanner', tlsDir: w.hv }, { name: 's1', url: scanner.url, identity: 'CN=scanner', tlsDir: w.hv },
+          { name: 'capped', url: capped.url, identity: 'CN=scanner', tlsDir: w.hv }],
         quarantine: 'link-down', fullEveryHours: 0,
       },
     },
@@ -93,4 +96,51 @@ it('a clean domain is scanned and untouched; EICAR written into the guest is fou
   expect(await persistentLink()).toBe('up');
   // The scans' snapshots are gone: no registry record, no overlay.
   expect(readdirSync(join(daemon.stateDir, 'snapshots'))).toEqual([]);
+});
+
+it('a scan that did not look at everything exits 11, never 0: its report says INCOMPLETE and what was skipped', async () => {
+  const json = await scan(['--scanner', 'capped']);
+  expect(json.result.scanner).toBe('capped');
+  expect(json.result.verdict.infected).toEqual([]);
+  expect(json.result.verdict.complete).toBe(false);
+  expect(json.result.verdict.limitsHit).toContainEqual(expect.objectContaining({ limit: 'maxFileBytes', value: 4 }));
+  expect(json.exitCode).toBe(11);
+  // (Full again: an incremental scan of nothing changed would have nothing to skip.)
+  const text = await daemon.cli(['scan', guest.name, '--scanner', 'capped', '--full'], { reject: false });
+  expect(text.exitCode, text.stderr).toBe(11);
+  expect(text.stdout).toMatch(/nothing found in what was scanned, but the scan is INCOMPLETE/);
+  expect(text.stdout).toMatch(/skipped: vda:\S+: size limit/);
+  // Nothing was found: no quarantine.
+  expect(await link()).toMatch(/up$/);
+});
+
+it('a filesystem the scanner could not read at one scan is read in whole at the next: a file written while it was unreadable is found', async () => {
+  const sh = async (script: string) => {
+    const r = await agent.exec('/bin/sh', ['-c', script], { timeoutMs: 60_000 });
+    expect(r.exitCode, `${script}: ${r.stderr}`).toBe(0);
+    return r.stdout.trim();
+  };
+  await scan();
+  const dev = await sh('awk \'$2=="/mnt/data"{print $1}\' /proc/mounts');
+  expect(dev).toMatch(/^\/dev\/vd[a-z]$/);
+  // A file written, and the ext4 magic zeroed on the disk (the guest's kernel never reads it again):
+  // the scanner sees no filesystem it knows, so nothing there is scanned.
+  await agent.writeFile('/mnt/data/docs/later.com', EICAR);
+  await sh(`sync && dd if=/dev/zero of=${dev} bs=1 seek=1080 count=2 conv=notrunc,fsync 2>/dev/null`);
+  const hidden = await scan();
+  expect(hidden.exitCode).toBe(11);
+  expect(hidden.result.verdict.notScanned).toContainEqual(expect.objectContaining({ disk: 'vda', partition: 0, kind: 'unknown' }));
+  expect(hidden.result.verdict.infected).toEqual([]);
+  // The magic put back: the blocks changed since are the superblock's alone, yet the file is found,
+  // because the last scan could not read that filesystem.
+  await sh(`printf '\\123\\357' | dd of=${dev} bs=1 seek=1080 count=2 conv=notrunc,fsync 2>/dev/null`);
+  const back = await scan();
+  expect(back.result.full).toBe(false);
+  expect(back.result.verdict.infected.map((f: { path: string }) => f.path)).toContainEqual(expect.stringMatching(/docs\/later\.com$/));
+  expect(back.exitCode).toBe(10);
+  expect(back.result.notes.join('\n')).toMatch(/scanned in whole, as the last scan could not read them: vda unknown at 0/);
+  // Undo: the file gone, the domain released.
+  await sh('rm -f /mnt/data/docs/later.com && sync');
+  await daemon.cli(['quarantine', 'release', guest.name]);
+  expect(await link()).toMatch(/up$/);
 });

@@ -53,6 +53,7 @@ function help(): string {
     '  4  domain, disk, consumer or backup not found',
     '  5  protocol error from QEMU, NBD server or guest agent',
     '  10  scan found malware (virtcbt scan; the domain is quarantined as configured)',
+    '  11  scan found nothing but did not scan everything (virtcbt scan; the report says what and why)',
     '  141  the reader of stdout or stderr went away (as on SIGPIPE); virtcbtd finishes what it was asked',
   ].join('\n');
 }

@@ -66,6 +66,24 @@ export class DiskReader {
     }
   }
 
+  /**
+   * True when the whole region reads as zeroes (a blank disk or partition: nothing on it to scan or
+   * keep); stops at the first byte that is not. Holes cost a reply each, not their data. False
+   * once `signal` is aborted: a region is never called blank without having been read.
+   */
+  async readsAsZeroes(signal?: AbortSignal): Promise<boolean> {
+    const step = Math.min(4 * 1024 * 1024, this.length);
+    const buf = Buffer.allocUnsafe(step);
+    const zero = Buffer.alloc(step);
+    for (let at = 0; at < this.length; at += step) {
+      if (signal?.aborted) return false;
+      const n = Math.min(step, this.length - at);
+      await this.readInto(buf.subarray(0, n), at, 'data');
+      if (buf.compare(zero, 0, n, 0, n) !== 0) return false;
+    }
+    return true;
+  }
+
   /** Reads a small metadata range through the cache; the result may be shared: do not modify it. */
   async readCached(offset: number, length: number, what = 'metadata'): Promise<Buffer> {
     this.check(offset, length, what);

@@ -47,6 +47,11 @@ export interface NotScanned {
   length?: number;
   /** What is there, as detected: ext4, xfs, lvm, luks, unknown, 'disk' (the export could not be read at all). */
   kind: string;
+  /**
+   * For a partition table or filesystem the scanner reads (ext2/3/4): 'damaged' (it contradicts
+   * itself; it may be whole at the next scan) or 'unsupported' (a feature the scanner lacks).
+   */
+  problem?: 'damaged' | 'unsupported';
   reason: string;
 }
 

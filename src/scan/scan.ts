@@ -10,7 +10,7 @@ import { constants } from 'node:fs';
 import { join } from 'node:path';
 import type { ChangeLog } from '../changelog/index.js';
 import { logContinuity } from '../changelog/index.js';
-import { toPairs } from '../extent/index.js';
+import { intersect, merge, toPairs, type Extent } from '../extent/index.js';
 import type { GuestAgent } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
 import type { QmpExecutor } from '../qmp/index.js';
@@ -96,6 +96,23 @@ interface ScanRecord {
   format: 'virtcbt-scan/1';
   lastFullAt?: string;
   logId?: string;
+  /**
+   * Regions of the disks the last completed scan could not read (its verdict's not scanned: a
+   * damaged or unknown filesystem, XFS, swap, ...). The next incremental scan takes each as changed
+   * in whole. The consumer moved past their changes; without this, a filesystem unreadable for one
+   * scan (a guest fsck pending, or a guest that broke its superblock on purpose, wrote, and put it
+   * back) would have the files written meanwhile never scanned by an incremental scan.
+   */
+  unscanned?: UnscannedRegion[];
+  /** Set by readRecord: the file is there but not one virtcbtd wrote (the next scan is full). */
+  unreadable?: true;
+}
+
+interface UnscannedRegion {
+  disk: string;
+  offset: number;
+  length: number;
+  kind: string;
 }
 
 export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps, emit: (ev: ScanEvent) => void): Promise<ScanResult> {
@@ -170,13 +187,19 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
       const full = req.full ? '--full was asked for'
         : pass.consumer !== consumer ? 'another scanner\'s pass'
           : dueFull ? 'the configured period between full scans has passed'
-            : changes.find((c) => c.full)?.reason ?? (logContinuity(rec.logId, pass.logId) === 'other' ? 'the change log was reset since the last full scan' : undefined);
+            : rec.unreadable ? 'this scanner\'s record was not one virtcbtd wrote'
+              : changes.find((c) => c.full)?.reason ?? (logContinuity(rec.logId, pass.logId) === 'other' ? 'the change log was reset since the last full scan' : undefined);
       emit({ type: 'start', domain, scanner: scanner.name, consumer, full: full !== undefined, reason: full });
       const disks: { target: string; uri: string; size: number; extents?: [number, number][] }[] = [];
+      const pending = pass.consumer === consumer ? rec.unscanned ?? [] : [];
+      if (full === undefined && pending.length > 0) {
+        notes.push(`scanned in whole, as the last scan could not read them: ${pending.map((u) => `${u.disk} ${u.kind} at ${u.offset} (${u.length} bytes)`).join(', ')}`);
+      }
       for (const d of ctx.disks) {
         const r = await snap.exportRemote(d.target, { identities: [scanner.identity], settings: deps.remote, runDir: deps.runDir, log: deps.log });
         const ch = changes.find((c) => c.target === d.target);
-        disks.push({ target: d.target, uri: r.uri, size: d.sizeBytes, extents: full !== undefined || !ch ? undefined : toPairs(ch.extents) });
+        const again = intersect(pending.filter((u) => u.disk === d.target), [{ offset: 0, length: d.sizeBytes }]);
+        disks.push({ target: d.target, uri: r.uri, size: d.sizeBytes, extents: full !== undefined || !ch ? undefined : toPairs(merge([...ch.extents, ...again])) });
       }
       if (!leftQueue && deps.snapshotTaken) {
         deps.snapshotTaken();
@@ -203,10 +226,15 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
       if (cutShort) {
         notes.push(`the scan was cut short (${cutShort}): the scanner's consumer did not move, so the next scan covers these changes again`);
       } else if (pass.consumer === consumer) {
+        // The record (what this scan could not read) is durable before the consumer moves past
+        // those regions' changes: a crash between the two scans them again, never loses them.
+        await writeRecord(records, scanner.name, {
+          format: 'virtcbt-scan/1', lastFullAt: full !== undefined ? new Date().toISOString() : rec.lastFullAt,
+          logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks),
+        });
         ctx.log.commitPass(passId!);
         committed = true;
       }
-      if (full !== undefined && !cutShort) await writeRecord(records, scanner.name, { format: 'virtcbt-scan/1', lastFullAt: new Date().toISOString(), logId: pass.logId });
       return {
         domain, scanner: scanner.name, consumer, full: full !== undefined, reason: full, time: taken!.time,
         consistency: taken!.consistency, freezeWindowMs: taken!.freezeWindowMs,
@@ -237,13 +265,38 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
 
 async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
   try {
-    const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), 64 * 1024)).text) as Partial<ScanRecord>;
-    if (v.format === 'virtcbt-scan/1' && (v.lastFullAt === undefined || !Number.isNaN(Date.parse(v.lastFullAt)))) return v as ScanRecord;
+    const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), 1024 * 1024)).text) as Partial<ScanRecord>;
+    if (v?.format === 'virtcbt-scan/1' && (v.lastFullAt === undefined || (typeof v.lastFullAt === 'string' && !Number.isNaN(Date.parse(v.lastFullAt))))
+      && (v.logId === undefined || typeof v.logId === 'string') && (v.unscanned === undefined || (Array.isArray(v.unscanned) && v.unscanned.every(isRegion)))) {
+      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned };
+    }
   } catch (err) {
-    if (!(err instanceof NotRegularFileError) && !(err instanceof SyntaxError) && (err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'virtcbt-scan/1' };
+    if (!(err instanceof NotRegularFileError) && !(err instanceof SyntaxError)) throw err;
   }
-  // None, or not one virtcbtd wrote: the next scan is full.
-  return { format: 'virtcbt-scan/1' };
+  // Not one virtcbtd wrote: what the last scan could not read is unknown, so the next scan is full.
+  return { format: 'virtcbt-scan/1', unreadable: true };
+}
+
+const isRegion = (u: unknown): u is UnscannedRegion => {
+  const r = u as Partial<UnscannedRegion> | null;
+  return typeof r === 'object' && r !== null && typeof r.disk === 'string' && typeof r.kind === 'string'
+    && Number.isSafeInteger(r.offset) && r.offset! >= 0 && Number.isSafeInteger(r.length) && r.length! > 0;
+};
+
+/**
+ * The regions of a verdict's not scanned that are byte ranges of the job's disks (a partition or
+ * a whole disk), checked against them: the scanner is another host, its answer is input.
+ */
+export function unscannedRegions(v: Pick<ScanVerdict, 'notScanned'>, disks: readonly { target: string; sizeBytes: number }[]): UnscannedRegion[] {
+  const out: UnscannedRegion[] = [];
+  for (const n of Array.isArray(v.notScanned) ? v.notScanned : []) {
+    const d = disks.find((k) => k.target === n?.disk);
+    if (!d || !Number.isSafeInteger(n.offset) || !Number.isSafeInteger(n.length) || n.offset! < 0 || n.length! <= 0) continue;
+    const [clip] = intersect([{ offset: n.offset!, length: n.length! } satisfies Extent], [{ offset: 0, length: d.sizeBytes }]);
+    if (clip) out.push({ disk: d.target, offset: clip.offset, length: clip.length, kind: String(n.kind).slice(0, 64) });
+  }
+  return out;
 }
 
 async function writeRecord(dir: string, scanner: string, rec: ScanRecord): Promise<void> {
@@ -262,8 +315,9 @@ async function writeRecord(dir: string, scanner: string, rec: ScanRecord): Promi
 /**
  * Why a verdict did not look at everything it was asked to, or undefined: out of time or at the
  * file-count limit (the files after it were never opened), or a disk whose export could not be
- * read. Files skipped for their size and filesystems the scanner cannot read are reported in the
- * verdict and would be skipped again: they do not hold the consumer back.
+ * read. Files skipped for their size are reported and would be skipped again; filesystems the
+ * scanner could not read (damaged, or of a kind it cannot read) are reported, and the record's
+ * `unscanned` has the next incremental scan take them in whole: neither holds the consumer back.
  */
 export function cutShortBy(v: Partial<Pick<ScanVerdict, 'limitsHit' | 'notScanned'>>): string | undefined {
   const why: string[] = [];

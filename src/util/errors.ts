@@ -14,6 +14,11 @@ export const EXIT = {
   PROTOCOL: 5,
   /** `virtcbt scan` found malware (not a failure of the command). */
   INFECTED: 10,
+  /**
+   * `virtcbt scan` found nothing, but did not look at everything (a filesystem it cannot read, a
+   * limit hit, a skipped file): not the same as clean, so a script cannot take it for clean.
+   */
+  INCOMPLETE: 11,
 } as const;
 
 export interface ErrorContext {

@@ -11,7 +11,7 @@ import { formatMs } from './backup.js';
 export function scanSummary(r: ScanResult): string[] {
   const v = r.verdict;
   const lines = [`${r.domain}: ${r.full ? `full scan${r.reason ? ` (${r.reason})` : ''}` : 'incremental scan'} by ${r.scanner} in ${formatMs(r.elapsedMs)}: ` +
-    (v.infected?.length ? `${v.infected.length} infected file${v.infected.length === 1 ? '' : 's'}` : 'nothing found')];
+    (v.infected?.length ? `${v.infected.length} infected file${v.infected.length === 1 ? '' : 's'}` : v.complete === false ? 'nothing found in what was scanned, but the scan is INCOMPLETE (below)' : 'nothing found')];
   for (const f of v.infected ?? []) lines.push(`  INFECTED ${f.disk}:${f.path}  ${f.signature}${f.size !== undefined ? `  ${formatBytes(f.size)}` : ''}${f.sha256 ? `  sha256 ${f.sha256}` : ''}`);
   for (const n of v.notScanned ?? []) lines.push(`  NOT SCANNED: ${n.disk}${n.partition !== undefined ? ` partition ${n.partition}` : ''} (${n.kind}): ${n.reason}`);
   for (const k of v.skipped ?? []) lines.push(`  skipped: ${k.disk}:${k.path}: ${k.reason}${k.detail ? ` (${k.detail})` : ''}`);
@@ -34,7 +34,13 @@ async function scanOne(ctx: CommandContext, domain: string, o: { scanner?: strin
   });
   if (result.type !== 'result') throw new UsageError('virtcbtd ended the scan without a result');
   if (!o.json) for (const l of scanSummary(result)) ctx.io.out(l);
-  return result.verdict.infected?.length ? EXIT.INFECTED : EXIT.OK;
+  return scanExitCode(result);
+}
+
+/** 10 malware found; 11 nothing found but not everything looked at (never read as clean); 0 clean. */
+export function scanExitCode(r: ScanResult): number {
+  if (r.verdict.infected?.length) return EXIT.INFECTED;
+  return r.verdict.complete === false ? EXIT.INCOMPLETE : EXIT.OK;
 }
 
 export const scanCommand: Command = {
@@ -45,7 +51,9 @@ Takes a snapshot of the running domain without pausing it, exports its disks to 
 (NBD over TLS, only the scanner's identity gets in), and waits for the scanner's verdict; on
 detection the domain is quarantined as scan.quarantine says. A scan reads only the files whose
 blocks changed since that scanner's last completed scan, unless --full (or scan.fullEveryHours).
-Exit 0 when nothing was found, 10 when malware was found.
+Exit 0 when nothing was found and everything was scanned, 10 when malware was found, 11 when
+nothing was found but something was not scanned (a filesystem the scanner cannot read, a limit
+hit, a skipped file: listed in the report).
   --scanner NAME  one of scan.scanners (default: the first that answers)
   --job NAME      scan each domain of the scan job NAME from the config (scan.jobs), as its
                   systemd timer does
@@ -60,11 +68,11 @@ Exit 0 when nothing was found, 10 when malware was found.
       if (positionals.length > 0) throw new UsageError(`--job takes its domains from the config: give none\n\n${this.usage}`);
       const job = ctx.config().scan.jobs.find((j) => j.name === values.job);
       if (!job) throw new UsageError(`no scan job '${values.job}' in the config (scan.jobs has ${ctx.config().scan.jobs.map((j) => j.name).join(', ') || 'none'})`);
-      let infected = false;
+      const codes: number[] = [];
       const failed: string[] = [];
       for (const domain of job.domains) {
         try {
-          if ((await one(domain, values.scanner ?? job.scanner)) === EXIT.INFECTED) infected = true;
+          codes.push(await one(domain, values.scanner ?? job.scanner));
         } catch (err) {
           // One domain's failure must not cost the others their scan.
           ctx.io.err(`virtcbt scan: ${domain}: ${errorMessage(err)}`);
@@ -72,7 +80,7 @@ Exit 0 when nothing was found, 10 when malware was found.
         }
       }
       if (failed.length > 0) throw new VirtcbtError(`scan job ${job.name}: ${failed.length} of ${job.domains.length} domains failed (${failed.join(', ')})`);
-      return infected ? EXIT.INFECTED : EXIT.OK;
+      return codes.includes(EXIT.INFECTED) ? EXIT.INFECTED : codes.includes(EXIT.INCOMPLETE) ? EXIT.INCOMPLETE : EXIT.OK;
     }
     return one(domainArg(positionals, this.usage), values.scanner);
   },

@@ -307,7 +307,7 @@ async function scanDisk(
     parts = (await readPartitions(disk)).partitions.filter((p) => !p.extended);
   } catch (err) {
     if (!(err instanceof FilesystemError)) throw err;
-    v.notScanned.push({ disk: target, offset: 0, length: disk.length, kind: 'partition table', reason: `partition table not readable: ${why(err)}` });
+    v.notScanned.push({ disk: target, offset: 0, length: disk.length, kind: 'partition table', problem: err.problem, reason: `partition table not readable: ${why(err)}` });
     return;
   }
   for (const p of parts) {
@@ -329,6 +329,12 @@ async function scanDisk(
     try {
       const part = disk.sub(p.offset, p.length, where);
       kind = await detectFilesystem(part);
+      // A blank region (an extra disk never written, an unused partition) holds nothing to scan:
+      // not a gap in the verdict.
+      if (kind === 'unknown' && await part.readsAsZeroes(signal)) {
+        o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind: 'empty', files: 0 });
+        continue;
+      }
       if (kind !== 'ext2' && kind !== 'ext3' && kind !== 'ext4') {
         v.notScanned.push({ ...region, kind, reason: kind === 'unknown' ? 'no filesystem the scanner recognises' : `${kind} is not readable by the scanner` });
         continue;
@@ -336,7 +342,7 @@ async function scanDisk(
       fs = await ExtFilesystem.open(part, { label: where });
     } catch (err) {
       if (!(err instanceof FilesystemError)) throw err;
-      v.notScanned.push({ ...region, kind, reason: `${kind} not readable: ${why(err)}` });
+      v.notScanned.push({ ...region, kind, problem: err.problem, reason: `${kind} not readable: ${why(err)}` });
       continue;
     }
     if (local) {
@@ -347,7 +353,7 @@ async function scanDisk(
         owners = await changedFiles(fs, local);
       } catch (err) {
         if (!(err instanceof FilesystemError)) throw err;
-        v.notScanned.push({ ...region, kind, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
+        v.notScanned.push({ ...region, kind, problem: err.problem, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
         continue;
       }
       const paths = new PathFinder(fs, new Set(owners.map((i) => i.ino)));
@@ -386,7 +392,7 @@ async function scanDisk(
       v.notScanned.push({ ...region, kind, reason: `time limit (maxSeconds ${o.limits.maxSeconds}) reached while listing its files: only the ${listed} listed were considered` });
     }
     if (walkError) {
-      v.notScanned.push({ ...region, kind, reason: `${kind} directory tree damaged, ${listed} files found before it were scanned: ${why(walkError as FilesystemError)}` });
+      v.notScanned.push({ ...region, kind, problem: (walkError as FilesystemError).problem, reason: `${kind} directory tree damaged, ${listed} files found before it were scanned: ${why(walkError as FilesystemError)}` });
     }
     o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: listed });
   }
