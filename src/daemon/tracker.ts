@@ -275,7 +275,10 @@ export class Tracker {
     return withStorageDaemon(this.cfg.runDir, domain, images, async (s) => fn({
       domain, running: false, qmp: s.qmp, client: s.qmp, nbdSocket: s.nbdSocket,
       disks: await storageDaemonDisks(s.qmp, s.nodes), reconciler: this.reconciler(domain, s.qmp, s.nbdSocket), info, log: this.log,
-    }), { holderFile: holderFile(this.cfg.daemon.enabledDir, domain) });
+    }), {
+      holderFile: holderFile(this.cfg.daemon.enabledDir, domain),
+      onCrash: (err) => this.logger.warn('qemu-storage-daemon crashed during the job; running it once more on a fresh one', { domain, error: err.message }),
+    });
   }
 
   /**

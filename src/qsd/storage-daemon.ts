@@ -38,7 +38,31 @@ export interface QsdOptions {
    * when the domain is about to start (it must never wait for a job on the stopped domain's images).
    */
   holderFile?: string;
+  /**
+   * Run the job once more, on a fresh daemon, when the daemon crashed under it (SIGSEGV, SIGABRT,
+   * ...; not SIGTERM or SIGKILL, which someone sent: a domain start ending it through the holder
+   * file). Default true: every job here fails clean (nothing moves, nothing half-written is kept),
+   * so a second run is safe, and QEMU 7.2's storage daemon was seen to crash now and then ~0.1 s
+   * into a job on images that the next run read without trouble.
+   */
+  retryOnCrash?: boolean;
+  /** Told before the second run (for the daemon's log). */
+  onCrash?: (err: StorageDaemonEndedError) => void;
 }
+
+/** The daemon ended while the job ran: how (exit status or signal) and what it printed. */
+export class StorageDaemonEndedError extends VirtcbtError {
+  constructor(message: string, readonly how: { signal?: string; exitCode?: number }, ctx: ConstructorParameters<typeof VirtcbtError>[1]) {
+    super(message, ctx);
+  }
+
+  /** Ended by a fault of its own, not by a signal someone sent. */
+  get crashed(): boolean {
+    return this.how.signal !== undefined && CRASH_SIGNALS.has(this.how.signal);
+  }
+}
+
+const CRASH_SIGNALS = new Set(['SIGSEGV', 'SIGBUS', 'SIGABRT', 'SIGILL', 'SIGFPE', 'SIGTRAP', 'SIGSYS']);
 
 export const NODE_PREFIX = 'vcbt-';
 
@@ -49,6 +73,18 @@ const QUIT_ANSWER_MS = 5_000;
 
 export async function withStorageDaemon<T>(
   runDir: string, domain: string, images: QsdImage[], fn: (s: QsdSession) => Promise<T>, opts: QsdOptions = {},
+): Promise<T> {
+  try {
+    return await runStorageDaemon(runDir, domain, images, fn, opts);
+  } catch (err) {
+    if (!(err instanceof StorageDaemonEndedError) || !err.crashed || opts.retryOnCrash === false || opts.signal?.aborted) throw err;
+    opts.onCrash?.(err);
+    return await runStorageDaemon(runDir, domain, images, fn, opts);
+  }
+}
+
+async function runStorageDaemon<T>(
+  runDir: string, domain: string, images: QsdImage[], fn: (s: QsdSession) => Promise<T>, opts: QsdOptions,
 ): Promise<T> {
   const { signal } = opts;
   const what = `qemu-storage-daemon for ${domain}`;
@@ -69,7 +105,7 @@ export async function withStorageDaemon<T>(
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
   const exited = child.then((r) => r.exitCode ?? null);
   // How it ended, for an error that names it (a daemon that dies mid-job shows only as a closed QMP socket).
-  const ending = child.then((r) => (r.signal ? `killed by ${r.signal}` : `exit status ${r.exitCode}`));
+  const ending = child.then((r) => (r.signal ? { signal: r.signal } : { exitCode: r.exitCode }));
   const holder = opts.holderFile;
   if (holder && child.pid) {
     await mkdir(dirname(holder), { recursive: true, mode: 0o755 }).catch(() => undefined);
@@ -120,7 +156,8 @@ export async function withStorageDaemon<T>(
     if (qmp && !stopping) {
       const how = await Promise.race([ending, new Promise<undefined>((r) => { setTimeout(() => r(undefined), 250).unref(); })]);
       if (how !== undefined) {
-        throw new VirtcbtError(`qemu-storage-daemon on the images of domain ${domain} ended during the job (${how}): ${stderr.trim() || 'it printed nothing'}`, {
+        const said = how.signal ? `killed by ${how.signal}` : `exit status ${how.exitCode}`;
+        throw new StorageDaemonEndedError(`qemu-storage-daemon on the images of domain ${domain} ended during the job (${said}): ${stderr.trim() || 'it printed nothing'}`, how, {
           domain, cause: err, hint: 'Something else stopped it (a domain start ends it through its holder file), or it failed: its message is above',
         });
       }

@@ -13,7 +13,7 @@ export function holdStorageDaemon(runDir: string, domain: string, images: QsdIma
       started = true;
       resolve({ s, release: async () => { letGo(); await done; } });
       await released;
-    });
+    }, { retryOnCrash: false });
     done.catch((err) => { if (!started) reject(err); });
   });
 }
