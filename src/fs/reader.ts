@@ -1,5 +1,6 @@
 // Reads a region of an Endpoint (a partition, a filesystem) with bounds checks and a small metadata cache.
 import type { Endpoint } from '../copy/index.js';
+import { CONTEXT_BASE_ALLOCATION, NBD_STATE_ZERO } from '../nbd/index.js';
 import { damaged } from './errors.js';
 
 /** Cache granule: one request brings a few neighbouring inodes, extent or directory blocks at once. */
@@ -8,6 +9,8 @@ const CHUNK = 64 * 1024;
 const CACHE_CHUNKS = 256;
 /** Large reads are cut to this, so one call never holds more than this in one request. */
 const MAX_REQUEST = 8 * 1024 * 1024;
+/** readsAsZeroes without block status reads at most this much (a blank extra disk of a few GiB). */
+const READ_FOR_ZEROES_MAX = 4 * 1024 * 1024 * 1024;
 
 export class DiskReader {
   private readonly cache = new Map<number, Promise<Buffer>>();
@@ -68,10 +71,24 @@ export class DiskReader {
 
   /**
    * True when the whole region reads as zeroes (a blank disk or partition: nothing on it to scan or
-   * keep); stops at the first byte that is not. Holes cost a reply each, not their data. False
-   * once `signal` is aborted: a region is never called blank without having been read.
+   * keep). With block status (base:allocation) that is asked of the server, which knows it without
+   * reading: allocated data counts as not blank even when it holds zeroes. Without, the region is
+   * read up to its first byte that is not zero, and a region over READ_FOR_ZEROES_MAX is not read
+   * at all (not blank: a sparse 1 TiB disk must not cost a scan its time). False once `signal` is
+   * aborted: a region is never called blank without having been looked at.
    */
   async readsAsZeroes(signal?: AbortSignal): Promise<boolean> {
+    const { endpoint } = this;
+    if (endpoint.extents && endpoint.hasExtents?.(CONTEXT_BASE_ALLOCATION)) {
+      let covered = 0;
+      for await (const e of endpoint.extents(CONTEXT_BASE_ALLOCATION, this.base, this.length)) {
+        if (signal?.aborted || !(e.flags & NBD_STATE_ZERO)) return false;
+        covered += e.length;
+        if (covered >= this.length) break;
+      }
+      return covered >= this.length;
+    }
+    if (this.length > READ_FOR_ZEROES_MAX) return false;
     const step = Math.min(4 * 1024 * 1024, this.length);
     const buf = Buffer.allocUnsafe(step);
     const zero = Buffer.alloc(step);

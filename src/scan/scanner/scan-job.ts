@@ -5,7 +5,7 @@ import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { intersect, merge, type Extent } from '../../extent/index.js';
 import { ChunkRing, DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, fileType, readPartitions, type Inode, type Partition } from '../../fs/index.js';
-import { parseNbdUri } from '../../nbd/index.js';
+import { CONTEXT_BASE_ALLOCATION, NbdUnsupportedError, parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
 /** A filesystem error's own words: its hint (about used maps and e2fsck) is for the sync room. */
@@ -161,6 +161,19 @@ function target(uri: string, o: ScanJobOptions) {
   return { ...t, tlsCertificates: t.tls ? o.nbdTlsDir : undefined, tlsVerifyPeer: true };
 }
 
+/**
+ * The disk's export, with block status when the server has it (a blank region is then known
+ * without reading it); a server without it is read all the same.
+ */
+async function openExport(t: ReturnType<typeof target>, signal?: AbortSignal): Promise<NbdEndpoint> {
+  try {
+    return await NbdEndpoint.open(t, { signal, metaContexts: [CONTEXT_BASE_ALLOCATION] });
+  } catch (err) {
+    if (!(err instanceof NbdUnsupportedError)) throw err;
+    return NbdEndpoint.open(t, { signal });
+  }
+}
+
 export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanResult> {
   const started = Date.now();
   const v = new Verdict();
@@ -263,7 +276,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
       o.emit({ type: 'disk', id: job.id, disk: d.target, mode: modes[d.target]!, size: d.size });
       let endpoint: Endpoint;
       try {
-        endpoint = o.open ? await o.open(d.uri, o.signal) : await NbdEndpoint.open(target(d.uri, o), { signal: o.signal });
+        endpoint = o.open ? await o.open(d.uri, o.signal) : await openExport(target(d.uri, o), o.signal);
       } catch (err) {
         v.notScanned.push({ disk: d.target, kind: 'disk', reason: `export not readable: ${errorMessage(err)}` });
         continue;
