@@ -4,7 +4,7 @@
 // written into the guest through the agent is found by an incremental scan (few files opened),
 // the domain's links go down and stay down across a restart, and `quarantine release` brings back
 // exactly the earlier states. No snapshot is left behind.
-import { readdirSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
@@ -131,6 +131,10 @@ it('a filesystem the scanner could not read at one scan is read in whole at the 
   expect(hidden.exitCode).toBe(11);
   expect(hidden.result.verdict.notScanned).toContainEqual(expect.objectContaining({ disk: 'vda', partition: 0, kind: 'unknown' }));
   expect(hidden.result.verdict.infected).toEqual([]);
+  // virtcbtd's record names what could not be read, and when that scan's freeze began.
+  const record = () => JSON.parse(readFileSync(join(daemon.stateDir, 'scan', encodeURIComponent(guest.name), 's1.json'), 'utf8'));
+  expect(record().unscanned).toEqual([expect.objectContaining({ disk: 'vda', offset: 0, kind: 'unknown' })]);
+  expect(Date.parse(record().lastScanAt)).toBeLessThan(Date.parse(hidden.result.time));
   // The magic put back: the blocks changed since are the superblock's alone, yet the file is found,
   // because the last scan could not read that filesystem.
   await sh(`printf '\\123\\357' | dd of=${dev} bs=1 seek=1080 count=2 conv=notrunc,fsync 2>/dev/null`);
@@ -138,6 +142,7 @@ it('a filesystem the scanner could not read at one scan is read in whole at the 
   expect(back.result.full).toBe(false);
   expect(back.result.verdict.infected.map((f: { path: string }) => f.path)).toContainEqual(expect.stringMatching(/docs\/later\.com$/));
   expect(back.exitCode).toBe(10);
+  expect(record().unscanned).toEqual([]);
   expect(back.result.notes.join('\n')).toMatch(/scanned in whole, as the last scan could not read them: vda unknown at 0/);
   // Undo: the file gone, the domain released.
   await sh('rm -f /mnt/data/docs/later.com && sync');

@@ -92,9 +92,10 @@ async function openedPaths(jobId: string): Promise<string[]> {
   return [...scanner.log().matchAll(new RegExp(`debug: file opened job=${jobId} disk=vda partition=0 path=(\\S+)`, 'g'))].map((m) => m[1]!).sort();
 }
 
-async function scan(id: string, extents?: ExtentPair[], o: { image?: string; via?: RunningScanner } = {}): Promise<ScanResult> {
+async function scan(id: string, extents?: ExtentPair[], o: { image?: string; via?: RunningScanner; changedSince?: number } = {}): Promise<ScanResult> {
   const exp = await w.serve(o.image ?? after);
-  const r = await postScan((o.via ?? scanner).url, { id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(after).size, ...(extents ? { extents } : {}) }] }, w.hv);
+  const job = { id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(after).size, ...(extents ? { extents } : {}) }], ...(o.changedSince !== undefined ? { changedSince: o.changedSince } : {}) };
+  const r = await postScan((o.via ?? scanner).url, job, w.hv);
   expect(r.result, r.body).toBeDefined();
   return r.result!;
 }
@@ -148,5 +149,26 @@ describe('an incremental scan', () => {
     expect(incr.scanned.filesOpened).toBe(0);
     expect(await openedPaths('meta')).toEqual([]);
     expect(incr.infected).toEqual([]);
+  });
+
+  it('opens a file whose inode alone changed (not its blocks) when its ctime is at or after changedSince, and not its inode-table neighbours', async () => {
+    // An inode changed and nothing else: its mode, and its ctime set past every other inode's
+    // (all made by mkfs moments ago), as a guest's chmod, rename or relinked extent tree leaves it.
+    const relinked = join(dir, 'inode-only.img');
+    copyFileSync(before, relinked);
+    const cmds = join(dir, 'inode-only.cmd');
+    const CHANGED_AT = 2_000_000_000;
+    writeFileSync(cmds, ['sif /data/file-300.bin mode 0100755', `sif /data/file-300.bin ctime @${CHANGED_AT}`].join('\n') + '\n');
+    await execa('debugfs', ['-w', '-f', cmds, relinked]);
+    const inodeOnly = diffExtents(before, relinked);
+    expect(inodeOnly.length).toBeGreaterThan(0);
+    const since = await scan('since', inodeOnly, { image: relinked, changedSince: CHANGED_AT - 600 });
+    expect(await openedPaths('since')).toEqual(['/data/file-300.bin']);
+    expect(since.complete).toBe(true);
+    // Changed before changedSince, or no changedSince (an older hypervisor): passed over.
+    await scan('since-later', inodeOnly, { image: relinked, changedSince: CHANGED_AT + 1 });
+    expect(await openedPaths('since-later')).toEqual([]);
+    await scan('no-since', inodeOnly, { image: relinked });
+    expect(await openedPaths('no-since')).toEqual([]);
   });
 });

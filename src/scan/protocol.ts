@@ -24,6 +24,13 @@ export interface ScanJob {
   id: string;
   domain: string;
   disks: ScanDisk[];
+  /**
+   * For the incremental disks: also scan the regular files whose inode changed at or after this
+   * time (Unix seconds, the guest's ctime) though none of their blocks is among the extents (a
+   * chmod, a rename, an extent tree pointed at blocks written earlier). Without it, an inode-only
+   * change is passed over: a changed 64 KiB of inode table names 256 inodes, most untouched.
+   */
+  changedSince?: number;
 }
 
 export interface InfectedFile {

@@ -91,11 +91,19 @@ export interface ScanDeps {
   log?: Logger;
 }
 
+
 /** What virtcbtd keeps per domain and scanner: when the last full scan completed, under which change log. */
 interface ScanRecord {
   format: 'virtcbt-scan/1';
   lastFullAt?: string;
   logId?: string;
+  /**
+   * When the last completed scan's freeze began (host clock, ms): the next incremental scan sends
+   * it as changedSince. The guest's ctime is compared with it: a guest clock off by some seconds
+   * shifts that window by as much (files changed just before the last scan scanned again, or
+   * inode-only changes just after it passed over, as without it).
+   */
+  lastScanAt?: string;
   /**
    * Regions of the disks the last completed scan could not read (its verdict's not scanned: a
    * damaged or unknown filesystem, XFS, swap, ...). The next incremental scan takes each as changed
@@ -134,6 +142,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
   const inQueue = <T>(fn: () => Promise<T>): Promise<T> => (leftQueue && deps.inQueue ? deps.inQueue(fn) : fn());
   let passId: number | undefined;
   let taken: TakeResult | undefined;
+  let takenFrom: string | undefined;
   let committed = false;
   const signal = deadlineSignal({ signal: deps.signal, timeoutMs: deps.timeoutMs }, `the scan of ${domain} (scan.timeoutSeconds ${deps.timeoutMs / 1000})`)!;
   const agent = deps.agent === null || req.noFreeze ? undefined : deps.agent;
@@ -170,6 +179,8 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         snap = Snapshot.open(ctx, deps.snapshots, { job: deps.job ?? `scan ${domain}` });
         const agentOk = await pinged;
         signal.throwIfAborted();
+        // Before the freeze: every inode change from here on is the next scan's (see lastScanAt).
+        takenFrom = new Date().toISOString();
         taken = await snap.take({
           consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker, signal,
           noAgentReason: req.noFreeze ? 'not frozen (--no-freeze): crash-consistent' : 'no usable guest agent: crash-consistent',
@@ -207,7 +218,8 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
       }
       let verdict: ScanVerdict;
       try {
-        const jobBody: ScanJob = { id: randomBytes(8).toString('hex'), domain, disks };
+        const since = full === undefined && pass.consumer === consumer && rec.lastScanAt ? Date.parse(rec.lastScanAt) / 1000 : undefined;
+        const jobBody: ScanJob = { id: randomBytes(8).toString('hex'), domain, disks, ...(since !== undefined ? { changedSince: since } : {}) };
         verdict = await postScan(scanner, '/v1/scans', jobBody, {
           signal, onEvent: (event) => { if (event.type !== 'result') emit({ type: 'scanner', event }); },
         }) as unknown as ScanVerdict;
@@ -230,7 +242,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         // those regions' changes: a crash between the two scans them again, never loses them.
         await writeRecord(records, scanner.name, {
           format: 'virtcbt-scan/1', lastFullAt: full !== undefined ? new Date().toISOString() : rec.lastFullAt,
-          logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks),
+          logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks), lastScanAt: takenFrom!,
         });
         ctx.log.commitPass(passId!);
         committed = true;
@@ -266,9 +278,10 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
 async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
   try {
     const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), 1024 * 1024)).text) as Partial<ScanRecord>;
-    if (v?.format === 'virtcbt-scan/1' && (v.lastFullAt === undefined || (typeof v.lastFullAt === 'string' && !Number.isNaN(Date.parse(v.lastFullAt))))
+    const time = (t: unknown) => t === undefined || (typeof t === 'string' && !Number.isNaN(Date.parse(t)));
+    if (v?.format === 'virtcbt-scan/1' && time(v.lastFullAt) && time(v.lastScanAt)
       && (v.logId === undefined || typeof v.logId === 'string') && (v.unscanned === undefined || (Array.isArray(v.unscanned) && v.unscanned.every(isRegion)))) {
-      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned };
+      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, lastScanAt: v.lastScanAt };
     }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'virtcbt-scan/1' };

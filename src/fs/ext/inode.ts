@@ -24,6 +24,8 @@ export interface Inode {
   blocks: number;
   flags: number;
   mtime: number;
+  /** When the inode itself last changed: Unix seconds, with the epoch bits and nanoseconds of i_ctime_extra where the inode has them. */
+  ctime: number;
   dtime: number;
   /** The 60 bytes of i_block: extent tree root, block pointers, inline data or a fast symlink. */
   iBlock: Buffer;
@@ -51,6 +53,8 @@ export function parseInode(ino: number, b: Buffer, inodeSize: number, where: str
     blocks: raw.readUInt32LE(28) + blocksHi * 2 ** 32,
     flags,
     mtime: raw.readUInt32LE(16),
+    // i_ctime is signed; i_ctime_extra's low two bits extend it past 2038, the rest are nanoseconds.
+    ctime: raw.readInt32LE(12) + (extraIsize >= 8 ? (raw.readUInt32LE(132) & 3) * 2 ** 32 + (raw.readUInt32LE(132) >>> 2) / 1e9 : 0),
     dtime: raw.readUInt32LE(20),
     iBlock: raw.subarray(40, 100),
     fileAcl: raw.readUInt32LE(104) + raw.readUInt16LE(118) * 2 ** 32,

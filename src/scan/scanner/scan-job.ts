@@ -100,6 +100,9 @@ export function checkJob(v: unknown): ScanJob {
   if (typeof j.id !== 'string' || !/^[A-Za-z0-9._:-]{1,128}$/.test(j.id)) throw bad('id must be 1-128 letters, digits, ".", "_", ":" or "-"');
   if (typeof j.domain !== 'string' || j.domain === '' || j.domain.length > 256) throw bad('domain must be a domain name');
   if (!Array.isArray(j.disks) || j.disks.length === 0 || j.disks.length > 64) throw bad('disks must be a list of 1-64 disks');
+  if (j.changedSince !== undefined && !(typeof j.changedSince === 'number' && Number.isFinite(j.changedSince))) {
+    throw bad('changedSince must be a time in Unix seconds');
+  }
   const targets = new Set<string>();
   j.disks.forEach((d: unknown, i) => {
     const at = `disks[${i}]`;
@@ -363,7 +366,7 @@ async function scanDisk(
       // are looked up only for a report that needs one (or the debug log of opened files).
       let owners: Inode[];
       try {
-        owners = await changedFiles(fs, local);
+        owners = await changedFiles(fs, local, job.changedSince);
       } catch (err) {
         if (!(err instanceof FilesystemError)) throw err;
         v.notScanned.push({ ...region, kind, problem: err.problem, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
@@ -425,20 +428,22 @@ async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
 const INLINE_DATA_FL = 0x10000000;
 
 /**
- * The regular files (their inodes, by number) whose contents may have changed within `extents`: every owner of a changed data or
- * mapping block, and owners of a changed inode-table slot only when their bytes live in the inode
- * (inline data). A changed slot alone says little at the change log's granularity (a 64 KiB chunk
- * of the inode table holds 256 inodes, most untouched); a file whose contents changed has either
- * new data blocks, which are in the extents, or inline data.
+ * The regular files (their inodes, by number) whose contents may have changed within `extents`:
+ * every owner of a changed data or mapping block, and owners of a changed inode-table slot when
+ * their bytes live in the inode (inline data) or their inode changed at or after `changedSince`
+ * (the hypervisor's last completed scan, less a margin for the guest's clock). A changed slot
+ * alone says little at the change log's granularity (a 64 KiB chunk of the inode table holds 256
+ * inodes, most untouched); its ctime tells the one that changed (chmod, rename, an extent tree
+ * pointed at blocks written before) from its neighbours.
  */
-async function changedFiles(fs: ExtFilesystem, extents: Extent[]): Promise<Inode[]> {
+async function changedFiles(fs: ExtFilesystem, extents: Extent[], changedSince?: number): Promise<Inode[]> {
   const out: Inode[] = [];
   for (const owner of await fs.blockOwners(extents)) {
     // Reserved inodes (the journal, resize inode ...) are not files anyone wrote.
     if (owner.ino < fs.sb.firstIno) continue;
     const inode = owner.parsed;
     if (fileType(inode.mode) !== 'file') continue;
-    if (owner.blocks || inode.flags & INLINE_DATA_FL) out.push(inode);
+    if (owner.blocks || inode.flags & INLINE_DATA_FL || (owner.inode && changedSince !== undefined && inode.ctime >= changedSince)) out.push(inode);
   }
   return out.sort((a, b) => a.ino - b.ino);
 }
