@@ -4,7 +4,7 @@
 // written into the guest through the agent is found by an incremental scan (few files opened),
 // the domain's links go down and stay down across a restart, and `quarantine release` brings back
 // exactly the earlier states. No snapshot is left behind.
-import { readFileSync, readdirSync } from 'node:fs';
+import { lstatSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
@@ -148,4 +148,24 @@ it('a filesystem the scanner could not read at one scan is read in whole at the 
   await sh('rm -f /mnt/data/docs/later.com && sync');
   await daemon.cli(['quarantine', 'release', guest.name]);
   expect(await link()).toMatch(/up$/);
+});
+
+it('a scan record virtcbtd did not write (tampered, truncated, a symlink) makes the next scan full, and is replaced by a good one', async () => {
+  await scan();
+  const file = join(daemon.stateDir, 'scan', encodeURIComponent(guest.name), 's1.json');
+  for (const tamper of [
+    () => writeFileSync(file, '{"format":"virtcbt-scan/1","unscanned":[{"disk":"vda","offset":-1,"length":4096,"kind":"x"}]}'),
+    () => writeFileSync(file, '{"format":"virtcbt-scan/1","lastScanAt":"yesterday"}'),
+    () => writeFileSync(file, '{"format":"virtcbt-sc'),
+    () => { rmSync(file); symlinkSync('/etc/hostname', file); },
+  ]) {
+    tamper();
+    const r = await scan();
+    expect(r.result.full).toBe(true);
+    expect(r.result.reason).toMatch(/record was not one virtcbtd wrote/);
+    expect(lstatSync(file).isFile()).toBe(true);
+    expect(JSON.parse(readFileSync(file, 'utf8')).lastScanAt).toEqual(expect.any(String));
+    // The one after is incremental again.
+    expect((await scan()).result.full).toBe(false);
+  }
 });
