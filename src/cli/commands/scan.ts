@@ -11,7 +11,7 @@ import { formatMs } from './backup.js';
 export function scanSummary(r: ScanResult): string[] {
   const v = r.verdict;
   const lines = [`${r.domain}: ${r.full ? `full scan${r.reason ? ` (${r.reason})` : ''}` : 'incremental scan'} by ${r.scanner} in ${formatMs(r.elapsedMs)}: ` +
-    (v.infected?.length ? `${v.infected.length} infected file${v.infected.length === 1 ? '' : 's'}` : v.complete === false ? 'nothing found in what was scanned, but the scan is INCOMPLETE (below)' : 'nothing found')];
+    (v.infected?.length ? `${v.infected.length} infected file${v.infected.length === 1 ? '' : 's'}` : v.complete !== true ? 'nothing found in what was scanned, but the scan is INCOMPLETE (below)' : 'nothing found')];
   for (const f of v.infected ?? []) lines.push(`  INFECTED ${f.disk}:${f.path}  ${f.signature}${f.size !== undefined ? `  ${formatBytes(f.size)}` : ''}${f.sha256 ? `  sha256 ${f.sha256}` : ''}`);
   for (const n of v.notScanned ?? []) lines.push(`  NOT SCANNED: ${n.disk}${n.partition !== undefined ? ` partition ${n.partition}` : ''} (${n.kind}): ${n.reason}`);
   for (const k of v.skipped ?? []) lines.push(`  skipped: ${k.disk}:${k.path}: ${k.reason}${k.detail ? ` (${k.detail})` : ''}`);
@@ -37,10 +37,13 @@ async function scanOne(ctx: CommandContext, domain: string, o: { scanner?: strin
   return scanExitCode(result);
 }
 
-/** 10 malware found; 11 nothing found but not everything looked at (never read as clean); 0 clean. */
+/**
+ * 10 malware found; 11 nothing found but not everything looked at (never read as clean); 0 clean.
+ * Clean only on the scanner's word that the verdict is complete: a verdict without it is not.
+ */
 export function scanExitCode(r: ScanResult): number {
   if (r.verdict.infected?.length) return EXIT.INFECTED;
-  return r.verdict.complete === false ? EXIT.INCOMPLETE : EXIT.OK;
+  return r.verdict.complete !== true ? EXIT.INCOMPLETE : EXIT.OK;
 }
 
 export const scanCommand: Command = {
