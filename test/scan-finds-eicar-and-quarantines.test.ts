@@ -135,6 +135,7 @@ it('a filesystem the scanner could not read at one scan is read in whole at the 
   const record = () => JSON.parse(readFileSync(join(daemon.stateDir, 'scan', encodeURIComponent(guest.name), 's1.json'), 'utf8'));
   expect(record().unscanned).toEqual([expect.objectContaining({ disk: 'vda', offset: 0, kind: 'unknown' })]);
   expect(Date.parse(record().lastScanAt)).toBeLessThan(Date.parse(hidden.result.time));
+  expect(record().changedSince).toEqual(expect.any(Number));
   // The magic put back: the blocks changed since are the superblock's alone, yet the file is found,
   // because the last scan could not read that filesystem.
   await sh(`printf '\\123\\357' | dd of=${dev} bs=1 seek=1080 count=2 conv=notrunc,fsync 2>/dev/null`);
@@ -168,4 +169,21 @@ it('a scan record virtcbtd did not write (tampered, truncated, a symlink) makes 
     // The one after is incremental again.
     expect((await scan()).result.full).toBe(false);
   }
+});
+
+it('an incremental scan reads a file whose inode alone changed since the last scan (a chmod), though none of its blocks did', async () => {
+  const sh = async (script: string) => {
+    const r = await agent.exec('/bin/sh', ['-c', script], { timeoutMs: 60_000 });
+    expect(r.exitCode, `${script}: ${r.stderr}`).toBe(0);
+  };
+  await sh('echo "a script, harmless so far" > /mnt/data/docs/tool.sh && sync');
+  await scan();
+  await sh('chmod 755 /mnt/data/docs/tool.sh && sync');
+  const r = await scan();
+  expect(r.result.full).toBe(false);
+  // Its inode-table block changed, not its data: read for the inode's ctime (0 files without it),
+  // compared with the last scan's moment on the guest's clock (this TCG guest's runs ~2 s behind).
+  expect(r.result.verdict.scanned.filesOpened).toBeGreaterThanOrEqual(1);
+  expect(r.exitCode).toBe(0);
+  await sh('rm -f /mnt/data/docs/tool.sh && sync');
 });

@@ -94,6 +94,11 @@ export class GuestAgent {
     return this.transport.execute<GuestAgentInfo>('guest-info', undefined, opts);
   }
 
+  /** The guest's clock (guest-get-time), in milliseconds since the epoch. */
+  async time(opts?: AgentCallOptions): Promise<number> {
+    return (await this.transport.execute<number>('guest-get-time', undefined, opts)) / 1e6;
+  }
+
   /** Runs `path` with `args` in the guest and waits for it to exit; output is captured and decoded. */
   async exec(path: string, args: string[] = [], opts: ExecOptions = {}): Promise<ExecResult> {
     const timeoutMs = opts.timeoutMs ?? 60_000;

@@ -92,18 +92,23 @@ export interface ScanDeps {
 }
 
 
+/** How far the guest's clock may be off when it cannot be asked (no agent): those files are read again. */
+const NO_AGENT_CLOCK_MARGIN_S = 300;
+
 /** What virtcbtd keeps per domain and scanner: when the last full scan completed, under which change log. */
 interface ScanRecord {
   format: 'virtcbt-scan/1';
   lastFullAt?: string;
   logId?: string;
-  /**
-   * When the last completed scan's freeze began (host clock, ms): the next incremental scan sends
-   * it as changedSince. The guest's ctime is compared with it: a guest clock off by some seconds
-   * shifts that window by as much (files changed just before the last scan scanned again, or
-   * inode-only changes just after it passed over, as without it).
-   */
+  /** When the last completed scan's freeze began (host clock). */
   lastScanAt?: string;
+  /**
+   * The same moment on the guest's clock (Unix seconds), which the guest's ctime is compared with:
+   * the next incremental scan sends it as changedSince. A TCG guest's clock was seen 2 s behind
+   * the host's. Read through the agent with the freeze (guest-get-time); without an agent, the
+   * host's time less NO_AGENT_CLOCK_MARGIN_S.
+   */
+  changedSince?: number;
   /**
    * Regions of the disks the last completed scan could not read (its verdict's not scanned: a
    * damaged or unknown filesystem, XFS, swap, ...). The next incremental scan takes each as changed
@@ -143,6 +148,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
   let passId: number | undefined;
   let taken: TakeResult | undefined;
   let takenFrom: string | undefined;
+  let guestSince: number | undefined;
   let committed = false;
   const signal = deadlineSignal({ signal: deps.signal, timeoutMs: deps.timeoutMs }, `the scan of ${domain} (scan.timeoutSeconds ${deps.timeoutMs / 1000})`)!;
   const agent = deps.agent === null || req.noFreeze ? undefined : deps.agent;
@@ -179,8 +185,10 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         snap = Snapshot.open(ctx, deps.snapshots, { job: deps.job ?? `scan ${domain}` });
         const agentOk = await pinged;
         signal.throwIfAborted();
-        // Before the freeze: every inode change from here on is the next scan's (see lastScanAt).
+        // Before the freeze: every inode change from here on is the next scan's (see changedSince).
         takenFrom = new Date().toISOString();
+        guestSince = agentOk ? await guestClockNow(agent!) : undefined;
+        guestSince ??= Date.parse(takenFrom) / 1000 - NO_AGENT_CLOCK_MARGIN_S;
         taken = await snap.take({
           consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker, signal,
           noAgentReason: req.noFreeze ? 'not frozen (--no-freeze): crash-consistent' : 'no usable guest agent: crash-consistent',
@@ -218,7 +226,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
       }
       let verdict: ScanVerdict;
       try {
-        const since = full === undefined && pass.consumer === consumer && rec.lastScanAt ? Date.parse(rec.lastScanAt) / 1000 : undefined;
+        const since = full === undefined && pass.consumer === consumer ? rec.changedSince : undefined;
         const jobBody: ScanJob = { id: randomBytes(8).toString('hex'), domain, disks, ...(since !== undefined ? { changedSince: since } : {}) };
         verdict = await postScan(scanner, '/v1/scans', jobBody, {
           signal, onEvent: (event) => { if (event.type !== 'result') emit({ type: 'scanner', event }); },
@@ -242,7 +250,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         // those regions' changes: a crash between the two scans them again, never loses them.
         await writeRecord(records, scanner.name, {
           format: 'virtcbt-scan/1', lastFullAt: full !== undefined ? new Date().toISOString() : rec.lastFullAt,
-          logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks), lastScanAt: takenFrom!,
+          logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks), lastScanAt: takenFrom!, changedSince: guestSince,
         });
         ctx.log.commitPass(passId!);
         committed = true;
@@ -279,9 +287,9 @@ async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
   try {
     const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), 1024 * 1024)).text) as Partial<ScanRecord>;
     const time = (t: unknown) => t === undefined || (typeof t === 'string' && !Number.isNaN(Date.parse(t)));
-    if (v?.format === 'virtcbt-scan/1' && time(v.lastFullAt) && time(v.lastScanAt)
+    if (v?.format === 'virtcbt-scan/1' && time(v.lastFullAt) && time(v.lastScanAt) && (v.changedSince === undefined || (typeof v.changedSince === 'number' && Number.isFinite(v.changedSince)))
       && (v.logId === undefined || typeof v.logId === 'string') && (v.unscanned === undefined || (Array.isArray(v.unscanned) && v.unscanned.every(isRegion)))) {
-      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, lastScanAt: v.lastScanAt };
+      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, lastScanAt: v.lastScanAt, changedSince: v.changedSince };
     }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'virtcbt-scan/1' };
@@ -289,6 +297,21 @@ async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
   }
   // Not one virtcbtd wrote: what the last scan could not read is unknown, so the next scan is full.
   return { format: 'virtcbt-scan/1', unreadable: true };
+}
+
+/**
+ * Now on the guest's clock (Unix seconds), less the agent's round trip (the answer is at most
+ * that old); undefined when the agent does not answer it.
+ */
+async function guestClockNow(agent: GuestAgent): Promise<number | undefined> {
+  try {
+    const t0 = Date.now();
+    const guest = await agent.time({ timeoutMs: 2_000 });
+    if (!Number.isFinite(guest)) return undefined;
+    return (guest - (Date.now() - t0)) / 1000;
+  } catch {
+    return undefined;
+  }
 }
 
 const isRegion = (u: unknown): u is UnscannedRegion => {
