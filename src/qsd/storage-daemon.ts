@@ -103,9 +103,8 @@ async function runStorageDaemon<T>(
   const child = execa('qemu-storage-daemon', args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', reject: false, buffer: false });
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
-  const exited = child.then((r) => r.exitCode ?? null);
   // How it ended, for an error that names it (a daemon that dies mid-job shows only as a closed QMP socket).
-  const ending = child.then((r) => (r.signal ? { signal: r.signal } : { exitCode: r.exitCode }));
+  const exited = child.then((r) => (r.signal ? { signal: r.signal } : { exitCode: r.exitCode }));
   const holder = opts.holderFile;
   if (holder && child.pid) {
     await mkdir(dirname(holder), { recursive: true, mode: 0o755 }).catch(() => undefined);
@@ -154,7 +153,7 @@ async function runStorageDaemon<T>(
     // The job failed because the daemon itself went away (its QMP or NBD socket closed): say so,
     // with how it ended and what it printed, rather than only the closed socket.
     if (qmp && !stopping) {
-      const how = await Promise.race([ending, new Promise<undefined>((r) => { setTimeout(() => r(undefined), 250).unref(); })]);
+      const how = await Promise.race([exited, new Promise<undefined>((r) => { setTimeout(() => r(undefined), 250).unref(); })]);
       if (how !== undefined) {
         const said = how.signal ? `killed by ${how.signal}` : `exit status ${how.exitCode}`;
         throw new StorageDaemonEndedError(`qemu-storage-daemon on the images of domain ${domain} ended during the job (${said}): ${stderr.trim() || 'it printed nothing'}`, how, {

@@ -91,22 +91,22 @@ export interface ScanDeps {
   log?: Logger;
 }
 
-
 /** How far the guest's clock may be off when it cannot be asked (no agent): those files are read again. */
 const NO_AGENT_CLOCK_MARGIN_S = 300;
 
-/** What virtcbtd keeps per domain and scanner: when the last full scan completed, under which change log. */
+/**
+ * What virtcbtd keeps per domain and scanner: when the last full scan completed, under which change
+ * log; and, for the next incremental scan, what the last one could not read and when it began.
+ */
 interface ScanRecord {
   format: 'virtcbt-scan/1';
   lastFullAt?: string;
   logId?: string;
-  /** When the last completed scan's freeze began (host clock). */
-  lastScanAt?: string;
   /**
-   * The same moment on the guest's clock (Unix seconds), which the guest's ctime is compared with:
-   * the next incremental scan sends it as changedSince. A TCG guest's clock was seen 2 s behind
-   * the host's. Read through the agent with the freeze (guest-get-time); without an agent, the
-   * host's time less NO_AGENT_CLOCK_MARGIN_S.
+   * When the last completed scan's freeze began, on the guest's clock (Unix seconds): the next
+   * incremental scan sends it as changedSince, and the scanner compares the guest's ctime with it.
+   * Read through the agent just before the freeze (guest-get-time; a TCG guest's clock was seen
+   * 2 s behind the host's); without an agent, the host's time less NO_AGENT_CLOCK_MARGIN_S.
    */
   changedSince?: number;
   /**
@@ -147,7 +147,6 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
   const inQueue = <T>(fn: () => Promise<T>): Promise<T> => (leftQueue && deps.inQueue ? deps.inQueue(fn) : fn());
   let passId: number | undefined;
   let taken: TakeResult | undefined;
-  let takenFrom: string | undefined;
   let guestSince: number | undefined;
   let committed = false;
   const signal = deadlineSignal({ signal: deps.signal, timeoutMs: deps.timeoutMs }, `the scan of ${domain} (scan.timeoutSeconds ${deps.timeoutMs / 1000})`)!;
@@ -186,9 +185,8 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         const agentOk = await pinged;
         signal.throwIfAborted();
         // Before the freeze: every inode change from here on is the next scan's (see changedSince).
-        takenFrom = new Date().toISOString();
-        guestSince = agentOk ? await guestClockNow(agent!) : undefined;
-        guestSince ??= Date.parse(takenFrom) / 1000 - NO_AGENT_CLOCK_MARGIN_S;
+        const hostNow = Date.now() / 1000;
+        guestSince = (agentOk ? await guestClockNow(agent!) : undefined) ?? hostNow - NO_AGENT_CLOCK_MARGIN_S;
         taken = await snap.take({
           consumer, agent: agentOk ? agent : undefined, freezeTimeoutMs: deps.freezeTimeoutMs, marker: freezeMarker?.marker, signal,
           noAgentReason: req.noFreeze ? 'not frozen (--no-freeze): crash-consistent' : 'no usable guest agent: crash-consistent',
@@ -250,7 +248,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         // those regions' changes: a crash between the two scans them again, never loses them.
         await writeRecord(records, scanner.name, {
           format: 'virtcbt-scan/1', lastFullAt: full !== undefined ? new Date().toISOString() : rec.lastFullAt,
-          logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks), lastScanAt: takenFrom!, changedSince: guestSince,
+          logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks), changedSince: guestSince,
         });
         ctx.log.commitPass(passId!);
         committed = true;
@@ -287,9 +285,9 @@ async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
   try {
     const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), 1024 * 1024)).text) as Partial<ScanRecord>;
     const time = (t: unknown) => t === undefined || (typeof t === 'string' && !Number.isNaN(Date.parse(t)));
-    if (v?.format === 'virtcbt-scan/1' && time(v.lastFullAt) && time(v.lastScanAt) && (v.changedSince === undefined || (typeof v.changedSince === 'number' && Number.isFinite(v.changedSince)))
+    if (v?.format === 'virtcbt-scan/1' && time(v.lastFullAt) && (v.changedSince === undefined || (typeof v.changedSince === 'number' && Number.isFinite(v.changedSince)))
       && (v.logId === undefined || typeof v.logId === 'string') && (v.unscanned === undefined || (Array.isArray(v.unscanned) && v.unscanned.every(isRegion)))) {
-      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, lastScanAt: v.lastScanAt, changedSince: v.changedSince };
+      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, changedSince: v.changedSince };
     }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'virtcbt-scan/1' };

@@ -431,7 +431,7 @@ const INLINE_DATA_FL = 0x10000000;
  * The regular files (their inodes, by number) whose contents may have changed within `extents`:
  * every owner of a changed data or mapping block, and owners of a changed inode-table slot when
  * their bytes live in the inode (inline data) or their inode changed at or after `changedSince`
- * (the hypervisor's last completed scan, less a margin for the guest's clock). A changed slot
+ * (when the hypervisor's last completed scan began, on the guest's clock). A changed slot
  * alone says little at the change log's granularity (a 64 KiB chunk of the inode table holds 256
  * inodes, most untouched); its ctime tells the one that changed (chmod, rename, an extent tree
  * pointed at blocks written before) from its neighbours.
