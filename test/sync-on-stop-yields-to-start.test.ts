@@ -1,8 +1,10 @@
 // Sync on session end (sync.onStop): when the domain shuts down, virtcbtd syncs its disk from the
 // images and the target is a clean copy of what the guest had; a `virsh start` during that sync
 // succeeds at once (the hook ends the sync's storage daemon), the sync yields without moving its
-// consumer, and the next on-stop sync brings the target fully up to date.
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
+// consumer, and the next on-stop sync brings the target fully up to date. The start comes once the
+// sync has begun writing the target: the next sync is still incremental (not a seed), because the
+// interrupted one wrote only blocks the next copies again.
+import { existsSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
@@ -30,8 +32,9 @@ beforeAll(async () => {
   guest = await startLibvirtGuest({ name: 'onstop', scratchFormat: 'qcow2', start: false });
   agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
   daemon = await startTestDaemon({
-    env: { VIRTCBT_PAUSE_SYNC: `copy:${pause}` },
-    config: { sync: { onStop: [{ domain: guest.name, disk: 'vda', to: target }] } },
+    env: { VIRTCBT_PAUSE_SYNC: `copying:${pause}` },
+    // One request in flight: the paused copy has read only its first chunk when the domain starts.
+    config: { nbd: { inflight: 1 }, sync: { onStop: [{ domain: guest.name, disk: 'vda', to: target }] } },
   });
   await daemon.cli(['enable', guest.name]);
   await guest.start();
@@ -63,8 +66,9 @@ it('on shutdown the target is synced from the images; a start during the sync wi
   const done = await pollUntil(() => syncEnded(before), 'the on-stop sync to end', { timeoutMs: 120_000, intervalMs: 250 });
   expect(done.state, JSON.stringify(done)).toBe('done');
   expect(await targetHashes('first')).toEqual(first);
+  const syncedMtime = statSync(target).mtimeMs;
 
-  // 2. The next session's end: the sync holds the images (paused before its copy) when the domain starts again.
+  // 2. The next session's end: the sync holds the images (paused after its first write to the target) when the domain starts again.
   await guest.start();
   await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to reconnect', { timeoutMs: 60_000, intervalMs: 250 });
   await guestFile(agent, 'second.bin', 8 * MiB);
@@ -82,6 +86,7 @@ it('on shutdown the target is synced from the images; a start during the sync wi
   const yielded = await pollUntil(() => syncEnded(yielding), 'the yielded sync to end', { timeoutMs: 60_000, intervalMs: 250 });
   expect(yielded.state).toBe('failed');
   expect(daemon.log()).toMatch(/on-stop sync yielded to the domain's start/);
+  expect(statSync(target).mtimeMs, 'the interrupted sync wrote to the target').not.toBe(syncedMtime);
 
   // 3. The guest runs on; its next session end syncs everything since the last good sync.
   await pollUntil(async () => agent.ping({ timeoutMs: 2_000 }).then(() => true, () => false), 'the guest agent', { timeoutMs: 120_000, intervalMs: 500 });
@@ -94,4 +99,6 @@ it('on shutdown the target is synced from the images; a start during the sync wi
   const last = await pollUntil(() => syncEnded(ended), 'the next on-stop sync to end', { timeoutMs: 120_000, intervalMs: 250 });
   expect(last.state, JSON.stringify(last)).toBe('done');
   expect(await targetHashes('third')).toEqual(third);
+  const dones = daemon.log().split('\n').filter((l) => l.includes('on-stop sync done'));
+  expect(dones.at(-1), 'the sync after the interrupted one is incremental').toMatch(/\bseed=false\b/);
 });

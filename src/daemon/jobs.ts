@@ -56,7 +56,7 @@ export interface JobRunnerOptions {
   /** Where the jobs are listed and cancelled (default: a registry of this runner's own). */
   registry?: JobRegistry;
   /** Test-only fault injection: called before a sync's copy. */
-  syncFault?: (step: 'copy') => void | Promise<void>;
+  syncFault?: (step: 'copy' | 'copying') => void | Promise<void>;
 }
 
 /** An agent shell unused this long is closed (a scheduled job's domains reuse it; an idle daemon keeps none). */

@@ -66,11 +66,15 @@ function backupFault(): ((step: BackupStep, consumer: string) => void | Promise<
   };
 }
 
-/** Test-only: VIRTCBT_PAUSE_SYNC=copy:FILE holds every sync before its copy (writing FILE.reached) until FILE exists. */
-function syncFault(): ((step: 'copy') => Promise<void>) | undefined {
-  const pause = /^(copy):(\/.+)$/.exec(process.env.VIRTCBT_PAUSE_SYNC ?? '');
+/**
+ * Test-only: VIRTCBT_PAUSE_SYNC=STEP:FILE holds every sync at STEP (`copy`: before its copy;
+ * `copying`: once its first write reached the target) until FILE exists, writing FILE.reached.
+ */
+function syncFault(): ((step: 'copy' | 'copying') => Promise<void>) | undefined {
+  const pause = /^(copy|copying):(\/.+)$/.exec(process.env.VIRTCBT_PAUSE_SYNC ?? '');
   if (!pause) return undefined;
-  return async () => {
+  return async (step) => {
+    if (step !== pause[1]) return;
     await writeFile(`${pause[2]}.reached`, '');
     await pollUntil(() => existsSync(pause[2]!), 'the test to release the paused sync', { timeoutMs: 600_000, intervalMs: 20 });
   };

@@ -72,10 +72,11 @@ export class SyncRecords {
     return latest;
   }
 
-  async write(rec: SyncRecord, used: readonly Extent[]): Promise<void> {
+  /** `used` undefined: the record keeps no used map (the next --discard then frees every free block). */
+  async write(rec: SyncRecord, used: readonly Extent[] | undefined): Promise<void> {
     const dir = join(this.dir, encodeURIComponent(rec.domain));
     await mkdir(dir, { recursive: true, mode: 0o700 });
-    const full: SyncRecord = { ...rec, used: used.length <= MAX_USED_EXTENTS ? used.map((e) => [e.offset, e.length]) : undefined };
+    const full: SyncRecord = { ...rec, used: used && used.length <= MAX_USED_EXTENTS ? used.map((e) => [e.offset, e.length]) : undefined };
     const tmp = join(dir, `.${rec.consumer}.${randomBytes(3).toString('hex')}`);
     const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {

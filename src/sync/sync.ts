@@ -20,7 +20,7 @@ import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } f
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { readQcow2Header } from '../qcow2/index.js';
 import { planSync, type SyncPlan } from './plan.js';
-import type { SyncRecords } from './record.js';
+import type { SyncRecord, SyncRecords } from './record.js';
 import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, syncConsumerName, targetKey, type TargetIdentity } from './target.js';
 
 /** Backing chains deeper than this are not followed (QEMU's own limit is far lower in practice). */
@@ -113,8 +113,8 @@ export interface SyncDeps {
   tlsCertificates?: string;
   /** The other libvirt domains and their disks: a target that is one of theirs is refused. */
   otherDomains?: () => Promise<OtherDomain[]>;
-  /** Test-only fault injection: called before the copy. */
-  fault?: (step: 'copy') => void | Promise<void>;
+  /** Test-only fault injection: called before the copy ('copy') and once the first write reached the target ('copying'). */
+  fault?: (step: 'copy' | 'copying') => void | Promise<void>;
 }
 
 export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps, emit: (ev: SyncEvent) => void): Promise<SyncResult> {
@@ -156,6 +156,8 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   let passId: number | undefined;
   let committed = false;
   let src: NbdEndpoint | undefined;
+  // What an interrupted incremental sync needs to keep its target incremental (see keepRecordAfterFailure).
+  let resumable: { record: SyncRecord; opened: { close(): Promise<void> } } | undefined;
   let opening: Promise<{ endpoint: Endpoint; close(): Promise<void> }> | undefined;
   let targetClosed = false;
   let targetRefused = false;
@@ -271,9 +273,11 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     });
 
     await deps.fault?.('copy');
+    if (!plan.seed && target.kind === 'file' && record) resumable = { record, opened };
     const total = totalBytes(plan.copy);
     const meter = new ProgressMeter(total);
-    const progress = await copyExtents(src, opened.endpoint, dataExtents(plan.copy), {
+    const dst = deps.fault ? pauseAfterFirstWrite(opened.endpoint, () => deps.fault!('copying')) : opened.endpoint;
+    const progress = await copyExtents(src, dst, dataExtents(plan.copy), {
       requestSize: deps.nbd.requestSize, inflight: deps.nbd.inflight, signal: deps.signal,
       onProgress: (p: Readonly<CopyProgress>) => {
         const ev = meter.update(p.done, p.written);
@@ -317,6 +321,10 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
         if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
       } catch { /* reported by the log's next call */ }
     }
+    if (resumable && !committed && target.kind === 'file') {
+      targetClosed = true;
+      await keepRecordAfterFailure(target.path, resumable, deps.records, notes);
+    }
     // A target that could not be opened is bad input: the consumer this sync made goes too.
     if (targetRefused && madeConsumer && !committed) {
       try {
@@ -334,6 +342,47 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     await freezeMarker?.dropIfUnused().catch(() => undefined);
     await agent?.close().catch(() => undefined);
   }
+}
+
+/**
+ * An incremental sync that failed after it began writing (cancelled, a domain start taking the
+ * images back, a read error) leaves its target as the last good copy plus some of the blocks
+ * modified since, nothing else: every block it wrote is one the next sync copies again, because
+ * the consumer did not move. So the target is still this consumer's copy, only its modification
+ * time is not the recorded one, and the next sync would seed it in full ("written since the last
+ * sync"). Once the target is closed cleanly, its new identity goes into the record, which keeps
+ * the last good sync's generation and used map. A target that does not close cleanly keeps the
+ * old record (a full seed next time, as for any target changed behind virtcbt's back).
+ */
+async function keepRecordAfterFailure(path: string, r: { record: SyncRecord; opened: { close(): Promise<void> } }, records: SyncRecords, notes: string[]): Promise<void> {
+  try {
+    await r.opened.close();
+    const identity = await fileIdentity(path);
+    await records.write({ ...r.record, identity }, r.record.used ? fromPairs(r.record.used) : undefined);
+  } catch (err) {
+    notes.push(`the interrupted target was not recorded (the next sync seeds it): ${errorMessage(err)}`);
+  }
+}
+
+/** Test-only: holds the copy once its first write reached the target (a sync interrupted mid-copy). */
+function pauseAfterFirstWrite(inner: Endpoint, pause: () => void | Promise<void>): Endpoint {
+  let paused: Promise<void> | undefined;
+  return {
+    get name() { return inner.name; },
+    get size() { return inner.size; },
+    get maxRequest() { return inner.maxRequest; },
+    get alignment() { return inner.alignment; },
+    get zeroInitialized() { return inner.zeroInitialized; },
+    read: (buf, offset) => inner.read(buf, offset),
+    async write(buf, offset) {
+      await inner.write(buf, offset);
+      await (paused ??= Promise.resolve(pause()));
+    },
+    zero: (offset, length) => inner.zero(offset, length),
+    discard: (offset, length) => inner.discard(offset, length),
+    flush: () => inner.flush(),
+    close: () => inner.close(),
+  };
 }
 
 /**
