@@ -1,7 +1,7 @@
-// Fuzz: the extent room's merge, intersect, subtract, align, totalBytes and pair converters against a
+// Fuzz: the extent room's merge, intersect, subtract, align, coarsen, totalBytes and pair converters against a
 // dense byte model (one flag per byte), with random, unsorted, overlapping and empty extents.
 import { describe, expect, it } from 'vitest';
-import { align, fromPairs, intersect, merge, split, subtract, toPairs, totalBytes, type Extent } from '../src/extent/index.js';
+import { align, coarsen, fromPairs, intersect, merge, split, subtract, toPairs, totalBytes, type Extent } from '../src/extent/index.js';
 import { int, rng } from './support/random.js';
 
 /** Random extents inside [0, size): in any order, overlapping, touching, some empty. */
@@ -40,7 +40,7 @@ function runs(d: Uint8Array): Extent[] {
 const SEEDS = 3000;
 
 describe('extents match a dense byte model', () => {
-  it(`merge, intersect, subtract, align, totalBytes over ${SEEDS} random cases (seeded)`, () => {
+  it(`merge, intersect, subtract, align, coarsen, totalBytes over ${SEEDS} random cases (seeded)`, () => {
     for (let seed = 1; seed <= SEEDS; seed++) {
       const r = rng(seed);
       const size = 1 + int(r, r() < 0.5 ? 64 : 2000);
@@ -64,6 +64,13 @@ describe('extents match a dense byte model', () => {
       const pieces = [...split(a, max)];
       expect(merge(pieces), `split by ${max}: ${what}`).toEqual(a);
       for (const p of pieces) expect(Math.floor(p.offset / max), `split by ${max}: ${what}`).toBe(Math.floor((p.offset + p.length - 1) / max));
+      // coarsen: at most `limit` extents, covering every byte of a, only filling gaps between them.
+      const limit = 1 + int(r, 6);
+      const c = coarsen(rawA, limit);
+      expect(c.length, `coarsen to ${limit}: ${what}`).toBeLessThanOrEqual(Math.max(limit, a.length > 0 ? 1 : 0));
+      expect(subtract(a, c), `coarsen to ${limit} covers: ${what}`).toEqual([]);
+      if (a.length > 0) expect(c[0]!.offset === a[0]!.offset && c.at(-1)!.offset + c.at(-1)!.length === a.at(-1)!.offset + a.at(-1)!.length, `coarsen to ${limit} spans: ${what}`).toBe(true);
+      if (a.length <= limit) expect(c, `coarsen to ${limit} keeps: ${what}`).toEqual(a);
     }
   });
 

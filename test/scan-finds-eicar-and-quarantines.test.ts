@@ -157,6 +157,7 @@ it('a scan record virtcbtd did not write (tampered, truncated, a symlink) makes 
   for (const tamper of [
     () => writeFileSync(file, '{"format":"virtcbt-scan/1","unscanned":[{"disk":"vda","offset":-1,"length":4096,"kind":"x"}]}'),
     () => writeFileSync(file, '{"format":"virtcbt-scan/1","changedSince":"yesterday"}'),
+    () => writeFileSync(file, '{"format":"virtcbt-scan/1","unowned":[{"disk":"vda","extents":[[0,-5]]}]}'),
     () => writeFileSync(file, '{"format":"virtcbt-sc'),
     () => { rmSync(file); symlinkSync('/etc/hostname', file); },
   ]) {
@@ -186,4 +187,29 @@ it('an incremental scan reads a file whose inode alone changed since the last sc
   expect(r.result.verdict.scanned.filesOpened).toBeGreaterThanOrEqual(1);
   expect(r.exitCode).toBe(0);
   await sh('rm -f /mnt/data/docs/tool.sh && sync');
+});
+
+it('changed blocks no file owns are carried from scan to scan until a file owns them (virtcbtd sends them again)', async () => {
+  const sh = async (script: string) => {
+    const r = await agent.exec('/bin/sh', ['-c', script], { timeoutMs: 60_000 });
+    expect(r.exitCode, `${script}: ${r.stderr}`).toBe(0);
+  };
+  const record = () => JSON.parse(readFileSync(join(daemon.stateDir, 'scan', encodeURIComponent(guest.name), 's1.json'), 'utf8'));
+  const carried = (): [number, number][] => record().unowned?.find((u: { disk: string }) => u.disk === 'vda')?.extents ?? [];
+  const bytes = (x: [number, number][]) => x.reduce((n, e) => n + e[1], 0);
+  await scan();
+  // 1 MiB written to disk and freed again before the next scan: changed, and free at that scan.
+  await sh('dd if=/dev/urandom of=/mnt/data/scratch.bin bs=64k count=16 conv=fsync 2>/dev/null && rm /mnt/data/scratch.bin && sync');
+  const first = await scan();
+  expect(first.result.full).toBe(false);
+  const after = carried();
+  expect(bytes(after)).toBeGreaterThanOrEqual(1024 * 1024);
+  // Not changed since, yet still carried: virtcbtd sent them again and the scanner found them still free.
+  const second = await scan();
+  expect(second.result.full).toBe(false);
+  const again = carried();
+  const covered = (e: [number, number]) => again.some(([o, l]) => o <= e[0] && e[0] + e[1] <= o + l);
+  expect(after.filter((e) => !covered(e)), JSON.stringify({ after, again })).toEqual([]);
+  // The verdict shown to the admin (and kept with a quarantine) does not carry the list.
+  expect(second.result.verdict.unowned).toBeUndefined();
 });

@@ -171,4 +171,44 @@ describe('an incremental scan', () => {
     await scan('no-since', inodeOnly, { image: relinked });
     expect(await openedPaths('no-since')).toEqual([]);
   });
+
+  it('reports the changed blocks no file owns, and a file that comes to own them later without writing them is read once they are sent again', async () => {
+    // The data of an infected file reaches the disk while its blocks are free (its inode and
+    // bitmap bits are not written yet: a crash-consistent snapshot before the guest's journal was
+    // written back, or a relink), and its metadata only after that scan, with a ctime older than
+    // the scan: nothing of it changes again.
+    const linked = join(dir, 'linked.img');
+    const unlinked = join(dir, 'unlinked.img');
+    copyFileSync(before, linked);
+    const payload = join(dir, 'late-payload');
+    writeFileSync(payload, `late ${EICAR}\n`);
+    const OLD = 1_000_000_000;
+    await execa('debugfs', ['-w', '-R', `write ${payload} late.txt`, linked]);
+    await execa('debugfs', ['-w', '-R', `sif /late.txt ctime @${OLD}`, linked]);
+    const block = Number((await execa('debugfs', ['-R', 'blocks /late.txt', linked])).stdout.trim().split(/\s+/)[0]);
+    expect(block).toBeGreaterThan(0);
+    copyFileSync(linked, unlinked);
+    await execa('debugfs', ['-w', '-R', 'kill_file /late.txt', unlinked]);
+    await execa('debugfs', ['-w', '-R', 'unlink /late.txt', unlinked]);
+
+    // Scan N sees the payload's blocks changed and free: nothing found, and they are reported.
+    const n = await scan('unowned-n', diffExtents(before, unlinked), { image: unlinked, changedSince: OLD + 600 });
+    expect(n.infected).toEqual([]);
+    expect(n.complete).toBe(true);
+    const unowned = (n.unowned ?? []).find((u) => u.disk === 'vda')?.extents ?? [];
+    const blockSize = Number(/Block size:\s+(\d+)/.exec((await execa('debugfs', ['-R', 'stats', linked])).stdout)![1]);
+    const at = block * blockSize;
+    expect(unowned.some(([o, l]) => o <= at && at < o + l), JSON.stringify(unowned)).toBe(true);
+    // A file's blocks and the fixed metadata (superblock, descriptors, bitmaps, inode tables) are never unowned.
+    const files = await scan('unowned-files', changed);
+    expect(files.unowned?.find((u) => u.disk === 'vda')?.extents.some(([o]) => o < 64 * 1024) ?? false).toBe(false);
+
+    // Scan N+1: only the metadata changed since (inode, bitmap, directory), its ctime old.
+    const metaOnly = diffExtents(unlinked, linked);
+    const missed = await scan('unowned-missed', metaOnly, { image: linked, changedSince: OLD + 600 });
+    expect(missed.infected).toEqual([]);
+    const carried: ExtentPair[] = [...metaOnly, ...unowned].sort((a, b) => a[0] - b[0]);
+    const found = await scan('unowned-found', carried, { image: linked, changedSince: OLD + 600 });
+    expect(found.infected).toEqual([expect.objectContaining({ path: '/late.txt', signature: `${SIGNATURE}.UNOFFICIAL` })]);
+  });
 });

@@ -77,6 +77,26 @@ export function subtract(a: readonly Extent[], b: readonly Extent[]): Extent[] {
 }
 
 /**
+ * At most `max` extents covering all of `extents` (sorted, merged): the smallest gaps between
+ * neighbours are filled until few enough remain. A superset, for lists that must stay bounded
+ * (what is carried from one scan to the next) where covering more is safe and dropping is not.
+ */
+export function coarsen(extents: readonly Extent[], max: number): Extent[] {
+  const m = merge(extents);
+  if (m.length <= max) return m;
+  const gaps = m.slice(1).map((e, i) => e.offset - (m[i]!.offset + m[i]!.length)).sort((a, b) => a - b);
+  // Gaps up to this size are filled: that leaves at most `max` extents (ties may fill a few more).
+  const fill = gaps[m.length - Math.max(1, max) - 1]!;
+  const out: Extent[] = [];
+  for (const e of m) {
+    const last = out[out.length - 1];
+    if (last && e.offset - (last.offset + last.length) <= fill) last.length = e.offset + e.length - last.offset;
+    else out.push({ ...e });
+  }
+  return out;
+}
+
+/**
  * `extents` widened outward to whole multiples of `granularity` (a write to part of a cluster
  * changed the cluster), clipped to `size`, merged. Sorted input stays O(n).
  */

@@ -62,6 +62,12 @@ export interface NotScanned {
   reason: string;
 }
 
+/** Byte ranges of one disk (see ScanResult.unowned), sorted and merged. */
+export interface UnownedExtents {
+  disk: string;
+  extents: ExtentPair[];
+}
+
 export type SkipReason = 'size limit' | 'count limit' | 'time limit' | 'unreadable' | 'stream limit';
 
 /** A file that was not (fully) scanned, and why. */
@@ -106,6 +112,14 @@ export interface ScanResult {
   limitsHit: LimitHit[];
   /** True when everything asked for was read and scanned: no region not scanned, no file skipped. */
   complete: boolean;
+  /**
+   * Incremental disks: the changed byte ranges inside readable filesystems that no file owned at
+   * this snapshot (free blocks; blocks whose owner's metadata was not yet written back). The
+   * hypervisor sends them again with the next scan's changes, so a file that comes to own them
+   * without their being written again (a crash-consistent snapshot's unreplayed journal, a
+   * relinked extent tree) is read then. Absent from older scanners.
+   */
+  unowned?: UnownedExtents[];
   seconds: number;
 }
 

@@ -10,7 +10,7 @@ import { constants } from 'node:fs';
 import { join } from 'node:path';
 import type { ChangeLog } from '../changelog/index.js';
 import { logContinuity } from '../changelog/index.js';
-import { intersect, merge, toPairs, type Extent } from '../extent/index.js';
+import { coarsen, fromPairs, intersect, merge, toPairs, totalBytes, type Extent } from '../extent/index.js';
 import type { GuestAgent } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
 import type { QmpExecutor } from '../qmp/index.js';
@@ -117,6 +117,14 @@ interface ScanRecord {
    * back) would have the files written meanwhile never scanned by an incremental scan.
    */
   unscanned?: UnscannedRegion[];
+  /**
+   * Per disk, the changed byte ranges the last completed scan found no file owning (its verdict's
+   * `unowned`): the next incremental scan sends them again with its changes. A file whose metadata
+   * reached the disk only after that scan (a crash-consistent snapshot taken before the guest's
+   * journal was written back), or whose extent tree was pointed at them later with an old ctime,
+   * owns blocks that will not change again: without this it would never be read incrementally.
+   */
+  unowned?: { disk: string; extents: [number, number][] }[];
   /** Set by readRecord: the file is there but not one virtcbtd wrote (the next scan is full). */
   unreadable?: true;
 }
@@ -212,10 +220,14 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
       if (full === undefined && pending.length > 0) {
         notes.push(`scanned in whole, as the last scan could not read them: ${pending.map((u) => `${u.disk} ${u.kind} at ${u.offset} (${u.length} bytes)`).join(', ')}`);
       }
+      const carried = pass.consumer === consumer ? rec.unowned ?? [] : [];
       for (const d of ctx.disks) {
         const r = await snap.exportRemote(d.target, { identities: [scanner.identity], settings: deps.remote, runDir: deps.runDir, log: deps.log });
         const ch = changes.find((c) => c.target === d.target);
-        const again = intersect(pending.filter((u) => u.disk === d.target), [{ offset: 0, length: d.sizeBytes }]);
+        const again = intersect(merge([
+          ...pending.filter((u) => u.disk === d.target),
+          ...carried.filter((u) => u.disk === d.target).flatMap((u) => fromPairs(u.extents)),
+        ]), [{ offset: 0, length: d.sizeBytes }]);
         disks.push({ target: d.target, uri: r.uri, size: d.sizeBytes, extents: full !== undefined || !ch ? undefined : toPairs(merge([...ch.extents, ...again])) });
       }
       if (!leftQueue && deps.snapshotTaken) {
@@ -223,12 +235,17 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         leftQueue = true;
       }
       let verdict: ScanVerdict;
+      let unownedNow: { disk: string; extents: [number, number][] }[];
       try {
         const since = full === undefined && pass.consumer === consumer ? rec.changedSince : undefined;
         const jobBody: ScanJob = { id: randomBytes(8).toString('hex'), domain, disks, ...(since !== undefined ? { changedSince: since } : {}) };
-        verdict = await postScan(scanner, '/v1/scans', jobBody, {
+        // The unowned ranges go to the record, not into the verdict reported and kept with a quarantine.
+        const { unowned, ...rest } = await postScan(scanner, '/v1/scans', jobBody, {
           signal, onEvent: (event) => { if (event.type !== 'result') emit({ type: 'scanner', event }); },
         }) as unknown as ScanVerdict;
+        verdict = rest;
+        // A scanner that does not report them (an older one): what was carried stays carried.
+        unownedNow = unowned === undefined ? carried : unownedExtents({ unowned }, ctx.disks);
       } catch (err) {
         if (err instanceof ScannerUnreachableError && tried < reachable.length) {
           notes.push(errorMessage(err));
@@ -249,6 +266,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         await writeRecord(records, scanner.name, {
           format: 'virtcbt-scan/1', lastFullAt: full !== undefined ? new Date().toISOString() : rec.lastFullAt,
           logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks), changedSince: guestSince,
+          unowned: unownedNow,
         });
         ctx.log.commitPass(passId!);
         committed = true;
@@ -283,11 +301,12 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
 
 async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
   try {
-    const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), 1024 * 1024)).text) as Partial<ScanRecord>;
+    const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), MAX_RECORD_BYTES)).text) as Partial<ScanRecord>;
     const time = (t: unknown) => t === undefined || (typeof t === 'string' && !Number.isNaN(Date.parse(t)));
     if (v?.format === 'virtcbt-scan/1' && time(v.lastFullAt) && (v.changedSince === undefined || (typeof v.changedSince === 'number' && Number.isFinite(v.changedSince)))
-      && (v.logId === undefined || typeof v.logId === 'string') && (v.unscanned === undefined || (Array.isArray(v.unscanned) && v.unscanned.every(isRegion)))) {
-      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, changedSince: v.changedSince };
+      && (v.logId === undefined || typeof v.logId === 'string') && (v.unscanned === undefined || (Array.isArray(v.unscanned) && v.unscanned.every(isRegion)))
+      && (v.unowned === undefined || (Array.isArray(v.unowned) && v.unowned.every(isUnowned)))) {
+      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, unowned: v.unowned, changedSince: v.changedSince };
     }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'virtcbt-scan/1' };
@@ -310,6 +329,41 @@ async function guestClockNow(agent: GuestAgent): Promise<number | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/** The most unowned extents kept per disk (as the scanner's own bound): more are coarsened, never dropped. */
+const MAX_UNOWNED_EXTENTS = 20_000;
+/** The record holds up to that many extents per disk: its size is bounded well above it. */
+const MAX_RECORD_BYTES = 16 * 1024 * 1024;
+
+const isPairs = (u: unknown): u is [number, number][] => Array.isArray(u) && u.length <= MAX_UNOWNED_EXTENTS
+  && u.every((p) => Array.isArray(p) && p.length === 2 && Number.isSafeInteger(p[0]) && p[0] >= 0 && Number.isSafeInteger(p[1]) && p[1] > 0);
+
+const isUnowned = (u: unknown): u is { disk: string; extents: [number, number][] } => {
+  const r = u as { disk?: unknown; extents?: unknown } | null;
+  return typeof r === 'object' && r !== null && typeof r.disk === 'string' && isPairs(r.extents);
+};
+
+/**
+ * A verdict's unowned ranges, per disk of the job, checked against the disks (the scanner is
+ * another host: its answer is input), merged and bounded. Ranges of an unknown disk, or not byte
+ * ranges, are left out: what they would have had checked again is only what a full scan reads.
+ */
+export function unownedExtents(v: { unowned?: unknown }, disks: readonly { target: string; sizeBytes: number }[]): { disk: string; extents: [number, number][] }[] {
+  const out: { disk: string; extents: [number, number][] }[] = [];
+  for (const d of disks) {
+    const parts: Extent[] = [];
+    for (const u of Array.isArray(v.unowned) ? v.unowned as unknown[] : []) {
+      const r = u as { disk?: unknown; extents?: unknown } | null;
+      if (!r || r.disk !== d.target || !Array.isArray(r.extents)) continue;
+      for (const p of r.extents as unknown[]) {
+        if (Array.isArray(p) && p.length === 2 && Number.isSafeInteger(p[0]) && Number.isSafeInteger(p[1]) && p[0] >= 0 && p[1] > 0) parts.push({ offset: p[0], length: p[1] });
+      }
+    }
+    const kept = coarsen(intersect(merge(parts), [{ offset: 0, length: d.sizeBytes }]), MAX_UNOWNED_EXTENTS);
+    if (kept.length > 0) out.push({ disk: d.target, extents: toPairs(kept) });
+  }
+  return out;
 }
 
 const isRegion = (u: unknown): u is UnscannedRegion => {

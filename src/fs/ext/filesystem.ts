@@ -1,11 +1,11 @@
 // An ext2/3/4 filesystem read through an Endpoint: used-block map, inodes, directories, paths, file contents, block owners.
 import type { Endpoint } from '../../copy/index.js';
-import type { Extent } from '../../extent/index.js';
+import { intersect, merge, subtract, type Extent } from '../../extent/index.js';
 import { damaged, FilesystemError, unsupported } from '../errors.js';
 import { DiskReader } from '../reader.js';
 import { isFastSymlink, mapInode, rootLeafRuns, type InodeMap, type MappedRun } from './blockmap.js';
 import { checkDirBlock, parseDirBlock, type DirEntry } from './dir.js';
-import { BG_INODE_UNINIT, readGroupDescs, type GroupDesc } from './groups.js';
+import { BG_INODE_UNINIT, baseMetaBlocks, groupFirstBlock, inodeTableBlocks, readGroupDescs, type GroupDesc } from './groups.js';
 import { EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, fileType, inodeChecksumOk, inodeCsumSeed, inodeXattr, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode.js';
 import { has, INCOMPAT, parseSuperblock, RO_COMPAT, type Superblock } from './superblock.js';
 import { usedBlockRuns } from './usedmap.js';
@@ -63,6 +63,18 @@ export interface BlockOwner {
   inode: boolean;
   /** The inode as read. */
   parsed: Inode;
+}
+
+/** blockOwners and, of the extents asked about, what no inode owns (see ownership). */
+export interface Ownership {
+  owners: BlockOwner[];
+  /**
+   * The bytes of the extents (clipped to the filesystem) that no inode owns and no fixed metadata
+   * holds (superblocks, descriptors, bitmaps, inode tables): free blocks, or blocks an inode
+   * comes to own only later without their being written again (metadata still in an unreplayed
+   * journal, an extent tree relinked), sorted and merged.
+   */
+  unowned: Extent[];
 }
 
 export interface WalkEntry {
@@ -307,8 +319,15 @@ export class ExtFilesystem {
    * (inode tables are read in 4 MiB batches); the work grows with the number of inodes.
    */
   async blockOwners(extents: readonly Extent[]): Promise<BlockOwner[]> {
+    return (await this.ownership(extents)).owners;
+  }
+
+  /** blockOwners, and what of the extents no inode owns (Ownership.unowned). */
+  async ownership(extents: readonly Extent[]): Promise<Ownership> {
     const bs = this.sb.blockSize;
-    const q = [...extents].filter((e) => e.length > 0).sort((a, b) => a.offset - b.offset);
+    const q = merge(intersect(merge(extents), [{ offset: 0, length: this.byteLength }]));
+    // The runs of every inode that owns some of q (all of its runs: q is cut by them at the end).
+    const owned: Extent[] = [];
     const hits = (start: number, end: number) => {
       // Binary search for the first query extent ending after start.
       let lo = 0;
@@ -321,7 +340,7 @@ export class ExtFilesystem {
       return lo < q.length && q[lo].offset < end;
     };
     const out: BlockOwner[] = [];
-    if (q.length === 0) return out;
+    if (q.length === 0) return { owners: out, unowned: [] };
     const isz = this.sb.inodeSize;
     const ipg = this.sb.inodesPerGroup;
     const perBatch = Math.max(1, Math.floor(ITABLE_BATCH / isz));
@@ -374,9 +393,26 @@ export class ExtFilesystem {
         const m = await mapInode(this.sb, this.disk, inode);
         for (const r of m.data) if (hits(r.physical * bs, (r.physical + r.count) * bs)) { blockHit = true; break; }
         if (!blockHit) for (const r of m.meta) if (hits(r.offset * bs, (r.offset + r.length) * bs)) { blockHit = true; break; }
+        if (blockHit) {
+          for (const r of m.data) owned.push({ offset: r.physical * bs, length: r.count * bs });
+          for (const r of m.meta) owned.push({ offset: r.offset * bs, length: r.length * bs });
+        }
         if (blockHit || inodeHit) out.push({ ino, blocks: blockHit, inode: inodeHit, parsed: inode });
       }
     }
+    return { owners: out, unowned: subtract(q, merge([...owned, ...this.fixedMetadata()])) };
+  }
+
+  /** Blocks fixed metadata holds, as byte extents: the start before group 0, superblocks, descriptors and their reserve, bitmaps, inode tables. */
+  private fixedMetadata(): Extent[] {
+    const bs = this.sb.blockSize;
+    const out: Extent[] = [{ offset: 0, length: (this.sb.firstDataBlock + 1) * bs }];
+    const itBytes = inodeTableBlocks(this.sb) * bs;
+    this.groups.forEach((gd, g) => {
+      const base = baseMetaBlocks(this.sb, g);
+      if (base > 0) out.push({ offset: groupFirstBlock(this.sb, g) * bs, length: base * bs });
+      out.push({ offset: gd.blockBitmap * bs, length: bs }, { offset: gd.inodeBitmap * bs, length: bs }, { offset: gd.inodeTable * bs, length: itBytes });
+    });
     return out;
   }
 

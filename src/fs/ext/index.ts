@@ -1,5 +1,5 @@
 // ext2/3/4, read without mounting: see filesystem.ts.
-export { ChunkRing, ExtFilesystem, ROOT_INO, type BlockOwner, type ExtOpenOptions, type WalkEntry } from './filesystem.js';
+export { ChunkRing, ExtFilesystem, ROOT_INO, type BlockOwner, type ExtOpenOptions, type Ownership, type WalkEntry } from './filesystem.js';
 export type { DirEntry } from './dir.js';
 export type { Inode } from './inode.js';
 export { fileType } from './inode.js';

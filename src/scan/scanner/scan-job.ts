@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
-import { intersect, merge, type Extent } from '../../extent/index.js';
+import { coarsen, intersect, merge, toPairs, type Extent } from '../../extent/index.js';
 import { ChunkRing, DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, fileType, readPartitions, type Inode, type Partition } from '../../fs/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdUnsupportedError, parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
@@ -43,6 +43,11 @@ export interface ScanJobOptions {
 
 /** At most this many skipped files are listed one by one (the counts in limitsHit stay exact). */
 const MAX_LISTED_SKIPS = 1000;
+/**
+ * At most this many unowned extents are reported per disk (more are coarsened: a superset, so
+ * the next scan checks a little more, never less). The hypervisor applies the same bound.
+ */
+export const MAX_UNOWNED_EXTENTS = 20_000;
 /** Progress events at most this often. */
 const PROGRESS_MS = 500;
 
@@ -133,6 +138,8 @@ class Verdict {
   readonly skipped: SkippedFile[] = [];
   readonly limits = new Map<LimitName, LimitHit>();
   readonly scanned = { files: 0, bytesRead: 0, nbdBytesRead: 0, filesOpened: 0 };
+  /** Per incremental disk: changed bytes no file owned (ScanResult.unowned), as disk offsets. */
+  readonly unowned = new Map<string, Extent[]>();
   skippedTotal = 0;
 
   /** Skipped files whose path is looked up once the scan is over. */
@@ -310,6 +317,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     infected: v.infected, scanned: v.scanned, notScanned: v.notScanned, skipped: v.skipped,
     limitsHit: [...v.limits.values()],
     complete: v.notScanned.length === 0 && v.skippedTotal === 0 && !o.signal?.aborted,
+    unowned: [...v.unowned].map(([disk, extents]) => ({ disk, extents: toPairs(coarsen(extents, MAX_UNOWNED_EXTENTS)) })),
     seconds: (Date.now() - started) / 1000,
   };
 }
@@ -366,7 +374,11 @@ async function scanDisk(
       // are looked up only for a report that needs one (or the debug log of opened files).
       let owners: Inode[];
       try {
-        owners = await changedFiles(fs, local, job.changedSince);
+        let unowned: Extent[];
+        ({ owners, unowned } = await changedFiles(fs, local, job.changedSince));
+        const list = v.unowned.get(target) ?? [];
+        for (const e of unowned) list.push({ offset: e.offset + p.offset, length: e.length });
+        v.unowned.set(target, list);
       } catch (err) {
         if (!(err instanceof FilesystemError)) throw err;
         v.notScanned.push({ ...region, kind, problem: err.problem, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
@@ -434,16 +446,18 @@ const INLINE_DATA_FL = 0x10000000;
  * (when the hypervisor's last completed scan began, on the guest's clock). A changed slot
  * alone says little at the change log's granularity (a 64 KiB chunk of the inode table holds 256
  * inodes, most untouched); its ctime tells the one that changed (chmod, rename, an extent tree
- * pointed at blocks written before) from its neighbours.
+ * pointed at blocks written before) from its neighbours. Also what of the extents no inode owns
+ * (the verdict's `unowned`, checked again at the next scan).
  */
-async function changedFiles(fs: ExtFilesystem, extents: Extent[], changedSince?: number): Promise<Inode[]> {
+async function changedFiles(fs: ExtFilesystem, extents: Extent[], changedSince?: number): Promise<{ owners: Inode[]; unowned: Extent[] }> {
   const out: Inode[] = [];
-  for (const owner of await fs.blockOwners(extents)) {
+  const { owners, unowned } = await fs.ownership(extents);
+  for (const owner of owners) {
     // Reserved inodes (the journal, resize inode ...) are not files anyone wrote.
     if (owner.ino < fs.sb.firstIno) continue;
     const inode = owner.parsed;
     if (fileType(inode.mode) !== 'file') continue;
     if (owner.blocks || inode.flags & INLINE_DATA_FL || (owner.inode && changedSince !== undefined && inode.ctime >= changedSince)) out.push(inode);
   }
-  return out.sort((a, b) => a.ino - b.ino);
+  return { owners: out.sort((a, b) => a.ino - b.ino), unowned };
 }
