@@ -1,5 +1,6 @@
 // An Endpoint wrapper that asks its target to flush every so many bytes written, so write-back overlaps the copy.
 import type { Endpoint } from './endpoint.js';
+import { withWrite } from './with-write.js';
 
 /**
  * Every `everyBytes` written, asks the target to flush (without waiting): the host writes the
@@ -10,29 +11,15 @@ import type { Endpoint } from './endpoint.js';
 export function flushingEndpoint(inner: Endpoint, everyBytes: number): { endpoint: Endpoint; settle(): Promise<void> } {
   let since = 0;
   const pending: Promise<void>[] = [];
-  const endpoint: Endpoint = {
-    get name() { return inner.name; },
-    get size() { return inner.size; },
-    get maxRequest() { return inner.maxRequest; },
-    get alignment() { return inner.alignment; },
-    get zeroInitialized() { return inner.zeroInitialized; },
-    read: (buf, offset) => inner.read(buf, offset),
-    async write(buf, offset) {
-      await inner.write(buf, offset);
-      since += buf.length;
-      if (since >= everyBytes) {
-        since = 0;
-        const p = inner.flush();
-        p.catch(() => undefined);
-        pending.push(p);
-      }
-    },
-    zero: (offset, length) => inner.zero(offset, length),
-    discard: (offset, length) => inner.discard(offset, length),
-    flush: () => inner.flush(),
-    close: () => inner.close(),
-    extents: inner.extents?.bind(inner),
-    hasExtents: inner.hasExtents?.bind(inner),
-  };
+  const endpoint = withWrite(inner, async (buf, offset) => {
+    await inner.write(buf, offset);
+    since += buf.length;
+    if (since >= everyBytes) {
+      since = 0;
+      const p = inner.flush();
+      p.catch(() => undefined);
+      pending.push(p);
+    }
+  });
   return { endpoint, settle: async () => { await Promise.all(pending); } };
 }

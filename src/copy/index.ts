@@ -8,4 +8,5 @@ export { ProgressMeter, type ProgressFigures } from './progress.js';
 export { serveImage, qemuNbdFiles, type ServeOptions, type ServedImage } from './qemu-nbd.js';
 export { openImageEndpoint, prepareImageFile, type ImageEndpoint, type ImageEndpointOptions, type ImageFormat } from './image-file.js';
 export { flushingEndpoint } from './flushing-endpoint.js';
+export { withWrite } from './with-write.js';
 export { digestingEndpoint, type ByteDigest } from './digesting-endpoint.js';

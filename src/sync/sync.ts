@@ -9,7 +9,7 @@ import { lstat, stat } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
 import { logContinuity, type ChangeLog } from '../changelog/index.js';
-import { NbdEndpoint, ProgressMeter, copyExtents, dataExtents, openImageEndpoint, type CopyProgress, type Endpoint } from '../copy/index.js';
+import { NbdEndpoint, ProgressMeter, copyExtents, dataExtents, openImageEndpoint, withWrite, type CopyProgress, type Endpoint } from '../copy/index.js';
 import { fromPairs, totalBytes, type Extent } from '../extent/index.js';
 import type { GuestAgent } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
@@ -367,22 +367,10 @@ async function keepRecordAfterFailure(path: string, r: { record: SyncRecord; ope
 /** Test-only: holds the copy once its first write reached the target (a sync interrupted mid-copy). */
 function pauseAfterFirstWrite(inner: Endpoint, pause: () => void | Promise<void>): Endpoint {
   let paused: Promise<void> | undefined;
-  return {
-    get name() { return inner.name; },
-    get size() { return inner.size; },
-    get maxRequest() { return inner.maxRequest; },
-    get alignment() { return inner.alignment; },
-    get zeroInitialized() { return inner.zeroInitialized; },
-    read: (buf, offset) => inner.read(buf, offset),
-    async write(buf, offset) {
-      await inner.write(buf, offset);
-      await (paused ??= Promise.resolve(pause()));
-    },
-    zero: (offset, length) => inner.zero(offset, length),
-    discard: (offset, length) => inner.discard(offset, length),
-    flush: () => inner.flush(),
-    close: () => inner.close(),
-  };
+  return withWrite(inner, async (buf, offset) => {
+    await inner.write(buf, offset);
+    await (paused ??= Promise.resolve(pause()));
+  });
 }
 
 /**
