@@ -20,6 +20,7 @@ useCleanup();
 const MAC = '52:54:00:5c:a0:01';
 let daemon: TestDaemon;
 let guest: LibvirtGuest;
+let idle: LibvirtGuest;
 let agent: GuestAgent;
 let w: ScannerWorld;
 
@@ -30,6 +31,8 @@ beforeAll(async () => {
   // A scanner whose size limit skips nearly every file: its verdict can never be complete.
   const capped = await startScanner(dir, w.config({ limits: { maxFileBytes: 4 } }), w.ns, 'nobody');
   guest = await startLibvirtGuest({ name: 'scan', scratchFormat: 'qcow2', start: false, interfaces: [{ mac: MAC }] });
+  // Listed in the scan job beside the guest, and never started.
+  idle = await startLibvirtGuest({ name: 'scanoff', scratchFormat: 'qcow2', start: false });
   agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
   daemon = await startTestDaemon({
     config: {
@@ -39,10 +42,12 @@ beforeAll(async () => {
         scanners: [{ name: 'down', url: `https://${w.ns.nsAddress}:1`, identity: 'CN=scanner', tlsDir: w.hv }, { name: 's1', url: scanner.url, identity: 'CN=scanner', tlsDir: w.hv },
           { name: 'capped', url: capped.url, identity: 'CN=scanner', tlsDir: w.hv }],
         quarantine: 'link-down', fullEveryHours: 0,
+        jobs: [{ name: 'hourly', domains: [guest.name, idle.name], calendar: 'hourly' }],
       },
     },
   });
   await daemon.cli(['enable', guest.name]);
+  await daemon.cli(['enable', idle.name]);
   await guest.start();
   await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
 });
@@ -212,4 +217,15 @@ it('changed blocks no file owns are carried from scan to scan until a file owns 
   expect(after.filter((e) => !covered(e)), JSON.stringify({ after, again })).toEqual([]);
   // The verdict shown to the admin (and kept with a quarantine) does not carry the list.
   expect(second.result.verdict.unowned).toBeUndefined();
+});
+
+it('scan --job scans its running domains and skips one that is shut off (said so), without failing the job', async () => {
+  const r = await daemon.cli(['scan', '--job', 'hourly', '--json'], { reject: false });
+  const lines = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  expect(lines).toContainEqual({ type: 'skipped', domain: idle.name, reason: 'not running (shut off)' });
+  expect(lines.filter((l) => l.type === 'result').map((l) => l.domain)).toEqual([guest.name]);
+  expect([0, 10, 11], r.stderr).toContain(r.exitCode);
+  const plain = await daemon.cli(['scan', '--job', 'hourly'], { reject: false });
+  expect(plain.stdout).toMatch(new RegExp(`${idle.name}: not running \\(shut off\\): skipped`));
+  expect(plain.stderr).not.toMatch(/failed/);
 });

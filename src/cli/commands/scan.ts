@@ -1,5 +1,6 @@
 // `virtcbt scan`: asks virtcbtd to hand a snapshot of a running domain to a scanner host and wait
 // for its verdict; the action on detection is the quarantine's (scan.quarantine in the config).
+import type { DomainStatusReply } from '../../daemon/api-types.js';
 import type { ScanEvent, ScanResult } from '../../scan/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../../util/errors.js';
 import { domainArg, parse } from '../args.js';
@@ -46,6 +47,12 @@ export function scanExitCode(r: ScanResult): number {
   return r.verdict.complete !== true ? EXIT.INCOMPLETE : EXIT.OK;
 }
 
+/** The domain's libvirt state when it is not running (shut off, crashed), else undefined; asked of virtcbtd. */
+async function notRunning(ctx: CommandContext, domain: string): Promise<string | undefined> {
+  const d = await callDaemon<DomainStatusReply>(daemonSocket(ctx.config()), 'GET', `/v1/domains/${encodeURIComponent(domain)}`);
+  return d.state === 'shut off' || d.state === 'crashed' ? d.state : undefined;
+}
+
 export const scanCommand: Command = {
   usage: `usage: virtcbt scan DOMAIN [--scanner NAME] [--full] [--no-freeze] [--json]
        virtcbt scan --job NAME [--json]
@@ -59,7 +66,7 @@ nothing was found but something was not scanned (a filesystem the scanner cannot
 hit, a skipped file: listed in the report).
   --scanner NAME  one of scan.scanners (default: the first that answers)
   --job NAME      scan each domain of the scan job NAME from the config (scan.jobs), as its
-                  systemd timer does
+                  systemd timer does; a domain that is shut off is skipped (said so), not failed
   --json          JSON lines: every event, the result last`,
   async run(ctx) {
     const { values, positionals } = parse(ctx.argv, {
@@ -75,6 +82,14 @@ hit, a skipped file: listed in the report).
       const failed: string[] = [];
       for (const domain of job.domains) {
         try {
+          // A listed domain that is shut off has no running disk to snapshot, and nothing new to
+          // scan: its consumer stays, and its first scan once it runs covers every change since.
+          const off = await notRunning(ctx, domain);
+          if (off) {
+            if (json) ctx.io.out(JSON.stringify({ type: 'skipped', domain, reason: `not running (${off})` }));
+            else ctx.io.out(`${domain}: not running (${off}): skipped; its next scan covers every change since its last one`);
+            continue;
+          }
           codes.push(await one(domain, values.scanner ?? job.scanner));
         } catch (err) {
           // One domain's failure must not cost the others their scan.
