@@ -333,6 +333,8 @@ async function guestClockNow(agent: GuestAgent): Promise<number | undefined> {
 
 /** The most unowned extents kept per disk (as the scanner's own bound): more are coarsened, never dropped. */
 const MAX_UNOWNED_EXTENTS = 20_000;
+/** And for all of a domain's disks together, so that the record stays well under MAX_RECORD_BYTES. */
+const MAX_UNOWNED_TOTAL = 200_000;
 /** The record holds up to that many extents per disk: its size is bounded well above it. */
 const MAX_RECORD_BYTES = 16 * 1024 * 1024;
 
@@ -351,6 +353,7 @@ const isUnowned = (u: unknown): u is { disk: string; extents: [number, number][]
  */
 export function unownedExtents(v: { unowned?: unknown }, disks: readonly { target: string; sizeBytes: number }[]): { disk: string; extents: [number, number][] }[] {
   const out: { disk: string; extents: [number, number][] }[] = [];
+  const perDisk = Math.max(1, Math.min(MAX_UNOWNED_EXTENTS, Math.floor(MAX_UNOWNED_TOTAL / Math.max(1, disks.length))));
   for (const d of disks) {
     const parts: Extent[] = [];
     for (const u of Array.isArray(v.unowned) ? v.unowned as unknown[] : []) {
@@ -360,7 +363,7 @@ export function unownedExtents(v: { unowned?: unknown }, disks: readonly { targe
         if (Array.isArray(p) && p.length === 2 && Number.isSafeInteger(p[0]) && Number.isSafeInteger(p[1]) && p[0] >= 0 && p[1] > 0) parts.push({ offset: p[0], length: p[1] });
       }
     }
-    const kept = coarsen(intersect(merge(parts), [{ offset: 0, length: d.sizeBytes }]), MAX_UNOWNED_EXTENTS);
+    const kept = coarsen(intersect(merge(parts), [{ offset: 0, length: d.sizeBytes }]), perDisk);
     if (kept.length > 0) out.push({ disk: d.target, extents: toPairs(kept) });
   }
   return out;
