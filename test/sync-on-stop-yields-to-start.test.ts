@@ -4,7 +4,7 @@
 // consumer, and the next on-stop sync brings the target fully up to date. The start comes once the
 // sync has begun writing the target: the next sync is still incremental (not a seed), because the
 // interrupted one wrote only blocks the next copies again.
-import { existsSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
 import { GuestAgent, LibvirtTransport } from '../src/guest/index.js';
@@ -42,6 +42,14 @@ beforeAll(async () => {
 });
 
 const guestHashes = () => guestHashesOf(agent);
+
+/** virtcbtd's record of the (only) sync target of the domain. */
+function syncRecord(): any {
+  const dir = join(daemon.stateDir, 'sync', encodeURIComponent(guest.name));
+  const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+  expect(files).toHaveLength(1);
+  return JSON.parse(readFileSync(join(dir, files[0]!), 'utf8'));
+}
 
 const targetHashes = (_label: string) => targetHashesOf(target, dir);
 
@@ -87,6 +95,9 @@ it('on shutdown the target is synced from the images; a start during the sync wi
   expect(yielded.state).toBe('failed');
   expect(daemon.log()).toMatch(/on-stop sync yielded to the domain's start/);
   expect(statSync(target).mtimeMs, 'the interrupted sync wrote to the target').not.toBe(syncedMtime);
+  // The record keeps the last complete sync's position, with the target's new identity and when it was cut off.
+  expect(syncRecord().interruptedAt).toEqual(expect.any(String));
+  expect(syncRecord().identity.mtimeMs).toBe(statSync(target).mtimeMs);
 
   // 3. The guest runs on; its next session end syncs everything since the last good sync.
   await pollUntil(async () => agent.ping({ timeoutMs: 2_000 }).then(() => true, () => false), 'the guest agent', { timeoutMs: 120_000, intervalMs: 500 });
@@ -101,4 +112,5 @@ it('on shutdown the target is synced from the images; a start during the sync wi
   expect(await targetHashes('third')).toEqual(third);
   const dones = daemon.log().split('\n').filter((l) => l.includes('on-stop sync done'));
   expect(dones.at(-1), 'the sync after the interrupted one is incremental').toMatch(/\bseed=false\b/);
+  expect(syncRecord().interruptedAt).toBeUndefined();
 });

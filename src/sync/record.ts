@@ -24,6 +24,8 @@ export interface SyncRecord {
   logId: string;
   generation: number;
   syncedAt: string;
+  /** Set when a later sync was interrupted after it began writing (keepRecordAfterFailure): when. */
+  interruptedAt?: string;
   /** The used map of the synced instant, as [offset, length] pairs (absent when too large to keep). */
   used?: [number, number][];
 }
@@ -100,6 +102,7 @@ function parseRecord(text: string, domain: string, consumer: string): SyncRecord
   if (!r || typeof r !== 'object' || r.format !== 'virtcbt-sync/1' || r.domain !== domain || r.consumer !== consumer) return undefined;
   if (r.key !== undefined && typeof r.key !== 'string') return undefined;
   if (typeof r.syncedAt !== 'string') return undefined;
+  if (r.interruptedAt !== undefined && typeof r.interruptedAt !== 'string') return undefined;
   if (typeof r.disk !== 'string' || typeof r.target !== 'string' || typeof r.logId !== 'string' || !Number.isSafeInteger(r.generation)) return undefined;
   const id = r.identity as Record<string, unknown> | undefined;
   const num = (x: unknown) => typeof x === 'number' && Number.isFinite(x) && x >= 0;

@@ -267,6 +267,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     });
     const { used, ...mapSummary } = usedMap;
     if (plan.seed) notes.push(`${plan.reason}: the target is seeded with every used block`);
+    else if (record?.interruptedAt) notes.push(`the last sync to this target (${record.interruptedAt}) was interrupted after it began writing: this one copies everything since the last complete sync (${record.syncedAt})`);
     emit({
       type: 'plan', seed: plan.seed, reason: plan.reason, modifiedBytes: plan.modifiedBytes, modifiedUsedBytes: plan.modifiedUsedBytes,
       skippedFreeBytes: plan.skippedFreeBytes, copyBytes: totalBytes(plan.copy), discardBytes: totalBytes(plan.discard), usedMap: mapSummary,
@@ -358,7 +359,7 @@ async function keepRecordAfterFailure(path: string, r: { record: SyncRecord; ope
   try {
     await r.opened.close();
     const identity = await fileIdentity(path);
-    await records.write({ ...r.record, identity }, r.record.used ? fromPairs(r.record.used) : undefined);
+    await records.write({ ...r.record, identity, interruptedAt: new Date().toISOString() }, r.record.used ? fromPairs(r.record.used) : undefined);
   } catch (err) {
     notes.push(`the interrupted target was not recorded (the next sync seeds it): ${errorMessage(err)}`);
   }
