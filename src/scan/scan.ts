@@ -10,7 +10,7 @@ import { constants } from 'node:fs';
 import { join } from 'node:path';
 import type { ChangeLog } from '../changelog/index.js';
 import { logContinuity } from '../changelog/index.js';
-import { coarsen, fromPairs, intersect, merge, toPairs, totalBytes, type Extent } from '../extent/index.js';
+import { coarsen, fromPairs, intersect, merge, toPairs, type Extent } from '../extent/index.js';
 import type { GuestAgent } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
 import type { QmpExecutor } from '../qmp/index.js';
