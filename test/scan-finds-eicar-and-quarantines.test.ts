@@ -217,6 +217,14 @@ it('changed blocks no file owns are carried from scan to scan until a file owns 
   expect(after.filter((e) => !covered(e)), JSON.stringify({ after, again })).toEqual([]);
   // The verdict shown to the admin (and kept with a quarantine) does not carry the list.
   expect(second.result.verdict.unowned).toBeUndefined();
+  // A disk without a change keeps its carried ranges unsent (no block there can have gained an
+  // owner): vdb, never written, given one in the record.
+  const file = join(daemon.stateDir, 'scan', encodeURIComponent(guest.name), 's1.json');
+  const rec = record();
+  writeFileSync(file, JSON.stringify({ ...rec, unowned: [...(rec.unowned ?? []), { disk: 'vdb', extents: [[0, 65536]] }] }));
+  const third = await scan();
+  expect(third.result.full).toBe(false);
+  expect(record().unowned).toContainEqual({ disk: 'vdb', extents: [[0, 65536]] });
 });
 
 it('scan --job scans its running domains and skips one that is shut off (said so), without failing the job', async () => {

@@ -221,12 +221,18 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         notes.push(`scanned in whole, as the last scan could not read them: ${pending.map((u) => `${u.disk} ${u.kind} at ${u.offset} (${u.length} bytes)`).join(', ')}`);
       }
       const carried = pass.consumer === consumer ? rec.unowned ?? [] : [];
+      // Carried ranges are sent only for a disk with changes: a block gains an owner only by a
+      // write to its filesystem's metadata (an inode, an extent block, the journal), which is a
+      // change. A disk without any keeps them for later, and its scan reads no inode table.
+      const kept: typeof carried = [];
       for (const d of ctx.disks) {
         const r = await snap.exportRemote(d.target, { identities: [scanner.identity], settings: deps.remote, runDir: deps.runDir, log: deps.log });
         const ch = changes.find((c) => c.target === d.target);
+        const mine = carried.filter((u) => u.disk === d.target);
+        if (!ch?.extents.length) kept.push(...mine);
         const again = intersect(merge([
           ...pending.filter((u) => u.disk === d.target),
-          ...carried.filter((u) => u.disk === d.target).flatMap((u) => fromPairs(u.extents)),
+          ...(ch?.extents.length ? mine.flatMap((u) => fromPairs(u.extents)) : []),
         ]), [{ offset: 0, length: d.sizeBytes }]);
         disks.push({ target: d.target, uri: r.uri, size: d.sizeBytes, extents: full !== undefined || !ch ? undefined : toPairs(merge([...ch.extents, ...again])) });
       }
@@ -245,7 +251,9 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         }) as unknown as ScanVerdict;
         verdict = rest;
         // A scanner that does not report them (an older one): what was carried stays carried.
-        unownedNow = unowned === undefined ? carried : unownedExtents({ unowned }, ctx.disks);
+        // After a full scan only what it reports (nothing): it started afresh.
+        unownedNow = unowned === undefined ? carried
+          : unownedExtents({ unowned: [...(Array.isArray(unowned) ? unowned : []), ...(full === undefined ? kept : [])] }, ctx.disks);
       } catch (err) {
         if (err instanceof ScannerUnreachableError && tried < reachable.length) {
           notes.push(errorMessage(err));
