@@ -225,4 +225,37 @@ describe('change-log consumers', () => {
     }
     expect(checks).toBeGreaterThan(100);
   });
+
+  it('a pin keeps the history after its generation, which folds would otherwise prune; passChangesSincePin answers from it', () => {
+    const { log } = t;
+    // Consumer C has never passed: its first pass (P1) is interrupted and dropped, as a seed cut short.
+    log.addConsumer('vm', 'C');
+    const p1 = log.beginPass('vm', 'C');
+    log.pinHistory('vm', 'C.seed', p1.generation);
+    log.abortPass(p1.id);
+    // Written after P1, folded (each fold prunes what no consumer or pin can ask for again).
+    guestWrote(log, 'vm', 'vda', [[7 * B, B]]);
+    guestWrote(log, 'vm', 'vda', [[7 * B, B], [9 * B, 1]]);
+    const p2 = log.beginPass('vm', 'C');
+    expect(asPairs(log.passChanges(p2.id))[0]!.full).toBe(true);
+    expect(extentsOf(asPairs(log.passChangesSincePin(p2.id, 'C.seed')))).toEqual([[7 * B, B], [9 * B, B]]);
+    log.abortPass(p2.id);
+    // Without a pin, the same asked of a fresh log: nothing keeps the history, and it is gone.
+    log.removeConsumer('vm', 'C.seed');
+    expect(() => log.passChangesSincePin(log.beginPass('vm', 'C').id, 'C.seed')).toThrow(/no pin C\.seed/);
+  });
+
+  it('without the pin, folds prune the history after an abandoned first pass (why the pin exists)', () => {
+    const { log } = t;
+    log.addConsumer('vm', 'C');
+    const p1 = log.beginPass('vm', 'C');
+    log.abortPass(p1.id);
+    log.addConsumer('vm', 'late');
+    guestWrote(log, 'vm', 'vda', [[7 * B, B]]);
+    const p2 = log.beginPass('vm', 'C');
+    guestWrote(log, 'vm', 'vda', [[8 * B, B]]);
+    // A pin made only now names p1's generation, but the fold above had nothing holding it: block 7 is gone.
+    log.pinHistory('vm', 'late-pin', p1.generation);
+    expect(extentsOf(asPairs(log.passChangesSincePin(p2.id, 'late-pin')))).not.toContainEqual([7 * B, B]);
+  });
 });

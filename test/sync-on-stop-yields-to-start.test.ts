@@ -2,8 +2,9 @@
 // images and the target is a clean copy of what the guest had; a `virsh start` during that sync
 // succeeds at once (the hook ends the sync's storage daemon), the sync yields without moving its
 // consumer, and the next on-stop sync brings the target fully up to date. The start comes once the
-// sync has begun writing the target: the next sync is still incremental (not a seed), because the
-// interrupted one wrote only blocks the next copies again.
+// sync has written 4 MiB to the target: after an interrupted incremental sync the next is still
+// incremental (the interrupted one wrote only blocks the next copies again); after an interrupted
+// seed the next resumes it (every used block above where it got to, below it only the changes).
 import { existsSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
@@ -23,6 +24,8 @@ let agent: GuestAgent;
 let dir: string;
 let target: string;
 let pause: string;
+/** The paused syncs are held once they have written this much to the target. */
+const HELD_AT = 4 * MiB;
 
 beforeAll(async () => {
   dir = tempDir('onstop');
@@ -32,7 +35,7 @@ beforeAll(async () => {
   guest = await startLibvirtGuest({ name: 'onstop', scratchFormat: 'qcow2', start: false });
   agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
   daemon = await startTestDaemon({
-    env: { VIRTCBT_PAUSE_SYNC: `copying:${pause}` },
+    env: { VIRTCBT_PAUSE_SYNC: `copying@${HELD_AT}:${pause}` },
     // One request in flight: the paused copy has read only its first chunk when the domain starts.
     config: { nbd: { inflight: 1 }, sync: { onStop: [{ domain: guest.name, disk: 'vda', to: target }] } },
   });
@@ -65,21 +68,11 @@ async function shutdown(): Promise<void> {
   await pollUntil(async () => (await virsh(['domstate', guest.name])).stdout.trim() === 'shut off', 'the guest to shut down', { timeoutMs: 60_000, intervalMs: 200 });
 }
 
-it('on shutdown the target is synced from the images; a start during the sync wins at once; the next sync covers it', async () => {
-  // 1. A plain session end: the target becomes a clean copy of what the guest had.
-  await guestFile(agent, 'first.bin', 4 * MiB);
-  const first = await guestHashes();
-  const before = (await syncJobs()).length;
-  await shutdown();
-  const done = await pollUntil(() => syncEnded(before), 'the on-stop sync to end', { timeoutMs: 120_000, intervalMs: 250 });
-  expect(done.state, JSON.stringify(done)).toBe('done');
-  expect(await targetHashes('first')).toEqual(first);
-  const syncedMtime = statSync(target).mtimeMs;
+/** The daemon's log lines of ended on-stop syncs. */
+const onStopDone = () => daemon.log().split('\n').filter((l) => l.includes('on-stop sync done'));
 
-  // 2. The next session's end: the sync holds the images (paused after its first write to the target) when the domain starts again.
-  await guest.start();
-  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to reconnect', { timeoutMs: 60_000, intervalMs: 250 });
-  await guestFile(agent, 'second.bin', 8 * MiB);
+/** Ends the session with the sync held once it wrote HELD_AT bytes, starts the domain meanwhile, and waits until the guest is back. */
+async function startDuringSync(): Promise<void> {
   rmSync(pause, { force: true });
   rmSync(`${pause}.reached`, { force: true });
   await shutdown();
@@ -94,14 +87,45 @@ it('on shutdown the target is synced from the images; a start during the sync wi
   const yielded = await pollUntil(() => syncEnded(yielding), 'the yielded sync to end', { timeoutMs: 60_000, intervalMs: 250 });
   expect(yielded.state).toBe('failed');
   expect(daemon.log()).toMatch(/on-stop sync yielded to the domain's start/);
+  await pollUntil(async () => agent.ping({ timeoutMs: 2_000 }).then(() => true, () => false), 'the guest agent', { timeoutMs: 120_000, intervalMs: 500 });
+  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to reconnect', { timeoutMs: 60_000, intervalMs: 250 });
+}
+
+it('on shutdown the target is synced from the images; a start during the sync wins at once; the next sync covers it', async () => {
+  // 0. The first session end's seed is cut off by a start (8 MiB of data in the guest: the seed
+  // writes more than HELD_AT, most of a fresh filesystem's used blocks read as zeroes).
+  rmSync(target, { force: true });
+  await guestFile(agent, 'zero.bin', 8 * MiB);
+  await startDuringSync();
+  expect(existsSync(target)).toBe(true);
+
+  // 1. The next session end resumes that seed: the target becomes a clean copy of what the guest had.
+  await guestFile(agent, 'first.bin', 4 * MiB);
+  const first = await guestHashes();
+  const before = (await syncJobs()).length;
+  await shutdown();
+  const done = await pollUntil(() => syncEnded(before), 'the on-stop sync to end', { timeoutMs: 120_000, intervalMs: 250 });
+  expect(done.state, JSON.stringify(done)).toBe('done');
+  expect(await targetHashes('first')).toEqual(first);
+  const resumed = onStopDone().at(-1)!;
+  const from = /\bseed=true\b.*is resumed: every used block from byte (\d+) on/.exec(resumed);
+  expect(from, resumed).not.toBeNull();
+  expect(Number(from![1])).toBeGreaterThanOrEqual(HELD_AT);
+  const [copied, used] = [/ copied=(\d+)/, / used=(\d+)/].map((re) => Number(re.exec(resumed)![1]));
+  expect(copied, resumed).toBeLessThan(used!);
+  const syncedMtime = statSync(target).mtimeMs;
+
+  // 2. The next session's end: the incremental sync holds the images (once it wrote HELD_AT) when the domain starts again.
+  await guest.start();
+  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to reconnect', { timeoutMs: 60_000, intervalMs: 250 });
+  await guestFile(agent, 'second.bin', 8 * MiB);
+  await startDuringSync();
   expect(statSync(target).mtimeMs, 'the interrupted sync wrote to the target').not.toBe(syncedMtime);
   // The record keeps the last complete sync's position, with the target's new identity and when it was cut off.
   expect(syncRecord().interruptedAt).toEqual(expect.any(String));
   expect(syncRecord().identity.mtimeMs).toBe(statSync(target).mtimeMs);
 
   // 3. The guest runs on; its next session end syncs everything since the last good sync.
-  await pollUntil(async () => agent.ping({ timeoutMs: 2_000 }).then(() => true, () => false), 'the guest agent', { timeoutMs: 120_000, intervalMs: 500 });
-  await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to reconnect', { timeoutMs: 60_000, intervalMs: 250 });
   await guestFile(agent, 'third.bin', 2 * MiB);
   const third = await guestHashes();
   expect(Object.keys(third)).toEqual(expect.arrayContaining(['first.bin', 'second.bin', 'third.bin']));
@@ -110,7 +134,6 @@ it('on shutdown the target is synced from the images; a start during the sync wi
   const last = await pollUntil(() => syncEnded(ended), 'the next on-stop sync to end', { timeoutMs: 120_000, intervalMs: 250 });
   expect(last.state, JSON.stringify(last)).toBe('done');
   expect(await targetHashes('third')).toEqual(third);
-  const dones = daemon.log().split('\n').filter((l) => l.includes('on-stop sync done'));
-  expect(dones.at(-1), 'the sync after the interrupted one is incremental').toMatch(/\bseed=false\b/);
+  expect(onStopDone().at(-1), 'the sync after the interrupted one is incremental').toMatch(/\bseed=false\b/);
   expect(syncRecord().interruptedAt).toBeUndefined();
 });

@@ -744,6 +744,27 @@ export class ChangeLog {
     }).immediate();
   }
 
+  /**
+   * Keeps the changes after `generation` answerable (folds prune what no consumer can ask for
+   * again) under the consumer-like name `name`, which reads as a consumer whose last pass was at
+   * `generation` and holds the log's history from there as any consumer does; removeConsumer
+   * drops it. For a sync that resumes an interrupted seed: it asks for the changes since that
+   * seed's instant (passChangesSince), which nothing else would keep.
+   */
+  pinHistory(domain: string, name: string, generation: number): ConsumerInfo {
+    return this.db.transaction(() => {
+      const d = this.requireDomain(domain);
+      validateConsumerName(name, domain);
+      if (!Number.isSafeInteger(generation) || generation < 0 || generation > d.generation) {
+        throw new UsageError(`generation ${generation} is not one of the change log of ${domain} (0 to ${d.generation})`, { domain });
+      }
+      if (!this.st.consumer.get(d.id, name)) this.st.insertConsumer.run(d.id, name, this.stamp());
+      const c = this.st.consumer.get(d.id, name)!;
+      this.st.setConsumerLast.run(generation, this.stamp(), c.id);
+      return consumerInfo(this.st.consumer.get(d.id, name)!);
+    }).immediate();
+  }
+
   /** Removes the consumer and its passes (open ones too). */
   removeConsumer(domain: string, name: string): void {
     this.db.transaction(() => {
@@ -811,6 +832,25 @@ export class ChangeLog {
    * (since, P].
    */
   passChanges(passId: number): DiskChanges[] {
+    return this.changesOfPass(passId, (p) => p.since);
+  }
+
+  /**
+   * The pass's changes per disk as passChanges gives them, but since the generation `pin` holds
+   * (pinHistory) instead of its consumer's last pass: what a sync resuming a seed interrupted at
+   * that generation must copy again below where the seed got to. Only a pin (or consumer) keeps
+   * that history from being pruned, hence the name rather than a generation. Whole disks where
+   * the pin is below the floor (full).
+   */
+  passChangesSincePin(passId: number, pin: string): DiskChanges[] {
+    return this.changesOfPass(passId, (p) => {
+      const since = this.st.consumer.get(this.requireDomain(p.domain).id, pin)?.last;
+      if (since === undefined || since === null) throw new UsageError(`no pin ${pin} of domain ${p.domain} holds a generation`, { domain: p.domain });
+      return since;
+    });
+  }
+
+  private changesOfPass(passId: number, since: (p: PassRow) => number | null): DiskChanges[] {
     return this.db.transaction(() => {
       const p = this.requirePass(passId);
       if (p.state !== 'open') {
@@ -818,7 +858,7 @@ export class ChangeLog {
       }
       const d = this.requireDomain(p.domain);
       this.checkAllFolded(d, p.generation, `pass ${passId} of consumer ${p.consumer}`);
-      return this.st.disks.all(d.id).map((disk) => this.diskChanges(disk, p.consumer, p.since));
+      return this.st.disks.all(d.id).map((disk) => this.diskChanges(disk, p.consumer, since(p)));
     })();
   }
 

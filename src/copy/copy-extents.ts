@@ -22,6 +22,12 @@ export interface CopyProgress {
   written: number;
   /** Bytes handled as zeroes (written as zeroes or skipped on a zero-initialized target). */
   zeroed: number;
+  /**
+   * For extents given in ascending order: every byte of them below this offset has been handled
+   * (pieces end out of order; this is the end of the longest finished run from the start). What
+   * an interrupted copy can resume from.
+   */
+  doneBelow: number;
 }
 
 export interface CopyOptions {
@@ -50,7 +56,15 @@ export async function copyExtents(
   let requestSize = Math.min(opts.requestSize ?? DEFAULT_REQUEST_SIZE, src.maxRequest, dst.maxRequest);
   requestSize = Math.max(align, requestSize - (requestSize % align));
   const inflight = Math.max(1, opts.inflight ?? DEFAULT_INFLIGHT);
-  const progress: CopyProgress = { done: 0, read: 0, written: 0, zeroed: 0 };
+  const progress: CopyProgress = { done: 0, read: 0, written: 0, zeroed: 0, doneBelow: 0 };
+  // Pieces handed out and not yet part of the finished run from the start, in the order handed out.
+  const pending: { end: number; finished: boolean }[] = [];
+  let head = 0;
+  const finish = (entry: { end: number; finished: boolean }) => {
+    entry.finished = true;
+    while (head < pending.length && pending[head]!.finished) progress.doneBelow = pending[head++]!.end;
+    if (head > 1024 && head * 2 > pending.length) { pending.splice(0, head); head = 0; }
+  };
   const pieces = cut(extents, requestSize, Math.min(src.size, dst.size));
   let failure: unknown;
   const signal = opts.signal;
@@ -70,6 +84,8 @@ export async function copyExtents(
       const next = await pieces.next();
       if (next.done) return;
       const p = next.value;
+      const entry = { end: p.offset + p.length, finished: false };
+      pending.push(entry);
       if (p.zero) {
         await zero(p.offset, p.length);
       } else if (discard) {
@@ -103,6 +119,7 @@ export async function copyExtents(
         }
       }
       progress.done += p.length;
+      finish(entry);
       opts.onProgress?.(progress);
     }
   };

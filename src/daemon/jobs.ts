@@ -56,7 +56,7 @@ export interface JobRunnerOptions {
   /** Where the jobs are listed and cancelled (default: a registry of this runner's own). */
   registry?: JobRegistry;
   /** Test-only fault injection: called before a sync's copy. */
-  syncFault?: (step: 'copy' | 'copying') => void | Promise<void>;
+  syncFault?: (step: 'copy' | 'copying', written?: number) => void | Promise<void>;
 }
 
 /** An agent shell unused this long is closed (a scheduled job's domains reuse it; an idle daemon keeps none). */
@@ -381,7 +381,7 @@ export class JobRunner {
         }
         try {
           const r = await this.sync(domain, { disk: t.disk, to: t.to, format: t.format, discard: t.discard ?? false }, () => undefined);
-          this.logger.info('on-stop sync done', { domain, disk: t.disk, target: r.target, seed: r.seed, copied: r.copiedBytes });
+          this.logger.info('on-stop sync done', { domain, disk: t.disk, target: r.target, seed: r.seed, reason: r.reason, copied: r.copiedBytes, used: r.usedBytes });
         } catch (err) {
           const started = await this.libvirt.isActive(domain).catch(() => false);
           this.logger.warn(started ? 'on-stop sync yielded to the domain\'s start; the next sync covers it' : 'on-stop sync failed; the next sync covers it',

@@ -68,15 +68,21 @@ function backupFault(): ((step: BackupStep, consumer: string) => void | Promise<
 
 /**
  * Test-only: VIRTCBT_PAUSE_SYNC=STEP:FILE holds every sync at STEP (`copy`: before its copy;
- * `copying`: once its first write reached the target) until FILE exists, writing FILE.reached.
+ * `copying`: once its first write reached the target; `copying@BYTES`: once it has written that
+ * many bytes) until FILE exists, writing FILE.reached.
  */
-function syncFault(): ((step: 'copy' | 'copying') => Promise<void>) | undefined {
-  const pause = /^(copy|copying):(\/.+)$/.exec(process.env.VIRTCBT_PAUSE_SYNC ?? '');
+function syncFault(): ((step: 'copy' | 'copying', written?: number) => Promise<void>) | undefined {
+  const pause = /^(copy|copying)(?:@(\d+))?:(\/.+)$/.exec(process.env.VIRTCBT_PAUSE_SYNC ?? '');
   if (!pause) return undefined;
-  return async (step) => {
-    if (step !== pause[1]) return;
-    await writeFile(`${pause[2]}.reached`, '');
-    await pollUntil(() => existsSync(pause[2]!), 'the test to release the paused sync', { timeoutMs: 600_000, intervalMs: 20 });
+  const [, at, bytes, file] = pause as unknown as [string, string, string | undefined, string];
+  const threshold = Number(bytes ?? 1);
+  let held = false;
+  return async (step, written) => {
+    if (step === 'copy') held = false; // a new sync's copy begins
+    if (step !== at || (step === 'copying' && (held || (written ?? 0) < threshold))) return;
+    held = true;
+    await writeFile(`${file}.reached`, '');
+    await pollUntil(() => existsSync(file), 'the test to release the paused sync', { timeoutMs: 600_000, intervalMs: 20 });
   };
 }
 

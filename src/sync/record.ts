@@ -4,7 +4,7 @@
 // domain and consumer in the state directory, written atomically, read as untrusted input.
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, readdir, rename } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Extent } from '../extent/index.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
@@ -28,6 +28,26 @@ export interface SyncRecord {
   interruptedAt?: string;
   /** The used map of the synced instant, as [offset, length] pairs (absent when too large to keep). */
   used?: [number, number][];
+}
+
+/**
+ * Where an interrupted seed got to, kept beside the record as `CONSUMER.seed` until a sync to the
+ * target completes: the next sync copies only what is above `doneBelow`, and below it what changed
+ * since `generation`, instead of every used block again.
+ */
+export interface SeedProgress {
+  format: 'virtcbt-sync-seed/1';
+  domain: string;
+  consumer: string;
+  key: string;
+  /** The target as the interrupted sync left it (closed cleanly): anything else is seeded anew. */
+  identity: TargetIdentity;
+  logId: string;
+  /** The generation whose blocks the seed copied: what changed after it is copied again. */
+  generation: number;
+  /** Every block the seed was to copy below this byte offset has been copied. */
+  doneBelow: number;
+  interruptedAt: string;
 }
 
 /** Records are small; a used map of a badly fragmented filesystem is left out above this. */
@@ -76,19 +96,57 @@ export class SyncRecords {
 
   /** `used` undefined: the record keeps no used map (the next --discard then frees every free block). */
   async write(rec: SyncRecord, used: readonly Extent[] | undefined): Promise<void> {
-    const dir = join(this.dir, encodeURIComponent(rec.domain));
-    await mkdir(dir, { recursive: true, mode: 0o700 });
     const full: SyncRecord = { ...rec, used: used && used.length <= MAX_USED_EXTENTS ? used.map((e) => [e.offset, e.length]) : undefined };
-    const tmp = join(dir, `.${rec.consumer}.${randomBytes(3).toString('hex')}`);
+    await this.writeAtomically(rec.domain, this.path(rec.domain, rec.consumer), JSON.stringify(full));
+  }
+
+  private seedPath(domain: string, consumer: string): string {
+    return join(this.dir, encodeURIComponent(domain), `${consumer}.seed`);
+  }
+
+  /** An interrupted seed's progress, or undefined when there is none or it cannot be trusted (then the seed starts over). */
+  async readSeed(domain: string, consumer: string): Promise<SeedProgress | undefined> {
+    try {
+      const v = JSON.parse((await readRegularFile(this.seedPath(domain, consumer), 64 * 1024)).text) as Partial<SeedProgress> | null;
+      const num = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0;
+      if (!v || v.format !== 'virtcbt-sync-seed/1' || v.domain !== domain || v.consumer !== consumer || typeof v.key !== 'string' || typeof v.logId !== 'string'
+        || !num(v.generation) || !num(v.doneBelow) || typeof v.interruptedAt !== 'string' || !validIdentity(v.identity)) return undefined;
+      return v as SeedProgress;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async writeSeed(p: SeedProgress): Promise<void> {
+    await this.writeAtomically(p.domain, this.seedPath(p.domain, p.consumer), JSON.stringify(p));
+  }
+
+  async removeSeed(domain: string, consumer: string): Promise<void> {
+    await rm(this.seedPath(domain, consumer), { force: true });
+  }
+
+  private async writeAtomically(domain: string, path: string, text: string): Promise<void> {
+    const dir = join(this.dir, encodeURIComponent(domain));
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const tmp = join(dir, `.${randomBytes(6).toString('hex')}.tmp`);
     const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
-      await fh.writeFile(JSON.stringify(full));
+      await fh.writeFile(text);
       await fh.sync();
     } finally {
       await fh.close();
     }
-    await rename(tmp, this.path(rec.domain, rec.consumer));
+    await rename(tmp, path);
   }
+}
+
+function validIdentity(u: unknown): u is TargetIdentity {
+  const id = u as Record<string, unknown> | undefined;
+  const num = (x: unknown) => typeof x === 'number' && Number.isFinite(x) && x >= 0;
+  if (!id || typeof id !== 'object') return false;
+  if (id.kind === 'file') return num(id.dev) && num(id.ino) && num(id.size) && num(id.mtimeMs);
+  if (id.kind === 'nbd') return typeof id.uri === 'string' && num(id.size);
+  return false;
 }
 
 function parseRecord(text: string, domain: string, consumer: string): SyncRecord | undefined {
@@ -104,12 +162,7 @@ function parseRecord(text: string, domain: string, consumer: string): SyncRecord
   if (typeof r.syncedAt !== 'string') return undefined;
   if (r.interruptedAt !== undefined && typeof r.interruptedAt !== 'string') return undefined;
   if (typeof r.disk !== 'string' || typeof r.target !== 'string' || typeof r.logId !== 'string' || !Number.isSafeInteger(r.generation)) return undefined;
-  const id = r.identity as Record<string, unknown> | undefined;
-  const num = (x: unknown) => typeof x === 'number' && Number.isFinite(x) && x >= 0;
-  if (!id || typeof id !== 'object') return undefined;
-  if (id.kind === 'file' && !(num(id.dev) && num(id.ino) && num(id.size) && num(id.mtimeMs))) return undefined;
-  if (id.kind === 'nbd' && !(typeof id.uri === 'string' && num(id.size))) return undefined;
-  if (id.kind !== 'file' && id.kind !== 'nbd') return undefined;
+  if (!validIdentity(r.identity)) return undefined;
   if (r.used !== undefined) {
     if (!Array.isArray(r.used)) return undefined;
     let end = 0;

@@ -10,7 +10,7 @@ import type { Stats } from 'node:fs';
 import { dirname, isAbsolute, join } from 'node:path';
 import { logContinuity, type ChangeLog } from '../changelog/index.js';
 import { NbdEndpoint, ProgressMeter, copyExtents, dataExtents, openImageEndpoint, withWrite, type CopyProgress, type Endpoint } from '../copy/index.js';
-import { fromPairs, totalBytes, type Extent } from '../extent/index.js';
+import { fromPairs, merge, totalBytes, type Extent } from '../extent/index.js';
 import type { GuestAgent } from '../guest/index.js';
 import type { DomainXmlInfo } from '../libvirt/index.js';
 import type { QmpExecutor } from '../qmp/index.js';
@@ -20,7 +20,7 @@ import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } f
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { readQcow2Header } from '../qcow2/index.js';
 import { planSync, type SyncPlan } from './plan.js';
-import type { SyncRecord, SyncRecords } from './record.js';
+import type { SeedProgress, SyncRecord, SyncRecords } from './record.js';
 import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, syncConsumerName, targetKey, type TargetIdentity } from './target.js';
 
 /** Backing chains deeper than this are not followed (QEMU's own limit is far lower in practice). */
@@ -113,8 +113,8 @@ export interface SyncDeps {
   tlsCertificates?: string;
   /** The other libvirt domains and their disks: a target that is one of theirs is refused. */
   otherDomains?: () => Promise<OtherDomain[]>;
-  /** Test-only fault injection: called before the copy ('copy') and once the first write reached the target ('copying'). */
-  fault?: (step: 'copy' | 'copying') => void | Promise<void>;
+  /** Test-only fault injection: called before the copy ('copy') and after each write to the target with the bytes written so far ('copying'). */
+  fault?: (step: 'copy' | 'copying', written?: number) => void | Promise<void>;
 }
 
 export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps, emit: (ev: SyncEvent) => void): Promise<SyncResult> {
@@ -158,6 +158,8 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   let src: NbdEndpoint | undefined;
   // What an interrupted incremental sync needs to keep its target incremental (see keepRecordAfterFailure).
   let resumable: { record: SyncRecord; opened: { close(): Promise<void> } } | undefined;
+  // A seed's progress, for one interrupted after it began writing (see keepSeedProgress).
+  let seeding: SeedState | undefined;
   let opening: Promise<{ endpoint: Endpoint; close(): Promise<void> }> | undefined;
   let targetClosed = false;
   let targetRefused = false;
@@ -250,6 +252,18 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
         ?? (logContinuity(record?.logId, pass.logId) !== 'same' ? 'the target was synced under another change log of the domain (tracking was disabled and re-enabled since)' : undefined)
         ?? (changes.full ? changes.reason ?? 'the change log has no history for this target' : undefined)
         ?? (pass.since === null || record!.generation < pass.since ? 'the target is older than the change log\'s record of its last sync' : undefined);
+    // A seed of this very target interrupted before (and the target as it left it): resumed, not
+    // started over, when the change log still knows what changed since that seed's instant.
+    let resume: { progress: SeedProgress; since: Extent[] } | undefined;
+    if (seed !== undefined && !req.full) {
+      const progress = await deps.records.readSeed(domain, consumer);
+      const pinned = ctx.log.listConsumers(domain).find((c) => c.name === seedPinName(consumer))?.last;
+      if (progress && progress.key === key && progress.logId === pass.logId && progress.doneBelow <= disk.sizeBytes && pinned === progress.generation
+        && identityChange(progress.identity, now) === undefined) {
+        const since = ctx.log.passChangesSincePin(passId, seedPinName(consumer)).find((c) => c.target === disk.target);
+        if (since && !since.full) resume = { progress, since: since.extents.map((e) => (Array.isArray(e) ? { offset: e[0], length: e[1] } : e as unknown as Extent)) };
+      }
+    }
 
     let usedMap: UsedMap;
     if (agent instanceof AgentMapFreezer) {
@@ -261,12 +275,21 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     }
     deps.signal?.throwIfAborted();
     const modified: Extent[] = changes.extents.map((e) => (Array.isArray(e) ? { offset: e[0], length: e[1] } : e as unknown as Extent));
-    const plan: SyncPlan = planSync({
+    const plan: SyncPlan = resume ? {
+      // Every used block above where the seed got to, and below it those changed since its instant.
+      ...planSync({
+        sizeBytes: disk.sizeBytes, used: usedMap, discard: req.discard ?? false,
+        modified: merge([...resume.since, { offset: resume.progress.doneBelow, length: disk.sizeBytes - resume.progress.doneBelow }]),
+      }),
+      seed: true,
+      reason: `${seed}; the seed interrupted at ${resume.progress.interruptedAt} is resumed: every used block from byte ${resume.progress.doneBelow} on, and below it those changed since`,
+    } : planSync({
       sizeBytes: disk.sizeBytes, modified, used: usedMap, seed, discard: req.discard ?? false,
       previousUsed: record?.used ? fromPairs(record.used) : undefined,
     });
     const { used, ...mapSummary } = usedMap;
-    if (plan.seed) notes.push(`${plan.reason}: the target is seeded with every used block`);
+    if (resume) notes.push(plan.reason!);
+    else if (plan.seed) notes.push(`${plan.reason}: the target is seeded with every used block`);
     else if (record?.interruptedAt) notes.push(`the last sync to this target (${record.interruptedAt}) was interrupted after it began writing: this one copies everything since the last complete sync (${record.syncedAt})`);
     emit({
       type: 'plan', seed: plan.seed, reason: plan.reason, modifiedBytes: plan.modifiedBytes, modifiedUsedBytes: plan.modifiedUsedBytes,
@@ -275,12 +298,19 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
 
     await deps.fault?.('copy');
     if (!plan.seed && target.kind === 'file' && record) resumable = { record, opened };
+    if (plan.seed) {
+      seeding = {
+        opened, key, logId: pass.logId, identity: now,
+        generation: resume?.progress.generation ?? pass.generation, doneBelow: resume?.progress.doneBelow ?? 0,
+      };
+    }
     const total = totalBytes(plan.copy);
     const meter = new ProgressMeter(total);
-    const dst = deps.fault ? pauseAfterFirstWrite(opened.endpoint, () => deps.fault!('copying')) : opened.endpoint;
+    const dst = deps.fault ? faultAfterWrites(opened.endpoint, (written) => deps.fault!('copying', written)) : opened.endpoint;
     const progress = await copyExtents(src, dst, dataExtents(plan.copy), {
       requestSize: deps.nbd.requestSize, inflight: deps.nbd.inflight, signal: deps.signal,
       onProgress: (p: Readonly<CopyProgress>) => {
+        if (seeding) seeding.doneBelow = Math.max(seeding.doneBelow, p.doneBelow);
         const ev = meter.update(p.done, p.written);
         if (ev) emit({ type: 'progress', ...ev });
       },
@@ -305,6 +335,8 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
       format: 'virtcbt-sync/1', domain, disk: disk.target, consumer, target: shown, key, identity: after,
       logId: pass.logId, generation: pass.generation, syncedAt: new Date().toISOString(),
     }, used);
+    await deps.records.removeSeed(domain, consumer);
+    if (ctx.log.listConsumers(domain).some((c) => c.name === seedPinName(consumer))) ctx.log.removeConsumer(domain, seedPinName(consumer));
     ctx.log.commitPass(passId);
     committed = true;
     await released;
@@ -317,6 +349,11 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
       usedMap: mapSummary, elapsedMs: Math.round(performance.now() - t0), notes,
     };
   } catch (err) {
+    // Before the pass is dropped, so that no fold prunes the history the next sync resumes from.
+    if (seeding && !committed && !targetClosed) {
+      targetClosed = true;
+      await keepSeedProgress(target.kind === 'file' ? target.path : undefined, { domain, consumer, log: ctx.log, ...seeding }, deps.records, notes);
+    }
     if (passId !== undefined && !committed) {
       try {
         if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
@@ -365,12 +402,55 @@ async function keepRecordAfterFailure(path: string, r: { record: SyncRecord; ope
   }
 }
 
-/** Test-only: holds the copy once its first write reached the target (a sync interrupted mid-copy). */
-function pauseAfterFirstWrite(inner: Endpoint, pause: () => void | Promise<void>): Endpoint {
-  let paused: Promise<void> | undefined;
+/** The change-log name that keeps an interrupted seed's history (see ChangeLog.pinHistory). */
+export function seedPinName(consumer: string): string {
+  return `${consumer}.seed`.slice(0, 64);
+}
+
+interface SeedState {
+  opened: { close(): Promise<void> };
+  key: string;
+  logId: string;
+  /** The target's identity before this sync (an NBD target's stays the same). */
+  identity: TargetIdentity | undefined;
+  /** The generation the seeded blocks are of: this sync's, or the resumed seed's. */
+  generation: number;
+  /** Every block to seed below this offset is on the target (at `generation` or later). */
+  doneBelow: number;
+}
+
+/**
+ * A seed that failed after it began writing leaves the target as a copy of the used blocks below
+ * some offset, of the seed's instant or later. Once the target is closed cleanly, that offset and
+ * instant are kept beside the record (SeedProgress), and the change log is asked to keep what
+ * changes after that instant (a pin, listed as consumer CONSUMER.seed): the next sync resumes there, copying below it
+ * only what changed since, instead of seeding every used block again (a large disk whose on-stop
+ * seed is cut short by each start would otherwise never be seeded). Nothing is kept when the target
+ * does not close cleanly, or nothing was done.
+ */
+async function keepSeedProgress(path: string | undefined, s: SeedState & { domain: string; consumer: string; log: ChangeLog }, records: SyncRecords, notes: string[]): Promise<void> {
+  try {
+    await s.opened.close();
+    const identity = path !== undefined ? await fileIdentity(path) : s.identity;
+    if (!identity || s.doneBelow === 0) return;
+    // The change log keeps what changed after the seed's instant only while something asks for it.
+    s.log.pinHistory(s.domain, seedPinName(s.consumer), s.generation);
+    await records.writeSeed({
+      format: 'virtcbt-sync-seed/1', domain: s.domain, consumer: s.consumer, key: s.key, identity, logId: s.logId,
+      generation: s.generation, doneBelow: s.doneBelow, interruptedAt: new Date().toISOString(),
+    });
+  } catch (err) {
+    notes.push(`the interrupted seed's progress was not kept (the next sync seeds it anew): ${errorMessage(err)}`);
+  }
+}
+
+/** Test-only: the fault hook after each write that reached the target (a sync interrupted mid-copy). */
+function faultAfterWrites(inner: Endpoint, fault: (written: number) => void | Promise<void>): Endpoint {
+  let written = 0;
   return withWrite(inner, async (buf, offset) => {
     await inner.write(buf, offset);
-    await (paused ??= Promise.resolve(pause()));
+    written += buf.length;
+    await fault(written);
   });
 }
 
