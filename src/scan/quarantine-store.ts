@@ -2,10 +2,9 @@
 // directory, written atomically (fsync, rename), read as untrusted input. A file rather than a
 // change-log table, because a verdict may be about a domain virtcbt does not track (an external
 // scanner's), and `virtcbt disable` deletes a domain's change log but must not lift a quarantine.
-import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { mkdir, open, readdir, rename } from 'node:fs/promises';
+import { readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomically } from '../util/atomic-file.js';
 import type { QuarantineAction } from '../../config/scan-quarantine.js';
 import { QUARANTINE_ACTIONS } from '../../config/scan-quarantine.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
@@ -92,24 +91,8 @@ export class QuarantineStore {
   }
 
   async write(rec: QuarantineRecord): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const keep: QuarantineRecord = { ...rec, events: rec.events.slice(-MAX_EVENTS) };
-    const tmp = join(this.dir, `.${encodeURIComponent(rec.domain)}.${randomBytes(4).toString('hex')}`);
-    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-    try {
-      await fh.writeFile(JSON.stringify(keep, null, 1));
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, this.path(rec.domain));
-    // The rename is durable only once the directory is.
-    const d = await open(this.dir, constants.O_RDONLY | constants.O_DIRECTORY);
-    try {
-      await d.sync();
-    } finally {
-      await d.close();
-    }
+    await writeFileAtomically(this.path(rec.domain), JSON.stringify(keep, null, 1));
   }
 
   /** Moves a damaged record aside (kept for the admin) and returns where it went. */

@@ -5,9 +5,8 @@
 // scanner is a change-log consumer: an incremental scan sends the extents changed since its last
 // completed scan, and the consumer moves only once the verdict is in.
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename } from 'node:fs/promises';
-import { constants } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileAtomically } from '../util/atomic-file.js';
 import type { ChangeLog } from '../changelog/index.js';
 import { logContinuity } from '../changelog/index.js';
 import { coarsen, fromPairs, intersect, merge, toPairs, type Extent } from '../extent/index.js';
@@ -346,8 +345,10 @@ const MAX_UNOWNED_TOTAL = 200_000;
 /** The record holds up to that many extents per disk: its size is bounded well above it. */
 const MAX_RECORD_BYTES = 16 * 1024 * 1024;
 
-const isPairs = (u: unknown): u is [number, number][] => Array.isArray(u) && u.length <= MAX_UNOWNED_EXTENTS
-  && u.every((p) => Array.isArray(p) && p.length === 2 && Number.isSafeInteger(p[0]) && p[0] >= 0 && Number.isSafeInteger(p[1]) && p[1] > 0);
+/** [offset, length] of a byte range: whole numbers, a length above zero. */
+const isPair = (p: unknown): p is [number, number] => Array.isArray(p) && p.length === 2 && Number.isSafeInteger(p[0]) && p[0] >= 0 && Number.isSafeInteger(p[1]) && p[1] > 0;
+
+const isPairs = (u: unknown): u is [number, number][] => Array.isArray(u) && u.length <= MAX_UNOWNED_EXTENTS && u.every(isPair);
 
 const isUnowned = (u: unknown): u is { disk: string; extents: [number, number][] } => {
   const r = u as { disk?: unknown; extents?: unknown } | null;
@@ -368,7 +369,7 @@ export function unownedExtents(v: { unowned?: unknown }, disks: readonly { targe
       const r = u as { disk?: unknown; extents?: unknown } | null;
       if (!r || r.disk !== d.target || !Array.isArray(r.extents)) continue;
       for (const p of r.extents as unknown[]) {
-        if (Array.isArray(p) && p.length === 2 && Number.isSafeInteger(p[0]) && Number.isSafeInteger(p[1]) && p[0] >= 0 && p[1] > 0) parts.push({ offset: p[0], length: p[1] });
+        if (isPair(p)) parts.push({ offset: p[0], length: p[1] });
       }
     }
     const kept = coarsen(intersect(merge(parts), [{ offset: 0, length: d.sizeBytes }]), perDisk);
@@ -399,16 +400,7 @@ export function unscannedRegions(v: Pick<ScanVerdict, 'notScanned'>, disks: read
 }
 
 async function writeRecord(dir: string, scanner: string, rec: ScanRecord): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const tmp = join(dir, `.${scanner}.${randomBytes(3).toString('hex')}`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-  try {
-    await fh.writeFile(JSON.stringify(rec));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, join(dir, `${scanner}.json`));
+  await writeFileAtomically(join(dir, `${scanner}.json`), JSON.stringify(rec));
 }
 
 /**

@@ -5,9 +5,9 @@
 // is still reading. A virtcbtd killed with snapshots open leaves their records: the next one finds
 // what they held (fleecing tag, front-end processes, overlay files) and removes it.
 import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomically } from '../util/atomic-file.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
 
 /** What a snapshot holds, as recorded for its clean-up. */
@@ -76,16 +76,7 @@ export class SnapshotRegistry {
 
   /** Rewrites a record (atomically: a reader sees the old or the new one). */
   async write(rec: SnapshotRecord): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const tmp = join(this.dir, `.${fileName(rec.domain, rec.tag)}.${randomBytes(3).toString('hex')}`);
-    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-    try {
-      await fh.writeFile(JSON.stringify(rec) + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, this.path(rec.domain, rec.tag));
+    await writeFileAtomically(this.path(rec.domain, rec.tag), JSON.stringify(rec) + '\n');
   }
 
   async remove(domain: string, tag: string): Promise<void> {

@@ -2,10 +2,9 @@
 // position): the target's identity after the last sync, the change log it was synced under, and
 // the used map of that instant (so that --discard frees only what was freed since). One file per
 // domain and consumer in the state directory, written atomically, read as untrusted input.
-import { randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomically } from '../util/atomic-file.js';
 import type { Extent } from '../extent/index.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
 import type { TargetIdentity } from './target.js';
@@ -97,7 +96,7 @@ export class SyncRecords {
   /** `used` undefined: the record keeps no used map (the next --discard then frees every free block). */
   async write(rec: SyncRecord, used: readonly Extent[] | undefined): Promise<void> {
     const full: SyncRecord = { ...rec, used: used && used.length <= MAX_USED_EXTENTS ? used.map((e) => [e.offset, e.length]) : undefined };
-    await this.writeAtomically(rec.domain, this.path(rec.domain, rec.consumer), JSON.stringify(full));
+    await writeFileAtomically(this.path(rec.domain, rec.consumer), JSON.stringify(full));
   }
 
   private seedPath(domain: string, consumer: string): string {
@@ -118,26 +117,13 @@ export class SyncRecords {
   }
 
   async writeSeed(p: SeedProgress): Promise<void> {
-    await this.writeAtomically(p.domain, this.seedPath(p.domain, p.consumer), JSON.stringify(p));
+    await writeFileAtomically(this.seedPath(p.domain, p.consumer), JSON.stringify(p));
   }
 
   async removeSeed(domain: string, consumer: string): Promise<void> {
     await rm(this.seedPath(domain, consumer), { force: true });
   }
 
-  private async writeAtomically(domain: string, path: string, text: string): Promise<void> {
-    const dir = join(this.dir, encodeURIComponent(domain));
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const tmp = join(dir, `.${randomBytes(6).toString('hex')}.tmp`);
-    const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-    try {
-      await fh.writeFile(text);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  }
 }
 
 function validIdentity(u: unknown): u is TargetIdentity {
