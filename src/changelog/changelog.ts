@@ -749,7 +749,7 @@ export class ChangeLog {
    * again) under the consumer-like name `name`, which reads as a consumer whose last pass was at
    * `generation` and holds the log's history from there as any consumer does; removeConsumer
    * drops it. For a sync that resumes an interrupted seed: it asks for the changes since that
-   * seed's instant (passChangesSince), which nothing else would keep.
+   * seed's instant (passChangesSincePin), which nothing else would keep.
    */
   pinHistory(domain: string, name: string, generation: number): ConsumerInfo {
     return this.db.transaction(() => {

@@ -261,7 +261,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
       if (progress && progress.key === key && progress.logId === pass.logId && progress.doneBelow <= disk.sizeBytes && pinned === progress.generation
         && identityChange(progress.identity, now) === undefined) {
         const since = ctx.log.passChangesSincePin(passId, seedPinName(consumer)).find((c) => c.target === disk.target);
-        if (since && !since.full) resume = { progress, since: since.extents.map((e) => (Array.isArray(e) ? { offset: e[0], length: e[1] } : e as unknown as Extent)) };
+        if (since && !since.full) resume = { progress, since: since.extents };
       }
     }
 
