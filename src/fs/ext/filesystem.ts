@@ -5,7 +5,7 @@ import { damaged, FilesystemError, unsupported } from '../errors.js';
 import { DiskReader } from '../reader.js';
 import { isFastSymlink, mapInode, rootLeafRuns, type InodeMap, type MappedRun } from './blockmap.js';
 import { checkDirBlock, parseDirBlock, type DirEntry } from './dir.js';
-import { BG_INODE_UNINIT, baseMetaBlocks, groupFirstBlock, inodeTableBlocks, readGroupDescs, type GroupDesc } from './groups.js';
+import { BG_INODE_UNINIT, groupMetadataBlocks, readGroupDescs, type GroupDesc } from './groups.js';
 import { EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, fileType, inodeChecksumOk, inodeCsumSeed, inodeXattr, parseInode, S_IFDIR, S_IFLNK, S_IFMT, type Inode } from './inode.js';
 import { has, INCOMPAT, parseSuperblock, RO_COMPAT, type Superblock } from './superblock.js';
 import { usedBlockRuns } from './usedmap.js';
@@ -406,14 +406,8 @@ export class ExtFilesystem {
   /** Blocks fixed metadata holds, as byte extents: the start before group 0, superblocks, descriptors and their reserve, bitmaps, inode tables. */
   private fixedMetadata(): Extent[] {
     const bs = this.sb.blockSize;
-    const out: Extent[] = [{ offset: 0, length: (this.sb.firstDataBlock + 1) * bs }];
-    const itBytes = inodeTableBlocks(this.sb) * bs;
-    this.groups.forEach((gd, g) => {
-      const base = baseMetaBlocks(this.sb, g);
-      if (base > 0) out.push({ offset: groupFirstBlock(this.sb, g) * bs, length: base * bs });
-      out.push({ offset: gd.blockBitmap * bs, length: bs }, { offset: gd.inodeBitmap * bs, length: bs }, { offset: gd.inodeTable * bs, length: itBytes });
-    });
-    return out;
+    const blocks = [{ offset: 0, length: this.sb.firstDataBlock + 1 }, ...groupMetadataBlocks(this.sb, this.groups)];
+    return blocks.map((e) => ({ offset: e.offset * bs, length: e.length * bs }));
   }
 
   /**

@@ -1,6 +1,7 @@
 // Block group descriptors (32/64 bytes, meta_bg, checksums) and where each group's fixed metadata lies.
 import { crc16, crc32cRaw } from '../crc.js';
 import { damaged } from '../errors.js';
+import type { Extent } from '../../extent/index.js';
 import type { DiskReader } from '../reader.js';
 import { COMPAT, has, INCOMPAT, RO_COMPAT, type Superblock } from './superblock.js';
 
@@ -141,4 +142,19 @@ export async function readGroupDescs(sb: Superblock, disk: DiskReader): Promise<
 
 export function inodeTableBlocks(sb: Superblock): number {
   return Math.ceil((sb.inodesPerGroup * sb.inodeSize) / sb.blockSize);
+}
+
+/**
+ * Every group's fixed metadata as block runs: the superblock copy, descriptors and their reserve at
+ * its start, its block and inode bitmaps, its inode table (wherever flex_bg put them).
+ */
+export function groupMetadataBlocks(sb: Superblock, gds: readonly GroupDesc[]): Extent[] {
+  const itBlocks = inodeTableBlocks(sb);
+  const out: Extent[] = [];
+  gds.forEach((gd, g) => {
+    const base = baseMetaBlocks(sb, g);
+    if (base > 0) out.push({ offset: groupFirstBlock(sb, g), length: base });
+    out.push({ offset: gd.blockBitmap, length: 1 }, { offset: gd.inodeBitmap, length: 1 }, { offset: gd.inodeTable, length: itBlocks });
+  });
+  return out;
 }

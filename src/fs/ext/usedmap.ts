@@ -3,7 +3,7 @@ import type { Extent } from '../../extent/index.js';
 import { crc32cRaw } from '../crc.js';
 import { damaged } from '../errors.js';
 import type { DiskReader } from '../reader.js';
-import { baseMetaBlocks, BG_BLOCK_UNINIT, groupBlockCount, groupFirstBlock, inodeTableBlocks, type GroupDesc } from './groups.js';
+import { baseMetaBlocks, BG_BLOCK_UNINIT, groupBlockCount, groupFirstBlock, groupMetadataBlocks, type GroupDesc } from './groups.js';
 import { has, RO_COMPAT, type Superblock } from './superblock.js';
 
 /** Bitmap bytes per request: 4 MiB covers 128 TiB of 4 KiB blocks' bitmaps when flex_bg packs them. */
@@ -78,11 +78,7 @@ export async function usedBlockRuns(sb: Superblock, gds: GroupDesc[], disk: Disk
   const fixed = new RunList();
   // Block 0 of a 1 KiB filesystem is in no group (boot sector); count it as used like the rest of the start.
   fixed.add(0, sb.firstDataBlock);
-  const itBlocks = inodeTableBlocks(sb);
-  const meta: Extent[] = [];
-  for (const gd of gds) {
-    meta.push({ offset: gd.blockBitmap, length: 1 }, { offset: gd.inodeBitmap, length: 1 }, { offset: gd.inodeTable, length: itBlocks });
-  }
+  const meta = groupMetadataBlocks(sb, gds);
   const runs = new RunList();
   const perBatch = Math.max(1, Math.floor(BITMAP_BATCH / bs));
   for (let g0 = 0; g0 < sb.groupCount; g0 += perBatch) {
