@@ -145,3 +145,23 @@ export function fromPairs(pairs: Iterable<readonly [number, number]>): Extent[] 
   for (const [offset, length] of pairs) out.push({ offset, length });
   return out;
 }
+
+/** The index of the first of sorted, merged extents that ends after `at` (q.length when none does). */
+export function firstEndingAfter(q: readonly Extent[], at: number): number {
+  let lo = 0;
+  let hi = q.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (q[mid]!.offset + q[mid]!.length <= at) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** For sorted, merged extents `q`: whether [start, end) meets any of them. */
+export function hitTest(q: readonly Extent[]): (start: number, end: number) => boolean {
+  return (start, end) => {
+    const i = firstEndingAfter(q, start);
+    return i < q.length && q[i]!.offset < end;
+  };
+}

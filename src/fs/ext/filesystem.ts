@@ -1,6 +1,6 @@
 // An ext2/3/4 filesystem read through an Endpoint: used-block map, inodes, directories, paths, file contents, block owners.
 import type { Endpoint } from '../../copy/index.js';
-import { intersect, merge, subtract, type Extent } from '../../extent/index.js';
+import { hitTest, intersect, merge, subtract, type Extent } from '../../extent/index.js';
 import { damaged, FilesystemError, unsupported } from '../errors.js';
 import { DiskReader } from '../reader.js';
 import { isFastSymlink, mapInode, rootLeafRuns, type InodeMap, type MappedRun } from './blockmap.js';
@@ -61,6 +61,11 @@ export interface BlockOwner {
   blocks: boolean;
   /** Its slot in the inode table does (its attributes, inline data or extent root changed). */
   inode: boolean;
+  /**
+   * Known only with an owner index (OwnerIndex.update): whether the inode or its mapping differs
+   * from the index's (a slot that was merely written with its neighbours, or an access time, does not).
+   */
+  changed?: boolean;
   /** The inode as read. */
   parsed: Inode;
 }
@@ -75,6 +80,18 @@ export interface Ownership {
    * journal, an extent tree relinked), sorted and merged.
    */
   unowned: Extent[];
+}
+
+/** A stretch of one group's inode table (inodeTables): inodes i0 .. i0+n-1 of group g, by index in the group. */
+export interface InodeTableBatch {
+  g: number;
+  i0: number;
+  n: number;
+  /** The group's inode bitmap (bit i: inode index i in use). */
+  bitmap: Buffer;
+  /** Byte offset of inode i0's slot. */
+  tableAt: number;
+  table: Buffer;
 }
 
 export interface WalkEntry {
@@ -142,7 +159,8 @@ export class ExtFilesystem {
     return has(this.sb.roCompat, RO_COMPAT.metadata_csum);
   }
 
-  private parse(ino: number, raw: Buffer): Inode {
+  /** An inode from its raw slot, its checksum checked (metadata_csum). */
+  parse(ino: number, raw: Buffer): Inode {
     if (this.csum && !inodeChecksumOk(raw.subarray(0, this.sb.inodeSize), ino, this.sb.csumSeed)) {
       throw damaged(this.label, `inode ${ino} checksum mismatch`);
     }
@@ -328,56 +346,12 @@ export class ExtFilesystem {
     const q = merge(intersect(merge(extents), [{ offset: 0, length: this.byteLength }]));
     // The runs of every inode that owns some of q (all of its runs: q is cut by them at the end).
     const owned: Extent[] = [];
-    const hits = (start: number, end: number) => {
-      // Binary search for the first query extent ending after start.
-      let lo = 0;
-      let hi = q.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        if (q[mid].offset + q[mid].length <= start) lo = mid + 1;
-        else hi = mid;
-      }
-      return lo < q.length && q[lo].offset < end;
-    };
+    const hits = hitTest(q);
     const out: BlockOwner[] = [];
     if (q.length === 0) return { owners: out, unowned: [] };
     const isz = this.sb.inodeSize;
     const ipg = this.sb.inodesPerGroup;
-    const perBatch = Math.max(1, Math.floor(ITABLE_BATCH / isz));
-    // The batches of inode table to read, in order; reads run up to ITABLE_AHEAD batches ahead of
-    // the one being parsed (each is a round trip over a network), memory bounded by that window.
-    interface Batch { g: number; i0: number; n: number; bitmap: Buffer; tableAt: number; table?: Promise<Buffer> }
-    const { disk, groups } = this;
-    const plan = (async function* (): AsyncGenerator<Batch> {
-      for (let g = 0; g < groups.length; g++) {
-        const gd = groups[g];
-        if (gd.flags & BG_INODE_UNINIT) continue;
-        const bitmap = await disk.readCached(gd.inodeBitmap * bs, bs, 'inode bitmap');
-        // Inodes past ipg - itable_unused were never used (kept only with group checksums); past the
-        // last set bit none is in use now: neither part of the table is read (ext2/3 have no itable_unused).
-        let used = ipg - gd.itableUnused;
-        while (used > 0 && !((bitmap[(used - 1) >> 3] >> ((used - 1) & 7)) & 1)) used--;
-        for (let i0 = 0; i0 < used; i0 += perBatch) {
-          const n = Math.min(perBatch, used - i0);
-          yield { g, i0, n, bitmap, tableAt: gd.inodeTable * bs + i0 * isz };
-        }
-      }
-    })();
-    const ahead: Batch[] = [];
-    let planned = false;
-    const fill = async () => {
-      while (!planned && ahead.length < ITABLE_AHEAD) {
-        const next = await plan.next();
-        if (next.done) { planned = true; break; }
-        const b = next.value;
-        b.table = disk.read(b.tableAt, b.n * isz, 'inode table');
-        b.table.catch(() => undefined); // awaited in turn below; one abandoned by an error must not go unhandled
-        ahead.push(b);
-      }
-    };
-    for (await fill(); ahead.length > 0; await fill()) {
-      const { g, i0, n, bitmap, tableAt } = ahead[0]!;
-      const table = await ahead.shift()!.table!;
+    for await (const { g, i0, n, bitmap, tableAt, table } of this.inodeTables()) {
       for (let k = 0; k < n; k++) {
         const idx = i0 + k;
         if (!((bitmap[idx >> 3] >> (idx & 7)) & 1)) continue;
@@ -403,8 +377,51 @@ export class ExtFilesystem {
     return { owners: out, unowned: subtract(q, merge([...owned, ...this.fixedMetadata()])) };
   }
 
+  /**
+   * The in-use part of every initialised group's inode table, in group order, in batches of at
+   * most 4 MiB with the group's inode bitmap: inodes past ipg - itable_unused were never used (kept
+   * only with group checksums), and past the bitmap's last set bit none is in use now, so neither
+   * part is read (ext2/3 have no itable_unused). Reads run up to ITABLE_AHEAD batches ahead of the
+   * one handed out (each is a round trip over a network), memory bounded by that window.
+   */
+  async *inodeTables(): AsyncGenerator<InodeTableBatch> {
+    const bs = this.sb.blockSize;
+    const isz = this.sb.inodeSize;
+    const ipg = this.sb.inodesPerGroup;
+    const perBatch = Math.max(1, Math.floor(ITABLE_BATCH / isz));
+    const { disk, groups } = this;
+    interface Planned extends Omit<InodeTableBatch, 'table'> { table: Promise<Buffer> }
+    const plan = (async function* (): AsyncGenerator<Omit<InodeTableBatch, 'table'>> {
+      for (let g = 0; g < groups.length; g++) {
+        const gd = groups[g];
+        if (gd.flags & BG_INODE_UNINIT) continue;
+        const bitmap = await disk.readCached(gd.inodeBitmap * bs, bs, 'inode bitmap');
+        let used = ipg - gd.itableUnused;
+        while (used > 0 && !((bitmap[(used - 1) >> 3] >> ((used - 1) & 7)) & 1)) used--;
+        for (let i0 = 0; i0 < used; i0 += perBatch) {
+          yield { g, i0, n: Math.min(perBatch, used - i0), bitmap, tableAt: gd.inodeTable * bs + i0 * isz };
+        }
+      }
+    })();
+    const ahead: Planned[] = [];
+    let planned = false;
+    const fill = async () => {
+      while (!planned && ahead.length < ITABLE_AHEAD) {
+        const next = await plan.next();
+        if (next.done) { planned = true; break; }
+        const table = disk.read(next.value.tableAt, next.value.n * isz, 'inode table');
+        table.catch(() => undefined); // awaited in turn below; one abandoned by an error must not go unhandled
+        ahead.push({ ...next.value, table });
+      }
+    };
+    for (await fill(); ahead.length > 0; await fill()) {
+      const b = ahead.shift()!;
+      yield { ...b, table: await b.table };
+    }
+  }
+
   /** Blocks fixed metadata holds, as byte extents: the start before group 0, superblocks, descriptors and their reserve, bitmaps, inode tables. */
-  private fixedMetadata(): Extent[] {
+  fixedMetadata(): Extent[] {
     const bs = this.sb.blockSize;
     const blocks = [{ offset: 0, length: this.sb.firstDataBlock + 1 }, ...groupMetadataBlocks(this.sb, this.groups)];
     return blocks.map((e) => ({ offset: e.offset * bs, length: e.length * bs }));
