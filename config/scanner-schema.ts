@@ -13,6 +13,8 @@ export interface ScannerConfig {
   limits: { maxFileBytes: number; maxFiles: number; maxSeconds: number; streamMaxLength: number; concurrency: number };
   /** Jobs run at once; more are answered 503. */
   maxJobs: number;
+  /** Memory for owner indexes kept between scans (src/fs/ext/owner-index.ts); 0: none, every incremental scan reads the inode tables. */
+  ownerIndex: { maxMiB: number };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -59,5 +61,12 @@ export const scannerSchema: Schema<ScannerConfig> = {
     concurrency: { doc: 'Files streamed to clamd at once (set to clamd\'s MaxThreads).', format: positive('limits.concurrency'), default: 4 },
   },
   maxJobs: { doc: 'Scan jobs run at once; more are refused with 503.', format: positive('maxJobs'), default: 2 },
+  ownerIndex: {
+    maxMiB: {
+      doc: 'Memory for the owner indexes kept between scans (which inode owns which block, per filesystem scanned): an incremental scan then reads the changed metadata instead of every inode table. About 250 bytes per file; the least recently used are dropped beyond this. 0: none.',
+      format: (v: unknown) => { if (!Number.isSafeInteger(v) || (v as number) < 0) throw new Error('ownerIndex.maxMiB must be a whole number of MiB, 0 or more'); },
+      default: 512,
+    },
+  },
   log: { level: { doc: 'Log level.', format: ['debug', 'info', 'warn', 'error'], default: 'info', env: 'VIRTCBT_SCANNER_LOG_LEVEL' } },
 };

@@ -92,11 +92,18 @@ async function openedPaths(jobId: string): Promise<string[]> {
   return [...scanner.log().matchAll(new RegExp(`debug: file opened job=${jobId} disk=vda partition=0 path=(\\S+)`, 'g'))].map((m) => m[1]!).sort();
 }
 
-async function scan(id: string, extents?: ExtentPair[], o: { image?: string; via?: RunningScanner; changedSince?: number } = {}): Promise<ScanResult> {
+/** Where the last job's changed-block owners came from (its filesystem event). */
+let ownersFrom: unknown;
+
+async function scan(id: string, extents?: ExtentPair[], o: { image?: string; via?: RunningScanner; changedSince?: number; ownerIndex?: { base?: string; next: string } } = {}): Promise<ScanResult> {
   const exp = await w.serve(o.image ?? after);
-  const job = { id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(after).size, ...(extents ? { extents } : {}) }], ...(o.changedSince !== undefined ? { changedSince: o.changedSince } : {}) };
+  const job = {
+    id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(after).size, ...(extents ? { extents } : {}) }],
+    ...(o.changedSince !== undefined ? { changedSince: o.changedSince } : {}), ...(o.ownerIndex ? { ownerIndex: o.ownerIndex } : {}),
+  };
   const r = await postScan((o.via ?? scanner).url, job, w.hv);
   expect(r.result, r.body).toBeDefined();
+  ownersFrom = r.events.find((e) => e.type === 'filesystem')?.ownersFrom;
   return r.result!;
 }
 
@@ -210,5 +217,32 @@ describe('an incremental scan', () => {
     const carried: ExtentPair[] = [...metaOnly, ...unowned].sort((a, b) => a[0] - b[0]);
     const found = await scan('unowned-found', carried, { image: linked, changedSince: OLD + 600 });
     expect(found.infected).toEqual([expect.objectContaining({ path: '/late.txt', signature: `${SIGNATURE}.UNOFFICIAL` })]);
+  });
+
+  it('with an owner index kept since the last scan: the same files, an inode-only change found without changedSince, and an index left at another state not used', async () => {
+    // A full scan of the earlier state leaves an index at 'p1'; the incremental from it brings it forward.
+    await scan('oi-full', undefined, { image: before, ownerIndex: { next: 'p1' } });
+    const incr = await scan('oi-incr', changed, { ownerIndex: { base: 'p1', next: 'p2' } });
+    expect(ownersFrom).toBe('owner index');
+    expect(incr.infected).toEqual([expect.objectContaining({ path: '/data/dropped.txt', signature: `${SIGNATURE}.UNOFFICIAL` })]);
+    const withIndex = await openedPaths('oi-incr');
+    await scan('oi-tables', changed);
+    expect(ownersFrom).toBe('inode tables');
+    expect(withIndex).toEqual(await openedPaths('oi-tables'));
+
+    // An inode-only change (a chmod, its ctime left old): the index's fingerprint finds that one
+    // inode, not its inode-table neighbours, with no changedSince at all.
+    const chmod = join(dir, 'oi-chmod.img');
+    copyFileSync(after, chmod);
+    await execa('debugfs', ['-w', '-R', 'sif /data/file-300.bin mode 0100755', chmod]);
+    await execa('debugfs', ['-w', '-R', 'sif /data/file-300.bin ctime @1000000000', chmod]);
+    await scan('oi-chmod', diffExtents(after, chmod), { image: chmod, ownerIndex: { base: 'p2', next: 'p3' } });
+    expect(ownersFrom).toBe('owner index');
+    expect(await openedPaths('oi-chmod')).toEqual(['/data/file-300.bin']);
+
+    // A base the scanner's index was not left at (a scan whose verdict the hypervisor did not take): the inode tables are read.
+    await scan('oi-stale', diffExtents(after, chmod), { image: chmod, ownerIndex: { base: 'p2', next: 'p4' } });
+    expect(ownersFrom).toBe('inode tables');
+    expect(await openedPaths('oi-stale')).toEqual([]);
   });
 });

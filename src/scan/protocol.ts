@@ -31,6 +31,14 @@ export interface ScanJob {
    * change is passed over: a changed 64 KiB of inode table names 256 inodes, most untouched.
    */
   changedSince?: number;
+  /**
+   * The scanner's owner indexes (which inode owns which block) kept between this hypervisor's
+   * scans of the domain: `base` names the state its last completed scan left (absent: none, or a
+   * full scan), `next` the state this one leaves. The scanner brings forward only an index left at
+   * `base` and keeps it as `next`; the hypervisor sends `next` as the next `base` only once this
+   * scan's verdict moved its consumer. Any other index is dropped and the inode tables are read.
+   */
+  ownerIndex?: { base?: string; next: string };
 }
 
 export interface InfectedFile {
@@ -126,7 +134,8 @@ export interface ScanResult {
 export type ScanEvent =
   | { type: 'accepted'; id: string; domain: string; disks: number }
   | { type: 'disk'; id: string; disk: string; mode: 'full' | 'incremental'; size: number }
-  | { type: 'filesystem'; id: string; disk: string; partition: number; kind: string; files?: number }
+  /** ownersFrom (incremental): whether the changed blocks' owners came from the owner index kept since the last scan, or from reading every inode table. */
+  | { type: 'filesystem'; id: string; disk: string; partition: number; kind: string; files?: number; ownersFrom?: 'owner index' | 'inode tables' }
   | { type: 'progress'; id: string; files: number; bytesRead: number; nbdBytesRead: number }
   | { type: 'found'; id: string; file: InfectedFile }
   | ScanResult

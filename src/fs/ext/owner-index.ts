@@ -131,9 +131,9 @@ export class OwnerIndex {
   /**
    * Reads every in-use inode (ExtFilesystem.inodeTables) and maps it, and answers `extents`'
    * ownership from the same pass. Any inode that does not parse or map fails it (FilesystemError):
-   * an index with a hole would miss that inode's blocks for good.
+   * an index with a hole would miss that inode's blocks for good. `signal` stops it between batches.
    */
-  static async build(fs: ExtFilesystem, extents: readonly Extent[]): Promise<{ index: OwnerIndex; ownership: Ownership }> {
+  static async build(fs: ExtFilesystem, extents: readonly Extent[], signal?: AbortSignal): Promise<{ index: OwnerIndex; ownership: Ownership }> {
     const { sb } = fs;
     const isz = sb.inodeSize;
     const ipg = sb.inodesPerGroup;
@@ -142,6 +142,7 @@ export class OwnerIndex {
     const entries = new Map<number, Entry>();
     const parsed = new Map<number, { inode: Inode; slotHit: boolean }>();
     for await (const { g, i0, n, bitmap, tableAt, table } of fs.inodeTables()) {
+      signal?.throwIfAborted();
       const limit = groupLimit(fs, g);
       for (let k = 0; k < n; k++) {
         const idx = i0 + k;

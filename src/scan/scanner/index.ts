@@ -3,3 +3,4 @@ export { ClamdClient, ClamdSession, chunkHeader, parseReply, type ClamdVerdict }
 export { checkJob, runScanJob, type ScanJobOptions, type ScanLimits } from './scan-job.js';
 export { peerSubject, startScannerServer, type ScannerServer, type ScannerServerOptions } from './server.js';
 export { loadScannerConfig, DEFAULT_SCANNER_CONFIG, type ScannerConfig } from './config.js';
+export { OwnerIndexStore } from './owner-indexes.js';

@@ -27,7 +27,7 @@ async function main(): Promise<void> {
   const server = await startScannerServer({
     host: cfg.listen.host, port: cfg.listen.port, tlsDir: cfg.tlsDir, allowedClients: cfg.allowedClients,
     nbdTlsDir: cfg.nbdTlsDir, clamdSocket: cfg.clamd.socket, clamdTimeoutMs: cfg.clamd.timeoutSeconds * 1000,
-    limits: cfg.limits, maxJobs: cfg.maxJobs, log,
+    limits: cfg.limits, maxJobs: cfg.maxJobs, ownerIndexBytes: cfg.ownerIndex.maxMiB * 1024 * 1024, log,
   });
   // Tests and scripts read the port (listen.port 0) from this line.
   log.info('listening', { host: server.host, port: server.port, allowed: cfg.allowedClients.join(';') });

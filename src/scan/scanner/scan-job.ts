@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { coarsen, intersect, merge, toPairs, type Extent } from '../../extent/index.js';
-import { ChunkRing, DiskReader, ExtFilesystem, FilesystemError, detectFilesystem, fileType, readPartitions, type Inode, type Partition } from '../../fs/index.js';
+import { ChunkRing, DiskReader, ExtFilesystem, FilesystemError, OwnerIndex, detectFilesystem, fileType, readPartitions, type Inode, type Ownership, type Partition } from '../../fs/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdUnsupportedError, parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
@@ -12,6 +12,7 @@ import { errorMessage, UsageError } from '../../util/errors.js';
 const why = (err: FilesystemError) => err.message;
 import type { InfectedFile, LimitHit, LimitName, NotScanned, ScanEvent, ScanJob, ScanResult, SkippedFile, SkipReason } from '../protocol.js';
 import type { ClamdClient, ClamdSession, ClamdVerdict } from './clamd.js';
+import { OwnerIndexStore } from './owner-indexes.js';
 
 export interface ScanLimits {
   /** Files larger than this are skipped (reported), not read. */
@@ -39,6 +40,8 @@ export interface ScanJobOptions {
   onFile?: (disk: string, partition: number, path: string) => void;
   /** Opens a disk (tests); NbdEndpoint with nbdTlsDir by default. */
   open?: (uri: string, signal?: AbortSignal) => Promise<Endpoint>;
+  /** Owner indexes kept between scans (ScanJob.ownerIndex), and the identity of the hypervisor that posted the job. */
+  ownerIndexes?: { store: OwnerIndexStore; client: string };
 }
 
 /** At most this many skipped files are listed one by one (the counts in limitsHit stay exact). */
@@ -107,6 +110,13 @@ export function checkJob(v: unknown): ScanJob {
   if (!Array.isArray(j.disks) || j.disks.length === 0 || j.disks.length > 64) throw bad('disks must be a list of 1-64 disks');
   if (j.changedSince !== undefined && !(typeof j.changedSince === 'number' && Number.isFinite(j.changedSince))) {
     throw bad('changedSince must be a time in Unix seconds');
+  }
+  if (j.ownerIndex !== undefined) {
+    const oi = j.ownerIndex as Record<string, unknown> | null;
+    const token = (t: unknown) => typeof t === 'string' && /^[A-Za-z0-9._:-]{1,128}$/.test(t);
+    if (!oi || typeof oi !== 'object' || !token(oi.next) || (oi.base !== undefined && !token(oi.base)) || Object.keys(oi).some((k) => k !== 'base' && k !== 'next')) {
+      throw bad('ownerIndex must be { base?, next }, tokens of 1-128 letters, digits, ".", "_", ":" or "-"');
+    }
   }
   const targets = new Set<string>();
   j.disks.forEach((d: unknown, i) => {
@@ -339,7 +349,15 @@ async function scanDisk(
     const region = { disk: target, partition: p.number, offset: p.offset, length: p.length };
     // Incremental: a partition without a changed byte has nothing new to scan.
     const local = changed && intersect(changed, [{ offset: p.offset, length: p.length }]).map((e) => ({ offset: e.offset - p.offset, length: e.length }));
-    if (local && local.length === 0) continue;
+    // Its owner index, if one was left at the state this job's changes start from (taken out
+    // either way: only a partition read through to the end puts one back).
+    const indexes = o.ownerIndexes && job.ownerIndex ? { ...o.ownerIndexes, ...job.ownerIndex, key: OwnerIndexStore.key(o.ownerIndexes.client, job.domain, target, p.offset) } : undefined;
+    const kept = indexes?.store.take(indexes.key, local ? indexes.base : undefined);
+    if (local && local.length === 0) {
+      // Nothing changed: the index describes this state too.
+      if (kept) indexes!.store.put(indexes!.key, indexes!.next, kept);
+      continue;
+    }
     // Out of time before this partition was read (a slow export, a busy scanner host): it is not
     // scanned and says so; passing over it in silence would leave a scan that reads as complete.
     if (timeUp.aborted) {
@@ -372,10 +390,14 @@ async function scanDisk(
     if (local) {
       // Incremental: the regular files owning changed blocks, scanned by inode number; their paths
       // are looked up only for a report that needs one (or the debug log of opened files).
+      let ownersFrom: 'owner index' | 'inode tables' = 'inode tables';
       let owners: Inode[];
       try {
         let unowned: Extent[];
-        ({ owners, unowned } = await changedFiles(fs, local, job.changedSince));
+        const found = await ownershipOf(fs, local, kept, indexes?.store);
+        ({ owners, unowned } = changedFiles(fs, found.ownership, job.changedSince));
+        if (found.index) indexes!.store.put(indexes!.key, indexes!.next, found.index);
+        ownersFrom = found.from;
         const list = v.unowned.get(target) ?? [];
         for (const e of unowned) list.push({ offset: e.offset + p.offset, length: e.length });
         v.unowned.set(target, list);
@@ -386,7 +408,7 @@ async function scanDisk(
       }
       const paths = new PathFinder(fs, new Set(owners.map((i) => i.ino)));
       const tasks: FileTask[] = owners.map((inode) => ({ disk: target, partition: p.number, fs, ino: inode.ino, inode, paths }));
-      o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length });
+      o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length, ownersFrom });
       await pool(tasks);
       // Skipped files are named while the export is still open.
       for (const u of v.unnamed.splice(0)) u.entry.path = await u.task.paths!.path(u.task.ino);
@@ -413,7 +435,16 @@ async function scanDisk(
         walkError = err;
       }
     };
-    await pool(listing());
+    // The owner index for the next incremental scan, built beside the walk (the inode tables are a
+    // small part of what a full scan reads); kept only when the walk got through.
+    const building = indexes && indexes.store.fits(OwnerIndex.estimateBytes(fs))
+      ? OwnerIndex.build(fs, [], signal).then((b) => b.index, () => undefined) : undefined;
+    try {
+      await pool(listing());
+    } finally {
+      const built = await building;
+      if (built && !walkError && !walkCut) indexes!.store.put(indexes!.key, indexes!.next, built);
+    }
     // Stopped by the time limit while listing: what was not listed is not scanned, and says so.
     if (walkCut && timeUp.aborted && !o.signal?.aborted) {
       v.hit('maxSeconds', o.limits.maxSeconds);
@@ -436,28 +467,48 @@ async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
   return hash.digest('hex');
 }
 
+/**
+ * The ownership of `extents`: brought forward from the owner index kept for this filesystem when
+ * there is one, else from every inode table (building an index from them when the store has room;
+ * a filesystem one cannot be built for, an inode that does not parse, is read as before).
+ */
+async function ownershipOf(fs: ExtFilesystem, extents: Extent[], kept: OwnerIndex | undefined, store: OwnerIndexStore | undefined,
+): Promise<{ ownership: Ownership; index?: OwnerIndex; from: 'owner index' | 'inode tables' }> {
+  if (kept && kept.geometry === OwnerIndex.geometryOf(fs)) return { ownership: await kept.update(fs, extents), index: kept, from: 'owner index' };
+  if (store?.fits(OwnerIndex.estimateBytes(fs))) {
+    try {
+      const { index, ownership } = await OwnerIndex.build(fs, extents);
+      return { ownership, index, from: 'inode tables' };
+    } catch (err) {
+      if (!(err instanceof FilesystemError)) throw err;
+    }
+  }
+  return { ownership: await fs.ownership(extents), from: 'inode tables' };
+}
+
 /** EXT4_INLINE_DATA_FL: the file's bytes live in its inode. */
 const INLINE_DATA_FL = 0x10000000;
 
 /**
- * The regular files (their inodes, by number) whose contents may have changed within `extents`:
- * every owner of a changed data or mapping block, and owners of a changed inode-table slot when
- * their bytes live in the inode (inline data) or their inode changed at or after `changedSince`
- * (when the hypervisor's last completed scan began, on the guest's clock). A changed slot
- * alone says little at the change log's granularity (a 64 KiB chunk of the inode table holds 256
- * inodes, most untouched); its ctime tells the one that changed (chmod, rename, an extent tree
- * pointed at blocks written before) from its neighbours. Also what of the extents no inode owns
- * (the verdict's `unowned`, checked again at the next scan).
+ * The regular files (their inodes, by number) whose contents may have changed: every owner of a
+ * changed data or mapping block, and owners of a changed inode-table slot whose inode changed.
+ * With an owner index that is known (BlockOwner.changed: the slot's fingerprint or mapping
+ * differs from the index's). Without one, a changed slot alone says little at the change log's
+ * granularity (a 64 KiB chunk of the inode table holds 256 inodes, most untouched): its ctime tells
+ * the one that changed at or after `changedSince` (when the hypervisor's last completed scan began,
+ * on the guest's clock: a chmod, a rename, an extent tree pointed at blocks written before) from
+ * its neighbours, and inline data (bytes in the slot) is read whenever its slot changed. Also
+ * what of the extents no inode owns (the verdict's `unowned`, checked again at the next scan).
  */
-async function changedFiles(fs: ExtFilesystem, extents: Extent[], changedSince?: number): Promise<{ owners: Inode[]; unowned: Extent[] }> {
+function changedFiles(fs: ExtFilesystem, { owners, unowned }: Ownership, changedSince?: number): { owners: Inode[]; unowned: Extent[] } {
   const out: Inode[] = [];
-  const { owners, unowned } = await fs.ownership(extents);
   for (const owner of owners) {
     // Reserved inodes (the journal, resize inode ...) are not files anyone wrote.
     if (owner.ino < fs.sb.firstIno) continue;
     const inode = owner.parsed;
     if (fileType(inode.mode) !== 'file') continue;
-    if (owner.blocks || inode.flags & INLINE_DATA_FL || (owner.inode && changedSince !== undefined && inode.ctime >= changedSince)) out.push(inode);
+    const slotChanged = owner.changed ?? (owner.inode && (inode.flags & INLINE_DATA_FL || (changedSince !== undefined && inode.ctime >= changedSince)));
+    if (owner.blocks || slotChanged) out.push(inode);
   }
   return { owners: out.sort((a, b) => a.ino - b.ino), unowned };
 }

@@ -10,6 +10,7 @@ import { errorMessage, UsageError, VirtcbtError } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
 import { NDJSON, SCAN_PATH, type ScanEvent } from '../protocol.js';
 import { ClamdClient } from './clamd.js';
+import { OwnerIndexStore } from './owner-indexes.js';
 import { checkJob, runScanJob, type ScanJobOptions, type ScanLimits } from './scan-job.js';
 
 /** A job body larger than this is refused (a job with 64 disks of many extents stays far below). */
@@ -25,6 +26,8 @@ export interface ScannerServerOptions {
   clamdTimeoutMs?: number;
   limits: ScanLimits;
   maxJobs: number;
+  /** Memory for owner indexes kept between scans (0: none). */
+  ownerIndexBytes?: number;
   log: Logger;
   /** Tests only: accept plain nbd:// disks. */
   allowPlainNbd?: boolean;
@@ -71,6 +74,7 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
   const allowed = new Set(o.allowedClients);
   const clamd = new ClamdClient(o.clamdSocket, o.clamdTimeoutMs);
   const jobs = new Map<string, AbortController>();
+  const ownerIndexes = o.ownerIndexBytes ? new OwnerIndexStore(o.ownerIndexBytes) : undefined;
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const who = peerSubject(req.socket as TLSSocket);
@@ -103,6 +107,7 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
     emit({ type: 'accepted', id: job.id, domain: job.domain, disks: job.disks.length });
     try {
       const jobOpts: ScanJobOptions = { clamd, nbdTlsDir: o.nbdTlsDir, limits: o.limits, emit, signal: ctl.signal, allowPlainNbd: o.allowPlainNbd,
+        ownerIndexes: ownerIndexes && { store: ownerIndexes, client: who },
         // Only when debug lines are written: an incremental scan looks up paths for this log alone.
         onFile: o.log.level === 'debug' ? (disk, partition, path) => o.log.debug('file opened', { job: job.id, disk, partition, path }) : undefined };
       const result = await runScanJob(job, jobOpts);
