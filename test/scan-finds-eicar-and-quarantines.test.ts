@@ -52,13 +52,16 @@ beforeAll(async () => {
   await pollUntil(async () => (await daemon.cliJson(['status', guest.name])).connected, 'virtcbtd to connect', { timeoutMs: 60_000, intervalMs: 250 });
 });
 
-async function scan(extra: string[] = []): Promise<{ exitCode: number; result: any }> {
+async function scan(extra: string[] = []): Promise<{ exitCode: number; result: any; events: any[] }> {
   const r = await daemon.cli(['scan', guest.name, '--json', ...extra], { reject: false });
   const lines = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
   const result = lines.at(-1);
   expect(result?.type, `${r.stderr}\n${r.stdout.slice(-2000)}`).toBe('result');
-  return { exitCode: r.exitCode, result };
+  return { exitCode: r.exitCode, result, events: lines };
 }
+
+/** Where the scanner found the changed blocks' owners, per filesystem it scanned incrementally. */
+const ownersFrom = (s: { events: any[] }) => s.events.filter((e) => e.type === 'scanner' && e.event.type === 'filesystem').map((e) => e.event.ownersFrom);
 
 const link = async () => (await virsh(['domif-getlink', guest.name, MAC])).stdout.trim();
 const persistentLink = async () => (await virsh(['dumpxml', '--inactive', guest.name])).stdout.includes("<link state='down'/>") ? 'down' : 'up';
@@ -191,11 +194,14 @@ it('an incremental scan reads a file whose inode alone changed since the last sc
   };
   await sh('echo "a script, harmless so far" > /mnt/data/docs/tool.sh && sync');
   await scan();
+  const token = JSON.parse(readFileSync(join(daemon.stateDir, 'scan', encodeURIComponent(guest.name), 's1.json'), 'utf8')).indexToken;
+  expect(token).toMatch(/^[0-9a-f]{24}$/);
   await sh('chmod 755 /mnt/data/docs/tool.sh && sync');
   const r = await scan();
   expect(r.result.full).toBe(false);
-  // Its inode-table block changed, not its data: read for the inode's ctime (0 files without it),
-  // compared with the last scan's moment on the guest's clock (this TCG guest's runs ~2 s behind).
+  // Its inode-table block changed, not its data: the owner index the scanner kept since the last
+  // scan (virtcbtd sent that scan's token) tells its changed inode from the slot's neighbours.
+  expect(ownersFrom(r)).toContain('owner index');
   expect(r.result.verdict.scanned.filesOpened).toBeGreaterThanOrEqual(1);
   expect(r.exitCode).toBe(0);
   await sh('rm -f /mnt/data/docs/tool.sh && sync');
