@@ -1,5 +1,5 @@
 // virtcbt-scanner's configuration: a file with every setting loads; no allowed hypervisor, a
-// certtool-style non-DN, a relative credentials path, an unknown key or a zero limit are refused
+// certtool-style non-DN, a relative credentials path, an unknown key, a zero limit or a bad owner-index budget are refused
 // with the file and the setting named.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +19,7 @@ const good = {
   clamd: { socket: '/run/clamav/clamd.ctl', timeoutSeconds: 300 },
   limits: { maxFileBytes: 1000, maxFiles: 10, maxSeconds: 60, streamMaxLength: 1000, concurrency: 2 },
   maxJobs: 1,
+  ownerIndex: { maxMiB: 64 },
 };
 
 function file(v: object): string {
@@ -39,6 +40,8 @@ describe('the scanner configuration', () => {
     ['a relative credentials path', { nbdTlsDir: 'certs' }, /nbdTlsDir must be an absolute path/],
     ['an unknown key', { scanEverything: true }, /scanEverything/],
     ['a zero limit', { limits: { ...good.limits, concurrency: 0 } }, /limits.concurrency must be a positive whole number/],
+    ['owner-index memory that is not whole MiB', { ownerIndex: { maxMiB: 1.5 } }, /ownerIndex.maxMiB must be a whole number of MiB/],
+    ['negative owner-index memory', { ownerIndex: { maxMiB: -1 } }, /ownerIndex.maxMiB must be a whole number of MiB/],
   ])('refuses %s', (_what, change, message) => {
     const p = file({ ...good, ...change });
     let err: unknown;
