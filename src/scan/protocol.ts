@@ -33,10 +33,11 @@ export interface ScanJob {
   changedSince?: number;
   /**
    * The scanner's owner indexes (which inode owns which block) kept between this hypervisor's
-   * scans of the domain: `base` names the state its last completed scan left (absent: none, or a
-   * full scan), `next` the state this one leaves. The scanner brings forward only an index left at
-   * `base` and keeps it as `next`; the hypervisor sends `next` as the next `base` only once this
-   * scan's verdict moved its consumer. Any other index is dropped and the inode tables are read.
+   * scans of the domain, labelled with the states they describe: `next` names this snapshot's
+   * state, `base` (incremental) the state the disks' extents start from (virtcbtd: the change
+   * log's identity and the scanner consumer's last generation). The scanner brings forward only an
+   * index it keeps at `base`, and keeps the result as `next`; any other is dropped and the inode
+   * tables are read.
    */
   ownerIndex?: { base?: string; next: string };
 }

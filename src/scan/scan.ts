@@ -124,12 +124,6 @@ interface ScanRecord {
    * owns blocks that will not change again: without this it would never be read incrementally.
    */
   unowned?: { disk: string; extents: [number, number][] }[];
-  /**
-   * The token of the state the last completed scan left the scanner's owner indexes in
-   * (ScanJob.ownerIndex): the next incremental scan sends it as `base`. Written only with the
-   * consumer's move, so a scan cut short leaves the old token, and the scanner reads its inode tables.
-   */
-  indexToken?: string;
   /** Set by readRecord: the file is there but not one virtcbtd wrote (the next scan is full). */
   unreadable?: true;
 }
@@ -246,15 +240,17 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         leftQueue = true;
       }
       let verdict: ScanVerdict;
-      let indexNext: string | undefined;
       let unownedNow: { disk: string; extents: [number, number][] }[];
       try {
         const since = full === undefined && pass.consumer === consumer ? rec.changedSince : undefined;
-        indexNext = randomBytes(12).toString('hex');
-        const base = full === undefined && pass.consumer === consumer ? rec.indexToken : undefined;
+        // The scanner's owner indexes are labelled with the change-log state they describe: this
+        // snapshot's generation, and (incremental) the consumer's last one, which these changes
+        // start from. An index left by a scan whose verdict did not move the consumer, or by a
+        // concurrent one, is then never brought forward by changes that do not start at its state.
+        const base = full === undefined && pass.consumer === consumer && pass.since !== null ? indexState(pass.logId, pass.since) : undefined;
         const jobBody: ScanJob = {
           id: randomBytes(8).toString('hex'), domain, disks, ...(since !== undefined ? { changedSince: since } : {}),
-          ownerIndex: { next: indexNext, ...(base !== undefined ? { base } : {}) },
+          ownerIndex: { next: indexState(pass.logId, pass.generation), ...(base !== undefined ? { base } : {}) },
         };
         // The unowned ranges go to the record, not into the verdict reported and kept with a quarantine.
         const { unowned, ...rest } = await postScan(scanner, '/v1/scans', jobBody, {
@@ -285,7 +281,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         await writeRecord(records, scanner.name, {
           format: 'virtcbt-scan/1', lastFullAt: full !== undefined ? new Date().toISOString() : rec.lastFullAt,
           logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks), changedSince: guestSince,
-          unowned: unownedNow, indexToken: indexNext,
+          unowned: unownedNow,
         });
         ctx.log.commitPass(passId!);
         committed = true;
@@ -318,15 +314,19 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
   }
 }
 
+/** A change-log state as an owner-index token (ScanJob.ownerIndex): the log's identity and a generation. */
+function indexState(logId: string, generation: number): string {
+  return `${logId.replace(/[^A-Za-z0-9._:-]/g, '_').slice(0, 100)}.${generation}`;
+}
+
 async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
   try {
     const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), MAX_RECORD_BYTES)).text) as Partial<ScanRecord>;
     const time = (t: unknown) => t === undefined || (typeof t === 'string' && !Number.isNaN(Date.parse(t)));
     if (v?.format === 'virtcbt-scan/1' && time(v.lastFullAt) && (v.changedSince === undefined || (typeof v.changedSince === 'number' && Number.isFinite(v.changedSince)))
       && (v.logId === undefined || typeof v.logId === 'string') && (v.unscanned === undefined || (Array.isArray(v.unscanned) && v.unscanned.every(isRegion)))
-      && (v.unowned === undefined || (Array.isArray(v.unowned) && v.unowned.every(isUnowned)))
-      && (v.indexToken === undefined || (typeof v.indexToken === 'string' && /^[A-Za-z0-9._:-]{1,128}$/.test(v.indexToken)))) {
-      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, unowned: v.unowned, changedSince: v.changedSince, indexToken: v.indexToken };
+      && (v.unowned === undefined || (Array.isArray(v.unowned) && v.unowned.every(isUnowned)))) {
+      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, unowned: v.unowned, changedSince: v.changedSince };
     }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'virtcbt-scan/1' };
