@@ -3,17 +3,16 @@
 // does, marks changed only the inodes that changed (not the neighbours sharing their granule),
 // and ends equal to an index built afresh. On a filesystem of many files it reads a small part of
 // what reading the inode tables does.
-import { closeSync, copyFileSync, mkdirSync, openSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileEndpoint } from '../src/copy/index.js';
-import type { Extent } from '../src/extent/index.js';
+import { fromPairs, type Extent } from '../src/extent/index.js';
 import { ExtFilesystem, OwnerIndex, type Ownership } from '../src/fs/index.js';
-import { makeFs, MiB, writeTree } from './support/ext-images.js';
+import { changedGranules, makeFs, MiB, writeTree } from './support/ext-images.js';
 import { tempDir, type TempDir } from './support/nbd-servers.js';
 
-const GRANULE = 64 * 1024;
 let dir: TempDir;
 let tree: string;
 
@@ -25,27 +24,7 @@ beforeAll(() => {
 afterAll(() => dir?.remove());
 
 /** The granules in which two images differ: what the change log would send. */
-function changedGranules(a: string, b: string): Extent[] {
-  const fa = openSync(a, 'r');
-  const fb = openSync(b, 'r');
-  const ba = Buffer.alloc(GRANULE);
-  const bb = Buffer.alloc(GRANULE);
-  const out: Extent[] = [];
-  try {
-    for (let at = 0; at < statSync(a).size; at += GRANULE) {
-      readSync(fa, ba, 0, GRANULE, at);
-      readSync(fb, bb, 0, GRANULE, at);
-      if (ba.equals(bb)) continue;
-      const last = out.at(-1);
-      if (last && last.offset + last.length === at) last.length += GRANULE;
-      else out.push({ offset: at, length: GRANULE });
-    }
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-  return out;
-}
+const changed = (a: string, b: string): Extent[] => fromPairs(changedGranules(a, b));
 
 async function openFs(image: string): Promise<{ fs: ExtFilesystem; close: () => Promise<void> }> {
   const ep = await FileEndpoint.open(image);
@@ -116,7 +95,7 @@ describe('an owner index brought forward by changed granules', () => {
         const before = `${work}.before`;
         copyFileSync(work, before);
         await round.apply(work);
-        const q = changedGranules(before, work);
+        const q = changed(before, work);
         expect(q.length, round.what).toBeGreaterThan(0);
         const { fs, close } = await openFs(work);
         try {
@@ -163,7 +142,7 @@ describe('on a filesystem of many files', () => {
     const src = join(dir.path, 'many.src');
     writeFileSync(src, Buffer.alloc(100 * 1024, 0x42));
     await execa('debugfs', ['-w', '-f', '-', work], { input: [`write ${src} d3/new`, 'rm d7/f500', 'sif d15/f20 mode 0100600'].join('\n') });
-    const q = changedGranules(base, work);
+    const q = changed(base, work);
     const { fs, close } = await openFs(work);
     try {
       const r0 = fs.disk.stats.bytesRead;

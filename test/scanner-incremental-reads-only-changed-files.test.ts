@@ -2,20 +2,19 @@
 // granules, as a dirty bitmap gives them), virtcbt-scanner opens only the files owning changed
 // blocks and reads a small part of what a full scan reads over NBD; the newly written infected
 // file is found; a job whose extents touch nothing there opens no file.
-import { closeSync, copyFileSync, mkdirSync, openSync, readSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { ExtentPair, ScanResult } from '../src/scan/protocol.js';
 import { pollUntil } from '../src/util/abort.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
-import { makeFs, MiB } from './support/ext-images.js';
+import { changedGranules, makeFs, MiB } from './support/ext-images.js';
 import { lcg, tempDir } from './support/nbd-servers.js';
 import { EICAR, postScan, scannerWorld, SIGNATURE, startScanner, type RunningScanner, type ScannerWorld } from './support/scanner.js';
 
 useCleanup();
 
-const GRANULE = 64 * 1024;
 const FILES = 400;
 
 let w: ScannerWorld;
@@ -35,27 +34,7 @@ function bytes(n: number, seed: number): Buffer {
 }
 
 /** The 64 KiB granules in which two images differ, merged: what a dirty bitmap would have recorded. */
-function diffExtents(a: string, b: string): ExtentPair[] {
-  const fa = openSync(a, 'r');
-  const fb = openSync(b, 'r');
-  const ba = Buffer.alloc(GRANULE);
-  const bb = Buffer.alloc(GRANULE);
-  const out: ExtentPair[] = [];
-  try {
-    for (let at = 0; at < statSync(a).size; at += GRANULE) {
-      readSync(fa, ba, 0, GRANULE, at);
-      readSync(fb, bb, 0, GRANULE, at);
-      if (ba.equals(bb)) continue;
-      const last = out.at(-1);
-      if (last && last[0] + last[1] === at) last[1] += GRANULE;
-      else out.push([at, GRANULE]);
-    }
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-  return out;
-}
+const diffExtents = (a: string, b: string): ExtentPair[] => changedGranules(a, b);
 
 beforeAll(async () => {
   const t = tempDir('scanner-incr');

@@ -1,8 +1,8 @@
 // Test images for the filesystem room: ext2/3/4 made by mkfs on sparse files, and what e2fsprogs says about them.
-import { mkdirSync, symlinkSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import type { Extent } from '../../src/extent/index.js';
+import type { Extent, ExtentPair } from '../../src/extent/index.js';
 import { lcg } from './nbd-servers.js';
 
 export const KiB = 1024;
@@ -80,4 +80,30 @@ export async function dumpe2fsUsed(image: string): Promise<{ blockSize: number; 
   const groups = [...out.matchAll(/^Group \d+:/gm)].length;
   const uninitGroups = [...out.matchAll(/^Group \d+:.*BLOCK_UNINIT/gm)].length;
   return { blockSize, blocks, used, uninitGroups, groups };
+}
+
+/**
+ * The `granule`-sized pieces (64 KiB by default) in which two images of one size differ, merged, as
+ * [offset, length]: what a dirty bitmap of that granularity records between the two states.
+ */
+export function changedGranules(a: string, b: string, granule = 64 * KiB): ExtentPair[] {
+  const fa = openSync(a, 'r');
+  const fb = openSync(b, 'r');
+  const ba = Buffer.alloc(granule);
+  const bb = Buffer.alloc(granule);
+  const out: ExtentPair[] = [];
+  try {
+    for (let at = 0; at < statSync(a).size; at += granule) {
+      readSync(fa, ba, 0, granule, at);
+      readSync(fb, bb, 0, granule, at);
+      if (ba.equals(bb)) continue;
+      const last = out.at(-1);
+      if (last && last[0] + last[1] === at) last[1] += granule;
+      else out.push([at, granule]);
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+  return out;
 }
