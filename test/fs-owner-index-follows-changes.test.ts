@@ -9,7 +9,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileEndpoint } from '../src/copy/index.js';
 import { fromPairs, type Extent } from '../src/extent/index.js';
-import { ExtFilesystem, OwnerIndex, type Ownership } from '../src/fs/index.js';
+import { ExtFilesystem, OwnerIndex, OwnerIndexTooLarge, type Ownership } from '../src/fs/index.js';
 import { changedGranules, makeFs, MiB, writeTree } from './support/ext-images.js';
 import { tempDir, type TempDir } from './support/nbd-servers.js';
 
@@ -161,4 +161,33 @@ describe('on a filesystem of many files', () => {
       await close();
     }
   }, 180_000);
+});
+
+describe('an owner index over its memory bound', () => {
+  it('is refused while it grows, in a build and in an update (descriptors can understate the inodes in use)', async () => {
+    const base = join(dir.path, 'bound.img');
+    await makeFs(base, 64 * MiB, ['mkfs.ext4'], tree);
+    const grown = join(dir.path, 'bound-grown.img');
+    copyFileSync(base, grown);
+    const src = join(dir.path, 'bound.src');
+    writeFileSync(src, 'x'.repeat(5000));
+    await execa('debugfs', ['-w', '-f', '-', grown], { input: ['mkdir many', ...Array.from({ length: 200 }, (_, i) => `write ${src} many/f${i}`)].join('\n') });
+    const a = await openFs(base);
+    let index: OwnerIndex;
+    try {
+      index = (await OwnerIndex.build(a.fs, [])).index;
+      await expect(OwnerIndex.build(a.fs, [], { maxBytes: index.bytes / 2 })).rejects.toBeInstanceOf(OwnerIndexTooLarge);
+    } finally {
+      await a.close();
+    }
+    const b = await openFs(grown);
+    try {
+      const q = changed(base, grown);
+      await expect(index.update(b.fs, q, index.bytes + 1000)).rejects.toBeInstanceOf(OwnerIndexTooLarge);
+      // The growth was real: 200 new files own changed blocks.
+      expect((await OwnerIndex.build(b.fs, q)).ownership.owners.length).toBeGreaterThan(200);
+    } finally {
+      await b.close();
+    }
+  });
 });

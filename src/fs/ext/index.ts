@@ -5,4 +5,4 @@ export type { Inode } from './inode.js';
 export { fileType } from './inode.js';
 export type { InodeMap, MappedRun } from './blockmap.js';
 export type { Superblock } from './superblock.js';
-export { OwnerIndex } from './owner-index.js';
+export { OwnerIndex, OwnerIndexTooLarge } from './owner-index.js';

@@ -82,6 +82,19 @@ function clipped(fs: ExtFilesystem, extents: readonly Extent[]): Extent[] {
   return merge(intersect(merge(extents), [{ offset: 0, length: fs.byteLength }]));
 }
 
+/**
+ * An index would take more memory than it may (OwnerIndex.build/update's maxBytes): the caller reads
+ * the inode tables instead. A guest's descriptors can understate its inodes in use, so the bound is
+ * checked while the index grows, not only estimated before.
+ */
+export class OwnerIndexTooLarge extends Error {
+  constructor(maxBytes: number) {
+    super(`the owner index would take more than ${maxBytes} bytes`);
+  }
+}
+
+const entryBytes = (e: Entry) => ENTRY_BYTES + (e.runs.length / 2) * RUN_BYTES;
+
 export class OwnerIndex {
   // The reverse map: every owned run, sorted by start; reach[i] is the furthest end of runs 0..i,
   // so the runs meeting a range are found by one binary search even where runs overlap (a shared
@@ -133,7 +146,9 @@ export class OwnerIndex {
    * ownership from the same pass. Any inode that does not parse or map fails it (FilesystemError):
    * an index with a hole would miss that inode's blocks for good. `signal` stops it between batches.
    */
-  static async build(fs: ExtFilesystem, extents: readonly Extent[], signal?: AbortSignal): Promise<{ index: OwnerIndex; ownership: Ownership }> {
+  static async build(fs: ExtFilesystem, extents: readonly Extent[], opts: { signal?: AbortSignal; maxBytes?: number } = {}): Promise<{ index: OwnerIndex; ownership: Ownership }> {
+    const { signal, maxBytes = Infinity } = opts;
+    let bytes = 0;
     const { sb } = fs;
     const isz = sb.inodeSize;
     const ipg = sb.inodesPerGroup;
@@ -154,6 +169,8 @@ export class OwnerIndex {
         const entry = await entryOf(fs, inode, raw);
         const { runs } = entry;
         entries.set(ino, entry);
+        bytes += entryBytes(entry);
+        if (bytes > maxBytes) throw new OwnerIndexTooLarge(maxBytes);
         const slot = tableAt + k * isz;
         const slotHit = hits(slot, slot + isz);
         if (slotHit || runsHit(runs, hits)) parsed.set(ino, { inode, slotHit });
@@ -176,9 +193,11 @@ export class OwnerIndex {
    * Brings the index forward by `extents`, every byte changed since the state it describes, and
    * answers their ownership (ExtFilesystem.ownership, with `changed` on each owner). Reads the
    * changed slots of inode tables, the changed inode bitmaps, and the inodes whose indexed blocks
-   * changed (their mapping blocks may have). A FilesystemError leaves the index unusable: drop it.
+   * changed (their mapping blocks may have). A FilesystemError, or OwnerIndexTooLarge beyond
+   * `maxBytes`, leaves the index unusable: drop it.
    */
-  async update(fs: ExtFilesystem, extents: readonly Extent[]): Promise<Ownership> {
+  async update(fs: ExtFilesystem, extents: readonly Extent[], maxBytes = Infinity): Promise<Ownership> {
+    let grown = this.bytes;
     const { sb } = fs;
     const bs = sb.blockSize;
     const isz = sb.inodeSize;
@@ -237,7 +256,11 @@ export class OwnerIndex {
       const fp = fingerprint(raw, isz);
       const now: Entry = old && old.fp === fp && !runsHit(old.runs, hits, old.meta) ? old : await entryOf(fs, inode, raw);
       const changed = !old || old.fp !== now.fp || !sameRuns(old.runs, now.runs);
-      if (changed) changes.set(ino, now);
+      if (changed) {
+        grown += entryBytes(now) - (old ? entryBytes(old) : 0);
+        if (grown > maxBytes) throw new OwnerIndexTooLarge(maxBytes);
+        changes.set(ino, now);
+      }
       const blocks = runsHit(now.runs, hits);
       if (blocks || slotHit || changed) owners.push({ ino, blocks, inode: slotHit, changed, parsed: inode });
     };

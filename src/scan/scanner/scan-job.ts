@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { coarsen, intersect, merge, toPairs, type Extent } from '../../extent/index.js';
-import { ChunkRing, DiskReader, ExtFilesystem, FilesystemError, OwnerIndex, detectFilesystem, fileType, readPartitions, type Inode, type Ownership, type Partition } from '../../fs/index.js';
+import { ChunkRing, DiskReader, ExtFilesystem, FilesystemError, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, type Inode, type Ownership, type Partition } from '../../fs/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdUnsupportedError, parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
@@ -438,7 +438,7 @@ async function scanDisk(
     // The owner index for the next incremental scan, built beside the walk (the inode tables are a
     // small part of what a full scan reads); kept only when the walk got through.
     const building = indexes && indexes.store.fits(OwnerIndex.estimateBytes(fs))
-      ? OwnerIndex.build(fs, [], signal).then((b) => b.index, () => undefined) : undefined;
+      ? OwnerIndex.build(fs, [], { signal, maxBytes: indexes.store.maxBytes }).then((b) => b.index, () => undefined) : undefined;
     try {
       await pool(listing());
     } finally {
@@ -474,13 +474,18 @@ async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
  */
 async function ownershipOf(fs: ExtFilesystem, extents: Extent[], kept: OwnerIndex | undefined, store: OwnerIndexStore | undefined,
 ): Promise<{ ownership: Ownership; index?: OwnerIndex; from: 'owner index' | 'inode tables' }> {
-  if (kept && kept.geometry === OwnerIndex.geometryOf(fs)) return { ownership: await kept.update(fs, extents), index: kept, from: 'owner index' };
-  if (store?.fits(OwnerIndex.estimateBytes(fs))) {
+  if (kept && kept.geometry === OwnerIndex.geometryOf(fs)) {
     try {
-      const { index, ownership } = await OwnerIndex.build(fs, extents);
+      return { ownership: await kept.update(fs, extents, store?.maxBytes), index: kept, from: 'owner index' };
+    } catch (err) {
+      if (!(err instanceof OwnerIndexTooLarge)) throw err;
+    }
+  } else if (store?.fits(OwnerIndex.estimateBytes(fs))) {
+    try {
+      const { index, ownership } = await OwnerIndex.build(fs, extents, { maxBytes: store.maxBytes });
       return { ownership, index, from: 'inode tables' };
     } catch (err) {
-      if (!(err instanceof FilesystemError)) throw err;
+      if (!(err instanceof FilesystemError) && !(err instanceof OwnerIndexTooLarge)) throw err;
     }
   }
   return { ownership: await fs.ownership(extents), from: 'inode tables' };
