@@ -163,6 +163,30 @@ describe('on a filesystem of many files', () => {
   }, 180_000);
 });
 
+describe('an owner index\'s geometry', () => {
+  it('stays the same when only needs_recovery changes (snapshots with and without the guest\'s freeze), and not across a new mkfs', async () => {
+    const a = join(dir.path, 'geometry.img');
+    await makeFs(a, 64 * MiB, ['mkfs.ext4'], tree);
+    const b = `${a}.recovering`;
+    copyFileSync(a, b);
+    await execa('debugfs', ['-w', '-R', 'feature needs_recovery', b]);
+    const c = `${a}.again`;
+    await makeFs(c, 64 * MiB, ['mkfs.ext4'], tree);
+    const geometry = async (img: string) => {
+      const { fs, close } = await openFs(img);
+      try {
+        return { g: OwnerIndex.geometryOf(fs), recovering: fs.sb.needsRecovery };
+      } finally {
+        await close();
+      }
+    };
+    const [ga, gb, gc] = [await geometry(a), await geometry(b), await geometry(c)];
+    expect(gb.recovering).toBe(true);
+    expect(gb.g).toBe(ga.g);
+    expect(gc.g).not.toBe(ga.g);
+  });
+});
+
 describe('an owner index over its memory bound', () => {
   it('is refused while it grows, in a build and in an update (descriptors can understate the inodes in use)', async () => {
     const base = join(dir.path, 'bound.img');

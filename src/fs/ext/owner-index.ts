@@ -13,6 +13,7 @@ import { mapInode } from './blockmap.js';
 import { type BlockOwner, type ExtFilesystem, type Ownership } from './filesystem.js';
 import { BG_INODE_UNINIT } from './groups.js';
 import type { Inode } from './inode.js';
+import { INCOMPAT } from './superblock.js';
 
 interface Entry {
   /** The slot's digest with its access time and checksum left out (fingerprint). */
@@ -122,7 +123,8 @@ export class OwnerIndex {
   static geometryOf(fs: ExtFilesystem): string {
     const { sb } = fs;
     const h = createHash('sha256').update(sb.uuid);
-    h.update(JSON.stringify([sb.csumSeed, sb.blockSize, sb.blocksCount, sb.inodesCount, sb.inodesPerGroup, sb.inodeSize, sb.firstIno, sb.incompat, sb.roCompat]));
+    // Not needs_recovery: it comes and goes with every snapshot taken without the guest's freeze.
+    h.update(JSON.stringify([sb.csumSeed, sb.blockSize, sb.blocksCount, sb.inodesCount, sb.inodesPerGroup, sb.inodeSize, sb.firstIno, sb.incompat & ~INCOMPAT.needs_recovery, sb.roCompat]));
     for (const gd of fs.groups) h.update(`${gd.inodeBitmap},${gd.inodeTable};`);
     return h.digest('hex');
   }
