@@ -22,17 +22,45 @@ export function scanSummary(r: ScanResult): string[] {
   return lines;
 }
 
+/**
+ * The progress line a terminal shows for one of the scanner's events (undefined: the line stays):
+ * the disk being scanned (from its `disk` event), files scanned, bytes sent to clamd and read over NBD.
+ */
+export function scanProgressLine(e: Record<string, unknown>, state: { disk?: string; mode?: string }): string | undefined {
+  const n = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+  if (e.type === 'disk') {
+    state.disk = String(e.disk ?? '');
+    state.mode = String(e.mode ?? '');
+    return `${state.disk}: ${state.mode} scan starting`;
+  }
+  if (e.type === 'progress') {
+    return `${state.disk ?? ''}${state.mode ? ` (${state.mode})` : ''}: ${n(e.files)} files scanned, ${formatBytes(n(e.bytesRead))} to clamd, ${formatBytes(n(e.nbdBytesRead))} read over NBD`;
+  }
+  return undefined;
+}
+
 async function scanOne(ctx: CommandContext, domain: string, o: { scanner?: string; full: boolean; noFreeze: boolean; json: boolean }): Promise<number> {
-  const result = await callDaemon<ScanEvent>(daemonSocket(ctx.config()), 'POST', `/v1/domains/${encodeURIComponent(domain)}/scans`, {
-    body: { scanner: o.scanner, full: o.full, noFreeze: o.noFreeze },
-    onEvent: (raw) => {
-      if (o.json) ctx.io.out(JSON.stringify(raw));
-      else if (ctx.io.isTty && (raw as { type?: string }).type === 'scanner') {
-        const e = (raw as { event: Record<string, unknown> }).event;
-        if (e.type === 'progress') process.stderr.write(`\r\x1b[2K${String(e.disk ?? '')} ${String(e.files ?? '')} files, ${formatBytes(Number(e.bytes ?? 0))}`);
-      }
-    },
-  });
+  const progress: { disk?: string; mode?: string } = {};
+  let shown = false;
+  let result: ScanEvent;
+  try {
+    result = await callDaemon<ScanEvent>(daemonSocket(ctx.config()), 'POST', `/v1/domains/${encodeURIComponent(domain)}/scans`, {
+      body: { scanner: o.scanner, full: o.full, noFreeze: o.noFreeze },
+      onEvent: (raw) => {
+        if (o.json) ctx.io.out(JSON.stringify(raw));
+        else if (ctx.io.isTty && (raw as { type?: string }).type === 'scanner') {
+          const line = scanProgressLine((raw as { event: Record<string, unknown> }).event, progress);
+          if (line !== undefined) {
+            process.stderr.write(`\r\x1b[2K${line}`);
+            shown = true;
+          }
+        }
+      },
+    });
+  } finally {
+    // The report (or the error) starts on a clean line, not after the last progress line.
+    if (shown) process.stderr.write('\r\x1b[2K');
+  }
   if (result.type !== 'result') throw new UsageError('virtcbtd ended the scan without a result');
   if (!o.json) for (const l of scanSummary(result)) ctx.io.out(l);
   return scanExitCode(result);
