@@ -52,25 +52,30 @@ interface OneSync {
 export async function syncOne(ctx: CommandContext, o: OneSync): Promise<SyncResult> {
   let drawn = false;
   const tty = ctx.io.isTty && !o.json;
-  const result = await callDaemon<SyncEvent>(daemonSocket(ctx.config()), 'POST', `/v1/domains/${encodeURIComponent(o.domain)}/syncs`, {
-    body: { disk: o.disk, to: o.to, format: o.format, discard: o.discard, full: o.full, noFreeze: o.noFreeze, map: o.map },
-    onEvent: (raw) => {
-      const ev = raw as unknown as SyncEvent;
-      if (o.json) {
-        ctx.io.out(JSON.stringify(ev));
-        return;
-      }
-      if (!tty) return;
-      if (ev.type === 'plan') {
-        ctx.io.err(`${ev.seed ? `seeding the target (${ev.reason})` : 'incremental'}: ${formatBytes(ev.copyBytes)} to copy; ${formatBytes(ev.skippedFreeBytes)} modified but free, skipped`);
-      } else if (ev.type === 'progress') {
-        const pct = ev.total > 0 ? Math.min(100, (ev.done / ev.total) * 100) : 100;
-        process.stderr.write(`\r\x1b[2K${o.disk}  ${pct.toFixed(0).padStart(3)}%  ${formatBytes(ev.done)} / ${formatBytes(ev.total)}  ${formatBytes(ev.bytesPerSec)}/s`);
-        drawn = true;
-      }
-    },
-  });
-  if (drawn) process.stderr.write('\n');
+  let result: SyncEvent;
+  try {
+    result = await callDaemon<SyncEvent>(daemonSocket(ctx.config()), 'POST', `/v1/domains/${encodeURIComponent(o.domain)}/syncs`, {
+      body: { disk: o.disk, to: o.to, format: o.format, discard: o.discard, full: o.full, noFreeze: o.noFreeze, map: o.map },
+      onEvent: (raw) => {
+        const ev = raw as unknown as SyncEvent;
+        if (o.json) {
+          ctx.io.out(JSON.stringify(ev));
+          return;
+        }
+        if (!tty) return;
+        if (ev.type === 'plan') {
+          ctx.io.err(`${ev.seed ? `seeding the target (${ev.reason})` : 'incremental'}: ${formatBytes(ev.copyBytes)} to copy; ${formatBytes(ev.skippedFreeBytes)} modified but free, skipped`);
+        } else if (ev.type === 'progress') {
+          const pct = ev.total > 0 ? Math.min(100, (ev.done / ev.total) * 100) : 100;
+          process.stderr.write(`\r\x1b[2K${o.disk}  ${pct.toFixed(0).padStart(3)}%  ${formatBytes(ev.done)} / ${formatBytes(ev.total)}  ${formatBytes(ev.bytesPerSec)}/s`);
+          drawn = true;
+        }
+      },
+    });
+  } finally {
+    // An error, like the report, starts on its own line.
+    if (drawn) process.stderr.write('\n');
+  }
   if (result.type !== 'result') throw new UsageError('virtcbtd ended the sync without a result');
   if (!o.json) for (const l of syncSummary(result)) ctx.io.out(l);
   return result;
