@@ -206,6 +206,29 @@ it('an incremental scan reads a file whose inode alone changed since the last sc
   await sh('rm -f /mnt/data/docs/tool.sh && sync');
 });
 
+it('with the owner index, EICAR written into an existing file in place and appended to another is found', async () => {
+  const sh = async (script: string) => {
+    const r = await agent.exec('/bin/sh', ['-c', script], { timeoutMs: 60_000 });
+    expect(r.exitCode, `${script}: ${r.stderr}`).toBe(0);
+  };
+  onTestFinished(async () => {
+    await sh('rm -rf /mnt/data/inplace && sync');
+    await daemon.cli(['quarantine', 'release', guest.name], { reject: false });
+  });
+  await sh('mkdir -p /mnt/data/inplace && for f in a b; do head -c 20000 /dev/zero | tr "\\0" "x" > /mnt/data/inplace/$f.txt; done && sync');
+  await scan();
+  // The payload is staged in the agent's file, then written over a.txt's first bytes (its blocks,
+  // its size unchanged) and onto the end of b.txt.
+  await agent.writeFile('/mnt/data/inplace/.payload', EICAR);
+  await sh('dd if=/mnt/data/inplace/.payload of=/mnt/data/inplace/a.txt conv=notrunc 2>/dev/null && cat /mnt/data/inplace/.payload >> /mnt/data/inplace/b.txt && rm /mnt/data/inplace/.payload && sync');
+  const r = await scan();
+  expect(r.result.full).toBe(false);
+  expect(ownersFrom(r)).toContain('owner index');
+  expect(r.exitCode).toBe(10);
+  const paths = r.result.verdict.infected.map((f: { path: string }) => f.path);
+  expect(paths).toEqual(expect.arrayContaining([expect.stringMatching(/inplace\/a\.txt$/), expect.stringMatching(/inplace\/b\.txt$/)]));
+});
+
 it('changed blocks no file owns are carried from scan to scan until a file owns them (virtcbtd sends them again)', async () => {
   const sh = async (script: string) => {
     const r = await agent.exec('/bin/sh', ['-c', script], { timeoutMs: 60_000 });
