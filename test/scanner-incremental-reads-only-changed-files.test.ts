@@ -224,4 +224,50 @@ describe('an incremental scan', () => {
     expect(ownersFrom).toBe('inode tables');
     expect(await openedPaths('oi-stale')).toEqual([]);
   });
+
+  it('keeps one owner index per partition: a partition without changes keeps its index for the next state, so its next change uses it', async () => {
+    // Two ext4 partitions on an MBR disk, each made apart and put in place.
+    const part = async (name: string, seed: number) => {
+      const t = join(dir, `${name}-tree`);
+      mkdirSync(t, { recursive: true });
+      for (let i = 0; i < 40; i++) writeFileSync(join(t, `f${i}.bin`), bytes(20 * 1024, seed + i));
+      const img = join(dir, `${name}.img`);
+      await makeFs(img, 32 * MiB, ['mkfs.ext4'], t);
+      return img;
+    };
+    const [p1, p2] = [await part('p1', 500), await part('p2', 600)];
+    const P1 = 1 * MiB;
+    const P2 = 34 * MiB;
+    const assemble = async (disk: string, a: string, b: string) => {
+      await execa('truncate', ['-s', String(68 * MiB), disk]);
+      await execa('sfdisk', ['-q', disk], { input: `label: dos\nstart=${P1 / 512}, size=${(32 * MiB) / 512}, type=83\nstart=${P2 / 512}, size=${(32 * MiB) / 512}, type=83\n` });
+      await execa('dd', [`if=${a}`, `of=${disk}`, 'bs=1M', `seek=${P1 / MiB}`, 'conv=notrunc', 'status=none']);
+      await execa('dd', [`if=${b}`, `of=${disk}`, 'bs=1M', `seek=${P2 / MiB}`, 'conv=notrunc', 'status=none']);
+    };
+    const src = join(dir, 'part-payload');
+    writeFileSync(src, `payload ${EICAR}\n`);
+    const s0 = join(dir, 'parts-0.img');
+    await assemble(s0, p1, p2);
+    // State 1: a file written in partition 2 only. State 2: one in partition 1 only.
+    await execa('debugfs', ['-w', '-R', `write ${src} in-p2.txt`, p2]);
+    const s1 = join(dir, 'parts-1.img');
+    await assemble(s1, p1, p2);
+    await execa('debugfs', ['-w', '-R', `write ${src} in-p1.txt`, p1]);
+    const s2 = join(dir, 'parts-2.img');
+    await assemble(s2, p1, p2);
+    const run = async (id: string, image: string, extents: ExtentPair[] | undefined, ownerIndex: { base?: string; next: string }) => {
+      const exp = await w.serve(image);
+      const r = await postScan(scanner.url, { id, domain: 'vm-parts', disks: [{ target: 'vda', uri: exp.uri, size: statSync(image).size, ...(extents ? { extents } : {}) }], ownerIndex }, w.hv);
+      expect(r.result, r.body).toBeDefined();
+      const from = Object.fromEntries(r.events.filter((e) => e.type === 'filesystem').map((e) => [e.partition, e.ownersFrom]));
+      return { result: r.result!, from };
+    };
+    await run('parts-full', s0, undefined, { next: 'g0' });
+    const one = await run('parts-1', s1, diffExtents(s0, s1), { base: 'g0', next: 'g1' });
+    expect(one.from).toEqual({ 2: 'owner index' });
+    expect(one.result.infected.map((f) => `${f.partition}:${f.path}`)).toEqual(['2:/in-p2.txt']);
+    const two = await run('parts-2', s2, diffExtents(s1, s2), { base: 'g1', next: 'g2' });
+    expect(two.from).toEqual({ 1: 'owner index' });
+    expect(two.result.infected.map((f) => `${f.partition}:${f.path}`)).toEqual(['1:/in-p1.txt']);
+  });
 });
