@@ -2,7 +2,8 @@
 // granules, as a dirty bitmap gives them), virtcbt-scanner opens only the files owning changed
 // blocks and reads a small part of what a full scan reads over NBD; the newly written infected
 // file is found; a job whose extents touch nothing there opens no file.
-import { copyFileSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -69,6 +70,22 @@ beforeAll(async () => {
 async function openedPaths(jobId: string): Promise<string[]> {
   await pollUntil(() => new RegExp(`info: scan job done job=${jobId} `).test(scanner.log()), 'the job\'s log', { timeoutMs: 10_000, intervalMs: 20 });
   return [...scanner.log().matchAll(new RegExp(`debug: file opened job=${jobId} disk=vda partition=0 path=(\\S+)`, 'g'))].map((m) => m[1]!).sort();
+}
+
+/** GET /v1/status of a scanner, with the hypervisor's client certificate. */
+function getStatus(url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(new URL('/v1/status', url), {
+      ca: readFileSync(join(w.hv, 'ca-cert.pem')), cert: readFileSync(join(w.hv, 'client-cert.pem')), key: readFileSync(join(w.hv, 'client-key.pem')),
+    }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`status ${res.statusCode}: ${body}`))));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** Where the last job's changed-block owners came from (its filesystem event). */
@@ -205,6 +222,11 @@ describe('an incremental scan', () => {
     expect(ownersFrom).toBe('owner index');
     expect(incr.infected).toEqual([expect.objectContaining({ path: '/data/dropped.txt', signature: `${SIGNATURE}.UNOFFICIAL` })]);
     const withIndex = await openedPaths('oi-incr');
+    // The scanner's status shows what it keeps.
+    const status = JSON.parse(await getStatus(scanner.url));
+    expect(status.ownerIndexes.kept).toBeGreaterThanOrEqual(1);
+    expect(status.ownerIndexes.bytes).toBeGreaterThan(0);
+    expect(status.ownerIndexes.bytes).toBeLessThanOrEqual(status.ownerIndexes.maxBytes);
     await scan('oi-tables', changed);
     expect(ownersFrom).toBe('inode tables');
     expect(withIndex).toEqual(await openedPaths('oi-tables'));

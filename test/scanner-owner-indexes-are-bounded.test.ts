@@ -32,5 +32,7 @@ describe('the owner-index store', () => {
     store.put(key('vdd'), 's', index(5000));
     expect(store.take(key('vdd'), 's')).toBeUndefined();
     expect(store.fits(5000)).toBe(false);
+    store.put(key('vde'), 's', index(300));
+    expect(store.status()).toEqual({ kept: 2, bytes: 700, maxBytes: 1000 });
   });
 });

@@ -48,4 +48,9 @@ export class OwnerIndexStore {
   get size(): number {
     return this.kept.size;
   }
+
+  /** For GET /v1/status: how many are kept, the memory they take and the budget. */
+  status(): { kept: number; bytes: number; maxBytes: number } {
+    return { kept: this.kept.size, bytes: this.total, maxBytes: this.maxBytes };
+  }
 }

@@ -85,7 +85,7 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
     }
     if (req.method === 'GET' && req.url === '/v1/status') {
       const version = await clamd.command('VERSION').catch((err) => `unreachable: ${errorMessage(err)}`);
-      return sendJson(res, 200, { clamd: version, jobs: [...jobs.keys()] });
+      return sendJson(res, 200, { clamd: version, jobs: [...jobs.keys()], ownerIndexes: ownerIndexes?.status() ?? { kept: 0, bytes: 0, maxBytes: 0 } });
     }
     if (req.url !== SCAN_PATH) return sendJson(res, 404, { error: `no ${req.url}`, hint: `POST ${SCAN_PATH}` });
     if (req.method !== 'POST') return sendJson(res, 405, { error: `${req.method} not allowed`, hint: `POST ${SCAN_PATH}` });
