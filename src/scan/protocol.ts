@@ -135,8 +135,12 @@ export interface ScanResult {
 export type ScanEvent =
   | { type: 'accepted'; id: string; domain: string; disks: number }
   | { type: 'disk'; id: string; disk: string; mode: 'full' | 'incremental'; size: number }
-  /** ownersFrom (incremental): whether the changed blocks' owners came from the owner index kept since the last scan, or from reading every inode table. */
-  | { type: 'filesystem'; id: string; disk: string; partition: number; kind: string; files?: number; ownersFrom?: 'owner index' | 'inode tables' }
+  /**
+   * ownersFrom (incremental): whether the changed blocks' owners came from the owner index kept since
+   * the last scan, or from reading every inode table; passedOver (with an index): files that only
+   * shared changed granules with changed files, their own bytes there unchanged (their digests), not read.
+   */
+  | { type: 'filesystem'; id: string; disk: string; partition: number; kind: string; files?: number; ownersFrom?: 'owner index' | 'inode tables'; passedOver?: number }
   | { type: 'progress'; id: string; files: number; bytesRead: number; nbdBytesRead: number }
   | { type: 'found'; id: string; file: InfectedFile }
   | ScanResult

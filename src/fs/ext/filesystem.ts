@@ -242,9 +242,10 @@ export class ExtFilesystem {
    * A file's contents as chunks of at most 1 MiB, holes and uninitialised extents as zeroes; memory
    * stays bounded. With `ring`, chunks are read into its buffers in turn instead of fresh ones (no
    * allocation, no garbage per chunk): a chunk then stays valid only until the consumer has taken
-   * `ring.size - 1` more.
+   * `ring.size - 1` more. `onPiece` sees each stretch read from the disk (its byte offset in the
+   * filesystem and its bytes, valid during the call): not inline data, holes or uninitialised extents.
    */
-  async *readChunks(file: Inode | number, opts: { ring?: ChunkRing } = {}): AsyncGenerator<Buffer> {
+  async *readChunks(file: Inode | number, opts: { ring?: ChunkRing; onPiece?: (physical: number, bytes: Buffer) => void } = {}): AsyncGenerator<Buffer> {
     const inode = typeof file === 'number' ? await this.inode(file) : file;
     const size = inode.size;
     if (inode.flags & EXT4_ENCRYPT_FL) throw unsupported(this.label, `inode ${inode.ino} is encrypted (fscrypt): its contents cannot be read`);
@@ -279,7 +280,10 @@ export class ExtFilesystem {
       }
       const out = opts.ring ? opts.ring.next(n) : covered === n ? Buffer.allocUnsafe(n) : Buffer.alloc(n);
       if (opts.ring && covered !== n) out.fill(0);
-      for (const p of pieces) await this.disk.readInto(out.subarray(p.at, p.at + p.length), p.phys, `data of inode ${inode.ino}`);
+      for (const p of pieces) {
+        await this.disk.readInto(out.subarray(p.at, p.at + p.length), p.phys, `data of inode ${inode.ino}`);
+        opts.onPiece?.(p.phys, out.subarray(p.at, p.at + p.length));
+      }
       yield out;
       pos += n;
     }

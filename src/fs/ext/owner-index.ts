@@ -12,6 +12,7 @@ import { firstEndingAfter, hitTest, intersect, merge, subtract, type Extent } fr
 import { mapInode } from './blockmap.js';
 import { type BlockOwner, type ExtFilesystem, type Ownership } from './filesystem.js';
 import { BG_INODE_UNINIT } from './groups.js';
+import type { GranuleDigests } from './granule-digests.js';
 import type { Inode } from './inode.js';
 import { INCOMPAT } from './superblock.js';
 
@@ -27,6 +28,7 @@ interface Entry {
 /** Rough memory per indexed inode and per owned run, for the keeper's budget. */
 const ENTRY_BYTES = 160;
 const RUN_BYTES = 40;
+const DIGEST_BYTES = 60;
 
 /**
  * The slot's bytes without what changes when nothing that matters did: the access time (a read
@@ -100,6 +102,8 @@ export class OwnerIndex {
   // The reverse map: every owned run, sorted by start; reach[i] is the furthest end of runs 0..i,
   // so the runs meeting a range are found by one binary search even where runs overlap (a shared
   // extended attribute block, or a damaged filesystem).
+  /** Per regular file scanned in whole since its content last changed: its granule digests (granule-digests.ts). */
+  private readonly digests = new Map<number, GranuleDigests>();
   private starts = new Float64Array(0);
   private ends = new Float64Array(0);
   private owners = new Uint32Array(0);
@@ -140,7 +144,21 @@ export class OwnerIndex {
   get bytes(): number {
     let b = 0;
     for (const m of this.bitmaps.values()) b += m.length;
+    for (const d of this.digests.values()) b += d.size * DIGEST_BYTES;
     return this.entries.size * ENTRY_BYTES + this.starts.length * RUN_BYTES + b;
+  }
+
+  /**
+   * Records a regular file's granule digests as a scan read it in whole at this index's state, or
+   * (undefined) forgets them: a file not read in whole, or whose inode changed, has none.
+   */
+  setDigests(ino: number, digests: GranuleDigests | undefined): void {
+    if (digests && this.entries.has(ino)) this.digests.set(ino, digests);
+    else this.digests.delete(ino);
+  }
+
+  digestsOf(ino: number): GranuleDigests | undefined {
+    return this.digests.get(ino);
   }
 
   /**
@@ -331,6 +349,8 @@ export class OwnerIndex {
       for (let i = 0; i < runs.length; i += 2) if (runs[i + 1]! > 0) fresh.push({ s: runs[i]!, e: runs[i]! + runs[i + 1]!, o: ino });
     };
     for (const [ino, en] of changes) {
+      // Its content may have changed with it: digests again only once a scan has read it.
+      this.digests.delete(ino);
       if (en) {
         this.entries.set(ino, en);
         addRuns(ino, en.runs);

@@ -2,11 +2,14 @@
 // domain, disk and partition, each labelled with the hypervisor's token for the state it describes
 // (ScanJob.ownerIndex). Bounded by memory: the least recently kept go first. Lost with the process:
 // the next scan of that filesystem reads its inode tables and builds one again.
+import { randomBytes } from 'node:crypto';
 import type { OwnerIndex } from '../../fs/index.js';
 
 export class OwnerIndexStore {
   private readonly kept = new Map<string, { token: string; index: OwnerIndex; bytes: number }>();
   private total = 0;
+  /** The key of the granule digests kept with the indexes (fs/ext/granule-digests.ts): this process's secret. */
+  readonly digestKey = randomBytes(32);
 
   constructor(readonly maxBytes: number) {}
 
@@ -29,6 +32,11 @@ export class OwnerIndexStore {
     this.kept.delete(key);
     this.total -= k.bytes;
     return token !== undefined && k.token === token ? k.index : undefined;
+  }
+
+  /** The index kept under `key`, left in place (a job that put it there adds its files' digests). */
+  peek(key: string): OwnerIndex | undefined {
+    return this.kept.get(key)?.index;
   }
 
   put(key: string, token: string, index: OwnerIndex): void {

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { coarsen, intersect, merge, toPairs, type Extent } from '../../extent/index.js';
-import { ChunkRing, DiskReader, ExtFilesystem, FilesystemError, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, type Inode, type Ownership, type Partition } from '../../fs/index.js';
+import { ChunkRing, DIGEST_GRANULE, DiskReader, ExtFilesystem, FilesystemError, GranuleDigester, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, type GranuleDigests, type Inode, type Ownership, type Partition } from '../../fs/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdUnsupportedError, parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
@@ -64,6 +64,8 @@ interface FileTask {
   /** Known from the walk (full scans), or looked up when a report needs it (incremental scans). */
   path?: string;
   paths?: PathFinder;
+  /** Told the file's granule digests once it was read in whole and found clean, or undefined (owner index). */
+  digests?: { digester: GranuleDigester; keep: (d: GranuleDigests | undefined) => void };
 }
 
 /**
@@ -232,10 +234,14 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     if (o.onFile) o.onFile(t.disk, t.partition, await pathOf(t));
     let bytes = 0;
     const fileSignal = signal;
+    // Its digests are kept only once it was read in whole and found clean.
+    t.digests?.keep(undefined);
+    const granules: GranuleDigests | undefined = t.digests && new Map();
+    const onPiece = granules && ((at: number, b: Buffer) => t.digests!.digester.add(granules, at, b));
     // Chunks come from the worker's ring: clamd's session sends one while the next is read, and
     // holds at most one back (the ring has room for both and one more).
     async function* chunks() {
-      for await (const c of t.fs.readChunks(inode!, { ring })) {
+      for await (const c of t.fs.readChunks(inode!, { ring, onPiece })) {
         if (fileSignal.aborted) throw fileSignal.reason ?? new Error('aborted');
         bytes += c.length;
         yield c;
@@ -258,6 +264,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     }
     if (bytes !== inode.size) return v.skip(t, 'unreadable', undefined, `read ${bytes} of ${inode.size} bytes`);
     v.scanned.files++;
+    if (verdict.status !== 'found' && granules) t.digests!.keep(granules);
     if (verdict.status === 'found') {
       const file: InfectedFile = { disk: t.disk, partition: t.partition, path: await pathOf(t), signature: verdict.signature, size: inode.size, sha256: await digest(t.fs, inode) };
       v.infected.push(file);
@@ -391,11 +398,14 @@ async function scanDisk(
       // Incremental: the regular files owning changed blocks, scanned by inode number; their paths
       // are looked up only for a report that needs one (or the debug log of opened files).
       let ownersFrom: 'owner index' | 'inode tables' = 'inode tables';
+      /** Owners whose blocks changed though their inode and mapping did not (known with an index only). */
+      const unchanged = new Set<number>();
       let owners: Inode[];
       try {
         let unowned: Extent[];
         const found = await ownershipOf(fs, local, kept, indexes?.store);
         ({ owners, unowned } = changedFiles(fs, found.ownership, job.changedSince));
+        for (const w of found.ownership.owners) if (w.blocks && w.changed === false) unchanged.add(w.ino);
         if (found.index) indexes!.store.put(indexes!.key, indexes!.next, found.index);
         ownersFrom = found.from;
         const list = v.unowned.get(target) ?? [];
@@ -406,9 +416,29 @@ async function scanDisk(
         v.notScanned.push({ ...region, kind, problem: err.problem, reason: `${kind}: the changed blocks' owners cannot be found: ${why(err)}` });
         continue;
       }
+      // With the index: a file that only shares a changed granule with a changed file (its inode
+      // and mapping unchanged) is passed over when its own bytes there match its digests.
+      let passedOver = 0;
+      const index = indexes ? indexes.store.peek(indexes.key) : undefined;
+      const digester = index && new GranuleDigester(indexes!.store.digestKey, fs.sb.blockSize);
+      if (index && digester && unchanged.size > 0) {
+        try {
+          const kept: Inode[] = [];
+          for (const inode of owners) {
+            if (unchanged.has(inode.ino) && await sameGranules(fs, index, inode, local, digester)) passedOver++;
+            else kept.push(inode);
+          }
+          owners = kept;
+        } catch (err) {
+          if (!(err instanceof FilesystemError)) throw err;
+        }
+      }
       const paths = new PathFinder(fs, new Set(owners.map((i) => i.ino)));
-      const tasks: FileTask[] = owners.map((inode) => ({ disk: target, partition: p.number, fs, ino: inode.ino, inode, paths }));
-      o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length, ownersFrom });
+      const tasks: FileTask[] = owners.map((inode) => ({
+        disk: target, partition: p.number, fs, ino: inode.ino, inode, paths,
+        ...(index && digester ? { digests: { digester, keep: (d: GranuleDigests | undefined) => index.setDigests(inode.ino, d) } } : {}),
+      }));
+      o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length, ownersFrom, ...(index ? { passedOver } : {}) });
       await pool(tasks);
       // Skipped files are named while the export is still open.
       for (const u of v.unnamed.splice(0)) u.entry.path = await u.task.paths!.path(u.task.ino);
@@ -419,6 +449,9 @@ async function scanDisk(
     // reported as not (fully) scanned.
     const seen = new Set<number>();
     let listed = 0;
+    // The files' granule digests, for the owner index built beside the walk.
+    const fullDigester = indexes ? new GranuleDigester(indexes.store.digestKey, fs.sb.blockSize) : undefined;
+    const fullDigests = new Map<number, GranuleDigests | undefined>();
     let walkError: unknown;
     let walkCut = false;
     const listing = async function* (): AsyncGenerator<FileTask> {
@@ -428,7 +461,8 @@ async function scanDisk(
           if (e.type !== 'file' || seen.has(e.ino)) continue;
           seen.add(e.ino);
           listed++;
-          yield { disk: target, partition: p.number, fs, ino: e.ino, path: e.path };
+          const ino = e.ino;
+          yield { disk: target, partition: p.number, fs, ino, path: e.path, ...(fullDigester ? { digests: { digester: fullDigester, keep: (d: GranuleDigests | undefined) => { fullDigests.set(ino, d); } } } : {}) };
         }
       } catch (err) {
         if (!(err instanceof FilesystemError)) throw err;
@@ -443,7 +477,10 @@ async function scanDisk(
       await pool(listing());
     } finally {
       const built = await building;
-      if (built && !walkError && !walkCut) indexes!.store.put(indexes!.key, indexes!.next, built);
+      if (built && !walkError && !walkCut) {
+        for (const [ino, d] of fullDigests) built.setDigests(ino, d);
+        indexes!.store.put(indexes!.key, indexes!.next, built);
+      }
     }
     // Stopped by the time limit while listing: what was not listed is not scanned, and says so.
     if (walkCut && timeUp.aborted && !o.signal?.aborted) {
@@ -465,6 +502,37 @@ async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
   const hash = createHash('sha256');
   for await (const c of fs.readChunks(inode)) hash.update(c);
   return hash.digest('hex');
+}
+
+/**
+ * Whether a regular file's bytes in every digest granule the changed extents touch are what its
+ * digests say (read now, from the snapshot): then its content did not change, though it shares
+ * granules with blocks that did. False when it has no digests or any granule differs or is missing.
+ */
+async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, changed: Extent[], digester: GranuleDigester): Promise<boolean> {
+  const stored = index.digestsOf(inode.ino);
+  if (!stored) return false;
+  const bs = fs.sb.blockSize;
+  // The file's bytes on disk as readChunks reads them: initialised runs, up to its size.
+  const pieces: Extent[] = [];
+  for (const r of (await fs.map(inode)).data) {
+    if (r.uninit || r.logical * bs >= inode.size) continue;
+    pieces.push({ offset: r.physical * bs, length: Math.min(r.count * bs, inode.size - r.logical * bs) });
+  }
+  const granules = new Set<number>();
+  for (const e of intersect(merge(pieces), changed)) {
+    for (let g = Math.floor(e.offset / DIGEST_GRANULE); g * DIGEST_GRANULE < e.offset + e.length; g++) granules.add(g);
+  }
+  const now: GranuleDigests = new Map();
+  for (const g of granules) {
+    for (const e of intersect(merge(pieces), [{ offset: g * DIGEST_GRANULE, length: DIGEST_GRANULE }])) {
+      digester.add(now, e.offset, await fs.disk.readCached(e.offset, e.length, `data of inode ${inode.ino}`));
+    }
+    const a = now.get(g);
+    const b = stored.get(g);
+    if (!a || !b || !a.equals(b)) return false;
+  }
+  return granules.size > 0;
 }
 
 /**
