@@ -298,10 +298,10 @@ try {
     ...(ownerIndex ? { ownerIndex } : {}),
   });
   // The incremental row as a service scanning the same domain again and again runs it: the scanner
-  // holds an owner index of the earlier state (left by the last scan). Each timed run gets its own,
-  // made untimed just before by an incremental of the earlier image (inode tables read, index kept).
+  // holds an owner index of the earlier state, with the granule digests of the files it read. Each
+  // timed run gets its own, made untimed just before by a full scan of the earlier image.
   let prepared = 0;
-  const prepare = () => post(url, disk(expBefore.uri, before, [[0, GRANULE]], { next: `before-${++prepared}` }), hv);
+  const prepare = () => post(url, disk(expBefore.uri, before, undefined, { next: `before-${++prepared}` }), hv);
   const incremental = () => post(url, disk(expAfter.uri, after, extents, { base: `before-${prepared}`, next: `after-${prepared}` }), hv);
   const clamdCpu = () => cpuTree(clamd.pid!);
   const scannerCpu = () => cpuTree(scanner.pid!) + cpuTree(expBefore.pid) + cpuTree(expAfter.pid);

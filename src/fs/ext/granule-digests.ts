@@ -1,37 +1,53 @@
 // Keyed digests of a file's bytes per 64 KiB granule of its filesystem: what lets an incremental
 // scan tell a file that merely shares a changed granule with a changed file (its blocks untouched)
-// from one whose blocks were written, without trusting its inode. Each block of file data is
-// digested with a secret key and its offset (HMAC-SHA256, 8 bytes kept), and a granule's digest is
-// the XOR of its blocks': the same whatever order or pieces the bytes were read in, and not
-// forgeable by a guest that does not know the key.
-import { createHmac } from 'node:crypto';
+// from one whose blocks were written, without trusting its inode. A granule's digest is an
+// HMAC-SHA256 (8 bytes kept) with a secret key over the granule's number and the file's bytes in
+// it, in disk order. Compared only while the file's mapping is unchanged (the owner index says so),
+// so the bytes' places in the granule are the same; a guest that does not know the key cannot make
+// other bytes match.
+import { createHmac, type Hmac } from 'node:crypto';
 
 /** The granule digests are kept at: the change log's default granularity. */
 export const DIGEST_GRANULE = 64 * 1024;
 
-/** Per granule index (byte offset / DIGEST_GRANULE), the XOR of its blocks' digests (8 bytes). */
+/** Per granule index (byte offset / DIGEST_GRANULE), the file's digest there (8 bytes). */
 export type GranuleDigests = Map<number, Buffer>;
 
-export class GranuleDigester {
-  private readonly at = Buffer.alloc(8);
+/** One file's digests as its bytes are read: pieces of a granule must come in disk order. */
+export class GranuleDigestSession {
+  private readonly open = new Map<number, { h: Hmac; end: number } | null>();
 
-  constructor(
-    private readonly key: Buffer,
-    /** The filesystem's block size: blocks are digested whole (the file's last one up to its end). */
-    private readonly blockSize: number,
-  ) {}
+  constructor(private readonly key: Buffer) {}
 
-  /** Adds file bytes read at filesystem byte offset `physical` (block-aligned: a piece of a mapped run). */
-  add(into: GranuleDigests, physical: number, bytes: Uint8Array): void {
-    for (let off = 0; off < bytes.length; off += this.blockSize) {
-      const where = physical + off;
-      this.at.writeUIntBE(Math.floor(where / 2 ** 32), 0, 4);
-      this.at.writeUInt32BE(where % 2 ** 32, 4);
-      const d = createHmac('sha256', this.key).update(this.at).update(bytes.subarray(off, Math.min(bytes.length, off + this.blockSize))).digest();
-      const g = Math.floor(where / DIGEST_GRANULE);
-      const acc = into.get(g);
-      if (!acc) into.set(g, d.subarray(0, 8));
-      else for (let i = 0; i < 8; i++) acc[i]! ^= d[i]!;
+  /** Adds file bytes read at filesystem byte offset `physical`. */
+  add(physical: number, bytes: Uint8Array): void {
+    for (let off = 0; off < bytes.length;) {
+      const at = physical + off;
+      const g = Math.floor(at / DIGEST_GRANULE);
+      const n = Math.min(bytes.length - off, (g + 1) * DIGEST_GRANULE - at);
+      let s = this.open.get(g);
+      if (s === undefined) {
+        const h = createHmac('sha256', this.key);
+        const head = Buffer.alloc(8);
+        head.writeUIntBE(Math.floor(g / 2 ** 32), 0, 4);
+        head.writeUInt32BE(g % 2 ** 32, 4);
+        s = { h: h.update(head), end: at };
+        this.open.set(g, s);
+      }
+      // Bytes out of disk order (a file whose runs in one granule are not in logical order): that
+      // granule gets no digest, and the file is read whenever it is touched.
+      if (s !== null && at < s.end) this.open.set(g, (s = null));
+      if (s !== null) {
+        s.h.update(bytes.subarray(off, off + n));
+        s.end = at + n;
+      }
+      off += n;
     }
+  }
+
+  digests(): GranuleDigests {
+    const out: GranuleDigests = new Map();
+    for (const [g, s] of this.open) if (s) out.set(g, s.h.digest().subarray(0, 8));
+    return out;
   }
 }

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { coarsen, intersect, merge, toPairs, type Extent } from '../../extent/index.js';
-import { ChunkRing, DIGEST_GRANULE, DiskReader, ExtFilesystem, FilesystemError, GranuleDigester, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, type GranuleDigests, type Inode, type Ownership, type Partition } from '../../fs/index.js';
+import { ChunkRing, DIGEST_GRANULE, DiskReader, ExtFilesystem, FilesystemError, GranuleDigestSession, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, type GranuleDigests, type Inode, type Ownership, type Partition } from '../../fs/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdUnsupportedError, parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
@@ -65,7 +65,7 @@ interface FileTask {
   path?: string;
   paths?: PathFinder;
   /** Told the file's granule digests once it was read in whole and found clean, or undefined (owner index). */
-  digests?: { digester: GranuleDigester; keep: (d: GranuleDigests | undefined) => void };
+  digests?: { key: Buffer; keep: (d: GranuleDigests | undefined) => void };
 }
 
 /**
@@ -236,8 +236,8 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     const fileSignal = signal;
     // Its digests are kept only once it was read in whole and found clean.
     t.digests?.keep(undefined);
-    const granules: GranuleDigests | undefined = t.digests && new Map();
-    const onPiece = granules && ((at: number, b: Buffer) => t.digests!.digester.add(granules, at, b));
+    const granules = t.digests && new GranuleDigestSession(t.digests.key);
+    const onPiece = granules && ((at: number, b: Buffer) => granules.add(at, b));
     // Chunks come from the worker's ring: clamd's session sends one while the next is read, and
     // holds at most one back (the ring has room for both and one more).
     async function* chunks() {
@@ -264,7 +264,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     }
     if (bytes !== inode.size) return v.skip(t, 'unreadable', undefined, `read ${bytes} of ${inode.size} bytes`);
     v.scanned.files++;
-    if (verdict.status !== 'found' && granules) t.digests!.keep(granules);
+    if (verdict.status !== 'found' && granules) t.digests!.keep(granules.digests());
     if (verdict.status === 'found') {
       const file: InfectedFile = { disk: t.disk, partition: t.partition, path: await pathOf(t), signature: verdict.signature, size: inode.size, sha256: await digest(t.fs, inode) };
       v.infected.push(file);
@@ -420,12 +420,12 @@ async function scanDisk(
       // and mapping unchanged) is passed over when its own bytes there match its digests.
       let passedOver = 0;
       const index = indexes ? indexes.store.peek(indexes.key) : undefined;
-      const digester = index && new GranuleDigester(indexes!.store.digestKey, fs.sb.blockSize);
-      if (index && digester && unchanged.size > 0) {
+      const key = indexes?.store.digestKey;
+      if (index && key && unchanged.size > 0) {
         try {
           const kept: Inode[] = [];
           for (const inode of owners) {
-            if (unchanged.has(inode.ino) && await sameGranules(fs, index, inode, local, digester)) passedOver++;
+            if (unchanged.has(inode.ino) && await sameGranules(fs, index, inode, local, key)) passedOver++;
             else kept.push(inode);
           }
           owners = kept;
@@ -436,7 +436,7 @@ async function scanDisk(
       const paths = new PathFinder(fs, new Set(owners.map((i) => i.ino)));
       const tasks: FileTask[] = owners.map((inode) => ({
         disk: target, partition: p.number, fs, ino: inode.ino, inode, paths,
-        ...(index && digester ? { digests: { digester, keep: (d: GranuleDigests | undefined) => index.setDigests(inode.ino, d) } } : {}),
+        ...(index && key ? { digests: { key, keep: (d: GranuleDigests | undefined) => index.setDigests(inode.ino, d) } } : {}),
       }));
       o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length, ownersFrom, ...(index ? { passedOver } : {}) });
       await pool(tasks);
@@ -450,7 +450,7 @@ async function scanDisk(
     const seen = new Set<number>();
     let listed = 0;
     // The files' granule digests, for the owner index built beside the walk.
-    const fullDigester = indexes ? new GranuleDigester(indexes.store.digestKey, fs.sb.blockSize) : undefined;
+    const fullKey = indexes?.store.digestKey;
     const fullDigests = new Map<number, GranuleDigests | undefined>();
     let walkError: unknown;
     let walkCut = false;
@@ -462,7 +462,7 @@ async function scanDisk(
           seen.add(e.ino);
           listed++;
           const ino = e.ino;
-          yield { disk: target, partition: p.number, fs, ino, path: e.path, ...(fullDigester ? { digests: { digester: fullDigester, keep: (d: GranuleDigests | undefined) => { fullDigests.set(ino, d); } } } : {}) };
+          yield { disk: target, partition: p.number, fs, ino, path: e.path, ...(fullKey ? { digests: { key: fullKey, keep: (d: GranuleDigests | undefined) => { fullDigests.set(ino, d); } } } : {}) };
         }
       } catch (err) {
         if (!(err instanceof FilesystemError)) throw err;
@@ -509,7 +509,7 @@ async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
  * digests say (read now, from the snapshot): then its content did not change, though it shares
  * granules with blocks that did. False when it has no digests or any granule differs or is missing.
  */
-async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, changed: Extent[], digester: GranuleDigester): Promise<boolean> {
+async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, changed: Extent[], key: Buffer): Promise<boolean> {
   const stored = index.digestsOf(inode.ino);
   if (!stored) return false;
   const bs = fs.sb.blockSize;
@@ -523,12 +523,13 @@ async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, 
   for (const e of intersect(merge(pieces), changed)) {
     for (let g = Math.floor(e.offset / DIGEST_GRANULE); g * DIGEST_GRANULE < e.offset + e.length; g++) granules.add(g);
   }
-  const now: GranuleDigests = new Map();
   for (const g of granules) {
+    // The file's bytes in the granule, in disk order (the digest at the scan saw them so).
+    const session = new GranuleDigestSession(key);
     for (const e of intersect(merge(pieces), [{ offset: g * DIGEST_GRANULE, length: DIGEST_GRANULE }])) {
-      digester.add(now, e.offset, await fs.disk.readCached(e.offset, e.length, `data of inode ${inode.ino}`));
+      session.add(e.offset, await fs.disk.readCached(e.offset, e.length, `data of inode ${inode.ino}`));
     }
-    const a = now.get(g);
+    const a = session.digests().get(g);
     const b = stored.get(g);
     if (!a || !b || !a.equals(b)) return false;
   }
