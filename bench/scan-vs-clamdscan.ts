@@ -398,7 +398,8 @@ try {
   }
   console.log(`incremental: ${changedFiles.length} files rewritten, ${(changedFileBytes / MiB).toFixed(2)} MiB; changed extents ${extents.length}, ${(changedExtentBytes / MiB).toFixed(2)} MiB (64 KiB granules where the images differ); ` +
     `NBD bytes read ${(rows[3]!.nbd! / MiB).toFixed(2)} MiB: file contents ${(rows[3]!.fileData! / MiB).toFixed(2)} MiB = ${(rows[3]!.fileData! / changedFileBytes).toFixed(2)}x the changed files' size ` +
-    `(target <= 3x) + metadata (superblock, descriptors, bitmaps, inode tables, directories, extent blocks) ${((rows[3]!.nbd! - rows[3]!.fileData!) / MiB).toFixed(2)} MiB; files opened ${rows[3]!.files}`);
+    `(target <= 3x) + metadata (superblock, descriptors, bitmaps, inode tables, directories, extent blocks) and the changed granules of files passed over ` +
+    `${((rows[3]!.nbd! - rows[3]!.fileData!) / MiB).toFixed(2)} MiB; all of it ${(rows[3]!.nbd! / changedFileBytes).toFixed(2)}x the changed files' size; files opened ${rows[3]!.files}`);
   await expBefore.close();
   await expAfter.close();
   if (GUEST_SCANS > 0) await scanRunningGuest(url, hv, exportServer);
