@@ -17,7 +17,7 @@ describe('the owner-index store', () => {
     expect(store.take(key('vda'), 'log.7')).toBeUndefined();
     store.put(key('vda'), 'log.7', a);
     expect(store.take(key('vda'), 'log.7')).toBe(a);
-    expect(store.size).toBe(0);
+    expect(store.status().kept).toBe(0);
     expect(OwnerIndexStore.key('CN=hv2', 'vm1', 'vda', 1048576)).not.toBe(key('vda'));
   });
 
@@ -26,7 +26,7 @@ describe('the owner-index store', () => {
     store.put(key('vda'), 's', index(400));
     store.put(key('vdb'), 's', index(400));
     store.put(key('vdc'), 's', index(400));
-    expect(store.size).toBe(2);
+    expect(store.status().kept).toBe(2);
     expect(store.take(key('vda'), 's')).toBeUndefined();
     expect(store.take(key('vdc'), 's')).toBeDefined();
     store.put(key('vdd'), 's', index(5000));

@@ -34,11 +34,6 @@ export class OwnerIndexStore {
     return token !== undefined && k.token === token ? k.index : undefined;
   }
 
-  /** The index kept under `key`, left in place (a job that put it there adds its files' digests). */
-  peek(key: string): OwnerIndex | undefined {
-    return this.kept.get(key)?.index;
-  }
-
   put(key: string, token: string, index: OwnerIndex): void {
     this.take(key, undefined);
     const bytes = index.bytes;
@@ -51,10 +46,6 @@ export class OwnerIndexStore {
       this.kept.delete(k);
       this.total -= v.bytes;
     }
-  }
-
-  get size(): number {
-    return this.kept.size;
   }
 
   /** For GET /v1/status: how many are kept, the memory they take and the budget. */

@@ -400,6 +400,8 @@ async function scanDisk(
       let ownersFrom: 'owner index' | 'inode tables' = 'inode tables';
       /** Owners whose blocks changed though their inode and mapping did not (known with an index only). */
       const unchanged = new Set<number>();
+      /** The index this scan brought forward or built (kept in the store), which its files' digests go to. */
+      let index: OwnerIndex | undefined;
       let owners: Inode[];
       try {
         let unowned: Extent[];
@@ -407,6 +409,7 @@ async function scanDisk(
         ({ owners, unowned } = changedFiles(fs, found.ownership, job.changedSince));
         for (const w of found.ownership.owners) if (w.blocks && w.changed === false) unchanged.add(w.ino);
         if (found.index) indexes!.store.put(indexes!.key, indexes!.next, found.index);
+        index = indexes && found.index;
         ownersFrom = found.from;
         const list = v.unowned.get(target) ?? [];
         for (const e of unowned) list.push({ offset: e.offset + p.offset, length: e.length });
@@ -419,7 +422,6 @@ async function scanDisk(
       // With the index: a file that only shares a changed granule with a changed file (its inode
       // and mapping unchanged) is passed over when its own bytes there match its digests.
       let passedOver = 0;
-      const index = indexes ? indexes.store.peek(indexes.key) : undefined;
       const key = indexes?.store.digestKey;
       if (index && key && unchanged.size > 0) {
         try {
@@ -519,14 +521,15 @@ async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, 
     if (r.uninit || r.logical * bs >= inode.size) continue;
     pieces.push({ offset: r.physical * bs, length: Math.min(r.count * bs, inode.size - r.logical * bs) });
   }
+  const onDisk = merge(pieces);
   const granules = new Set<number>();
-  for (const e of intersect(merge(pieces), changed)) {
+  for (const e of intersect(onDisk, changed)) {
     for (let g = Math.floor(e.offset / DIGEST_GRANULE); g * DIGEST_GRANULE < e.offset + e.length; g++) granules.add(g);
   }
   for (const g of granules) {
     // The file's bytes in the granule, in disk order (the digest at the scan saw them so).
     const session = new GranuleDigestSession(key);
-    for (const e of intersect(merge(pieces), [{ offset: g * DIGEST_GRANULE, length: DIGEST_GRANULE }])) {
+    for (const e of intersect(onDisk, [{ offset: g * DIGEST_GRANULE, length: DIGEST_GRANULE }])) {
       session.add(e.offset, await fs.disk.readCached(e.offset, e.length, `data of inode ${inode.ino}`));
     }
     const a = session.digests().get(g);
