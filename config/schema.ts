@@ -16,7 +16,7 @@ export interface VirtcbtConfig {
   fleece: { dir: string };
   snapshot: { remote: { bind: string; port: number; tlsDir: string; deadlineSeconds: number } };
   backup: { repo: string; allowedRepoRoots: string[]; jobs: BackupJobConfig[] };
-  sync: { tlsCertificates: string; onStop: SyncTargetConfig[]; jobs: SyncJobConfig[] };
+  sync: { tlsCertificates: string; seedCheckpointMiB: number; onStop: SyncTargetConfig[]; jobs: SyncJobConfig[] };
   scan: ScanQuarantineConfig & { scanners: ScannerConfigEntry[]; timeoutSeconds: number; fullEveryHours: number; jobs: ScanJobConfig[] };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
@@ -397,6 +397,11 @@ export const schema: Schema<VirtcbtConfig> = {
       doc: 'Client credentials for nbds:// sync targets: ca-cert.pem (the CA of the target\'s server certificate), client-cert.pem, client-key.pem.',
       format: String,
       default: '/etc/pki/virtcbt/client',
+    },
+    seedCheckpointMiB: {
+      doc: 'A seed (the first sync to a target) flushes the target and records how far it got after every this many MiB: a seed whose virtcbtd is killed resumes from there. 0: only a seed that fails cleanly resumes.',
+      format: (v: unknown) => { if (!Number.isInteger(v) || (v as number) < 0) throw new Error('sync.seedCheckpointMiB must be a whole number of MiB (0: none)'); },
+      default: 1024,
     },
     onStop: {
       doc: 'Disks synced when their domain stops (from its images, by virtcbtd): [{domain, disk, to, format?, discard?}]. A domain start never waits for such a sync: it is cancelled and the next sync covers it.',

@@ -27,7 +27,7 @@ import { KeyedTurns } from './turns.js';
 import { runScan, type ScanEvent, type ScanRequest, type ScanResult, type ScanVerdict } from '../scan/index.js';
 import { QuarantineActionError, actionFor, depsFromConfig, quarantine } from '../scan/quarantine.js';
 import { NbdEndpoint } from '../copy/index.js';
-import { SyncRecords, runSync, type SyncEvent, type SyncRequest, type SyncResult } from '../sync/index.js';
+import { SyncRecords, runSync, sweepInterruptedSyncs, type SyncEvent, type SyncRequest, type SyncResult } from '../sync/index.js';
 import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } from '../usedmap/index.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
@@ -344,6 +344,7 @@ export class JobRunner {
           runDir: this.cfg.runDir, records: new SyncRecords(join(this.cfg.stateDir, 'sync')),
           agent: this.agentFor(ctx) ?? null, freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, agentTimeoutMs: this.cfg.agent.timeoutMs,
           freezeMarker: this.freezeMarkers.for(domain), nbd: this.cfg.nbd, tlsCertificates: this.cfg.sync.tlsCertificates,
+          seedCheckpointBytes: this.cfg.sync.seedCheckpointMiB * 1024 * 1024,
           domainXml: () => this.libvirt.xml(domain), fault: this.opts.syncFault,
           otherDomains: async () => Promise.all((await this.libvirt.listAll()).filter((n) => n !== domain).map(async (n) => ({
             domain: n, disks: (await this.libvirt.info(n).catch(() => undefined))?.disks ?? [],
@@ -672,6 +673,10 @@ export class JobRunner {
     if (junk.length > 0) this.logger.warn('ignoring files in the snapshot registry that are not snapshot records', { dir: this.snapshots.dir, files: junk });
     // Front ends for other hosts die with their virtcbtd (parent-death signal); any left are ended here.
     await sweepStaleRemoteExports(this.cfg.runDir).catch(() => undefined);
+    // Syncs a killed virtcbtd was writing: recorded so that the next sync continues, not reseeds.
+    await sweepInterruptedSyncs(new SyncRecords(join(this.cfg.stateDir, 'sync')), this.log, (msg, fields) => this.logger.warn(msg, fields)).catch((err: unknown) => {
+      this.logger.warn('interrupted syncs could not be swept (each is recorded at its target\'s next sync)', { error: (err as Error).message });
+    });
     for (const rec of records.filter((r) => r.pid !== process.pid)) {
       for (const pid of rec.frontEnds) await killStaleRemoteExport(pid, this.cfg.runDir).catch(() => undefined);
       const open = rec.pass !== undefined && this.log.openPasses(rec.domain).some((p) => p.id === rec.pass);

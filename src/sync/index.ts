@@ -3,5 +3,6 @@
 export { runSync, type SyncContext, type SyncDeps, type SyncEvent, type SyncRequest, type SyncResult } from './sync.js';
 export { planSync, type SyncPlan, type SyncPlanInput } from './plan.js';
 export { SyncRecords, type SyncRecord } from './record.js';
+export { sweepInterruptedSyncs } from './interrupted.js';
 export { describeTarget, displayUri, identityChange, parseTarget, syncConsumerName, targetKey, type SyncTarget, type TargetIdentity } from './target.js';
 export { serveSyncTarget, imageHolders, type SyncTarget as ServedSyncTarget, type SyncTargetOptions } from './receiver.js';

@@ -49,6 +49,35 @@ export interface SeedProgress {
   interruptedAt: string;
 }
 
+/**
+ * A sync that is writing its target, kept beside the record as `CONSUMER.writing` from its first
+ * write until it ends (cleanly or not): what a virtcbtd killed meanwhile (SIGKILL, the OOM killer,
+ * a crash) left, so that the next one records it as a clean failure would have (recoverWriting)
+ * instead of seeding the target again. A seed's `doneBelow` moves only after a flush of the target
+ * (checkpoints): what a killed writer acknowledged but never flushed (a qcow2 target's cluster
+ * mappings in qemu-nbd's memory) is not counted as copied.
+ */
+export interface WritingMarker {
+  format: 'virtcbt-sync-writing/1';
+  domain: string;
+  consumer: string;
+  key: string;
+  /** Which process wrote it (a random token per process): a marker of another is its dead writer's. */
+  writer: string;
+  /** A file target's path; absent for an NBD target. */
+  path?: string;
+  /** The target as opened, before the first write: a file's device and inode must still be these. */
+  identity: TargetIdentity;
+  /** incremental: the record (of identity `recordIdentity`) stays the last good sync; seed: a seed of `generation`. */
+  kind: 'incremental' | 'seed';
+  recordIdentity?: TargetIdentity;
+  logId: string;
+  generation: number;
+  /** A seed: every block it was to copy below this offset is on the target and flushed. */
+  doneBelow: number;
+  startedAt: string;
+}
+
 /** Records are small; a used map of a badly fragmented filesystem is left out above this. */
 const MAX_RECORD_BYTES = 16 * 1024 * 1024;
 const MAX_USED_EXTENTS = 200_000;
@@ -86,7 +115,9 @@ export class SyncRecords {
       const files = await readdir(join(this.dir, d.name)).catch(() => []);
       for (const f of files) {
         if (!f.endsWith('.json') || f.startsWith('.')) continue;
-        const { record } = await this.read(decodeURIComponent(d.name), f.slice(0, -'.json'.length)).catch(() => ({ record: undefined }));
+        const domain = decodedName(d.name);
+        if (domain === undefined) continue;
+        const { record } = await this.read(domain, f.slice(0, -'.json'.length)).catch(() => ({ record: undefined }));
         if (record?.key === key && (!latest || record.syncedAt > latest.syncedAt)) latest = record;
       }
     }
@@ -124,6 +155,68 @@ export class SyncRecords {
     await rm(this.seedPath(domain, consumer), { force: true });
   }
 
+  private writingPath(domain: string, consumer: string): string {
+    return join(this.dir, encodeURIComponent(domain), `${consumer}.writing`);
+  }
+
+  async writeWriting(m: WritingMarker): Promise<void> {
+    await writeFileAtomically(this.writingPath(m.domain, m.consumer), JSON.stringify(m));
+  }
+
+  async removeWriting(domain: string, consumer: string): Promise<void> {
+    await rm(this.writingPath(domain, consumer), { force: true });
+  }
+
+  /**
+   * The marker of a sync writing to this consumer's target, if any: `junk` when the file is there
+   * but is not one virtcbt wrote (it is then removed by recoverWriting, and the target seeded as
+   * its record says).
+   */
+  async readWriting(domain: string, consumer: string): Promise<WritingMarker | 'junk' | undefined> {
+    let text: string;
+    try {
+      text = (await readRegularFile(this.writingPath(domain, consumer), 64 * 1024)).text;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      return 'junk';
+    }
+    try {
+      const v = JSON.parse(text) as Partial<WritingMarker> | null;
+      const num = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0;
+      if (!v || v.format !== 'virtcbt-sync-writing/1' || v.domain !== domain || v.consumer !== consumer || typeof v.key !== 'string'
+        || typeof v.writer !== 'string' || (v.path !== undefined && typeof v.path !== 'string') || !validIdentity(v.identity)
+        || (v.kind !== 'incremental' && v.kind !== 'seed') || (v.recordIdentity !== undefined && !validIdentity(v.recordIdentity))
+        || typeof v.logId !== 'string' || !num(v.generation) || !num(v.doneBelow) || typeof v.startedAt !== 'string'
+        || (v.path !== undefined) !== (v.identity.kind === 'file')) return 'junk';
+      return v as WritingMarker;
+    } catch {
+      return 'junk';
+    }
+  }
+
+  /** Every (domain, consumer) with a writing marker, for the sweep at daemon start. */
+  async listWriting(): Promise<{ domain: string; consumer: string }[]> {
+    const out: { domain: string; consumer: string }[] = [];
+    for (const d of await readdir(this.dir, { withFileTypes: true }).catch(() => [])) {
+      const domain = decodedName(d.name);
+      if (!d.isDirectory() || domain === undefined) continue;
+      for (const f of await readdir(join(this.dir, d.name)).catch(() => [] as string[])) {
+        if (f.endsWith('.writing') && !f.startsWith('.')) out.push({ domain, consumer: f.slice(0, -'.writing'.length) });
+      }
+    }
+    return out;
+  }
+
+}
+
+/** A domain directory's name decoded, or undefined for one virtcbt did not make ("%zz" would throw). */
+function decodedName(name: string): string | undefined {
+  try {
+    const d = decodeURIComponent(name);
+    return encodeURIComponent(d) === name ? d : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function validIdentity(u: unknown): u is TargetIdentity {

@@ -20,7 +20,8 @@ import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } f
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { readQcow2Header } from '../qcow2/index.js';
 import { planSync, type SyncPlan } from './plan.js';
-import type { SeedProgress, SyncRecord, SyncRecords } from './record.js';
+import { SeedCheckpoints, WRITER, recoverWriting, seedPinName } from './interrupted.js';
+import type { SeedProgress, SyncRecord, SyncRecords, WritingMarker } from './record.js';
 import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, syncConsumerName, targetKey, type TargetIdentity } from './target.js';
 
 /** Backing chains deeper than this are not followed (QEMU's own limit is far lower in practice). */
@@ -113,6 +114,11 @@ export interface SyncDeps {
   tlsCertificates?: string;
   /** The other libvirt domains and their disks: a target that is one of theirs is refused. */
   otherDomains?: () => Promise<OtherDomain[]>;
+  /**
+   * A seed flushes its target and records how far it got after about this many bytes (0: never):
+   * a seed whose virtcbtd is killed resumes from its last such checkpoint instead of starting over.
+   */
+  seedCheckpointBytes?: number;
   /** Test-only fault injection: called before the copy ('copy') and after each write to the target with the bytes written so far ('copying'). */
   fault?: (step: 'copy' | 'copying', written?: number) => void | Promise<void>;
 }
@@ -142,6 +148,9 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   }
   const key = await targetKey(target);
   const consumer = syncConsumerName(disk.target, key);
+  // A sync to this target whose virtcbtd was killed while it wrote: recorded as a clean failure
+  // would have been, before the record is read (normally done at daemon start already).
+  const recovered = await recoverWriting(deps.records, ctx.log, domain, consumer).catch((err: unknown) => `an interrupted sync to this target could not be recorded: ${errorMessage(err)}`);
   if (target.kind === 'file' && deps.otherDomains) {
     // Another domain's disk is refused unless it is this disk's copy as virtcbt left it.
     const now = await fileIdentity(target.path).catch(() => undefined);
@@ -149,7 +158,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
     if (now && !mine) await refuseOtherDomainsDisk(target.path, await deps.otherDomains(), where);
   }
 
-  const notes: string[] = [];
+  const notes: string[] = recovered ? [recovered] : [];
   let snap: Snapshot | undefined;
   let leftQueue = false;
   const inQueue = <T>(fn: () => Promise<T>): Promise<T> => (leftQueue && deps.inQueue ? deps.inQueue(fn) : fn());
@@ -160,6 +169,8 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
   let resumable: { record: SyncRecord; opened: { close(): Promise<void> } } | undefined;
   // A seed's progress, for one interrupted after it began writing (see keepSeedProgress).
   let seeding: SeedState | undefined;
+  // The marker of this sync's writes (see WritingMarker), once it began.
+  let marker: WritingMarker | undefined;
   let opening: Promise<{ endpoint: Endpoint; close(): Promise<void> }> | undefined;
   let targetClosed = false;
   let targetRefused = false;
@@ -303,18 +314,40 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
         opened, key, logId: pass.logId, identity: now,
         generation: resume?.progress.generation ?? pass.generation, doneBelow: resume?.progress.doneBelow ?? 0,
       };
+      // The change log keeps what changes after the seed's instant from now on: a seed cut off
+      // at any point (a kill included) can be resumed, with what changed since copied again.
+      if (!resume) {
+        await deps.records.removeSeed(domain, consumer);
+        ctx.log.pinHistory(domain, seedPinName(consumer), seeding.generation);
+      }
+    }
+    const writes = plan.copy.length > 0 || plan.discard.length > 0;
+    if (writes && (plan.seed || resumable)) {
+      // Before the first write: what a killed virtcbtd leaves is recorded by the next (interrupted.ts).
+      marker = {
+        format: 'virtcbt-sync-writing/1', domain, consumer, key, writer: WRITER,
+        path: target.kind === 'file' ? target.path : undefined,
+        identity: target.kind === 'file' ? await fileIdentity(target.path) : now!,
+        kind: plan.seed ? 'seed' : 'incremental', recordIdentity: plan.seed ? undefined : record?.identity,
+        logId: pass.logId, generation: seeding?.generation ?? pass.generation, doneBelow: seeding?.doneBelow ?? 0,
+        startedAt: new Date().toISOString(),
+      };
+      await deps.records.writeWriting(marker);
     }
     const total = totalBytes(plan.copy);
     const meter = new ProgressMeter(total);
     const dst = deps.fault ? faultAfterWrites(opened.endpoint, (written) => deps.fault!('copying', written)) : opened.endpoint;
+    const checkpoints = seeding && marker && deps.seedCheckpointBytes
+      ? new SeedCheckpoints(opened.endpoint, deps.records, marker, deps.seedCheckpointBytes) : undefined;
     const progress = await copyExtents(src, dst, dataExtents(plan.copy), {
       requestSize: deps.nbd.requestSize, inflight: deps.nbd.inflight, signal: deps.signal,
       onProgress: (p: Readonly<CopyProgress>) => {
         if (seeding) seeding.doneBelow = Math.max(seeding.doneBelow, p.doneBelow);
+        checkpoints?.progress(p);
         const ev = meter.update(p.done, p.written);
         if (ev) emit({ type: 'progress', ...ev });
       },
-    });
+    }).finally(() => checkpoints?.stop());
     emit({ type: 'progress', ...meter.final(progress.done, progress.written) });
     for (const d of plan.discard) {
       deps.signal?.throwIfAborted();
@@ -335,6 +368,7 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
       format: 'virtcbt-sync/1', domain, disk: disk.target, consumer, target: shown, key, identity: after,
       logId: pass.logId, generation: pass.generation, syncedAt: new Date().toISOString(),
     }, used);
+    await deps.records.removeWriting(domain, consumer);
     await deps.records.removeSeed(domain, consumer);
     if (ctx.log.listConsumers(domain).some((c) => c.name === seedPinName(consumer))) ctx.log.removeConsumer(domain, seedPinName(consumer));
     ctx.log.commitPass(passId);
@@ -354,6 +388,12 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
       targetClosed = true;
       await keepSeedProgress(target.kind === 'file' ? target.path : undefined, { domain, consumer, log: ctx.log, ...seeding }, deps.records, notes);
     }
+    if (seeding && !committed && !(await deps.records.readSeed(domain, consumer))) {
+      // No progress kept (nothing written, or a target that did not close): nothing to resume, nothing to pin.
+      try {
+        ctx.log.removeConsumer(domain, seedPinName(consumer));
+      } catch { /* no pin */ }
+    }
     if (passId !== undefined && !committed) {
       try {
         if (ctx.log.getPass(passId).state === 'open') ctx.log.abortPass(passId);
@@ -363,6 +403,8 @@ export async function runSync(ctx: SyncContext, req: SyncRequest, deps: SyncDeps
       targetClosed = true;
       await keepRecordAfterFailure(target.path, resumable, deps.records, notes);
     }
+    // This process recorded what it could: its marker is not for the next virtcbtd.
+    if (marker && !committed) await deps.records.removeWriting(domain, consumer).catch(() => undefined);
     // A target that could not be opened is bad input: the consumer this sync made goes too.
     if (targetRefused && madeConsumer && !committed) {
       try {
@@ -400,11 +442,6 @@ async function keepRecordAfterFailure(path: string, r: { record: SyncRecord; ope
   } catch (err) {
     notes.push(`the interrupted target was not recorded (the next sync seeds it): ${errorMessage(err)}`);
   }
-}
-
-/** The change-log name that keeps an interrupted seed's history (see ChangeLog.pinHistory). */
-export function seedPinName(consumer: string): string {
-  return `${consumer}.seed`.slice(0, 64);
 }
 
 interface SeedState {
