@@ -381,9 +381,10 @@ describe('virtcbt sync after a kill and with --discard', () => {
     await guestSh('rm /mnt/data/kill-big.bin && sync');
     await guestFile(agent, 'kill-after.bin', 4 * MiB);
     const r = await synced('vda', t);
-    // Half-written since the last good sync: seeded again, saying so.
-    expect(r.seed).toBe(true);
-    expect(r.reason).toMatch(/since the last sync/);
+    // Half-written since the last good sync by the killed one (its marker says so): still incremental,
+    // everything since the last good sync copied again.
+    expect(r.seed, r.reason).toBe(false);
+    expect(r.notes.join('\n')).toMatch(/ended with its virtcbtd|interrupted after it began writing/);
     expect(withoutLostFound(await targetHashes(t))).toEqual(await guestHashes());
   });
 
