@@ -408,7 +408,7 @@ async function scanDisk(
         const found = await ownershipOf(fs, local, kept, indexes?.store);
         ({ owners, unowned } = changedFiles(fs, found.ownership, job.changedSince));
         for (const w of found.ownership.owners) if (w.blocks && w.changed === false) unchanged.add(w.ino);
-        if (found.index) indexes!.store.put(indexes!.key, indexes!.next, found.index);
+        // Kept once its files were scanned (below), with their digests: the store's budget counts them.
         index = indexes && found.index;
         ownersFrom = found.from;
         const list = v.unowned.get(target) ?? [];
@@ -442,6 +442,7 @@ async function scanDisk(
       }));
       o.emit({ type: 'filesystem', id: job.id, disk: target, partition: p.number, kind, files: tasks.length, ownersFrom, ...(index ? { passedOver } : {}) });
       await pool(tasks);
+      if (index) indexes!.store.put(indexes!.key, indexes!.next, index);
       // Skipped files are named while the export is still open.
       for (const u of v.unnamed.splice(0)) u.entry.path = await u.task.paths!.path(u.task.ino);
       continue;
