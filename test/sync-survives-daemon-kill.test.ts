@@ -2,7 +2,8 @@
 // the target: the restarted virtcbtd records what it left, so that the next sync continues instead
 // of seeding every used block again. A seed killed after a checkpoint (target flushed, progress
 // recorded) resumes from there; an incremental sync killed mid-copy is followed by an incremental
-// one. Each time the target image itself (e2fsck -fn, every file's bytes) equals the guest's.
+// one. An on-stop sync (sync.onStop) killed that way runs again by itself when virtcbtd is back.
+// Each time the target image itself (e2fsck -fn, every file's bytes) equals the guest's.
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
@@ -12,7 +13,7 @@ import { pollUntil } from '../src/util/abort.js';
 import { MiB, guestFile, tempDir } from './support/backup.js';
 import { useCleanup } from './support/cleanup.js';
 import { startTestDaemon, type TestDaemon } from './support/daemon.js';
-import { startLibvirtGuest, type LibvirtGuest } from './support/libvirt.js';
+import { startLibvirtGuest, virsh, type LibvirtGuest } from './support/libvirt.js';
 import { guestHashes as guestHashesOf, targetHashes as targetHashesOf } from './support/sync.js';
 
 useCleanup();
@@ -35,7 +36,7 @@ beforeAll(async () => {
   agent = new GuestAgent(new LibvirtTransport(guest.name, { uri: 'qemu:///system' }));
   daemon = await startTestDaemon({
     env: { VIRTCBT_PAUSE_SYNC: `copying@${HELD_AT}:${pause}` },
-    config: { nbd: { inflight: 2 }, sync: { seedCheckpointMiB: 4 } },
+    config: { nbd: { inflight: 2 }, sync: { seedCheckpointMiB: 4, onStop: [{ domain: guest.name, disk: 'vda', to: target }] } },
   });
   await daemon.cli(['enable', guest.name]);
   await guest.start();
@@ -103,4 +104,24 @@ it('a seed killed with its virtcbtd resumes from its last checkpoint; an increme
   expect(after.seed, after.reason).toBe(false);
   expect(after.notes.join('\n')).toMatch(/was interrupted after it began writing/);
   expect(await targetHashesOf(target, dir)).toEqual(await guestHashesOf(agent));
+});
+
+it('an on-stop sync killed with its virtcbtd runs again when virtcbtd is back, and completes the target', async () => {
+  await sync();
+  await guestFile(agent, 'five.bin', 24 * MiB);
+  const last = await guestHashesOf(agent);
+  rmSync(pause, { force: true });
+  rmSync(`${pause}.reached`, { force: true });
+  await virsh(['shutdown', '--mode', 'agent', guest.name]);
+  await pollUntil(() => existsSync(`${pause}.reached`), 'the on-stop sync to hold the target', { timeoutMs: 120_000, intervalMs: 50 });
+  await daemon.kill('SIGKILL');
+  writeFileSync(pause, '');
+  await pollUntil(async () => (await virsh(['domstate', guest.name])).stdout.trim() === 'shut off', 'the guest to shut down', { timeoutMs: 60_000, intervalMs: 200 });
+  const from = daemon.log().length;
+  await daemon.start();
+  const done = await pollUntil(() => daemon.log().slice(from).split('\n').find((l) => l.includes('on-stop sync done')), 'the on-stop sync to run again', { timeoutMs: 120_000, intervalMs: 250 });
+  expect(daemon.log().slice(from)).toMatch(/on-stop syncs an earlier virtcbtd did not finish run again/);
+  expect(done).toMatch(/\bseed=false\b/);
+  expect(await targetHashesOf(target, dir)).toEqual(last);
+  await pollUntil(() => !existsSync(join(daemon.stateDir, 'sync', encodeURIComponent(guest.name), 'on-stop.pending')), 'the owed round to be done', { timeoutMs: 10_000, intervalMs: 50 });
 });

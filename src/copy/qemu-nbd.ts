@@ -4,15 +4,14 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CONTEXT_BASE_ALLOCATION } from '../nbd/index.js';
 import { abortReason, pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
+import { isProgram, programOf, withParentDeathSignal } from '../util/setpriv.js';
 import { NbdEndpoint } from './nbd-endpoint.js';
 
-/** util-linux setpriv (Debian: essential): execs the program with a parent-death signal set. */
-export const SETPRIV = '/usr/bin/setpriv';
 
 /**
  * glibc's malloc for qemu-nbd: every request's buffer (256 KiB and up) from the heap, reused,
@@ -77,9 +76,7 @@ export async function serveImage(image: string, o: ServeOptions): Promise<Served
   // connected does not wait for a client forever (without it, only the clean-up of the next run
   // would find it, and only if its pid was recorded in time).
   const opts = { stdio: ['ignore', 'ignore', 'pipe'] as ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...QEMU_NBD_MALLOC } };
-  const child = existsSync(SETPRIV)
-    ? spawn(SETPRIV, ['--pdeathsig', 'SIGKILL', '--', 'qemu-nbd', ...args], opts)
-    : spawn('qemu-nbd', args, opts);
+  const child = spawn(...withParentDeathSignal('qemu-nbd', args, 'SIGKILL'), opts);
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -175,12 +172,8 @@ function specFiles(spec: string): string[] {
  * (e.g. a forged marker): what to do with the answer is the caller's rule.
  */
 export async function qemuNbdFiles(pid: number): Promise<string[] | undefined> {
-  const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-  if (argv.at(-1) === '') argv.pop();
-  const at = argv[0] === SETPRIV && argv[1] === '--pdeathsig' ? argv.indexOf('--') + 1 : 0;
-  if (at <= 0 && argv[0] !== 'qemu-nbd' && !argv[0]?.endsWith('/qemu-nbd')) return undefined;
-  if (at > 0 && argv[at] !== 'qemu-nbd') return undefined;
-  return servedFiles(argv.slice(at + 1));
+  const [program, ...args] = await programOf(pid);
+  return isProgram(program, 'qemu-nbd') ? servedFiles(args) : undefined;
 }
 
 /** The image files a qemu-nbd command line (after the program name) opens, as serveImage writes it. */

@@ -2,8 +2,10 @@
 // to third-party tools, both reading the same point-in-time view (fleecing on a running VM, the
 // images themselves through qemu-storage-daemon on a stopped one).
 import { execa } from 'execa';
-import { readdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { writeFileAtomically } from '../util/atomic-file.js';
 import { runBackup, type BackupEvent, type BackupRequest, type BackupResult, type BackupStep } from '../backup/index.js';
 import type { ChangeLog, DiskChanges } from '../changelog/index.js';
 import { fromPairs } from '../extent/index.js';
@@ -369,12 +371,22 @@ export class JobRunner {
    * The domain's session ended: each of its sync.onStop targets is synced from the images, one
    * after the other, in the background. A start of the domain meanwhile ends the sync's storage
    * daemon (the hook does, through its holder file): the sync fails, its consumer stays, and the
-   * next sync covers it.
+   * next sync covers it. Until the round ends, a file in the state directory says it is owed
+   * (on-stop.pending): a virtcbtd killed meanwhile has its successor run it again
+   * (resumeOnStopSyncs). Resolves once that file is written, before the syncs run.
    */
-  syncOnStop(domain: string): void {
+  async syncOnStop(domain: string): Promise<void> {
     const targets = this.cfg.sync.onStop.filter((t) => t.domain === domain);
     if (targets.length === 0) return;
-    void (async () => {
+    const pending = this.onStopPending(domain);
+    try {
+      await mkdir(dirname(pending), { recursive: true, mode: 0o700 });
+      await writeFileAtomically(pending, new Date().toISOString());
+    } catch (err) {
+      // The syncs run all the same; only a virtcbtd killed during them would not run them again.
+      this.logger.warn('could not note the on-stop syncs as owed', { domain, file: pending, error: (err as Error).message });
+    }
+    const round = (async () => {
       for (const t of targets) {
         if (await this.libvirt.isActive(domain).catch(() => true)) {
           this.logger.info('on-stop sync skipped: the domain is running again (the next sync covers it)', { domain, disk: t.disk, target: t.to });
@@ -391,6 +403,37 @@ export class JobRunner {
         }
       }
     })();
+    // Another round (a second release event) may have begun since: only the last one removes the file.
+    this.onStopRounds.set(domain, round);
+    void round.finally(async () => {
+      if (this.onStopRounds.get(domain) !== round) return;
+      this.onStopRounds.delete(domain);
+      await rm(pending, { force: true }).catch(() => undefined);
+    });
+  }
+
+  private readonly onStopRounds = new Map<string, Promise<void>>();
+
+  private onStopPending(domain: string): string {
+    return join(this.cfg.stateDir, 'sync', encodeURIComponent(domain), 'on-stop.pending');
+  }
+
+  /**
+   * At daemon start, once the hook's spool was replayed: the on-stop syncs an earlier virtcbtd
+   * owed when it died (killed mid-sync, say) run again for domains still stopped; for a domain
+   * running again they are dropped (its next stop brings them back).
+   */
+  async resumeOnStopSyncs(): Promise<void> {
+    for (const domain of new Set(this.cfg.sync.onStop.map((t) => t.domain))) {
+      const pending = this.onStopPending(domain);
+      if (this.onStopRounds.has(domain) || !existsSync(pending)) continue;
+      if (await this.libvirt.isActive(domain).catch(() => true)) {
+        await rm(pending, { force: true }).catch(() => undefined);
+        continue;
+      }
+      this.logger.info('on-stop syncs an earlier virtcbtd did not finish run again', { domain });
+      await this.syncOnStop(domain).catch((err: unknown) => this.logger.warn('on-stop syncs could not be resumed', { domain, error: (err as Error).message }));
+    }
   }
 
   syncStream(domain: string, req: SyncRequest): AsyncIterable<Record<string, unknown>> {

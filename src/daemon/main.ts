@@ -20,6 +20,7 @@ import { takeInstanceLock } from './instance-lock.js';
 import { JobRunner } from './jobs.js';
 import { registerRoutes } from './routes.js';
 import { Spool } from './spool.js';
+import { endStaleStorageDaemons } from '../qsd/index.js';
 import { Tracker } from './tracker.js';
 import { actionFor, depsFromConfig } from '../scan/quarantine.js';
 import type { ReconcileStep } from '../reconciler/index.js';
@@ -120,18 +121,25 @@ async function main(): Promise<void> {
     handle: async (ev) => {
       await tracker.onHookEvent(ev);
       // The session ended and libvirt let go of the images: the domain's on-stop syncs run (in the background).
-      if (ev.op === 'release') jobs.syncOnStop(ev.domain);
+      if (ev.op === 'release') await jobs.syncOnStop(ev.domain);
     },
     classify: hookFailureVerdict,
     report: (level, msg, fields) => logger[level](msg, { ...fields, error: fields.error === undefined ? undefined : errorMessage(explainChangeLogError(fields.error, logPath)) }),
   });
 
+  // Before any job on a stopped domain's images: what a killed virtcbtd left holding them.
+  const ended = await endStaleStorageDaemons(join(cfg.daemon.enabledDir, '.holders'));
+  if (ended.length > 0) logger.warn('ended storage daemons an earlier virtcbtd left on stopped domains\' images', { domains: ended });
   await tracker.start();
   await jobs.start();
   // The spool's replay goes on while the daemon listens (recovery of running domains, likewise,
   // runs in their queues): a domain whose QEMU does not answer delays only its own events.
   const { replayed } = await spool.start();
-  void replayed.then(() => logger.debug('hook spool replayed'));
+  void replayed.then(() => {
+    logger.debug('hook spool replayed');
+    // After the replay: a replayed release runs its domain's on-stop syncs itself.
+    return jobs.resumeOnStopSyncs();
+  }).catch((err: unknown) => logger.warn('on-stop syncs owed by an earlier virtcbtd could not be resumed', { error: errorMessage(err) }));
   await server.listen(cfg.daemon.socket, { caller: 'root', mode: 0o600 });
   if (cfg.daemon.socketGroup) {
     await server.listen(groupSocketPath(cfg), { caller: 'group', mode: 0o660, group: cfg.daemon.socketGroup });

@@ -2,11 +2,14 @@
 // layer QEMU uses, so folds, backups and scans run through the same QMP and NBD code as for a
 // running VM. It must quit through QMP: that is what writes persistent bitmaps back cleanly.
 import { execa } from 'execa';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { QmpClient } from '../qmp/index.js';
 import { abortReason, pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
+import { isProgram, programOf, withParentDeathSignal } from '../util/setpriv.js';
+
+const QSD = 'qemu-storage-daemon';
 
 export interface QsdImage {
   /** Names the node: the format node is called `NODE_PREFIX + target`. */
@@ -100,7 +103,9 @@ async function runStorageDaemon<T>(
     return { target: img.target, node };
   });
   args.push('--chardev', `socket,id=m,path=${qmpSocket},server=on,wait=off`, '--monitor', 'chardev=m');
-  const child = execa('qemu-storage-daemon', args, { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', reject: false, buffer: false });
+  // SIGTERM when virtcbtd dies: the daemon quits as through QMP (bitmaps written back) instead of
+  // holding the images' locks until the domain's next start (every job on them would fail meanwhile).
+  const child = execa(...withParentDeathSignal(QSD, args, 'SIGTERM'), { stdin: 'ignore', stdout: 'ignore', stderr: 'pipe', reject: false, buffer: false });
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr = (stderr + c.toString()).slice(-4000); });
   // How it ended, for an error that names it (a daemon that dies mid-job shows only as a closed QMP socket).
@@ -169,4 +174,37 @@ async function runStorageDaemon<T>(
     // Only our own pid: a later job's daemon may have written its own meanwhile.
     if (holder && (await readFile(holder, 'utf8').catch(() => '')).trim() === String(child.pid)) await rm(holder, { force: true });
   }
+}
+
+/**
+ * At daemon start: storage daemons an earlier virtcbtd left holding stopped domains' images (one
+ * started before they had a parent-death signal, or one still writing its bitmaps back) are told
+ * to quit (SIGTERM: bitmaps written back) and waited for, SIGKILL at the deadline, so that the
+ * new virtcbtd's jobs on those images do not fail on their locks. A holder file names a pid
+ * anyone with access could write: only a qemu-storage-daemon with virtcbt's node names is
+ * signalled. Returns the domains whose daemon was ended.
+ */
+export async function endStaleStorageDaemons(holderDir: string, o: { timeoutMs?: number } = {}): Promise<string[]> {
+  const ended: string[] = [];
+  for (const domain of await readdir(holderDir).catch(() => [] as string[])) {
+    const file = join(holderDir, domain);
+    const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
+    const [program, ...args] = Number.isSafeInteger(pid) && pid > 1 ? await programOf(pid) : [];
+    if (isProgram(program, QSD) && args.some((a) => a.includes(`node-name=${NODE_PREFIX}`))) {
+      try {
+        process.kill(pid, 'SIGTERM');
+        await pollUntil(async () => (await exitedOrZombie(pid) ? true : undefined), `the stale storage daemon ${pid} of ${domain} to quit`, { timeoutMs: o.timeoutMs ?? QUIT_TIMEOUT_MS, intervalMs: 20 })
+          .catch(() => { process.kill(pid, 'SIGKILL'); });
+        ended.push(domain);
+      } catch { /* gone meanwhile */ }
+    }
+    await rm(file, { force: true }).catch(() => undefined);
+  }
+  return ended;
+}
+
+/** Whether `pid` is gone, or a zombie nobody reaped yet (its parent, the killed virtcbtd, is gone). */
+async function exitedOrZombie(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return stat === '' || /^\d+ \(.*\) Z /s.test(stat);
 }

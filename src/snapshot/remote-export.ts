@@ -23,10 +23,11 @@ import { readFile, readdir, realpath, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { VirtcbtConfig } from '../config/index.js';
 import { pidAlive } from '../repo/index.js';
-import { QSD, SETPRIV, checkTlsServerOptions, startTlsNbdServer, type TlsNbdServer, type TlsNbdServerEnd, type TlsServerSettingNames } from '../tls/index.js';
+import { QSD, checkTlsServerOptions, startTlsNbdServer, type TlsNbdServer, type TlsNbdServerEnd, type TlsServerSettingNames } from '../tls/index.js';
 import { abortReason, pollUntil } from '../util/abort.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import { isProgram, programOf } from '../util/setpriv.js';
 
 /** The front end's pid file in the run directory: its name on the command line is how a stale one is recognised. */
 const PID_FILE = /^remote-export-([0-9a-f]{32})\.pid$/;
@@ -157,14 +158,9 @@ function frontEndPidFile(args: readonly string[]): string | undefined {
  * file inside `runDir` is killed. Says what it did.
  */
 export async function killStaleRemoteExport(pid: number, runDir: string): Promise<{ killed: boolean; why: string }> {
-  const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-  if (argv.at(-1) === '') argv.pop();
-  const at = argv[0] === SETPRIV && argv[1] === '--pdeathsig' ? argv.indexOf('--') + 1 : 0;
-  const program = argv[at];
-  if ((at === 0 && argv[0] === SETPRIV) || program === undefined || (program !== QSD && !program.endsWith(`/${QSD}`))) {
-    return { killed: false, why: `process ${pid} is not a qemu-storage-daemon` };
-  }
-  const pidFile = frontEndPidFile(argv.slice(at + 1));
+  const [program, ...args] = await programOf(pid);
+  if (!isProgram(program, QSD)) return { killed: false, why: `process ${pid} is not a qemu-storage-daemon` };
+  const pidFile = frontEndPidFile(args);
   const dir = await realpath(runDir).catch(() => undefined);
   const its = pidFile && (await realpath(dirname(pidFile)).catch(() => undefined));
   if (!pidFile || !dir || its !== dir) {

@@ -4,6 +4,6 @@ export {
   type CertAuthority, type IssueOptions, type ServerIssueOptions,
 } from './pki.js';
 export {
-  QSD, SETPRIV, checkTlsServerOptions, startTlsNbdServer, uriHost,
+  QSD, checkTlsServerOptions, startTlsNbdServer, uriHost,
   type TlsNbdServer, type TlsNbdServerEnd, type TlsNbdServerOptions, type TlsServerSettingNames,
 } from './nbd-server.js';

@@ -15,17 +15,15 @@
 // The daemon runs under setpriv with a parent-death signal, so it never outlives its owner, and
 // writes a pid file (the caller names it: that is how a stale one is recognised after a kill -9).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { readFile, rm, stat } from 'node:fs/promises';
 import { createServer, isIP, type Server } from 'node:net';
 import { join } from 'node:path';
 import { abortReason, pollUntil } from '../util/abort.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import { withParentDeathSignal } from '../util/setpriv.js';
 import { SERVER_FILES } from './pki.js';
 
-/** util-linux setpriv (Debian: essential): execs the program with a parent-death signal set. */
-export const SETPRIV = '/usr/bin/setpriv';
 export const QSD = 'qemu-storage-daemon';
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -203,9 +201,7 @@ export async function startTlsNbdServer(o: TlsNbdServerOptions): Promise<TlsNbdS
   try {
     const args = daemonArgs(o);
     // Without a parent-death signal, the daemon of a killed owner would serve until someone found it.
-    child = existsSync(SETPRIV)
-      ? spawn(SETPRIV, ['--pdeathsig', o.parentDeathSignal, '--', QSD, ...args], { stdio: ['ignore', 'ignore', 'pipe', fd] })
-      : spawn(QSD, args, { stdio: ['ignore', 'ignore', 'pipe', fd] });
+    child = spawn(...withParentDeathSignal(QSD, args, o.parentDeathSignal), { stdio: ['ignore', 'ignore', 'pipe', fd] });
   } finally {
     // Closed in the same tick: this process never accepts a connection on it; the child's copy serves.
     server.close();
