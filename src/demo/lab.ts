@@ -33,6 +33,8 @@ export interface LabDomainOptions {
   memoryMiB?: number;
   /** Leave out the guest-agent channel. */
   noAgentChannel?: boolean;
+  /** User-mode network interfaces (no bridge needed), by MAC. */
+  interfaces?: { mac: string }[];
 }
 
 export interface LabDomain {
@@ -70,7 +72,7 @@ export async function createLabDomain(o: LabDomainOptions): Promise<LabDomain> {
   await writeFile(serialLog, '');
   await execa('chown', ['-R', 'libvirt-qemu:libvirt-qemu', dir]);
   const xml = guestDomainXml({
-    name: o.name, kernel, initrd, serialLog, memoryMiB: o.memoryMiB ?? 256, noAgentChannel: o.noAgentChannel,
+    name: o.name, kernel, initrd, serialLog, memoryMiB: o.memoryMiB ?? 256, noAgentChannel: o.noAgentChannel, interfaces: o.interfaces,
     disks: [{ target: 'vda', file: vda, format: 'qcow2' }, { target: 'vdb', file: vdb, format: 'qcow2' }],
   });
   const xmlFile = join(dir, 'domain.xml');
@@ -112,8 +114,8 @@ export interface LabDaemon {
   configFile: string;
   pid: number;
   socket: string;
-  /** Runs the CLI with this daemon's config; throws with its stderr unless it exits 0. */
-  cli(args: string[]): Promise<{ stdout: string; stderr: string; ms: number }>;
+  /** Runs the CLI with this daemon's config; throws with its stderr unless it exits 0 (or one of `okExits`). */
+  cli(args: string[], okExits?: number[]): Promise<{ stdout: string; stderr: string; ms: number; exitCode: number }>;
   stop(): Promise<void>;
   log(): string;
 }
@@ -146,11 +148,12 @@ export async function startLabDaemon(base: string, extra: Record<string, unknown
     pid: child.pid!,
     socket,
     log: () => output,
-    async cli(args) {
+    async cli(args, okExits = [0]) {
       const t0 = performance.now();
       const r = await execa(process.execPath, [join(root, 'dist/src/cli/main.js'), '--config', configFile, ...args], { reject: false });
-      if (r.exitCode !== 0) throw new VirtcbtError(`virtcbt ${args.join(' ')} failed (exit ${r.exitCode}): ${r.stderr.trim()}`);
-      return { stdout: r.stdout, stderr: r.stderr, ms: performance.now() - t0 };
+      const exitCode = r.exitCode ?? -1;
+      if (!okExits.includes(exitCode)) throw new VirtcbtError(`virtcbt ${args.join(' ')} failed (exit ${exitCode}): ${r.stderr.trim()}`);
+      return { stdout: r.stdout, stderr: r.stderr, ms: performance.now() - t0, exitCode };
     },
     async stop() {
       if (child.exitCode === null) child.kill('SIGTERM');

@@ -1,15 +1,23 @@
 #!/usr/bin/env node
-// `npm run demo`: virtcbt end to end on a real libvirt domain — build the demo guest, define and
-// enable it, run a workload, take full and incremental backups for two consumers, restore and
-// verify, then print what happened and how long each step took. The demo domain, its daemon and
-// its files are removed at the end, also when a step fails.
+// `npm run demo`: virtcbt end to end on a real libvirt domain, its three jobs on one change log —
+// build the demo guest, define and enable it, run a workload; (1) take full and incremental backups
+// for two consumers, restore and verify; (2) sync vda to a replica, copying only what was modified
+// and is still in use, and check the replica with e2fsprogs; (3) scan the running domain on a
+// scanner host (here: this machine, over TLS), find the EICAR test string written into the guest,
+// quarantine the domain and release it. Then print what happened and how long each step took. The
+// demo domain, its daemon, the scanner and their files are removed at the end, also when a step fails.
 import { execa } from 'execa';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { buildGuestImages } from '../guestimage/index.js';
 import { errorMessage } from '../util/errors.js';
 import { createLabDomain, ensureLibvirtd, startLabDaemon, virsh, type LabDaemon, type LabDomain } from './lab.js';
+import { checkReplica } from './replica-check.js';
+import { DEMO_SIGNATURE, EICAR, startScanLab, type ScanLab } from './scan-lab.js';
+
+/** The demo domain's one network interface (user-mode): what a quarantine takes down. */
+const MAC = '52:54:00:c8:7b:01';
 
 const MiB = 1024 * 1024;
 const steps: { step: string; ms: number; detail: string }[] = [];
@@ -54,6 +62,52 @@ const describeBackup = (b: BackupLine) =>
   `${b.id}: ${b.kind}, ${fmtBytes(b.bytes)} copied (${b.disks.map((x) => `${x.target} ${fmtBytes(x.bytes)}`).join(', ')}), ` +
   `${b.consistency === 'filesystem' ? `guest frozen ${b.freezeWindowMs} ms` : 'crash-consistent'}`;
 
+interface SyncLine {
+  seed: boolean;
+  modifiedBytes: number;
+  modifiedUsedBytes: number;
+  skippedFreeBytes: number;
+  copiedBytes: number;
+  usedBytes: number;
+  freezeWindowMs: number | null;
+  elapsedMs: number;
+}
+
+async function sync(d: LabDaemon, domain: string, to: string): Promise<SyncLine> {
+  const r = await d.cli(['sync', domain, '--disk', 'vda', '--to', to, '--json']);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as SyncLine;
+}
+
+const describeSync = (x: SyncLine) => (x.seed
+  ? `seed: ${fmtBytes(x.copiedBytes)} copied, the ${fmtBytes(x.usedBytes)} the filesystem uses`
+  : `${fmtBytes(x.modifiedBytes)} modified, ${fmtBytes(x.modifiedUsedBytes)} of it still in use: ${fmtBytes(x.copiedBytes)} copied, ${fmtBytes(x.skippedFreeBytes)} skipped because free`)
+  + `; guest frozen ${x.freezeWindowMs ?? '-'} ms`;
+
+interface ScanLine {
+  full: boolean;
+  freezeWindowMs: number | null;
+  elapsedMs: number;
+  verdict: {
+    infected: { path: string; signature: string; disk: string }[];
+    scanned: { files: number; filesOpened: number; bytesRead: number; nbdBytesRead: number };
+    notScanned: { disk: string; kind: string; reason?: string }[];
+  };
+  action?: unknown;
+}
+
+/** Exit 0 (clean), 10 (found) and 11 (clean, but something not scanned: the scratch disk holds no filesystem) are all answers. */
+async function scan(d: LabDaemon, domain: string, extra: string[]): Promise<ScanLine> {
+  const r = await d.cli(['scan', domain, '--json', ...extra], [0, 10, 11]);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ScanLine;
+}
+
+const describeScan = (x: ScanLine) => {
+  const v = x.verdict;
+  const found = v.infected.length > 0 ? `FOUND ${v.infected.map((f) => `${f.disk}:${f.path} (${f.signature})`).join(', ')}: domain quarantined (link-down)` : 'nothing found';
+  const not = v.notScanned.map((n) => `${n.disk} not scanned (${n.kind}: ${n.reason ?? 'no readable filesystem'})`).join('; ');
+  return `${x.full ? 'full' : 'incremental'}: ${v.scanned.filesOpened} ${v.scanned.filesOpened === 1 ? 'file' : 'files'} read, ${fmtBytes(v.scanned.nbdBytesRead)} over NBD+TLS; ${found}${not ? `; ${not}` : ''}; guest frozen ${x.freezeWindowMs ?? '-'} ms`;
+};
+
 async function main(): Promise<void> {
   const started = performance.now();
   const name = `virtcbt-demo-${process.pid}`;
@@ -61,13 +115,16 @@ async function main(): Promise<void> {
   const repo = join(work, 'repo');
   let lab: LabDomain | undefined;
   let daemon: LabDaemon | undefined;
+  let scanLab: ScanLab | undefined;
   console.log(`virtcbt demo: domain ${name}, repository ${repo}\n`);
   try {
     await step('libvirtd running', ensureLibvirtd);
     await step('build (or reuse) the demo guest: kernel, busybox + qemu-ga initramfs, ext4 disk', () => buildGuestImages(), (g) => `cache ${g.dir}`);
     lab = await step('define the libvirt domain (vda: ext4 data 512 MiB, vdb: scratch 512 MiB, both qcow2)', () =>
-      createLabDomain({ name, dataBytes: 512 * MiB, scratchBytes: 512 * MiB }));
-    daemon = await step('start virtcbtd', () => startLabDaemon(join(work, 'daemon')));
+      createLabDomain({ name, dataBytes: 512 * MiB, scratchBytes: 512 * MiB, interfaces: [{ mac: MAC }] }));
+    scanLab = await step('start a scanner host: a CA and TLS credentials, clamd with a demo signature, virtcbt-scanner (mutual TLS)', () => startScanLab(join(work, 'scanner')));
+    const scanConfig = scanLab.daemonConfig;
+    daemon = await step('start virtcbtd', () => startLabDaemon(join(work, 'daemon'), scanConfig));
     const d = daemon;
     await step('virtcbt enable (bitmaps created offline, QMP socket added)', () => d.cli(['enable', name]));
     await step('virtcbt consumer add nightly / offsite', async () => {
@@ -125,13 +182,50 @@ async function main(): Promise<void> {
     }, (s) => `${s} (one recording bitmap per disk, whatever the number of consumers)`);
     void status;
 
+    // (2) Disk-copy sync: a replica of vda that gets only what was modified and is still in use.
+    const replica = join(work, 'replica', 'vda.qcow2');
+    await mkdir(dirname(replica));
+    const s1 = await step('virtcbt sync vda to a replica (first: seeds every used block)', () => sync(d, name, replica), describeSync);
+    await step('workload: 48 MiB of new files, 40 MiB of them deleted again', () =>
+      lab!.exec('/bin/sh', ['-c', 'for i in 1 2 3 4 5 6; do dd if=/dev/urandom of=/mnt/data/tmp-$i.bin bs=1M count=8 2>/dev/null; done; sync; rm /mnt/data/tmp-[1-5].bin; sync']));
+    const s2 = await step('virtcbt sync vda (only what was modified and is still in use)', () => sync(d, name, replica), describeSync);
+    const checked = await step('the replica checked by e2fsprogs alone: e2fsck -fn, every file against the guest\'s sha256', () => checkReplica(replica, lab!, work),
+      (c) => `clean; ${c.files} files, ${fmtBytes(c.bytes)}, all equal`);
+    void checked;
+
+    // (3) Offloaded scanning: the scanner host reads a snapshot over NBD with TLS; the guest runs no antivirus.
+    const full = await step('virtcbt scan (full): a snapshot handed to the scanner host', () => scan(d, name, ['--full']), describeScan);
+    await step('workload: the EICAR test string written into /mnt/data/docs/invoice.com', async () => {
+      await lab!.exec('/bin/mkdir', ['-p', '/mnt/data/docs']);
+      await lab!.agent.writeFile('/mnt/data/docs/invoice.com', EICAR);
+      await lab!.exec('/bin/sync', []);
+    });
+    const found = await step('virtcbt scan (incremental: only the files whose blocks changed)', () => scan(d, name, []), describeScan);
+    if (!found.verdict.infected.some((f) => f.signature.startsWith(DEMO_SIGNATURE))) throw new Error(`the scan did not find the EICAR file: ${JSON.stringify(found.verdict)}`);
+    await step('virsh domif-getlink: the quarantine took the domain\'s link down', async () => {
+      const link = (await virsh(['domif-getlink', name, MAC])).stdout.trim();
+      if (!/down/.test(link)) throw new Error(`the link is not down: ${link}`);
+      return link;
+    }, (l) => l);
+    await step('virtcbt quarantine release: the links as they were before', async () => {
+      await d.cli(['quarantine', 'release', name]);
+      const link = (await virsh(['domif-getlink', name, MAC])).stdout.trim();
+      if (!/up/.test(link)) throw new Error(`the link is not back up: ${link}`);
+      return link;
+    }, (l) => l);
+
     console.log('\nRestore points:');
     console.log(list.stdout.split('\n').map((l) => `  ${l}`).join('\n'));
     console.log('\nBackups:');
     for (const b of [b1, b2, b3, b4, b5, b6]) console.log(`  ${describeBackup(b)}, ${fmtMs(b.elapsedMs)} in virtcbtd`);
+    console.log('\nSyncs of vda:');
+    for (const x of [s1, s2]) console.log(`  ${describeSync(x)}, ${fmtMs(x.elapsedMs)} in virtcbtd`);
+    console.log('\nScans:');
+    for (const x of [full, found]) console.log(`  ${describeScan(x)}`);
   } finally {
     const t0 = performance.now();
     await daemon?.stop().catch(() => undefined);
+    await scanLab?.stop().catch(() => undefined);
     await lab?.remove().catch((err) => console.error(`cleanup: ${errorMessage(err)}`));
     await rm(work, { recursive: true, force: true });
     steps.push({ step: 'clean up (domain undefined, files removed)', ms: performance.now() - t0, detail: '' });
