@@ -2,13 +2,14 @@
 // file in ENABLED_DIR/.holders names it) keeps the images' write locks: every job the next
 // virtcbtd runs on them would fail. At start virtcbtd ends it (SIGTERM: bitmaps written back), and
 // only it: a holder file naming another process, or a storage daemon that is not virtcbt's, is
-// removed without a signal sent.
+// removed without a signal sent. The private directories of storage daemons a killed virtcbtd
+// started go too.
 import { execa, type ResultPromise } from 'execa';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
-import { endStaleStorageDaemons } from '../src/qsd/index.js';
+import { endStaleStorageDaemons, removeStaleStorageDaemonDirs } from '../src/qsd/index.js';
 import { pollUntil } from '../src/util/abort.js';
 
 let dir: string;
@@ -67,4 +68,15 @@ it('ends only the storage daemon with virtcbt\'s node names that a holder file n
 
 it('no holder directory: nothing to do', async () => {
   expect(await endStaleStorageDaemons(join(dir, 'missing'))).toEqual([]);
+});
+
+it('the private directories of storage daemons a killed virtcbtd started are removed; nothing else in the run directory', async () => {
+  const run = join(dir, 'run');
+  mkdirSync(join(run, 'qsd-a2JYom'), { recursive: true });
+  writeFileSync(join(run, 'qsd-a2JYom', 'qmp.sock'), '');
+  mkdirSync(join(run, 'qsd-notes-kept'));
+  writeFileSync(join(run, 'img-0a1b2c3d.sock'), '');
+  writeFileSync(join(run, 'qsd-Zz9876'), 'a file, not a directory');
+  expect(await removeStaleStorageDaemonDirs(run)).toBe(1);
+  expect(readdirSync(run).sort()).toEqual(['img-0a1b2c3d.sock', 'qsd-Zz9876', 'qsd-notes-kept']);
 });

@@ -20,7 +20,7 @@ import { takeInstanceLock } from './instance-lock.js';
 import { JobRunner } from './jobs.js';
 import { registerRoutes } from './routes.js';
 import { Spool } from './spool.js';
-import { endStaleStorageDaemons } from '../qsd/index.js';
+import { endStaleStorageDaemons, removeStaleStorageDaemonDirs } from '../qsd/index.js';
 import { Tracker } from './tracker.js';
 import { actionFor, depsFromConfig } from '../scan/quarantine.js';
 import type { ReconcileStep } from '../reconciler/index.js';
@@ -130,6 +130,7 @@ async function main(): Promise<void> {
   // Before any job on a stopped domain's images: what a killed virtcbtd left holding them.
   const ended = await endStaleStorageDaemons(join(cfg.daemon.enabledDir, '.holders'));
   if (ended.length > 0) logger.warn('ended storage daemons an earlier virtcbtd left on stopped domains\' images', { domains: ended });
+  await removeStaleStorageDaemonDirs(cfg.runDir);
   await tracker.start();
   await jobs.start();
   // The spool's replay goes on while the daemon listens (recovery of running domains, likewise,

@@ -208,3 +208,16 @@ async function exitedOrZombie(pid: number): Promise<boolean> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
   return stat === '' || /^\d+ \(.*\) Z /s.test(stat);
 }
+
+/**
+ * At daemon start, before it starts any storage daemon: the private directories (QMP and NBD
+ * sockets) of those an earlier virtcbtd started are removed; a killed virtcbtd left them behind.
+ */
+export async function removeStaleStorageDaemonDirs(runDir: string): Promise<number> {
+  let n = 0;
+  for (const e of await readdir(runDir, { withFileTypes: true }).catch(() => [])) {
+    if (!e.isDirectory() || !/^qsd-[A-Za-z0-9]{6}$/.test(e.name)) continue;
+    await rm(join(runDir, e.name), { recursive: true, force: true }).then(() => { n++; }, () => undefined);
+  }
+  return n;
+}
