@@ -93,6 +93,30 @@ describe('virtcbt sync of a running domain\'s ext4 disk', () => {
     expect(await targetHashes('reseed')).toEqual(await guestHashes());
   });
 
+  it('sync status says when each target was synced, how much was modified since, and that a changed target will be seeded', async () => {
+    const own = join(dir, 'status.qcow2');
+    await sync([], own);
+    const entry = async () => {
+      const r = await daemon.cliJson(['sync', 'status', guest.name]);
+      return r.targets.find((t: any) => t.target === own);
+    };
+    const synced = await entry();
+    expect(synced).toMatchObject({ domain: guest.name, disk: 'vda', configured: [], lastSync: expect.any(String) });
+    expect(synced.targetChanged).toBeUndefined();
+    expect(synced.modifiedSince.bytes).toBeLessThan(1 * MiB);
+    // The guest writes 4 MiB; once folded, the target is that far behind.
+    await guestFile(agent, 'status.bin', 4 * MiB);
+    await daemon.cli(['reconcile', guest.name]);
+    expect((await entry()).modifiedSince.bytes).toBeGreaterThanOrEqual(4 * MiB);
+    // Written behind virtcbt's back: said, with what the next sync does about it.
+    const st = statSync(own);
+    utimesSync(own, st.atime, new Date(st.mtimeMs + 5_000));
+    expect((await entry()).targetChanged).toMatch(/written since the last sync/);
+    const text = (await daemon.cli(['sync', 'status'])).stdout;
+    expect(text).toContain(`${guest.name} vda → ${own}: last synced `);
+    expect(text).toMatch(/! the target file was written since the last sync .*: the next sync seeds it with every used block/);
+  });
+
   it('the agent\'s used map and the image\'s of the same frozen instant agree on ext4', async () => {
     const m = await daemon.cliJson(['usedmap', guest.name, '--disk', 'vda', '--map', 'agent']);
     expect(m.source).toBe('agent');

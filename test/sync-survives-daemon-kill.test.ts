@@ -99,6 +99,9 @@ it('a seed killed with its virtcbtd resumes from its last checkpoint; an increme
   const incremental = await syncKilledMidCopy();
   expect(incremental.marker.kind).toBe('incremental');
   expect(incremental.restartLog).toMatch(/the next sync copies everything since the last complete one/);
+  const [status] = (await daemon.cliJson(['sync', 'status', guest.name])).targets;
+  expect(status).toMatchObject({ target, configured: ['on stop'], interruptedAt: expect.any(String) });
+  expect(status.writing).toBeUndefined();
   await guestFile(agent, 'four.bin', 2 * MiB);
   const after = await sync();
   expect(after.seed, after.reason).toBe(false);

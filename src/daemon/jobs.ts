@@ -29,7 +29,7 @@ import { KeyedTurns } from './turns.js';
 import { runScan, type ScanEvent, type ScanRequest, type ScanResult, type ScanVerdict } from '../scan/index.js';
 import { QuarantineActionError, actionFor, depsFromConfig, quarantine } from '../scan/quarantine.js';
 import { NbdEndpoint } from '../copy/index.js';
-import { SyncRecords, runSync, sweepInterruptedSyncs, type SyncEvent, type SyncRequest, type SyncResult } from '../sync/index.js';
+import { SyncRecords, runSync, sweepInterruptedSyncs, syncStatus, type SyncTargetStatus, type SyncEvent, type SyncRequest, type SyncResult } from '../sync/index.js';
 import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } from '../usedmap/index.js';
 import type { DomainJobContext, Tracker } from './tracker.js';
 
@@ -413,6 +413,15 @@ export class JobRunner {
   }
 
   private readonly onStopRounds = new Map<string, Promise<void>>();
+
+  /** Every sync target known (records, and the config's on-stop and scheduled syncs), of one domain or all. */
+  syncStatus(domain?: string): Promise<SyncTargetStatus[]> {
+    const configured = [
+      ...this.cfg.sync.onStop.map((t) => ({ domain: t.domain, disk: t.disk, to: t.to, as: 'on stop' })),
+      ...this.cfg.sync.jobs.map((j) => ({ domain: j.domain, disk: j.disk, to: j.to, as: `job ${j.name} (${j.calendar})` })),
+    ];
+    return syncStatus(new SyncRecords(join(this.cfg.stateDir, 'sync')), this.log, configured, domain);
+  }
 
   private onStopPending(domain: string): string {
     return join(this.cfg.stateDir, 'sync', encodeURIComponent(domain), 'on-stop.pending');

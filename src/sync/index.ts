@@ -4,5 +4,6 @@ export { runSync, type SyncContext, type SyncDeps, type SyncEvent, type SyncRequ
 export { planSync, type SyncPlan, type SyncPlanInput } from './plan.js';
 export { SyncRecords, type SyncRecord } from './record.js';
 export { sweepInterruptedSyncs } from './interrupted.js';
+export { syncStatus, type ConfiguredSync, type SyncTargetStatus } from './status.js';
 export { describeTarget, displayUri, identityChange, parseTarget, syncConsumerName, targetKey, type SyncTarget, type TargetIdentity } from './target.js';
 export { serveSyncTarget, imageHolders, type SyncTarget as ServedSyncTarget, type SyncTargetOptions } from './receiver.js';

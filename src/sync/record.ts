@@ -124,6 +124,19 @@ export class SyncRecords {
     return latest;
   }
 
+  /** Every (domain, consumer) with a record file, of one domain or all; names virtcbt did not make are skipped. */
+  async list(domain?: string): Promise<{ domain: string; consumer: string }[]> {
+    const out: { domain: string; consumer: string }[] = [];
+    for (const d of await readdir(this.dir, { withFileTypes: true }).catch(() => [])) {
+      const name = decodedName(d.name);
+      if (!d.isDirectory() || name === undefined || (domain !== undefined && name !== domain)) continue;
+      for (const f of await readdir(join(this.dir, d.name)).catch(() => [] as string[])) {
+        if (f.endsWith('.json') && !f.startsWith('.')) out.push({ domain: name, consumer: f.slice(0, -'.json'.length) });
+      }
+    }
+    return out;
+  }
+
   /** `used` undefined: the record keeps no used map (the next --discard then frees every free block). */
   async write(rec: SyncRecord, used: readonly Extent[] | undefined): Promise<void> {
     const full: SyncRecord = { ...rec, used: used && used.length <= MAX_USED_EXTENTS ? used.map((e) => [e.offset, e.length]) : undefined };

@@ -1,8 +1,9 @@
 // `virtcbt sync` and `virtcbt usedmap`: ask virtcbtd to bring a second copy of a disk up to date
-// with only the blocks modified since its last sync and in use now, and to show the used-block map
-// such a sync would use; progress on a terminal, JSON lines for scripts.
+// with only the blocks modified since its last sync and in use now, to say where each target
+// stands (`sync status`), and to show the used-block map such a sync would use; progress on a
+// terminal, JSON lines for scripts.
 import { resolve } from 'node:path';
-import type { SyncEvent, SyncResult } from '../../sync/index.js';
+import type { SyncEvent, SyncResult, SyncTargetStatus } from '../../sync/index.js';
 import type { UsedMap } from '../../usedmap/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../../util/errors.js';
 import { domainArg, parse } from '../args.js';
@@ -84,6 +85,7 @@ export async function syncOne(ctx: CommandContext, o: OneSync): Promise<SyncResu
 export const syncCommand: Command = {
   usage: `usage: virtcbt sync DOMAIN --disk TARGET --to IMAGE|nbd://...|nbds://... [--format qcow2|raw] [--discard] [--full] [--map image|agent] [--no-freeze] [--json]
        virtcbt sync --job NAME [--json]
+       virtcbt sync status [DOMAIN] [--json]
 
 Brings a second copy of one disk up to date: copies the blocks modified since the last sync to
 that copy *and* in use by the guest's filesystems now (deleted and temporary files, freed space are
@@ -95,8 +97,14 @@ left there last time (replaced, written by something else), seeds it with every 
   --map      where the used map comes from: image (default: the snapshot's ext2/3/4, no guest tool)
              or agent (the guest's GETFSMAP while frozen: XFS too, a longer freeze)
   --job NAME run the sync job NAME from the config (sync.jobs), as its systemd timer does
-  --json     JSON lines: every event, the result last`,
+  --json     JSON lines: every event, the result last
+
+virtcbt sync status [DOMAIN] [--json] lists the sync targets virtcbtd knows (past syncs, and the
+on-stop and scheduled syncs of the config): when each was last brought up to date, how much the
+guest modified since (as folded so far), and anything the next sync will act on (a target changed
+behind virtcbt's back is seeded again; an interrupted sync or seed is continued).`,
   async run(ctx) {
+    if (ctx.argv[0] === 'status' && !ctx.argv.some((a) => /^--(disk|to|job)\b/.test(a))) return syncStatusCommand(ctx, ctx.argv.slice(1), this.usage);
     const { values, positionals } = parse(ctx.argv, {
       disk: { type: 'string' },
       to: { type: 'string' },
@@ -132,6 +140,29 @@ left there last time (replaced, written by something else), seeds it with every 
     return EXIT.OK;
   },
 };
+
+function describeStatus(t: SyncTargetStatus): string[] {
+  const head = `${t.domain} ${t.disk} → ${t.target}: ${t.lastSync ? `last synced ${t.lastSync}` : 'never synced to completion'}` +
+    (t.modifiedSince ? `; ${t.modifiedSince.full ? 'everything (no history)' : formatBytes(t.modifiedSince.bytes)} modified since` : '');
+  const lines = [head];
+  if (t.configured.length > 0) lines.push(`  configured: ${t.configured.join(', ')}`);
+  if (t.writing) lines.push(t.writing.live ? `  a sync is writing it now (since ${t.writing.startedAt})` : `  a sync begun ${t.writing.startedAt} ended with its virtcbtd: recorded at the next start or sync`);
+  if (t.seedResumesAt !== undefined) lines.push(`  an interrupted seed: the next sync resumes it from byte ${t.seedResumesAt}`);
+  if (t.interruptedAt) lines.push(`  the sync of ${t.interruptedAt} was interrupted after it began writing: the next copies everything since the last complete one`);
+  if (t.targetChanged) lines.push(`  ! ${t.targetChanged}: the next sync seeds it with every used block`);
+  if (t.recordProblem) lines.push(`  ! ${t.recordProblem}: the next sync seeds the target`);
+  if (t.problem) lines.push(`  ! ${t.problem}`);
+  return lines;
+}
+
+async function syncStatusCommand(ctx: CommandContext, argv: string[], usage: string): Promise<number> {
+  const { values, positionals } = parse(argv, { json: { type: 'boolean' } }, usage);
+  if (positionals.length > 1) throw new UsageError(`sync status takes at most one DOMAIN\n\n${usage}`);
+  const path = positionals.length === 1 ? `/v1/domains/${encodeURIComponent(domainArg(positionals, usage))}/syncs` : '/v1/syncs';
+  const r = await callDaemon<{ targets: SyncTargetStatus[] }>(daemonSocket(ctx.config()), 'GET', path);
+  emit(ctx.io, Boolean(values.json), r, () => (r.targets.length === 0 ? ['no sync targets: none synced yet, none in the config'] : r.targets.flatMap(describeStatus)));
+  return EXIT.OK;
+}
 
 export const usedmapCommand: Command = {
   usage: `usage: virtcbt usedmap DOMAIN --disk TARGET [--map image|agent] [--json]
