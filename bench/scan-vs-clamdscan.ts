@@ -238,7 +238,7 @@ try {
     listen: { host: '127.0.0.1', port: 0 }, tlsDir: scannerTls, allowedClients: ['CN=hv1'], nbdTlsDir: scannerNbd,
     clamd: { socket, timeoutSeconds: 120 },
     limits: { maxFileBytes: 128 * MiB, maxFiles: 1_000_000, maxSeconds: 3600, streamMaxLength: 128 * MiB, concurrency: THREADS },
-    maxJobs: 2, log: { level: 'info' },
+    maxJobs: 2, log: { level: 'info' }, ownerIndex: { saveDir: '' },
   }));
   const scanner = spawn(process.execPath, [...(process.env.BENCH_SCANNER_NODE_ARGS ?? '').split(' ').filter(Boolean), SCANNER, '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined } });
   pids.push(scanner.pid!);

@@ -14,7 +14,7 @@ export interface ScannerConfig {
   /** Jobs run at once; more are answered 503. */
   maxJobs: number;
   /** Memory for owner indexes kept between scans (src/fs/ext/owner-index.ts); 0: none, every incremental scan reads the inode tables. */
-  ownerIndex: { maxMiB: number };
+  ownerIndex: { maxMiB: number; saveDir: string };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -66,6 +66,12 @@ export const scannerSchema: Schema<ScannerConfig> = {
       doc: 'Memory for the owner indexes kept between scans (which inode owns which block, per filesystem scanned): an incremental scan then reads the changed metadata instead of every inode table. About 250 bytes per file; the least recently used are dropped beyond this. 0: none.',
       format: (v: unknown) => { if (!Number.isSafeInteger(v) || (v as number) < 0) throw new Error('ownerIndex.maxMiB must be a whole number of MiB, 0 or more'); },
       default: 512,
+    },
+    saveDir: {
+      doc: 'Where the owner indexes (and the secret that authenticates them) are saved when the scanner stops and read back when it starts, so that a restart does not cost each filesystem a read of its inode tables: its own directory, mode 0700 (the unit\'s StateDirectory). Empty: not saved.',
+      format: (v: unknown) => { if (typeof v !== 'string' || (v !== '' && !v.startsWith('/'))) throw new Error('ownerIndex.saveDir must be an absolute path, or empty for none'); },
+      default: '/var/lib/virtcbt-scanner',
+      env: 'VIRTCBT_SCANNER_SAVE_DIR',
     },
   },
   log: { level: { doc: 'Log level.', format: ['debug', 'info', 'warn', 'error'], default: 'info', env: 'VIRTCBT_SCANNER_LOG_LEVEL' } },

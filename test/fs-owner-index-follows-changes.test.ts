@@ -215,3 +215,34 @@ describe('an owner index over its memory bound', () => {
     }
   });
 });
+
+describe('an owner index saved as bytes', () => {
+  it('comes back the same (entries, bitmaps, digests) and answers the same; bytes cut short or inflated are refused, never over-allocated', async () => {
+    const image = join(dir.path, 'saved.img');
+    await makeFs(image, 32 * MiB, ['mkfs.ext4'], tree);
+    const { fs, close } = await openFs(image);
+    try {
+      const { index } = await OwnerIndex.build(fs, []);
+      const someIno = 2; // the root directory: every ext filesystem has it
+      index.setDigests(someIno, new Map([[3, Buffer.alloc(8, 7)], [9, Buffer.alloc(8, 1)]]));
+      const bytes = index.toBytes();
+      const back = OwnerIndex.fromBytes(bytes);
+      expect(back.sameAs(index)).toBe(true);
+      expect(back.geometry).toBe(index.geometry);
+      expect(back.digestsOf(someIno)).toEqual(index.digestsOf(someIno));
+      expect(back.toBytes().equals(bytes)).toBe(true);
+      // The same answers for a query over the whole filesystem.
+      const all = [{ offset: 0, length: fs.byteLength }];
+      expect(shape(await back.update(fs, all))).toEqual(shape(await index.update(fs, all)));
+      // Every truncation throws; so does a count inflated past what the bytes hold.
+      for (const cut of [0, 4, 8, 20, bytes.length >> 1, bytes.length - 1]) expect(() => OwnerIndex.fromBytes(bytes.subarray(0, cut))).toThrow();
+      const inflated = Buffer.from(bytes);
+      const geometryEnd = 8 + 4 + index.geometry.length;
+      inflated.writeUInt32LE(0xffffffff, geometryEnd);
+      expect(() => OwnerIndex.fromBytes(inflated)).toThrow(/counts more than it holds/);
+      expect(() => OwnerIndex.fromBytes(Buffer.concat([bytes, Buffer.alloc(1)]))).toThrow(/trailing/);
+    } finally {
+      await close();
+    }
+  });
+});

@@ -42,6 +42,7 @@ describe('the scanner configuration', () => {
     ['a zero limit', { limits: { ...good.limits, concurrency: 0 } }, /limits.concurrency must be a positive whole number/],
     ['owner-index memory that is not whole MiB', { ownerIndex: { maxMiB: 1.5 } }, /ownerIndex.maxMiB must be a whole number of MiB/],
     ['negative owner-index memory', { ownerIndex: { maxMiB: -1 } }, /ownerIndex.maxMiB must be a whole number of MiB/],
+    ['a relative save directory', { ownerIndex: { maxMiB: 64, saveDir: 'state' } }, /ownerIndex.saveDir must be an absolute path, or empty for none/],
   ])('refuses %s', (_what, change, message) => {
     const p = file({ ...good, ...change });
     let err: unknown;

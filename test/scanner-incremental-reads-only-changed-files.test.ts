@@ -67,9 +67,9 @@ beforeAll(async () => {
 }, 180_000);
 
 /** The files the scanner logged as opened for a job (its stderr may trail the HTTP answer: wait for the job's last line). */
-async function openedPaths(jobId: string): Promise<string[]> {
-  await pollUntil(() => new RegExp(`info: scan job done job=${jobId} `).test(scanner.log()), 'the job\'s log', { timeoutMs: 10_000, intervalMs: 20 });
-  return [...scanner.log().matchAll(new RegExp(`debug: file opened job=${jobId} disk=vda partition=0 path=(\\S+)`, 'g'))].map((m) => m[1]!).sort();
+async function openedPaths(jobId: string, via = scanner): Promise<string[]> {
+  await pollUntil(() => new RegExp(`info: scan job done job=${jobId} `).test(via.log()), 'the job\'s log', { timeoutMs: 10_000, intervalMs: 20 });
+  return [...via.log().matchAll(new RegExp(`debug: file opened job=${jobId} disk=vda partition=0 path=(\\S+)`, 'g'))].map((m) => m[1]!).sort();
 }
 
 const changedBytes = (x: ExtentPair[]) => x.reduce((n, e) => n + e[1], 0);
@@ -269,6 +269,38 @@ describe('an incremental scan', () => {
     await scan('oi-stale', diffExtents(after, chmod), { image: chmod, ownerIndex: { base: 'p2', next: 'p4' } });
     expect(ownersFrom).toBe('inode tables');
     expect(await openedPaths('oi-stale')).toEqual([]);
+  });
+
+  it('keeps its owner indexes across a restart (saved at stop, read back at start, authenticated); a changed save file is not used', async () => {
+    const saveDir = join(dir, 'saved-state');
+    const config = { ...w.config(), log: { level: 'debug' }, ownerIndex: { saveDir } };
+    const first = await startScanner(dir, config, w.ns);
+    await scan('sv-full', undefined, { image: before, ownerIndex: { next: 's1' }, via: first });
+    await first.stop();
+    expect(first.log()).toMatch(/info: owner indexes saved kept=1 /);
+    expect(statSync(join(saveDir, 'secret')).mode & 0o777).toBe(0o600);
+    expect(statSync(join(saveDir, 'owner-indexes.bin')).mode & 0o777).toBe(0o600);
+
+    // Started again: the index and the files' granule digests are back, so the incremental scan
+    // opens exactly the changed files, as it would have without the restart.
+    const second = await startScanner(dir, config, w.ns);
+    expect(second.log()).toMatch(/info: owner indexes read back kept=1 /);
+    const incr = await scan('sv-incr', changed, { ownerIndex: { base: 's1', next: 's2' }, via: second });
+    expect(ownersFrom).toBe('owner index');
+    expect(await openedPaths('sv-incr', second)).toEqual(['/data/dropped.txt', '/data/file-007.bin', '/data/file-200.bin']);
+    expect(incr.infected).toEqual([expect.objectContaining({ path: '/data/dropped.txt' })]);
+    await second.stop();
+
+    // One byte of the saved file changed: nothing in it is used, said so; the tables are read.
+    const file = join(saveDir, 'owner-indexes.bin');
+    const b = readFileSync(file);
+    b[b.length >> 1] ^= 0x01;
+    writeFileSync(file, b);
+    const third = await startScanner(dir, config, w.ns);
+    expect(third.log()).toMatch(/warn: saved owner indexes not used .*not written by this scanner/);
+    await scan('sv-tampered', changed, { ownerIndex: { base: 's2', next: 's3' }, via: third });
+    expect(ownersFrom).toBe('inode tables');
+    await third.stop();
   });
 
   it('keeps one owner index per partition: a partition without changes keeps its index for the next state, so its next change uses it', async () => {

@@ -72,7 +72,7 @@ export async function startScanLab(dir: string): Promise<ScanLab> {
       listen: { host: '127.0.0.1', port: 0 }, tlsDir: scannerTls, allowedClients: ['CN=hv1'], nbdTlsDir: scannerNbd,
       clamd: { socket, timeoutSeconds: 120 },
       limits: { maxFileBytes: 64 * 1024 * 1024, maxFiles: 1_000_000, maxSeconds: 600, streamMaxLength: 64 * 1024 * 1024, concurrency: 2 },
-      maxJobs: 2, log: { level: 'info' },
+      maxJobs: 2, log: { level: 'info' }, ownerIndex: { saveDir: join(dir, 'scanner-state') },
     }));
     const scanner = spawn(process.execPath, [join(repoRoot(), 'dist', 'src', 'scan', 'scanner', 'main.js'), '--config', scannerConfig], {
       stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined },

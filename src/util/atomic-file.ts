@@ -6,8 +6,8 @@ import { constants } from 'node:fs';
 import { mkdir, open, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
-/** Writes `text` to `path` atomically and durably; the directory is made (mode 0700) when missing. */
-export async function writeFileAtomically(path: string, text: string): Promise<void> {
+/** Writes `text` (or bytes) to `path` atomically and durably, mode 0600; the directory is made (mode 0700) when missing. */
+export async function writeFileAtomically(path: string, text: string | Uint8Array): Promise<void> {
   const dir = dirname(path);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = join(dir, `.${basename(path)}.${randomBytes(4).toString('hex')}`);

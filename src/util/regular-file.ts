@@ -29,6 +29,12 @@ export class NotRegularFileError extends Error {
  * `maxBytes`). Anything else is a NotRegularFileError; a missing file is the usual ENOENT.
  */
 export async function readRegularFile(path: string, maxBytes: number): Promise<{ text: string; stat: BigIntStats }> {
+  const { bytes, stat } = await readRegularFileBytes(path, maxBytes);
+  return { text: bytes.toString('utf8'), stat };
+}
+
+/** As readRegularFile, the bytes. */
+export async function readRegularFileBytes(path: string, maxBytes: number): Promise<{ bytes: Buffer; stat: BigIntStats }> {
   let fh;
   try {
     fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -40,7 +46,7 @@ export async function readRegularFile(path: string, maxBytes: number): Promise<{
     const st = await fh.stat({ bigint: true });
     if (!st.isFile()) throw new NotRegularFileError(path, fileKind(st));
     if (st.size > BigInt(maxBytes)) throw new NotRegularFileError(path, `a file of ${st.size} bytes (more than ${maxBytes})`);
-    return { text: await fh.readFile('utf8'), stat: st };
+    return { bytes: await fh.readFile(), stat: st };
   } finally {
     await fh.close();
   }

@@ -98,7 +98,9 @@ function letOthersReach(file: string): void {
 /** Runs the built virtcbt-scanner with `config` (listen.port 0), inside `ns` when given; resolves with its address once it listens. */
 export async function startScanner(dir: string, config: object, ns?: NetNs, asUser?: string): Promise<RunningScanner> {
   const file = join(dir, `scanner-${Math.random().toString(16).slice(2)}.json`);
-  writeFileSync(file, JSON.stringify(config), { mode: 0o644 });
+  // Nothing saved across restarts unless a test asks (ownerIndex.saveDir): the default is the host's /var/lib.
+  const ownerIndex = { saveDir: '', ...(config as { ownerIndex?: object }).ownerIndex };
+  writeFileSync(file, JSON.stringify({ ...config, ownerIndex }), { mode: 0o644 });
   // As the unit runs it: an unprivileged user with no capabilities and no supplementary groups.
   if (asUser) letOthersReach(SCANNER_MAIN);
   const node = asUser ? ['setpriv', `--reuid=${asUser}`, `--regid=${asUser === 'nobody' ? 'nogroup' : asUser}`, '--clear-groups', '--inh-caps=-all', '--', process.execPath] : [process.execPath];

@@ -96,6 +96,58 @@ export class OwnerIndexTooLarge extends Error {
   }
 }
 
+const FILE_MAGIC = 'VCBTOIX1';
+
+/** Little-endian fields into one buffer. */
+class ByteWriter {
+  private readonly parts: Buffer[] = [];
+  private cur = Buffer.alloc(64 * 1024);
+  private at = 0;
+
+  private room(n: number): void {
+    if (this.at + n <= this.cur.length) return;
+    this.parts.push(this.cur.subarray(0, this.at));
+    this.cur = Buffer.alloc(Math.max(64 * 1024, n));
+    this.at = 0;
+  }
+
+  u32(v: number): void { this.room(4); this.cur.writeUInt32LE(v, this.at); this.at += 4; }
+  i32(v: number): void { this.room(4); this.cur.writeInt32LE(v, this.at); this.at += 4; }
+  f64(v: number): void { this.room(8); this.cur.writeDoubleLE(v, this.at); this.at += 8; }
+  raw(b: Uint8Array): void { this.room(b.length); this.cur.set(b, this.at); this.at += b.length; }
+  str(s: string): void { const b = Buffer.from(s, 'utf8'); this.u32(b.length); this.raw(b); }
+  done(): Buffer { return Buffer.concat([...this.parts, this.cur.subarray(0, this.at)]); }
+}
+
+/** ByteWriter's fields back, every read bounds-checked: a short or inflated buffer throws, never over-allocates. */
+class ByteReader {
+  private at = 0;
+
+  constructor(private readonly b: Buffer) {}
+
+  private need(n: number): void {
+    if (this.at + n > this.b.length) throw new Error('the saved owner index is cut short');
+  }
+
+  u32(): number { this.need(4); const v = this.b.readUInt32LE(this.at); this.at += 4; return v; }
+  i32(): number { this.need(4); const v = this.b.readInt32LE(this.at); this.at += 4; return v; }
+  f64(): number { this.need(8); const v = this.b.readDoubleLE(this.at); this.at += 8; return v; }
+  nonNegative(): number {
+    const v = this.f64();
+    if (!Number.isSafeInteger(v) || v < 0) throw new Error('the saved owner index holds an offset out of range');
+    return v;
+  }
+  raw(n: number): Buffer { this.need(n); const v = this.b.subarray(this.at, this.at + n); this.at += n; return v; }
+  str(): string { return this.raw(this.u32()).toString('utf8'); }
+  /** A count of items of at least `minBytes` each, checked against what is left. */
+  count(minBytes: number): number {
+    const n = this.u32();
+    if (n * minBytes > this.b.length - this.at) throw new Error('the saved owner index counts more than it holds');
+    return n;
+  }
+  atEnd(): boolean { return this.at === this.b.length; }
+}
+
 const entryBytes = (e: Entry) => ENTRY_BYTES + (e.runs.length / 2) * RUN_BYTES;
 
 export class OwnerIndex {
@@ -298,6 +350,69 @@ export class OwnerIndex {
   }
 
   /** Whether two indexes hold the same inodes, fingerprints, runs and bitmaps (a check that one brought forward equals one built afresh). */
+  /**
+   * The index as bytes (saved by the scanner host across a restart; see fromBytes). Little-endian:
+   * the magic, the geometry, per-group limits and bitmaps, every entry (inode, fingerprint, runs),
+   * every file's granule digests.
+   */
+  toBytes(): Buffer {
+    const w = new ByteWriter();
+    w.raw(Buffer.from(FILE_MAGIC, 'latin1'));
+    w.str(this.geometry);
+    w.u32(this.limits.length);
+    for (const l of this.limits) w.i32(l);
+    w.u32(this.bitmaps.size);
+    for (const [g, b] of this.bitmaps) { w.u32(g); w.u32(b.length); w.raw(b); }
+    w.u32(this.entries.size);
+    for (const [ino, e] of this.entries) {
+      w.u32(ino);
+      w.raw(Buffer.from(e.fp, 'latin1'));
+      w.u32(e.meta);
+      w.u32(e.runs.length);
+      for (const v of e.runs) w.f64(v);
+    }
+    w.u32(this.digests.size);
+    for (const [ino, d] of this.digests) {
+      w.u32(ino);
+      w.u32(d.size);
+      for (const [g, h] of d) { w.f64(g); w.raw(h); }
+    }
+    return w.done();
+  }
+
+  /**
+   * An index from toBytes' bytes. The caller has checked where they come from (the scanner host
+   * authenticates its saved file); they are still read defensively: anything out of shape throws.
+   */
+  static fromBytes(bytes: Buffer): OwnerIndex {
+    const r = new ByteReader(bytes);
+    if (r.raw(FILE_MAGIC.length).toString('latin1') !== FILE_MAGIC) throw new Error('not a saved owner index');
+    const geometry = r.str();
+    const limits = new Int32Array(r.count(4));
+    for (let i = 0; i < limits.length; i++) limits[i] = r.i32();
+    const bitmaps = new Map<number, Buffer>();
+    for (let n = r.count(8); n > 0; n--) bitmaps.set(r.u32(), Buffer.from(r.raw(r.u32())));
+    const entries = new Map<number, Entry>();
+    for (let n = r.count(28); n > 0; n--) {
+      const ino = r.u32();
+      const fp = r.raw(16).toString('latin1');
+      const meta = r.u32();
+      const runs: number[] = new Array(r.count(8));
+      for (let i = 0; i < runs.length; i++) runs[i] = r.nonNegative();
+      if (runs.length % 2 !== 0 || meta > runs.length || meta % 2 !== 0) throw new Error(`inode ${ino}: runs out of shape`);
+      entries.set(ino, { fp, runs, meta });
+    }
+    const index = new OwnerIndex(geometry, entries, bitmaps, limits);
+    for (let n = r.count(8); n > 0; n--) {
+      const ino = r.u32();
+      const d: GranuleDigests = new Map();
+      for (let k = r.count(16); k > 0; k--) d.set(r.nonNegative(), Buffer.from(r.raw(8)));
+      index.setDigests(ino, d);
+    }
+    if (!r.atEnd()) throw new Error('trailing bytes after the owner index');
+    return index;
+  }
+
   sameAs(other: OwnerIndex): boolean {
     if (this.geometry !== other.geometry || this.entries.size !== other.entries.size || this.bitmaps.size !== other.bitmaps.size) return false;
     for (const [ino, e] of this.entries) {

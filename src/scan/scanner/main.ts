@@ -5,6 +5,8 @@ import { parseArgs } from 'node:util';
 import { errorMessage, exitCodeOf } from '../../util/errors.js';
 import { createLogger } from '../../util/log.js';
 import { loadScannerConfig } from './config.js';
+import { OwnerIndexStore } from './owner-indexes.js';
+import { openSavedState, type SavedState } from './saved-state.js';
 import { startScannerServer } from './server.js';
 
 const HELP = `usage: virtcbt-scanner [--config FILE]
@@ -24,14 +26,44 @@ async function main(): Promise<void> {
   if (process.getuid?.() === 0) {
     log.warn('virtcbt-scanner runs as root: it needs no privilege; run it as its own user (systemd/virtcbt-scanner.service does)');
   }
+  const ownerIndexBytes = cfg.ownerIndex.maxMiB * 1024 * 1024;
+  // Owner indexes saved at the last stop are read back; a save directory that cannot be used costs
+  // only that (each filesystem's next incremental scan reads its inode tables), so it is a warning.
+  let saved: SavedState | undefined;
+  let ownerIndexes: OwnerIndexStore | undefined;
+  if (ownerIndexBytes > 0 && cfg.ownerIndex.saveDir) {
+    try {
+      saved = await openSavedState(cfg.ownerIndex.saveDir);
+      ownerIndexes = new OwnerIndexStore(ownerIndexBytes, { digestKey: saved.digestKey });
+      const back = await ownerIndexes.load(saved.file, saved.macKey);
+      if (back.problem) log.warn('saved owner indexes not used', { problem: back.problem });
+      else if (back.kept > 0) log.info('owner indexes read back', { kept: back.kept, file: saved.file });
+    } catch (err) {
+      log.warn('owner indexes are not saved across restarts (ownerIndex.saveDir)', { dir: cfg.ownerIndex.saveDir, error: errorMessage(err) });
+      saved = undefined;
+      ownerIndexes = undefined;
+    }
+  }
   const server = await startScannerServer({
     host: cfg.listen.host, port: cfg.listen.port, tlsDir: cfg.tlsDir, allowedClients: cfg.allowedClients,
     nbdTlsDir: cfg.nbdTlsDir, clamdSocket: cfg.clamd.socket, clamdTimeoutMs: cfg.clamd.timeoutSeconds * 1000,
-    limits: cfg.limits, maxJobs: cfg.maxJobs, ownerIndexBytes: cfg.ownerIndex.maxMiB * 1024 * 1024, log,
+    limits: cfg.limits, maxJobs: cfg.maxJobs, ownerIndexBytes, ownerIndexes, log,
   });
   // Tests and scripts read the port (listen.port 0) from this line.
   log.info('listening', { host: server.host, port: server.port, allowed: cfg.allowedClients.join(';') });
-  const stop = () => { void server.close().then(() => process.exit(0)); };
+  const stop = () => {
+    void (async () => {
+      await server.close();
+      if (saved && ownerIndexes) {
+        const n = await ownerIndexes.save(saved.file, saved.macKey).catch((err: unknown) => {
+          log.warn('owner indexes could not be saved', { file: saved!.file, error: errorMessage(err) });
+          return undefined;
+        });
+        if (n !== undefined) log.info('owner indexes saved', { kept: n, file: saved.file });
+      }
+      process.exit(0);
+    })();
+  };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
 }

@@ -1,17 +1,26 @@
 // The owner indexes the scanner keeps in memory between scans, one per hypervisor identity,
 // domain, disk and partition, each labelled with the hypervisor's token for the state it describes
-// (ScanJob.ownerIndex). Bounded by memory: the least recently kept go first. Lost with the process:
-// the next scan of that filesystem reads its inode tables and builds one again.
-import { randomBytes } from 'node:crypto';
-import type { OwnerIndex } from '../../fs/index.js';
+// (ScanJob.ownerIndex). Bounded by memory: the least recently kept go first. Saved when the scanner
+// stops and read back when it starts (save/load, with ownerIndex.saveDir); without that, or after a
+// crash, the next scan of each filesystem reads its inode tables and builds one again.
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { OwnerIndex } from '../../fs/index.js';
+import { writeFileAtomically } from '../../util/atomic-file.js';
+import { NotRegularFileError, readRegularFileBytes } from '../../util/regular-file.js';
+
+const SAVED_MAGIC = 'VCBTOS01';
+const MAC_BYTES = 32;
 
 export class OwnerIndexStore {
   private readonly kept = new Map<string, { token: string; index: OwnerIndex; bytes: number }>();
   private total = 0;
-  /** The key of the granule digests kept with the indexes (fs/ext/granule-digests.ts): this process's secret. */
-  readonly digestKey = randomBytes(32);
+  /** The key of the granule digests kept with the indexes (fs/ext/granule-digests.ts): a secret of this scanner's. */
+  readonly digestKey: Buffer;
 
-  constructor(readonly maxBytes: number) {}
+  /** `digestKey`: the scanner's saved secret's (digests read back must match); a fresh random one by default. */
+  constructor(readonly maxBytes: number, opts: { digestKey?: Buffer } = {}) {
+    this.digestKey = opts.digestKey ?? randomBytes(32);
+  }
 
   static key(client: string, domain: string, disk: string, partitionOffset: number): string {
     return JSON.stringify([client, domain, disk, partitionOffset]);
@@ -52,4 +61,69 @@ export class OwnerIndexStore {
   status(): { kept: number; bytes: number; maxBytes: number } {
     return { kept: this.kept.size, bytes: this.total, maxBytes: this.maxBytes };
   }
+
+  /**
+   * Writes every kept index to `file` (atomically, mode 0600), least recently kept first, followed
+   * by an HMAC-SHA256 with `macKey` over the rest: load reads back only what this scanner wrote.
+   */
+  async save(file: string, macKey: Buffer): Promise<number> {
+    const parts: Buffer[] = [Buffer.from(SAVED_MAGIC, 'latin1'), u32(this.kept.size)];
+    for (const [key, k] of this.kept) {
+      const bytes = k.index.toBytes();
+      parts.push(lenPrefixed(Buffer.from(key, 'utf8')), lenPrefixed(Buffer.from(k.token, 'utf8')), lenPrefixed(bytes));
+    }
+    const body = Buffer.concat(parts);
+    await writeFileAtomically(file, Buffer.concat([body, createHmac('sha256', macKey).update(body).digest()]));
+    return this.kept.size;
+  }
+
+  /**
+   * Reads back what save wrote, within the memory budget. A file that is missing reads as none; one
+   * that does not authenticate or parse is refused whole (`problem`), keeping nothing from it.
+   */
+  async load(file: string, macKey: Buffer): Promise<{ kept: number; problem?: string }> {
+    let b: Buffer;
+    try {
+      b = (await readRegularFileBytes(file, 2 * this.maxBytes + 1024 * 1024)).bytes;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { kept: 0 };
+      return { kept: 0, problem: err instanceof NotRegularFileError ? err.message : `${file}: ${(err as Error).message}` };
+    }
+    if (b.length < SAVED_MAGIC.length + 4 + MAC_BYTES) return { kept: 0, problem: `${file} is too short to be saved owner indexes` };
+    const body = b.subarray(0, b.length - MAC_BYTES);
+    const mac = createHmac('sha256', macKey).update(body).digest();
+    if (!timingSafeEqual(mac, b.subarray(b.length - MAC_BYTES))) return { kept: 0, problem: `${file} was not written by this scanner (or was changed since): its owner indexes are not used` };
+    try {
+      if (body.subarray(0, SAVED_MAGIC.length).toString('latin1') !== SAVED_MAGIC) throw new Error('not saved owner indexes');
+      let at = SAVED_MAGIC.length;
+      const take = () => {
+        if (at + 4 > body.length) throw new Error('cut short');
+        const n = body.readUInt32LE(at);
+        if (at + 4 + n > body.length) throw new Error('cut short');
+        const v = body.subarray(at + 4, at + 4 + n);
+        at += 4 + n;
+        return v;
+      };
+      if (at + 4 > body.length) throw new Error('cut short');
+      const count = body.readUInt32LE(at);
+      at += 4;
+      const read: [string, string, OwnerIndex][] = [];
+      for (let i = 0; i < count; i++) read.push([take().toString('utf8'), take().toString('utf8'), OwnerIndex.fromBytes(Buffer.from(take()))]);
+      if (at !== body.length) throw new Error('trailing bytes');
+      for (const [key, token, index] of read) this.put(key, token, index);
+      return { kept: this.kept.size };
+    } catch (err) {
+      return { kept: 0, problem: `${file}: ${(err as Error).message}: its owner indexes are not used` };
+    }
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n);
+  return b;
+}
+
+function lenPrefixed(b: Buffer): Buffer {
+  return Buffer.concat([u32(b.length), b]);
 }

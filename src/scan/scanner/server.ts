@@ -28,6 +28,8 @@ export interface ScannerServerOptions {
   maxJobs: number;
   /** Memory for owner indexes kept between scans (0: none). */
   ownerIndexBytes?: number;
+  /** The owner-index store to use (one read back from a save); default: a new one of ownerIndexBytes. */
+  ownerIndexes?: OwnerIndexStore;
   log: Logger;
   /** Tests only: accept plain nbd:// disks. */
   allowPlainNbd?: boolean;
@@ -74,7 +76,7 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
   const allowed = new Set(o.allowedClients);
   const clamd = new ClamdClient(o.clamdSocket, o.clamdTimeoutMs);
   const jobs = new Map<string, AbortController>();
-  const ownerIndexes = o.ownerIndexBytes ? new OwnerIndexStore(o.ownerIndexBytes) : undefined;
+  const ownerIndexes = o.ownerIndexes ?? (o.ownerIndexBytes ? new OwnerIndexStore(o.ownerIndexBytes) : undefined);
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const who = peerSubject(req.socket as TLSSocket);

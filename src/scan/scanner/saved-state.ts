@@ -1,0 +1,51 @@
+// What the scanner keeps across a restart (ownerIndex.saveDir): its owner indexes, saved when it
+// stops (owner-indexes.ts save/load), and the secret they hang on. The secret (32 random bytes,
+// mode 0600, made once) gives the key of the granule digests, which must stay the same for digests
+// read back to match, and the key that authenticates the saved file: a file this scanner did not
+// write, or one changed since, is not used.
+import { createHmac, randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { mkdir, open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { UsageError } from '../../util/errors.js';
+import { readRegularFileBytes } from '../../util/regular-file.js';
+
+const SECRET_BYTES = 32;
+
+export interface SavedState {
+  /** Where the owner indexes are saved. */
+  file: string;
+  digestKey: Buffer;
+  macKey: Buffer;
+}
+
+async function secretOf(dir: string): Promise<Buffer> {
+  const path = join(dir, 'secret');
+  try {
+    const { bytes } = await readRegularFileBytes(path, 1024);
+    if (bytes.length !== SECRET_BYTES) throw new UsageError(`${path} is not the scanner's secret (${bytes.length} bytes, not ${SECRET_BYTES})`, { hint: `Remove it: the scanner makes a new one (its saved owner indexes are then not used)` });
+    return bytes;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+      if (err instanceof UsageError) throw err;
+      throw new UsageError(`cannot read the scanner's secret ${path}: ${(err as Error).message}`, { hint: 'Remove it: the scanner makes a new one' });
+    }
+  }
+  const secret = randomBytes(SECRET_BYTES);
+  const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  try {
+    await fh.writeFile(secret);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  return secret;
+}
+
+/** The save directory made (0700) when missing, and its secret read or made. */
+export async function openSavedState(dir: string): Promise<SavedState> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const secret = await secretOf(dir);
+  const key = (label: string) => createHmac('sha256', secret).update(label).digest();
+  return { file: join(dir, 'owner-indexes.bin'), digestKey: key('virtcbt granule digests'), macKey: key('virtcbt saved owner indexes') };
+}
