@@ -272,3 +272,27 @@ it('scan --job scans its running domains and skips one that is shut off (said so
   expect(plain.stdout).toMatch(new RegExp(`${idle.name}: not running \\(shut off\\): skipped`));
   expect(plain.stderr).not.toMatch(/failed/);
 });
+
+it('scan status shows per scanner the last completed scan and what it found, what changed since, and the next full scan', async () => {
+  const t0 = new Date().toISOString();
+  const r = await scan(['--scanner', 's1']);
+  expect([0, 10, 11]).toContain(r.exitCode);
+  const entry = async () => (await daemon.cliJson(['scan', 'status', guest.name])).scans.find((s: any) => s.scanner === 's1');
+  const after = await entry();
+  expect(after.lastScanAt >= t0, after.lastScanAt).toBe(true);
+  expect(after.last).toMatchObject({ full: r.result.full, filesOpened: r.result.verdict.scanned.filesOpened, infected: r.result.verdict.infected.length, complete: r.result.verdict.complete });
+  // fullEveryHours 0: after the first full scan, full ones come only with --full.
+  expect(after.nextFull).toBe('only with --full');
+  expect(after.modifiedSince.bytes).toBeLessThan(1024 * 1024);
+  // The guest writes; once folded, the next incremental scan's share shows.
+  expect((await agent.exec('/bin/sh', ['-c', 'head -c 2097152 /dev/urandom > /mnt/data/status.bin && sync'], { timeoutMs: 60_000 })).exitCode).toBe(0);
+  await daemon.cli(['reconcile', guest.name]);
+  expect((await entry()).modifiedSince.bytes).toBeGreaterThanOrEqual(2 * 1024 * 1024);
+  // A scanner that never scanned this domain says so; every tracked domain is listed without DOMAIN.
+  const all = (await daemon.cliJson(['scan', 'status'])).scans;
+  expect(all.find((s: any) => s.domain === idle.name && s.scanner === 'down')).toMatchObject({ nextFull: 'next scan' });
+  expect(all.find((s: any) => s.domain === idle.name && s.scanner === 'down').lastScanAt).toBeUndefined();
+  const text = (await daemon.cli(['scan', 'status', guest.name])).stdout;
+  expect(text).toMatch(new RegExp(`${guest.name} \\(scanner s1\\): last (full|incremental) scan \\S+: \\d+ files? read`));
+  expect((await daemon.cli(['scan', 'status', 'no-such-domain'], { reject: false })).exitCode).toBe(4);
+});

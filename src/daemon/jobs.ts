@@ -26,7 +26,7 @@ import { diskChangesReply } from './changes-reply.js';
 import { FreezeMarkers } from './freeze-marker.js';
 import { JobRegistry, type Job } from './job-registry.js';
 import { KeyedTurns } from './turns.js';
-import { runScan, type ScanEvent, type ScanRequest, type ScanResult, type ScanVerdict } from '../scan/index.js';
+import { runScan, scanStatus, type ScanEvent, type ScanRequest, type ScanResult, type ScanStatus, type ScanVerdict } from '../scan/index.js';
 import { QuarantineActionError, actionFor, depsFromConfig, quarantine } from '../scan/quarantine.js';
 import { NbdEndpoint } from '../copy/index.js';
 import { SyncRecords, runSync, sweepInterruptedSyncs, syncStatus, type SyncTargetStatus, type SyncEvent, type SyncRequest, type SyncResult } from '../sync/index.js';
@@ -413,6 +413,11 @@ export class JobRunner {
   }
 
   private readonly onStopRounds = new Map<string, Promise<void>>();
+
+  /** Per tracked domain (or one) and configured scanner: the last completed scan, the next full one, what changed since. */
+  scanStatus(domain?: string): Promise<ScanStatus[]> {
+    return scanStatus(this.cfg.stateDir, this.log, this.cfg.scan.scanners, this.cfg.scan.fullEveryHours * 3_600_000, domain);
+  }
 
   /** Every sync target known (records, and the config's on-stop and scheduled syncs), of one domain or all. */
   syncStatus(domain?: string): Promise<SyncTargetStatus[]> {

@@ -105,10 +105,12 @@ export function registerRoutes(server: ControlServer, t: Tracker, daemon: Status
         noFreeze: r.body.noFreeze === true,
       }),
     }));
-    // What the sync targets are and how far behind: read-only, like status.
+    // What the sync targets and scans are and how far behind: read-only, like status.
     server
       .route('GET', '/v1/syncs', async () => ({ targets: await jobs.syncStatus() }))
-      .route('GET', '/v1/domains/:domain/syncs', async (r) => ({ targets: await jobs.syncStatus(r.params.domain) }));
+      .route('GET', '/v1/domains/:domain/syncs', async (r) => ({ targets: await jobs.syncStatus(r.params.domain) }))
+      .route('GET', '/v1/scans', async () => ({ scans: await jobs.scanStatus() }))
+      .route('GET', '/v1/domains/:domain/scans', async (r) => ({ scans: await jobs.scanStatus(r.params.domain) }));
     // A sync writes wherever its target is, and a used map freezes the guest: root only.
     server.route('POST', '/v1/domains/:domain/syncs', rootOnly('sync', async (r) => ({
       stream: jobs.syncStream(r.params.domain, {

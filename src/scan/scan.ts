@@ -97,9 +97,12 @@ const NO_AGENT_CLOCK_MARGIN_S = 300;
  * What virtcbtd keeps per domain and scanner: when the last full scan completed, under which change
  * log; and, for the next incremental scan, what the last one could not read and when it began.
  */
-interface ScanRecord {
+export interface ScanRecord {
   format: 'virtcbt-scan/1';
   lastFullAt?: string;
+  /** When the last completed scan (the consumer moved) ended, and what it found (for `virtcbt scan status`). */
+  lastScanAt?: string;
+  last?: LastScan;
   logId?: string;
   /**
    * When the last completed scan's freeze began, on the guest's clock (Unix seconds): the next
@@ -280,6 +283,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
         // those regions' changes: a crash between the two scans them again, never loses them.
         await writeRecord(records, scanner.name, {
           format: 'virtcbt-scan/1', lastFullAt: full !== undefined ? new Date().toISOString() : rec.lastFullAt,
+          lastScanAt: new Date().toISOString(), last: lastScanOf(verdict, full !== undefined),
           logId: full !== undefined ? pass.logId : rec.logId, unscanned: unscannedRegions(verdict, ctx.disks), changedSince: guestSince,
           unowned: unownedNow,
         });
@@ -319,6 +323,35 @@ function indexState(logId: string, generation: number): string {
   return `${logId.replace(/[^A-Za-z0-9._:-]/g, '_').slice(0, 100)}.${generation}`;
 }
 
+/** What `virtcbt scan status` shows of a completed scan. */
+export interface LastScan {
+  full: boolean;
+  filesOpened: number;
+  infected: number;
+  notScanned: number;
+  skipped: number;
+  complete: boolean;
+}
+
+function lastScanOf(v: ScanVerdict, full: boolean): LastScan {
+  return {
+    full, filesOpened: v.scanned?.filesOpened ?? 0, infected: v.infected?.length ?? 0, notScanned: v.notScanned?.length ?? 0,
+    skipped: v.skipped?.length ?? 0, complete: v.complete === true,
+  };
+}
+
+function isLastScan(v: unknown): v is LastScan {
+  const l = v as Partial<LastScan> | null;
+  const n = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0;
+  return !!l && typeof l === 'object' && typeof l.full === 'boolean' && typeof l.complete === 'boolean'
+    && n(l.filesOpened) && n(l.infected) && n(l.notScanned) && n(l.skipped);
+}
+
+/** The record of `scanner` for the domain whose record directory is `dir` (a record not virtcbtd's reads as `unreadable`). */
+export async function readScanRecord(stateDir: string, domain: string, scanner: string): Promise<ScanRecord> {
+  return readRecord(join(stateDir, 'scan', encodeURIComponent(domain)), scanner);
+}
+
 async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
   try {
     const v = JSON.parse((await readRegularFile(join(dir, `${scanner}.json`), MAX_RECORD_BYTES)).text) as Partial<ScanRecord>;
@@ -326,7 +359,12 @@ async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {
     if (v?.format === 'virtcbt-scan/1' && time(v.lastFullAt) && (v.changedSince === undefined || (typeof v.changedSince === 'number' && Number.isFinite(v.changedSince)))
       && (v.logId === undefined || typeof v.logId === 'string') && (v.unscanned === undefined || (Array.isArray(v.unscanned) && v.unscanned.every(isRegion)))
       && (v.unowned === undefined || (Array.isArray(v.unowned) && v.unowned.every(isUnowned)))) {
-      return { format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, unowned: v.unowned, changedSince: v.changedSince };
+      // The status fields only inform: one out of shape is left out, the record still counts.
+      const lastScanAt = typeof v.lastScanAt === 'string' && !Number.isNaN(Date.parse(v.lastScanAt)) ? v.lastScanAt : undefined;
+      return {
+        format: v.format, lastFullAt: v.lastFullAt, logId: v.logId, unscanned: v.unscanned, unowned: v.unowned, changedSince: v.changedSince,
+        ...(lastScanAt ? { lastScanAt } : {}), ...(isLastScan(v.last) ? { last: v.last } : {}),
+      };
     }
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 'virtcbt-scan/1' };

@@ -1,12 +1,12 @@
 // `virtcbt scan`: asks virtcbtd to hand a snapshot of a running domain to a scanner host and wait
 // for its verdict; the action on detection is the quarantine's (scan.quarantine in the config).
 import type { DomainStatusReply } from '../../daemon/api-types.js';
-import type { ScanEvent, ScanResult } from '../../scan/index.js';
+import type { ScanEvent, ScanResult, ScanStatus } from '../../scan/index.js';
 import { UsageError, VirtcbtError, errorMessage } from '../../util/errors.js';
 import { domainArg, parse } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
 import { callDaemon, daemonSocket } from '../daemon-client.js';
-import { formatBytes } from '../output.js';
+import { emit, formatBytes } from '../output.js';
 import { formatMs } from './backup.js';
 
 export function scanSummary(r: ScanResult): string[] {
@@ -84,6 +84,7 @@ async function notRunning(ctx: CommandContext, domain: string): Promise<string |
 export const scanCommand: Command = {
   usage: `usage: virtcbt scan DOMAIN [--scanner NAME] [--full] [--no-freeze] [--json]
        virtcbt scan --job NAME [--json]
+       virtcbt scan status [DOMAIN] [--json]
 
 Takes a snapshot of the running domain without pausing it, exports its disks to a scanner host
 (NBD over TLS, only the scanner's identity gets in), and waits for the scanner's verdict; on
@@ -95,8 +96,13 @@ hit, a skipped file: listed in the report).
   --scanner NAME  one of scan.scanners (default: the first that answers)
   --job NAME      scan each domain of the scan job NAME from the config (scan.jobs), as its
                   systemd timer does; a domain that is shut off is skipped (said so), not failed
-  --json          JSON lines: every event, the result last`,
+  --json          JSON lines: every event, the result last
+
+virtcbt scan status [DOMAIN] [--json] shows, per tracked domain and configured scanner, when the
+last completed scan ended and what it found, when the next full scan is due, how much the guest
+modified since (what the next incremental scan covers, as folded so far), and the quarantine.`,
   async run(ctx) {
+    if (ctx.argv[0] === 'status' && !ctx.argv.some((a) => /^--(scanner|job|full)\b/.test(a))) return scanStatusCommand(ctx, ctx.argv.slice(1), this.usage);
     const { values, positionals } = parse(ctx.argv, {
       scanner: { type: 'string' }, full: { type: 'boolean' }, 'no-freeze': { type: 'boolean' }, job: { type: 'string' }, json: { type: 'boolean' },
     }, this.usage);
@@ -131,3 +137,25 @@ hit, a skipped file: listed in the report).
     return one(domainArg(positionals, this.usage), values.scanner);
   },
 };
+
+function describeScanStatus(s: ScanStatus): string[] {
+  const l = s.last;
+  const last = s.lastScanAt && l
+    ? `last ${l.full ? 'full' : 'incremental'} scan ${s.lastScanAt}: ${l.filesOpened} file${l.filesOpened === 1 ? '' : 's'} read, ` +
+      `${l.infected > 0 ? `${l.infected} INFECTED` : 'nothing found'}${l.complete ? '' : ` (not complete: ${l.notScanned} region${l.notScanned === 1 ? '' : 's'} not scanned, ${l.skipped} skipped)`}`
+    : 'no completed scan';
+  const lines = [`${s.domain} (scanner ${s.scanner}): ${last}${s.quarantine === 'quarantined' ? '; QUARANTINED' : ''}`];
+  if (s.modifiedSince) lines.push(`  modified since: ${s.modifiedSince.full ? 'everything (no history)' : formatBytes(s.modifiedSince.bytes)}`);
+  lines.push(`  next full scan: ${s.nextFull}${s.lastFullAt ? ` (last full ${s.lastFullAt})` : ''}`);
+  if (s.recordProblem) lines.push(`  ! ${s.recordProblem}`);
+  return lines;
+}
+
+async function scanStatusCommand(ctx: CommandContext, argv: string[], usage: string): Promise<number> {
+  const { values, positionals } = parse(argv, { json: { type: 'boolean' } }, usage);
+  if (positionals.length > 1) throw new UsageError(`scan status takes at most one DOMAIN\n\n${usage}`);
+  const path = positionals.length === 1 ? `/v1/domains/${encodeURIComponent(domainArg(positionals, usage))}/scans` : '/v1/scans';
+  const r = await callDaemon<{ scans: ScanStatus[] }>(daemonSocket(ctx.config()), 'GET', path);
+  emit(ctx.io, Boolean(values.json), r, () => (r.scans.length === 0 ? ['no scans: no tracked domain, or no scanner in scan.scanners'] : r.scans.flatMap(describeScanStatus)));
+  return EXIT.OK;
+}
