@@ -207,6 +207,9 @@ async function main(): Promise<void> {
       if (!/down/.test(link)) throw new Error(`the link is not down: ${link}`);
       return link;
     }, (l) => l);
+    const overview = await step('virtcbt sync status, virtcbt scan status', async () => ({
+      sync: (await d.cli(['sync', 'status', name])).stdout, scan: (await d.cli(['scan', 'status', name])).stdout,
+    }));
     await step('virtcbt quarantine release: the links as they were before', async () => {
       await d.cli(['quarantine', 'release', name]);
       const link = (await virsh(['domif-getlink', name, MAC])).stdout.trim();
@@ -222,6 +225,8 @@ async function main(): Promise<void> {
     for (const x of [s1, s2]) console.log(`  ${describeSync(x)}, ${fmtMs(x.elapsedMs)} in virtcbtd`);
     console.log('\nScans:');
     for (const x of [full, found]) console.log(`  ${describeScan(x)}`);
+    console.log('\nvirtcbt sync status / scan status (before the release):');
+    for (const l of `${overview.sync.trimEnd()}\n${overview.scan.trimEnd()}`.split('\n')) console.log(`  ${l}`);
   } finally {
     const t0 = performance.now();
     await daemon?.stop().catch(() => undefined);
