@@ -115,6 +115,9 @@ describe('virtcbt sync of a running domain\'s ext4 disk', () => {
     const text = (await daemon.cli(['sync', 'status'])).stdout;
     expect(text).toContain(`${guest.name} vda → ${own}: last synced `);
     expect(text).toMatch(/! the target file was written since the last sync .*: the next sync seeds it with every used block/);
+    // The consumer behind it is named for what it is where consumers are listed.
+    expect((await daemon.cli(['consumer', 'list', guest.name])).stdout).toContain(`${synced.consumer}\tgeneration `);
+    expect((await daemon.cli(['consumer', 'list', guest.name])).stdout).toMatch(new RegExp(`${synced.consumer.replaceAll('.', '\\.')}\\t.*\\(a sync target: virtcbt sync status\\)`));
   });
 
   it('the agent\'s used map and the image\'s of the same frozen instant agree on ext4', async () => {

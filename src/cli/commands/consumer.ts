@@ -6,7 +6,7 @@ import { domainArg, parse, positional } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
 import { callDaemon, daemonSocket } from '../daemon-client.js';
 import { emit } from '../output.js';
-import { describeChanges } from './tracking.js';
+import { consumerRole, describeChanges } from './tracking.js';
 
 const api = (ctx: CommandContext) => daemonSocket(ctx.config());
 const enc = encodeURIComponent;
@@ -38,7 +38,7 @@ NAME: letters, digits, '.', '_' and '-' (at most 64). A new consumer's first pas
       case 'list': {
         const r = await callDaemon<{ consumers: ConsumerInfo[] }>(api(ctx), 'GET', `/v1/domains/${enc(domain)}/consumers`);
         emit(ctx.io, json, r, () => r.consumers.length === 0 ? [`${domain}: no consumers`] :
-          r.consumers.map((c) => `${c.name}\t${c.last === null ? 'never' : `generation ${c.last}`}`));
+          r.consumers.map((c) => `${c.name}\t${c.last === null ? 'never' : `generation ${c.last}`}${consumerRole(c.name)}`));
         return EXIT.OK;
       }
       default:

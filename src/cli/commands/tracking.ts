@@ -56,7 +56,7 @@ function describeDomain(d: DomainStatusReply): string[] {
     lines.push(`  ${k.target}: ${formatBytes(k.sizeBytes)}, block ${formatBytes(k.blockSize)}, bitmap ${k.activeBitmap ?? 'none'}, floor ${k.floor}` +
       (k.floorReason ? ` (${k.floorReason})` : ''));
   }
-  for (const c of d.consumers) lines.push(`  consumer ${c.name}: ${c.last === null ? 'no pass yet (next pass is full)' : `last pass at generation ${c.last}`}`);
+  for (const c of d.consumers) lines.push(`  consumer ${c.name}: ${c.last === null ? 'no pass yet (next pass is full)' : `last pass at generation ${c.last}`}${consumerRole(c.name)}`);
   for (const p of d.openPasses) lines.push(`  open pass ${p.id}: consumer ${p.consumer}, generation ${p.generation}, since ${p.startedAt}`);
   return lines;
 }
@@ -120,3 +120,11 @@ consumer's last completed pass, or says the pass must be full. Moves nothing.`,
     return EXIT.OK;
   },
 };
+
+/** What virtcbt itself uses a consumer for, by its name (syncs and scans make their own), for listings. */
+export function consumerRole(name: string): string {
+  if (/^sync\..+\.[0-9a-f]{12}\.seed$/.test(name)) return ' (keeps the history an interrupted seed resumes from; goes with that sync)';
+  if (/^sync\..+\.[0-9a-f]{12}$/.test(name)) return ' (a sync target: virtcbt sync status)';
+  if (name.startsWith('scan.')) return ` (scanner ${name.slice('scan.'.length)}: virtcbt scan status)`;
+  return '';
+}
