@@ -6,8 +6,9 @@ import { UsageError, VirtcbtError, errorMessage } from '../../util/errors.js';
 import { domainArg, parse } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
 import { callDaemon, daemonSocket } from '../daemon-client.js';
-import { emit, formatBytes } from '../output.js';
+import { formatBytes } from '../output.js';
 import { formatMs } from './backup.js';
+import { statusListing } from './status-listing.js';
 
 export function scanSummary(r: ScanResult): string[] {
   const v = r.verdict;
@@ -102,7 +103,9 @@ virtcbt scan status [DOMAIN] [--json] shows, per tracked domain and configured s
 last completed scan ended and what it found, when the next full scan is due, how much the guest
 modified since (what the next incremental scan covers, as folded so far), and the quarantine.`,
   async run(ctx) {
-    if (ctx.argv[0] === 'status' && !ctx.argv.some((a) => /^--(scanner|job|full)\b/.test(a))) return scanStatusCommand(ctx, ctx.argv.slice(1), this.usage);
+    if (ctx.argv[0] === 'status' && !ctx.argv.some((a) => /^--(scanner|job|full)\b/.test(a))) return statusListing(ctx, ctx.argv.slice(1), this.usage, {
+      command: 'scan status', resource: 'scans', field: 'scans', empty: 'no scans: no tracked domain, or no scanner in scan.scanners', describe: describeScanStatus,
+    });
     const { values, positionals } = parse(ctx.argv, {
       scanner: { type: 'string' }, full: { type: 'boolean' }, 'no-freeze': { type: 'boolean' }, job: { type: 'string' }, json: { type: 'boolean' },
     }, this.usage);
@@ -151,11 +154,3 @@ function describeScanStatus(s: ScanStatus): string[] {
   return lines;
 }
 
-async function scanStatusCommand(ctx: CommandContext, argv: string[], usage: string): Promise<number> {
-  const { values, positionals } = parse(argv, { json: { type: 'boolean' } }, usage);
-  if (positionals.length > 1) throw new UsageError(`scan status takes at most one DOMAIN\n\n${usage}`);
-  const path = positionals.length === 1 ? `/v1/domains/${encodeURIComponent(domainArg(positionals, usage))}/scans` : '/v1/scans';
-  const r = await callDaemon<{ scans: ScanStatus[] }>(daemonSocket(ctx.config()), 'GET', path);
-  emit(ctx.io, Boolean(values.json), r, () => (r.scans.length === 0 ? ['no scans: no tracked domain, or no scanner in scan.scanners'] : r.scans.flatMap(describeScanStatus)));
-  return EXIT.OK;
-}

@@ -11,6 +11,7 @@ import { EXIT, type Command, type CommandContext } from '../command.js';
 import { callDaemon, daemonSocket } from '../daemon-client.js';
 import { emit, formatBytes } from '../output.js';
 import { formatMs } from './backup.js';
+import { statusListing } from './status-listing.js';
 
 /** A path target is made absolute here (virtcbtd has another working directory); URIs stay. */
 function targetArg(to: string): string {
@@ -104,7 +105,9 @@ on-stop and scheduled syncs of the config): when each was last brought up to dat
 guest modified since (as folded so far), and anything the next sync will act on (a target changed
 behind virtcbt's back is seeded again; an interrupted sync or seed is continued).`,
   async run(ctx) {
-    if (ctx.argv[0] === 'status' && !ctx.argv.some((a) => /^--(disk|to|job)\b/.test(a))) return syncStatusCommand(ctx, ctx.argv.slice(1), this.usage);
+    if (ctx.argv[0] === 'status' && !ctx.argv.some((a) => /^--(disk|to|job)\b/.test(a))) return statusListing(ctx, ctx.argv.slice(1), this.usage, {
+      command: 'sync status', resource: 'syncs', field: 'targets', empty: 'no sync targets: none synced yet, none in the config', describe: describeStatus,
+    });
     const { values, positionals } = parse(ctx.argv, {
       disk: { type: 'string' },
       to: { type: 'string' },
@@ -155,14 +158,6 @@ function describeStatus(t: SyncTargetStatus): string[] {
   return lines;
 }
 
-async function syncStatusCommand(ctx: CommandContext, argv: string[], usage: string): Promise<number> {
-  const { values, positionals } = parse(argv, { json: { type: 'boolean' } }, usage);
-  if (positionals.length > 1) throw new UsageError(`sync status takes at most one DOMAIN\n\n${usage}`);
-  const path = positionals.length === 1 ? `/v1/domains/${encodeURIComponent(domainArg(positionals, usage))}/syncs` : '/v1/syncs';
-  const r = await callDaemon<{ targets: SyncTargetStatus[] }>(daemonSocket(ctx.config()), 'GET', path);
-  emit(ctx.io, Boolean(values.json), r, () => (r.targets.length === 0 ? ['no sync targets: none synced yet, none in the config'] : r.targets.flatMap(describeStatus)));
-  return EXIT.OK;
-}
 
 export const usedmapCommand: Command = {
   usage: `usage: virtcbt usedmap DOMAIN --disk TARGET [--map image|agent] [--json]
