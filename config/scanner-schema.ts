@@ -14,7 +14,7 @@ export interface ScannerConfig {
   /** Jobs run at once; more are answered 503. */
   maxJobs: number;
   /** Memory for owner indexes kept between scans (src/fs/ext/owner-index.ts); 0: none, every incremental scan reads the inode tables. */
-  ownerIndex: { maxMiB: number; saveDir: string };
+  ownerIndex: { maxMiB: number; saveDir: string; saveEverySeconds: number };
   log: { level: 'debug' | 'info' | 'warn' | 'error' };
 }
 
@@ -72,6 +72,11 @@ export const scannerSchema: Schema<ScannerConfig> = {
       format: (v: unknown) => { if (typeof v !== 'string' || (v !== '' && !v.startsWith('/'))) throw new Error('ownerIndex.saveDir must be an absolute path, or empty for none'); },
       default: '/var/lib/virtcbt-scanner',
       env: 'VIRTCBT_SCANNER_SAVE_DIR',
+    },
+    saveEverySeconds: {
+      doc: 'While it runs, the scanner also saves its owner indexes this often when they changed, so that a crash (or a kill) loses at most that much. 0: only when it stops.',
+      format: (v: unknown) => { if (!Number.isSafeInteger(v) || (v as number) < 0) throw new Error('ownerIndex.saveEverySeconds must be a whole number of seconds, 0 or more'); },
+      default: 1800,
     },
   },
   log: { level: { doc: 'Log level.', format: ['debug', 'info', 'warn', 'error'], default: 'info', env: 'VIRTCBT_SCANNER_LOG_LEVEL' } },

@@ -43,6 +43,7 @@ describe('the scanner configuration', () => {
     ['owner-index memory that is not whole MiB', { ownerIndex: { maxMiB: 1.5 } }, /ownerIndex.maxMiB must be a whole number of MiB/],
     ['negative owner-index memory', { ownerIndex: { maxMiB: -1 } }, /ownerIndex.maxMiB must be a whole number of MiB/],
     ['a relative save directory', { ownerIndex: { maxMiB: 64, saveDir: 'state' } }, /ownerIndex.saveDir must be an absolute path, or empty for none/],
+    ['a save interval that is not whole seconds', { ownerIndex: { maxMiB: 64, saveEverySeconds: 0.5 } }, /ownerIndex.saveEverySeconds must be a whole number of seconds/],
   ])('refuses %s', (_what, change, message) => {
     const p = file({ ...good, ...change });
     let err: unknown;

@@ -303,6 +303,21 @@ describe('an incremental scan', () => {
     await third.stop();
   });
 
+  it('saves its owner indexes while it runs (ownerIndex.saveEverySeconds): a scanner killed outright keeps what was saved', async () => {
+    const saveDir = join(dir, 'saved-running');
+    const config = { ...w.config(), ownerIndex: { saveDir, saveEverySeconds: 1 } };
+    const first = await startScanner(dir, config, w.ns);
+    await scan('sr-full', undefined, { image: before, ownerIndex: { next: 'k1' }, via: first });
+    await pollUntil(() => /info: owner indexes saved kept=1 /.test(first.log()), 'the periodic save', { timeoutMs: 15_000, intervalMs: 50 });
+    process.kill(first.pid, 'SIGKILL');
+    await first.stop();
+    const second = await startScanner(dir, config, w.ns);
+    expect(second.log()).toMatch(/info: owner indexes read back kept=1 /);
+    await scan('sr-incr', changed, { ownerIndex: { base: 'k1', next: 'k2' }, via: second });
+    expect(ownersFrom).toBe('owner index');
+    await second.stop();
+  });
+
   it('keeps one owner index per partition: a partition without changes keeps its index for the next state, so its next change uses it', async () => {
     // Two ext4 partitions on an MBR disk, each made apart and put in place.
     const part = async (name: string, seed: number) => {

@@ -51,15 +51,30 @@ async function main(): Promise<void> {
   });
   // Tests and scripts read the port (listen.port 0) from this line.
   log.info('listening', { host: server.host, port: server.port, allowed: cfg.allowedClients.join(';') });
+  // Saved while it runs too, when they changed: a crash loses at most saveEverySeconds of them.
+  let savedVersion = ownerIndexes?.version ?? 0;
+  let saving: Promise<unknown> | undefined;
+  const saveNow = async () => {
+    if (!saved || !ownerIndexes || ownerIndexes.version === savedVersion) return;
+    const version = ownerIndexes.version;
+    const n = await ownerIndexes.save(saved.file, saved.macKey);
+    savedVersion = version;
+    log.info('owner indexes saved', { kept: n, file: saved.file });
+  };
+  if (saved && cfg.ownerIndex.saveEverySeconds > 0) {
+    setInterval(() => {
+      saving ??= saveNow().catch((err: unknown) => log.warn('owner indexes could not be saved', { file: saved!.file, error: errorMessage(err) }))
+        .finally(() => { saving = undefined; });
+    }, cfg.ownerIndex.saveEverySeconds * 1000).unref();
+  }
   const stop = () => {
     void (async () => {
       await server.close();
+      await saving;
       if (saved && ownerIndexes) {
-        const n = await ownerIndexes.save(saved.file, saved.macKey).catch((err: unknown) => {
-          log.warn('owner indexes could not be saved', { file: saved!.file, error: errorMessage(err) });
-          return undefined;
-        });
-        if (n !== undefined) log.info('owner indexes saved', { kept: n, file: saved.file });
+        // At stop always (a file older than what is kept would only cost reads, but this is cheap).
+        savedVersion = -1;
+        await saveNow().catch((err: unknown) => log.warn('owner indexes could not be saved', { file: saved!.file, error: errorMessage(err) }));
       }
       process.exit(0);
     })();

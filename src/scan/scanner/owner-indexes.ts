@@ -43,7 +43,11 @@ export class OwnerIndexStore {
     return token !== undefined && k.token === token ? k.index : undefined;
   }
 
+  /** Moves on at every put: a periodic save skips a store that did not change since the last. */
+  version = 0;
+
   put(key: string, token: string, index: OwnerIndex): void {
+    this.version++;
     this.take(key, undefined);
     const bytes = index.bytes;
     if (bytes > this.maxBytes) return;
