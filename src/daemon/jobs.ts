@@ -438,7 +438,18 @@ export class JobRunner {
    * running again they are dropped (its next stop brings them back).
    */
   async resumeOnStopSyncs(): Promise<void> {
-    for (const domain of new Set(this.cfg.sync.onStop.map((t) => t.domain))) {
+    const configured = new Set(this.cfg.sync.onStop.map((t) => t.domain));
+    // Owed rounds of domains the config no longer syncs on stop are dropped.
+    for (const d of await readdir(join(this.cfg.stateDir, 'sync')).catch(() => [] as string[])) {
+      let domain: string;
+      try {
+        domain = decodeURIComponent(d);
+      } catch {
+        continue;
+      }
+      if (!configured.has(domain)) await rm(join(this.cfg.stateDir, 'sync', d, 'on-stop.pending'), { force: true }).catch(() => undefined);
+    }
+    for (const domain of configured) {
       const pending = this.onStopPending(domain);
       if (this.onStopRounds.has(domain) || !existsSync(pending)) continue;
       if (await this.libvirt.isActive(domain).catch(() => true)) {
