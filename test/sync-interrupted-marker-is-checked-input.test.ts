@@ -9,9 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ChangeLog } from '../src/changelog/index.js';
-import { WRITER, recoverWriting, seedPinName, sweepInterruptedSyncs } from '../src/sync/interrupted.js';
+import { WRITER, recoverWriting, sweepInterruptedSyncs } from '../src/sync/interrupted.js';
 import { SyncRecords, type SyncRecord, type WritingMarker } from '../src/sync/record.js';
-import { fileIdentity, type TargetIdentity } from '../src/sync/target.js';
+import { fileIdentity, seedPinName, type TargetIdentity } from '../src/sync/target.js';
 
 const CONSUMER = 'sync.vda.0123456789ab';
 const PIN = seedPinName(CONSUMER);

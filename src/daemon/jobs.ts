@@ -2,10 +2,8 @@
 // to third-party tools, both reading the same point-in-time view (fleecing on a running VM, the
 // images themselves through qemu-storage-daemon on a stopped one).
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { writeFileAtomically } from '../util/atomic-file.js';
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { runBackup, type BackupEvent, type BackupRequest, type BackupResult, type BackupStep } from '../backup/index.js';
 import type { ChangeLog, DiskChanges } from '../changelog/index.js';
 import { fromPairs } from '../extent/index.js';
@@ -85,7 +83,11 @@ export class JobRunner {
     this.freezeMarkers = new FreezeMarkers(cfg.stateDir);
     this.registry = opts.registry ?? new JobRegistry();
     this.snapshots = new SnapshotRegistry(join(cfg.stateDir, 'snapshots'));
+    this.syncRecords = new SyncRecords(join(cfg.stateDir, 'sync'));
   }
+
+  /** What virtcbtd keeps of sync targets (STATE/sync): records, seeds, writing markers, owed on-stop rounds. */
+  private readonly syncRecords: SyncRecords;
 
   /** The live snapshots (state directory), apart from the jobs that hold them. */
   readonly snapshots: SnapshotRegistry;
@@ -343,7 +345,7 @@ export class JobRunner {
         const inQueue = this.queueAgain(domain, ctx.qmp);
         run = (async () => runSync(ctx, req, {
           snapshots: await this.snapshotHost(ctx.running), job: job.id, snapshotTaken: letGo, inQueue, signal,
-          runDir: this.cfg.runDir, records: new SyncRecords(join(this.cfg.stateDir, 'sync')),
+          runDir: this.cfg.runDir, records: this.syncRecords,
           agent: this.agentFor(ctx) ?? null, freezeTimeoutMs: this.cfg.agent.freezeTimeoutMs, agentTimeoutMs: this.cfg.agent.timeoutMs,
           freezeMarker: this.freezeMarkers.for(domain), nbd: this.cfg.nbd, tlsCertificates: this.cfg.sync.tlsCertificates,
           seedCheckpointBytes: this.cfg.sync.seedCheckpointMiB * 1024 * 1024,
@@ -371,21 +373,17 @@ export class JobRunner {
    * The domain's session ended: each of its sync.onStop targets is synced from the images, one
    * after the other, in the background. A start of the domain meanwhile ends the sync's storage
    * daemon (the hook does, through its holder file): the sync fails, its consumer stays, and the
-   * next sync covers it. Until the round ends, a file in the state directory says it is owed
-   * (on-stop.pending): a virtcbtd killed meanwhile has its successor run it again
-   * (resumeOnStopSyncs). Resolves once that file is written, before the syncs run.
+   * next sync covers it. Until the round ends, it is noted as owed (SyncRecords.markOnStopOwed):
+   * a virtcbtd killed meanwhile has its successor run it again (resumeOnStopSyncs). Resolves once
+   * that is noted, before the syncs run.
    */
   async syncOnStop(domain: string): Promise<void> {
     const targets = this.cfg.sync.onStop.filter((t) => t.domain === domain);
     if (targets.length === 0) return;
-    const pending = this.onStopPending(domain);
-    try {
-      await mkdir(dirname(pending), { recursive: true, mode: 0o700 });
-      await writeFileAtomically(pending, new Date().toISOString());
-    } catch (err) {
+    await this.syncRecords.markOnStopOwed(domain).catch((err: unknown) => {
       // The syncs run all the same; only a virtcbtd killed during them would not run them again.
-      this.logger.warn('could not note the on-stop syncs as owed', { domain, file: pending, error: (err as Error).message });
-    }
+      this.logger.warn('could not note the on-stop syncs as owed', { domain, error: (err as Error).message });
+    });
     const round = (async () => {
       for (const t of targets) {
         if (await this.libvirt.isActive(domain).catch(() => true)) {
@@ -403,12 +401,12 @@ export class JobRunner {
         }
       }
     })();
-    // Another round (a second release event) may have begun since: only the last one removes the file.
+    // Another round (a second release event) may have begun since: only the last one clears the note.
     this.onStopRounds.set(domain, round);
     void round.finally(async () => {
       if (this.onStopRounds.get(domain) !== round) return;
       this.onStopRounds.delete(domain);
-      await rm(pending, { force: true }).catch(() => undefined);
+      await this.syncRecords.clearOnStopOwed(domain).catch(() => undefined);
     });
   }
 
@@ -425,11 +423,7 @@ export class JobRunner {
       ...this.cfg.sync.onStop.map((t) => ({ domain: t.domain, disk: t.disk, to: t.to, as: 'on stop' })),
       ...this.cfg.sync.jobs.map((j) => ({ domain: j.domain, disk: j.disk, to: j.to, as: `job ${j.name} (${j.calendar})` })),
     ];
-    return syncStatus(new SyncRecords(join(this.cfg.stateDir, 'sync')), this.log, configured, domain);
-  }
-
-  private onStopPending(domain: string): string {
-    return join(this.cfg.stateDir, 'sync', encodeURIComponent(domain), 'on-stop.pending');
+    return syncStatus(this.syncRecords, this.log, configured, domain);
   }
 
   /**
@@ -439,27 +433,18 @@ export class JobRunner {
    */
   async resumeOnStopSyncs(): Promise<void> {
     const configured = new Set(this.cfg.sync.onStop.map((t) => t.domain));
-    // Owed rounds of domains the config no longer syncs on stop are dropped.
-    for (const d of await readdir(join(this.cfg.stateDir, 'sync')).catch(() => [] as string[])) {
-      let domain: string;
-      try {
-        domain = decodeURIComponent(d);
-      } catch {
-        continue;
-      }
-      if (!configured.has(domain)) await rm(join(this.cfg.stateDir, 'sync', d, 'on-stop.pending'), { force: true }).catch(() => undefined);
-    }
-    for (const domain of configured) {
-      const pending = this.onStopPending(domain);
-      if (this.onStopRounds.has(domain) || !existsSync(pending)) continue;
-      if (await this.libvirt.isActive(domain).catch(() => true)) {
-        await rm(pending, { force: true }).catch(() => undefined);
+    for (const domain of await this.syncRecords.onStopOwed()) {
+      if (this.onStopRounds.has(domain)) continue;
+      // The config no longer syncs it on stop, or it runs again (its next stop brings them back).
+      if (!configured.has(domain) || await this.libvirt.isActive(domain).catch(() => true)) {
+        await this.syncRecords.clearOnStopOwed(domain).catch(() => undefined);
         continue;
       }
       this.logger.info('on-stop syncs an earlier virtcbtd did not finish run again', { domain });
       await this.syncOnStop(domain).catch((err: unknown) => this.logger.warn('on-stop syncs could not be resumed', { domain, error: (err as Error).message }));
     }
   }
+
 
   syncStream(domain: string, req: SyncRequest): AsyncIterable<Record<string, unknown>> {
     return eventStream<SyncEvent>((emit) => this.sync(domain, req, emit));
@@ -742,7 +727,7 @@ export class JobRunner {
     // Front ends for other hosts die with their virtcbtd (parent-death signal); any left are ended here.
     await sweepStaleRemoteExports(this.cfg.runDir).catch(() => undefined);
     // Syncs a killed virtcbtd was writing: recorded so that the next sync continues, not reseeds.
-    await sweepInterruptedSyncs(new SyncRecords(join(this.cfg.stateDir, 'sync')), this.log, (msg, fields) => this.logger.warn(msg, fields)).catch((err: unknown) => {
+    await sweepInterruptedSyncs(this.syncRecords, this.log, (msg, fields) => this.logger.warn(msg, fields)).catch((err: unknown) => {
       this.logger.warn('interrupted syncs could not be swept (each is recorded at its target\'s next sync)', { error: (err as Error).message });
     });
     for (const rec of records.filter((r) => r.pid !== process.pid)) {

@@ -182,7 +182,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
     let tried = 0;
     for (const scanner of reachable) {
       tried++;
-      const consumer = `scan.${scanner.name}`.slice(0, 64);
+      const consumer = scanConsumerName(scanner.name);
       if (!ctx.log.listConsumers(domain).some((c) => c.name === consumer)) ctx.log.addConsumer(domain, consumer);
       const rec = await readRecord(records, scanner.name);
       const dueFull = deps.fullEveryMs > 0 && (!rec.lastFullAt || Date.now() - Date.parse(rec.lastFullAt) >= deps.fullEveryMs);
@@ -316,6 +316,11 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
     await freezeMarker?.dropIfUnused().catch(() => undefined);
     await agent?.close().catch(() => undefined);
   }
+}
+
+/** The change-log consumer of a scanner: each has its own history. */
+export function scanConsumerName(scanner: string): string {
+  return `scan.${scanner}`.slice(0, 64);
 }
 
 /** A change-log state as an owner-index token (ScanJob.ownerIndex): the log's identity and a generation. */

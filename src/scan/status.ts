@@ -6,7 +6,7 @@ import type { ChangeLog } from '../changelog/index.js';
 import { totalBytes } from '../extent/index.js';
 import { NotFoundError } from '../util/errors.js';
 import { quarantineStatus } from './quarantine.js';
-import { readScanRecord, type LastScan } from './scan.js';
+import { readScanRecord, scanConsumerName, type LastScan } from './scan.js';
 
 export interface ScanStatus {
   domain: string;
@@ -35,12 +35,13 @@ export async function scanStatus(stateDir: string, log: ChangeLog, scanners: rea
   for (const d of domains.sort()) {
     const q = (await quarantineStatus(d, stateDir)).state;
     for (const s of scanners) {
-      const consumer = `scan.${s.name}`.slice(0, 64);
+      const consumer = scanConsumerName(s.name);
       const rec = await readScanRecord(stateDir, d, s.name);
-      const due = rec.lastFullAt ? Date.parse(rec.lastFullAt) + fullEveryMs : 0;
+      // As runScan decides: full without a full scan on record (or a record it cannot trust), else when due.
+      const due = rec.lastFullAt && !rec.unreadable ? Date.parse(rec.lastFullAt) + fullEveryMs : undefined;
       const e: ScanStatus = {
         domain: d, scanner: s.name, consumer, quarantine: q,
-        nextFull: fullEveryMs === 0 && !rec.unreadable && rec.lastFullAt ? 'only with --full' : !rec.lastFullAt || rec.unreadable || due <= Date.now() ? 'next scan' : new Date(due).toISOString(),
+        nextFull: due === undefined ? 'next scan' : fullEveryMs === 0 ? 'only with --full' : due <= Date.now() ? 'next scan' : new Date(due).toISOString(),
         ...(rec.lastScanAt ? { lastScanAt: rec.lastScanAt } : {}), ...(rec.last ? { last: rec.last } : {}), ...(rec.lastFullAt ? { lastFullAt: rec.lastFullAt } : {}),
         ...(rec.unreadable ? { recordProblem: 'the record is not one virtcbtd wrote: the next scan is full' } : {}),
       };

@@ -5,5 +5,5 @@ export { planSync, type SyncPlan, type SyncPlanInput } from './plan.js';
 export { SyncRecords, type SyncRecord } from './record.js';
 export { sweepInterruptedSyncs } from './interrupted.js';
 export { syncStatus, type ConfiguredSync, type SyncTargetStatus } from './status.js';
-export { describeTarget, displayUri, identityChange, parseTarget, syncConsumerName, targetKey, type SyncTarget, type TargetIdentity } from './target.js';
+export { describeTarget, displayUri, identityChange, isSyncConsumer, parseTarget, seedPinName, seedPinOwner, syncConsumerName, targetKey, type SyncTarget, type TargetIdentity } from './target.js';
 export { serveSyncTarget, imageHolders, type SyncTarget as ServedSyncTarget, type SyncTargetOptions } from './receiver.js';

@@ -17,18 +17,10 @@ import type { CopyProgress, Endpoint } from '../copy/index.js';
 import { fromPairs } from '../extent/index.js';
 import { errorMessage } from '../util/errors.js';
 import type { SyncRecords, WritingMarker } from './record.js';
-import { fileIdentity, identityChange, type TargetIdentity } from './target.js';
+import { fileIdentity, identityChange, seedPinName, seedPinOwner, type TargetIdentity } from './target.js';
 
 /** This process's token in its writing markers. */
 export const WRITER = randomBytes(8).toString('hex');
-
-/** The change-log name that keeps an interrupted seed's history (see ChangeLog.pinHistory). */
-export function seedPinName(consumer: string): string {
-  return `${consumer}.seed`.slice(0, 64);
-}
-
-/** A sync consumer's seed pin (see syncConsumerName): what the sweep may remove when nothing uses it. */
-const SEED_PIN = /^(sync\..+\.[0-9a-f]{12})\.seed$/;
 
 function dropPin(log: ChangeLog, domain: string, consumer: string): void {
   try {
@@ -141,9 +133,8 @@ export async function sweepInterruptedSyncs(records: SyncRecords, log: ChangeLog
   }
   for (const d of log.listDomains()) {
     for (const c of log.listConsumers(d.name)) {
-      const pin = SEED_PIN.exec(c.name);
-      if (!pin) continue;
-      const consumer = pin[1]!;
+      const consumer = seedPinOwner(c.name);
+      if (consumer === undefined) continue;
       if (await records.readSeed(d.name, consumer) || await records.readWriting(d.name, consumer)) continue;
       dropPin(log, d.name, consumer);
       report('removed a seed pin no interrupted seed uses', { domain: d.name, consumer: c.name });

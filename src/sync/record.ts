@@ -78,6 +78,9 @@ export interface WritingMarker {
   startedAt: string;
 }
 
+/** In a domain's directory: its on-stop syncs are owed (markOnStopOwed). */
+const ON_STOP_OWED = 'on-stop.pending';
+
 /** Records are small; a used map of a badly fragmented filesystem is left out above this. */
 const MAX_RECORD_BYTES = 16 * 1024 * 1024;
 const MAX_USED_EXTENTS = 200_000;
@@ -109,29 +112,29 @@ export class SyncRecords {
    */
   async lastOnTarget(key: string): Promise<SyncRecord | undefined> {
     let latest: SyncRecord | undefined;
-    const domains = await readdir(this.dir, { withFileTypes: true }).catch(() => []);
-    for (const d of domains) {
-      if (!d.isDirectory()) continue;
-      const files = await readdir(join(this.dir, d.name)).catch(() => []);
-      for (const f of files) {
-        if (!f.endsWith('.json') || f.startsWith('.')) continue;
-        const domain = decodedName(d.name);
-        if (domain === undefined) continue;
-        const { record } = await this.read(domain, f.slice(0, -'.json'.length)).catch(() => ({ record: undefined }));
-        if (record?.key === key && (!latest || record.syncedAt > latest.syncedAt)) latest = record;
-      }
+    for (const { domain, consumer } of await this.filesEnding('.json')) {
+      const { record } = await this.read(domain, consumer).catch(() => ({ record: undefined }));
+      if (record?.key === key && (!latest || record.syncedAt > latest.syncedAt)) latest = record;
     }
     return latest;
   }
 
-  /** Every (domain, consumer) with a record file, of one domain or all; names virtcbt did not make are skipped. */
-  async list(domain?: string): Promise<{ domain: string; consumer: string }[]> {
+  /** Every (domain, consumer) with a record file, of one domain or all. */
+  list(domain?: string): Promise<{ domain: string; consumer: string }[]> {
+    return this.filesEnding('.json', domain);
+  }
+
+  /**
+   * Every (domain, name before `suffix`) of a file ending in `suffix` in a domain's directory, of
+   * one domain or all; directories and dot files virtcbt did not make are skipped.
+   */
+  private async filesEnding(suffix: string, domain?: string): Promise<{ domain: string; consumer: string }[]> {
     const out: { domain: string; consumer: string }[] = [];
     for (const d of await readdir(this.dir, { withFileTypes: true }).catch(() => [])) {
       const name = decodedName(d.name);
       if (!d.isDirectory() || name === undefined || (domain !== undefined && name !== domain)) continue;
       for (const f of await readdir(join(this.dir, d.name)).catch(() => [] as string[])) {
-        if (f.endsWith('.json') && !f.startsWith('.')) out.push({ domain: name, consumer: f.slice(0, -'.json'.length) });
+        if (f.endsWith(suffix) && !f.startsWith('.')) out.push({ domain: name, consumer: f.slice(0, -suffix.length) });
       }
     }
     return out;
@@ -208,18 +211,27 @@ export class SyncRecords {
   }
 
   /** Every (domain, consumer) with a writing marker, for the sweep at daemon start. */
-  async listWriting(): Promise<{ domain: string; consumer: string }[]> {
-    const out: { domain: string; consumer: string }[] = [];
-    for (const d of await readdir(this.dir, { withFileTypes: true }).catch(() => [])) {
-      const domain = decodedName(d.name);
-      if (!d.isDirectory() || domain === undefined) continue;
-      for (const f of await readdir(join(this.dir, d.name)).catch(() => [] as string[])) {
-        if (f.endsWith('.writing') && !f.startsWith('.')) out.push({ domain, consumer: f.slice(0, -'.writing'.length) });
-      }
-    }
-    return out;
+  listWriting(): Promise<{ domain: string; consumer: string }[]> {
+    return this.filesEnding('.writing');
   }
 
+  private onStopPath(domain: string): string {
+    return join(this.dir, encodeURIComponent(domain), ON_STOP_OWED);
+  }
+
+  /** Notes that a domain's on-stop syncs are owed (until clearOnStopOwed): a killed virtcbtd's successor runs them. */
+  async markOnStopOwed(domain: string): Promise<void> {
+    await writeFileAtomically(this.onStopPath(domain), new Date().toISOString());
+  }
+
+  async clearOnStopOwed(domain: string): Promise<void> {
+    await rm(this.onStopPath(domain), { force: true });
+  }
+
+  /** The domains whose on-stop syncs are owed. */
+  async onStopOwed(): Promise<string[]> {
+    return (await this.filesEnding(ON_STOP_OWED)).filter((f) => f.consumer === '').map((f) => f.domain);
+  }
 }
 
 /** A domain directory's name decoded, or undefined for one virtcbt did not make ("%zz" would throw). */

@@ -20,9 +20,9 @@ import { AgentMapFreezer, usedMapFromCapture, usedMapFromImage, type UsedMap } f
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { readQcow2Header } from '../qcow2/index.js';
 import { planSync, type SyncPlan } from './plan.js';
-import { SeedCheckpoints, WRITER, recoverWriting, seedPinName } from './interrupted.js';
+import { SeedCheckpoints, WRITER, recoverWriting } from './interrupted.js';
 import type { SeedProgress, SyncRecord, SyncRecords, WritingMarker } from './record.js';
-import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, syncConsumerName, targetKey, type TargetIdentity } from './target.js';
+import { describeTarget, displayUri, fileIdentity, identityChange, parseTarget, seedPinName, syncConsumerName, targetKey, type TargetIdentity } from './target.js';
 
 /** Backing chains deeper than this are not followed (QEMU's own limit is far lower in practice). */
 const MAX_CHAIN = 64;

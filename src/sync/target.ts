@@ -50,6 +50,22 @@ export function syncConsumerName(disk: string, key: string): string {
   return `sync.${disk}.${h}`.slice(0, 64);
 }
 
+/** Whether a change-log consumer is a sync target's (syncConsumerName). */
+export function isSyncConsumer(name: string): boolean {
+  return /^sync\..+\.[0-9a-f]{12}$/.test(name);
+}
+
+/** The change-log name that keeps an interrupted seed's history (see ChangeLog.pinHistory). */
+export function seedPinName(consumer: string): string {
+  return `${consumer}.seed`.slice(0, 64);
+}
+
+/** The sync consumer whose seed pin `name` is, or undefined when it is none. */
+export function seedPinOwner(name: string): string | undefined {
+  const consumer = name.endsWith('.seed') ? name.slice(0, -'.seed'.length) : undefined;
+  return consumer !== undefined && isSyncConsumer(consumer) ? consumer : undefined;
+}
+
 export async function fileIdentity(path: string): Promise<TargetIdentity> {
   const st = await lstat(path);
   return { kind: 'file', dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };

@@ -153,4 +153,3 @@ function describeScanStatus(s: ScanStatus): string[] {
   if (s.recordProblem) lines.push(`  ! ${s.recordProblem}`);
   return lines;
 }
-

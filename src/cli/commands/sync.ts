@@ -158,7 +158,6 @@ function describeStatus(t: SyncTargetStatus): string[] {
   return lines;
 }
 
-
 export const usedmapCommand: Command = {
   usage: `usage: virtcbt usedmap DOMAIN --disk TARGET [--map image|agent] [--json]
 

@@ -4,6 +4,7 @@ import { parse, domainArg } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
 import { callDaemon, daemonSocket } from '../daemon-client.js';
 import { emit, formatBytes } from '../output.js';
+import { isSyncConsumer, seedPinOwner } from '../../sync/target.js';
 import { UsageError } from '../../util/errors.js';
 
 const api = (ctx: CommandContext) => daemonSocket(ctx.config());
@@ -123,8 +124,9 @@ consumer's last completed pass, or says the pass must be full. Moves nothing.`,
 
 /** What virtcbt itself uses a consumer for, by its name (syncs and scans make their own), for listings. */
 export function consumerRole(name: string): string {
-  if (/^sync\..+\.[0-9a-f]{12}\.seed$/.test(name)) return ' (keeps the history an interrupted seed resumes from; goes with that sync)';
-  if (/^sync\..+\.[0-9a-f]{12}$/.test(name)) return ' (a sync target: virtcbt sync status)';
+  if (seedPinOwner(name) !== undefined) return ' (keeps the history an interrupted seed resumes from; goes with that sync)';
+  if (isSyncConsumer(name)) return ' (a sync target: virtcbt sync status)';
+  // scanConsumerName's (src/scan/scan.ts, not loaded by the CLI for this).
   if (name.startsWith('scan.')) return ` (scanner ${name.slice('scan.'.length)}: virtcbt scan status)`;
   return '';
 }

@@ -15,6 +15,7 @@ import { BG_INODE_UNINIT } from './groups.js';
 import type { GranuleDigests } from './granule-digests.js';
 import type { Inode } from './inode.js';
 import { INCOMPAT } from './superblock.js';
+import { ByteReader, ByteWriter } from '../../util/byte-fields.js';
 
 interface Entry {
   /** The slot's digest with its access time and checksum left out (fingerprint). */
@@ -97,56 +98,6 @@ export class OwnerIndexTooLarge extends Error {
 }
 
 const FILE_MAGIC = 'VCBTOIX1';
-
-/** Little-endian fields into one buffer. */
-class ByteWriter {
-  private readonly parts: Buffer[] = [];
-  private cur = Buffer.alloc(64 * 1024);
-  private at = 0;
-
-  private room(n: number): void {
-    if (this.at + n <= this.cur.length) return;
-    this.parts.push(this.cur.subarray(0, this.at));
-    this.cur = Buffer.alloc(Math.max(64 * 1024, n));
-    this.at = 0;
-  }
-
-  u32(v: number): void { this.room(4); this.cur.writeUInt32LE(v, this.at); this.at += 4; }
-  i32(v: number): void { this.room(4); this.cur.writeInt32LE(v, this.at); this.at += 4; }
-  f64(v: number): void { this.room(8); this.cur.writeDoubleLE(v, this.at); this.at += 8; }
-  raw(b: Uint8Array): void { this.room(b.length); this.cur.set(b, this.at); this.at += b.length; }
-  str(s: string): void { const b = Buffer.from(s, 'utf8'); this.u32(b.length); this.raw(b); }
-  done(): Buffer { return Buffer.concat([...this.parts, this.cur.subarray(0, this.at)]); }
-}
-
-/** ByteWriter's fields back, every read bounds-checked: a short or inflated buffer throws, never over-allocates. */
-class ByteReader {
-  private at = 0;
-
-  constructor(private readonly b: Buffer) {}
-
-  private need(n: number): void {
-    if (this.at + n > this.b.length) throw new Error('the saved owner index is cut short');
-  }
-
-  u32(): number { this.need(4); const v = this.b.readUInt32LE(this.at); this.at += 4; return v; }
-  i32(): number { this.need(4); const v = this.b.readInt32LE(this.at); this.at += 4; return v; }
-  f64(): number { this.need(8); const v = this.b.readDoubleLE(this.at); this.at += 8; return v; }
-  nonNegative(): number {
-    const v = this.f64();
-    if (!Number.isSafeInteger(v) || v < 0) throw new Error('the saved owner index holds an offset out of range');
-    return v;
-  }
-  raw(n: number): Buffer { this.need(n); const v = this.b.subarray(this.at, this.at + n); this.at += n; return v; }
-  str(): string { return this.raw(this.u32()).toString('utf8'); }
-  /** A count of items of at least `minBytes` each, checked against what is left. */
-  count(minBytes: number): number {
-    const n = this.u32();
-    if (n * minBytes > this.b.length - this.at) throw new Error('the saved owner index counts more than it holds');
-    return n;
-  }
-  atEnd(): boolean { return this.at === this.b.length; }
-}
 
 const entryBytes = (e: Entry) => ENTRY_BYTES + (e.runs.length / 2) * RUN_BYTES;
 
@@ -349,7 +300,6 @@ export class OwnerIndex {
     return { owners, unowned: this.unowned(fs, q) };
   }
 
-  /** Whether two indexes hold the same inodes, fingerprints, runs and bitmaps (a check that one brought forward equals one built afresh). */
   /**
    * The index as bytes (saved by the scanner host across a restart; see fromBytes). Little-endian:
    * the magic, the geometry, per-group limits and bitmaps, every entry (inode, fingerprint, runs),
@@ -385,7 +335,7 @@ export class OwnerIndex {
    * authenticates its saved file); they are still read defensively: anything out of shape throws.
    */
   static fromBytes(bytes: Buffer): OwnerIndex {
-    const r = new ByteReader(bytes);
+    const r = new ByteReader(bytes, 'the saved owner index');
     if (r.raw(FILE_MAGIC.length).toString('latin1') !== FILE_MAGIC) throw new Error('not a saved owner index');
     const geometry = r.str();
     const limits = new Int32Array(r.count(4));
@@ -409,10 +359,11 @@ export class OwnerIndex {
       for (let k = r.count(16); k > 0; k--) d.set(r.nonNegative(), Buffer.from(r.raw(8)));
       index.setDigests(ino, d);
     }
-    if (!r.atEnd()) throw new Error('trailing bytes after the owner index');
+    r.end();
     return index;
   }
 
+  /** Whether two indexes hold the same inodes, fingerprints, runs and bitmaps (a check that one brought forward equals one built afresh). */
   sameAs(other: OwnerIndex): boolean {
     if (this.geometry !== other.geometry || this.entries.size !== other.entries.size || this.bitmaps.size !== other.bitmaps.size) return false;
     for (const [ino, e] of this.entries) {

@@ -54,8 +54,9 @@ async function main(): Promise<void> {
   // Saved while it runs too, when they changed: a crash loses at most saveEverySeconds of them.
   let savedVersion = ownerIndexes?.version ?? 0;
   let saving: Promise<unknown> | undefined;
-  const saveNow = async () => {
-    if (!saved || !ownerIndexes || ownerIndexes.version === savedVersion) return;
+  // `always`: also when nothing changed, which replaces a save file refused at start.
+  const saveNow = async (always = false) => {
+    if (!saved || !ownerIndexes || (!always && ownerIndexes.version === savedVersion)) return;
     const version = ownerIndexes.version;
     const n = await ownerIndexes.save(saved.file, saved.macKey);
     savedVersion = version;
@@ -71,11 +72,7 @@ async function main(): Promise<void> {
     void (async () => {
       await server.close();
       await saving;
-      if (saved && ownerIndexes) {
-        // At stop always (a file older than what is kept would only cost reads, but this is cheap).
-        savedVersion = -1;
-        await saveNow().catch((err: unknown) => log.warn('owner indexes could not be saved', { file: saved!.file, error: errorMessage(err) }));
-      }
+      await saveNow(true).catch((err: unknown) => log.warn('owner indexes could not be saved', { file: saved!.file, error: errorMessage(err) }));
       process.exit(0);
     })();
   };

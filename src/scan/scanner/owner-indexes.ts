@@ -6,6 +6,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { OwnerIndex } from '../../fs/index.js';
 import { writeFileAtomically } from '../../util/atomic-file.js';
+import { ByteReader, ByteWriter } from '../../util/byte-fields.js';
 import { NotRegularFileError, readRegularFileBytes } from '../../util/regular-file.js';
 
 const SAVED_MAGIC = 'VCBTOS01';
@@ -71,12 +72,15 @@ export class OwnerIndexStore {
    * by an HMAC-SHA256 with `macKey` over the rest: load reads back only what this scanner wrote.
    */
   async save(file: string, macKey: Buffer): Promise<number> {
-    const parts: Buffer[] = [Buffer.from(SAVED_MAGIC, 'latin1'), u32(this.kept.size)];
+    const w = new ByteWriter();
+    w.raw(Buffer.from(SAVED_MAGIC, 'latin1'));
+    w.u32(this.kept.size);
     for (const [key, k] of this.kept) {
-      const bytes = k.index.toBytes();
-      parts.push(lenPrefixed(Buffer.from(key, 'utf8')), lenPrefixed(Buffer.from(k.token, 'utf8')), lenPrefixed(bytes));
+      w.str(key);
+      w.str(k.token);
+      w.bytes(k.index.toBytes());
     }
-    const body = Buffer.concat(parts);
+    const body = w.done();
     await writeFileAtomically(file, Buffer.concat([body, createHmac('sha256', macKey).update(body).digest()]));
     return this.kept.size;
   }
@@ -98,22 +102,11 @@ export class OwnerIndexStore {
     const mac = createHmac('sha256', macKey).update(body).digest();
     if (!timingSafeEqual(mac, b.subarray(b.length - MAC_BYTES))) return { kept: 0, problem: `${file} was not written by this scanner (or was changed since): its owner indexes are not used` };
     try {
-      if (body.subarray(0, SAVED_MAGIC.length).toString('latin1') !== SAVED_MAGIC) throw new Error('not saved owner indexes');
-      let at = SAVED_MAGIC.length;
-      const take = () => {
-        if (at + 4 > body.length) throw new Error('cut short');
-        const n = body.readUInt32LE(at);
-        if (at + 4 + n > body.length) throw new Error('cut short');
-        const v = body.subarray(at + 4, at + 4 + n);
-        at += 4 + n;
-        return v;
-      };
-      if (at + 4 > body.length) throw new Error('cut short');
-      const count = body.readUInt32LE(at);
-      at += 4;
+      const r = new ByteReader(body, 'the saved owner indexes');
+      if (r.raw(SAVED_MAGIC.length).toString('latin1') !== SAVED_MAGIC) throw new Error('not saved owner indexes');
       const read: [string, string, OwnerIndex][] = [];
-      for (let i = 0; i < count; i++) read.push([take().toString('utf8'), take().toString('utf8'), OwnerIndex.fromBytes(Buffer.from(take()))]);
-      if (at !== body.length) throw new Error('trailing bytes');
+      for (let n = r.count(12); n > 0; n--) read.push([r.str(), r.str(), OwnerIndex.fromBytes(Buffer.from(r.bytes()))]);
+      r.end();
       for (const [key, token, index] of read) this.put(key, token, index);
       return { kept: this.kept.size };
     } catch (err) {
@@ -122,12 +115,3 @@ export class OwnerIndexStore {
   }
 }
 
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32LE(n);
-  return b;
-}
-
-function lenPrefixed(b: Buffer): Buffer {
-  return Buffer.concat([u32(b.length), b]);
-}
