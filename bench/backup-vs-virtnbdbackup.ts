@@ -12,7 +12,7 @@ import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NbdEndpoint, NullEndpoint, copyExtents, flushingEndpoint, serveImage, wholeDisk } from '../src/copy/index.js';
+import { NullEndpoint, copyExtents, flushingEndpoint, serveImage, wholeDisk } from '../src/copy/index.js';
 import { createLabDomain, startLabDaemon, virsh, type LabDaemon, type LabDomain } from '../src/demo/lab.js';
 import { Qcow2Writer } from '../src/qcow2/index.js';
 import { childEnv, envNote } from './nbd-support.js';

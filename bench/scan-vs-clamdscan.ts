@@ -15,7 +15,6 @@
 // BENCH_SCANNER_NODE_ARGS="--cpu-prof ..." in the environment profiles virtcbt-scanner.
 import { spawn } from 'node:child_process';
 import { randomBytes, randomFillSync } from 'node:crypto';
-import { once } from 'node:events';
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';

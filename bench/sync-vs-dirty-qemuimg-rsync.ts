@@ -14,8 +14,15 @@
 // (a) and (b) run with the guest running (their own freeze); (c) and (d) with it paused (a
 // qcow2 in use cannot be read consistently otherwise). Then a sync with nothing changed, several
 // times. Medians over the rounds, ratios to virtcbt.
-//   node dist/bench/sync-vs-dirty-qemuimg-rsync.js [--rounds N] [--empty-rounds N] [--json FILE]
+//
+// --prior-gib N (default 4) puts N GiB of files on the data disk before the guest starts (written
+// on the host by mkfs.ext4 -d, seeded to virtcbt's target before round 1), as a guest's disk
+// already holds its system and data: the whole-image ways (qemu-img convert, rsync) copy or read
+// them every time, the change-based ones never again. 0 is a disk that holds only the rounds' files
+// (the image is then the round's change: qemu-img convert copies ~1 GiB from the page cache).
+//   node dist/bench/sync-vs-dirty-qemuimg-rsync.js [--rounds N] [--empty-rounds N] [--prior-gib N] [--json FILE]
 import { execa } from 'execa';
+import { randomBytes } from 'node:crypto';
 import { statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
@@ -30,8 +37,8 @@ import { childEnv, envNote } from './nbd-support.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-/** The data disk: room for three rounds' kept files (3 × 424 MiB) plus one round's 1 GiB. */
-const DISK_BYTES = 3 * GiB;
+/** The data disk: room for three rounds' kept files (3 × 424 MiB) plus one round's 1 GiB, and the prior data (--prior-gib). */
+const ROUNDS_BYTES = 3 * GiB;
 const FILE_MIB = 8;
 const FILES = 128;
 const DELETE = 75;
@@ -79,20 +86,57 @@ const seconds = async (fn: () => Promise<unknown>) => {
 };
 
 /**
- * A fresh ext4 data disk bigger than the built guest's, labelled so that the guest's /init mounts
- * it on /mnt/data; inode tables and journal written now (no lazy init in the guest, whose
- * background writes would count as modified blocks).
+ * The prior data: `bytes` of files under prior/, a system's mix by count and size: a third of the
+ * bytes in files of 4–256 KiB, the rest in files of 1–32 MiB, in directories of 200 files; contents
+ * random (slices of one random pool: nothing is zero, nothing compresses).
  */
-async function bigDataDisk(file: string, work: string): Promise<void> {
+async function priorFiles(dir: string, bytes: number): Promise<{ files: number; bytes: number }> {
+  const pool = randomBytes(64 * MiB);
+  let written = 0;
+  let files = 0;
+  let seed = 1;
+  const rand = () => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed / 2 ** 31;
+  };
+  while (written < bytes) {
+    const small = written < bytes / 3;
+    const size = Math.min(bytes - written, small ? Math.floor(4096 + rand() * 252 * 1024) : Math.floor(MiB + rand() * 31 * MiB));
+    const sub = join(dir, 'prior', `d${Math.floor(files / 200)}`);
+    if (files % 200 === 0) await mkdir(sub, { recursive: true });
+    const at = Math.floor(rand() * (pool.length - Math.min(size, pool.length)));
+    const parts: Buffer[] = [];
+    for (let left = size; left > 0; left -= pool.length) parts.push(pool.subarray(at, at + Math.min(left, pool.length - at)));
+    await writeFile(join(sub, `f${files}.bin`), Buffer.concat(parts).subarray(0, size));
+    written += size;
+    files++;
+  }
+  return { files, bytes: written };
+}
+
+/**
+ * A fresh ext4 data disk bigger than the built guest's, labelled so that the guest's /init mounts
+ * it on /mnt/data, holding `prior` bytes of files already; inode tables and journal written now (no
+ * lazy init in the guest, whose background writes would count as modified blocks).
+ */
+async function bigDataDisk(file: string, work: string, prior: number): Promise<{ files: number; bytes: number }> {
   const raw = join(work, 'data.raw');
+  const tree = join(work, 'tree');
+  await mkdir(tree, { recursive: true });
+  const made = prior > 0 ? await priorFiles(tree, prior) : { files: 0, bytes: 0 };
   await writeFile(raw, '');
-  await truncate(raw, DISK_BYTES);
-  await execa('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', DATA_LABEL, '-E', 'root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0', raw]);
+  await truncate(raw, diskBytes(prior));
+  await execa('mkfs.ext4', ['-q', '-F', '-b', '4096', '-L', DATA_LABEL, '-E', 'root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0', '-d', tree, raw]);
+  await rm(tree, { recursive: true });
   await rm(file, { force: true });
   await execa('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, file]);
   await rm(raw);
   await execa('chown', ['libvirt-qemu:libvirt-qemu', file]);
+  return made;
 }
+
+/** The data disk's size: the rounds' room plus the prior data and a tenth more for ext4's own. */
+const diskBytes = (prior: number) => ROUNDS_BYTES + Math.ceil((prior * 1.1) / GiB) * GiB;
 
 /** Files to delete: DELETE of FILES, spread evenly, so the freed space is scattered among kept files. */
 const deleted = (i: number) => Math.floor(((i + 1) * DELETE) / FILES) > Math.floor((i * DELETE) / FILES);
@@ -173,7 +217,7 @@ interface Ceiling { what: string; bytes: number; wallS: number }
  * to null: (the source's rate) and into a fresh qcow2 through qemu-nbd with virtcbt's flags and
  * flushed (nbdcopy's qemu-nbd with and without virtcbt's malloc settings). The pass is aborted.
  */
-async function ceiling(d: LabDaemon, domain: string, consumer: string, work: string, runDir: string): Promise<Ceiling[]> {
+async function ceiling(d: LabDaemon, domain: string, consumer: string, work: string, runDir: string, size: number): Promise<Ceiling[]> {
   const cli = (args: string[]) => execa(process.execPath, [join(process.cwd(), 'dist/src/cli/main.js'), '--config', d.configFile, ...args], { env: childEnv, extendEnv: false });
   const p = JSON.parse((await cli(['pass', 'begin', domain, '--consumer', consumer, '--export', '--json'])).stdout);
   const uri = (p.exports as { target: string; uri: string }[]).find((e) => e.target === 'vda')!.uri;
@@ -181,14 +225,14 @@ async function ceiling(d: LabDaemon, domain: string, consumer: string, work: str
   const qcow = join(work, 'ceiling.qcow2');
   const fresh = async () => {
     await rm(qcow, { force: true });
-    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', qcow, String(DISK_BYTES)]);
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', qcow, String(size)]);
   };
   const ours = async (what: string, toQcow2: boolean) => {
     if (toQcow2) await rm(qcow, { force: true });
     await execa('sync');
     const t0 = performance.now();
     const src = await NbdEndpoint.open(uri, { metaContexts: [CONTEXT_BASE_ALLOCATION] });
-    const dst = toQcow2 ? await openImageEndpoint(qcow, { runDir, writable: true, format: 'qcow2', create: { size: DISK_BYTES } }) : undefined;
+    const dst = toQcow2 ? await openImageEndpoint(qcow, { runDir, writable: true, format: 'qcow2', create: { size } }) : undefined;
     try {
       const r = await copyExtents(src, dst?.endpoint ?? new NullEndpoint(src.size), wholeDisk(src));
       await dst?.endpoint.flush();
@@ -224,6 +268,8 @@ async function ceiling(d: LabDaemon, domain: string, consumer: string, work: str
 async function main(): Promise<void> {
   const rounds = argNum('--rounds', 3);
   const emptyRounds = argNum('--empty-rounds', 7);
+  const prior = argNum('--prior-gib', 4) * GiB;
+  const withCeiling = !process.argv.includes('--no-ceiling');
   const jsonOut = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
   const loadStart = loadAverage();
   const work = await mkdtemp(join(tmpdir(), 'virtcbt-bench-sync-'));
@@ -234,10 +280,13 @@ async function main(): Promise<void> {
   const syncs: SyncFigures[] = [];
   const empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] = [];
   let ceilings: Ceiling[] = [];
+  let priorMade = { files: 0, bytes: 0 };
   try {
     lab = await createLabDomain({ name, memoryMiB: 512 });
     const vda = lab.disks[0]!.file;
-    await bigDataDisk(vda, work);
+    const tp = performance.now();
+    priorMade = await bigDataDisk(vda, work, prior);
+    if (prior > 0) console.error(`prior data: ${priorMade.files} files, ${(priorMade.bytes / GiB).toFixed(2)} GiB, on the data disk in ${((performance.now() - tp) / 1000).toFixed(0)} s`);
     daemon = await startLabDaemon(join(work, 'daemon'));
     await daemon.cli(['enable', name]);
     await daemon.cli(['consumer', 'add', name, 'dirty']);
@@ -273,7 +322,7 @@ async function main(): Promise<void> {
         async () => samples.push({ way: 'dirty-only', round, ...(await dirtyOnly(daemon!, name, 'dirty', targets.dirty, runDir)) }),
       ];
       for (const run of round % 2 ? live : live.reverse()) await run();
-      if (round === 1) ceilings = await ceiling(daemon, name, 'ceiling', work, runDir);
+      if (round === 1 && withCeiling) ceilings = await ceiling(daemon, name, 'ceiling', work, runDir, diskBytes(prior));
 
       await virsh(['suspend', name]);
       try {
@@ -308,7 +357,7 @@ async function main(): Promise<void> {
       const s = await virtcbtSync(daemon, name, targets.sync);
       empty.push({ wallS: s.wallS, elapsedMs: s.r.elapsedMs, copiedBytes: s.r.copiedBytes, phasesMs: s.phasesMs });
     }
-    const report = { when: new Date().toISOString(), load: { start: loadStart, end: loadAverage() }, ceilings, rounds, diskBytes: DISK_BYTES, samples, syncs, empty, sizes: { sync: statSync(targets.sync).blocks * 512, dirty: statSync(targets.dirty).blocks * 512 } };
+    const report = { when: new Date().toISOString(), load: { start: loadStart, end: loadAverage() }, ceilings, rounds, diskBytes: diskBytes(prior), prior: priorMade, samples, syncs, empty, sizes: { sync: statSync(targets.sync).blocks * 512, dirty: statSync(targets.dirty).blocks * 512 } };
     if (jsonOut) writeFileSync(jsonOut, JSON.stringify(report, null, 2));
     print(report);
   } finally {
@@ -318,11 +367,12 @@ async function main(): Promise<void> {
   }
 }
 
-function print(r: { load: { start: string; end: string }; ceilings: Ceiling[]; rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] }): void {
+function print(r: { load: { start: string; end: string }; diskBytes: number; prior: { files: number; bytes: number }; ceilings: Ceiling[]; rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] }): void {
   const mib = (b: number) => `${(b / MiB).toFixed(1)} MiB`;
   const kept = (FILES - DELETE) * FILE_MIB * MiB;
   console.log(`CLI environment: ${envNote()}; load average at the start ${r.load.start}, at the end ${r.load.end} (1, 5, 15 min)`);
-  console.log(`per round: ${FILES * FILE_MIB} MiB written in ${FILES} files, ${DELETE * FILE_MIB} MiB of them deleted, ${mib(kept)} kept; ${r.rounds} rounds; 3 GiB ext4 qcow2, TCG guest\n`);
+  console.log(`per round: ${FILES * FILE_MIB} MiB written in ${FILES} files, ${DELETE * FILE_MIB} MiB of them deleted, ${mib(kept)} kept; ${r.rounds} rounds; ${r.diskBytes / GiB} GiB ext4 qcow2 ` +
+    `holding ${r.prior.files ? `${(r.prior.bytes / GiB).toFixed(2)} GiB in ${r.prior.files} files before round 1 (--prior-gib)` : 'nothing before round 1'}, TCG guest\n`);
   const base = r.samples.filter((s) => s.way === 'virtcbt sync');
   // Ratios per round (the image grows every round: qemu-img convert's share with it), then their median.
   const ratio = (w: Way, pick: (x: Sample) => number) => med(Array.from({ length: r.rounds }, (_, i) => {

@@ -12,7 +12,7 @@ import { AgentCommandError, GuestAgent, LibvirtTransport, VirshShellTransport, t
 import type { Libvirt } from '../libvirt/index.js';
 import { queryBlockExports, type QmpExecutor } from '../qmp/index.js';
 import { releaseNbdServer } from '../snapshot/index.js';
-import { withStorageDaemon, type QsdImage, type QsdSession } from '../qsd/index.js';
+import type { QsdImage } from '../qsd/index.js';
 import {
   Snapshot, SnapshotRegistry, type RemoteExport, addReadOnlyExport, holdStorageDaemon, killStaleRemoteExport, remoteExportSettings, startRemoteExport, sweepStaleRemoteExports, buildExtentBitmap, cleanupDeadSnapshots, ensureNbdServer, nbdUnixUri, teardownTag, type SnapshotHost,
 } from '../snapshot/index.js';
