@@ -24,13 +24,13 @@
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { statSync, writeFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, statfs, truncate, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NbdEndpoint, NullEndpoint, copyExtents, dataExtents, openImageEndpoint, wholeDisk } from '../src/copy/index.js';
 import { QEMU_NBD_MALLOC } from '../src/copy/qemu-nbd.js';
 import { CONTEXT_BASE_ALLOCATION } from '../src/nbd/index.js';
-import { createLabDomain, startLabDaemon, virsh, type LabDaemon, type LabDomain } from '../src/demo/lab.js';
+import { IMAGES_BASE, createLabDomain, startLabDaemon, virsh, type LabDaemon, type LabDomain } from '../src/demo/lab.js';
 import { fromPairs, totalBytes } from '../src/extent/index.js';
 import { DATA_LABEL } from '../src/guestimage/index.js';
 import { childEnv, envNote } from './nbd-support.js';
@@ -265,13 +265,39 @@ async function ceiling(d: LabDaemon, domain: string, consumer: string, work: str
   return out.map((c) => ({ ...c, bytes: Number.isNaN(c.bytes) ? all : c.bytes }));
 }
 
+/**
+ * Refuses to start without room for the run: the images grow by up to 1 GiB a round on top of the
+ * prior data, and the work directory holds about five copies of that at once (the two copies
+ * virtcbt and dirty-only keep, the raw images rsync compares, qemu-img convert's output), the
+ * libvirt image directory the guest's disk.
+ */
+async function ensureSpace(work: string, prior: number, rounds: number): Promise<void> {
+  const image = prior + (rounds + 1) * GiB;
+  const need = new Map<number, { bytes: number; where: string[] }>();
+  for (const [dir, bytes] of [[work, 5 * image], [IMAGES_BASE, image]] as const) {
+    const dev = (await stat(dir)).dev;
+    const e = need.get(dev) ?? { bytes: 0, where: [] };
+    need.set(dev, { bytes: e.bytes + bytes, where: [...e.where, dir] });
+  }
+  for (const { bytes, where } of need.values()) {
+    const fs = await statfs(where[0]!);
+    const free = fs.bavail * fs.bsize;
+    if (free < bytes) {
+      throw new Error(`the bench needs about ${(bytes / GiB).toFixed(0)} GiB free in ${where.join(' and ')} (--prior-gib ${prior / GiB}, --rounds ${rounds}); ` +
+        `${(free / GiB).toFixed(1)} GiB are: give fewer rounds or less prior data (--prior-gib), or set TMPDIR to a bigger filesystem`);
+    }
+  }
+}
+
 async function main(): Promise<void> {
-  const rounds = argNum('--rounds', 3);
+  const rounds = argNum('--rounds', 2);
   const emptyRounds = argNum('--empty-rounds', 7);
   const prior = argNum('--prior-gib', 4) * GiB;
   const withCeiling = !process.argv.includes('--no-ceiling');
   const jsonOut = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
   const loadStart = loadAverage();
+  await mkdir(IMAGES_BASE, { recursive: true });
+  await ensureSpace(tmpdir(), prior, rounds);
   const work = await mkdtemp(join(tmpdir(), 'virtcbt-bench-sync-'));
   const name = `virtcbt-bench-sync-${process.pid}`;
   let lab: LabDomain | undefined;
