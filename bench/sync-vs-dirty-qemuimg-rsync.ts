@@ -94,10 +94,13 @@ async function priorFiles(dir: string, bytes: number): Promise<{ files: number; 
   const pool = randomBytes(64 * MiB);
   let written = 0;
   let files = 0;
-  let seed = 1;
+  // xorshift32: the same sizes and slices every run.
+  let x = 2463534242;
   const rand = () => {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31;
-    return seed / 2 ** 31;
+    x ^= x << 13; x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5; x >>>= 0;
+    return x / 2 ** 32;
   };
   while (written < bytes) {
     const small = written < bytes / 3;
