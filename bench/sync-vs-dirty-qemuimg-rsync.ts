@@ -23,7 +23,7 @@
 //   node dist/bench/sync-vs-dirty-qemuimg-rsync.js [--rounds N] [--empty-rounds N] [--prior-gib N] [--json FILE]
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
-import { statSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, stat, statfs, truncate, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -74,6 +74,12 @@ interface SyncFigures {
 }
 
 const loadAverage = () => loadavg().map((x) => x.toFixed(2)).join(' ');
+/** MemAvailable and MemFree from /proc/meminfo, as "N GiB available, N GiB free". */
+const memAvailable = () => {
+  const info = readFileSync('/proc/meminfo', 'utf8');
+  const kib = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(info)?.[1] ?? NaN);
+  return `${(kib('MemAvailable') / 1024 / 1024).toFixed(1)} GiB available, ${(kib('MemFree') / 1024 / 1024).toFixed(1)} GiB free`;
+};
 const med = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
@@ -310,6 +316,7 @@ async function main(): Promise<void> {
   const empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] = [];
   let ceilings: Ceiling[] = [];
   let priorMade = { files: 0, bytes: 0 };
+  let memBeforeEmpty = '';
   try {
     lab = await createLabDomain({ name, memoryMiB: 512 });
     const vda = lab.disks[0]!.file;
@@ -382,11 +389,18 @@ async function main(): Promise<void> {
       }
     }
 
+    // The other ways' copies are done with: gone before the empty syncs, which otherwise run with
+    // the page cache full of them (several GiB each), every new process's pages then reclaimed first.
+    const sizes = { sync: statSync(targets.sync).blocks * 512, dirty: statSync(targets.dirty).blocks * 512 };
+    await rm(targets.dirty, { force: true });
+    await rm(targets.prevRaw, { force: true });
+    await execa('sync');
+    memBeforeEmpty = memAvailable();
     for (let i = 0; i < emptyRounds; i++) {
       const s = await virtcbtSync(daemon, name, targets.sync);
       empty.push({ wallS: s.wallS, elapsedMs: s.r.elapsedMs, copiedBytes: s.r.copiedBytes, phasesMs: s.phasesMs });
     }
-    const report = { when: new Date().toISOString(), load: { start: loadStart, end: loadAverage() }, ceilings, rounds, diskBytes: diskBytes(prior), prior: priorMade, samples, syncs, empty, sizes: { sync: statSync(targets.sync).blocks * 512, dirty: statSync(targets.dirty).blocks * 512 } };
+    const report = { when: new Date().toISOString(), load: { start: loadStart, end: loadAverage() }, ceilings, rounds, diskBytes: diskBytes(prior), prior: priorMade, samples, syncs, empty, memBeforeEmpty, sizes };
     if (jsonOut) writeFileSync(jsonOut, JSON.stringify(report, null, 2));
     print(report);
   } finally {
@@ -396,7 +410,7 @@ async function main(): Promise<void> {
   }
 }
 
-function print(r: { load: { start: string; end: string }; diskBytes: number; prior: { files: number; bytes: number }; ceilings: Ceiling[]; rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] }): void {
+function print(r: { load: { start: string; end: string }; memBeforeEmpty: string; diskBytes: number; prior: { files: number; bytes: number }; ceilings: Ceiling[]; rounds: number; samples: Sample[]; syncs: SyncFigures[]; empty: { wallS: number; elapsedMs: number; copiedBytes: number; phasesMs: Record<string, number> }[] }): void {
   const mib = (b: number) => `${(b / MiB).toFixed(1)} MiB`;
   const kept = (FILES - DELETE) * FILE_MIB * MiB;
   console.log(`CLI environment: ${envNote()}; load average at the start ${r.load.start}, at the end ${r.load.end} (1, 5, 15 min)`);
@@ -456,6 +470,7 @@ function printRounds(r: Parameters<typeof print>[0], base: Sample[], ratio: (w: 
 function printEmpty(r: Parameters<typeof print>[0], mib: (b: number) => string): void {
   const e = r.empty;
   if (e.length === 0) return;
+  console.log(`before the empty syncs (the other ways' copies removed, sync run): memory ${r.memBeforeEmpty}`);
   console.log(`sync with nothing changed under 0.3 s: ${med(e.map((x) => x.wallS)) < 0.3 ? 'met' : 'NOT met'} (median of ${e.length} runs)`);
   console.log(`sync with nothing changed, ${e.length} runs: wall median ${(med(e.map((x) => x.wallS)) * 1000).toFixed(0)} ms ` +
     `(${Math.min(...e.map((x) => x.wallS * 1000)).toFixed(0)}–${Math.max(...e.map((x) => x.wallS * 1000)).toFixed(0)}; target < 300), ` +
