@@ -20,7 +20,8 @@
 // already holds its system and data: the whole-image ways (qemu-img convert, rsync) copy or read
 // them every time, the change-based ones never again. 0 is a disk that holds only the rounds' files
 // (the image is then the round's change: qemu-img convert copies ~1 GiB from the page cache).
-//   node dist/bench/sync-vs-dirty-qemuimg-rsync.js [--rounds N] [--empty-rounds N] [--prior-gib N] [--json FILE]
+//   node dist/bench/sync-vs-dirty-qemuimg-rsync.js [--rounds N] [--empty-rounds N] [--prior-gib N] [--no-ceiling] [--json FILE]
+// (defaults: 2 rounds, 7 empty syncs, 4 GiB prior; --no-ceiling skips round 1's copy-path ceiling)
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
