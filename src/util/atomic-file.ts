@@ -1,13 +1,18 @@
 // Replacing a small state file so that a reader, a kill or a power cut finds the old one or the new
 // one, never half of either: a temp file beside it (named with a leading dot, which readers of those
-// directories skip), fsynced, renamed over it, and the directory fsynced so the rename lasts.
+// directories skip), fsynced, renamed over it, and the directory fsynced so the rename lasts. A file
+// that must be made only once (a secret) is linked into place instead: whoever comes second gets
+// EEXIST, and nobody ever sees it half written.
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, rename } from 'node:fs/promises';
+import { link, mkdir, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
-/** Writes `text` (or bytes) to `path` atomically and durably, mode 0600; the directory is made (mode 0700) when missing. */
-export async function writeFileAtomically(path: string, text: string | Uint8Array): Promise<void> {
+/**
+ * Writes `text` (or bytes) to `path` atomically and durably, mode 0600; the directory is made (mode
+ * 0700) when missing. `exclusive`: fails with EEXIST when `path` exists rather than replacing it.
+ */
+export async function writeFileAtomically(path: string, text: string | Uint8Array, opts: { exclusive?: boolean } = {}): Promise<void> {
   const dir = dirname(path);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = join(dir, `.${basename(path)}.${randomBytes(4).toString('hex')}`);
@@ -18,7 +23,15 @@ export async function writeFileAtomically(path: string, text: string | Uint8Arra
   } finally {
     await fh.close();
   }
-  await rename(tmp, path);
+  if (opts.exclusive) {
+    try {
+      await link(tmp, path);
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  } else {
+    await rename(tmp, path);
+  }
   const d = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await d.sync();

@@ -4,9 +4,9 @@
 // read back to match, and the key that authenticates the saved file: a file this scanner did not
 // write, or one changed since, is not used.
 import { createHmac, randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { mkdir, open } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomically } from '../../util/atomic-file.js';
 import { UsageError } from '../../util/errors.js';
 import { readRegularFileBytes } from '../../util/regular-file.js';
 
@@ -21,23 +21,27 @@ export interface SavedState {
 
 async function secretOf(dir: string): Promise<Buffer> {
   const path = join(dir, 'secret');
-  try {
+  const read = async () => {
     const { bytes } = await readRegularFileBytes(path, 1024);
     if (bytes.length !== SECRET_BYTES) throw new UsageError(`${path} is not the scanner's secret (${bytes.length} bytes, not ${SECRET_BYTES})`, { hint: `Remove it: the scanner makes a new one (its saved owner indexes are then not used)` });
     return bytes;
+  };
+  try {
+    return await read();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
       if (err instanceof UsageError) throw err;
       throw new UsageError(`cannot read the scanner's secret ${path}: ${(err as Error).message}`, { hint: 'Remove it: the scanner makes a new one' });
     }
   }
+  // Made once, whole or not at all (a kill while it is written leaves no short secret behind).
   const secret = randomBytes(SECRET_BYTES);
-  const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
   try {
-    await fh.writeFile(secret);
-    await fh.sync();
-  } finally {
-    await fh.close();
+    await writeFileAtomically(path, secret, { exclusive: true });
+  } catch (err) {
+    // Another scanner process made it meanwhile: its secret is the one.
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return read();
+    throw err;
   }
   return secret;
 }
