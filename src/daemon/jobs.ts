@@ -445,7 +445,6 @@ export class JobRunner {
     }
   }
 
-
   syncStream(domain: string, req: SyncRequest): AsyncIterable<Record<string, unknown>> {
     return eventStream<SyncEvent>((emit) => this.sync(domain, req, emit));
   }

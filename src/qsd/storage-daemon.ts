@@ -11,6 +11,10 @@ import { isProgram, programOf, withParentDeathSignal } from '../util/setpriv.js'
 
 const QSD = 'qemu-storage-daemon';
 
+/** A storage daemon's private directory in the run directory: mkdtemp's name (six characters after the prefix). */
+const QSD_DIR_PREFIX = 'qsd-';
+const QSD_DIR = new RegExp(`^${QSD_DIR_PREFIX}[A-Za-z0-9]{6}$`);
+
 export interface QsdImage {
   /** Names the node: the format node is called `NODE_PREFIX + target`. */
   target: string;
@@ -92,7 +96,7 @@ async function runStorageDaemon<T>(
   const { signal } = opts;
   const what = `qemu-storage-daemon for ${domain}`;
   if (signal?.aborted) throw abortReason(signal, what);
-  const dir = await mkdtemp(join(runDir, 'qsd-'));
+  const dir = await mkdtemp(join(runDir, QSD_DIR_PREFIX));
   const qmpSocket = join(dir, 'qmp.sock');
   const args: string[] = [];
   const nodes = images.map((img) => {
@@ -216,7 +220,7 @@ async function exitedOrZombie(pid: number): Promise<boolean> {
 export async function removeStaleStorageDaemonDirs(runDir: string): Promise<number> {
   let n = 0;
   for (const e of await readdir(runDir, { withFileTypes: true }).catch(() => [])) {
-    if (!e.isDirectory() || !/^qsd-[A-Za-z0-9]{6}$/.test(e.name)) continue;
+    if (!e.isDirectory() || !QSD_DIR.test(e.name)) continue;
     await rm(join(runDir, e.name), { recursive: true, force: true }).then(() => { n++; }, () => undefined);
   }
   return n;

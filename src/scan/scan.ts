@@ -20,6 +20,7 @@ import type { Logger } from '../util/log.js';
 import { NotRegularFileError, readRegularFile } from '../util/regular-file.js';
 import { UsageError, VirtcbtError, errorMessage } from '../util/errors.js';
 import { ScannerUnreachableError, postScan, probeScanner, type ScannerConfig } from './client.js';
+import { scanConsumerName, scanRecordDir } from './names.js';
 import type { ScanJob, ScanResult as ProtocolResult } from './protocol.js';
 
 export interface ScanContext {
@@ -151,7 +152,7 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
     });
   }
   const notes: string[] = [];
-  const records = join(deps.stateDir, 'scan', encodeURIComponent(domain));
+  const records = scanRecordDir(deps.stateDir, domain);
   let snap: Snapshot | undefined;
   let leftQueue = false;
   const inQueue = <T>(fn: () => Promise<T>): Promise<T> => (leftQueue && deps.inQueue ? deps.inQueue(fn) : fn());
@@ -318,11 +319,6 @@ export async function runScan(ctx: ScanContext, req: ScanRequest, deps: ScanDeps
   }
 }
 
-/** The change-log consumer of a scanner: each has its own history. */
-export function scanConsumerName(scanner: string): string {
-  return `scan.${scanner}`.slice(0, 64);
-}
-
 /** A change-log state as an owner-index token (ScanJob.ownerIndex): the log's identity and a generation. */
 function indexState(logId: string, generation: number): string {
   return `${logId.replace(/[^A-Za-z0-9._:-]/g, '_').slice(0, 100)}.${generation}`;
@@ -352,9 +348,9 @@ function isLastScan(v: unknown): v is LastScan {
     && n(l.filesOpened) && n(l.infected) && n(l.notScanned) && n(l.skipped);
 }
 
-/** The record of `scanner` for the domain whose record directory is `dir` (a record not virtcbtd's reads as `unreadable`). */
+/** The record of `scanner` for `domain` (a record not virtcbtd's reads as `unreadable`). */
 export async function readScanRecord(stateDir: string, domain: string, scanner: string): Promise<ScanRecord> {
-  return readRecord(join(stateDir, 'scan', encodeURIComponent(domain)), scanner);
+  return readRecord(scanRecordDir(stateDir, domain), scanner);
 }
 
 async function readRecord(dir: string, scanner: string): Promise<ScanRecord> {

@@ -6,7 +6,8 @@ import type { ChangeLog } from '../changelog/index.js';
 import { totalBytes } from '../extent/index.js';
 import { NotFoundError } from '../util/errors.js';
 import { quarantineStatus } from './quarantine.js';
-import { readScanRecord, scanConsumerName, type LastScan } from './scan.js';
+import { scanConsumerName } from './names.js';
+import { readScanRecord, type LastScan } from './scan.js';
 
 export interface ScanStatus {
   domain: string;

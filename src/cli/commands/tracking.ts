@@ -4,6 +4,7 @@ import { parse, domainArg } from '../args.js';
 import { EXIT, type Command, type CommandContext } from '../command.js';
 import { callDaemon, daemonSocket } from '../daemon-client.js';
 import { emit, formatBytes } from '../output.js';
+import { scannerOfConsumer } from '../../scan/names.js';
 import { isSyncConsumer, seedPinOwner } from '../../sync/target.js';
 import { UsageError } from '../../util/errors.js';
 
@@ -126,7 +127,7 @@ consumer's last completed pass, or says the pass must be full. Moves nothing.`,
 export function consumerRole(name: string): string {
   if (seedPinOwner(name) !== undefined) return ' (keeps the history an interrupted seed resumes from; goes with that sync)';
   if (isSyncConsumer(name)) return ' (a sync target: virtcbt sync status)';
-  // scanConsumerName's (src/scan/scan.ts, not loaded by the CLI for this).
-  if (name.startsWith('scan.')) return ` (scanner ${name.slice('scan.'.length)}: virtcbt scan status)`;
+  const scanner = scannerOfConsumer(name);
+  if (scanner !== undefined) return ` (scanner ${scanner}: virtcbt scan status)`;
   return '';
 }
