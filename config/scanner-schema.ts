@@ -9,7 +9,8 @@ export interface ScannerConfig {
   allowedClients: string[];
   /** ca-cert.pem, client-cert.pem, client-key.pem presented to the hypervisors' NBD exports. */
   nbdTlsDir: string;
-  clamd: { socket: string; timeoutSeconds: number };
+  /** spoolDir: files handed to clamd by path from here (clamd-spool.ts); empty: INSTREAM only. */
+  clamd: { socket: string; timeoutSeconds: number; spoolDir: string; spoolMaxFileBytes: number };
   limits: { maxFileBytes: number; maxFiles: number; maxSeconds: number; streamMaxLength: number; concurrency: number };
   /** Jobs run at once; more are answered 503. */
   maxJobs: number;
@@ -52,6 +53,14 @@ export const scannerSchema: Schema<ScannerConfig> = {
   clamd: {
     socket: { doc: 'clamd\'s unix socket (clamd.conf LocalSocket).', format: absolute('clamd.socket'), default: '/run/clamav/clamd.ctl', env: 'VIRTCBT_SCANNER_CLAMD_SOCKET' },
     timeoutSeconds: { doc: 'One file\'s scan may take this long before clamd counts as hung.', format: positive('clamd.timeoutSeconds'), default: 300 },
+    spoolDir: {
+      doc: 'A directory clamd can read (a tmpfs: the unit\'s RuntimeDirectory) where each file is written for clamd to scan by path, which costs clamd less CPU than INSTREAM. Until clamd reads it (its user in the directory\'s group, its AppArmor profile), files go by INSTREAM and the log says why. Empty: INSTREAM only.',
+      format: (v: unknown) => {
+        if (typeof v !== 'string' || (v !== '' && !v.startsWith('/')) || /[\0-\x1f]/.test(v)) throw new Error('clamd.spoolDir must be an absolute path without control characters, or empty for none');
+      },
+      default: '/run/virtcbt-scanner', env: 'VIRTCBT_SCANNER_CLAMD_SPOOL_DIR',
+    },
+    spoolMaxFileBytes: { doc: 'Larger files go to clamd by INSTREAM: the spool holds at most limits.concurrency files of this size.', format: positive('clamd.spoolMaxFileBytes'), default: 32 * MiB },
   },
   limits: {
     maxFileBytes: { doc: 'Files larger than this are skipped and reported.', format: positive('limits.maxFileBytes'), default: 100 * MiB },

@@ -1,9 +1,10 @@
 // virtcbt-scanner in its own network namespace reads ext4 images over NBD with TLS and has a real
 // clamd scan them: the EICAR-like file is found with its path, signature, size and sha256; a clean
 // image is clean and complete; an XFS image is reported as not scanned, never clean; hit limits
-// (file size, file count) are reported with the files they skipped.
+// (file size, file count) are reported with the files they skipped. Files reach clamd by path from
+// the scanner's spool directory, which is empty again after the job.
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -82,6 +83,9 @@ describe('virtcbt-scanner over TLS', () => {
     expect(res.limitsHit).toEqual([{ limit: 'maxFileBytes', value: 64 * MiB, files: 1 }]);
     expect(res.complete).toBe(false);
     expect(res.scanned.nbdBytesRead).toBeGreaterThanOrEqual(res.scanned.bytesRead - 30 * MiB);
+    // clamd read each file from the scanner's spool (by path, not INSTREAM), and the spool is empty again.
+    expect(res.clamdHandoff).toEqual({ spooled: FILES_IN_INFECTED - 1, streamed: 0 });
+    expect(readdirSync(join(w.dir, 'spool'))).toEqual([]);
   });
 
   it('reports a clean image as clean and complete', async () => {

@@ -1,36 +1,15 @@
 // The repository's rules for the qemu-nbd processes that serve its images (the copy room's serveImage): a chain is
 // opened as the manifests give it, a leftover qemu-nbd is killed only when it serves files of its chain directory,
 // and restores and verifies keep their sockets in private temp directories the next run can sweep.
-import { readFileSync } from 'node:fs';
 import { mkdtemp, readdir, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
 import { qemuNbdFiles, serveImage, type ServeOptions, type ServedImage } from '../copy/index.js';
 import { pollUntil } from '../util/abort.js';
+import { pidAlive } from '../util/process.js';
 import { chainSpec } from './chain.js';
 
-/** Whether `pid` runs (a zombie does not: under an init that does not reap, kill(pid, 0) would say yes). */
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
-  }
-  try {
-    const stat = require_stat(pid);
-    return stat === undefined || !/^\d+ \(.*\) [ZX]/s.test(stat);
-  } catch {
-    return true;
-  }
-}
-
-function require_stat(pid: number): string | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
+export { pidAlive };
 
 /**
  * Kills a qemu-nbd left behind by a killed backup or prune of the chain directory `chainDir`. The pid comes from the

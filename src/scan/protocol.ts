@@ -129,6 +129,11 @@ export interface ScanResult {
    * relinked extent tree) is read then. Absent from older scanners.
    */
   unowned?: UnownedExtents[];
+  /**
+   * How files reached clamd: by the path of a spool file clamd reads (spooled) or as an INSTREAM
+   * stream (streamed), and why not by path when some were streamed. Absent from older scanners.
+   */
+  clamdHandoff?: { spooled: number; streamed: number; why?: string };
   seconds: number;
 }
 

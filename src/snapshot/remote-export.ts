@@ -22,11 +22,11 @@ import { existsSync } from 'node:fs';
 import { readFile, readdir, realpath, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { VirtcbtConfig } from '../config/index.js';
-import { pidAlive } from '../repo/index.js';
 import { QSD, checkTlsServerOptions, startTlsNbdServer, type TlsNbdServer, type TlsNbdServerEnd, type TlsServerSettingNames } from '../tls/index.js';
 import { abortReason, pollUntil } from '../util/abort.js';
 import { UsageError, VirtcbtError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import { pidAlive } from '../util/process.js';
 import { isProgram, programOf } from '../util/setpriv.js';
 
 /** The front end's pid file in the run directory: its name on the command line is how a stale one is recognised. */

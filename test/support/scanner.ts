@@ -100,7 +100,9 @@ export async function startScanner(dir: string, config: object, ns?: NetNs, asUs
   const file = join(dir, `scanner-${Math.random().toString(16).slice(2)}.json`);
   // Nothing saved across restarts unless a test asks (ownerIndex.saveDir): the default is the host's /var/lib.
   const ownerIndex = { saveDir: '', ...(config as { ownerIndex?: object }).ownerIndex };
-  writeFileSync(file, JSON.stringify({ ...config, ownerIndex }), { mode: 0o644 });
+  // Nor a spool in the host's /run (the default) unless a test names one (clamd.spoolDir).
+  const clamd = { spoolDir: '', ...(config as { clamd?: object }).clamd };
+  writeFileSync(file, JSON.stringify({ ...config, ownerIndex, clamd }), { mode: 0o644 });
   // As the unit runs it: an unprivileged user with no capabilities and no supplementary groups.
   if (asUser) letOthersReach(SCANNER_MAIN);
   const node = asUser ? ['setpriv', `--reuid=${asUser}`, `--regid=${asUser === 'nobody' ? 'nogroup' : asUser}`, '--clear-groups', '--inh-caps=-all', '--', process.execPath] : [process.execPath];
@@ -210,6 +212,10 @@ export async function scannerWorld(dir: string): Promise<ScannerWorld> {
   const gid = Number((await execa('id', ['-g', 'nobody'])).stdout);
   chmodSync(dir, 0o711);
   chmodSync(join(dir, 'clamd'), 0o711);
+  // The scanner's spool (clamd.spoolDir): its own, as the unit's RuntimeDirectory is; clamd (root here) reads it.
+  const spoolDir = join(dir, 'spool');
+  mkdirSync(spoolDir, { mode: 0o750 });
+  chownSync(spoolDir, uid, gid);
   for (const d of [scannerNbdDir, scannerTlsDir]) {
     chownSync(d, uid, gid);
     for (const f of ['ca-cert.pem', 'client-cert.pem', 'client-key.pem', 'server-cert.pem', 'server-key.pem']) {
@@ -223,7 +229,7 @@ export async function scannerWorld(dir: string): Promise<ScannerWorld> {
       tlsDir: scannerTlsDir,
       allowedClients: ['CN=hv1'],
       nbdTlsDir: scannerNbdDir,
-      clamd: { socket: clamd.socket, timeoutSeconds: 60 },
+      clamd: { socket: clamd.socket, timeoutSeconds: 60, spoolDir },
       limits: { maxFileBytes: 64 * 1024 * 1024, maxFiles: 100_000, maxSeconds: 600, streamMaxLength: clamd.streamMaxLength, concurrency: 4, ...extra.limits },
       maxJobs: 2,
       log: { level: 'info' },

@@ -1,4 +1,6 @@
-// A clamd client for INSTREAM over its unix socket: sessions (IDSESSION) carry file after file, one session per file in flight, so every clamd thread is busy.
+// A clamd client over its unix socket: sessions (IDSESSION) carry file after file, one session per
+// file in flight, so every clamd thread is busy. A file goes as an INSTREAM stream, or by the path
+// of a spool file clamd can read (SCAN; clamd-spool.ts).
 import { connect, type Socket } from 'node:net';
 import { VirtcbtError } from '../../util/errors.js';
 
@@ -22,14 +24,21 @@ export function chunkHeader(length: number): Buffer {
   return h;
 }
 
-/** Parses clamd's reply to zINSTREAM ("stream: OK", "stream: NAME FOUND", "... ERROR"), NUL-terminated. */
-export function parseReply(reply: string): ClamdVerdict {
+/**
+ * Parses clamd's reply to zINSTREAM ("stream: OK", "stream: NAME FOUND", "... ERROR") or to zSCAN
+ * of `subject`, a path ("PATH: OK", ...), NUL-terminated.
+ */
+export function parseReply(reply: string, subject = 'stream'): ClamdVerdict {
   const r = reply.replace(/\0+$/, '').trim();
-  if (r === 'stream: OK') return { status: 'clean' };
-  const found = /^stream: (.+) FOUND$/.exec(r);
-  if (found) return { status: 'found', signature: found[1]! };
+  const prefix = `${subject}: `;
+  if (r.startsWith(prefix)) {
+    const rest = r.slice(prefix.length);
+    if (rest === 'OK') return { status: 'clean' };
+    const found = /^(.+) FOUND$/.exec(rest);
+    if (found) return { status: 'found', signature: found[1]! };
+  }
   if (/ERROR$/.test(r)) return { status: 'error', message: r.replace(/ ERROR$/, '') };
-  throw new VirtcbtError(`clamd answered INSTREAM with something unexpected: ${JSON.stringify(r.slice(0, 200))}`, {
+  throw new VirtcbtError(`clamd answered ${subject === 'stream' ? 'INSTREAM' : `SCAN ${subject}`} with something unexpected: ${JSON.stringify(r.slice(0, 200))}`, {
     hint: 'Check that the socket is clamd\'s (clamd.conf LocalSocket)',
   });
 }
@@ -173,6 +182,30 @@ export class ClamdSession {
       }
       await send([...held, END]);
       const verdict = parseReply((await reply).replace(/^\d+: /, ''));
+      if (verdict.status === 'error') this.close();
+      return verdict;
+    } catch (err) {
+      this.broken = true;
+      s.destroy();
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Has clamd scan the file at `path` (SCAN: one file, archives opened as for a stream) and returns
+   * its verdict. The path comes from the spool (no newline, no NUL).
+   */
+  async scanPath(path: string): Promise<ClamdVerdict> {
+    if (this.broken) throw this.ended ?? new VirtcbtError(`clamd session on ${this.socketPath} is closed`);
+    const s = this.s;
+    const reply = new Promise<string>((resolve, reject) => { this.waiting = { resolve, reject }; });
+    reply.catch(() => undefined);
+    const timer = setTimeout(() => { this.broken = true; s.destroy(new Error(`no answer within ${this.timeoutMs} ms`)); }, this.timeoutMs);
+    try {
+      s.write(`zSCAN ${path}\0`);
+      const verdict = parseReply((await reply).replace(/^\d+: /, ''), path);
       if (verdict.status === 'error') this.close();
       return verdict;
     } catch (err) {

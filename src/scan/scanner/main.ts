@@ -47,6 +47,7 @@ async function main(): Promise<void> {
   const server = await startScannerServer({
     host: cfg.listen.host, port: cfg.listen.port, tlsDir: cfg.tlsDir, allowedClients: cfg.allowedClients,
     nbdTlsDir: cfg.nbdTlsDir, clamdSocket: cfg.clamd.socket, clamdTimeoutMs: cfg.clamd.timeoutSeconds * 1000,
+    clamdSpoolDir: cfg.clamd.spoolDir, clamdSpoolMaxFileBytes: cfg.clamd.spoolMaxFileBytes,
     limits: cfg.limits, maxJobs: cfg.maxJobs, ownerIndexBytes, ownerIndexes, log,
   });
   // Tests and scripts read the port (listen.port 0) from this line.

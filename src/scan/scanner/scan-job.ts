@@ -12,6 +12,7 @@ import { errorMessage, UsageError } from '../../util/errors.js';
 const why = (err: FilesystemError) => err.message;
 import type { InfectedFile, LimitHit, LimitName, NotScanned, ScanEvent, ScanJob, ScanResult, SkippedFile, SkipReason } from '../protocol.js';
 import type { ClamdClient, ClamdSession, ClamdVerdict } from './clamd.js';
+import { SpoolFile, SpoolWriteError, type ClamdSpool } from './clamd-spool.js';
 import { OwnerIndexStore } from './owner-indexes.js';
 
 export interface ScanLimits {
@@ -29,6 +30,8 @@ export interface ScanLimits {
 
 export interface ScanJobOptions {
   clamd: ClamdClient;
+  /** Files handed to clamd by path where it can read them (clamd-spool.ts); INSTREAM otherwise. */
+  spool?: ClamdSpool;
   /** ca-cert.pem, client-cert.pem, client-key.pem the scanner presents to NBD exports. */
   nbdTlsDir: string;
   limits: ScanLimits;
@@ -216,7 +219,11 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
   };
   let scannedCount = 0;
 
-  const scanFile = async (t: FileTask, clamdScan: (chunks: AsyncIterable<Uint8Array>) => Promise<ClamdVerdict>, ring: ChunkRing): Promise<void> => {
+  // Whether this job hands files to clamd by path: probed once per job until clamd reads the spool.
+  const spooling = o.spool ? await o.spool.ready(o.clamd, o.signal) : false;
+  const handoff: { spooled: number; streamed: number; why?: string } = { spooled: 0, streamed: 0 };
+
+  const scanFile = async (t: FileTask, clamdScan: (read: () => AsyncIterable<Uint8Array>, size: number) => Promise<ClamdVerdict>, ring: ChunkRing): Promise<void> => {
     if (timeCtl.signal.aborted) return v.skip(t, 'time limit', { name: 'maxSeconds', value: o.limits.maxSeconds });
     if (o.signal?.aborted) return;
     let inode;
@@ -236,11 +243,15 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     const fileSignal = signal;
     // Its digests are kept only once it was read in whole and found clean.
     t.digests?.keep(undefined);
-    const granules = t.digests && new GranuleDigestSession(t.digests.key);
-    const onPiece = granules && ((at: number, b: Buffer) => granules.add(at, b));
+    let granules: GranuleDigestSession | undefined;
     // Chunks come from the worker's ring: clamd's session sends one while the next is read, and
-    // holds at most one back (the ring has room for both and one more).
+    // holds at most one back (the ring has room for both and one more). Read again from the start
+    // when a spool file could not be written and the file goes by INSTREAM instead.
     async function* chunks() {
+      bytes = 0;
+      const g = t.digests && new GranuleDigestSession(t.digests.key);
+      granules = g;
+      const onPiece = g && ((at: number, b: Buffer) => g.add(at, b));
       for await (const c of t.fs.readChunks(inode!, { ring, onPiece })) {
         if (fileSignal.aborted) throw fileSignal.reason ?? new Error('aborted');
         bytes += c.length;
@@ -249,7 +260,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     }
     let verdict;
     try {
-      verdict = await clamdScan(chunks());
+      verdict = await clamdScan(chunks, inode.size);
     } catch (err) {
       if (timeCtl.signal.aborted && !o.signal?.aborted) return v.skip(t, 'time limit', { name: 'maxSeconds', value: o.limits.maxSeconds });
       if (err instanceof FilesystemError) return v.skip(t, 'unreadable', undefined, why(err));
@@ -281,15 +292,37 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     const source = (async function* () { yield* tasks; })();
     const worker = async () => {
       let session: ClamdSession | undefined;
+      // The session's spool file: rewritten for each file, gone with the session.
+      let spoolFile: SpoolFile | undefined;
+      let spoolFailed = false;
       const ring = new ChunkRing(3);
-      const clamdScan = async (chunks: AsyncIterable<Uint8Array>) => {
-        if (!session || session.broken) session = await o.clamd.session(signal);
-        return session.scan(chunks);
+      const clamdScan = async (read: () => AsyncIterable<Uint8Array>, size: number) => {
+        if (!session || session.broken) {
+          await spoolFile?.remove();
+          spoolFile = undefined;
+          session = await o.clamd.session(signal);
+        }
+        if (spooling && !spoolFailed && o.spool!.takes(size)) {
+          try {
+            spoolFile ??= SpoolFile.create(o.spool!.dir);
+            await spoolFile.fill(read());
+            handoff.spooled++;
+            return await session.scanPath(spoolFile.path);
+          } catch (err) {
+            if (!(err instanceof SpoolWriteError) && (err as NodeJS.ErrnoException).syscall !== 'open') throw err;
+            // A full spool: this worker streams from now on (the file is read again from the start).
+            spoolFailed = true;
+            handoff.why ??= errorMessage(err);
+          }
+        }
+        handoff.streamed++;
+        return session.scan(read());
       };
       try {
         for (let next = await source.next(); !next.done; next = await source.next()) await scanFile(next.value, clamdScan, ring);
       } finally {
         session?.close();
+        await spoolFile?.remove();
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, o.limits.concurrency) }, worker));
@@ -335,6 +368,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     limitsHit: [...v.limits.values()],
     complete: v.notScanned.length === 0 && v.skippedTotal === 0 && !o.signal?.aborted,
     unowned: [...v.unowned].map(([disk, extents]) => ({ disk, extents: toPairs(coarsen(extents, MAX_UNOWNED_EXTENTS)) })),
+    clamdHandoff: { ...handoff, ...(!handoff.why && !spooling && o.spool ? { why: spoolWhy(o.spool) } : {}) },
     seconds: (Date.now() - started) / 1000,
   };
 }
@@ -501,6 +535,12 @@ async function scanDisk(
  * A found file's sha256, read again from the snapshot (which does not change under it): hashing
  * only what was found spares every clean file's bytes a pass through SHA-256.
  */
+/** Why a job did not spool (the spool's last probe). */
+function spoolWhy(spool: ClamdSpool): string | undefined {
+  const st = spool.status();
+  return st.mode === 'instream' ? st.why : undefined;
+}
+
 async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
   const hash = createHash('sha256');
   for await (const c of fs.readChunks(inode)) hash.update(c);

@@ -10,6 +10,7 @@ import { errorMessage, UsageError, VirtcbtError } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
 import { NDJSON, SCAN_PATH, type ScanEvent } from '../protocol.js';
 import { ClamdClient } from './clamd.js';
+import { ClamdSpool } from './clamd-spool.js';
 import { OwnerIndexStore } from './owner-indexes.js';
 import { checkJob, runScanJob, type ScanJobOptions, type ScanLimits } from './scan-job.js';
 
@@ -24,6 +25,9 @@ export interface ScannerServerOptions {
   nbdTlsDir: string;
   clamdSocket: string;
   clamdTimeoutMs?: number;
+  /** Spool directory for handing files to clamd by path (clamd-spool.ts); empty or absent: INSTREAM only. */
+  clamdSpoolDir?: string;
+  clamdSpoolMaxFileBytes?: number;
   limits: ScanLimits;
   maxJobs: number;
   /** Memory for owner indexes kept between scans (0: none). */
@@ -75,6 +79,10 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
   const [ca, cert, key] = await Promise.all([read(SERVER_FILES.ca), read(SERVER_FILES.cert), read(SERVER_FILES.key)]);
   const allowed = new Set(o.allowedClients);
   const clamd = new ClamdClient(o.clamdSocket, o.clamdTimeoutMs);
+  const spool = new ClamdSpool(o.clamdSpoolDir ?? '', o.clamdSpoolMaxFileBytes ?? 32 * 1024 * 1024, (message, fields) => o.log.warn(message, fields));
+  // Spool files of a killed scanner hold a guest's file contents: gone before anything else runs.
+  await spool.sweep().then((n) => { if (n > 0) o.log.info('removed spool files a stopped scanner left', { dir: spool.dir, files: n }); },
+    (err: unknown) => o.log.warn('cannot prepare the spool directory (clamd.spoolDir): files go to clamd by INSTREAM', { dir: spool.dir, error: errorMessage(err) }));
   const jobs = new Map<string, AbortController>();
   const ownerIndexes = o.ownerIndexes ?? (o.ownerIndexBytes ? new OwnerIndexStore(o.ownerIndexBytes) : undefined);
 
@@ -87,7 +95,7 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
     }
     if (req.method === 'GET' && req.url === '/v1/status') {
       const version = await clamd.command('VERSION').catch((err) => `unreachable: ${errorMessage(err)}`);
-      return sendJson(res, 200, { clamd: version, jobs: [...jobs.keys()], ownerIndexes: ownerIndexes?.status() ?? { kept: 0, bytes: 0, maxBytes: 0 } });
+      return sendJson(res, 200, { clamd: version, clamdHandoff: spool.status(), jobs: [...jobs.keys()], ownerIndexes: ownerIndexes?.status() ?? { kept: 0, bytes: 0, maxBytes: 0 } });
     }
     if (req.url !== SCAN_PATH) return sendJson(res, 404, { error: `no ${req.url}`, hint: `POST ${SCAN_PATH}` });
     if (req.method !== 'POST') return sendJson(res, 405, { error: `${req.method} not allowed`, hint: `POST ${SCAN_PATH}` });
@@ -108,7 +116,7 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
     o.log.info('scan job accepted', { job: job.id, domain: job.domain, from: who, disks: job.disks.length });
     emit({ type: 'accepted', id: job.id, domain: job.domain, disks: job.disks.length });
     try {
-      const jobOpts: ScanJobOptions = { clamd, nbdTlsDir: o.nbdTlsDir, limits: o.limits, emit, signal: ctl.signal, allowPlainNbd: o.allowPlainNbd,
+      const jobOpts: ScanJobOptions = { clamd, spool, nbdTlsDir: o.nbdTlsDir, limits: o.limits, emit, signal: ctl.signal, allowPlainNbd: o.allowPlainNbd,
         ownerIndexes: ownerIndexes && { store: ownerIndexes, client: who },
         // Only when debug lines are written: an incremental scan looks up paths for this log alone.
         onFile: o.log.level === 'debug' ? (disk, partition, path) => o.log.debug('file opened', { job: job.id, disk, partition, path }) : undefined };
