@@ -11,7 +11,8 @@
 // which the two images differ (what a 64 KiB dirty bitmap records). Medians of --runs runs.
 // Loopback: the NBD figures are TLS and the extra hop on this host, not a network.
 // Run: npx tsc -p tsconfig.json && node dist/bench/scan-vs-clamdscan.js [--runs 3] [--files 3000] [--mib 300] [--sigs 100000]
-// [--rows 1,2,4] (only those rows) [--trace] (event arrival times, CPU of scanner and front end apart);
+// [--rows 1,2,4] (only those rows) [--trace] (event arrival times, CPU of scanner and front end apart)
+// [--handoff spool|instream] (files to clamd by path from a spool on tmpfs, the default, or INSTREAM);
 // BENCH_SCANNER_NODE_ARGS="--cpu-prof ..." in the environment profiles virtcbt-scanner.
 import { spawn } from 'node:child_process';
 import { randomBytes, randomFillSync } from 'node:crypto';
@@ -34,6 +35,9 @@ const GUEST_SCANS = flag('guest-scans', 5);
 const GRANULE = 64 * 1024;
 /** Prints when each event of a scan's response arrived (stderr). */
 const TRACE = process.argv.includes('--trace');
+/** How the scanner hands files to clamd: by path from a spool on tmpfs (its default), or INSTREAM (spoolDir ""). */
+const HANDOFF = process.argv.includes('--handoff') ? process.argv[process.argv.indexOf('--handoff') + 1] : 'spool';
+if (HANDOFF !== 'spool' && HANDOFF !== 'instream') throw new Error('--handoff takes spool or instream');
 /** Rows to run, by number (1 full, 2 clamdscan, 3 clamscan, 4 incremental, 5 clamdscan --stream, 6 incremental without an owner index); all unless given. */
 const ROWS = process.argv.includes('--rows') ? (process.argv[process.argv.indexOf('--rows') + 1] ?? '').split(',').map(Number) : [];
 const MiB = 2 ** 20;
@@ -231,11 +235,13 @@ try {
   const scannerTls = await issueServerCredentials(ca, join(t, 'scanner-tls'), { cn: 'localhost', ipAddresses: ['127.0.0.1'], days: 1 });
   const hv = await issueClientCredentials(ca, join(t, 'hv1'), { cn: 'hv1', days: 1 });
 
-  // The scanner.
+  // The scanner, its spool on tmpfs as the unit's RuntimeDirectory is.
+  const spoolDir = existsSync('/dev/shm') ? mkdtempSync(join('/dev/shm', 'virtcbt-bench-spool-')) : join(t, 'spool');
+  onExit.push(() => rmSync(spoolDir, { recursive: true, force: true }));
   const cfg = join(t, 'scanner.json');
   writeFileSync(cfg, JSON.stringify({
     listen: { host: '127.0.0.1', port: 0 }, tlsDir: scannerTls, allowedClients: ['CN=hv1'], nbdTlsDir: scannerNbd,
-    clamd: { socket, timeoutSeconds: 120 },
+    clamd: { socket, timeoutSeconds: 120, spoolDir: HANDOFF === 'spool' ? spoolDir : '', spoolMaxFileBytes: 128 * MiB },
     limits: { maxFileBytes: 128 * MiB, maxFiles: 1_000_000, maxSeconds: 3600, streamMaxLength: 128 * MiB, concurrency: THREADS },
     maxJobs: 2, log: { level: 'info' }, ownerIndex: { saveDir: '' },
   }));
@@ -331,7 +337,7 @@ try {
   };
   await multiscan();
 
-  interface Row { name: string; walls: number[]; cpu: number[]; clamdCpu: number[]; bytes: number; nbd?: number; fileData?: number; files?: number; found?: string }
+  interface Row { name: string; walls: number[]; cpu: number[]; clamdCpu: number[]; bytes: number; nbd?: number; fileData?: number; files?: number; found?: string; handoff?: ScanResult['clamdHandoff'] }
   const rows: Row[] = [
     { name: 'virtcbt-scanner full scan, NBD+TLS', walls: [], cpu: [], clamdCpu: [], bytes: fileBytes },
     { name: haveClamdscan ? 'clamdscan --multiscan --fdpass, local files' : 'clamd MULTISCAN (clamdscan --multiscan\'s request, no fdpass), local files', walls: [], cpu: [], clamdCpu: [], bytes: fileBytes },
@@ -361,6 +367,7 @@ try {
         r.fileData = result.scanned.bytesRead;
         r.files = result.scanned.filesOpened;
         r.found = result.infected.map((f) => `${f.path} ${f.signature}`).join(', ') || 'none';
+        r.handoff = result.clamdHandoff;
         if (!result.complete) throw new Error(`scan not complete: ${JSON.stringify(result).slice(0, 2000)}`);
       } else {
         const s = j === 1 ? await multiscan() : await timed('sh', wrap(j === 4 ? clamdscanStream : clamscan), t);
@@ -372,7 +379,7 @@ try {
   }
   const fmt = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' ');
   console.log(`Scan: ${FILES + 1} files, ${(fileBytes / MiB).toFixed(0)} MiB of file data (random bytes, one EICAR-like file), ext4 image of ${(imgBytes / MiB).toFixed(0)} MiB; ` +
-    `${SIGS} random 16-byte .ndb body signatures + 1; clamd MaxThreads ${THREADS}, scanner concurrency ${THREADS}; ${runs} runs, order rotated; ` +
+    `${SIGS} random 16-byte .ndb body signatures + 1; clamd MaxThreads ${THREADS}, scanner concurrency ${THREADS}, hand-off to clamd: ${HANDOFF}; ${runs} runs, order rotated; ` +
     `load average before ${loadBefore}, after ${load()}; ${envNote()}`);
   console.log('CPU: scanner rows: virtcbt-scanner + the TLS front ends (/proc/PID/stat); clamdscan/clamscan rows: the command\'s own; clamd CPU separately');
   console.log('');
@@ -386,6 +393,8 @@ try {
   });
   console.log('');
   console.log(`found: full ${rows[0]!.found}; incremental ${rows[3]!.found}`);
+  const h = rows[0]!.handoff;
+  if (h) console.log(`full scan's hand-off to clamd: ${h.spooled} files by path from the spool, ${h.streamed} by INSTREAM${h.why ? ` (${h.why})` : ''}`);
   console.log(`full scan / clamdscan --multiscan throughput: ${(w[1]! / w[0]!).toFixed(2)}x (target >= 0.8x); full scan / clamscan -r: ${(w[2]! / w[0]!).toFixed(2)}x`);
   console.log(`incremental speed-up vs full: ${(w[0]! / w[3]!).toFixed(1)}x (target >= 20x)`);
   if (rows[5]!.walls.length) {
