@@ -10,7 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ChangeLog } from '../src/changelog/index.js';
 import { forEachRun } from '../src/changelog/page-codec.js';
 import {
-  BLOCK, BLOCKS, bitmapName, CONSUMER, DOMAIN, PASS_EVERY, STRIDE, TARGET,
+  BLOCK, BLOCKS, CONSUMER, DOMAIN, PASS_EVERY, STRIDE, TARGET,
 } from './support/changelog-kill-plan.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));

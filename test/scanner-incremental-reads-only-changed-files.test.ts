@@ -3,7 +3,6 @@
 // blocks and reads a small part of what a full scan reads over NBD; the newly written infected
 // file is found; a job whose extents touch nothing there opens no file.
 import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -12,7 +11,7 @@ import { pollUntil } from '../src/util/abort.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { changedGranules, makeFs, MiB } from './support/ext-images.js';
 import { lcg, tempDir } from './support/nbd-servers.js';
-import { EICAR, postScan, scannerWorld, SIGNATURE, startScanner, type RunningScanner, type ScannerWorld } from './support/scanner.js';
+import { EICAR, getScannerStatus, postScan, scannerWorld, SIGNATURE, startScanner, type RunningScanner, type ScannerWorld } from './support/scanner.js';
 
 useCleanup();
 
@@ -73,22 +72,6 @@ async function openedPaths(jobId: string, via = scanner): Promise<string[]> {
 }
 
 const changedBytes = (x: ExtentPair[]) => x.reduce((n, e) => n + e[1], 0);
-
-/** GET /v1/status of a scanner, with the hypervisor's client certificate. */
-function getStatus(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = httpsRequest(new URL('/v1/status', url), {
-      ca: readFileSync(join(w.hv, 'ca-cert.pem')), cert: readFileSync(join(w.hv, 'client-cert.pem')), key: readFileSync(join(w.hv, 'client-key.pem')),
-    }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { body += c; });
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`status ${res.statusCode}: ${body}`))));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 /** Where the last job's changed-block owners came from (its filesystem event). */
 let ownersFrom: unknown;
@@ -228,7 +211,7 @@ describe('an incremental scan', () => {
     // their own bytes there match the digests taken when the full scan read them.
     expect(withIndex).toEqual(['/data/dropped.txt', '/data/file-007.bin', '/data/file-200.bin']);
     // The scanner's status shows what it keeps.
-    const status = JSON.parse(await getStatus(scanner.url));
+    const status = JSON.parse(await getScannerStatus(w.hv, scanner.url));
     expect(status.ownerIndexes.kept).toBeGreaterThanOrEqual(1);
     expect(status.ownerIndexes.bytes).toBeGreaterThan(0);
     expect(status.ownerIndexes.bytes).toBeLessThanOrEqual(status.ownerIndexes.maxBytes);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import type { GuestAgent } from '../../src/guest/index.js';
 import { virsh, type LibvirtGuest } from './libvirt.js';
-import { KiB, MiB } from './files.js';
+import { KiB } from './files.js';
 
 // Guest-side helpers; the plain ones live in files.ts (re-exported here for the files that use both).
 export { KiB, MiB, sameContent, tempDir } from './files.js';

@@ -1,6 +1,6 @@
 // Runs a real virtcbtd for a test: its own state, run and QMP-socket directories, the libvirt hook
 // installed to spool into that state directory, and a CLI runner pointed at the same config.
-import { execa, type ResultPromise } from 'execa';
+import { execa } from 'execa';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, rename, rm, writeFile, chmod } from 'node:fs/promises';

@@ -30,7 +30,7 @@ export interface Clamd {
 }
 
 /** Starts clamd in the foreground on a private socket with only our signature; resolves once it answers PING. */
-export async function startClamd(dir: string, o: { threads?: number; streamMaxLength?: number } = {}): Promise<Clamd> {
+export async function startClamd(dir: string, o: { threads?: number; streamMaxLength?: number; wrap?: string[] } = {}): Promise<Clamd> {
   mkdirSync(join(dir, 'db'), { recursive: true });
   writeFileSync(join(dir, 'db', 'virtcbt-test.ndb'), NDB);
   const socket = join(dir, 'clamd.sock');
@@ -40,7 +40,9 @@ export async function startClamd(dir: string, o: { threads?: number; streamMaxLe
     `LocalSocket ${socket}`, `DatabaseDirectory ${join(dir, 'db')}`, 'Foreground yes', `LogFile ${join(dir, 'clamd.log')}`,
     `MaxThreads ${o.threads ?? 4}`, `StreamMaxLength ${streamMaxLength}`, `TemporaryDirectory ${dir}`, 'SelfCheck 0',
   ].join('\n') + '\n');
-  const child = spawn('clamd', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // wrap: a command clamd runs under (e.g. in a mount namespace of its own).
+  const cmd = [...(o.wrap ?? []), 'clamd', '-c', conf];
+  const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => { stderr += c.toString(); });
   const untrack = trackChild(child.pid!);
@@ -132,6 +134,22 @@ export interface PostResult {
   events: ScanEvent[];
   result?: ScanResult;
   body: string;
+}
+
+/** GET /v1/status of a scanner with the client credentials in `certDir`: the body, or a rejection for a status other than 200. */
+export function getScannerStatus(certDir: string, url: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = request(new URL('/v1/status', url), {
+      ca: readFileSync(join(certDir, 'ca-cert.pem')), cert: readFileSync(join(certDir, 'client-cert.pem')), key: readFileSync(join(certDir, 'client-key.pem')),
+    }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => { body += c; });
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`status ${res.statusCode}: ${body}`))));
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** POSTs a job (or anything) to the scanner with the client credentials in `certDir` (ca-cert.pem, and client-cert/key.pem when there). */

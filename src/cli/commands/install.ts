@@ -117,7 +117,10 @@ With --scanner (on a scanner host): virtcbt-scanner.service, a virtcbt-scanner w
         ...plan.files.map((f) => `${verb} ${join(root, f.path)}`),
         ...(conf ? [`wrote ${conf} (an example: edit listen, allowedClients and the credential directories)`] : []),
         'next: `useradd --system --no-create-home --shell /usr/sbin/nologin virtcbt-scanner`; the credentials in',
-        `      tlsDir and nbdTlsDir (\`virtcbt certs\`, keys readable by that user); clamd running; then`,
+        `      tlsDir and nbdTlsDir (\`virtcbt certs\`, keys readable by that user); clamd running and reading`,
+        `      the spool (clamd.spoolDir): \`usermod -aG virtcbt-scanner clamav\`, "/run/virtcbt-scanner/** r," in`,
+        '      /etc/apparmor.d/local/usr.sbin.clamd, `apparmor_parser -r /etc/apparmor.d/usr.sbin.clamd`,',
+        '      `systemctl restart clamav-daemon`; then',
         '      `systemctl daemon-reload && systemctl enable --now virtcbt-scanner`',
       ]);
       return EXIT.OK;

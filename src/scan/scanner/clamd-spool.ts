@@ -59,21 +59,24 @@ export class SpoolFile {
    * they are a copy into memory, and the asynchronous ones cost ~10x the CPU in the thread pool.
    */
   async fill(chunks: AsyncIterable<Uint8Array>): Promise<number> {
-    if (this.fd === undefined) throw new SpoolWriteError(`spool file ${this.path} is closed`);
+    const fd = this.fd;
+    if (fd === undefined) throw new SpoolWriteError(`spool file ${this.path} is closed`);
+    // Only the spool's own calls are its errors: a failed read of the snapshot stays what it is.
+    const io = (f: () => void) => {
+      try {
+        f();
+      } catch (err) {
+        throw new SpoolWriteError(`cannot write the spool file ${this.path}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`, {
+          cause: err, hint: 'Give the spool directory (clamd.spoolDir) more room, or lower clamd.spoolMaxFileBytes',
+        });
+      }
+    };
     let at = 0;
-    try {
-      for await (const c of chunks) {
-        for (let off = 0; off < c.length;) off += writeSync(this.fd, c, off, c.length - off, at + off);
-        at += c.length;
-      }
-      ftruncateSync(this.fd, at);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (typeof code === 'string' && /^E[A-Z]+$/.test(code) && (err as NodeJS.ErrnoException).syscall) {
-        throw new SpoolWriteError(`cannot write the spool file ${this.path}: ${code}`, { cause: err, hint: 'Give the spool directory (clamd.spoolDir) more room, or lower clamd.spoolMaxFileBytes' });
-      }
-      throw err;
+    for await (const c of chunks) {
+      io(() => { for (let off = 0; off < c.length;) off += writeSync(fd, c, off, c.length - off, at + off); });
+      at += c.length;
     }
+    io(() => ftruncateSync(fd, at));
     return at;
   }
 
@@ -142,7 +145,8 @@ export class ClamdSpool {
       const session = await clamd.session(signal);
       try {
         const v = await session.scanPath(probe.path);
-        if (v.status === 'error') why = `clamd cannot read files in ${this.dir}: ${v.message}`;
+        // Without the probe's own name, so that the same reason reads the same every time.
+        if (v.status === 'error') why = `clamd cannot read files in ${this.dir}: ${v.message.replaceAll(`${probe.path}: `, '')}`;
       } finally {
         session.close();
       }
