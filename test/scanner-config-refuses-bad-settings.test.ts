@@ -1,5 +1,5 @@
 // virtcbt-scanner's configuration: a file with every setting loads; no allowed hypervisor, a
-// certtool-style non-DN, a relative credentials path, an unknown key, a zero limit or a bad owner-index budget are refused
+// certtool-style non-DN, a relative credentials path, an unknown key, a zero limit, a bad owner-index budget or spool directory are refused
 // with the file and the setting named.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,7 +16,7 @@ const good = {
   tlsDir: '/etc/virtcbt-scanner/tls',
   allowedClients: ['CN=hv1', 'O=Example,CN=hv2'],
   nbdTlsDir: '/etc/virtcbt-scanner/nbd-client',
-  clamd: { socket: '/run/clamav/clamd.ctl', timeoutSeconds: 300 },
+  clamd: { socket: '/run/clamav/clamd.ctl', timeoutSeconds: 300, spoolDir: '/run/virtcbt-scanner', spoolMaxFileBytes: 1000 },
   limits: { maxFileBytes: 1000, maxFiles: 10, maxSeconds: 60, streamMaxLength: 1000, concurrency: 2 },
   maxJobs: 1,
   ownerIndex: { maxMiB: 64 },
@@ -43,6 +43,9 @@ describe('the scanner configuration', () => {
     ['owner-index memory that is not whole MiB', { ownerIndex: { maxMiB: 1.5 } }, /ownerIndex.maxMiB must be a whole number of MiB/],
     ['negative owner-index memory', { ownerIndex: { maxMiB: -1 } }, /ownerIndex.maxMiB must be a whole number of MiB/],
     ['a relative save directory', { ownerIndex: { maxMiB: 64, saveDir: 'state' } }, /ownerIndex.saveDir must be an absolute path, or empty for none/],
+    ['a relative spool directory', { clamd: { ...good.clamd, spoolDir: 'spool' } }, /clamd.spoolDir must be an absolute path without control characters, or empty for none/],
+    ['a spool directory with a newline (clamd reads a path up to one)', { clamd: { ...good.clamd, spoolDir: '/run/x\nSHUTDOWN' } }, /clamd.spoolDir must be an absolute path without control characters/],
+    ['a zero spool file size', { clamd: { ...good.clamd, spoolMaxFileBytes: 0 } }, /clamd.spoolMaxFileBytes must be a positive whole number/],
     ['a save interval that is not whole seconds', { ownerIndex: { maxMiB: 64, saveEverySeconds: 0.5 } }, /ownerIndex.saveEverySeconds must be a whole number of seconds/],
   ])('refuses %s', (_what, change, message) => {
     const p = file({ ...good, ...change });
