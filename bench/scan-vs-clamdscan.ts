@@ -402,7 +402,7 @@ try {
   }
   if (rows[4]!.walls.length) {
     console.log(`clamdscan --stream / --fdpass, same files, same clamd: ${(w[1]! / w[4]!).toFixed(2)}x the throughput, clamd CPU ${(median(rows[4]!.clamdCpu) / median(rows[1]!.clamdCpu)).toFixed(2)}x ` +
-      `(INSTREAM's own cost, which the scanner cannot avoid); full scan / clamdscan --stream: ${(w[4]! / w[0]!).toFixed(2)}x`);
+      `(INSTREAM's own cost, which the scanner's spool avoids); full scan / clamdscan --stream: ${(w[4]! / w[0]!).toFixed(2)}x`);
   }
   console.log(`incremental: ${changedFiles.length} files rewritten, ${(changedFileBytes / MiB).toFixed(2)} MiB; changed extents ${extents.length}, ${(changedExtentBytes / MiB).toFixed(2)} MiB (64 KiB granules where the images differ); ` +
     `NBD bytes read ${(rows[3]!.nbd! / MiB).toFixed(2)} MiB: file contents ${(rows[3]!.fileData! / MiB).toFixed(2)} MiB = ${(rows[3]!.fileData! / changedFileBytes).toFixed(2)}x the changed files' size ` +
