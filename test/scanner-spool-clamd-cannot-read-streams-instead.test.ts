@@ -1,7 +1,8 @@
 // The scanner's hand-off to clamd by path (clamd.spoolDir) falls back to INSTREAM, and says why,
 // whenever the path way cannot work: a clamd that cannot see the spool directory (here: clamd in a
 // mount namespace of its own with an empty tmpfs over it, as a clamd whose user or AppArmor profile
-// may not read it), and a spool too small for a file (that file is read again and streamed). A
+// may not read it), a spool too small for a file (that file is read again and streamed), and a file
+// larger than clamd.spoolMaxFileBytes. A
 // killed scanner's spool files are removed when the next one starts; a running one's are not.
 import { spawn } from 'node:child_process';
 import { chownSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
@@ -98,6 +99,16 @@ describe('virtcbt-scanner hand-off to clamd', () => {
     expect(res.clamdHandoff!.streamed).toBeGreaterThan(0);
     expect(res.clamdHandoff!.why).toMatch(/cannot write the spool file .*: ENOSPC/);
     expect(readdirSync(spool)).toEqual([]);
+  });
+
+  it('streams the files larger than clamd.spoolMaxFileBytes and says so; spools the rest', async () => {
+    const spool = spoolDir('spool-bounded');
+    const scanner = await startScanner(dir, { ...w.config(), clamd: { socket: w.clamd.socket, timeoutSeconds: 60, spoolDir: spool, spoolMaxFileBytes: 100_000 } }, w.ns, 'nobody');
+    const r = await postScan(scanner.url, await job('bounded'), w.hv);
+    const res = r.result!;
+    expect(res, r.body).toBeDefined();
+    expect(res.infected).toMatchObject(found);
+    expect(res.clamdHandoff).toEqual({ spooled: FILES - 1, streamed: 1, why: 'files larger than 100000 bytes (clamd.spoolMaxFileBytes) go by INSTREAM' });
   });
 
   it('removes the spool files of a scanner no longer running when it starts, and leaves a running one\'s', async () => {

@@ -316,6 +316,7 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
           }
         }
         handoff.streamed++;
+        if (spooling && !spoolFailed) handoff.why ??= `files larger than ${o.spool!.maxFileBytes} bytes (clamd.spoolMaxFileBytes) go by INSTREAM`;
         return session.scan(read());
       };
       try {
