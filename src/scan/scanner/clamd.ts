@@ -147,11 +147,11 @@ export class ClamdSession {
   }
 
   /**
-   * Streams `chunks` with INSTREAM and returns clamd's verdict. Each chunk goes out in one write
-   * together with its length (and the command before the first, the end mark after the last): a
-   * file of up to 1 MiB is one system call.
+   * One command of the session: `send` writes it, and clamd's reply about `subject` ("stream" or a
+   * path) is its verdict. A timeout or a failure while sending breaks the session; an error reply
+   * ends it (clamd may close a session after one).
    */
-  async scan(chunks: AsyncIterable<Uint8Array>): Promise<ClamdVerdict> {
+  private async request(subject: string, send: (s: Socket) => Promise<void>): Promise<ClamdVerdict> {
     if (this.broken) throw this.ended ?? new VirtcbtError(`clamd session on ${this.socketPath} is closed`);
     const s = this.s;
     const reply = new Promise<string>((resolve, reject) => { this.waiting = { resolve, reject }; });
@@ -159,13 +159,33 @@ export class ClamdSession {
     // awaited, which must not count as an unhandled rejection (it would end the process).
     reply.catch(() => undefined);
     const timer = setTimeout(() => { this.broken = true; s.destroy(new Error(`no answer within ${this.timeoutMs} ms`)); }, this.timeoutMs);
-    const send = (parts: Uint8Array[]) => new Promise<void>((resolve) => {
-      if (s.destroyed || s.writableEnded) return resolve();
-      s.cork();
-      parts.forEach((b, i) => (i === parts.length - 1 ? s.write(b, () => resolve()) : s.write(b)));
-      s.uncork();
-    });
     try {
+      await send(s);
+      const verdict = parseReply((await reply).replace(/^\d+: /, ''), subject);
+      if (verdict.status === 'error') this.close();
+      return verdict;
+    } catch (err) {
+      this.broken = true;
+      s.destroy();
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Streams `chunks` with INSTREAM and returns clamd's verdict. Each chunk goes out in one write
+   * together with its length (and the command before the first, the end mark after the last): a
+   * file of up to 1 MiB is one system call.
+   */
+  scan(chunks: AsyncIterable<Uint8Array>): Promise<ClamdVerdict> {
+    return this.request('stream', async (s) => {
+      const send = (parts: Uint8Array[]) => new Promise<void>((resolve) => {
+        if (s.destroyed || s.writableEnded) return resolve();
+        s.cork();
+        parts.forEach((b, i) => (i === parts.length - 1 ? s.write(b, () => resolve()) : s.write(b)));
+        s.uncork();
+      });
       // One part held back, so the last one leaves with the end mark.
       let held: Uint8Array[] = [INSTREAM];
       for await (const chunk of chunks) {
@@ -181,40 +201,15 @@ export class ClamdSession {
         }
       }
       await send([...held, END]);
-      const verdict = parseReply((await reply).replace(/^\d+: /, ''));
-      if (verdict.status === 'error') this.close();
-      return verdict;
-    } catch (err) {
-      this.broken = true;
-      s.destroy();
-      throw err;
-    } finally {
-      clearTimeout(timer);
-    }
+    });
   }
 
   /**
    * Has clamd scan the file at `path` (SCAN: one file, archives opened as for a stream) and returns
    * its verdict. The path comes from the spool (no newline, no NUL).
    */
-  async scanPath(path: string): Promise<ClamdVerdict> {
-    if (this.broken) throw this.ended ?? new VirtcbtError(`clamd session on ${this.socketPath} is closed`);
-    const s = this.s;
-    const reply = new Promise<string>((resolve, reject) => { this.waiting = { resolve, reject }; });
-    reply.catch(() => undefined);
-    const timer = setTimeout(() => { this.broken = true; s.destroy(new Error(`no answer within ${this.timeoutMs} ms`)); }, this.timeoutMs);
-    try {
-      s.write(`zSCAN ${path}\0`);
-      const verdict = parseReply((await reply).replace(/^\d+: /, ''), path);
-      if (verdict.status === 'error') this.close();
-      return verdict;
-    } catch (err) {
-      this.broken = true;
-      s.destroy();
-      throw err;
-    } finally {
-      clearTimeout(timer);
-    }
+  scanPath(path: string): Promise<ClamdVerdict> {
+    return this.request(path, async (s) => { s.write(`zSCAN ${path}\0`); });
   }
 
   /** Ends the session (zEND); a broken one is just closed. */
