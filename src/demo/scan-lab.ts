@@ -70,7 +70,8 @@ export async function startScanLab(dir: string): Promise<ScanLab> {
     const scannerConfig = join(dir, 'scanner.json');
     await writeFile(scannerConfig, JSON.stringify({
       listen: { host: '127.0.0.1', port: 0 }, tlsDir: scannerTls, allowedClients: ['CN=hv1'], nbdTlsDir: scannerNbd,
-      clamd: { socket, timeoutSeconds: 120 },
+      // Its own spool, not the host's /run/virtcbt-scanner: the demo leaves nothing behind.
+      clamd: { socket, timeoutSeconds: 120, spoolDir: join(dir, 'spool') },
       limits: { maxFileBytes: 64 * 1024 * 1024, maxFiles: 1_000_000, maxSeconds: 600, streamMaxLength: 64 * 1024 * 1024, concurrency: 2 },
       maxJobs: 2, log: { level: 'info' }, ownerIndex: { saveDir: join(dir, 'scanner-state') },
     }));
