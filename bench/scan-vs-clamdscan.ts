@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import type { ExtentPair, ScanJob, ScanResult } from '../src/scan/protocol.js';
 import { createLabDomain, startLabDaemon, type LabDaemon, type LabDomain } from '../src/demo/lab.js';
+import { SCANNER_NODE_FLAGS } from '../src/scan/scanner/index.js';
 import { startRemoteExport } from '../src/snapshot/remote-export.js';
 import { createCa, issueClientCredentials, issueServerCredentials } from '../src/tls/index.js';
 import { envNote, flag, load, median, ROOT, timed, workDir } from './nbd-support.js';
@@ -245,7 +246,8 @@ try {
     limits: { maxFileBytes: 128 * MiB, maxFiles: 1_000_000, maxSeconds: 3600, streamMaxLength: 128 * MiB, concurrency: THREADS },
     maxJobs: 2, log: { level: 'info' }, ownerIndex: { saveDir: '' },
   }));
-  const scanner = spawn(process.execPath, [...(process.env.BENCH_SCANNER_NODE_ARGS ?? '').split(' ').filter(Boolean), SCANNER, '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined } });
+  // With the flags the unit gives it (src/scan/scanner/node-flags.ts).
+  const scanner = spawn(process.execPath, [...SCANNER_NODE_FLAGS, ...(process.env.BENCH_SCANNER_NODE_ARGS ?? '').split(' ').filter(Boolean), SCANNER, '--config', cfg], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined } });
   pids.push(scanner.pid!);
   let slog = '';
   scanner.stderr!.on('data', (c: Buffer) => { slog += c.toString(); });

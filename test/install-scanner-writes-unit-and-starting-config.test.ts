@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadScannerConfig } from '../src/scan/scanner/config.js';
+import { SCANNER_NODE_FLAGS } from '../src/scan/scanner/node-flags.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const roots: string[] = [];
@@ -28,15 +29,22 @@ describe('virtcbt install --scanner', () => {
     const { r, unit, wrapper } = await install();
     expect(r.exitCode, r.stderr).toBe(0);
     const text = readFileSync(unit, 'utf8');
-    expect(text).not.toMatch(/@NODE@|@PREFIX@/);
-    expect(text).toContain(`ExecStart=${process.execPath} ${join(ROOT, 'dist/src/scan/scanner/main.js')} --config /etc/virtcbt-scanner/config.json`);
+    expect(text).not.toMatch(/@NODE@|@PREFIX@|@SCANNER_NODE_FLAGS@/);
+    // With the scanner's Node flags (a larger initial old space: far fewer full collections).
+    const flags = SCANNER_NODE_FLAGS.join(' ');
+    expect(flags).toMatch(/--initial-old-space-size=\d+/);
+    expect(text).toContain(`ExecStart=${process.execPath} ${flags} ${join(ROOT, 'dist/src/scan/scanner/main.js')} --config /etc/virtcbt-scanner/config.json`);
+    // clamd.spoolDir's default: a runtime directory of its own, group-readable.
+    expect(text).toMatch(/^RuntimeDirectory=virtcbt-scanner$/m);
+    expect(text).toMatch(/^RuntimeDirectoryMode=0750$/m);
     expect(text).toMatch(/^User=virtcbt-scanner$/m);
     expect(statSync(wrapper).mode & 0o111).not.toBe(0);
-    expect(readFileSync(wrapper, 'utf8')).toContain(`exec ${process.execPath} ${join(ROOT, 'dist/src/scan/scanner/main.js')} "$@"`);
+    expect(readFileSync(wrapper, 'utf8')).toContain(`exec ${process.execPath} ${flags} ${join(ROOT, 'dist/src/scan/scanner/main.js')} "$@"`);
     const v = await execa('systemd-analyze', ['verify', unit], { reject: false });
     expect(v.stderr).toBe('');
     expect(v.exitCode).toBe(0);
     expect(r.stdout).toMatch(/next: `useradd --system/);
+    expect(r.stdout).toMatch(/usermod -aG virtcbt-scanner clamav/);
   });
 
   it('writes a starting config the scanner accepts, once: an edited one is kept', async () => {

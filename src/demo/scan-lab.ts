@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { repoRoot } from '../guestimage/index.js';
-import { ClamdClient } from '../scan/scanner/index.js';
+import { ClamdClient, SCANNER_NODE_FLAGS } from '../scan/scanner/index.js';
 import { createCa, issueClientCredentials, issueServerCredentials } from '../tls/index.js';
 import { pollUntil } from '../util/abort.js';
 import { VirtcbtError } from '../util/errors.js';
@@ -75,7 +75,7 @@ export async function startScanLab(dir: string): Promise<ScanLab> {
       limits: { maxFileBytes: 64 * 1024 * 1024, maxFiles: 1_000_000, maxSeconds: 600, streamMaxLength: 64 * 1024 * 1024, concurrency: 2 },
       maxJobs: 2, log: { level: 'info' }, ownerIndex: { saveDir: join(dir, 'scanner-state') },
     }));
-    const scanner = spawn(process.execPath, [join(repoRoot(), 'dist', 'src', 'scan', 'scanner', 'main.js'), '--config', scannerConfig], {
+    const scanner = spawn(process.execPath, [...SCANNER_NODE_FLAGS, join(repoRoot(), 'dist', 'src', 'scan', 'scanner', 'main.js'), '--config', scannerConfig], {
       stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined },
     });
     children.push(scanner);

@@ -6,7 +6,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync
 import { request } from 'node:https';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ClamdClient } from '../../src/scan/scanner/index.js';
+import { ClamdClient, SCANNER_NODE_FLAGS } from '../../src/scan/scanner/index.js';
 import type { ScanEvent, ScanJob, ScanResult } from '../../src/scan/protocol.js';
 import { startRemoteExport, type RemoteExport } from '../../src/snapshot/remote-export.js';
 import { pollUntil } from '../../src/util/abort.js';
@@ -107,7 +107,8 @@ export async function startScanner(dir: string, config: object, ns?: NetNs, asUs
   writeFileSync(file, JSON.stringify({ ...config, ownerIndex, clamd }), { mode: 0o644 });
   // As the unit runs it: an unprivileged user with no capabilities and no supplementary groups.
   if (asUser) letOthersReach(SCANNER_MAIN);
-  const node = asUser ? ['setpriv', `--reuid=${asUser}`, `--regid=${asUser === 'nobody' ? 'nogroup' : asUser}`, '--clear-groups', '--inh-caps=-all', '--', process.execPath] : [process.execPath];
+  // With the flags the unit gives it.
+  const node = [...(asUser ? ['setpriv', `--reuid=${asUser}`, `--regid=${asUser === 'nobody' ? 'nogroup' : asUser}`, '--clear-groups', '--inh-caps=-all', '--', process.execPath] : [process.execPath]), ...SCANNER_NODE_FLAGS];
   const cmd = ns ? ['ip', ['netns', 'exec', ns.name, ...node, SCANNER_MAIN, '--config', file]] as const
     : [node[0]!, [...node.slice(1), SCANNER_MAIN, '--config', file]] as const;
   const child = spawn(cmd[0], [...cmd[1]], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VIRTCBT_SCANNER_CONFIG: undefined } });

@@ -5,6 +5,7 @@ import { chmod, copyFile, mkdir, readFile, writeFile, access } from 'node:fs/pro
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_SCANNER_CONFIG } from '../../scan/scanner/config.js';
+import { SCANNER_NODE_FLAGS } from '../../scan/scanner/node-flags.js';
 import { DEFAULT_CONFIG_FILE, type BackupJobConfig, type ScanJobConfig, type SyncJobConfig } from '../../config/index.js';
 import { backupJobUnits, jobUnitName, scanJobUnits, syncJobUnits } from './job-units.js';
 import { parse } from '../args.js';
@@ -58,12 +59,13 @@ const exists = (p: string) => access(p).then(() => true, () => false);
 
 /** A scanner host's files: virtcbt-scanner's unit and wrapper (it has no hook, no virtcbtd). */
 export async function scannerInstallPlan(root: string): Promise<InstallPlan> {
-  const fill = (s: string) => s.replaceAll('@NODE@', process.execPath).replaceAll('@PREFIX@', PACKAGE_ROOT);
+  const flags = SCANNER_NODE_FLAGS.join(' ');
+  const fill = (s: string) => s.replaceAll('@NODE@', process.execPath).replaceAll('@SCANNER_NODE_FLAGS@', flags).replaceAll('@PREFIX@', PACKAGE_ROOT);
   return {
     root,
     files: [
       { path: '/etc/systemd/system/virtcbt-scanner.service', mode: 0o644, content: fill(await readFile(join(PACKAGE_ROOT, 'systemd/virtcbt-scanner.service'), 'utf8')) },
-      { path: '/usr/local/sbin/virtcbt-scanner', mode: 0o755, content: `#!/bin/sh\n# Installed by virtcbt install --scanner.\nexec ${process.execPath} ${join(PACKAGE_ROOT, 'dist/src/scan/scanner/main.js')} "$@"\n` },
+      { path: '/usr/local/sbin/virtcbt-scanner', mode: 0o755, content: `#!/bin/sh\n# Installed by virtcbt install --scanner.\nexec ${process.execPath} ${flags} ${join(PACKAGE_ROOT, 'dist/src/scan/scanner/main.js')} "$@"\n` },
     ],
   };
 }

@@ -4,3 +4,5 @@ export { checkJob, runScanJob, type ScanJobOptions, type ScanLimits } from './sc
 export { peerSubject, startScannerServer, type ScannerServer, type ScannerServerOptions } from './server.js';
 export { loadScannerConfig, DEFAULT_SCANNER_CONFIG, type ScannerConfig } from './config.js';
 export { OwnerIndexStore } from './owner-indexes.js';
+export { ClamdSpool, SpoolFile, type SpoolState } from './clamd-spool.js';
+export { SCANNER_NODE_FLAGS } from './node-flags.js';
