@@ -257,6 +257,8 @@ try {
   }, 'virtcbt-scanner', 30_000);
   const url = `https://127.0.0.1:${port}`;
 
+  /** The source exports' qemu-storage-daemons (the guest's QEMU on a hypervisor): their CPU is traced apart. */
+  const sourcePids: number[] = [];
   /** Serves an image: a read-only qemu-storage-daemon unix export, and the TLS front end for CN=scanner. */
   async function serve(image: string, name: string) {
     const sock = join(t, `${name}.sock`);
@@ -269,6 +271,7 @@ try {
       '--daemonize', '--pidfile', pidFile,
     ]);
     pids.push(Number(readFileSync(pidFile, 'utf8').trim()));
+    sourcePids.push(pids.at(-1)!);
     const runDir = join(t, `${name}-run`);
     mkdirSync(runDir);
     return startRemoteExport({ source: { socket: sock, exportName: 'disk' }, tlsDir: exportServer, identities: ['CN=scanner'], bind: { host: '127.0.0.1' }, runDir, domain: 'bench', disk: 'vda' });
@@ -360,11 +363,12 @@ try {
       if (j === 0 || j === 3 || j === 5) {
         const s0 = scannerCpu();
         const f0 = cpuTree(expBefore.pid) + cpuTree(expAfter.pid);
+        const src0 = sourcePids.reduce((n, p) => n + cpuTree(p), 0);
         // The full row as virtcbtd asks for it: with an owner index built beside the walk.
         const { result, wallS } = j === 0 ? await post(url, disk(expBefore.uri, before, undefined, process.env.BENCH_FULL_NO_INDEX ? undefined : { next: `full-${i}` }), hv) : j === 3 ? await incremental() : await post(url, disk(expAfter.uri, after, extents), hv);
         r.walls.push(wallS);
         r.cpu.push(scannerCpu() - s0);
-        if (TRACE) console.error(`cpu ${j === 0 ? 'full' : 'incremental'}: scanner+front end ${(scannerCpu() - s0).toFixed(2)} s, of which front end ${(cpuTree(expBefore.pid) + cpuTree(expAfter.pid) - f0).toFixed(2)} s; clamd ${(clamdCpu() - c0).toFixed(2)} s`);
+        if (TRACE) console.error(`cpu ${j === 0 ? 'full' : 'incremental'}: scanner+front end ${(scannerCpu() - s0).toFixed(2)} s, of which front end ${(cpuTree(expBefore.pid) + cpuTree(expAfter.pid) - f0).toFixed(2)} s; clamd ${(clamdCpu() - c0).toFixed(2)} s; source export ${(sourcePids.reduce((n, p) => n + cpuTree(p), 0) - src0).toFixed(2)} s (in no row's CPU)`);
         r.nbd = result.scanned.nbdBytesRead;
         r.fileData = result.scanned.bytesRead;
         r.files = result.scanned.filesOpened;
