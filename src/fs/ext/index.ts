@@ -6,4 +6,4 @@ export { fileType } from './inode.js';
 export type { InodeMap, MappedRun } from './blockmap.js';
 export type { Superblock } from './superblock.js';
 export { OwnerIndex, OwnerIndexTooLarge } from './owner-index.js';
-export { DIGEST_GRANULE, GranuleDigestSession, type GranuleDigests } from './granule-digests.js';
+export { DIGEST_GRANULE, GranuleDigestSession, wholeGranules, type GranuleDigests } from './granule-digests.js';

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { coarsen, intersect, merge, toPairs, type Extent } from '../../extent/index.js';
-import { ChunkRing, DIGEST_GRANULE, DiskReader, ExtFilesystem, FilesystemError, GranuleDigestSession, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, type GranuleDigests, type Inode, type Ownership, type Partition } from '../../fs/index.js';
+import { ChunkRing, DIGEST_GRANULE, DiskReader, ExtFilesystem, FilesystemError, GranuleDigestSession, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, wholeGranules, type GranuleDigests, type Inode, type Ownership, type Partition } from '../../fs/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdUnsupportedError, parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
@@ -244,12 +244,13 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     // Its digests are kept only once it was read in whole and found clean.
     t.digests?.keep(undefined);
     let granules: GranuleDigestSession | undefined;
+    let whole: Set<number> | undefined;
     // Chunks come from the worker's ring: clamd's session sends one while the next is read, and
     // holds at most one back (the ring has room for both and one more). Read again from the start
     // when a spool file could not be written and the file goes by INSTREAM instead.
     async function* chunks() {
       bytes = 0;
-      const g = t.digests && new GranuleDigestSession(t.digests.key);
+      const g = t.digests && new GranuleDigestSession(t.digests.key, whole ??= wholeGranules(await bytesOnDisk(t.fs, inode!)));
       granules = g;
       const onPiece = g && ((at: number, b: Buffer) => g.add(at, b));
       for await (const c of t.fs.readChunks(inode!, { ring, onPiece })) {
@@ -553,21 +554,27 @@ async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
  * digests say (read now, from the snapshot): then its content did not change, though it shares
  * granules with blocks that did. False when it has no digests or any granule differs or is missing.
  */
-async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, changed: Extent[], key: Buffer): Promise<boolean> {
-  const stored = index.digestsOf(inode.ino);
-  if (!stored) return false;
+/** A file's bytes on disk as readChunks reads them (initialised runs, up to its size), sorted and merged. */
+async function bytesOnDisk(fs: ExtFilesystem, inode: Inode): Promise<Extent[]> {
   const bs = fs.sb.blockSize;
-  // The file's bytes on disk as readChunks reads them: initialised runs, up to its size.
   const pieces: Extent[] = [];
   for (const r of (await fs.map(inode)).data) {
     if (r.uninit || r.logical * bs >= inode.size) continue;
     pieces.push({ offset: r.physical * bs, length: Math.min(r.count * bs, inode.size - r.logical * bs) });
   }
-  const onDisk = merge(pieces);
+  return merge(pieces);
+}
+
+async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, changed: Extent[], key: Buffer): Promise<boolean> {
+  const stored = index.digestsOf(inode.ino);
+  if (!stored) return false;
+  const onDisk = await bytesOnDisk(fs, inode);
   const granules = new Set<number>();
   for (const e of intersect(onDisk, changed)) {
     for (let g = Math.floor(e.offset / DIGEST_GRANULE); g * DIGEST_GRANULE < e.offset + e.length; g++) granules.add(g);
   }
+  // A granule without a digest (one the file fills whole: its own bytes were written) has it read.
+  for (const g of granules) if (!stored.has(g)) return false;
   for (const g of granules) {
     // The file's bytes in the granule, in disk order (the digest at the scan saw them so).
     const session = new GranuleDigestSession(key);
