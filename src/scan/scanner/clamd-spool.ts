@@ -35,6 +35,8 @@ export class SpoolWriteError extends VirtcbtError {}
 /** One session's spool file: rewritten for each file, removed when the session ends. */
 export class SpoolFile {
   private fd?: number;
+  /** The file's length now: truncated only when the next file is shorter (a system call saved per file otherwise). */
+  private length = 0;
 
   private constructor(readonly path: string, fd: number) {
     this.fd = fd;
@@ -66,6 +68,8 @@ export class SpoolFile {
       try {
         f();
       } catch (err) {
+        // Its length is unknown now: the next fill truncates whatever it holds.
+        this.length = Number.POSITIVE_INFINITY;
         throw new SpoolWriteError(`cannot write the spool file ${this.path}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`, {
           cause: err, hint: 'Give the spool directory (clamd.spoolDir) more room, or lower clamd.spoolMaxFileBytes',
         });
@@ -76,7 +80,8 @@ export class SpoolFile {
       io(() => { for (let off = 0; off < c.length;) off += writeSync(fd, c, off, c.length - off, at + off); });
       at += c.length;
     }
-    io(() => ftruncateSync(fd, at));
+    if (at < this.length) io(() => ftruncateSync(fd, at));
+    this.length = at;
     return at;
   }
 
