@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { ScanJob } from '../src/scan/protocol.js';
+import { pollUntil } from '../src/util/abort.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { makeFs, MiB } from './support/ext-images.js';
 import { tempDir } from './support/nbd-servers.js';
@@ -63,6 +64,8 @@ describe('virtcbt-scanner hand-off to clamd', () => {
       wrap: ['unshare', '-m', '--propagation', 'private', 'sh', '-c', `mount -t tmpfs -o size=1m blind '${spool}' && exec "$0" "$@"`],
     });
     const scanner = await startScanner(dir, { ...w.config(), clamd: { socket: blind.socket, timeoutSeconds: 60, spoolDir: spool } }, w.ns, 'nobody');
+    // Said at start, before any job.
+    await pollUntil(() => /files go to clamd by INSTREAM/.test(scanner.log()), 'the spool warning at start', { timeoutMs: 20_000, intervalMs: 20 });
     for (const id of ['blind-1', 'blind-2']) {
       const r = await postScan(scanner.url, await job(id), w.hv);
       const res = r.result!;
@@ -120,6 +123,8 @@ describe('virtcbt-scanner hand-off to clamd', () => {
     const live = `s-${process.pid}-${hex}`;
     for (const f of [...dead, live, 'notes.txt']) writeFileSync(join(spool, f), 'guest data');
     const scanner = await startScanner(dir, { ...w.config(), clamd: { socket: w.clamd.socket, timeoutSeconds: 60, spoolDir: spool } }, w.ns, 'nobody');
+    // Its own probe at start is done (and its probe file gone) once the spool is in use.
+    await pollUntil(async () => JSON.parse(await getScannerStatus(w.hv, scanner.url)).clamdHandoff.mode === 'spool', 'the start-up probe', { timeoutMs: 20_000, intervalMs: 20 });
     expect(readdirSync(spool).sort()).toEqual(['notes.txt', live]);
     expect(scanner.log()).toMatch(/removed spool files a stopped scanner left .*files=2/);
     // And it spools from there.

@@ -6,7 +6,7 @@
 // descriptor to pass (FILDES): Node cannot send one over a unix socket.
 //
 // Whether clamd can read the directory (its user's groups, its AppArmor profile) is found by a probe
-// before each job until one succeeds; until then files go by INSTREAM and the reason is logged once
+// at start and before each job until one succeeds; until then files go by INSTREAM and the reason is logged once
 // and shown in GET /v1/status. Nothing else changes with the hand-off: the same limits apply
 // (streamMaxLength included, since clamd's own limits answer a too-large file with OK).
 import { randomBytes } from 'node:crypto';

@@ -83,6 +83,9 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
   // Spool files of a killed scanner hold a guest's file contents: gone before anything else runs.
   await spool.sweep().then((n) => { if (n > 0) o.log.info('removed spool files a stopped scanner left', { dir: spool.dir, files: n }); },
     (err: unknown) => o.log.warn('cannot prepare the spool directory (clamd.spoolDir): files go to clamd by INSTREAM', { dir: spool.dir, error: errorMessage(err) }));
+  // Probed once at start too, so that a clamd which cannot read the spool is in the log (and in
+  // GET /v1/status) before the first job; a clamd not up yet is simply probed again by that job.
+  void spool.ready(clamd).catch(() => undefined);
   const jobs = new Map<string, AbortController>();
   const ownerIndexes = o.ownerIndexes ?? (o.ownerIndexBytes ? new OwnerIndexStore(o.ownerIndexBytes) : undefined);
 
