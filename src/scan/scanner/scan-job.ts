@@ -304,16 +304,28 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
           session = await o.clamd.session(signal);
         }
         if (spooling && !spoolFailed && o.spool!.takes(size)) {
-          try {
-            spoolFile ??= SpoolFile.create(o.spool!.dir);
-            await spoolFile.fill(read());
-            handoff.spooled++;
-            return await session.scanPath(spoolFile.path);
-          } catch (err) {
-            if (!(err instanceof SpoolWriteError) && (err as NodeJS.ErrnoException).syscall !== 'open') throw err;
-            // A full spool: this worker streams from now on (the file is read again from the start).
+          // A spool that cannot take the file (full, gone): this worker streams from now on, the
+          // file read again from the start. Errors of the snapshot's reads stay the file's own.
+          const spoolFails = (err: unknown) => {
             spoolFailed = true;
             handoff.why ??= errorMessage(err);
+          };
+          try {
+            spoolFile ??= SpoolFile.create(o.spool!.dir);
+          } catch (err) {
+            spoolFails(err);
+          }
+          if (spoolFile && !spoolFailed) {
+            try {
+              await spoolFile.fill(read());
+            } catch (err) {
+              if (!(err instanceof SpoolWriteError)) throw err;
+              spoolFails(err);
+            }
+            if (!spoolFailed) {
+              handoff.spooled++;
+              return session.scanPath(spoolFile.path);
+            }
           }
         }
         handoff.streamed++;
@@ -533,15 +545,16 @@ async function scanDisk(
   }
 }
 
-/**
- * A found file's sha256, read again from the snapshot (which does not change under it): hashing
- * only what was found spares every clean file's bytes a pass through SHA-256.
- */
 /** Why a job did not spool (the spool's last probe). */
 function spoolWhy(spool: ClamdSpool): string | undefined {
   const st = spool.status();
   return st.mode === 'instream' ? st.why : undefined;
 }
+
+/**
+ * A found file's sha256, read again from the snapshot (which does not change under it): hashing
+ * only what was found spares every clean file's bytes a pass through SHA-256.
+ */
 
 async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
   const hash = createHash('sha256');
@@ -549,11 +562,6 @@ async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
   return hash.digest('hex');
 }
 
-/**
- * Whether a regular file's bytes in every digest granule the changed extents touch are what its
- * digests say (read now, from the snapshot): then its content did not change, though it shares
- * granules with blocks that did. False when it has no digests or any granule differs or is missing.
- */
 /** A file's bytes on disk as readChunks reads them (initialised runs, up to its size), sorted and merged. */
 async function bytesOnDisk(fs: ExtFilesystem, inode: Inode): Promise<Extent[]> {
   const bs = fs.sb.blockSize;
@@ -565,6 +573,11 @@ async function bytesOnDisk(fs: ExtFilesystem, inode: Inode): Promise<Extent[]> {
   return merge(pieces);
 }
 
+/**
+ * Whether a regular file's bytes in every digest granule the changed extents touch are what its
+ * digests say (read now, from the snapshot): then its content did not change, though it shares
+ * granules with blocks that did. False when it has no digests or any granule differs or is missing.
+ */
 async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, changed: Extent[], key: Buffer): Promise<boolean> {
   const stored = index.digestsOf(inode.ino);
   if (!stored) return false;
