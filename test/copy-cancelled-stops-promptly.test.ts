@@ -9,7 +9,7 @@ import { NbdEndpoint, NullEndpoint, copyExtents, openImageEndpoint, serveImage, 
 import { CONTEXT_BASE_ALLOCATION } from '../src/nbd/index.js';
 import { withStorageDaemon } from '../src/qsd/index.js';
 import { addReadOnlyExport, ensureNbdServer, nbdUnixUri } from '../src/snapshot/index.js';
-import { pidAlive } from '../src/repo/index.js';
+import { pidAlive } from '../src/util/process.js';
 import { pollUntil } from '../src/util/abort.js';
 import { MiB, tempDir } from './support/files.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { pidAlive } from '../src/repo/index.js';
+import { pidAlive } from '../src/util/process.js';
 import { killStaleRemoteExport, startRemoteExport, sweepStaleRemoteExports, type RemoteExportOptions } from '../src/snapshot/remote-export.js';
 import { pollUntil } from '../src/util/abort.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';

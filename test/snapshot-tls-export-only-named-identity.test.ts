@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { pidAlive } from '../src/repo/index.js';
+import { pidAlive } from '../src/util/process.js';
 import { startRemoteExport, type RemoteExport, type RemoteExportOptions } from '../src/snapshot/remote-export.js';
 import { certificateSubject } from '../src/tls/index.js';
 import { pollUntil } from '../src/util/abort.js';

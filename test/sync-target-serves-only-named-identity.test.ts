@@ -8,7 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { pidAlive } from '../src/repo/index.js';
+import { pidAlive } from '../src/util/process.js';
 import { pollUntil } from '../src/util/abort.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { makeNetns, type NetNs } from './support/netns.js';

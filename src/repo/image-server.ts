@@ -9,8 +9,6 @@ import { pollUntil } from '../util/abort.js';
 import { pidAlive } from '../util/process.js';
 import { chainSpec } from './chain.js';
 
-export { pidAlive };
-
 /**
  * Kills a qemu-nbd left behind by a killed backup or prune of the chain directory `chainDir`. The pid comes from the
  * repository's in-progress marker, which anyone who can write the repository can forge: only a qemu-nbd (or the

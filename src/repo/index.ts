@@ -9,7 +9,7 @@ export {
   type BackupDisk, type ChainRef, type Manifest,
 } from './manifest.js';
 export { DIGEST_ALGORITHM, DIGEST_SEGMENT, ExtentDigest, hashingThreadId } from './digest.js';
-export { serveChain, killStaleQemuNbd, makeRunDir, pidAlive, sweepStaleRunDirs } from './image-server.js';
+export { serveChain, killStaleQemuNbd, makeRunDir, sweepStaleRunDirs } from './image-server.js';
 export { abortPrune, pruneChain, PRUNE_STEPS, type PruneOptions, type PruneResult, type PruneStep } from './prune.js';
 export { partName, restoreDisk, restorePointImage, sweepRestoreLeftovers, type RestoreOptions, type RestoreResult } from './restore.js';
 export { verifyRepo, verifyManifest, type DiskVerdict, type VerifyReport } from './verify.js';

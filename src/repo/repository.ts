@@ -10,7 +10,8 @@ import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from 'node:fs
 import { dirname, join } from 'node:path';
 import { NotFoundError, UsageError, VirtcbtError } from '../util/errors.js';
 import { fileKind } from '../util/regular-file.js';
-import { killStaleQemuNbd, pidAlive } from './image-server.js';
+import { pidAlive } from '../util/process.js';
+import { killStaleQemuNbd } from './image-server.js';
 import { CREATE_EXCLUSIVE, readManifestCached, readRepoFile, writeFileDurable, type Manifest } from './manifest.js';
 import { PLAIN_NAME, imageName, imageOwner, inChain, pointSeq } from './names.js';
 

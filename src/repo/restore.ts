@@ -8,10 +8,11 @@ import { chmod, lstat, open, readdir, rename, rm, stat } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path';
 import { FileEndpoint, copyExtents, isNoSpace, wholeDisk, type CopyProgress, type Endpoint, type ServedImage } from '../copy/index.js';
 import { NotFoundError, UsageError, VirtcbtError } from '../util/errors.js';
+import { pidAlive } from '../util/process.js';
 import { fileKind } from '../util/regular-file.js';
 import { checkDiskChain } from './chain.js';
 import { checkImage } from './verify.js';
-import { makeRunDir, pidAlive, serveChain, sweepStaleRunDirs } from './image-server.js';
+import { makeRunDir, serveChain, sweepStaleRunDirs } from './image-server.js';
 import { fsyncDir } from './manifest.js';
 import { inChain } from './names.js';
 import type { Repository } from './repository.js';

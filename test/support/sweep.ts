@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pidAlive } from '../../src/util/process.js';
 
 /** Prefixes of the per-resource directories the rig creates under os.tmpdir(). */
 export const RIG_PREFIXES = ['virtcbt-qemu-', 'virtcbt-qsd-'];
@@ -12,14 +13,7 @@ export const OWNER_FILE = 'owner.pid';
 /** File in a rig directory holding the pid of the process it runs (QEMU's -pidfile). */
 export const CHILD_PID_FILE = 'child.pid';
 
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export { pidAlive };
 
 async function readPid(path: string): Promise<number | undefined> {
   const n = Number((await readFile(path, 'utf8').catch(() => '')).trim());
