@@ -245,7 +245,8 @@ export class ExtFilesystem {
    * `ring.size - 1` more. `onPiece` sees each stretch read from the disk (its byte offset in the
    * filesystem and its bytes, valid during the call): not inline data, holes or uninitialised extents.
    */
-  async *readChunks(file: Inode | number, opts: { ring?: ChunkRing; onPiece?: (physical: number, bytes: Buffer) => void } = {}): AsyncGenerator<Buffer> {
+  /** `map`: the inode's map when the caller has it already (this.map(inode)), not made again. */
+  async *readChunks(file: Inode | number, opts: { ring?: ChunkRing; onPiece?: (physical: number, bytes: Buffer) => void; map?: InodeMap } = {}): AsyncGenerator<Buffer> {
     const inode = typeof file === 'number' ? await this.inode(file) : file;
     const size = inode.size;
     if (inode.flags & EXT4_ENCRYPT_FL) throw unsupported(this.label, `inode ${inode.ino} is encrypted (fscrypt): its contents cannot be read`);
@@ -260,7 +261,7 @@ export class ExtFilesystem {
       return;
     }
     const bs = this.sb.blockSize;
-    const { data } = await this.map(inode);
+    const { data } = opts.map ?? await this.map(inode);
     let pos = 0;
     let run = 0;
     while (pos < size) {

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { Endpoint } from '../../copy/index.js';
 import { NbdEndpoint } from '../../copy/index.js';
 import { coarsen, intersect, merge, toPairs, type Extent } from '../../extent/index.js';
-import { ChunkRing, DIGEST_GRANULE, DiskReader, ExtFilesystem, FilesystemError, GranuleDigestSession, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, wholeGranules, type GranuleDigests, type Inode, type Ownership, type Partition } from '../../fs/index.js';
+import { ChunkRing, DIGEST_GRANULE, DiskReader, ExtFilesystem, FilesystemError, GranuleDigestSession, OwnerIndex, OwnerIndexTooLarge, detectFilesystem, fileType, readPartitions, wholeGranules, type GranuleDigests, type Inode, type InodeMap, type Ownership, type Partition } from '../../fs/index.js';
 import { CONTEXT_BASE_ALLOCATION, NbdUnsupportedError, parseNbdUri } from '../../nbd/index.js';
 import { errorMessage, UsageError } from '../../util/errors.js';
 
@@ -244,16 +244,21 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
     // Its digests are kept only once it was read in whole and found clean.
     t.digests?.keep(undefined);
     let granules: GranuleDigestSession | undefined;
-    let whole: Set<number> | undefined;
+    // With digests the file's map is needed twice (the granules it fills whole, the reads): made once.
+    let digestsOf: { map: InodeMap; whole: Set<number> } | undefined;
     // Chunks come from the worker's ring: clamd's session sends one while the next is read, and
     // holds at most one back (the ring has room for both and one more). Read again from the start
     // when a spool file could not be written and the file goes by INSTREAM instead.
     async function* chunks() {
       bytes = 0;
-      const g = t.digests && new GranuleDigestSession(t.digests.key, whole ??= wholeGranules(await bytesOnDisk(t.fs, inode!)));
+      if (t.digests && !digestsOf) {
+        const map = await t.fs.map(inode!);
+        digestsOf = { map, whole: wholeGranules(bytesOnDisk(map, inode!, t.fs.sb.blockSize)) };
+      }
+      const g = t.digests && new GranuleDigestSession(t.digests.key, digestsOf!.whole);
       granules = g;
       const onPiece = g && ((at: number, b: Buffer) => g.add(at, b));
-      for await (const c of t.fs.readChunks(inode!, { ring, onPiece })) {
+      for await (const c of t.fs.readChunks(inode!, { ring, onPiece, map: digestsOf?.map })) {
         if (fileSignal.aborted) throw fileSignal.reason ?? new Error('aborted');
         bytes += c.length;
         yield c;
@@ -563,10 +568,9 @@ async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
 }
 
 /** A file's bytes on disk as readChunks reads them (initialised runs, up to its size), sorted and merged. */
-async function bytesOnDisk(fs: ExtFilesystem, inode: Inode): Promise<Extent[]> {
-  const bs = fs.sb.blockSize;
+function bytesOnDisk(map: InodeMap, inode: Inode, bs: number): Extent[] {
   const pieces: Extent[] = [];
-  for (const r of (await fs.map(inode)).data) {
+  for (const r of map.data) {
     if (r.uninit || r.logical * bs >= inode.size) continue;
     pieces.push({ offset: r.physical * bs, length: Math.min(r.count * bs, inode.size - r.logical * bs) });
   }
@@ -581,7 +585,7 @@ async function bytesOnDisk(fs: ExtFilesystem, inode: Inode): Promise<Extent[]> {
 async function sameGranules(fs: ExtFilesystem, index: OwnerIndex, inode: Inode, changed: Extent[], key: Buffer): Promise<boolean> {
   const stored = index.digestsOf(inode.ino);
   if (!stored) return false;
-  const onDisk = await bytesOnDisk(fs, inode);
+  const onDisk = bytesOnDisk(await fs.map(inode), inode, fs.sb.blockSize);
   const granules = new Set<number>();
   for (const e of intersect(onDisk, changed)) {
     for (let g = Math.floor(e.offset / DIGEST_GRANULE); g * DIGEST_GRANULE < e.offset + e.length; g++) granules.add(g);
