@@ -8,7 +8,7 @@
 //
 // Only the granules a file shares get one: a granule the file's bytes fill whole changes only when
 // the file itself is written (its mapping unchanged), and then the file is read anyway. That keeps
-// the hashing to the edges of a file's runs (a large file's bytes were most of a full scan's SHA-256).
+// the hashing to the edges of a file's runs, not a large file's every byte.
 import { createHmac, type Hmac } from 'node:crypto';
 import type { Extent } from '../../extent/index.js';
 

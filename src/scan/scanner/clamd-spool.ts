@@ -1,8 +1,8 @@
-// Hands files to clamd by path instead of INSTREAM: each clamd session has one file of its own in a
-// spool directory that clamd can read (the unit's RuntimeDirectory, a tmpfs), rewritten for every
-// file the session scans, and clamd is sent SCAN with its path. clamd then scans it as it scans a
-// local file (`clamdscan --fdpass`); INSTREAM made it receive the stream and write it into a
-// temporary file of its own first, ~1.2-1.3x the CPU for the same files. A scanner has no file
+// Hands files to clamd by path instead of INSTREAM: each clamd connection (IDSESSION) has one file of
+// its own in a spool directory that clamd can read (the unit's RuntimeDirectory, a tmpfs), rewritten
+// for every file the connection carries, and clamd is sent SCAN with its path. clamd then scans it as
+// it scans a local file (`clamdscan --fdpass`); with INSTREAM it receives the stream and writes it
+// into a temporary file of its own first, ~1.2-1.3x the CPU for the same files. A scanner has no file
 // descriptor to pass (FILDES): Node cannot send one over a unix socket.
 //
 // Whether clamd can read the directory (its user's groups, its AppArmor profile) is found by a probe
@@ -32,7 +32,7 @@ export type SpoolState =
 /** Writing a spool file failed (a full tmpfs, ENOSPC): the file goes by INSTREAM instead. */
 export class SpoolWriteError extends VirtcbtError {}
 
-/** One session's spool file: rewritten for each file, removed when the session ends. */
+/** One clamd connection's spool file: rewritten for each file, removed when the connection closes. */
 export class SpoolFile {
   private fd?: number;
   /** The file's length now: truncated only when the next file is shorter (a system call saved per file otherwise). */
