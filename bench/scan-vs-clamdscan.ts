@@ -13,6 +13,7 @@
 // Run: npx tsc -p tsconfig.json && node dist/bench/scan-vs-clamdscan.js [--runs 3] [--files 3000] [--mib 300] [--sigs 100000]
 // [--rows 1,2,4] (only those rows) [--trace] (event arrival times, CPU of scanner and front end apart)
 // [--handoff spool|instream] (files to clamd by path from a spool on tmpfs, the default, or INSTREAM);
+// [--concurrency N] (the scanner's limits.concurrency; clamd's MaxThreads, 4, by default);
 // BENCH_SCANNER_NODE_ARGS="--cpu-prof ..." in the environment profiles virtcbt-scanner.
 import { spawn } from 'node:child_process';
 import { randomBytes, randomFillSync } from 'node:crypto';
@@ -44,6 +45,8 @@ const ROWS = process.argv.includes('--rows') ? (process.argv[process.argv.indexO
 const MiB = 2 ** 20;
 const SCANNER = join(ROOT, 'dist', 'src', 'scan', 'scanner', 'main.js');
 const THREADS = 4;
+/** Files the scanner keeps in flight (its limits.concurrency); clamd's MaxThreads by default. */
+const CONCURRENCY = flag('concurrency', THREADS);
 /** EICAR's middle, assembled so this file is not itself "infected". */
 const MARK = ['EICAR-STANDARD', '-ANTIVIRUS-TEST-FILE'].join('');
 
@@ -243,7 +246,7 @@ try {
   writeFileSync(cfg, JSON.stringify({
     listen: { host: '127.0.0.1', port: 0 }, tlsDir: scannerTls, allowedClients: ['CN=hv1'], nbdTlsDir: scannerNbd,
     clamd: { socket, timeoutSeconds: 120, spoolDir: HANDOFF === 'spool' ? spoolDir : '', spoolMaxFileBytes: 128 * MiB },
-    limits: { maxFileBytes: 128 * MiB, maxFiles: 1_000_000, maxSeconds: 3600, streamMaxLength: 128 * MiB, concurrency: THREADS },
+    limits: { maxFileBytes: 128 * MiB, maxFiles: 1_000_000, maxSeconds: 3600, streamMaxLength: 128 * MiB, concurrency: CONCURRENCY },
     maxJobs: 2, log: { level: 'info' }, ownerIndex: { saveDir: '' },
   }));
   // With the flags the unit gives it (src/scan/scanner/node-flags.ts).
@@ -385,7 +388,7 @@ try {
   }
   const fmt = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' ');
   console.log(`Scan: ${FILES + 1} files, ${(fileBytes / MiB).toFixed(0)} MiB of file data (random bytes, one EICAR-like file), ext4 image of ${(imgBytes / MiB).toFixed(0)} MiB; ` +
-    `${SIGS} random 16-byte .ndb body signatures + 1; clamd MaxThreads ${THREADS}, scanner concurrency ${THREADS}, hand-off to clamd: ${HANDOFF}; ${runs} runs, order rotated; ` +
+    `${SIGS} random 16-byte .ndb body signatures + 1; clamd MaxThreads ${THREADS}, scanner concurrency ${CONCURRENCY}, hand-off to clamd: ${HANDOFF}; ${runs} runs, order rotated; ` +
     `load average before ${loadBefore}, after ${load()}; ${envNote()}`);
   console.log('CPU: scanner rows: virtcbt-scanner + the TLS front ends (/proc/PID/stat); clamdscan/clamscan rows: the command\'s own; clamd CPU separately');
   console.log('');

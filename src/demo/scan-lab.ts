@@ -58,6 +58,8 @@ export async function startScanLab(dir: string): Promise<ScanLab> {
     await writeFile(conf, [
       `LocalSocket ${socket}`, `DatabaseDirectory ${join(dir, 'clamd', 'db')}`, 'Foreground yes', `LogFile ${join(dir, 'clamd', 'clamd.log')}`,
       'MaxThreads 2', `StreamMaxLength ${64 * 1024 * 1024}`, `TemporaryDirectory ${join(dir, 'clamd')}`, 'SelfCheck 0',
+      // As the README's install steps: a file clamd stops short of is reported, not answered OK.
+      'AlertExceedsMax yes',
     ].join('\n') + '\n');
     const clamd = spawn('clamd', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
     children.push(clamd);

@@ -77,7 +77,12 @@ export interface UnownedExtents {
   extents: ExtentPair[];
 }
 
-export type SkipReason = 'size limit' | 'count limit' | 'time limit' | 'unreadable' | 'stream limit';
+/**
+ * 'clamd limit': clamd itself stopped short of the file's end (a limit of its clamd.conf, reported
+ * as Heuristics.Limits.Exceeded.NAME when clamd runs with AlertExceedsMax): not scanned in whole,
+ * so neither clean nor infected.
+ */
+export type SkipReason = 'size limit' | 'count limit' | 'time limit' | 'unreadable' | 'stream limit' | 'clamd limit';
 
 /** A file that was not (fully) scanned, and why. */
 export interface SkippedFile {
@@ -88,11 +93,13 @@ export interface SkippedFile {
   detail?: string;
 }
 
-export type LimitName = 'maxFileBytes' | 'maxFiles' | 'maxSeconds' | 'streamMaxLength';
+/** The scanner's own limits, or `clamd:NAME` for a limit of clamd's clamd.conf (MaxFileSize, MaxScanSize, ...). */
+export type LimitName = 'maxFileBytes' | 'maxFiles' | 'maxSeconds' | 'streamMaxLength' | `clamd:${string}`;
 
 export interface LimitHit {
   limit: LimitName;
-  value: number;
+  /** The limit's setting; absent for clamd's own (clamd does not tell its configuration). */
+  value?: number;
   /** How many files it kept from being scanned. */
   files: number;
 }

@@ -30,7 +30,8 @@ export interface Clamd {
 }
 
 /** Starts clamd in the foreground on a private socket with only our signature; resolves once it answers PING. */
-export async function startClamd(dir: string, o: { threads?: number; streamMaxLength?: number; wrap?: string[] } = {}): Promise<Clamd> {
+/** `conf`: more clamd.conf lines (limits such as MaxFileSize, AlertExceedsMax). */
+export async function startClamd(dir: string, o: { threads?: number; streamMaxLength?: number; wrap?: string[]; conf?: string[] } = {}): Promise<Clamd> {
   mkdirSync(join(dir, 'db'), { recursive: true });
   writeFileSync(join(dir, 'db', 'virtcbt-test.ndb'), NDB);
   const socket = join(dir, 'clamd.sock');
@@ -38,7 +39,7 @@ export async function startClamd(dir: string, o: { threads?: number; streamMaxLe
   const conf = join(dir, 'clamd.conf');
   writeFileSync(conf, [
     `LocalSocket ${socket}`, `DatabaseDirectory ${join(dir, 'db')}`, 'Foreground yes', `LogFile ${join(dir, 'clamd.log')}`,
-    `MaxThreads ${o.threads ?? 4}`, `StreamMaxLength ${streamMaxLength}`, `TemporaryDirectory ${dir}`, 'SelfCheck 0',
+    `MaxThreads ${o.threads ?? 4}`, `StreamMaxLength ${streamMaxLength}`, `TemporaryDirectory ${dir}`, 'SelfCheck 0', ...(o.conf ?? []),
   ].join('\n') + '\n');
   // wrap: a command clamd runs under (e.g. in a mount namespace of its own).
   const cmd = [...(o.wrap ?? []), 'clamd', '-c', conf];

@@ -122,7 +122,8 @@ With --scanner (on a scanner host): virtcbt-scanner.service, a virtcbt-scanner w
         `      tlsDir and nbdTlsDir (\`virtcbt certs\`, keys readable by that user); clamd running and reading`,
         `      the spool (clamd.spoolDir): \`usermod -aG virtcbt-scanner clamav\`, "/run/virtcbt-scanner/** r," in`,
         '      /etc/apparmor.d/local/usr.sbin.clamd, `apparmor_parser -r /etc/apparmor.d/usr.sbin.clamd`,',
-        '      `systemctl restart clamav-daemon`; then',
+        '      `AlertExceedsMax true` in /etc/clamav/clamd.conf (a file clamd stops short of at its own limits',
+        '      is then reported skipped, not OK), `systemctl restart clamav-daemon`; then',
         '      `systemctl daemon-reload && systemctl enable --now virtcbt-scanner`',
       ]);
       return EXIT.OK;

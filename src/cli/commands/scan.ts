@@ -17,7 +17,7 @@ export function scanSummary(r: ScanResult): string[] {
   for (const f of v.infected ?? []) lines.push(`  INFECTED ${f.disk}:${f.path}  ${f.signature}${f.size !== undefined ? `  ${formatBytes(f.size)}` : ''}${f.sha256 ? `  sha256 ${f.sha256}` : ''}`);
   for (const n of v.notScanned ?? []) lines.push(`  NOT SCANNED: ${n.disk}${n.partition !== undefined ? ` partition ${n.partition}` : ''} (${n.kind}): ${n.reason}`);
   for (const k of v.skipped ?? []) lines.push(`  skipped: ${k.disk}:${k.path}: ${k.reason}${k.detail ? ` (${k.detail})` : ''}`);
-  for (const l of v.limitsHit ?? []) lines.push(`  limit hit: ${l.limit} ${l.value} (${l.files} files)`);
+  for (const l of v.limitsHit ?? []) lines.push(`  limit hit: ${l.limit}${l.value === undefined ? '' : ` ${l.value}`} (${l.files} files)`);
   if (v.scanned) lines.push(`  scanned: ${Object.entries(v.scanned).map(([k, n]) => `${k} ${n}`).join(', ')}`);
   for (const n of r.notes) lines.push(`  note: ${n}`);
   return lines;

@@ -14,6 +14,12 @@ const MAX_REPLY = 64 * 1024;
 export type ClamdVerdict =
   | { status: 'clean' }
   | { status: 'found'; signature: string }
+  /**
+   * clamd stopped at one of its own limits (clamd.conf MaxFileSize, MaxScanSize, MaxRecursion, ...)
+   * and, with AlertExceedsMax, said so as Heuristics.Limits.Exceeded.NAME: the file was not scanned
+   * in whole. Without AlertExceedsMax clamd answers such a file OK.
+   */
+  | { status: 'limit'; limit: string }
   /** clamd refused the stream (StreamMaxLength exceeded, its own limits): the file was not scanned. */
   | { status: 'error'; message: string };
 
@@ -35,6 +41,8 @@ export function parseReply(reply: string, subject = 'stream'): ClamdVerdict {
     const rest = r.slice(prefix.length);
     if (rest === 'OK') return { status: 'clean' };
     const found = /^(.+) FOUND$/.exec(rest);
+    const limit = found && /^Heuristics\.Limits\.Exceeded\.([A-Za-z0-9_.]+)$/.exec(found[1]!);
+    if (limit) return { status: 'limit', limit: limit[1]! };
     if (found) return { status: 'found', signature: found[1]! };
   }
   if (/ERROR$/.test(r)) return { status: 'error', message: r.replace(/ ERROR$/, '') };

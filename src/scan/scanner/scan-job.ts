@@ -160,7 +160,7 @@ class Verdict {
   /** Skipped files whose path is looked up once the scan is over. */
   readonly unnamed: { entry: SkippedFile; task: FileTask }[] = [];
 
-  skip(t: FileTask, reason: SkipReason, limit?: { name: LimitName; value: number }, detail?: string): void {
+  skip(t: FileTask, reason: SkipReason, limit?: { name: LimitName; value?: number }, detail?: string): void {
     this.skippedTotal++;
     if (this.skipped.length < MAX_LISTED_SKIPS) {
       const entry: SkippedFile = { disk: t.disk, partition: t.partition, path: t.path ?? '', reason, ...(detail ? { detail } : {}) };
@@ -170,8 +170,8 @@ class Verdict {
     if (limit) this.hit(limit.name, limit.value).files++;
   }
 
-  hit(name: LimitName, value: number): LimitHit {
-    const hit = this.limits.get(name) ?? { limit: name, value, files: 0 };
+  hit(name: LimitName, value?: number): LimitHit {
+    const hit = this.limits.get(name) ?? { limit: name, ...(value === undefined ? {} : { value }), files: 0 };
     this.limits.set(name, hit);
     return hit;
   }
@@ -279,6 +279,8 @@ export async function runScanJob(job: ScanJob, o: ScanJobOptions): Promise<ScanR
       const limit = /size limit/i.test(verdict.message);
       return v.skip(t, limit ? 'stream limit' : 'unreadable', limit ? { name: 'streamMaxLength', value: o.limits.streamMaxLength } : undefined, `clamd: ${verdict.message}`);
     }
+    // Not clean and not infected: clamd read only part of it. Skipped like a file over our own limits.
+    if (verdict.status === 'limit') return v.skip(t, 'clamd limit', { name: `clamd:${verdict.limit}` }, `clamd.conf ${verdict.limit} reached`);
     if (bytes !== inode.size) return v.skip(t, 'unreadable', undefined, `read ${bytes} of ${inode.size} bytes`);
     v.scanned.files++;
     if (verdict.status !== 'found' && granules) t.digests!.keep(granules.digests());
