@@ -3,7 +3,8 @@
 // mount namespace of its own with an empty tmpfs over it, as a clamd whose user or AppArmor profile
 // may not read it), a spool too small for a file (that file is read again and streamed), and a file
 // larger than clamd.spoolMaxFileBytes. A
-// killed scanner's spool files are removed when the next one starts; a running one's are not.
+// killed scanner's spool files are removed when the next one starts; a running one's are not. A
+// clamd that comes up after the scanner is probed by the next GET /v1/status, not only by a job.
 import { spawn } from 'node:child_process';
 import { chownSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -130,5 +131,19 @@ describe('virtcbt-scanner hand-off to clamd', () => {
     // And it spools from there.
     const r = await postScan(scanner.url, await job('after-sweep'), w.hv);
     expect(r.result?.clamdHandoff, r.body).toEqual({ spooled: FILES, streamed: 0 });
+  });
+
+  it('probes the spool at the first GET /v1/status that reaches clamd when clamd was not up at start', async () => {
+    const late = join(dir, 'clamd-late');
+    mkdirSync(late);
+    const spool = spoolDir('spool-late');
+    const scanner = await startScanner(dir, { ...w.config(), clamd: { socket: join(late, 'clamd.sock'), timeoutSeconds: 60, spoolDir: spool } }, w.ns, 'nobody');
+    const before = JSON.parse(await getScannerStatus(w.hv, scanner.url));
+    expect(before.clamd).toMatch(/^unreachable/);
+    expect(before.clamdHandoff).toMatchObject({ mode: 'instream', why: 'not probed yet' });
+    await startClamd(late);
+    expect(JSON.parse(await getScannerStatus(w.hv, scanner.url)).clamdHandoff).toEqual({ mode: 'spool', dir: spool });
+    // The probe's file is gone.
+    expect(readdirSync(spool)).toEqual([]);
   });
 });

@@ -84,7 +84,8 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
   await spool.sweep().then((n) => { if (n > 0) o.log.info('removed spool files a stopped scanner left', { dir: spool.dir, files: n }); },
     (err: unknown) => o.log.warn('cannot prepare the spool directory (clamd.spoolDir): files go to clamd by INSTREAM', { dir: spool.dir, error: errorMessage(err) }));
   // Probed once at start too, so that a clamd which cannot read the spool is in the log (and in
-  // GET /v1/status) before the first job; a clamd not up yet is simply probed again by that job.
+  // GET /v1/status) before the first job; a clamd not up yet is probed again by the next job or
+  // the next GET /v1/status.
   void spool.ready(clamd).catch(() => undefined);
   const jobs = new Map<string, AbortController>();
   const ownerIndexes = o.ownerIndexes ?? (o.ownerIndexBytes ? new OwnerIndexStore(o.ownerIndexBytes) : undefined);
@@ -97,7 +98,9 @@ export async function startScannerServer(o: ScannerServerOptions): Promise<Scann
       return sendJson(res, 403, { error: `identity ${who ?? '(no certificate)'} may not post scan jobs`, hint: 'Add it to allowedClients on the scanner' });
     }
     if (req.method === 'GET' && req.url === '/v1/status') {
-      const version = await clamd.command('VERSION').catch((err) => `unreachable: ${errorMessage(err)}`);
+      let reachable = true;
+      const version = await clamd.command('VERSION').catch((err) => { reachable = false; return `unreachable: ${errorMessage(err)}`; });
+      if (reachable && !spool.probed) await spool.ready(clamd).catch(() => undefined);
       return sendJson(res, 200, { clamd: version, clamdHandoff: spool.status(), jobs: [...jobs.keys()], ownerIndexes: ownerIndexes?.status() ?? { kept: 0, bytes: 0, maxBytes: 0 } });
     }
     if (req.url !== SCAN_PATH) return sendJson(res, 404, { error: `no ${req.url}`, hint: `POST ${SCAN_PATH}` });
