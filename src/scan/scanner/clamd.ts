@@ -145,7 +145,8 @@ export class ClamdSession {
     s.once('close', () => {
       this.broken = true;
       const err = new VirtcbtError(`clamd on ${socketPath} closed the connection without an answer${this.ended ? `: ${this.ended.message}` : ''}`, {
-        cause: this.ended, hint: 'Look at clamd\'s log',
+        // clamd stopping or restarting (a package upgrade, the OOM killer) looks like this too.
+        cause: this.ended, hint: 'clamd stopped or dropped the request: see clamd\'s log (journalctl -u clamav-daemon) and whether it is running; the job can be run again once it is',
       });
       this.ended ??= err;
       const w = this.waiting;
