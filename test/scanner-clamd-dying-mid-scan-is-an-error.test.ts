@@ -2,10 +2,10 @@
 // an error that names clamd and says what to do, never in a result (the files after the kill were
 // not scanned); the scanner keeps serving, and once clamd is back the next job is whole.
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { ScanEvent, ScanJob } from '../src/scan/protocol.js';
+import type { ScanEvent } from '../src/scan/protocol.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { makeFs, MiB } from './support/ext-images.js';
 import { tempDir } from './support/nbd-servers.js';
@@ -32,11 +32,6 @@ beforeAll(async () => {
   await makeFs(image, 96 * MiB, ['mkfs.ext4'], tree);
 }, 180_000);
 
-async function job(id: string): Promise<ScanJob> {
-  const exp = await w.serve(image);
-  return { id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(image).size }] };
-}
-
 describe('clamd dying mid-scan', () => {
   it('ends the job in an error naming clamd, never a result; the scanner scans whole again once clamd is back', async () => {
     const cdir = join(dir, 'clamd-mortal');
@@ -50,14 +45,14 @@ describe('clamd dying mid-scan', () => {
         void clamd.stop();
       }
     };
-    const r = await postScan(scanner.url, await job('dies'), w.hv, '/v1/scans', { onEvent });
+    const r = await postScan(scanner.url, await w.job(image, 'dies'), w.hv, '/v1/scans', { onEvent });
     expect(killed, r.body).toBe(true);
     expect(r.result, r.body).toBeUndefined();
     expect(r.events.at(-1)).toMatchObject({ type: 'error', id: 'dies', message: expect.stringMatching(/^clamd on .* closed the connection/), hint: expect.stringMatching(/clamd's log/) });
     // The workers' spool files went with their clamd connections.
     expect(readdirSync(join(dir, 'spool'))).toEqual([]);
     clamd = await startClamd(cdir);
-    const again = await postScan(scanner.url, await job('back'), w.hv);
+    const again = await postScan(scanner.url, await w.job(image, 'back'), w.hv);
     expect(again.result, again.body).toMatchObject({ complete: true, scanned: { files: FILES } });
   });
 });

@@ -4,10 +4,9 @@
 // limitsHit) and the scan incomplete, never infected (no quarantine for a large file) and never
 // clean (here the signature sits past clamd's limit), by path from the spool and by INSTREAM alike.
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { ScanJob } from '../src/scan/protocol.js';
 import { parseReply } from '../src/scan/scanner/index.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { makeFs, MiB } from './support/ext-images.js';
@@ -37,11 +36,6 @@ beforeAll(async () => {
   await makeFs(image, 32 * MiB, ['mkfs.ext4'], tree);
 }, 120_000);
 
-async function job(id: string): Promise<ScanJob> {
-  const exp = await w.serve(image);
-  return { id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(image).size }] };
-}
-
 describe("clamd's own limits", () => {
   it('are read from its replies: Heuristics.Limits.Exceeded.NAME is a limit, any other name a find', () => {
     expect(parseReply('/s/f: Heuristics.Limits.Exceeded.MaxFileSize FOUND\0', '/s/f')).toEqual({ status: 'limit', limit: 'MaxFileSize' });
@@ -54,7 +48,7 @@ describe("clamd's own limits", () => {
     it(`make a file skipped and the scan incomplete, neither infected nor clean (${handoff})`, async () => {
       const base = w.config() as { clamd: Record<string, unknown> };
       const scanner = await startScanner(dir, { ...base, clamd: { ...base.clamd, socket: limited.socket, ...(handoff === 'instream' ? { spoolDir: '' } : {}) } }, w.ns, 'nobody');
-      const r = await postScan(scanner.url, await job(`limit-${handoff}`), w.hv);
+      const r = await postScan(scanner.url, await w.job(image, `limit-${handoff}`), w.hv);
       const res = r.result!;
       expect(res, r.body).toBeDefined();
       expect(res.infected).toMatchObject([{ disk: 'vda', partition: 0, path: '/eicar.txt', signature: `${SIGNATURE}.UNOFFICIAL` }]);

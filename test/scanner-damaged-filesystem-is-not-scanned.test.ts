@@ -1,7 +1,7 @@
 // A guest filesystem damaged on purpose (superblock, extent tree, directory entries) is never
 // reported clean: the scanner says which filesystem or file it could not read and why, scans what
 // it still can, and returns its verdict quickly (no crash, no hang).
-import { closeSync, copyFileSync, mkdirSync, openSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, readSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { ScanResult } from '../src/scan/protocol.js';
@@ -50,8 +50,7 @@ async function damagedCopy(f: (image: string) => Promise<void> | void): Promise<
 }
 
 async function scan(image: string): Promise<ScanResult> {
-  const exp = await w.serve(image);
-  const r = await postScan(scanner.url, { id: `d${n}`, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(image).size }] }, w.hv);
+  const r = await postScan(scanner.url, await w.job(image, `d${n}`), w.hv);
   expect(r.result, r.body).toBeDefined();
   return r.result!;
 }

@@ -10,7 +10,6 @@ import { chownSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { ScanJob } from '../src/scan/protocol.js';
 import { pollUntil } from '../src/util/abort.js';
 import { onCleanup, useCleanup } from './support/cleanup.js';
 import { makeFs, MiB } from './support/ext-images.js';
@@ -50,11 +49,6 @@ function spoolDir(name: string): string {
   return d;
 }
 
-async function job(id: string): Promise<ScanJob> {
-  const exp = await w.serve(image);
-  return { id, domain: 'vm1', disks: [{ target: 'vda', uri: exp.uri, size: statSync(image).size }] };
-}
-
 const found = [{ disk: 'vda', partition: 0, path: '/big.bin', signature: `${SIGNATURE}.UNOFFICIAL` }];
 
 describe('virtcbt-scanner hand-off to clamd', () => {
@@ -68,7 +62,7 @@ describe('virtcbt-scanner hand-off to clamd', () => {
     // Said at start, before any job.
     await pollUntil(() => /files go to clamd by INSTREAM/.test(scanner.log()), 'the spool warning at start', { timeoutMs: 20_000, intervalMs: 20 });
     for (const id of ['blind-1', 'blind-2']) {
-      const r = await postScan(scanner.url, await job(id), w.hv);
+      const r = await postScan(scanner.url, await w.job(image, id), w.hv);
       const res = r.result!;
       expect(res, r.body).toBeDefined();
       expect(res.infected).toMatchObject(found);
@@ -91,7 +85,7 @@ describe('virtcbt-scanner hand-off to clamd', () => {
     onCleanup(() => execa('umount', [spool]).then(() => undefined));
     // One worker: the files before big.bin in walk order are spooled, big.bin and the rest streamed.
     const scanner = await startScanner(dir, { ...w.config({ limits: { concurrency: 1 } }), clamd: { socket: w.clamd.socket, timeoutSeconds: 60, spoolDir: spool } }, w.ns, 'nobody');
-    const r = await postScan(scanner.url, await job('small-spool'), w.hv);
+    const r = await postScan(scanner.url, await w.job(image, 'small-spool'), w.hv);
     const res = r.result!;
     expect(res, r.body).toBeDefined();
     expect(res.infected).toMatchObject(found);
@@ -108,7 +102,7 @@ describe('virtcbt-scanner hand-off to clamd', () => {
   it('streams the files larger than clamd.spoolMaxFileBytes and says so; spools the rest', async () => {
     const spool = spoolDir('spool-bounded');
     const scanner = await startScanner(dir, { ...w.config(), clamd: { socket: w.clamd.socket, timeoutSeconds: 60, spoolDir: spool, spoolMaxFileBytes: 100_000 } }, w.ns, 'nobody');
-    const r = await postScan(scanner.url, await job('bounded'), w.hv);
+    const r = await postScan(scanner.url, await w.job(image, 'bounded'), w.hv);
     const res = r.result!;
     expect(res, r.body).toBeDefined();
     expect(res.infected).toMatchObject(found);
@@ -129,7 +123,7 @@ describe('virtcbt-scanner hand-off to clamd', () => {
     expect(readdirSync(spool).sort()).toEqual(['notes.txt', live]);
     expect(scanner.log()).toMatch(/removed spool files a stopped scanner left .*files=2/);
     // And it spools from there.
-    const r = await postScan(scanner.url, await job('after-sweep'), w.hv);
+    const r = await postScan(scanner.url, await w.job(image, 'after-sweep'), w.hv);
     expect(r.result?.clamdHandoff, r.body).toEqual({ spooled: FILES, streamed: 0 });
   });
 

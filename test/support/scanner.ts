@@ -204,6 +204,8 @@ export interface ScannerWorld {
   config(extra?: { limits?: Record<string, number> }): object;
   /** Serves an image for the scanner's identity. */
   serve(image: string): Promise<RemoteExport>;
+  /** A full-scan job `id` of domain vm1 whose disk vda is `image`, served for the scanner's identity. */
+  job(image: string, id: string): Promise<ScanJob>;
 }
 
 /** Everything a scanner test needs: namespace, one CA for all, clamd; registered for teardown. */
@@ -242,6 +244,7 @@ export async function scannerWorld(dir: string): Promise<ScannerWorld> {
       if (existsSync(join(d, f))) chownSync(join(d, f), uid, gid);
     }
   }
+  const serve = (image: string) => serveOverTls(image, { serverDir: exportServerDir, host: ns.hostAddress, runDir: join(dir, 'run'), identities: ['CN=scanner'] });
   return {
     dir, ns, clamd, exportServerDir, scannerNbdDir, scannerTlsDir, hv, intruder, otherCa, noCert,
     config: (extra = {}) => ({
@@ -254,6 +257,7 @@ export async function scannerWorld(dir: string): Promise<ScannerWorld> {
       maxJobs: 2,
       log: { level: 'info' },
     }),
-    serve: (image) => serveOverTls(image, { serverDir: exportServerDir, host: ns.hostAddress, runDir: join(dir, 'run'), identities: ['CN=scanner'] }),
+    serve,
+    job: async (image, id) => ({ id, domain: 'vm1', disks: [{ target: 'vda', uri: (await serve(image)).uri, size: statSync(image).size }] }),
   };
 }
