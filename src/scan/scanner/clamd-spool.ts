@@ -96,8 +96,8 @@ export class SpoolFile {
 export class ClamdSpool {
   private state: SpoolState;
   private warned?: string;
-  /** Whether a probe came to a conclusion (clamd answered it, or the directory is unusable), or there is no spool. */
-  private answered: boolean;
+  /** A probe came to a conclusion (clamd answered it, or the directory is unusable), or there is no spool. */
+  private concluded: boolean;
 
   constructor(
     /** The spool directory (clamd.spoolDir); empty: never spool. */
@@ -107,12 +107,12 @@ export class ClamdSpool {
     private readonly warn: (message: string, fields: Record<string, unknown>) => void = () => undefined,
   ) {
     this.state = dir ? { mode: 'instream', dir, why: 'not probed yet' } : { mode: 'instream', why: 'no spool directory is configured (clamd.spoolDir)' };
-    this.answered = !dir;
+    this.concluded = !dir;
   }
 
-  /** True once clamd answered a probe: until then the status says "not probed yet". */
+  /** False until a probe came to a conclusion: the status says "not probed yet" until then. */
   get probed(): boolean {
-    return this.answered;
+    return this.concluded;
   }
 
   status(): SpoolState {
@@ -170,7 +170,7 @@ export class ClamdSpool {
     } finally {
       await probe?.remove().catch(() => undefined);
     }
-    this.answered = true;
+    this.concluded = true;
     if (why === undefined) {
       this.state = { mode: 'spool', dir: this.dir };
       return true;
