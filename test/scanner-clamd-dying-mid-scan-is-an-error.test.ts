@@ -37,7 +37,8 @@ describe('clamd dying mid-scan', () => {
     const cdir = join(dir, 'clamd-mortal');
     let clamd = await startClamd(cdir);
     const base = w.config() as { clamd: Record<string, unknown> };
-    const scanner = await startScanner(dir, { ...base, clamd: { ...base.clamd, socket: clamd.socket } }, w.ns, 'nobody');
+    // One file at a time: the scan lasts well past the first progress event (500 ms) on any machine.
+    const scanner = await startScanner(dir, { ...base, clamd: { ...base.clamd, socket: clamd.socket }, limits: { ...(base as { limits: object }).limits, concurrency: 1 } }, w.ns, 'nobody');
     let killed = false;
     const onEvent = (e: ScanEvent) => {
       if (!killed && e.type === 'progress' && (e as { files?: number }).files! > 0) {
