@@ -36,9 +36,9 @@ describe('clamd dying mid-scan', () => {
   it('ends the job in an error naming clamd, never a result; the scanner scans whole again once clamd is back', async () => {
     const cdir = join(dir, 'clamd-mortal');
     let clamd = await startClamd(cdir);
-    const base = w.config() as { clamd: Record<string, unknown> };
+    const base = w.config() as { clamd: Record<string, unknown>; limits: Record<string, number> };
     // One file at a time: the scan lasts well past the first progress event (500 ms) on any machine.
-    const scanner = await startScanner(dir, { ...base, clamd: { ...base.clamd, socket: clamd.socket }, limits: { ...(base as { limits: object }).limits, concurrency: 1 } }, w.ns, 'nobody');
+    const scanner = await startScanner(dir, { ...base, clamd: { ...base.clamd, socket: clamd.socket }, limits: { ...base.limits, concurrency: 1 } }, w.ns, 'nobody');
     let killed = false;
     const onEvent = (e: ScanEvent) => {
       if (!killed && e.type === 'progress' && (e as { files?: number }).files! > 0) {
