@@ -370,11 +370,14 @@ try {
         const src0 = sourcePids.reduce((n, p) => n + cpuTree(p), 0);
         // The full row as virtcbtd asks for it: with an owner index built beside the walk.
         const { result, wallS } = j === 0 ? await post(url, disk(expBefore.uri, before, undefined, process.env.BENCH_FULL_NO_INDEX ? undefined : { next: `full-${i}` }), hv) : j === 3 ? await incremental() : await post(url, disk(expAfter.uri, after, extents), hv);
+        const cpu = scannerCpu() - s0;
+        const front = cpuTree(expBefore.pid) + cpuTree(expAfter.pid) - f0;
+        const source = sourcePids.reduce((n, p) => n + cpuTree(p), 0) - src0;
         r.walls.push(wallS);
-        r.cpu.push(scannerCpu() - s0);
-        (r.frontCpu ??= []).push(cpuTree(expBefore.pid) + cpuTree(expAfter.pid) - f0);
-        (r.sourceCpu ??= []).push(sourcePids.reduce((n, p) => n + cpuTree(p), 0) - src0);
-        if (TRACE) console.error(`cpu ${j === 0 ? 'full' : 'incremental'}: scanner+front end ${(scannerCpu() - s0).toFixed(2)} s, of which front end ${(cpuTree(expBefore.pid) + cpuTree(expAfter.pid) - f0).toFixed(2)} s; clamd ${(clamdCpu() - c0).toFixed(2)} s; source export ${(sourcePids.reduce((n, p) => n + cpuTree(p), 0) - src0).toFixed(2)} s (in no row's CPU)`);
+        r.cpu.push(cpu);
+        (r.frontCpu ??= []).push(front);
+        (r.sourceCpu ??= []).push(source);
+        if (TRACE) console.error(`cpu ${j === 0 ? 'full' : 'incremental'}: scanner+front end ${cpu.toFixed(2)} s, of which front end ${front.toFixed(2)} s; clamd ${(clamdCpu() - c0).toFixed(2)} s; source export ${source.toFixed(2)} s (in no row's CPU)`);
         r.nbd = result.scanned.nbdBytesRead;
         r.fileData = result.scanned.bytesRead;
         r.files = result.scanned.filesOpened;

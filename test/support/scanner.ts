@@ -29,8 +29,10 @@ export interface Clamd {
   stop(): Promise<void>;
 }
 
-/** Starts clamd in the foreground on a private socket with only our signature; resolves once it answers PING. */
-/** `conf`: more clamd.conf lines (limits such as MaxFileSize, AlertExceedsMax). */
+/**
+ * Starts clamd in the foreground on a private socket with only our signature; resolves once it
+ * answers PING. `conf`: more clamd.conf lines (limits such as MaxFileSize, AlertExceedsMax).
+ */
 export async function startClamd(dir: string, o: { threads?: number; streamMaxLength?: number; wrap?: string[]; conf?: string[] } = {}): Promise<Clamd> {
   mkdirSync(join(dir, 'db'), { recursive: true });
   writeFileSync(join(dir, 'db', 'virtcbt-test.ndb'), NDB);

@@ -8,7 +8,8 @@
 // Whether clamd can read the directory (its user's groups, its AppArmor profile) is found by a probe
 // at start and before each job until one succeeds; until then files go by INSTREAM and the reason is logged once
 // and shown in GET /v1/status. Nothing else changes with the hand-off: the same limits apply
-// (streamMaxLength included, since clamd's own limits answer a too-large file with OK).
+// (streamMaxLength included, since clamd answers a file past its own limits with OK, or with
+// Heuristics.Limits.Exceeded.NAME under AlertExceedsMax).
 import { randomBytes } from 'node:crypto';
 import { closeSync, fchmodSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';

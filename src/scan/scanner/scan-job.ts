@@ -562,7 +562,6 @@ function spoolWhy(spool: ClamdSpool): string | undefined {
  * A found file's sha256, read again from the snapshot (which does not change under it): hashing
  * only what was found spares every clean file's bytes a pass through SHA-256.
  */
-
 async function digest(fs: ExtFilesystem, inode: Inode): Promise<string> {
   const hash = createHash('sha256');
   for await (const c of fs.readChunks(inode)) hash.update(c);
